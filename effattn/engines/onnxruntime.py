@@ -1,0 +1,71 @@
+"""ONNX Runtime sessions as engines: the CPU, CUDA and TensorRT execution providers.
+
+ONNX Runtime silently falls back to the CPU when a GPU provider fails to load its libraries; a
+session made here checks which provider it really got and refuses the silent fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..errors import BackendError
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def available_devices() -> list[str]:
+    """The ``device`` names (``cpu``, ``cuda``, ``tensorrt``) whose providers this onnxruntime build has."""
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    return [device for device, provider in PROVIDERS.items() if provider in have]
+
+
+def default_threads() -> int:
+    """Intra-op threads: every core this process may use (ONNX Runtime's own default counts all cores)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS/Windows
+        return os.cpu_count() or 1
+
+
+def create_session(path: str | Path, device: str = "cpu", threads: int | None = None):
+    """An ``onnxruntime.InferenceSession`` for ``path`` on ``device``, with full graph optimisation."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if device not in PROVIDERS:
+        raise BackendError(f"unknown ONNX Runtime device {device!r}; choose one of {', '.join(PROVIDERS)}")
+    if not path.is_file():
+        raise BackendError(f"ONNX file {path} does not exist")
+    provider = PROVIDERS[device]
+    if provider not in ort.get_available_providers():
+        raise BackendError(
+            f"{provider} is not in this onnxruntime build (have {', '.join(ort.get_available_providers())}); "
+            "for GPUs install onnxruntime-gpu (pip install 'effattn[gpu]')"
+        )
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or default_threads()
+    options.log_severity_level = 3
+    providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own pybind exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BackendError(f"ONNX Runtime cannot load {path}: {first}. Is it an ONNX model written by effattn export?") from None
+    if session.get_providers()[0] != provider:
+        raise BackendError(
+            f"ONNX Runtime fell back from {provider} to {session.get_providers()[0]} for {path}: "
+            "the GPU libraries (CUDA, cuDNN) did not load; check the onnxruntime-gpu and CUDA versions"
+        )
+    log.debug("ONNX Runtime session on %s with %d threads: %s", provider, options.intra_op_num_threads, path)
+    return session

@@ -1,0 +1,43 @@
+"""One exception hierarchy for effattn.
+
+Every message says what was wrong, what was expected and, where it helps, what to do. The CLI
+prints ``str(error)`` on one line and exits non-zero; nothing below a library boundary leaks out.
+"""
+
+from __future__ import annotations
+
+
+class EffattnError(Exception):
+    """Base of every error effattn raises on purpose."""
+
+
+class ModelError(EffattnError, ValueError):
+    """A model name, factory, argument or checkpoint is wrong."""
+
+
+class CheckpointError(ModelError):
+    """A checkpoint cannot be read or does not fit the model (keys or shapes)."""
+
+
+class InputError(EffattnError, ValueError):
+    """A tensor given to a runner does not fit its inputs (name, rank, dtype, shape, profile)."""
+
+
+class ProfileError(EffattnError, ValueError):
+    """A shape profile is malformed (min > opt > max, wrong rank, unparsable text)."""
+
+
+class ExportError(EffattnError):
+    """Export to ONNX failed, or the exported file failed its checks."""
+
+
+class ParityError(ExportError):
+    """A backend's outputs disagree with eager PyTorch beyond the stated tolerance."""
+
+
+class BackendError(EffattnError):
+    """A backend is unavailable here (missing package, no GPU) or cannot load the file."""
+
+
+class FileExistsNoForceError(EffattnError, FileExistsError):
+    """An output file exists and overwriting it was not asked for."""

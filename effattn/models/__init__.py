@@ -1,0 +1,13 @@
+"""EfficientAttention blocks, the dot-product baseline, host networks and their registry."""
+
+from . import zoo as _zoo  # noqa: F401  (registers the models)
+from .attention import DotProductAttention, DotProductAttention1d, EfficientAttention, EfficientAttention1d
+from .checkpoint import ModelSource, load_model, load_weights, read_state_dict, sha256_file
+from .hosts import EAResNet, EASegNet
+from .registry import create_model, get_entry, list_models, register_model
+
+__all__ = [
+    "DotProductAttention", "DotProductAttention1d", "EAResNet", "EASegNet", "EfficientAttention",
+    "EfficientAttention1d", "ModelSource", "create_model", "get_entry", "list_models", "load_model",
+    "load_weights", "read_state_dict", "register_model", "sha256_file",
+]

@@ -1,0 +1,144 @@
+"""The Runner protocol: one small interface over TensorRT, ONNX Runtime and eager PyTorch.
+
+As in Polygraphy, the public :meth:`Runner.infer` checks the feed (names, dtypes, ranks, static
+dims, profile range) so every backend sees only valid inputs and the user sees one clear error;
+each backend implements :meth:`Runner._infer` alone.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..shapes import InputProfile, ShapeProfile, format_shape
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape of a runner input or output; dynamic axes are named strings or None."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...] | None  # None: known only after a run (eager models)
+    profile: InputProfile | None = None
+
+    def __str__(self) -> str:
+        shape = "?" if self.shape is None else format_shape(self.shape)
+        return f"{self.name}: {np.dtype(self.dtype).name}[{shape}]"
+
+
+def _dtype_of(value: Any) -> np.dtype:
+    if isinstance(value, np.ndarray):
+        return value.dtype
+    import torch
+
+    return torch.empty((), dtype=value.dtype).numpy().dtype
+
+
+def _is_tensor(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return True
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        return False
+    return isinstance(value, torch.Tensor)
+
+
+class Runner(abc.ABC):
+    """Run a model on one backend. Use as a context manager so resources are freed on every path."""
+
+    #: e.g. "onnxruntime-cpu", "torch-cpu", "tensorrt"
+    backend: str = "?"
+
+    def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec], name: str | None = None) -> None:
+        self.inputs = {s.name: s for s in inputs}
+        self.outputs = {s.name: s for s in outputs}
+        self.name = name or self.backend
+
+    @property
+    def profile(self) -> ShapeProfile | None:
+        profiles = [s.profile for s in self.inputs.values()]
+        return ShapeProfile(tuple(profiles)) if all(profiles) else None
+
+    def infer(self, feed: Mapping[str, Any] | Any) -> dict[str, np.ndarray]:
+        """Outputs by name for ``feed`` (numpy arrays or torch tensors; a bare array if one input)."""
+        return self._infer(self.check_feed(feed))
+
+    def check_feed(self, feed: Mapping[str, Any] | Any) -> dict[str, Any]:
+        """``feed`` as a dict, or :class:`InputError` naming the first thing wrong with it."""
+        if not isinstance(feed, Mapping):
+            if len(self.inputs) == 1 and _is_tensor(feed):
+                feed = {next(iter(self.inputs)): feed}
+            else:
+                raise InputError(
+                    f"feed must map input names to arrays; inputs are {', '.join(map(str, self.inputs.values()))}"
+                )
+        missing = [n for n in self.inputs if n not in feed]
+        unknown = [n for n in feed if n not in self.inputs]
+        if missing or unknown:
+            raise InputError(
+                f"feed names {sorted(feed)} do not match the model's inputs {list(self.inputs)}"
+                + (f"; missing {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else "")
+            )
+        for name, spec in self.inputs.items():
+            value = feed[name]
+            if not _is_tensor(value):
+                raise InputError(f"input {name!r} is a {type(value).__name__}; pass a numpy array or torch tensor")
+            dtype = _dtype_of(value)
+            if dtype != spec.dtype:
+                raise InputError(
+                    f"input {name!r} has dtype {dtype.name}, expected {np.dtype(spec.dtype).name}; "
+                    f"convert it first (e.g. x.astype(np.{np.dtype(spec.dtype).name}))"
+                )
+            shape = tuple(value.shape)
+            if len(shape) != len(spec.shape):
+                raise InputError(
+                    f"input {name!r} has rank {len(shape)} (shape {format_shape(shape)}), expected rank "
+                    f"{len(spec.shape)} like {format_shape(spec.shape)}"
+                )
+            axis_names = spec.profile.axis_names if spec.profile else [f"axis {i}" for i in range(len(shape))]
+            for axis, (size, want) in enumerate(zip(shape, spec.shape)):
+                if isinstance(want, int) and size != want:
+                    raise InputError(
+                        f"input {name!r} axis {axis} ({axis_names[axis]}) is {size}, expected {want} "
+                        f"(shape {format_shape(shape)}, model takes {format_shape(spec.shape)})"
+                    )
+                if size <= 0:
+                    raise InputError(f"input {name!r} has an empty axis {axis} (shape {format_shape(shape)})")
+            if spec.profile is not None:
+                spec.profile.check(shape)
+        return dict(feed)
+
+    @abc.abstractmethod
+    def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Run on a feed already checked by :meth:`check_feed`."""
+
+    def warmup(self, iterations: int = 3) -> None:
+        """Run a few times at the profile's opt shape so lazy allocations happen before timing."""
+        from .parity import random_inputs
+
+        if self.profile is None:
+            return
+        feed = random_inputs(self.profile, "opt", seed=0)
+        for _ in range(iterations):
+            self.infer(feed)
+
+    def close(self) -> None:
+        """Free backend resources; idempotent."""
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        ins = ", ".join(map(str, self.inputs.values()))
+        outs = ", ".join(map(str, self.outputs.values()))
+        return f"<{type(self).__name__} {self.name} ({ins}) -> ({outs})>"

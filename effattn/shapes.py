@@ -1,0 +1,184 @@
+"""Shape profiles: the one source of dynamic axes, engine profiles and run-time input checks.
+
+A :class:`ShapeProfile` maps each input name to an :class:`InputProfile` with a ``min``, ``opt`` and
+``max`` shape. An axis whose ``min`` differs from its ``max`` is dynamic and carries a name
+(``batch``, ``height``, ``width`` for images, ``length`` for sequences); the rest are static. The
+ONNX exporter, the TensorRT builder, Triton configs and every runner read the same object.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .errors import InputError, ProfileError
+
+Shape = tuple[int, ...]
+
+#: Axis names by rank, NCHW for images and NCL for sequences.
+AXIS_NAMES: dict[int, tuple[str, ...]] = {
+    2: ("batch", "features"),
+    3: ("batch", "channels", "length"),
+    4: ("batch", "channels", "height", "width"),
+}
+
+
+def parse_shape(text: str | Sequence[int]) -> Shape:
+    """``"1x3x64x64"`` (or ``"1,3,64,64"`` or a sequence) -> ``(1, 3, 64, 64)``."""
+    if not isinstance(text, str):
+        shape = tuple(int(d) for d in text)
+    else:
+        parts = [p for p in re.split(r"[x,×\s]+", text.strip()) if p]
+        if not parts or not all(p.isdigit() for p in parts):
+            raise ProfileError(f"cannot read shape {text!r}: write it as NxCxHxW, e.g. 1x3x64x64")
+        shape = tuple(int(p) for p in parts)
+    if any(d <= 0 for d in shape):
+        raise ProfileError(f"shape {format_shape(shape)} has a non-positive dimension")
+    return shape
+
+
+def format_shape(shape: Sequence[int | str | None]) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape)
+
+
+@dataclass(frozen=True)
+class InputProfile:
+    """min/opt/max shapes of one input; ``opt`` is what engines tune for and exports trace with."""
+
+    name: str
+    min: Shape
+    opt: Shape
+    max: Shape
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        shapes = (self.min, self.opt, self.max)
+        if len({len(s) for s in shapes}) != 1:
+            raise ProfileError(
+                f"input {self.name!r}: min {format_shape(self.min)}, opt {format_shape(self.opt)} and "
+                f"max {format_shape(self.max)} must have the same rank"
+            )
+        for axis, (lo, mid, hi) in enumerate(zip(*shapes)):
+            if lo <= 0 or not lo <= mid <= hi:
+                raise ProfileError(
+                    f"input {self.name!r} axis {axis} ({self.axis_names[axis]}): need 0 < min <= opt <= max, "
+                    f"got {lo}, {mid}, {hi}"
+                )
+
+    @property
+    def rank(self) -> int:
+        return len(self.opt)
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        return AXIS_NAMES.get(self.rank, tuple(f"dim{i}" for i in range(self.rank)))
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        """Axis index -> name, for every axis whose size may vary."""
+        return {i: self.axis_names[i] for i in range(self.rank) if self.min[i] != self.max[i]}
+
+    @property
+    def symbolic_shape(self) -> tuple[int | str, ...]:
+        """The shape with dynamic axes named, as ONNX and Triton write it."""
+        dyn = self.dynamic_axes
+        return tuple(dyn.get(i, self.opt[i]) for i in range(self.rank))
+
+    def check(self, shape: Sequence[int]) -> None:
+        """Raise :class:`InputError` naming the first axis of ``shape`` outside this profile."""
+        shape = tuple(shape)
+        if len(shape) != self.rank:
+            raise InputError(
+                f"input {self.name!r} has rank {len(shape)} (shape {format_shape(shape)}), expected rank "
+                f"{self.rank} like {format_shape(self.symbolic_shape)}"
+            )
+        for axis, size in enumerate(shape):
+            lo, hi = self.min[axis], self.max[axis]
+            if not lo <= size <= hi:
+                what = f"must be {lo}" if lo == hi else f"must be in [{lo}, {hi}]"
+                raise InputError(
+                    f"input {self.name!r} axis {axis} ({self.axis_names[axis]}) is {size}; it {what} "
+                    f"(profile min {format_shape(self.min)}, max {format_shape(self.max)}); "
+                    "re-export with a wider profile to accept it"
+                )
+
+    def to_dict(self) -> dict:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class ShapeProfile(Mapping[str, InputProfile]):
+    """Input name -> :class:`InputProfile`, in the model's input order."""
+
+    inputs: tuple[InputProfile, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.inputs]
+        if not names:
+            raise ProfileError("a shape profile needs at least one input")
+        if len(set(names)) != len(names):
+            raise ProfileError(f"duplicate input names in profile: {names}")
+
+    @classmethod
+    def single(
+        cls,
+        min: str | Sequence[int],
+        opt: str | Sequence[int] | None = None,
+        max: str | Sequence[int] | None = None,
+        name: str = "input",
+    ) -> ShapeProfile:
+        """A one-input profile; ``opt`` and ``max`` default to ``min`` (a static shape)."""
+        lo = parse_shape(min)
+        mid = parse_shape(opt) if opt is not None else lo
+        hi = parse_shape(max) if max is not None else mid
+        return cls((InputProfile(name, lo, mid, hi),))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Mapping]) -> ShapeProfile:
+        try:
+            return cls(
+                tuple(
+                    InputProfile(name, parse_shape(d["min"]), parse_shape(d["opt"]), parse_shape(d["max"]),
+                                 d.get("dtype", "float32"))
+                    for name, d in data.items()
+                )
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ProfileError(f"malformed shape profile {data!r}: {e}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> ShapeProfile:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ProfileError(f"shape profile is not valid JSON: {e}") from None
+
+    def to_dict(self) -> dict[str, dict]:
+        return {p.name: p.to_dict() for p in self.inputs}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    def shapes(self, which: str) -> dict[str, Shape]:
+        """``which`` in {"min", "opt", "max"} -> input name -> shape."""
+        return {p.name: getattr(p, which) for p in self.inputs}
+
+    def __getitem__(self, name: str) -> InputProfile:
+        for p in self.inputs:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return (p.name for p in self.inputs)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __str__(self) -> str:
+        return "; ".join(
+            f"{p.name}: min {format_shape(p.min)}, opt {format_shape(p.opt)}, max {format_shape(p.max)}"
+            for p in self.inputs
+        )
