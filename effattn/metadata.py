@@ -15,6 +15,7 @@ PREFIX = "effattn."
 VERSION, MODEL, TASK, PROFILE = "effattn.version", "effattn.model", "effattn.task", "effattn.profile"
 CHECKPOINT_SHA256, EXPORTER, RESIDUAL, PRECISION = (
     "effattn.checkpoint_sha256", "effattn.exporter", "effattn.residual", "effattn.precision")
+MODEL_ARGS = "effattn.model_args"  # JSON keyword arguments of the factory
 
 
 def profile_of(meta: Mapping[str, str]) -> ShapeProfile | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import tempfile
@@ -115,13 +116,15 @@ def export_onnx(
     validate: bool = True,
     force: bool = False,
     output_names: list[str] | None = None,
+    model_args: dict | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export ``model`` to ``path`` with dynamic axes from ``profile`` and verify it.
 
     ``profile`` is a :class:`ShapeProfile` or example tensors (then every shape is static).
     ``model`` may be a :class:`ModelSource` (from ``load_model``) so the file records the model name
-    and checkpoint hash. ``progress`` is called with each step's name as it starts.
+    and checkpoint hash; ``model_args`` (the factory's keyword arguments) are recorded so the eager
+    reference can be rebuilt from the file alone. ``progress`` is called with each step's name as it starts.
     Raises :class:`ExportError` (or :class:`ParityError` if ONNX Runtime disagrees with eager PyTorch).
     """
     path = Path(path)
@@ -170,6 +173,8 @@ def export_onnx(
         metadata.EXPORTER: f"{exporter} (torch {torch.__version__}, opset {opset})",
         metadata.PRECISION: "fp32",
     }
+    if model_args:
+        meta[metadata.MODEL_ARGS] = json.dumps(model_args)
     if source.checkpoint_sha256:
         meta[metadata.CHECKPOINT_SHA256] = source.checkpoint_sha256
     if getattr(module, "residual", False) and len(profile) == 1:

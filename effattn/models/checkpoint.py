@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import pickle
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -122,6 +125,20 @@ class ModelSource:
     profile: ShapeProfile | None  # the model's default profile, if it has one
     checkpoint: Path | None = None
     checkpoint_sha256: str | None = None
+    samples: Callable[..., Tensor] | None = None  # task images, for models trained on a known task
+
+    def task_inputs(self, profile: ShapeProfile, seed: int | None = None) -> list[dict[str, np.ndarray]]:
+        """In-distribution inputs at min/opt/max (empty unless trained weights of a known task are loaded).
+
+        Argmax agreement means something on the data the weights were trained on, less on noise."""
+        if self.samples is None or self.checkpoint is None or len(profile) != 1:
+            return []
+        g = torch.Generator().manual_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+        name, p = next(iter(profile.items()))
+        if p.rank != 4:
+            return []
+        return [{name: self.samples(*getattr(p, which)[:1], *getattr(p, which)[2:], g).numpy()}
+                for which in ("min", "opt", "max")]
 
 
 def load_model(spec: str, checkpoint: str | Path | None = None, pretrained: bool = False, **kwargs) -> ModelSource:
@@ -140,15 +157,16 @@ def load_model(spec: str, checkpoint: str | Path | None = None, pretrained: bool
             raise ModelError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
         profile = getattr(model, "default_profile", None)
         task = getattr(model, "task", "custom")
+        samples = None
     else:
         entry = get_entry(spec)
         model = create_model(spec, **kwargs)
-        profile, task = entry.profile, entry.task
+        profile, task, samples = entry.profile, entry.task, entry.samples
         if pretrained and checkpoint is None:
             checkpoint = entry.require_pretrained()
     if checkpoint is not None:
         load_weights(model, checkpoint)
-    source = ModelSource(model.eval(), spec, task, profile)
+    source = ModelSource(model.eval(), spec, task, profile, samples=samples)
     if checkpoint is not None:
         source.checkpoint = Path(checkpoint)
         source.checkpoint_sha256 = sha256_file(checkpoint)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..errors import ModelError
@@ -24,6 +25,8 @@ class ModelEntry:
     task: str  # "block" | "classification" | "segmentation"
     description: str
     pretrained: str | None = None  # file under effattn/models/weights/
+    #: (batch, height, width, generator) -> images of the data the pretrained weights saw
+    samples: Callable[..., torch.Tensor] | None = None
 
     @property
     def pretrained_path(self) -> Path | None:
@@ -42,7 +45,7 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    profile: ShapeProfile, task: str, pretrained: str | None = None
+    profile: ShapeProfile, task: str, pretrained: str | None = None, samples: Callable | None = None
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a factory under its function name; its docstring's first line describes it."""
 
@@ -51,7 +54,7 @@ def register_model(
         if name in _REGISTRY:
             raise ModelError(f"model {name!r} is registered twice")
         doc = (factory.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ModelEntry(name, factory, profile, task, doc[0] if doc else "", pretrained)
+        _REGISTRY[name] = ModelEntry(name, factory, profile, task, doc[0] if doc else "", pretrained, samples)
         return factory
 
     return wrap
@@ -67,9 +70,9 @@ def get_entry(name: str) -> ModelEntry:
         return _REGISTRY[name]
     except KeyError:
         close = [n for n in _REGISTRY if name.lower() in n or n in name.lower()]
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ModelError(
-            f"unknown model {name!r}{hint} Known models: {', '.join(list_models())} "
+            f"unknown model {name!r}{hint}. Known models: {', '.join(list_models())} "
             "(or give your own as package.module:factory)"
         ) from None
 

@@ -39,3 +39,8 @@ def shapes_batch(batch: int, height: int, width: int, generator: torch.Generator
                              images)
         labels = torch.where(mask, torch.where(is_disk, 1, 2), labels)
     return (images * 2 - 1).float(), labels
+
+
+def images(batch: int, height: int, width: int, generator: torch.Generator | None = None) -> Tensor:
+    """Task images alone, for parity checks on the data the shipped weights were trained on."""
+    return shapes_batch(batch, height, width, generator)[0]

@@ -1,0 +1,447 @@
+"""The ``effattn`` command line: a thin layer over the Python API, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import EffattnError, FileExistsNoForceError, InputError, ModelError
+
+log = logging.getLogger("effattn")
+
+EPILOG = """\
+typical session:
+  effattn demo                                   # the whole path on the trained tiny segmenter
+  effattn models                                 # what the zoo holds, with default shapes
+  effattn export ea_segnet_tiny --pretrained -o seg.onnx --min 1x3x32x32 --opt 1x3x128x128 --max 4x3x512x512
+  effattn run seg.onnx --shape 1x3x256x256       # run it (random input) on the best backend here
+  effattn compare seg.onnx                       # parity against eager PyTorch, rebuilt from the file's metadata
+  effattn bench --models efficient_attention ea_segnet_tiny --sizes 64 128 256
+
+Shapes are written NxCxHxW (NxCxL for sequences). Run 'effattn COMMAND --help' for each command.
+"""
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def _progress_bar(total: int, desc: str, quiet: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=quiet, file=sys.stderr, leave=False,
+                bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
+
+
+def _step_callback(bar) -> Callable[[str], None]:
+    started = []
+
+    def step(name: str) -> None:
+        if started:
+            bar.update(1)
+        started.append(name)
+        bar.set_postfix_str(name)
+
+    return step
+
+
+def _model_args(pairs: Sequence[str]) -> dict:
+    """``["num_classes=19", "normalization='scaling'"]`` -> kwargs (values as Python literals)."""
+    kwargs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ModelError(f"--arg {pair!r}: write it as name=value, e.g. --arg num_classes=19")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value  # a bare word: a string
+    return kwargs
+
+
+def _profile_from_args(args, default):
+    """--min/--opt/--max over the model's default profile; without one, opt defaults to min and max to opt."""
+    from .shapes import ShapeProfile
+
+    if not (args.min or args.opt or args.max):
+        if default is None:
+            raise InputError("this model has no default shape profile: give --min, --opt and --max (e.g. 1x3x224x224)")
+        return default
+    base = default.inputs[0] if default is not None else None
+    lo = args.min or (base.min if base else None)
+    if lo is None:
+        raise InputError("this model has no default shape profile: give --min (and --opt/--max for dynamic axes)")
+    mid = args.opt or (base.opt if base else lo)
+    hi = args.max or (base.max if base else mid)
+    return ShapeProfile.single(lo, mid, hi, name=base.name if base else "input")
+
+
+def _check_writable(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise FileExistsNoForceError(f"{path} exists; pass --force to overwrite it")
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _load_feed(path: Path, runner) -> dict:
+    import numpy as np
+
+    if not path.is_file():
+        raise InputError(f"input file {path} does not exist")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise InputError(f"cannot read {path} as .npy/.npz: {e}") from None
+    if isinstance(data, np.ndarray):
+        if len(runner.inputs) != 1:
+            raise InputError(f"{path} holds one array but the model has inputs {list(runner.inputs)}; use an .npz")
+        return {next(iter(runner.inputs)): data}
+    return dict(data.items())
+
+
+def _reference_source(meta: dict, checkpoint: Path | None):
+    """Rebuild the eager model an ONNX file was exported from, using its metadata."""
+    from . import metadata
+    from .models import get_entry, load_model, sha256_file
+
+    name = meta.get(metadata.MODEL)
+    if not name:
+        raise ModelError("the ONNX file has no effattn metadata; give --model (and --checkpoint) for the reference")
+    kwargs = json.loads(meta.get(metadata.MODEL_ARGS, "{}"))
+    want = meta.get(metadata.CHECKPOINT_SHA256)
+    if checkpoint is None and want and ":" not in name:
+        shipped = get_entry(name).pretrained_path
+        if shipped is not None and sha256_file(shipped) == want:
+            checkpoint = shipped
+    if want is None:
+        raise ModelError(f"{name} was exported with random weights, which cannot be rebuilt; re-export with "
+                         "--checkpoint or --pretrained to compare against eager PyTorch")
+    if checkpoint is None:
+        raise ModelError(f"{name} was exported from a checkpoint (sha256 {want[:12]}…); give it with --checkpoint")
+    source = load_model(name, checkpoint=checkpoint, **kwargs)
+    if source.checkpoint_sha256 != want:
+        raise ModelError(f"checkpoint {checkpoint} (sha256 {source.checkpoint_sha256[:12]}…) is not the one the "
+                         f"file was exported from (sha256 {want[:12]}…)")
+    return source
+
+
+# ---------------------------------------------------------------------------------------- commands
+def cmd_models(args) -> None:
+    from .models import create_model, get_entry, list_models
+
+    rows = []
+    for name in list_models(args.pattern):
+        entry = get_entry(name)
+        params = sum(p.numel() for p in create_model(name).parameters())
+        rows.append({"name": name, "task": entry.task, "params": params, "pretrained": bool(entry.pretrained),
+                     "profile": str(entry.profile), "description": entry.description})
+    if args.json:
+        _print_json(rows)
+        return
+    if not rows:
+        print(f"no model matches {args.pattern!r}")
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        flag = " [trained weights]" if r["pretrained"] else ""
+        print(f"{r['name']:<{width}}  {r['task']:<14} {r['params'] / 1e6:6.2f}M  {r['description']}{flag}")
+        print(f"{'':<{width}}  {r['profile']}")
+
+
+def cmd_export(args) -> None:
+    from .export import export_onnx
+    from .models import load_model
+
+    _check_writable(args.output, args.force)
+    source = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, **_model_args(args.arg))
+    profile = _profile_from_args(args, source.profile)
+    steps = 2 + (not args.no_simplify) + (not args.no_validate)
+    with _progress_bar(steps, f"export {args.model}", args.quiet) as bar:
+        result = export_onnx(source, profile, args.output, exporter=args.exporter, opset=args.opset,
+                             simplify=not args.no_simplify, validate=not args.no_validate, force=args.force,
+                             model_args=_model_args(args.arg), progress=_step_callback(bar))
+        bar.update(bar.total - bar.n)
+    if args.json:
+        _print_json({"path": str(result.path), "nodes": result.nodes, "seconds": result.seconds,
+                     "profile": profile.to_dict(), "parity": result.report.to_dict() if result.report else None})
+        return
+    print(f"wrote {result.path} ({result.nodes} nodes, {result.exporter} exporter, {result.seconds:.1f}s)")
+    print(f"profile: {profile}")
+    if result.report:
+        print(result.report)
+
+
+def cmd_run(args) -> None:
+    import numpy as np
+
+    from .runtime import load, random_inputs
+    from .shapes import ShapeProfile
+
+    if args.output:
+        _check_writable(args.output, args.force)
+    with load(args.onnx, backend=args.backend, device=args.device) as runner:
+        if args.input:
+            feed = _load_feed(args.input, runner)
+        elif args.shape:
+            name = next(iter(runner.inputs))
+            feed = random_inputs(ShapeProfile.single(args.shape, name=name), "opt", args.seed)
+        elif runner.profile is not None:
+            feed = random_inputs(runner.profile, "opt", args.seed)
+        else:
+            raise InputError("give --input FILE.npy or --shape NxCxHxW (the file has no shape profile)")
+        outputs = runner.infer(feed)
+        if args.output:
+            np.savez(args.output, **outputs)
+        summary = {name: {"shape": list(v.shape), "dtype": v.dtype.name, "mean": float(v.mean()),
+                          "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+                   for name, v in outputs.items()}
+        if args.json:
+            _print_json({"backend": runner.backend, "outputs": summary})
+            return
+        print(f"backend: {runner.backend}")
+        for name, s in summary.items():
+            print(f"{name}: {s['dtype']}[{'x'.join(map(str, s['shape']))}]  mean {s['mean']:.4g}  std {s['std']:.4g}"
+                  f"  min {s['min']:.4g}  max {s['max']:.4g}")
+        if args.output:
+            print(f"wrote {args.output}")
+
+
+def cmd_compare(args) -> None:
+    from . import metadata
+    from .export import read_metadata
+    from .models import load_model
+    from .runtime import compare, load, random_inputs
+    from .runtime.torch import TorchRunner
+
+    meta = read_metadata(args.onnx)
+    if args.model:
+        source = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                            **_model_args(args.arg))
+    else:
+        source = _reference_source(meta, args.checkpoint)
+    with load(args.onnx, backend=args.backend, device=args.device) as runner:
+        profile = runner.profile or source.profile
+        if profile is None:
+            raise InputError("neither the file nor the model has a shape profile")
+        feeds = [random_inputs(profile, which, args.seed) for which in ("min", "opt", "max")]
+        feeds += source.task_inputs(profile, args.seed)
+        reference = TorchRunner(source.model, profile, output_names=list(runner.outputs))
+        report = compare(reference, runner, feeds, precision=meta.get(metadata.PRECISION, "fp32"),
+                         residuals=metadata.residuals_of(meta))
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(f"{args.onnx} vs eager PyTorch ({source.name}), {len(feeds)} inputs at min/opt/max shapes")
+        print(report)
+    if not report.passed:
+        raise SystemExit(1)
+
+
+def cmd_demo(args) -> None:
+    from . import metadata
+    from .export import export_onnx
+    from .models import get_entry, load_model
+    from .runtime import compare, load, measure, random_inputs
+    from .runtime.torch import TorchRunner
+
+    out = args.out
+    onnx_path = out / f"{args.model}.onnx"
+    _check_writable(onnx_path, args.force)
+    source = load_model(args.model, pretrained=get_entry(args.model).pretrained is not None)
+    profile = source.profile
+    with _progress_bar(4, f"demo: export {args.model}", args.quiet) as bar:
+        result = export_onnx(source, profile, onnx_path, force=args.force, progress=_step_callback(bar))
+        bar.update(bar.total - bar.n)
+    runner = load(onnx_path, backend="auto", device=args.device)
+    with runner:
+        reference = TorchRunner(source.model, profile, output_names=list(runner.outputs))
+        feeds = [random_inputs(profile, which, args.seed) for which in ("min", "opt", "max")]
+        feeds += source.task_inputs(profile, args.seed)
+        report = compare(reference, runner, feeds, residuals=metadata.residuals_of(runner.metadata))
+        feed = random_inputs(profile, "opt", args.seed)
+        timings = {}
+        for name, r in (("eager PyTorch", reference), (runner.backend, runner)):
+            timings[name] = measure(lambda r=r: r.infer(feed), min_seconds=args.seconds, max_seconds=4 * args.seconds)
+    eager = timings["eager PyTorch"].median_ms
+    if args.json:
+        _print_json({"onnx": str(onnx_path), "backend": runner.backend, "parity": report.to_dict(),
+                     "latency": {k: v.to_dict() | {"speedup_vs_eager": eager / v.median_ms}
+                                 for k, v in timings.items()}})
+    else:
+        print(f"exported {source.name} ({'trained weights' if source.checkpoint else 'random weights'}) "
+              f"to {onnx_path}: {result.nodes} nodes, checked, simplified, validated in {result.seconds:.1f}s")
+        print(f"backend: {runner.backend} (auto)\n\nparity vs eager PyTorch FP32 over {len(feeds)} inputs "
+              f"(random and synthetic-task images at min/opt/max shapes):")
+        print(report)
+        shape = "x".join(map(str, next(iter(profile.values())).opt))
+        print(f"\nlatency at {shape} (ms; {timings['eager PyTorch'].runs}+ timed runs after warm-up):")
+        print(f"{'backend':<18}{'median':>9}{'p90':>9}{'speedup':>9}")
+        for name, t in timings.items():
+            print(f"{name:<18}{t.median_ms:>9.3f}{t.p90_ms:>9.3f}{eager / t.median_ms:>8.2f}x")
+    if not report.passed:
+        raise SystemExit(1)
+
+
+def cmd_bench(args) -> None:
+    from .runtime.bench import run_bench
+
+    if args.output:
+        _check_writable(args.output, args.force)
+    results = run_bench(args.models, args.sizes, batch=args.batch, backends=args.backends,
+                        threads=args.threads, min_seconds=args.seconds, quiet=args.quiet)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results.to_dict(), indent=2) + "\n")
+    if args.json:
+        _print_json(results.to_dict())
+    else:
+        print(results.table())
+        if args.output:
+            print(f"wrote {args.output}")
+
+
+# ------------------------------------------------------------------------------------------ parser
+def _add_shape_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("shape profile (defaults: the model's own)")
+    g.add_argument("--min", metavar="SHAPE", help="smallest input, e.g. 1x3x32x32")
+    g.add_argument("--opt", metavar="SHAPE", help="the shape engines tune for, e.g. 1x3x128x128")
+    g.add_argument("--max", metavar="SHAPE", help="largest input, e.g. 8x3x512x512")
+
+
+def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("model", nargs=None if required else "?",
+                   help="a zoo name (see 'effattn models') or your own package.module:factory")
+    p.add_argument("--checkpoint", type=Path, help="state_dict to load (.safetensors, .pt, .pth)")
+    p.add_argument("--pretrained", action="store_true", help="load the zoo's shipped trained weights")
+    p.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
+                   help="keyword argument for the model factory, e.g. --arg num_classes=19 (repeatable)")
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("auto", "onnxruntime"), default="auto",
+                   help="auto: ONNX Runtime on CUDA if present, else CPU (default)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="force the device")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="effattn", description="Export, verify and run networks with Efficient Attention "
+        "(PyTorch -> ONNX -> ONNX Runtime / TensorRT), every step checked against eager PyTorch.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"effattn {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, fn, help: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=description,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("models", cmd_models, "list the model zoo",
+            "List registered models with their task, size, default shape profile and whether trained weights ship.")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'ea_*'")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("export", cmd_export, "PyTorch -> checked, simplified, validated ONNX",
+            "Export a model to ONNX with dynamic batch/height/width, run onnx.checker and shape inference, "
+            "simplify with onnxslim, record metadata (model, profile, checkpoint sha256), then verify ONNX "
+            "Runtime against eager PyTorch at the min, opt and max shapes. The file is written only if it "
+            "passes.\n\nexample:\n  effattn export ea_segnet_tiny --pretrained -o seg.onnx --max 8x3x512x512")
+    _add_model_args(p)
+    p.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    _add_shape_args(p)
+    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                   help="torch.export-based (default) or the legacy TorchScript exporter as a fallback")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    p.add_argument("--no-validate", action="store_true", help="skip the parity check (not recommended)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("run", cmd_run, "run an ONNX file on a backend",
+            "Run an exported model once and summarise its outputs. Inputs come from a .npy/.npz file or are "
+            "random at --shape (default: the profile's opt shape); inputs are checked against the profile "
+            "first.\n\nexample:\n  effattn run seg.onnx --shape 2x3x128x96 --output out.npz")
+    p.add_argument("onnx", type=Path, help="an .onnx file")
+    p.add_argument("--input", type=Path, help=".npy (one input) or .npz (by input name)")
+    p.add_argument("--shape", help="random input of this shape, e.g. 1x3x256x256")
+    p.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    p.add_argument("--output", type=Path, help="save outputs to this .npz")
+    p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    _add_backend_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("compare", cmd_compare, "parity of an ONNX file against eager PyTorch",
+            "Compare a backend's outputs with eager PyTorch FP32 on fresh random inputs at the profile's "
+            "min/opt/max shapes (and task images for the trained model): max abs error, relative L2, cosine, "
+            "argmax agreement for logits, and the attention branch of residual blocks. The reference model "
+            "is rebuilt from the file's metadata unless --model is given. Exit code 1 if any check fails.")
+    p.add_argument("onnx", type=Path, help="an .onnx file written by 'effattn export'")
+    _add_model_args(p, required=False)
+    p.set_defaults(model=None)
+    p.add_argument("--seed", type=int, default=None, help="seed for inputs (default: fresh each run)")
+    _add_backend_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("demo", cmd_demo, "the whole path on one model, with parity and latency tables",
+            "Take a zoo model (the trained tiny segmenter by default), export it, run it on the best backend "
+            "available, and print a parity table against eager PyTorch and a latency table (eager vs the "
+            "backend, measured in the same run).")
+    p.add_argument("--model", default="ea_segnet_tiny", help="zoo model (default: ea_segnet_tiny, trained)")
+    p.add_argument("--out", type=Path, default=Path("effattn-demo"), help="folder for the files (default ./effattn-demo)")
+    p.add_argument("--force", action="store_true", help="overwrite files from an earlier demo")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="force the device")
+    p.add_argument("--seed", type=int, default=None, help="seed for inputs (default: fresh each run)")
+    p.add_argument("--seconds", type=float, default=1.0, help="timing per backend (default 1 s)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("bench", cmd_bench, "latency of eager PyTorch vs ONNX Runtime across sizes",
+            "Export each model once with a profile spanning the sizes, then time eager PyTorch FP32 and each "
+            "backend at every size (median/p90/p99 after warm-up) and report the ratio to eager, measured in "
+            "the same run.\n\nexample:\n  effattn bench --models efficient_attention ea_segnet_tiny --sizes 64 128 256 "
+            "-o benchmarks/results/cpu.json")
+    p.add_argument("--models", nargs="+", default=["efficient_attention", "ea_resnet_tiny", "ea_segnet_tiny"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[64, 128, 256], help="square input sizes (H = W)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--backends", nargs="+", default=["onnxruntime-cpu"],
+                   help="backends besides eager torch-cpu (default onnxruntime-cpu)")
+    p.add_argument("--threads", type=int, default=None, help="threads for torch and ONNX Runtime (default: all cores)")
+    p.add_argument("--seconds", type=float, default=1.0, help="minimum timing per row")
+    p.add_argument("-o", "--output", type=Path, help="write results as JSON here")
+    p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="effattn: %(message)s", stream=sys.stderr)
+    logging.getLogger("effattn").setLevel(level)
+    try:
+        args.func(args)
+    except EffattnError as e:
+        if args.debug:
+            raise
+        print(f"effattn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("effattn: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,99 @@
+import argparse
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from effattn.errors import CheckpointError, ModelError
+from effattn.models import create_model, load_model, load_weights, read_state_dict, sha256_file
+from effattn.models.synthetic import CLASSES, shapes_batch
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt", "wrapped", "ddp"])
+def test_checkpoint_formats_load(tmp_path, fmt):
+    src = create_model("ea_resnet_tiny")
+    state = _state(src)
+    path = tmp_path / f"ckpt.{'safetensors' if fmt == 'safetensors' else 'pt'}"
+    if fmt == "safetensors":
+        save_file(state, str(path))
+    elif fmt == "pt":
+        torch.save(state, path)
+    elif fmt == "wrapped":
+        torch.save({"state_dict": state, "epoch": 3}, path)
+    else:
+        torch.save({f"module.{k}": v for k, v in state.items()}, path)
+    dst = load_weights(create_model("ea_resnet_tiny"), path)
+    for k, v in dst.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_mismatched_keys_are_named(tmp_path):
+    state = _state(create_model("ea_resnet_tiny"))
+    state.pop("head.weight")
+    state["extra.weight"] = torch.zeros(1)
+    state["head.bias"] = torch.zeros(7)
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as err:
+        load_weights(create_model("ea_resnet_tiny"), path)
+    msg = str(err.value)
+    assert "missing keys: head.weight" in msg
+    assert "unexpected keys: extra.weight" in msg
+    assert "head.bias (7,) vs model (10,)" in msg
+
+
+def test_corrupt_and_unsafe_checkpoints_are_refused(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        read_state_dict(junk)
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"weights": torch.zeros(1), "obj": argparse.Namespace(a=1)}, unsafe)  # needs full pickle
+    with pytest.raises(CheckpointError, match="refused for safety"):
+        read_state_dict(unsafe)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_state_dict(tmp_path / "missing.safetensors")
+    not_tensors = tmp_path / "meta.pt"
+    torch.save({"epoch": 3}, not_tensors)
+    with pytest.raises(CheckpointError, match="holds no state_dict"):
+        read_state_dict(not_tensors)
+
+
+def test_user_factory_with_checkpoint(tmp_path):
+    from tests.conftest import make_user_model
+
+    state = _state(make_user_model(channels=8))
+    path = tmp_path / "user.safetensors"
+    save_file(state, str(path))
+    source = load_model("tests.conftest:make_user_model", checkpoint=path, channels=8)
+    assert source.checkpoint_sha256 == sha256_file(path)
+    assert torch.equal(source.model.state_dict()["0.weight"], state["0.weight"])
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("tests.conftest:nope", "has no attribute 'nope'"),
+    ("no_such_pkg.mod:f", "cannot import module 'no_such_pkg.mod'"),
+    ("tests.conftest:not_a_model", "returned int, not a torch.nn.Module"),
+    ("tests.conftest", r"unknown model 'tests.conftest'\. Known models: .*package.module:factory"),
+])
+def test_bad_user_factories(spec, match):
+    with pytest.raises(ModelError, match=match):
+        load_model(spec)
+
+
+def test_shipped_weights_are_trained():
+    """Random weights score ~1/3 per class; the shipped ones segment held-out synthetic images."""
+    source = load_model("ea_segnet_tiny", pretrained=True)
+    assert source.checkpoint is not None and source.checkpoint.stat().st_size < 5 * 2**20
+    x, y = shapes_batch(16, 64, 64, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        pred = source.model(x).argmax(1)
+    accuracy = (pred == y).float().mean().item()
+    assert accuracy > 0.95, f"pixel accuracy {accuracy:.3f}"
+    for c in range(1, len(CLASSES)):
+        iou = ((pred == c) & (y == c)).sum() / ((pred == c) | (y == c)).sum()
+        assert iou > 0.75, f"{CLASSES[c]} IoU {iou:.3f}"

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from effattn.errors import ModelError
+from effattn.models import create_model, get_entry, list_models
+
+
+def test_zoo_lists_blocks_and_both_hosts():
+    names = list_models()
+    for name in ("efficient_attention", "efficient_attention_1d", "dot_product_attention",
+                 "ea_resnet_tiny", "ea_resnet", "ea_segnet_tiny", "ea_segnet"):
+        assert name in names
+    assert list_models("ea_seg*") == ["ea_segnet", "ea_segnet_tiny"]
+
+
+@pytest.mark.parametrize("name", ["efficient_attention", "efficient_attention_1d", "dot_product_attention",
+                                  "ea_resnet_tiny", "ea_segnet_tiny", "ea_segnet"])
+def test_models_run_at_their_min_shape_with_expected_output(name):
+    entry = get_entry(name)
+    shape = entry.profile["input"].min
+    model = create_model(name)
+    assert not model.training
+    with torch.no_grad():
+        out = model(torch.randn(*shape))
+    if entry.task == "block":
+        assert out.shape == shape
+    elif entry.task == "segmentation":
+        assert out.shape[0] == shape[0] and out.shape[2:] == shape[2:]
+    else:
+        assert out.shape[0] == shape[0] and out.dim() == 2
+
+
+def test_host_networks_accept_non_square_odd_sizes():
+    with torch.no_grad():
+        assert create_model("ea_segnet_tiny")(torch.randn(2, 3, 37, 50)).shape == (2, 3, 37, 50)
+        assert create_model("ea_resnet_tiny")(torch.randn(3, 3, 45, 31)).shape == (3, 10)
+
+
+def test_unknown_model_suggests_names():
+    with pytest.raises(ModelError, match=r"unknown model 'segnet_tiny' \(did you mean ea_segnet_tiny\?\)"):
+        create_model("segnet_tiny")
+
+
+def test_bad_factory_arguments_name_them():
+    with pytest.raises(ModelError, match="bad arguments {'channels': 3}"):
+        create_model("ea_segnet_tiny", channels=3)
+
+
+def test_pretrained_only_where_weights_ship():
+    with pytest.raises(ModelError, match="has no pretrained weights; models with weights: ea_segnet_tiny"):
+        create_model("ea_resnet_tiny", pretrained=True)

@@ -1,0 +1,113 @@
+"""Runners: every bad input gets a clear error before it reaches the backend; loading refuses bad files."""
+
+import numpy as np
+import pytest
+import torch
+
+from effattn.engines import available_devices
+from effattn.errors import BackendError, InputError
+from effattn.export import export_onnx
+from effattn.models import EfficientAttention
+from effattn.runtime import load, random_inputs
+from effattn.runtime.torch import TorchRunner
+from effattn.shapes import ShapeProfile
+
+PROFILE = ShapeProfile.single("1x8x4x4", "2x8x16x16", "4x8x32x32")
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("runner") / "block.onnx"
+    export_onnx(EfficientAttention(8, 4, 2, 8), PROFILE, path)
+    return path
+
+
+@pytest.fixture(scope="module", params=["onnxruntime", "torch"])
+def runner(request, onnx_path):
+    if request.param == "torch":
+        return TorchRunner(EfficientAttention(8, 4, 2, 8), PROFILE)
+    return load(onnx_path, device="cpu")
+
+
+def test_runner_reads_specs_and_profile_from_the_file(onnx_path):
+    with load(onnx_path) as runner:
+        assert runner.backend == "onnxruntime-cpu"
+        spec = runner.inputs["input"]
+        assert spec.shape == ("batch", 8, "height", "width")
+        assert runner.profile == PROFILE
+        assert list(runner.outputs) == ["output"]
+        assert "input: float32[batchx8xheightxwidth]" in repr(runner)
+
+
+def test_accepts_numpy_torch_and_bare_arrays(runner):
+    x = np.random.default_rng().standard_normal((2, 8, 6, 10), dtype=np.float32)
+    a = runner.infer({"input": x})["output"]
+    b = runner.infer({"input": torch.from_numpy(x)})["output"]
+    c = runner.infer(x)["output"]
+    assert a.shape == (2, 8, 6, 10) and np.array_equal(a, b) and np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("feed,match", [
+    ({"image": np.zeros((1, 8, 8, 8), np.float32)}, r"do not match the model's inputs \['input'\]; missing \['input'\]; unknown \['image'\]"),
+    ({"input": np.zeros((1, 8, 8, 8), np.float64)}, r"input 'input' has dtype float64, expected float32; convert it"),
+    ({"input": np.zeros((1, 8, 8, 8), np.float16)}, "has dtype float16, expected float32"),
+    ({"input": np.zeros((8, 8, 8), np.float32)}, r"has rank 3 \(shape 8x8x8\), expected rank 4"),
+    ({"input": np.zeros((1, 3, 8, 8), np.float32)}, r"axis 1 \(channels\) is 3, expected 8"),
+    ({"input": np.zeros((1, 8, 64, 8), np.float32)}, r"axis 2 \(height\) is 64; it must be in \[4, 32\].*re-export"),
+    ({"input": np.zeros((5, 8, 8, 8), np.float32)}, r"axis 0 \(batch\) is 5; it must be in \[1, 4\]"),
+    ({"input": np.zeros((1, 8, 2, 8), np.float32)}, r"axis 2 \(height\) is 2; it must be in \[4, 32\]"),
+    ({"input": [[1.0]]}, "is a list; pass a numpy array or torch tensor"),
+    ("not a feed", "feed must map input names to arrays"),
+])
+def test_bad_inputs_are_refused_with_a_clear_message(runner, feed, match):
+    with pytest.raises(InputError, match=match):
+        runner.infer(feed)
+
+
+def test_load_refuses_unknown_backends_and_foreign_files(tmp_path, onnx_path):
+    with pytest.raises(BackendError, match="unknown backend 'tensorrtx'"):
+        load(onnx_path, backend="tensorrtx")
+    with pytest.raises(BackendError, match="expected an .onnx file"):
+        load(tmp_path / "model.plan")
+    with pytest.raises(BackendError, match="does not exist"):
+        load(tmp_path / "missing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07garbage" * 50)
+    with pytest.raises(BackendError, match="ONNX Runtime cannot load .*junk.onnx"):
+        load(junk)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(onnx_path.read_bytes()[:300])
+    with pytest.raises(BackendError, match="ONNX Runtime cannot load"):
+        load(truncated)
+    with pytest.raises(BackendError, match="needs a ShapeProfile"):
+        load(EfficientAttention(8), backend="torch")
+
+
+@pytest.mark.skipif("cuda" in available_devices(), reason="this onnxruntime has the CUDA provider")
+def test_forcing_cuda_without_the_provider_says_what_to_install(onnx_path):
+    with pytest.raises(BackendError, match=r"CUDAExecutionProvider is not in this onnxruntime build.*effattn\[gpu\]"):
+        load(onnx_path, device="cuda")
+
+
+def test_warmup_and_close(onnx_path):
+    runner = load(onnx_path)
+    runner.warmup(2)
+    feed = random_inputs(PROFILE, "max", seed=1)
+    assert runner.infer(feed)["output"].shape == PROFILE["input"].max
+    runner.close()
+    runner.close()  # idempotent
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_matches_eager(onnx_path):
+    if "cuda" not in available_devices():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu on a CUDA machine)")
+    block = EfficientAttention(8, 4, 2, 8)
+    from effattn.runtime import compare
+
+    path = onnx_path.parent / "cuda_block.onnx"
+    export_onnx(block, PROFILE, path, force=True)
+    with load(path, device="cuda") as runner:
+        report = compare(TorchRunner(block, PROFILE), runner, [random_inputs(PROFILE, w) for w in ("min", "opt", "max")],
+                         residuals={"output": "input"})
+    assert report.passed, report

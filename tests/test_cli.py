@@ -1,0 +1,132 @@
+"""The command line, driven in-process: results on stdout, one-line errors on stderr, exit codes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from effattn.cli import main
+
+
+@pytest.fixture(scope="module")
+def seg_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "seg.onnx"
+    assert main(["export", "ea_segnet_tiny", "--pretrained", "-o", str(path), "-q",
+                 "--min", "1x3x32x32", "--opt", "1x3x64x64", "--max", "2x3x96x96"]) == 0
+    return path
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "expected an error message"
+    return err[-1]
+
+
+def test_help_teaches(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("models", "export", "run", "compare", "demo", "bench"):
+        assert command in out
+    assert "effattn export ea_segnet_tiny --pretrained" in out
+
+
+def test_models_json(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    seg = next(r for r in rows if r["name"] == "ea_segnet_tiny")
+    assert seg["pretrained"] and seg["task"] == "segmentation" and seg["params"] > 1000
+
+
+def test_export_refuses_to_overwrite(seg_onnx, capsys):
+    before = seg_onnx.read_bytes()
+    assert main(["export", "ea_segnet_tiny", "-o", str(seg_onnx), "-q"]) == 2
+    assert "exists; pass --force to overwrite it" in _error_line(capsys)
+    assert seg_onnx.read_bytes() == before
+
+
+def test_run_with_shape_and_output(seg_onnx, tmp_path, capsys):
+    out = tmp_path / "out.npz"
+    assert main(["run", str(seg_onnx), "--shape", "2x3x40x72", "--output", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["backend"] == "onnxruntime-cpu"
+    assert summary["outputs"]["logits"]["shape"] == [2, 3, 40, 72]
+    assert np.load(out)["logits"].shape == (2, 3, 40, 72)
+
+
+def test_run_with_input_file(seg_onnx, tmp_path, capsys):
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 3, 32, 48), np.float32))
+    assert main(["run", str(seg_onnx), "--input", str(x)]) == 0
+    assert "logits: float32[1x3x32x48]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--shape", "1x3x200x200"], r"input 'input' axis 2 \(height\) is 200; it must be in \[32, 96\]"),
+    (["--shape", "1x4x64x64"], r"axis 1 \(channels\) is 4, expected 3"),
+    (["--shape", "1xax64"], "cannot read shape '1xax64'"),
+])
+def test_run_bad_input_is_one_line(seg_onnx, capsys, argv, match):
+    import re
+
+    assert main(["run", str(seg_onnx), *argv]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("effattn run: error: ") and re.search(match, line), line
+
+
+def test_run_wrong_dtype_file(seg_onnx, tmp_path, capsys):
+    x = tmp_path / "x64.npy"
+    np.save(x, np.zeros((1, 3, 32, 32), np.float64))
+    assert main(["run", str(seg_onnx), "--input", str(x)]) == 2
+    assert "has dtype float64, expected float32" in _error_line(capsys)
+
+
+def test_unknown_model_and_missing_file_are_one_line(tmp_path, capsys):
+    assert main(["export", "nope", "-o", str(tmp_path / "n.onnx")]) == 2
+    assert "unknown model 'nope'" in _error_line(capsys)
+    assert main(["run", str(tmp_path / "missing.onnx")]) == 2
+    assert "does not exist" in _error_line(capsys)
+
+
+def test_compare_rebuilds_the_reference_from_metadata(seg_onnx, capsys):
+    assert main(["compare", str(seg_onnx), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"]
+    assert {r["metric"] for r in report["rows"]} == {"output", "argmax"}
+
+
+def test_compare_refuses_random_weights(tmp_path, capsys):
+    path = tmp_path / "rand.onnx"
+    assert main(["export", "efficient_attention", "-o", str(path), "-q", "--max", "2x64x32x32",
+                 "--opt", "1x64x16x16", "--min", "1x64x8x8"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(path)]) == 2
+    assert "exported with random weights" in _error_line(capsys)
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--seconds", "0.1", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "parity vs eager PyTorch" in text and "PASS" in text and "FAIL" not in text
+    assert "speedup" in text and (out / "ea_segnet_tiny.onnx").is_file()
+    assert main(["demo", "--out", str(out), "--seconds", "0.1", "-q"]) == 2  # no silent overwrite
+    assert "--force" in _error_line(capsys)
+
+
+def test_bench_json_schema(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--models", "efficient_attention", "--sizes", "8", "16", "--seconds", "0.02",
+                 "-q", "-o", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["schema"] == "effattn.bench/1"
+    assert {"cpu", "threads", "torch", "onnxruntime", "date"} <= set(data["environment"])
+    rows = data["rows"]
+    assert [(r["backend"], r["shape"]) for r in rows] == [
+        ("torch-cpu", [1, 64, 8, 8]), ("onnxruntime-cpu", [1, 64, 8, 8]),
+        ("torch-cpu", [1, 64, 16, 16]), ("onnxruntime-cpu", [1, 64, 16, 16])]
+    for r in rows:
+        assert r["p90_ms"] >= r["median_ms"] >= r["min_ms"] > 0
+        assert r["speedup_vs_eager"] > 0
+    assert rows[0]["speedup_vs_eager"] == 1.0
