@@ -202,7 +202,7 @@ def export_onnx(
     durations = {name: marks[i + 1][1] - t for i, (name, t) in enumerate(marks[:-1])}
     result = ExportResult(path, profile, exporter, len(proto.graph.node), time.perf_counter() - start, report,
                           durations)
-    log.info("exported %s to %s (%d nodes, %.1fs)", source.name, path, result.nodes, result.seconds)
+    log.debug("exported %s to %s (%d nodes, %.1fs)", source.name, path, result.nodes, result.seconds)
     return result
 
 
