@@ -16,6 +16,7 @@ VERSION, MODEL, TASK, PROFILE = "effattn.version", "effattn.model", "effattn.tas
 CHECKPOINT_SHA256, EXPORTER, RESIDUAL, PRECISION = (
     "effattn.checkpoint_sha256", "effattn.exporter", "effattn.residual", "effattn.precision")
 MODEL_ARGS = "effattn.model_args"  # JSON keyword arguments of the factory
+FP32_OPS = "effattn.fp32_ops"  # ops the precision stage kept in FP32
 
 
 def profile_of(meta: Mapping[str, str]) -> ShapeProfile | None:

@@ -1,0 +1,76 @@
+"""The FP16 graph: FP32 I/O, FP16 weights, and numerics within DESIGN.md's FP16 tolerances on the CPU."""
+
+import numpy as np
+import onnx
+import pytest
+
+from effattn import metadata
+from effattn.errors import ExportError, FileExistsNoForceError
+from effattn.export import export_onnx, read_metadata, to_fp16
+from effattn.models import load_model
+from effattn.runtime import compare, load, random_inputs
+from effattn.runtime.torch import TorchRunner
+from effattn.shapes import ShapeProfile
+
+BLOCK_PROFILE = ShapeProfile.single("1x64x16x16", "2x64x64x64", "2x64x160x160")  # up to 25,600 positions
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fp16")
+    seg = load_model("ea_segnet_tiny", pretrained=True)
+    block = load_model("efficient_attention")
+    export_onnx(seg, seg.profile, d / "seg.onnx")
+    export_onnx(block, BLOCK_PROFILE, d / "block.onnx")
+    return {"seg": (seg, seg.profile, to_fp16(d / "seg.onnx", d / "seg.fp16.onnx")),
+            "block": (block, BLOCK_PROFILE, to_fp16(d / "block.onnx", d / "block.fp16.onnx"))}
+
+
+def _report(source, profile, path, scale=1.0):
+    feeds = [random_inputs(profile, which) for which in ("min", "opt", "max")] + source.task_inputs(profile)
+    feeds = [{k: v * np.float32(scale) for k, v in f.items()} for f in feeds]
+    with load(path) as runner:
+        reference = TorchRunner(source.model, profile, list(runner.outputs))
+        return compare(reference, runner, feeds, precision="fp16", residuals=metadata.residuals_of(runner.metadata))
+
+
+def test_fp16_graph_has_fp32_io_and_fp16_weights(graphs):
+    path = graphs["block"][2]
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [f32]
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [f32]
+    conv_weights = [t for t in model.graph.initializer if t.dims and len(t.dims) == 4]
+    assert conv_weights and all(t.data_type == f16 for t in conv_weights)
+    meta = read_metadata(path)
+    assert meta[metadata.PRECISION] == "fp16" and meta[metadata.MODEL] == "efficient_attention"
+
+
+@pytest.mark.parametrize("name", ["block", "seg"])
+def test_fp16_numerics_within_tolerance(graphs, name):
+    report = _report(*graphs[name])
+    assert report.passed, report
+    if name == "block":  # the branch, not only the residual-dominated output
+        assert {r.metric for r in report.rows} == {"output", "branch"}
+    else:  # trained weights, task images: argmax agreement >= 99.5%
+        assert next(r for r in report.rows if r.metric == "argmax").value >= 0.995, report
+
+
+@pytest.mark.parametrize("name", ["block", "seg"])
+def test_large_range_inputs_stay_finite(graphs, name):
+    """Inputs x100: FP16 must not produce inf/NaN (the report fails on any non-finite value)."""
+    report = _report(*graphs[name], scale=100.0)
+    assert all(np.isfinite(r.value) for r in report.rows), report
+    assert report.passed, report
+
+
+def test_refuses_overwrite_and_double_conversion(graphs, tmp_path):
+    fp16 = graphs["block"][2]
+    with pytest.raises(ExportError, match="is already fp16; convert the FP32 export instead"):
+        to_fp16(fp16, tmp_path / "again.onnx")
+    target = tmp_path / "taken.onnx"
+    target.write_bytes(b"mine")
+    with pytest.raises(FileExistsNoForceError):
+        to_fp16(fp16.with_name("block.onnx"), target)
+    assert target.read_bytes() == b"mine"
