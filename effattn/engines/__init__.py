@@ -1,5 +1,11 @@
-"""Engines: ONNX Runtime sessions (CPU, CUDA, TensorRT EP) and, with a GPU, TensorRT plans."""
+"""Engines: ONNX Runtime sessions (CPU, CUDA, TensorRT EP), TensorRT plans and the engine cache.
 
-from .onnxruntime import available_devices, create_session
+TensorRT itself is imported only when a TensorRT path runs, so everything here imports without it.
+"""
 
-__all__ = ["available_devices", "create_session"]
+from .cache import EngineCache, EngineKey, Sidecar, verify_plan
+from .onnxruntime import available_devices, create_session, optimize_model
+from .tensorrt import EngineBuild, build_engine, tensorrt_available
+
+__all__ = ["EngineBuild", "EngineCache", "EngineKey", "Sidecar", "available_devices", "build_engine",
+           "create_session", "optimize_model", "tensorrt_available", "verify_plan"]

@@ -15,15 +15,17 @@ from .timing import LatencyStats, measure
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "onnxruntime", "torch")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
 
 def load(source: str | Path | nn.Module, backend: str = "auto", device: str | None = None,
          profile: ShapeProfile | None = None, threads: int | None = None) -> Runner:
     """A Runner for an ONNX file (or an ``nn.Module`` for the eager reference).
 
-    ``backend="auto"`` picks ONNX Runtime on CUDA when the CUDA provider is present, else on the CPU,
-    and logs which it picked. ``device`` forces ``cpu`` or ``cuda``.
+    ``backend="auto"`` picks TensorRT when ``tensorrt`` and a GPU are present (building the engine
+    through the engine cache, in the graph's own precision), else ONNX Runtime on CUDA when its
+    provider is present, else ONNX Runtime on the CPU, and logs which it picked. ``device`` forces
+    ``cpu`` or ``cuda`` for ONNX Runtime. ``.plan``/``.engine`` files go to TensorRT.
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -36,9 +38,25 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
 
         return TorchRunner(source, profile, device=device or "cpu")
     path = Path(source)
+    if path.suffix.lower() in (".plan", ".engine"):
+        if backend not in ("auto", "tensorrt"):
+            raise BackendError(f"{path} is a TensorRT engine; only the tensorrt backend runs it")
+        from .tensorrt import TensorRTRunner
+
+        return TensorRTRunner(path)
     if path.suffix.lower() != ".onnx":
-        raise BackendError(f"{path}: expected an .onnx file (engines come with the TensorRT backend)")
+        raise BackendError(f"{path}: expected an .onnx file or a TensorRT .plan/.engine")
     from ..engines.onnxruntime import available_devices
+    from ..engines.tensorrt import tensorrt_available
+
+    if backend == "tensorrt" or (backend == "auto" and device is None and tensorrt_available()):
+        from ..engines.tensorrt import build_engine
+        from ..export.onnx import read_metadata
+        from .tensorrt import TensorRTRunner
+
+        precision = read_metadata(path).get("effattn.precision", "fp32")
+        log.info("backend auto: TensorRT (%s engine, through the engine cache)", precision)
+        return TensorRTRunner(build_engine(path, precision=precision).plan)
     from .onnxruntime import OnnxRuntimeRunner
 
     if device is None:

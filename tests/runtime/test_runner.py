@@ -67,8 +67,8 @@ def test_bad_inputs_are_refused_with_a_clear_message(runner, feed, match):
 def test_load_refuses_unknown_backends_and_foreign_files(tmp_path, onnx_path):
     with pytest.raises(BackendError, match="unknown backend 'tensorrtx'"):
         load(onnx_path, backend="tensorrtx")
-    with pytest.raises(BackendError, match="expected an .onnx file"):
-        load(tmp_path / "model.plan")
+    with pytest.raises(BackendError, match="expected an .onnx file or a TensorRT .plan/.engine"):
+        load(tmp_path / "model.txt")
     with pytest.raises(BackendError, match="does not exist"):
         load(tmp_path / "missing.onnx")
     junk = tmp_path / "junk.onnx"

@@ -1,0 +1,161 @@
+"""The engine cache: a built engine is reused only for exactly what it was built from and for.
+
+An engine is tied to the ONNX bytes, precision, profiles and builder options it was built with,
+and to the TensorRT version and GPU (name and compute capability) that built it. The key hashes
+all of them; the JSON sidecar beside each plan records them, plus the plan's size and sha256, so a
+stale, foreign, truncated or corrupt plan is detected before TensorRT ever sees it. Plans stay raw
+(trtexec and Triton load them as they are).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import BackendError
+
+log = logging.getLogger(__name__)
+
+SIDECAR_SCHEMA = "effattn.engine/1"
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything an engine depends on. Enums are stored by name: TensorRT 11 renumbered them."""
+
+    onnx_sha256: str
+    precision: str
+    profiles: tuple[str, ...]  # ShapeProfile.to_json() of each optimization profile
+    builder_options: str  # canonical JSON of the options that change the plan
+    backend: str  # "tensorrt" or "tensorrt_rtx"
+    backend_version: str
+    gpu_name: str
+    compute_capability: str
+
+    @classmethod
+    def create(cls, onnx_bytes: bytes, precision: str, profiles: list[str], builder_options: Mapping,
+               backend: str, backend_version: str, gpu_name: str, compute_capability: str) -> EngineKey:
+        return cls(hashlib.sha256(onnx_bytes).hexdigest(), precision, tuple(profiles),
+                   json.dumps(dict(builder_options), sort_keys=True, separators=(",", ":")),
+                   backend, backend_version, gpu_name, compute_capability)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+    def mismatch(self, other: Mapping) -> list[str]:
+        """Fields in which a sidecar's key differs from this one, as readable phrases."""
+        mine = json.loads(json.dumps(asdict(self)))  # tuples as lists, as a sidecar stores them
+        return [f"{k}: engine has {other.get(k)!r}, wanted {v!r}" for k, v in mine.items() if other.get(k) != v]
+
+
+@dataclass
+class Sidecar:
+    key: dict
+    digest: str
+    plan_sha256: str
+    plan_bytes: int
+    io: list[dict] = field(default_factory=list)
+    layers: dict = field(default_factory=dict)  # precision census from the engine inspector
+    created: str = ""
+    schema: str = SIDECAR_SCHEMA
+
+    @classmethod
+    def read(cls, path: Path) -> Sidecar:
+        try:
+            data = json.loads(path.read_text())
+            if data.get("schema") != SIDECAR_SCHEMA:
+                raise ValueError(f"schema {data.get('schema')!r}")
+            return cls(**data)
+        except FileNotFoundError:
+            raise BackendError(f"{path} is missing: effattn loads an engine only with the sidecar written when it "
+                               "was built (it records the TensorRT version and GPU); rebuild with 'effattn build'") from None
+        except (ValueError, TypeError) as e:
+            raise BackendError(f"{path} is not an effattn engine sidecar ({e}); rebuild with 'effattn build'") from None
+
+    def write(self, path: Path) -> None:
+        _atomic_write(path, (json.dumps(asdict(self), indent=2) + "\n").encode())
+
+
+def sidecar_path(plan: Path) -> Path:
+    return plan.with_name(plan.name + ".json")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def verify_plan(plan: Path, *, backend: str, backend_version: str, gpu_name: str, compute_capability: str) -> Sidecar:
+    """The sidecar of ``plan`` if the plan is whole and was built by this TensorRT on this GPU; else a clear error."""
+    if not plan.is_file():
+        raise BackendError(f"engine {plan} does not exist")
+    sidecar = Sidecar.read(sidecar_path(plan))
+    size = plan.stat().st_size
+    if size != sidecar.plan_bytes:
+        raise BackendError(f"engine {plan} is {size} bytes but was written as {sidecar.plan_bytes}: truncated or "
+                           "replaced; rebuild it")
+    if hashlib.sha256(plan.read_bytes()).hexdigest() != sidecar.plan_sha256:
+        raise BackendError(f"engine {plan} does not match the checksum in its sidecar: corrupt; rebuild it")
+    built = sidecar.key
+    here = {"backend": backend, "backend_version": backend_version, "gpu_name": gpu_name,
+            "compute_capability": compute_capability}
+    wrong = [f"{k} {built.get(k)!r} (here {v!r})" for k, v in here.items() if built.get(k) != v]
+    if wrong:
+        raise BackendError(f"engine {plan} was built for another setup: {', '.join(wrong)}. Plans are tied to the "
+                           "TensorRT version and the GPU; rebuild it here with 'effattn build'")
+    return sidecar
+
+
+class EngineCache:
+    """Plans and sidecars under ``root``, named by key digest; a timing cache file lives beside them."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def timing_cache(self) -> Path:
+        return self.root / "timing.cache"
+
+    def plan_path(self, key: EngineKey) -> Path:
+        return self.root / f"{key.digest[:24]}.plan"
+
+    def lookup(self, key: EngineKey) -> Path | None:
+        """The cached plan for ``key``, or None (a stale or damaged entry is logged and ignored)."""
+        plan = self.plan_path(key)
+        if not plan.exists():
+            return None
+        try:
+            sidecar = verify_plan(plan, backend=key.backend, backend_version=key.backend_version,
+                                  gpu_name=key.gpu_name, compute_capability=key.compute_capability)
+        except BackendError as e:
+            log.warning("engine cache: ignoring %s (%s); rebuilding", plan.name, e)
+            return None
+        differs = key.mismatch(sidecar.key)
+        if differs or sidecar.digest != key.digest:
+            log.warning("engine cache: %s was built from something else (%s); rebuilding", plan.name,
+                        "; ".join(differs) or "digest differs")
+            return None
+        log.info("engine cache hit: %s", plan)
+        return plan
+
+    def store(self, key: EngineKey, plan_bytes: bytes, io: list[dict] | None = None,
+              layers: dict | None = None) -> Path:
+        plan = self.plan_path(key)
+        _atomic_write(plan, plan_bytes)
+        Sidecar(asdict(key), key.digest, hashlib.sha256(plan_bytes).hexdigest(), len(plan_bytes), io or [],
+                layers or {}, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")).write(sidecar_path(plan))
+        return plan
