@@ -243,48 +243,125 @@ def cmd_compare(args) -> None:
 
 
 def cmd_demo(args) -> None:
+    """export -> FP16 graph -> best backend here, each checked against eager FP32 and timed beside it."""
     from . import metadata
-    from .export import export_onnx
+    from .export import export_onnx, to_fp16
     from .models import get_entry, load_model
     from .runtime import compare, load, measure, random_inputs
     from .runtime.torch import TorchRunner
 
     out = args.out
-    onnx_path = out / f"{args.model}.onnx"
-    _check_writable(onnx_path, args.force)
+    fp32_path, fp16_path = out / f"{args.model}.onnx", out / f"{args.model}.fp16.onnx"
+    for path in (fp32_path, fp16_path):
+        _check_writable(path, args.force)
     source = load_model(args.model, pretrained=get_entry(args.model).pretrained is not None)
     profile = source.profile
-    with _progress_bar(4, f"demo: export {args.model}", args.quiet) as bar:
-        result = export_onnx(source, profile, onnx_path, force=args.force, progress=_step_callback(bar))
+    with _progress_bar(5, f"demo: export {args.model}", args.quiet) as bar:
+        result = export_onnx(source, profile, fp32_path, force=args.force, progress=_step_callback(bar))
+        bar.set_postfix_str("fp16")
+        to_fp16(fp32_path, fp16_path, force=args.force)
         bar.update(bar.total - bar.n)
-    runner = load(onnx_path, backend="auto", device=args.device)
-    with runner:
-        reference = TorchRunner(source.model, profile, output_names=list(runner.outputs))
-        feeds = [random_inputs(profile, which, args.seed) for which in ("min", "opt", "max")]
-        feeds += source.task_inputs(profile, args.seed)
-        report = compare(reference, runner, feeds, residuals=metadata.residuals_of(runner.metadata))
-        feed = random_inputs(profile, "opt", args.seed)
-        timings = {}
-        for name, r in (("eager PyTorch", reference), (runner.backend, runner)):
-            timings[name] = measure(lambda r=r: r.infer(feed), min_seconds=args.seconds, max_seconds=4 * args.seconds)
-    eager = timings["eager PyTorch"].median_ms
+    feeds = [random_inputs(profile, which, args.seed) for which in ("min", "opt", "max")]
+    feeds += source.task_inputs(profile, args.seed)
+    feed = random_inputs(profile, "opt", args.seed)
+    runners = [load(fp32_path, backend="auto", device=args.device), load(fp16_path, backend="auto", device=args.device)]
+    reference = TorchRunner(source.model, profile, output_names=list(runners[0].outputs))
+    reports, timings = [], {"eager PyTorch fp32": measure(lambda: reference.infer(feed), min_seconds=args.seconds,
+                                                           max_seconds=4 * args.seconds)}
+    for precision, runner in zip(("fp32", "fp16"), runners):
+        runner.name = f"{runner.backend} {precision}"
+        with runner:
+            reports.append(compare(reference, runner, feeds, precision=precision,
+                                   residuals=metadata.residuals_of(runner.metadata)))
+            timings[runner.name] = measure(lambda r=runner: r.infer(feed), min_seconds=args.seconds,
+                                           max_seconds=4 * args.seconds)
+    eager = timings["eager PyTorch fp32"].median_ms
+    passed = all(r.passed for r in reports)
     if args.json:
-        _print_json({"onnx": str(onnx_path), "backend": runner.backend, "parity": report.to_dict(),
+        _print_json({"onnx": [str(fp32_path), str(fp16_path)], "parity": [r.to_dict() for r in reports],
                      "latency": {k: v.to_dict() | {"speedup_vs_eager": eager / v.median_ms}
                                  for k, v in timings.items()}})
     else:
         print(f"exported {source.name} ({'trained weights' if source.checkpoint else 'random weights'}) "
-              f"to {onnx_path}: {result.nodes} nodes, checked, simplified, validated in {result.seconds:.1f}s")
-        print(f"backend: {runner.backend} (auto)\n\nparity vs eager PyTorch FP32 over {len(feeds)} inputs "
-              f"(random and synthetic-task images at min/opt/max shapes):")
-        print(report)
+              f"to {fp32_path}: {result.nodes} nodes, checked, simplified, validated in {result.seconds:.1f}s; "
+              f"FP16 graph (FP32 I/O) {fp16_path}")
+        print(f"backend: {runners[0].backend} (auto)\n\nparity vs eager PyTorch FP32 over {len(feeds)} inputs "
+              f"(random and task images at min/opt/max shapes; FP32 and FP16 tolerances of DESIGN.md):")
+        print("\n\n".join(str(r) for r in reports))
         shape = "x".join(map(str, next(iter(profile.values())).opt))
-        print(f"\nlatency at {shape} (ms; {timings['eager PyTorch'].runs}+ timed runs after warm-up):")
-        print(f"{'backend':<18}{'median':>9}{'p90':>9}{'speedup':>9}")
+        print(f"\nlatency at {shape} (ms, after warm-up, same run):")
+        print(f"{'backend':<26}{'median':>9}{'p90':>9}{'speedup':>9}")
         for name, t in timings.items():
-            print(f"{name:<18}{t.median_ms:>9.3f}{t.p90_ms:>9.3f}{eager / t.median_ms:>8.2f}x")
-    if not report.passed:
+            print(f"{name:<26}{t.median_ms:>9.3f}{t.p90_ms:>9.3f}{eager / t.median_ms:>8.2f}x")
+    if not passed:
         raise SystemExit(1)
+
+
+def cmd_build(args) -> None:
+    from .export import read_metadata, to_fp16
+
+    _check_writable(args.output, args.force)
+    if args.backend == "tensorrt":
+        from .engines import build_engine
+
+        build = build_engine(args.onnx, precision=args.precision, output=args.output, cache_dir=args.cache_dir,
+                             workspace_gib=args.workspace, optimization_level=args.opt_level,
+                             fp16_flag=args.fp16_flag, rtx=args.rtx, force=args.force, progress=not args.quiet)
+        layers = build.sidecar.layers
+        print(f"wrote {build.plan} ({'cache hit' if build.cache_hit else 'built'} in {build.seconds:.1f}s; "
+              f"layers: {layers})")
+        return
+    from .engines import optimize_model
+
+    source = args.onnx
+    if args.precision == "fp16" and read_metadata(source).get("effattn.precision", "fp32") == "fp32":
+        source = to_fp16(args.onnx, args.output.with_name(args.output.stem + ".fp16-source.onnx"), force=args.force)
+    optimize_model(source, args.output, device=args.device or "cpu")
+    print(f"wrote {args.output} (ONNX Runtime's optimised {args.precision} graph; load it with 'effattn run')")
+
+
+def cmd_inspect(args) -> None:
+    from .engines.cache import Sidecar, sidecar_path
+
+    path = args.file
+    if path.suffix in (".plan", ".engine"):
+        side = Sidecar.read(sidecar_path(path))
+        info = {"file": str(path), "kind": "TensorRT engine", "built_with": side.key, "io": side.io,
+                "layers": side.layers, "plan_bytes": side.plan_bytes, "created": side.created}
+    else:
+        info = _inspect_onnx(path)
+    if args.json:
+        _print_json(info)
+        return
+    for k, v in info.items():
+        print(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+
+
+def _inspect_onnx(path: Path) -> dict:
+    from collections import Counter
+
+    import onnx
+
+    from .errors import ExportError
+    from .export import read_metadata
+
+    meta = read_metadata(path)  # refuses non-ONNX files with a clear message
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:
+        raise ExportError(f"{path} is not a loadable ONNX model: {e}") from None
+
+    def io(values):
+        names = {i.name for i in model.graph.initializer}
+        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]}
+                for v in values if v.name not in names]
+
+    weights = Counter(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name for t in model.graph.initializer)
+    return {"file": str(path), "kind": "ONNX model", "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+            "inputs": io(model.graph.input), "outputs": io(model.graph.output), "nodes": len(model.graph.node),
+            "ops": dict(Counter(n.op_type for n in model.graph.node).most_common()), "weights": dict(weights),
+            "metadata": meta}
 
 
 def cmd_bench(args) -> None:
@@ -402,6 +479,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), help="force the device")
     p.add_argument("--seed", type=int, default=None, help="seed for inputs (default: fresh each run)")
     p.add_argument("--seconds", type=float, default=1.0, help="timing per backend (default 1 s)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("build", cmd_build, "ONNX -> TensorRT engine (or ONNX Runtime's optimised graph)",
+            "Build an engine from an exported ONNX file. TensorRT: FP16 graphs are built strongly typed (the "
+            "only way on TensorRT 11, which has no FP16 builder flag); an FP32 file is converted to FP16 first. "
+            "Engines go through the engine cache (keyed by the ONNX bytes, precision, profiles, builder options, "
+            "TensorRT version and GPU), with a shared timing cache beside it. ONNX Runtime: save the optimised "
+            "graph so later sessions start faster.\n\nexamples:\n  effattn build seg.onnx -o seg.plan\n"
+            "  effattn build seg.onnx -o seg.ort.onnx --backend onnxruntime --precision fp32")
+    p.add_argument("onnx", type=Path, help="an .onnx file written by 'effattn export'")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the engine (.plan) or optimised .onnx to write")
+    p.add_argument("--backend", choices=("tensorrt", "onnxruntime"), default="tensorrt")
+    p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
+    p.add_argument("--fp16-flag", action="store_true", help="TensorRT 10 only: weakly typed build with the FP16 flag")
+    p.add_argument("--workspace", type=float, metavar="GIB", help="TensorRT workspace limit in GiB")
+    p.add_argument("--opt-level", type=int, default=3, choices=range(6), help="builder optimisation level 0-5 (3)")
+    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "effattn" / "engines")
+    p.add_argument("--rtx", action="store_true", help="use TensorRT for RTX (tensorrt_rtx)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="ONNX Runtime: device the graph is optimised for")
+    p.add_argument("--force", action="store_true", help="overwrite the output")
+
+    p = add("inspect", cmd_inspect, "what an ONNX file or engine holds",
+            "Show inputs/outputs (with dynamic axes), opset, node and op counts, weight dtypes and effattn "
+            "metadata of an ONNX file; or the build record (TensorRT version, GPU, profiles, I/O, layer "
+            "precisions) of an engine.")
+    p.add_argument("file", type=Path, help=".onnx, .plan or .engine")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("bench", cmd_bench, "latency of eager PyTorch vs ONNX Runtime across sizes",

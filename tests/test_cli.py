@@ -110,7 +110,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--seconds", "0.1", "-q"]) == 0
     text = capsys.readouterr().out
     assert "parity vs eager PyTorch" in text and "PASS" in text and "FAIL" not in text
-    assert "speedup" in text and (out / "ea_segnet_tiny.onnx").is_file()
+    assert "onnxruntime-cpu fp16" in text and "<= 1e-02" in text  # the FP16 graph, checked at FP16 tolerance
+    assert "speedup" in text and (out / "ea_segnet_tiny.onnx").is_file() and (out / "ea_segnet_tiny.fp16.onnx").is_file()
     assert main(["demo", "--out", str(out), "--seconds", "0.1", "-q"]) == 2  # no silent overwrite
     assert "--force" in _error_line(capsys)
 
@@ -130,3 +131,30 @@ def test_bench_json_schema(tmp_path, capsys):
         assert r["p90_ms"] >= r["median_ms"] >= r["min_ms"] > 0
         assert r["speedup_vs_eager"] > 0
     assert rows[0]["speedup_vs_eager"] == 1.0
+
+
+def test_build_onnxruntime_optimised_graph_runs(seg_onnx, tmp_path, capsys):
+    out = tmp_path / "seg.ort.onnx"
+    assert main(["build", str(seg_onnx), "-o", str(out), "--backend", "onnxruntime", "--precision", "fp32"]) == 0
+    assert main(["run", str(out), "--shape", "1x3x40x40", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["outputs"]["logits"]["shape"] == [1, 3, 40, 40]
+
+
+def test_build_tensorrt_without_it_is_one_line(seg_onnx, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
+    assert main(["build", str(seg_onnx), "-o", str(tmp_path / "seg.plan")]) == 2
+    assert "tensorrt is not installed" in _error_line(capsys)
+
+
+def test_inspect_onnx_and_refuse_junk(seg_onnx, tmp_path, capsys):
+    assert main(["inspect", str(seg_onnx), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}]
+    assert info["metadata"]["effattn.model"] == "ea_segnet_tiny" and info["ops"]["Conv"] > 0
+    junk = tmp_path / "junk.plan"
+    junk.write_bytes(b"nope")
+    assert main(["inspect", str(junk)]) == 2
+    assert "sidecar" in _error_line(capsys)
