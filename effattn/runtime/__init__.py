@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .. import metadata
 from ..errors import BackendError
 from ..shapes import ShapeProfile
 from .base import Runner, TensorSpec
@@ -54,7 +55,7 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
         from ..export.onnx import read_metadata
         from .tensorrt import TensorRTRunner
 
-        precision = read_metadata(path).get("effattn.precision", "fp32")
+        precision = read_metadata(path).get(metadata.PRECISION, "fp32")
         log.info("backend auto: TensorRT (%s engine, through the engine cache)", precision)
         return TensorRTRunner(build_engine(path, precision=precision).plan)
     from .onnxruntime import OnnxRuntimeRunner
