@@ -215,7 +215,7 @@ def cmd_compare(args) -> None:
     from . import metadata
     from .export import read_metadata
     from .models import load_model
-    from .runtime import compare, load, random_inputs
+    from .runtime import compare, load, profile_inputs
     from .runtime.torch import TorchRunner
 
     meta = read_metadata(args.onnx)
@@ -228,7 +228,7 @@ def cmd_compare(args) -> None:
         profile = runner.profile or source.profile
         if profile is None:
             raise InputError("neither the file nor the model has a shape profile")
-        feeds = [random_inputs(profile, which, args.seed) for which in ("min", "opt", "max")]
+        feeds = profile_inputs(profile, args.seed)
         feeds += source.task_inputs(profile, args.seed)
         reference = TorchRunner(source.model, profile, output_names=list(runner.outputs))
         report = compare(reference, runner, feeds, precision=meta.get(metadata.PRECISION, "fp32"),
@@ -247,7 +247,7 @@ def cmd_demo(args) -> None:
     from . import metadata
     from .export import export_onnx, to_fp16
     from .models import get_entry, load_model
-    from .runtime import compare, load, measure, random_inputs
+    from .runtime import compare, load, measure, profile_inputs, random_inputs
     from .runtime.torch import TorchRunner
 
     out = args.out
@@ -261,7 +261,7 @@ def cmd_demo(args) -> None:
         bar.set_postfix_str("fp16")
         to_fp16(fp32_path, fp16_path, force=args.force)
         bar.update(bar.total - bar.n)
-    feeds = [random_inputs(profile, which, args.seed) for which in ("min", "opt", "max")]
+    feeds = profile_inputs(profile, args.seed)
     feeds += source.task_inputs(profile, args.seed)
     feed = random_inputs(profile, "opt", args.seed)
     runners = [load(fp32_path, backend="auto", device=args.device), load(fp16_path, backend="auto", device=args.device)]

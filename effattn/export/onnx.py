@@ -243,10 +243,10 @@ def validate_onnx(module: nn.Module, path: Path, profile: ShapeProfile, output_n
                   residuals: dict[str, str] | None = None, seed: int | None = None):
     """Parity of ONNX Runtime (CPU) against eager PyTorch on fresh random inputs at min, opt and max."""
     from ..runtime.onnxruntime import OnnxRuntimeRunner
-    from ..runtime.parity import compare, random_inputs
+    from ..runtime.parity import compare, profile_inputs
     from ..runtime.torch import TorchRunner
 
-    feeds = [random_inputs(profile, which, seed) for which in ("min", "opt", "max")]
+    feeds = profile_inputs(profile, seed)
     with OnnxRuntimeRunner(path, device="cpu") as candidate:
         reference = TorchRunner(module, profile, output_names=output_names)
         return compare(reference, {"onnxruntime-cpu": candidate}, feeds, residuals=residuals)

@@ -11,7 +11,7 @@ from .. import metadata
 from ..errors import BackendError
 from ..shapes import ShapeProfile
 from .base import Runner, TensorSpec
-from .parity import TOLERANCES, Report, Tolerance, compare, random_inputs
+from .parity import TOLERANCES, Report, Tolerance, compare, profile_inputs, random_inputs
 from .timing import LatencyStats, measure
 
 log = logging.getLogger(__name__)
@@ -67,4 +67,4 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
 
 
 __all__ = ["BACKENDS", "LatencyStats", "Report", "Runner", "TOLERANCES", "TensorSpec", "Tolerance", "compare",
-           "load", "measure", "random_inputs"]
+           "load", "measure", "profile_inputs", "random_inputs"]

@@ -39,6 +39,11 @@ def random_inputs(profile: ShapeProfile, which: str = "opt", seed: int | None = 
     return {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in profile.shapes(which).items()}
 
 
+def profile_inputs(profile: ShapeProfile, seed: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Random inputs at ``min``, ``opt`` and ``max``: the three shapes every parity check covers."""
+    return [random_inputs(profile, which, seed) for which in ("min", "opt", "max")]
+
+
 def _as_float64(value: Any) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         value = value.detach().cpu().numpy()
