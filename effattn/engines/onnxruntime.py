@@ -38,10 +38,11 @@ def default_threads() -> int:
 
 
 def create_session(path: str | Path, device: str = "cpu", threads: int | None = None,
-                   cache_dir: str | Path | None = None):
+                   cache_dir: str | Path | None = None, cuda_graph: bool = False):
     """An ``onnxruntime.InferenceSession`` for ``path`` on ``device``, with full graph optimisation.
 
-    ``cache_dir`` holds the TensorRT execution provider's engine and timing caches."""
+    ``cache_dir`` holds the TensorRT execution provider's engine and timing caches; ``cuda_graph``
+    turns on the GPU providers' CUDA-graph capture (runs must then go through I/O binding)."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -59,7 +60,9 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3
-    providers = [(provider, provider_options(device, cache_dir))]
+    if cuda_graph and device == "cpu":
+        raise BackendError("CUDA graphs need device 'cuda' or 'tensorrt', not 'cpu'")
+    providers = [(provider, provider_options(device, cache_dir, cuda_graph))]
     providers += [] if device == "cpu" else ["CPUExecutionProvider"]
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -95,18 +98,19 @@ def optimize_model(path: str | Path, output: str | Path, device: str = "cpu") ->
     return output
 
 
-def provider_options(device: str, cache_dir: str | Path | None = None) -> dict:
-    """Options for the GPU providers: TensorRT EP engine and timing caches under ``cache_dir``.
+def provider_options(device: str, cache_dir: str | Path | None = None, cuda_graph: bool = False) -> dict:
+    """Options for the GPU providers: TensorRT EP engine and timing caches under ``cache_dir``,
+    CUDA graphs (``enable_cuda_graph`` / ``trt_cuda_graph_enable``).
 
     Precision comes from the graph (an FP16 graph runs FP16); ``trt_fp16_enable`` stays off so
     an FP32 graph is not silently lowered.
     """
     if device == "tensorrt":
         options = {"trt_fp16_enable": False, "trt_engine_cache_enable": cache_dir is not None,
-                   "trt_timing_cache_enable": cache_dir is not None}
+                   "trt_timing_cache_enable": cache_dir is not None, "trt_cuda_graph_enable": cuda_graph}
         if cache_dir is not None:
             options |= {"trt_engine_cache_path": str(cache_dir), "trt_timing_cache_path": str(cache_dir)}
         return options
     if device == "cuda":
-        return {"cudnn_conv_algo_search": "EXHAUSTIVE"}
+        return {"cudnn_conv_algo_search": "EXHAUSTIVE"} | ({"enable_cuda_graph": "1"} if cuda_graph else {})
     return {}

@@ -115,6 +115,15 @@ class Runner(abc.ABC):
                 spec.profile.check(shape)
         return dict(feed)
 
+    def infer_torch(self, feed: Mapping[str, Any] | Any) -> dict[str, Any]:
+        """Like :meth:`infer` but returns torch tensors; GPU runners keep them on the device (no host copy)."""
+        return self._infer_torch(self.check_feed(feed))
+
+    def _infer_torch(self, feed: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        return {name: torch.from_numpy(value) for name, value in self._infer(feed).items()}
+
     @abc.abstractmethod
     def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
         """Run on a feed already checked by :meth:`check_feed`."""

@@ -1,7 +1,16 @@
-"""A Runner over an ONNX Runtime session (CPU by default; CUDA when asked or chosen by ``auto``)."""
+"""A Runner over an ONNX Runtime session (CPU by default; CUDA when asked or chosen by ``auto``).
+
+On the CPU, ``session.run`` is thread-safe and takes numpy arrays. On CUDA the runner goes through
+I/O binding: torch CUDA tensors are bound by address (no host round trip) and outputs are written
+into torch CUDA tensors, so :meth:`infer_torch` never leaves the device. Output shapes are learnt
+from the first run at each input shape. With ``cuda_graph`` the CUDA provider captures one graph per
+input shape (run option ``gpu_graph_id``) over fixed input/output buffers; those runs hold a lock.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +18,11 @@ import numpy as np
 
 from .. import metadata
 from ..engines.onnxruntime import create_session
+from ..errors import BackendError
 from .base import Runner, TensorSpec
+from .cudagraphs import ShapeKey, shape_key
+
+log = logging.getLogger(__name__)
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -18,7 +31,9 @@ _ORT_DTYPES = {
 
 
 class OnnxRuntimeRunner(Runner):
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
+                 cuda_graph: bool | None = None) -> None:
+        """``cuda_graph`` (CUDA only): True, False, or None to use graphs when the profile is static."""
         self.path = Path(path)
         self.device = device
         self.backend = f"onnxruntime-{device}"
@@ -33,11 +48,99 @@ class OnnxRuntimeRunner(Runner):
 
         super().__init__([spec(a, True) for a in self.session.get_inputs()],
                          [spec(a, False) for a in self.session.get_outputs()])
+        self._output_shapes: dict[ShapeKey, list[tuple[int, ...]]] = {}
+        self._graphs: dict[ShapeKey, tuple[int, dict, dict]] = {}  # shape -> (graph id, inputs, outputs)
+        self._graph_lock = threading.Lock()
+        self.cuda_graph = False
+        if device != "cpu" and cuda_graph is not False:
+            static = self.profile is not None and all(p.min == p.max for p in self.profile.inputs)
+            if cuda_graph or static:
+                try:
+                    self.session = create_session(self.path, device, threads, cuda_graph=True)
+                    self.cuda_graph = True
+                except BackendError as e:
+                    if cuda_graph:
+                        raise
+                    log.info("CUDA graphs off for %s: %s", self.path, e)
 
+    # ------------------------------------------------------------------ CPU: numpy in, numpy out
     def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
+        if self.device != "cpu":
+            return {k: v.cpu().numpy() for k, v in self._infer_torch(feed).items()}
         arrays = {k: v if isinstance(v, np.ndarray) else v.detach().cpu().numpy() for k, v in feed.items()}
         values = self.session.run(list(self.outputs), arrays)
         return dict(zip(self.outputs, values))
 
+    # ------------------------------------------------------------------ CUDA: I/O binding
+    def _torch_dtype(self, name: str):
+        import torch
+
+        spec = self.inputs.get(name) or self.outputs[name]
+        return torch.from_numpy(np.empty(0, spec.dtype)).dtype
+
+    def _infer_torch(self, feed: dict[str, Any]) -> dict[str, Any]:
+        if self.device == "cpu":
+            return super()._infer_torch(feed)
+        import torch
+
+        device = torch.device("cuda", torch.cuda.current_device())
+        cast = {k: torch.as_tensor(v).to(device).contiguous() for k, v in feed.items()}
+        torch.cuda.current_stream().synchronize()  # ONNX Runtime runs on its own stream
+        key = shape_key(cast)
+        if key not in self._output_shapes:
+            return self._first_run(cast, key)
+        if not self.cuda_graph:
+            outputs = self._empty_outputs(key, device)
+            self.session.run_with_iobinding(self._bind(cast, outputs))
+            return outputs
+        with self._graph_lock:
+            graph_id, inputs, outputs = self._graphs.get(key) or self._new_graph(cast, key, device)
+            for name, value in cast.items():
+                inputs[name].copy_(value)
+            torch.cuda.current_stream().synchronize()
+            self.session.run_with_iobinding(self._bind(inputs, outputs), self._run_options(graph_id))
+            return {name: out.clone() for name, out in outputs.items()}
+
+    def _first_run(self, feed: dict[str, Any], key: ShapeKey) -> dict[str, Any]:
+        """Let ONNX Runtime allocate the outputs once to learn their shapes (no graph capture)."""
+        import torch
+
+        device = next(iter(feed.values())).device
+        binding = self._bind(feed, {})
+        for name in self.outputs:
+            binding.bind_output(name, "cuda", device.index)
+        self.session.run_with_iobinding(binding, self._run_options(-1) if self.cuda_graph else None)
+        values = binding.get_outputs()
+        self._output_shapes[key] = [tuple(v.shape()) for v in values]
+        return {name: torch.from_numpy(v.numpy()).to(device) for name, v in zip(self.outputs, values)}
+
+    def _empty_outputs(self, key: ShapeKey, device) -> dict[str, Any]:
+        import torch
+
+        return {name: torch.empty(shape, dtype=self._torch_dtype(name), device=device)
+                for name, shape in zip(self.outputs, self._output_shapes[key])}
+
+    def _new_graph(self, feed: dict[str, Any], key: ShapeKey, device) -> tuple[int, dict, dict]:
+        entry = (len(self._graphs) + 1, {k: v.clone() for k, v in feed.items()}, self._empty_outputs(key, device))
+        self._graphs[key] = entry  # id 0 is reserved by ONNX Runtime; the first run with an id captures
+        return entry
+
+    def _bind(self, inputs: dict[str, Any], outputs: dict[str, Any]):
+        binding = self.session.io_binding()
+        for name, x in inputs.items():
+            binding.bind_input(name, "cuda", x.device.index, self.inputs[name].dtype, tuple(x.shape), x.data_ptr())
+        for name, y in outputs.items():
+            binding.bind_output(name, "cuda", y.device.index, self.outputs[name].dtype, tuple(y.shape), y.data_ptr())
+        return binding
+
+    @staticmethod
+    def _run_options(graph_id: int):
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.add_run_config_entry("gpu_graph_id", str(graph_id))  # -1: run without capture or replay
+        return options
+
     def close(self) -> None:
+        self._graphs.clear()
         self.session = None

@@ -1,13 +1,17 @@
 """A Runner over a serialized TensorRT engine (TensorRT 10/11 tensor-name API), torch CUDA tensors as buffers.
 
-Inputs that are already CUDA tensors of the engine's dtype are bound as they are (no host copy);
-the engine runs on the caller's current CUDA stream unless one is given. An execution context is
-not thread-safe: one runner serves one thread at a time (a pool comes with the concurrency work).
-The plan is loaded only after its sidecar proves it was built by this TensorRT on this GPU.
+Inputs that are already CUDA tensors of the engine's dtype are bound as they are (no host copy).
+An execution context is not thread-safe, so the runner keeps a small pool of (context, stream)
+slots: each call takes a free slot, and as many threads run at once as there are slots. Each slot
+captures CUDA graphs of ``execute_async_v3`` for repeated shapes (see :mod:`.cudagraphs`). The plan
+is loaded only after its sidecar proves it was built by this TensorRT on this GPU.
 """
 
 from __future__ import annotations
 
+import queue
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +22,25 @@ from ..engines.tensorrt import gpu_identity, import_tensorrt
 from ..errors import BackendError, InputError
 from ..shapes import InputProfile
 from .base import Runner, TensorSpec
+from .cudagraphs import GraphPolicy, ShapeGraphs
 
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
                  "INT8": "int8", "BOOL": "bool", "UINT8": "uint8"}
 
 
+@dataclass
+class _Slot:
+    context: Any  # trt.IExecutionContext
+    stream: Any  # torch.cuda.Stream
+    graphs: ShapeGraphs
+
+
 class TensorRTRunner(Runner):
     backend = "tensorrt"
 
-    def __init__(self, plan: str | Path, stream=None, rtx: bool = False) -> None:
+    def __init__(self, plan: str | Path, rtx: bool = False, contexts: int = 2, cuda_graph: bool | None = None) -> None:
+        """``contexts``: execution contexts (and streams) for concurrent callers; ``cuda_graph``: True,
+        False, or None to capture where shapes repeat (at once for a static profile)."""
         import torch
 
         self.trt = trt = import_tensorrt(rtx)
@@ -40,8 +54,8 @@ class TensorRTRunner(Runner):
         self.engine = self.runtime.deserialize_cuda_engine(self.plan.read_bytes())
         if self.engine is None:
             raise BackendError(f"TensorRT could not deserialize {self.plan}; rebuild it with 'effattn build'")
-        self.context = self.engine.create_execution_context()
-        self.stream = stream
+        if contexts < 1:
+            raise BackendError(f"contexts must be at least 1, got {contexts}")
         self.torch = torch
         inputs, outputs = [], []
         self._dtypes = {}
@@ -57,33 +71,57 @@ class TensorRTRunner(Runner):
             else:
                 outputs.append(TensorSpec(name, np.dtype(dtype if dtype != "bfloat16" else "float32"), shape))
         super().__init__(inputs, outputs)
+        static = all(s.profile.min == s.profile.max for s in inputs)
+        self._slots: queue.Queue[_Slot] = queue.Queue()
+        for _ in range(contexts):
+            context = self.engine.create_execution_context()
+            if context is None:
+                raise BackendError(f"TensorRT could not create an execution context for {self.plan} (GPU memory?)")
+            policy = GraphPolicy(cuda_graph, static_profile=static)
+            self._slots.put(_Slot(context, torch.cuda.Stream(), ShapeGraphs(policy, exclusive=True)))
+        self._all_slots = list(self._slots.queue)
 
-    def infer_torch(self, feed) -> dict[str, Any]:
-        """Like :meth:`infer` but returns CUDA tensors (no copy to the host); checks the feed the same way."""
-        return self._run(self.check_feed(feed))
+    @contextmanager
+    def _slot(self):
+        slot = self._slots.get()
+        try:
+            yield slot
+        finally:
+            self._slots.put(slot)
 
-    def _run(self, feed: dict[str, Any]) -> dict[str, Any]:
+    def _infer_torch(self, feed: dict[str, Any]) -> dict[str, Any]:
         torch = self.torch
-        keep = []
-        for name in self.inputs:
-            x = torch.as_tensor(feed[name]).to("cuda", self._dtypes[name]).contiguous()
-            keep.append(x)
-            if not self.context.set_input_shape(name, tuple(x.shape)):
+        cast = {name: torch.as_tensor(feed[name]).to("cuda", self._dtypes[name]).contiguous() for name in self.inputs}
+        with self._slot() as slot:
+            return slot.graphs.run(lambda inputs: self._enqueue(slot, inputs), cast, slot.stream)
+
+    def _enqueue(self, slot: _Slot, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Bind ``inputs`` and fresh outputs to the slot's context and enqueue it on the slot's stream."""
+        context = slot.context
+        for name, x in inputs.items():
+            if not context.set_input_shape(name, tuple(x.shape)):
                 raise InputError(f"TensorRT refused shape {tuple(x.shape)} for input {name!r} (outside the profile)")
-            self.context.set_tensor_address(name, x.data_ptr())
+            context.set_tensor_address(name, x.data_ptr())
         outputs = {}
         for name in self.outputs:
-            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self._dtypes[name], device="cuda")
-            self.context.set_tensor_address(name, out.data_ptr())
+            out = self.torch.empty(tuple(context.get_tensor_shape(name)), dtype=self._dtypes[name], device="cuda")
+            context.set_tensor_address(name, out.data_ptr())
             outputs[name] = out
-        stream = self.stream or torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        if not context.execute_async_v3(slot.stream.cuda_stream):
             raise BackendError(f"TensorRT execution of {self.plan} failed (see the TensorRT log above)")
-        stream.synchronize()
         return outputs
 
     def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
-        return {k: v.float().cpu().numpy() for k, v in self._run(feed).items()}
+        return {k: v.float().cpu().numpy() for k, v in self._infer_torch(feed).items()}
+
+    @property
+    def graph_counts(self) -> dict[str, int]:
+        """CUDA graph captures and replays so far, over all slots."""
+        return {"captures": sum(s.graphs.captures for s in self._all_slots),
+                "replays": sum(s.graphs.replays for s in self._all_slots)}
 
     def close(self) -> None:
-        self.context = self.engine = self.runtime = None
+        for slot in getattr(self, "_all_slots", []):
+            slot.graphs.clear()
+        self._all_slots = []
+        self.engine = self.runtime = None

@@ -1,7 +1,13 @@
-"""The eager PyTorch reference as a Runner, so parity and benchmarks treat it like any backend."""
+"""The eager PyTorch reference as a Runner, so parity and benchmarks treat it like any backend.
+
+On CUDA the runner can replay CUDA graphs per input shape (``torch.cuda.graphs``), which is what
+an eager baseline with its launch overhead removed looks like; ``compile=True`` gives the
+``torch.compile`` baseline. Graph replays share their buffers, so they hold a lock.
+"""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -11,29 +17,49 @@ from torch import nn
 from ..errors import BackendError
 from ..shapes import ShapeProfile
 from .base import Runner, TensorSpec
+from .cudagraphs import GraphPolicy, ShapeGraphs
 
 
 class TorchRunner(Runner):
     """Eager ``model`` on ``device`` in ``dtype`` (float32 is the reference every check compares to)."""
 
     def __init__(self, model: nn.Module, profile: ShapeProfile, output_names: list[str] | None = None,
-                 device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+                 device: str = "cpu", dtype: torch.dtype = torch.float32, cuda_graph: bool | None = False,
+                 compile: bool = False) -> None:
+        """``cuda_graph`` (CUDA only): True, False (default: the plain eager reference), or None to capture
+        repeated shapes; ``compile``: run ``torch.compile(model)`` instead of the eager module."""
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError("torch backend on cuda asked for, but torch sees no CUDA device")
         self.device = torch.device(device)
         self.dtype = dtype
-        self.backend = f"torch-{self.device.type}" + ("" if dtype == torch.float32 else f"-{str(dtype)[6:]}")
+        suffix = ("" if dtype == torch.float32 else f"-{str(dtype)[6:]}") + ("-compile" if compile else "")
+        self.backend = f"torch-{self.device.type}{suffix}"
         self.model = model.eval().to(self.device, dtype)
+        self._call = torch.compile(self.model) if compile else self.model
         inputs = [TensorSpec(p.name, np.dtype(p.dtype), p.symbolic_shape, p) for p in profile.inputs]
         names = output_names or ["output"]
         super().__init__(inputs, [TensorSpec(n, np.dtype(np.float32), None) for n in names])
+        use_graphs = self.device.type == "cuda" and cuda_graph is not False and not compile
+        static = all(p.min == p.max for p in profile.inputs)
+        self._graphs = ShapeGraphs(GraphPolicy(cuda_graph, static)) if use_graphs else None
+        self._stream = torch.cuda.Stream() if use_graphs else None
+        self._lock = threading.Lock()
+
+    def _forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            result = self._call(*inputs.values())
+        values = result if isinstance(result, (tuple, list)) else (result,)
+        return dict(zip(self.outputs, values))
+
+    def _infer_torch(self, feed: dict[str, Any]) -> dict[str, torch.Tensor]:
+        args = {name: torch.as_tensor(feed[name]).to(self.device, self.dtype) for name in self.inputs}
+        if self._graphs is None:
+            return self._forward(args)
+        with self._lock:
+            return self._graphs.run(self._forward, args, self._stream)
 
     def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
-        args = [torch.as_tensor(feed[name]).to(self.device, self.dtype) for name in self.inputs]
-        with torch.inference_mode():
-            result = self.model(*args)
-        values = result if isinstance(result, (tuple, list)) else (result,)
-        return {name: v.float().cpu().numpy() for name, v in zip(self.outputs, values)}
+        return {name: v.float().cpu().numpy() for name, v in self._infer_torch(feed).items()}
 
     def close(self) -> None:
-        self.model = None
+        self.model = self._call = self._graphs = None

@@ -1,0 +1,126 @@
+"""One Runner shared by many threads: every request gets its own answer (8 threads x 50 requests).
+
+Each request has its own input (and shapes vary, so a runner that mixed up buffers between calls
+or reused one thread's output for another would fail); each output is checked against the eager
+reference computed beforehand for that very input. GPU runners (TensorRT context pool, ONNX
+Runtime I/O binding, CUDA graphs) take the same test in the gpu-marked variants.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from effattn.engines import available_devices
+from effattn.export import export_onnx
+from effattn.models import EfficientAttention
+from effattn.runtime import load
+from effattn.runtime.torch import TorchRunner
+from effattn.shapes import ShapeProfile
+
+from ..conftest import rel_l2
+
+THREADS, REQUESTS = 8, 50
+PROFILE = ShapeProfile.single("1x16x4x4", "2x16x12x12", "4x16x16x16")
+SHAPES = [(1, 16, 8, 8), (2, 16, 12, 12), (3, 16, 6, 10), (4, 16, 16, 16)]
+
+
+@pytest.fixture(scope="module")
+def block():
+    torch.manual_seed(0)
+    return EfficientAttention(16, 8, 2, 16).eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory, block):
+    path = tmp_path_factory.mktemp("concurrency") / "block.onnx"
+    export_onnx(block, PROFILE, path)
+    return path
+
+
+def _requests(block, count: int, shapes=SHAPES):
+    """``count`` distinct inputs with their eager outputs, computed one at a time."""
+    rng = np.random.default_rng()
+    feeds = [rng.standard_normal(shapes[i % len(shapes)], dtype=np.float32) for i in range(count)]
+    with torch.inference_mode():
+        expected = [block(torch.from_numpy(x)).numpy() for x in feeds]
+    return feeds, expected
+
+
+def hammer(runner, block, tolerance: float, shapes=SHAPES) -> None:
+    """Send THREADS x REQUESTS requests from THREADS threads at once; check each answer."""
+    feeds, expected = _requests(block, THREADS * REQUESTS, shapes)
+
+    def worker(start: int) -> list[tuple[int, float]]:
+        errors = []
+        for i in range(start, len(feeds), THREADS):
+            out = runner.infer({"input": feeds[i]})["output"]
+            if out.shape != expected[i].shape:
+                errors.append((i, float("inf")))
+            else:
+                errors.append((i, rel_l2(out, expected[i])))
+        return errors
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        results = [e for chunk in pool.map(worker, range(THREADS)) for e in chunk]
+    assert len(results) == THREADS * REQUESTS
+    bad = [(i, err) for i, err in results if not err <= tolerance]
+    assert not bad, f"{len(bad)} of {len(results)} answers wrong, e.g. request {bad[0][0]}: rel-L2 {bad[0][1]:.2e}"
+
+
+def test_onnxruntime_cpu_runner_is_thread_safe(onnx_path, block):
+    with load(onnx_path, device="cpu", threads=1) as runner:
+        hammer(runner, block, tolerance=1e-5)
+
+
+def test_torch_runner_is_thread_safe(block):
+    hammer(TorchRunner(block, PROFILE), block, tolerance=1e-6)
+
+
+def test_hammer_catches_crossed_answers(onnx_path, block):
+    """The check itself can fail: a runner that answers with another request's output is caught."""
+    class Crossed:
+        last = None
+
+        def infer(self, feed):
+            previous, Crossed.last = Crossed.last, feed
+            with torch.inference_mode():
+                return {"output": block(torch.from_numpy((previous or feed)["input"])).numpy()}
+
+    with pytest.raises(AssertionError, match="answers wrong"):
+        hammer(Crossed(), block, tolerance=1e-5, shapes=[(1, 16, 8, 8)])
+
+
+# ----------------------------------------------------------------------------------- GPU runners
+def _needs_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to torch")
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_runner_is_thread_safe(onnx_path, block):
+    _needs_cuda()
+    if "cuda" not in available_devices():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
+    with load(onnx_path, device="cuda") as runner:
+        hammer(runner, block, tolerance=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_tensorrt_context_pool_is_thread_safe(tmp_path, onnx_path, block, cuda_graph):
+    _needs_cuda()
+    if importlib.util.find_spec("tensorrt") is None:
+        pytest.skip("tensorrt is not installed (pip install 'effattn[gpu]')")
+    from effattn.engines import build_engine
+    from effattn.runtime.tensorrt import TensorRTRunner
+
+    plan = build_engine(onnx_path, precision="fp32", cache_dir=tmp_path / "cache").plan
+    runner = TensorRTRunner(plan, contexts=3, cuda_graph=cuda_graph)
+    hammer(runner, block, tolerance=1e-3)  # TF32 may be on in TensorRT's FP32 tactics
+    assert (runner.graph_counts["replays"] > 0) == cuda_graph
+    runner.close()
