@@ -366,21 +366,26 @@ def _inspect_onnx(path: Path) -> dict:
 
 
 def cmd_bench(args) -> None:
-    from .runtime.bench import run_bench
+    from .runtime.bench import plot, run_bench
 
-    if args.output:
-        _check_writable(args.output, args.force)
-    results = run_bench(args.models, args.sizes, batch=args.batch, backends=args.backends,
-                        threads=args.threads, min_seconds=args.seconds, quiet=args.quiet)
+    for path in (args.output, args.plot):
+        if path:
+            _check_writable(path, args.force)
+    results = run_bench(args.models, args.sizes, batches=args.batch, backends=args.backends, device=args.device,
+                        threads=args.threads, min_seconds=args.seconds, max_seconds=args.max_seconds,
+                        memory=not args.no_memory, startup=not args.no_startup, quiet=args.quiet)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results.to_dict(), indent=2) + "\n")
+    if args.plot:
+        plot(results, args.plot)
     if args.json:
         _print_json(results.to_dict())
     else:
         print(results.table())
-        if args.output:
-            print(f"wrote {args.output}")
+        for path in (args.output, args.plot):
+            if path:
+                print(f"wrote {path}")
 
 
 # ------------------------------------------------------------------------------------------ parser
@@ -508,20 +513,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help=".onnx, .plan or .engine")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = add("bench", cmd_bench, "latency of eager PyTorch vs ONNX Runtime across sizes",
-            "Export each model once with a profile spanning the sizes, then time eager PyTorch FP32 and each "
-            "backend at every size (median/p90/p99 after warm-up) and report the ratio to eager, measured in "
-            "the same run.\n\nexample:\n  effattn bench --models efficient_attention ea_segnet_tiny --sizes 64 128 256 "
-            "-o benchmarks/results/cpu.json")
+    p = add("bench", cmd_bench, "latency, throughput and memory of every backend vs eager PyTorch",
+            "Export each model once with a profile spanning the sizes and batches, then time eager PyTorch FP32 "
+            "(the baseline, always) and each backend at every batch and size: median/p90/p99 after warm-up, "
+            "throughput, peak memory (host RSS; device memory on GPU), the ratio to eager measured in the same "
+            "run, and start-up time cold and with caches warm. With the EA block and the dot-product block in "
+            "one run it also fits growth exponents (time and memory vs positions) and finds the crossover; "
+            "dot-product sizes that cannot fit in memory are reported, not run.\n\n"
+            "backends: torch-fp16 and tensorrt[-fp16] (cuda), torch-compile, onnxruntime[-fp16]\n\nexamples:\n"
+            "  effattn bench --models efficient_attention ea_segnet_tiny --sizes 64 128 256 -o cpu.json --plot cpu.png\n"
+            "  effattn bench --models efficient_attention dot_product_attention --sizes 32 64 128 256 512 --max-seconds 600\n"
+            "  effattn bench --device cuda --batch 8 --sizes 128 --backends torch-fp16 tensorrt-fp16")
     p.add_argument("--models", nargs="+", default=["efficient_attention", "ea_resnet_tiny", "ea_segnet_tiny"])
     p.add_argument("--sizes", nargs="+", type=int, default=[64, 128, 256], help="square input sizes (H = W)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--backends", nargs="+", default=["onnxruntime-cpu"],
-                   help="backends besides eager torch-cpu (default onnxruntime-cpu)")
+    p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes (default 1)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--backends", nargs="+", default=None, metavar="BACKEND",
+                   help="besides eager torch (default: onnxruntime on cpu; on cuda torch-fp16, torch-compile, "
+                   "onnxruntime, onnxruntime-fp16, tensorrt-fp16)")
     p.add_argument("--threads", type=int, default=None, help="threads for torch and ONNX Runtime (default: all cores)")
-    p.add_argument("--seconds", type=float, default=1.0, help="minimum timing per row")
+    p.add_argument("--seconds", type=float, default=1.0, help="minimum timing per row (default 1)")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop measuring after this long; the rest are "
+                   "reported as skipped")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument("--no-startup", action="store_true", help="skip cold/warm start-up timing")
     p.add_argument("-o", "--output", type=Path, help="write results as JSON here")
-    p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    p.add_argument("--plot", type=Path, help="write a PNG: latency and memory vs positions, log-log")
+    p.add_argument("--force", action="store_true", help="overwrite --output/--plot if they exist")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 

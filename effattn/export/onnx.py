@@ -45,7 +45,7 @@ class ExportResult:
     steps: dict[str, float] = field(default_factory=dict)  # step name -> seconds
 
 
-def _output_names(model: nn.Module, task: str) -> list[str]:
+def default_output_names(model: nn.Module, task: str) -> list[str]:
     return ["output"] if getattr(model, "residual", False) or task == "block" else ["logits"]
 
 
@@ -140,7 +140,7 @@ def export_onnx(
         profile = ShapeProfile(tuple(
             ShapeProfile.single(tuple(t.shape), name="input" if i == 0 else f"input{i}").inputs[0]
             for i, t in enumerate(profile)))
-    outputs = output_names or _output_names(module, source.task)
+    outputs = output_names or default_output_names(module, source.task)
     steps: dict[str, float] = {}
     start = time.perf_counter()
 

@@ -1,64 +1,210 @@
-"""``effattn bench``: latency of each backend against eager PyTorch FP32, measured in the same run.
+"""``effattn bench``: every backend against eager PyTorch FP32, measured side by side in one run.
 
-Each model is exported once with a profile spanning every size, then each (size, backend) pair is
-timed with :func:`effattn.runtime.timing.measure`. Results name the machine, the versions and the
-command, so a committed file says where its numbers came from.
+For each model the file is exported once with a profile spanning every size and batch; then each
+(batch, size) is timed on eager FP32 first (the baseline every row's ratio is taken against) and on
+each backend: median/p90/p99 after warm-up, throughput, and peak memory measured in a separate
+pass (so the memory probe never disturbs the timing). Start-up (runner creation + first answer) is
+timed cold and with caches warm. Dot-product attention is not run where its n x n maps cannot fit:
+the row says so instead of the process dying. The whole run respects ``max_seconds``.
+
+The scaling study reads the rows: growth exponents of time and memory in positions (log-log fit),
+and the crossover size from which EfficientAttention beats dot-product attention.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import platform
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BackendError, InputError
 from ..shapes import InputProfile, ShapeProfile
+from .memory import PeakMemory, available_bytes, probe
 from .parity import random_inputs
 from .timing import LatencyStats, measure
 
-EAGER = "torch-cpu"
+SCHEMA = "effattn.bench/2"
+EAGER = "torch"
+#: name -> (devices it runs on, what it is)
+BACKENDS = {
+    "torch": (("cpu", "cuda"), "eager PyTorch FP32: the baseline, always measured"),
+    "torch-fp16": (("cuda",), "eager PyTorch in FP16"),
+    "torch-compile": (("cpu", "cuda"), "torch.compile (inductor), FP32"),
+    "onnxruntime": (("cpu", "cuda"), "ONNX Runtime, the FP32 graph"),
+    "onnxruntime-fp16": (("cpu", "cuda"), "ONNX Runtime, the FP16 graph (FP32 I/O)"),
+    "tensorrt": (("cuda",), "TensorRT engine of the FP32 graph"),
+    "tensorrt-fp16": (("cuda",), "TensorRT engine of the FP16 graph (strongly typed)"),
+}
+DEFAULT_BACKENDS = {"cpu": ("onnxruntime",),
+                    "cuda": ("torch-fp16", "torch-compile", "onnxruntime", "onnxruntime-fp16", "tensorrt-fp16")}
 
 
 @dataclass
 class BenchRow:
     model: str
     backend: str
+    device: str
     shape: list[int]
-    stats: LatencyStats
-    speedup_vs_eager: float  # eager median / this median, same run
+    stats: LatencyStats | None = None
+    speedup_vs_eager: float | None = None  # eager FP32 median / this median, same run
+    peak_host_mib: float | None = None
+    peak_device_mib: float | None = None
+    status: str = "ok"  # otherwise why there is no measurement ("out of memory: ...", "skipped: ...")
+
+    @property
+    def positions(self) -> int:
+        return math.prod(self.shape[2:])
+
+    @property
+    def throughput(self) -> float | None:
+        """Items (images or sequences) per second at the median latency."""
+        return self.shape[0] / (self.stats.median_ms / 1e3) if self.stats else None
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "backend": self.backend, "shape": self.shape,
-                "speedup_vs_eager": round(self.speedup_vs_eager, 4)} | self.stats.to_dict()
+        def r(x, digits=4):
+            return None if x is None else round(x, digits)
+
+        return {"model": self.model, "backend": self.backend, "device": self.device, "shape": self.shape,
+                "status": self.status, "speedup_vs_eager": r(self.speedup_vs_eager),
+                "throughput_per_s": r(self.throughput, 2), "peak_host_mib": r(self.peak_host_mib, 2),
+                "peak_device_mib": r(self.peak_device_mib, 2),
+                **(self.stats.to_dict() if self.stats else {})}
+
+
+@dataclass
+class StartRow:
+    """Runner creation plus the first answer: cold (no cache) and warm (cache filled by the cold run)."""
+
+    model: str
+    backend: str
+    cold_ms: float
+    warm_ms: float | None
+    warm_means: str
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "backend": self.backend, "cold_ms": round(self.cold_ms, 2),
+                "warm_ms": None if self.warm_ms is None else round(self.warm_ms, 2), "warm_means": self.warm_means}
+
+
+def growth_exponent(points: Sequence[tuple[float, float]]) -> float | None:
+    """Least-squares slope of log(y) on log(x): 1 is linear growth, 2 quadratic."""
+    points = [(x, y) for x, y in points if x > 0 and y and y > 0]
+    if len(points) < 2:
+        return None
+    xs = [math.log(x) for x, _ in points]
+    ys = [math.log(y) for _, y in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else None
 
 
 @dataclass
 class BenchResults:
     rows: list[BenchRow] = field(default_factory=list)
+    startup: list[StartRow] = field(default_factory=list)
     environment: dict = field(default_factory=dict)
+    fit_from: int = 64  # the scaling fit uses inputs from fit_from x fit_from positions up
+
+    def series(self, model: str, backend: str, what: str = "time", batch: int | None = None) -> list[tuple[int, float]]:
+        """(positions, median ms or peak MiB) of the measured rows of one model on one backend."""
+        out = []
+        for r in self.rows:
+            if r.model == model and r.backend == backend and r.stats and (batch is None or r.shape[0] == batch):
+                value = r.stats.median_ms if what == "time" else (r.peak_device_mib or r.peak_host_mib)
+                out.append((r.positions, value))
+        return sorted(out)
+
+    def scaling(self) -> list[dict]:
+        """Growth exponents in positions, fitted from ``fit_from``² positions up, per model and backend."""
+        out = []
+        for model, backend in dict.fromkeys((r.model, r.backend) for r in self.rows):
+            start = self.fit_from ** 2
+            time_pts = [p for p in self.series(model, backend, "time") if p[0] >= start]
+            mem_pts = [p for p in self.series(model, backend, "memory") if p[0] >= start]
+            sizes = sorted({math.isqrt(p) for p, _ in time_pts})
+            out.append({"model": model, "backend": backend, "fit_sizes": sizes,
+                        "time_exponent": _round(growth_exponent(time_pts)),
+                        "memory_exponent": _round(growth_exponent(mem_pts))})
+        return [s for s in out if s["time_exponent"] is not None]
+
+    def crossover(self, fast: str = "efficient_attention", slow: str = "dot_product_attention") -> list[dict]:
+        """Per backend: the smallest size from which ``fast`` is faster than ``slow`` at every measured size,
+        and the largest size ``slow`` could run at all."""
+        out = []
+        for backend in dict.fromkeys(r.backend for r in self.rows):
+            a, b = dict(self.series(fast, backend)), dict(self.series(slow, backend))
+            common = sorted(set(a) & set(b))
+            if not common:
+                continue
+            wins = [n for n in common if a[n] < b[n]]
+            since = next((n for n in common if all(a[m] < b[m] for m in common if m >= n)), None)
+            dp_rows = [r for r in self.rows if r.model == slow and r.backend == backend]
+            ran = [r.positions for r in dp_rows if r.stats]
+            failed = [r for r in dp_rows if not r.stats]
+            out.append({"backend": backend, "fast": fast, "slow": slow,
+                        "faster_from_size": math.isqrt(since) if since else None,
+                        "faster_at_sizes": [math.isqrt(n) for n in wins],
+                        "slow_largest_size": math.isqrt(max(ran)) if ran else None,
+                        "slow_stopped": failed[0].status if failed else None})
+        return out
 
     def to_dict(self) -> dict:
-        return {"schema": "effattn.bench/1", "environment": self.environment, "rows": [r.to_dict() for r in self.rows]}
+        return {"schema": SCHEMA, "environment": self.environment, "rows": [r.to_dict() for r in self.rows],
+                "startup": [s.to_dict() for s in self.startup],
+                "scaling": {"fit_from_size": self.fit_from, "exponents": self.scaling(), "crossover": self.crossover()}}
 
     def table(self) -> str:
-        head = f"{'model':<24}{'shape':<16}{'backend':<18}{'median ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'vs eager':>10}"
+        head = (f"{'model':<22}{'shape':<15}{'backend':<18}{'median ms':>10}{'p90':>9}{'p99':>9}{'items/s':>10}"
+                f"{'peak MiB':>10}{'vs eager':>9}")
         lines = [head, "-" * len(head)]
         for r in self.rows:
             shape = "x".join(map(str, r.shape))
-            lines.append(f"{r.model:<24}{shape:<16}{r.backend:<18}{r.stats.median_ms:>10.3f}{r.stats.p90_ms:>10.3f}"
-                         f"{r.stats.p99_ms:>10.3f}{r.speedup_vs_eager:>9.2f}x")
+            if r.stats is None:
+                lines.append(f"{r.model:<22}{shape:<15}{r.backend:<18}  {r.status}")
+                continue
+            peak = r.peak_device_mib if r.peak_device_mib is not None else r.peak_host_mib
+            lines.append(f"{r.model:<22}{shape:<15}{r.backend:<18}{r.stats.median_ms:>10.3f}{r.stats.p90_ms:>9.3f}"
+                         f"{r.stats.p99_ms:>9.3f}{r.throughput:>10.1f}{_fmt(peak, '>10.1f')}"
+                         f"{_fmt(r.speedup_vs_eager, '>8.2f')}x")
+        if self.startup:
+            lines += ["", f"{'start-up (create + first answer)':<42}{'cold ms':>9}{'warm ms':>11}   warm means"]
+            lines += [f"  {s.model:<22}{s.backend:<18}{s.cold_ms:>9.1f}{_fmt(s.warm_ms, '>11.1f')}   {s.warm_means}"
+                      for s in self.startup]
+        scaling = self.scaling()
+        if scaling:
+            lines += ["", f"growth in positions (log-log fit from {self.fit_from}x{self.fit_from}): time, memory"]
+            lines += [f"  {s['model']:<24}{s['backend']:<18}{_fmt(s['time_exponent'], '>6.2f')}"
+                      f"{_fmt(s['memory_exponent'], '>8.2f')}" for s in scaling]
+        for c in self.crossover():
+            lines.append(f"  crossover on {c['backend']}: {c['fast']} faster from {c['faster_from_size']} px up; "
+                         f"{c['slow']} ran up to {c['slow_largest_size']} px"
+                         + (f" ({c['slow_stopped']})" if c["slow_stopped"] else ""))
         env = self.environment
-        lines.append(f"\n{env.get('cpu', '?')}, {env.get('threads')} threads; torch {env.get('torch')}, "
-                     f"onnxruntime {env.get('onnxruntime')}")
+        lines.append(f"\n{env.get('cpu', '?')}, {env.get('threads')} threads; {env.get('gpu') or 'no GPU'}; "
+                     f"torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}")
         return "\n".join(lines)
 
 
-def environment(threads: int) -> dict:
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return format("-", spec.replace(".1f", "").replace(".2f", "")) if x is None else format(x, spec)
+
+
+def environment(threads: int, device: str = "cpu") -> dict:
     import onnxruntime
     import torch
 
@@ -70,68 +216,283 @@ def environment(threads: int) -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
+    gpu = torch.cuda.get_device_name() if device == "cuda" and torch.cuda.is_available() else None
+    try:
+        import tensorrt
+
+        trt_version = tensorrt.__version__
+    except ImportError:
+        trt_version = None
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
-        "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "effattn": __version__,
+        "cpu": cpu, "cores": os.cpu_count(), "threads": threads, "device": device, "gpu": gpu,
+        "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+        "tensorrt": trt_version, "effattn": __version__,
+        "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if gpu else None,
         "command": "effattn " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("effattn") else None,
     }
 
 
-def bench_profile(base: InputProfile, sizes: Sequence[int], batch: int) -> ShapeProfile:
-    """A profile over ``sizes`` (square H = W for images, length = size**2 for sequences: same positions)."""
-    def shape(size: int) -> tuple[int, ...]:
+def bench_profile(base: InputProfile, sizes: Sequence[int], batches: Sequence[int] | int) -> ShapeProfile:
+    """A profile over ``sizes`` and ``batches`` (square H = W for images, length = size**2 for sequences)."""
+    batches = [batches] if isinstance(batches, int) else sorted(batches)
+
+    def shape(batch: int, size: int) -> tuple[int, ...]:
         spatial = (size, size) if base.rank == 4 else (size * size,)
         return (batch, base.opt[1], *spatial)
 
     ordered = sorted(sizes)
-    return ShapeProfile((InputProfile(base.name, shape(ordered[0]), shape(ordered[len(ordered) // 2]),
-                                      shape(ordered[-1])),))
+    return ShapeProfile((InputProfile(base.name, shape(batches[0], ordered[0]),
+                                      shape(batches[len(batches) // 2], ordered[len(ordered) // 2]),
+                                      shape(batches[-1], ordered[-1])),))
 
 
-def run_bench(models: Sequence[str], sizes: Sequence[int], batch: int = 1,
-              backends: Sequence[str] = ("onnxruntime-cpu",), threads: int | None = None,
-              min_seconds: float = 1.0, quiet: bool = False) -> BenchResults:
+def attention_map_bytes(model, shape: Sequence[int]) -> int:
+    """Bytes of the n x n attention maps a dot-product block needs at ``shape`` (0 for other models):
+    scores and their softmax, float32, per head, for the whole batch."""
+    from ..models.attention import DotProductAttention, DotProductAttention1d
+
+    blocks = [m for m in model.modules() if isinstance(m, (DotProductAttention, DotProductAttention1d))]
+    if not blocks or model is not blocks[0]:
+        return 0
+    n = math.prod(shape[2:])
+    return 2 * 4 * shape[0] * blocks[0].head_count * n * n
+
+
+def _is_oom(error: BaseException) -> bool:
+    text = f"{type(error).__name__} {error}".lower()
+    return isinstance(error, MemoryError) or any(w in text for w in ("out of memory", "failed to allocate",
+                                                                    "can't allocate", "bad_alloc"))
+
+
+class _Backends:
+    """Makes each bench backend's runner for one model; exported/converted files are made once, lazily."""
+
+    def __init__(self, name: str, source, profile: ShapeProfile, folder: Path, device: str, threads: int,
+                 output_names: list[str]) -> None:
+        self.name, self.source, self.profile, self.folder = name, source, profile, folder
+        self.device, self.threads, self.output_names = device, threads, output_names
+        self._files: dict[str, Path] = {}
+
+    def onnx(self, precision: str) -> Path:
+        from ..export import export_onnx, to_fp16
+
+        if "fp32" not in self._files:
+            self._files["fp32"] = export_onnx(self.source, self.profile, self.folder / f"{self.name}.onnx",
+                                              validate=False, force=True).path
+        if precision == "fp16" and "fp16" not in self._files:
+            self._files["fp16"] = to_fp16(self._files["fp32"], self.folder / f"{self.name}.fp16.onnx", force=True)
+        return self._files[precision]
+
+    def make(self, backend: str, warm: bool = False):
+        """The runner for ``backend``; ``warm`` builds it from the caches the first (cold) one filled."""
+        import torch
+
+        from .torch import TorchRunner
+
+        if backend.startswith("torch"):
+            dtype = torch.float16 if backend == "torch-fp16" else torch.float32
+            return TorchRunner(self.source.model, self.profile, self.output_names, device=self.device, dtype=dtype,
+                               compile=backend == "torch-compile")
+        precision = "fp16" if backend.endswith("-fp16") else "fp32"
+        path = self.onnx(precision)
+        if backend.startswith("onnxruntime"):
+            from ..engines.onnxruntime import optimize_model
+            from .onnxruntime import OnnxRuntimeRunner
+
+            if warm:  # the graph ONNX Runtime optimised and saved: sessions start without re-optimising
+                optimized = path.with_suffix(".ort.onnx")
+                if not optimized.exists():
+                    optimize_model(path, optimized, self.device)
+                path = optimized
+            return OnnxRuntimeRunner(path, device=self.device, threads=self.threads)
+        from ..engines.tensorrt import build_engine
+        from .tensorrt import TensorRTRunner
+
+        build = build_engine(path, precision=precision, cache_dir=self.folder / "engines", progress=False)
+        return TensorRTRunner(build.plan)
+
+    def peak_memory(self, backend: str, runner, feed: dict) -> PeakMemory:
+        """Peak memory of one run: in a fresh process where one can be made cheaply (see
+        :func:`.memory.probe`), else (torch.compile, TensorRT) in this one."""
+        shape = next(iter(feed.values())).shape
+        if backend.startswith("onnxruntime"):
+            path = self.onnx("fp16" if backend.endswith("-fp16") else "fp32")
+            return probe(backend, str(path), shape, self.device, self.threads)
+        if backend in ("torch", "torch-fp16"):
+            return probe(backend, self.name, shape, self.device, self.threads, self.source.checkpoint is not None)
+        with PeakMemory(cuda=self.device == "cuda") as peak:
+            runner.infer(feed)
+        return peak
+
+    WARM_MEANS = {"onnxruntime": "session from the saved optimised graph",
+                  "tensorrt": "engine from the engine cache", "torch": "n/a"}
+
+
+def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int] = (1,),
+              backends: Sequence[str] | None = None, device: str = "cpu", threads: int | None = None,
+              min_seconds: float = 1.0, max_seconds: float | None = None, memory: bool = True,
+              startup: bool = True, quiet: bool = False) -> BenchResults:
+    """Time ``models`` at ``sizes`` x ``batches`` on eager FP32 and each of ``backends`` (default: the
+    device's set, see ``DEFAULT_BACKENDS``). Rows that would exceed ``max_seconds`` in total are
+    recorded as skipped, not run."""
     import torch
     from tqdm.auto import tqdm
 
     from ..engines.onnxruntime import default_threads
-    from ..export import export_onnx
+    from ..export.onnx import default_output_names
     from ..models import get_entry, load_model
-    from .onnxruntime import OnnxRuntimeRunner
-    from .torch import TorchRunner
 
-    if not sizes or min(sizes) <= 0 or batch <= 0:
-        raise InputError(f"sizes {list(sizes)} and batch {batch} must be positive")
-    unknown = [b for b in backends if b not in ("onnxruntime-cpu", "onnxruntime-cuda")]
-    if unknown:
-        raise BackendError(f"unknown bench backends {unknown}; available: onnxruntime-cpu, onnxruntime-cuda")
+    if not sizes or min(sizes) <= 0 or not batches or min(batches) <= 0:
+        raise InputError(f"sizes {list(sizes)} and batches {list(batches)} must be positive")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackendError("--device cuda asked for, but torch sees no CUDA device")
+    backends = [b for b in (DEFAULT_BACKENDS[device] if backends is None else backends) if b != EAGER]
+    for b in backends:
+        if b not in BACKENDS:
+            raise BackendError(f"unknown bench backend {b!r}; choose from {', '.join(BACKENDS)}")
+        if device not in BACKENDS[b][0]:
+            raise BackendError(f"backend {b!r} runs on {' or '.join(BACKENDS[b][0])}, not {device}")
     threads = threads or default_threads()
     torch.set_num_threads(threads)
-    results = BenchResults(environment=environment(threads))
-    bar = tqdm(total=len(models) * len(sizes) * (1 + len(backends)), desc="bench", disable=quiet,
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # FP32 means FP32
+    results = BenchResults(environment=environment(threads, device))
+    all_backends = [EAGER, *backends]
+    deadline = time.monotonic() + max_seconds if max_seconds is not None else math.inf
+    bar = tqdm(total=len(models) * len(sizes) * len(batches) * len(all_backends), desc="bench", disable=quiet,
                file=sys.stderr, leave=False)
     with tempfile.TemporaryDirectory(prefix="effattn-bench-") as tmp, bar:
         for name in models:
             entry = get_entry(name)
             source = load_model(name, pretrained=entry.pretrained is not None)
-            profile = bench_profile(entry.profile.inputs[0], sizes, batch)
-            bar.set_postfix_str(f"export {name}")
-            onnx_path = Path(tmp) / f"{name}.onnx"
-            export_onnx(source, profile, onnx_path, validate=False)
-            runners = [TorchRunner(source.model, profile)] + [
-                OnnxRuntimeRunner(onnx_path, device=b.split("-", 1)[1], threads=threads) for b in backends]
-            for size in sizes:
-                feed = random_inputs(bench_profile(profile.inputs[0], [size], batch), "opt", seed=0)
-                eager_ms = None
-                for runner in runners:
-                    bar.set_postfix_str(f"{name} {size} {runner.backend}")
-                    stats = measure(lambda r=runner: r.infer(feed), min_seconds=min_seconds,
-                                    max_seconds=max(10 * min_seconds, 2.0))
-                    eager_ms = eager_ms or stats.median_ms
-                    results.rows.append(BenchRow(name, runner.backend, list(next(iter(feed.values())).shape), stats,
-                                                 eager_ms / stats.median_ms))
-                    bar.update(1)
-            for runner in runners:
-                runner.close()
+            profile = bench_profile(entry.profile.inputs[0], sizes, batches)
+            made = _Backends(name, source, profile, Path(tmp), device, threads, default_output_names(source.model, entry.task))
+            runners: dict[str, object] = {}
+            for backend in all_backends:
+                if time.monotonic() > deadline:
+                    break
+                bar.set_postfix_str(f"{name}: start {backend}")
+                try:
+                    runners[backend] = _start(made, backend, results, startup and backend != EAGER)
+                except Exception as e:  # a backend that cannot start is a row, not the end of the run
+                    if isinstance(e, KeyboardInterrupt):
+                        raise
+                    runners[backend] = f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+            for batch in batches:
+                for size in sizes:
+                    shape = bench_profile(profile.inputs[0], [size], batch).inputs[0].opt
+                    feed = random_inputs(ShapeProfile((InputProfile(profile.inputs[0].name, shape, shape, shape),)),
+                                         "opt", seed=0)
+                    need = attention_map_bytes(source.model, shape)
+                    eager_ms = None
+                    for backend in all_backends:
+                        bar.set_postfix_str(f"{name} {'x'.join(map(str, shape))} {backend}")
+                        row = BenchRow(name, backend, device, list(shape))
+                        runner = runners.get(backend)
+                        if time.monotonic() > deadline:
+                            row.status = "skipped: --max-seconds reached"
+                        elif isinstance(runner, str) or runner is None:
+                            row.status = runner or "skipped: --max-seconds reached"
+                        elif need and need > 0.5 * (available_bytes() or math.inf):
+                            row.status = (f"out of memory (not run): its n x n attention maps need {_size(need)}, "
+                                          f"{_size(available_bytes() or 0)} available")
+                        else:
+                            peak = (lambda b=backend, r=runner, f=feed: made.peak_memory(b, r, f)) if memory else None
+                            _measure_row(row, runner, feed, min_seconds, deadline, peak)
+                        if backend == EAGER and row.stats:
+                            eager_ms = row.stats.median_ms
+                        if row.stats and eager_ms:
+                            row.speedup_vs_eager = eager_ms / row.stats.median_ms
+                        results.rows.append(row)
+                        bar.update(1)
+            for runner in runners.values():
+                if not isinstance(runner, str):
+                    runner.close()
     return results
+
+
+def _start(made: _Backends, backend: str, results: BenchResults, timed: bool):
+    """Create the runner; with ``timed``, record cold and warm start-up (creation + first answer)."""
+    if not timed:
+        return made.make(backend)
+    feed = random_inputs(made.profile, "min", seed=0)
+    made.onnx("fp16" if backend.endswith("-fp16") else "fp32")  # export time is not start-up time
+    t0 = time.perf_counter()
+    runner = made.make(backend)
+    runner.infer(feed)
+    cold = time.perf_counter() - t0
+    kind = backend.split("-")[0]
+    warm = None
+    if kind != "torch":
+        t0 = time.perf_counter()
+        again = made.make(backend, warm=True)
+        again.infer(feed)
+        warm = time.perf_counter() - t0
+        again.close()
+    results.startup.append(StartRow(made.name, backend, cold * 1e3, None if warm is None else warm * 1e3,
+                                    _Backends.WARM_MEANS[kind]))
+    return runner
+
+
+def _measure_row(row: BenchRow, runner, feed: dict, min_seconds: float, deadline: float,
+                 peak_memory: Callable[[], PeakMemory] | None) -> None:
+    call: Callable[[], object] = lambda: runner.infer(feed)  # noqa: E731
+    try:
+        budget = max(min(10 * min_seconds, deadline - time.monotonic()), 0.05)
+        row.stats = measure(call, min_seconds=min(min_seconds, budget), max_seconds=budget)
+        if peak_memory is not None:
+            peak = peak_memory()
+            row.peak_host_mib, row.peak_device_mib = peak.host_mib, peak.device_mib
+    except Exception as e:
+        if isinstance(e, KeyboardInterrupt) or not _is_oom(e):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            row.status = f"error: {first}"
+        else:
+            row.status = f"out of memory: {str(e).strip().splitlines()[0][:160]}"
+        row.stats = None
+
+
+def plot(results: BenchResults, path: str | Path, title: str | None = None) -> Path:
+    """Latency (and peak memory, where measured) vs input positions, log-log, one line per backend."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise BackendError("plots need matplotlib: pip install 'effattn[bench]'") from None
+    models = list(dict.fromkeys(r.model for r in results.rows))
+    backends = list(dict.fromkeys(r.backend for r in results.rows))
+    panels = [(model, [(backend, model, backend) for backend in backends]) for model in models]
+    pair = ("efficient_attention", "dot_product_attention")
+    if all(m in models for m in pair):  # the scaling study: both blocks on one axis per metric
+        panels.append(("EA vs dot-product", [(f"{'EA' if m == pair[0] else 'DP'} {b}", m, b)
+                                             for m in pair for b in backends]))
+    has_memory = any(r.peak_host_mib or r.peak_device_mib for r in results.rows)
+    rows = 2 if has_memory else 1
+    fig, axes = plt.subplots(rows, len(panels), figsize=(4.2 * len(panels), 3.6 * rows), squeeze=False)
+    for col, (title, lines) in enumerate(panels):
+        for row, what in enumerate(["time", "memory"][:rows]):
+            ax = axes[row][col]
+            for label, model, backend in lines:
+                pts = results.series(model, backend, what)
+                if pts:
+                    ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", ms=3, label=label,
+                            linestyle="--" if label.startswith("DP") else "-")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("positions (H x W)")
+            ax.set_ylabel("median latency (ms)" if what == "time" else "peak memory (MiB)")
+            ax.set_title(title, fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+            if row == 0 and (col == 0 or title == "EA vs dot-product"):
+                ax.legend(fontsize=7)
+    env = results.environment
+    fig.suptitle(title or f"effattn bench: {env.get('gpu') or env.get('cpu')}, {env.get('threads')} threads", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

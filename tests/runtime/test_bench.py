@@ -1,0 +1,109 @@
+"""effattn bench: the statistics, the scaling analysis, the memory guard and the JSON schema (not timing)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from effattn.errors import BackendError
+from effattn.runtime import bench
+from effattn.runtime.bench import BenchResults, BenchRow, attention_map_bytes, growth_exponent, run_bench
+from effattn.runtime.timing import LatencyStats
+
+
+def _row(model, backend, size, ms, mib=None):
+    stats = LatencyStats.from_samples([ms / 1e3] * 3)
+    return BenchRow(model, backend, "cpu", [1, 64, size, size], stats, None, mib)
+
+
+@pytest.mark.parametrize("k", [0.5, 1.0, 2.0])
+def test_growth_exponent_recovers_a_power_law(k):
+    assert growth_exponent([(n, 3.0 * n**k) for n in (16, 64, 256, 1024)]) == pytest.approx(k)
+    assert growth_exponent([(10, 1.0)]) is None
+
+
+def test_scaling_fits_from_64_and_finds_the_crossover():
+    rows = []
+    for size in (32, 64, 128, 256):
+        n = size * size
+        rows.append(_row("efficient_attention", "onnxruntime", size, 0.01 * n, 0.001 * n))
+        rows.append(_row("dot_product_attention", "onnxruntime", size, 1e-6 * n * n, 1e-5 * n * n))
+    rows[-2:] = rows[-2:-1] + [BenchRow("dot_product_attention", "onnxruntime", "cpu", [1, 64, 256, 256],
+                                        status="out of memory (not run): ...")]
+    # at 32 px dot-product is faster (1e-6 n^2 < 0.01 n for n < 1e4): the crossover is 128 px
+    results = BenchResults(rows)
+    exps = {s["model"]: s for s in results.scaling()}
+    assert exps["efficient_attention"]["time_exponent"] == pytest.approx(1.0)
+    assert exps["efficient_attention"]["fit_sizes"] == [64, 128, 256]
+    assert exps["dot_product_attention"]["memory_exponent"] == pytest.approx(2.0)
+    (cross,) = results.crossover()
+    assert cross["faster_from_size"] == 128 and cross["faster_at_sizes"] == [128]
+    assert cross["slow_largest_size"] == 128 and cross["slow_stopped"].startswith("out of memory")
+    table = results.table()
+    assert "out of memory (not run)" in table and "crossover on onnxruntime" in table
+
+
+def test_row_throughput_and_dict():
+    row = _row("m", "onnxruntime", 32, 4.0)
+    row.shape[0] = 8
+    assert row.throughput == pytest.approx(2000.0)  # 8 items per 4 ms
+    d = row.to_dict()
+    assert d["throughput_per_s"] == 2000.0 and d["median_ms"] == 4.0 and d["status"] == "ok"
+
+
+def test_attention_map_bytes_counts_the_n_by_n_maps():
+    from effattn.models import DotProductAttention, EfficientAttention
+
+    dp = DotProductAttention(64, 32, 4, 64)
+    assert attention_map_bytes(dp, (2, 64, 8, 8)) == 2 * 4 * 2 * 4 * 64 * 64
+    assert attention_map_bytes(EfficientAttention(64, 32, 4, 64), (2, 64, 8, 8)) == 0
+
+
+def test_dot_product_too_big_is_reported_not_run(monkeypatch):
+    monkeypatch.setattr(bench, "available_bytes", lambda: 1_000_000)
+    results = run_bench(["dot_product_attention"], [8, 32], backends=["onnxruntime"], min_seconds=0.01,
+                        memory=False, startup=False, quiet=True)
+    by = {(r.shape[2], r.backend): r for r in results.rows}
+    assert by[(8, "torch")].stats is not None  # 8x8: 2*4*4*64^2 bytes fit in 0.5 MB
+    assert by[(32, "torch")].stats is None and "need 32.0 MiB, 1.0 MiB available" in by[(32, "torch")].status
+    assert by[(32, "onnxruntime")].status.startswith("out of memory (not run)")
+
+
+def test_max_seconds_bounds_the_run():
+    results = run_bench(["efficient_attention"], [8, 16, 24], backends=["onnxruntime"], min_seconds=0.05,
+                        max_seconds=0.0, memory=False, startup=False, quiet=True)
+    assert len(results.rows) == 6 and all(r.status.startswith("skipped") for r in results.rows)
+
+
+def test_unknown_or_misplaced_backend_is_refused():
+    with pytest.raises(BackendError, match="unknown bench backend 'onnx'"):
+        run_bench(["efficient_attention"], [8], backends=["onnx"])
+    with pytest.raises(BackendError, match="'tensorrt-fp16' runs on cuda, not cpu"):
+        run_bench(["efficient_attention"], [8], backends=["tensorrt-fp16"])
+
+
+def test_full_run_schema_memory_startup_and_plot(tmp_path):
+    results = run_bench(["efficient_attention"], [16, 64], batches=[1, 2], backends=["onnxruntime", "onnxruntime-fp16"],
+                        min_seconds=0.01, quiet=True)
+    data = results.to_dict()
+    assert data["schema"] == "effattn.bench/2"
+    assert {"cpu", "threads", "torch", "onnxruntime", "command"} <= set(data["environment"])
+    assert len(data["rows"]) == 2 * 2 * 3
+    for row in data["rows"]:
+        assert row["status"] == "ok" and row["median_ms"] > 0 and row["p99_ms"] >= row["median_ms"]
+        assert row["throughput_per_s"] == pytest.approx(row["shape"][0] * 1e3 / row["median_ms"], rel=1e-3)
+        assert row["peak_host_mib"] is not None and row["speedup_vs_eager"] > 0
+    eager = [r for r in data["rows"] if r["backend"] == "torch"]
+    assert all(r["speedup_vs_eager"] == 1.0 for r in eager)
+    # a 2x64x64x64 input alone is 2 MiB: the probe must see at least that much moving
+    big = next(r for r in data["rows"] if r["backend"] == "onnxruntime" and r["shape"] == [2, 64, 64, 64])
+    assert big["peak_host_mib"] >= 2.0
+    assert {s["backend"] for s in data["startup"]} == {"onnxruntime", "onnxruntime-fp16"}
+    assert all(s["cold_ms"] > 0 and s["warm_ms"] > 0 for s in data["startup"])
+    png = bench.plot(results, tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results.fit_from = 16
+    exponents = {s["backend"]: s["time_exponent"] for s in results.scaling()}
+    assert set(exponents) == {"torch", "onnxruntime", "onnxruntime-fp16"}
+    assert all(math.isfinite(e) for e in exponents.values())
