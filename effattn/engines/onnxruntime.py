@@ -79,7 +79,10 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
 
 
 def optimize_model(path: str | Path, output: str | Path, device: str = "cpu") -> Path:
-    """Save ONNX Runtime's optimised graph so later sessions start without re-optimising.
+    """Save ONNX Runtime's optimised graph (fused, constant-folded), to inspect or to ship.
+
+    Measured on the zoo: no shorter session start-up (weight pre-packing dominates it, and the
+    saved graph is re-optimised at load time anyway).
 
     Uses the extended level: the "all" level adds layout changes tied to the machine that made them.
     """

@@ -80,7 +80,8 @@ class BenchRow:
 
 @dataclass
 class StartRow:
-    """Runner creation plus the first answer: cold (no cache) and warm (cache filled by the cold run)."""
+    """Runner creation plus the first answer: cold (the first of this file in the process; a TensorRT build)
+    and warm (again: files in the page cache, the engine from the engine cache)."""
 
     model: str
     backend: str
@@ -284,8 +285,9 @@ class _Backends:
             self._files["fp16"] = to_fp16(self._files["fp32"], self.folder / f"{self.name}.fp16.onnx", force=True)
         return self._files[precision]
 
-    def make(self, backend: str, warm: bool = False):
-        """The runner for ``backend``; ``warm`` builds it from the caches the first (cold) one filled."""
+    def make(self, backend: str):
+        """The runner for ``backend``; TensorRT engines go through an engine cache in the bench folder, so
+        a second call loads the plan the first one built."""
         import torch
 
         from .torch import TorchRunner
@@ -297,14 +299,8 @@ class _Backends:
         precision = "fp16" if backend.endswith("-fp16") else "fp32"
         path = self.onnx(precision)
         if backend.startswith("onnxruntime"):
-            from ..engines.onnxruntime import optimize_model
             from .onnxruntime import OnnxRuntimeRunner
 
-            if warm:  # the graph ONNX Runtime optimised and saved: sessions start without re-optimising
-                optimized = path.with_suffix(".ort.onnx")
-                if not optimized.exists():
-                    optimize_model(path, optimized, self.device)
-                path = optimized
             return OnnxRuntimeRunner(path, device=self.device, threads=self.threads)
         from ..engines.tensorrt import build_engine
         from .tensorrt import TensorRTRunner
@@ -325,8 +321,8 @@ class _Backends:
             runner.infer(feed)
         return peak
 
-    WARM_MEANS = {"onnxruntime": "session from the saved optimised graph",
-                  "tensorrt": "engine from the engine cache", "torch": "n/a"}
+    WARM_MEANS = {"onnxruntime": "second session of the same file (the CPU/CUDA providers have no compile cache)",
+                  "tensorrt": "engine from the engine cache (cold: built)", "torch": "n/a"}
 
 
 def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int] = (1,),
@@ -426,7 +422,7 @@ def _start(made: _Backends, backend: str, results: BenchResults, timed: bool):
     warm = None
     if kind != "torch":
         t0 = time.perf_counter()
-        again = made.make(backend, warm=True)
+        again = made.make(backend)
         again.infer(feed)
         warm = time.perf_counter() - t0
         again.close()

@@ -1,0 +1,146 @@
+"""Dynamic batching: requests that arrive close together run as one engine call.
+
+A request waits at most ``max_queue_delay`` for others to join it; requests join a batch only if
+every input has the same non-batch shape (different shapes are never mixed: they wait for the next
+batch), and the batch never exceeds ``max_batch_size`` items. The queue is bounded: when it is
+full :meth:`DynamicBatcher.submit` raises :class:`QueueFull` at once, so overload is answered with
+a 503, not an ever-growing backlog. The engine call runs in a worker thread, outside the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+class QueueFull(Exception):
+    """The batcher's queue is at its limit; the caller should answer 503."""
+
+
+@dataclass(eq=False)  # identity: requests are removed from the queue by ``is``, never by comparing arrays
+class _Request:
+    feed: dict[str, np.ndarray]
+    future: asyncio.Future
+    items: int
+    signature: tuple
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+def _signature(feed: dict[str, np.ndarray]) -> tuple:
+    return tuple((name, value.dtype.str, value.shape[1:]) for name, value in feed.items())
+
+
+class DynamicBatcher:
+    """Batch ``infer(feed) -> outputs`` calls; every input and output has the batch on axis 0."""
+
+    def __init__(self, infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], max_batch_size: int = 8,
+                 max_queue_delay: float = 0.002, max_queue: int = 64, workers: int = 1,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        if max_batch_size < 1 or max_queue < 1 or workers < 1 or max_queue_delay < 0:
+            raise ValueError("max_batch_size, max_queue and workers must be >= 1, max_queue_delay >= 0")
+        self.infer = infer
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay = max_queue_delay
+        self.max_queue = max_queue
+        self.workers = workers
+        self.on_batch = on_batch
+        self._pending: deque[_Request] = deque()
+        self._wakeup: asyncio.Condition | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._closing = False
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._wakeup = asyncio.Condition()
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the workers."""
+        self._closing = True
+        async with self._wakeup:
+            self._wakeup.notify_all()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def submit(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Queue one request (already validated) and wait for its own slice of the batch's outputs."""
+        if self._closing:
+            raise QueueFull("the server is shutting down")
+        if len(self._pending) >= self.max_queue:
+            raise QueueFull(f"queue full ({self.max_queue} requests waiting)")
+        items = next(iter(feed.values())).shape[0]
+        request = _Request(feed, asyncio.get_running_loop().create_future(), items, _signature(feed))
+        self._pending.append(request)
+        async with self._wakeup:
+            self._wakeup.notify()
+        return await request.future
+
+    def _take_batch(self) -> list[_Request]:
+        """The oldest live request plus every later one of the same signature that still fits."""
+        while self._pending and self._pending[0].future.done():  # timed out or cancelled while waiting
+            self._pending.popleft()
+        if not self._pending:
+            return []
+        first = self._pending.popleft()
+        batch, total = [first], first.items
+        for request in list(self._pending):
+            if total >= self.max_batch_size:
+                break
+            if request.future.done():
+                self._pending.remove(request)
+            elif request.signature == first.signature and total + request.items <= self.max_batch_size:
+                self._pending.remove(request)
+                batch.append(request)
+                total += request.items
+        return batch
+
+    async def _work(self) -> None:
+        while True:
+            async with self._wakeup:
+                await self._wakeup.wait_for(lambda: self._pending or self._closing)
+            if not self._pending and self._closing:
+                return
+            head = self._pending[0] if self._pending else None
+            if head is not None and self.max_queue_delay > 0 and head.items < self.max_batch_size:
+                # give others max_queue_delay (from the first request's arrival) to join
+                delay = head.enqueued + self.max_queue_delay - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            batch = self._take_batch()
+            if batch:
+                try:
+                    await self._run(batch)
+                except Exception as e:  # a worker never dies: fail this batch and go on
+                    log.exception("batch failed")
+                    for r in batch:
+                        if not r.future.done():
+                            r.future.set_exception(e)
+
+    async def _run(self, batch: list[_Request]) -> None:
+        names = list(batch[0].feed)
+        feed = batch[0].feed if len(batch) == 1 else {
+            name: np.concatenate([r.feed[name] for r in batch], axis=0) for name in names}
+        if self.on_batch:
+            self.on_batch(sum(r.items for r in batch))
+        try:
+            outputs = await asyncio.to_thread(self.infer, feed)
+        except Exception as e:  # every request of the batch gets the error
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(e)
+            return
+        start = 0
+        for r in batch:
+            part = {name: value[start:start + r.items] for name, value in outputs.items()}
+            start += r.items
+            if not r.future.done():
+                r.future.set_result(part)

@@ -1,0 +1,82 @@
+"""DynamicBatcher: stacks same-shape requests, never mixes shapes, splits answers back, refuses when full."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from effattn.runtime.batching import DynamicBatcher, QueueFull
+
+
+def _doubler(calls: list, delay: float = 0.001):
+    def infer(feed):
+        calls.append({k: v.shape for k, v in feed.items()})
+        time.sleep(delay)
+        return {"out": feed["x"] * 2, "sum": feed["x"].sum(axis=tuple(range(1, feed["x"].ndim)))}
+    return infer
+
+
+def test_concurrent_requests_are_batched_by_shape_and_answered_individually():
+    calls = []
+
+    async def main():
+        batcher = DynamicBatcher(_doubler(calls), max_batch_size=8, max_queue_delay=0.02, max_queue=400)
+        batcher.start()
+        shapes = [(1, 4), (2, 4), (1, 3)]
+
+        async def one(i):
+            x = np.full(shapes[i % 3], i, np.float32)
+            out = await asyncio.wait_for(batcher.submit({"x": x}), 10)
+            assert np.array_equal(out["out"], 2 * x) and np.array_equal(out["sum"], x.sum(axis=1)), i
+
+        await asyncio.gather(*(one(i) for i in range(300)))
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert sum(c["x"][0] for c in calls) == 100 * (1 + 2 + 1)  # every item ran exactly once
+    assert len(calls) < 300 and max(c["x"][0] for c in calls) <= 8
+    assert {c["x"][1:] for c in calls} == {(4,), (3,)}  # shapes (.., 4) and (.., 3) never in one call
+
+
+def test_full_queue_refuses_at_once():
+    gate = threading.Event()
+
+    def blocked(feed):
+        gate.wait(10)
+        return {"out": feed["x"]}
+
+    async def main():
+        batcher = DynamicBatcher(blocked, max_batch_size=1, max_queue_delay=0, max_queue=2)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit({"x": np.zeros((1, 2))}))
+        await asyncio.sleep(0.05)  # the worker holds the first one
+        queued = [asyncio.create_task(batcher.submit({"x": np.zeros((1, 2))})) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull, match="queue full"):
+            await batcher.submit({"x": np.zeros((1, 2))})
+        gate.set()
+        await asyncio.gather(first, *queued)
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_an_engine_error_fails_its_batch_and_the_worker_goes_on():
+    def flaky(feed):
+        if (feed["x"] < 0).any():
+            raise RuntimeError("engine failed")
+        return {"out": feed["x"]}
+
+    async def main():
+        batcher = DynamicBatcher(flaky, max_batch_size=1, max_queue_delay=0)
+        batcher.start()
+        with pytest.raises(RuntimeError, match="engine failed"):
+            await batcher.submit({"x": -np.ones((1, 2))})
+        assert (await batcher.submit({"x": np.ones((1, 2))}))["out"].sum() == 2
+        await batcher.stop()
+
+    asyncio.run(main())

@@ -1,0 +1,216 @@
+"""effattn serve, end to end: a real server process on 127.0.0.1, driven by tritonclient.http.
+
+Results equal the Runner's; concurrent clients are all answered correctly and batching shows in
+/metrics; every bad request gets its status and message and the server stays healthy; overload
+gives 503s at once; SIGTERM with requests in flight loses none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from effattn.export import export_onnx
+from effattn.models import DotProductAttention, EfficientAttention
+from effattn.runtime import load
+from effattn.shapes import ShapeProfile
+
+from ..serving import error_of, http, running_server
+
+http_client = pytest.importorskip("tritonclient.http", reason="tests need tritonclient[http] (the test extra)")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+PROFILE = ShapeProfile.single("1x8x4x4", "2x8x16x16", "8x8x32x32")
+SLOW = ShapeProfile.single("1x16x8x8", "1x16x64x64", "1x16x64x64")  # dot-product: ~10-50 ms a call
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    torch.manual_seed(0)
+    block = export_onnx(EfficientAttention(8, 4, 2, 8), PROFILE, folder / "block.onnx").path
+    slow = export_onnx(DotProductAttention(16, 8, 2, 16), SLOW, folder / "slow.onnx", validate=False).path
+    return {"block": block, "slow": slow}
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    with running_server({"block": files["block"]}, "--max-queue-delay-ms", "20", "--max-request-mb", "2") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def reference(files):
+    return load(files["block"], device="cpu", threads=1)
+
+
+def _client(base: str):
+    return http_client.InferenceServerClient(base.removeprefix("http://"), network_timeout=60)
+
+
+def _infer(client, x: np.ndarray, binary: bool = True, model: str = "block", **kw) -> np.ndarray:
+    tensor = http_client.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    outputs = [http_client.InferRequestedOutput("output", binary_data=binary)]
+    return client.infer(model, [tensor], outputs=outputs, **kw).as_numpy("output")
+
+
+def _healthy(base: str) -> None:
+    client = _client(base)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("block")
+
+
+def test_metadata_and_health(server):
+    _, base = server
+    client = _client(base)
+    assert client.is_server_live() and client.is_server_ready()
+    meta = client.get_model_metadata("block")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 8, -1, -1],
+                               "parameters": {"min": [1, 8, 4, 4], "opt": [2, 8, 16, 16], "max": [8, 8, 32, 32]}}]
+    assert meta["outputs"][0]["name"] == "output" and meta["versions"] == ["1"]
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    assert http("GET", base + "/v2/models/nope")[0] == 404
+    assert not client.is_model_ready("nope")
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_results_equal_the_runner(server, reference, binary):
+    _, base = server
+    client = _client(base)
+    rng = np.random.default_rng()
+    for shape in [(1, 8, 4, 4), (3, 8, 16, 12), (8, 8, 32, 32)]:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        np.testing.assert_allclose(_infer(client, x, binary), reference.infer(x)["output"], rtol=1e-5, atol=1e-6)
+
+
+def test_concurrent_clients_are_batched_and_all_correct(server, reference):
+    _, base = server
+    rng = np.random.default_rng()
+    shapes = [(1, 8, 16, 16), (2, 8, 16, 16), (1, 8, 8, 12)]  # two signatures: they must never be mixed
+    feeds = [rng.standard_normal(shapes[i % 3], dtype=np.float32) for i in range(16 * 25)]
+    expected = [reference.infer(x)["output"] for x in feeds]
+
+    def worker(start: int) -> int:
+        client, wrong = _client(base), 0
+        for i in range(start, len(feeds), 16):
+            got = _infer(client, feeds[i])
+            wrong += got.shape != expected[i].shape or not np.allclose(got, expected[i], rtol=1e-5, atol=1e-6)
+        return wrong
+
+    with ThreadPoolExecutor(16) as pool:
+        assert sum(pool.map(worker, range(16))) == 0
+    metrics = http("GET", base + "/metrics")[2].decode()
+    count = float(re.search(r'effattn_batch_size_count\{model="block"\} (\S+)', metrics).group(1))
+    total = float(re.search(r'effattn_batch_size_sum\{model="block"\} (\S+)', metrics).group(1))
+    ones = float(re.search(r'effattn_batch_size_bucket\{le="1.0",model="block"\} (\S+)', metrics).group(1))
+    assert total >= 16 * 25 * 4 / 3 - 1e-6  # every item went through an engine call
+    assert count < 16 * 25 and ones < count, "no request was ever batched with another"
+    assert re.search(r'effattn_requests_total\{code="200",model="block"\} (\d+)', metrics)
+    assert "effattn_request_seconds_bucket" in metrics
+
+
+def _post(base: str, body: bytes, headers: dict | None = None, model: str = "block"):
+    return http("POST", f"{base}/v2/models/{model}/infer", body, {"Content-Type": "application/json"} | (headers or {}))
+
+
+def _json_request(shape, datatype="FP32", name="input", data=None) -> bytes:
+    count = int(np.prod(shape))
+    return json.dumps({"inputs": [{"name": name, "shape": list(shape), "datatype": datatype,
+                                   "data": data if data is not None else [0.5] * count}]}).encode()
+
+
+@pytest.mark.parametrize("body,headers,status,message", [
+    (b"{not json", None, 400, "malformed JSON"),
+    (b'{"inputs": []}', None, 400, "non-empty 'inputs' list"),
+    (_json_request((1, 8, 4, 4), name="image"), None, 400, r"unknown input 'image'; the model's inputs are \['input'\]"),
+    (_json_request((1, 8, 4, 4), datatype="FP64"), None, 400, "datatype 'FP64'; the model takes FP32"),
+    (_json_request((8, 4, 4)), None, 400, "has rank 3"),
+    (_json_request((1, 8, 4, 4), data=[1.0] * 5), None, 400, "'data' has 5 elements, shape"),
+    (_json_request((1, 8, 64, 4)), None, 400, r"axis 2 \(height\) is 64; it must be in \[4, 32\]"),
+    (_json_request((9, 8, 4, 4)), None, 400, r"axis 0 \(batch\) is 9"),
+    (_json_request((1, 8, 4, 4), data=["a"] * 128), None, 400, "is not a list of FP32 numbers"),
+    (json.dumps({"inputs": [{"name": "input", "shape": [1, 8, 4, 4], "datatype": "FP32",
+                             "parameters": {"binary_data_size": 512}}]}).encode() + b"\0" * 100,
+     "header", 400, "truncated binary payload"),
+    (b'{"inputs": [{"name": "input"}]}' + b"x", {"Inference-Header-Content-Length": "999"}, 400, "body has only"),
+    (b"\0" * (3 * 2**20), None, 413, "over the limit"),
+])
+def test_bad_requests_get_clear_answers_and_the_server_keeps_serving(server, body, headers, status, message):
+    _, base = server
+    if headers == "header":
+        headers = {"Inference-Header-Content-Length": str(body.index(b"}]}") + 3)}
+    code, _, answer = _post(base, body, headers)
+    assert code == status and re.search(message, error_of(answer)), (code, answer)
+    _healthy(base)
+
+
+def test_unknown_model_is_404_and_triton_client_sees_the_message(server):
+    _, base = server
+    code, _, answer = _post(base, _json_request((1, 8, 4, 4)), model="nope")
+    assert code == 404 and "unknown model 'nope'" in error_of(answer)
+    with pytest.raises(InferenceServerException, match=r"datatype"):
+        tensor = http_client.InferInput("input", [1, 8, 4, 4], "FP16")
+        tensor.set_data_from_numpy(np.zeros((1, 8, 4, 4), np.float16))
+        _client(base).infer("block", [tensor])
+    _healthy(base)
+
+
+def test_request_timeout_is_504(files):
+    with running_server({"slow": files["slow"]}, "--max-batch-size", "1") as (_, base):
+        x = np.random.default_rng().standard_normal((1, 16, 64, 64), dtype=np.float32)
+        with pytest.raises(InferenceServerException, match="timed out"):
+            _infer(_client(base), x, model="slow", timeout=1)  # Triton's per-request timeout, microseconds
+        assert _infer(_client(base), x, model="slow").shape == x.shape
+
+
+def test_overload_answers_503_at_once_not_a_hang(files):
+    with running_server({"slow": files["slow"]}, "--max-queue", "2", "--max-batch-size", "1") as (_, base):
+        x = np.random.default_rng().standard_normal((1, 16, 64, 64), dtype=np.float32)
+        body = _json_request(x.shape, data=x.ravel().tolist())
+
+        def one(_):
+            t0 = time.perf_counter()
+            code, _, _ = http("POST", base + "/v2/models/slow/infer", body, {"Content-Type": "application/json"})
+            return code, time.perf_counter() - t0
+
+        with ThreadPoolExecutor(24) as pool:
+            results = list(pool.map(one, range(24)))
+        codes = [c for c, _ in results]
+        assert set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) >= 2, codes
+        assert max(t for c, t in results if c == 503) < 5.0
+        _healthy_slow = http("GET", base + "/v2/models/slow/ready")[0]
+        assert _healthy_slow == 200
+
+
+def test_graceful_shutdown_loses_no_accepted_request(files):
+    with running_server({"slow": files["slow"]}, "--max-batch-size", "1") as (process, base):
+        x = np.random.default_rng().standard_normal((1, 16, 64, 64), dtype=np.float32)
+        body = _json_request(x.shape, data=x.ravel().tolist())
+        results, started = [], threading.Barrier(9)
+
+        def one():
+            started.wait()
+            code = http("POST", base + "/v2/models/slow/infer", body, {"Content-Type": "application/json"})[0]
+            results.append((code, time.monotonic()))
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        started.wait()
+        time.sleep(0.1)  # all eight are in the server's queue or running
+        process.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        for t in threads:
+            t.join(timeout=60)
+        assert [code for code, _ in results] == [200] * 8
+        assert any(done > stopped for _, done in results), "no request was still in flight at SIGTERM"
+        # uvicorn re-raises SIGTERM once its graceful shutdown is done: the conventional "ended by SIGTERM"
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
