@@ -57,6 +57,7 @@ class BenchRow:
     peak_host_mib: float | None = None
     peak_device_mib: float | None = None
     status: str = "ok"  # otherwise why there is no measurement ("out of memory: ...", "skipped: ...")
+    floor_ms: float | None = None  # attention blocks: time to move their input and output at measured bandwidth
 
     @property
     def positions(self) -> int:
@@ -74,7 +75,8 @@ class BenchRow:
         return {"model": self.model, "backend": self.backend, "device": self.device, "shape": self.shape,
                 "status": self.status, "speedup_vs_eager": r(self.speedup_vs_eager),
                 "throughput_per_s": r(self.throughput, 2), "peak_host_mib": r(self.peak_host_mib, 2),
-                "peak_device_mib": r(self.peak_device_mib, 2),
+                "peak_device_mib": r(self.peak_device_mib, 2), "bandwidth_floor_ms": r(self.floor_ms),
+                "times_bandwidth_floor": r(self.stats.median_ms / self.floor_ms, 2) if self.stats and self.floor_ms else None,
                 **(self.stats.to_dict() if self.stats else {})}
 
 
@@ -163,7 +165,7 @@ class BenchResults:
 
     def table(self) -> str:
         head = (f"{'model':<22}{'shape':<15}{'backend':<18}{'median ms':>10}{'p90':>9}{'p99':>9}{'items/s':>10}"
-                f"{'peak MiB':>10}{'vs eager':>9}")
+                f"{'peak MiB':>10}{'vs eager':>9}{'x floor':>8}")
         lines = [head, "-" * len(head)]
         for r in self.rows:
             shape = "x".join(map(str, r.shape))
@@ -173,7 +175,8 @@ class BenchResults:
             peak = r.peak_device_mib if r.peak_device_mib is not None else r.peak_host_mib
             lines.append(f"{r.model:<22}{shape:<15}{r.backend:<18}{r.stats.median_ms:>10.3f}{r.stats.p90_ms:>9.3f}"
                          f"{r.stats.p99_ms:>9.3f}{r.throughput:>10.1f}{_fmt(peak, '>10.1f')}"
-                         f"{_fmt(r.speedup_vs_eager, '>8.2f')}x")
+                         f"{_fmt(r.speedup_vs_eager, '>8.2f')}x"
+                         f"{_fmt(r.stats.median_ms / r.floor_ms if r.floor_ms else None, '>8.1f')}")
         if self.startup:
             lines += ["", f"{'start-up (create + first answer)':<42}{'cold ms':>9}{'warm ms':>11}   warm means"]
             lines += [f"  {s.model:<22}{s.backend:<18}{s.cold_ms:>9.1f}{_fmt(s.warm_ms, '>11.1f')}   {s.warm_means}"
@@ -188,7 +191,9 @@ class BenchResults:
                          f"{c['slow']} ran up to {c['slow_largest_size']} px"
                          + (f" ({c['slow_stopped']})" if c["slow_stopped"] else ""))
         env = self.environment
-        lines.append(f"\n{env.get('cpu', '?')}, {env.get('threads')} threads; {env.get('gpu') or 'no GPU'}; "
+        lines.append(f"\nx floor: median / (bytes the block must read and write / copy bandwidth "
+                     f"{env.get('copy_bandwidth_gb_s')} GB/s measured in this run)")
+        lines.append(f"{env.get('cpu', '?')}, {env.get('threads')} threads; {env.get('gpu') or 'no GPU'}; "
                      f"torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}")
         return "\n".join(lines)
 
@@ -232,6 +237,33 @@ def environment(threads: int, device: str = "cpu") -> dict:
         "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if gpu else None,
         "command": "effattn " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("effattn") else None,
     }
+
+
+def measure_bandwidth(device: str = "cpu", mib: int = 256) -> float:
+    """Copy bandwidth in GB/s (bytes read + bytes written per second, best of 5 copies of ``mib`` MiB):
+    the floor below which no kernel that must read its input and write its output can go. On the
+    CPU it is one thread's ``memcpy``-like copy (numpy), on CUDA a device-to-device tensor copy."""
+    n = mib * 2**20 // 4
+    best = math.inf
+    if device == "cuda":
+        import torch
+
+        src, dst = torch.empty(n, device="cuda"), torch.empty(n, device="cuda")
+        for _ in range(6):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+    else:
+        import numpy as np
+
+        src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
+        for _ in range(6):
+            t0 = time.perf_counter()
+            np.copyto(dst, src)
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n * 4 / best / 1e9
 
 
 def bench_profile(base: InputProfile, sizes: Sequence[int], batches: Sequence[int] | int) -> ShapeProfile:
@@ -354,6 +386,8 @@ def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # FP32 means FP32
     results = BenchResults(environment=environment(threads, device))
+    bandwidth = measure_bandwidth(device)
+    results.environment["copy_bandwidth_gb_s"] = round(bandwidth, 1)
     all_backends = [EAGER, *backends]
     deadline = time.monotonic() + max_seconds if max_seconds is not None else math.inf
     bar = tqdm(total=len(models) * len(sizes) * len(batches) * len(all_backends), desc="bench", disable=quiet,
@@ -385,6 +419,8 @@ def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int
                     for backend in all_backends:
                         bar.set_postfix_str(f"{name} {'x'.join(map(str, shape))} {backend}")
                         row = BenchRow(name, backend, device, list(shape))
+                        if entry.task == "block":  # FP32 input read once, FP32 output written once
+                            row.floor_ms = 2 * math.prod(shape) * 4 / (bandwidth * 1e9) * 1e3
                         runner = runners.get(backend)
                         if time.monotonic() > deadline:
                             row.status = "skipped: --max-seconds reached"
