@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import EffattnError, FileExistsNoForceError, InputError, ModelError
+from .errors import BackendError, EffattnError, FileExistsNoForceError, InputError, ModelError
 
 log = logging.getLogger("effattn")
 
@@ -249,7 +249,8 @@ def cmd_demo(args) -> None:
     from . import metadata
     from .export import export_onnx, to_fp16
     from .models import get_entry, load_model
-    from .runtime import compare, load, measure, profile_inputs, random_inputs
+    from .runtime import compare, load, profile_inputs, random_inputs
+    from .runtime.timing import measure_interleaved
     from .runtime.torch import TorchRunner
 
     out = args.out
@@ -268,15 +269,19 @@ def cmd_demo(args) -> None:
     feed = random_inputs(profile, "opt", args.seed)
     runners = [load(fp32_path, backend="auto", device=args.device), load(fp16_path, backend="auto", device=args.device)]
     reference = TorchRunner(source.model, profile, output_names=list(runners[0].outputs))
-    reports, timings = [], {"eager PyTorch fp32": measure(lambda: reference.infer(feed), min_seconds=args.seconds,
-                                                           max_seconds=4 * args.seconds)}
+    reports, timed = [], {"eager PyTorch fp32": reference}
     for precision, runner in zip(("fp32", "fp16"), runners):
         runner.name = f"{runner.backend} {precision}"
-        with runner:
-            reports.append(compare(reference, runner, feeds, precision=precision,
-                                   residuals=metadata.residuals_of(runner.metadata)))
-            timings[runner.name] = measure(lambda r=runner: r.infer(feed), min_seconds=args.seconds,
-                                           max_seconds=4 * args.seconds)
+        reports.append(compare(reference, runner, feeds, precision=precision,
+                               residuals=metadata.residuals_of(runner.metadata)))
+        timed[runner.name] = runner
+    timings = measure_interleaved({name: (lambda r=r: r.infer(feed)) for name, r in timed.items()},
+                                  min_seconds=args.seconds, max_seconds=4 * args.seconds)
+    for runner in runners:
+        runner.close()
+    failed = {name: e for name, e in timings.items() if isinstance(e, BaseException)}
+    if failed:
+        raise BackendError("timing failed: " + "; ".join(f"{name}: {e}" for name, e in failed.items()))
     eager = timings["eager PyTorch fp32"].median_ms
     passed = all(r.passed for r in reports)
     if args.json:

@@ -1,9 +1,10 @@
 """``effattn bench``: every backend against eager PyTorch FP32, measured side by side in one run.
 
-For each model the file is exported once with a profile spanning every size and batch; then each
-(batch, size) is timed on eager FP32 first (the baseline every row's ratio is taken against) and on
-each backend: median/p90/p99 after warm-up, throughput, and peak memory measured in a separate
-pass (so the memory probe never disturbs the timing). Start-up (runner creation + first answer) is
+For each model the file is exported once with a profile spanning every size and batch; then at each
+(batch, size) eager FP32 (the baseline every row's ratio is taken against) and each backend are
+timed *interleaved*, round by round, so a noisy shared machine slows them alike: median/p90/p99
+after warm-up, throughput, and peak memory measured afterwards in a fresh process (so the memory
+probe never disturbs the timing). Start-up (runner creation + first answer) is
 timed cold and with caches warm. Dot-product attention is not run where its n x n maps cannot fit:
 the row says so instead of the process dying. The whole run respects ``max_seconds``.
 
@@ -20,7 +21,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from ..errors import BackendError, InputError
 from ..shapes import InputProfile, ShapeProfile
 from .memory import PeakMemory, available_bytes, probe
 from .parity import random_inputs
-from .timing import LatencyStats, measure
+from .timing import LatencyStats, measure_interleaved
 
 SCHEMA = "effattn.bench/2"
 EAGER = "torch"
@@ -415,10 +416,9 @@ def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int
                     feed = random_inputs(ShapeProfile((InputProfile(profile.inputs[0].name, shape, shape, shape),)),
                                          "opt", seed=0)
                     need = attention_map_bytes(source.model, shape)
-                    eager_ms = None
+                    rows, timed = {}, {}
                     for backend in all_backends:
-                        bar.set_postfix_str(f"{name} {'x'.join(map(str, shape))} {backend}")
-                        row = BenchRow(name, backend, device, list(shape))
+                        row = rows[backend] = BenchRow(name, backend, device, list(shape))
                         if entry.task == "block":  # FP32 input read once, FP32 output written once
                             row.floor_ms = 2 * math.prod(shape) * 4 / (bandwidth * 1e9) * 1e3
                         runner = runners.get(backend)
@@ -430,12 +430,15 @@ def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int
                             row.status = (f"out of memory (not run): its n x n attention maps need {_size(need)}, "
                                           f"{_size(available_bytes() or 0)} available")
                         else:
-                            peak = (lambda b=backend, r=runner, f=feed: made.peak_memory(b, r, f)) if memory else None
-                            _measure_row(row, runner, feed, min_seconds, deadline, peak)
-                        if backend == EAGER and row.stats:
-                            eager_ms = row.stats.median_ms
-                        if row.stats and eager_ms:
-                            row.speedup_vs_eager = eager_ms / row.stats.median_ms
+                            timed[backend] = runner
+                    if timed:
+                        bar.set_postfix_str(f"{name} {'x'.join(map(str, shape))}")
+                        _measure_rows([rows[b] for b in timed], timed, feed, min_seconds, deadline,
+                                      made if memory else None)
+                    eager = rows[EAGER].stats
+                    for row in rows.values():
+                        if row.stats and eager:
+                            row.speedup_vs_eager = eager.median_ms / row.stats.median_ms
                         results.rows.append(row)
                         bar.update(1)
             for runner in runners.values():
@@ -467,22 +470,25 @@ def _start(made: _Backends, backend: str, results: BenchResults, timed: bool):
     return runner
 
 
-def _measure_row(row: BenchRow, runner, feed: dict, min_seconds: float, deadline: float,
-                 peak_memory: Callable[[], PeakMemory] | None) -> None:
-    call: Callable[[], object] = lambda: runner.infer(feed)  # noqa: E731
-    try:
-        budget = max(min(10 * min_seconds, deadline - time.monotonic()), 0.05)
-        row.stats = measure(call, min_seconds=min(min_seconds, budget), max_seconds=budget)
-        if peak_memory is not None:
-            peak = peak_memory()
-            row.peak_host_mib, row.peak_device_mib = peak.host_mib, peak.device_mib
-    except Exception as e:
-        if isinstance(e, KeyboardInterrupt) or not _is_oom(e):
+def _measure_rows(rows: list[BenchRow], runners: dict, feed: dict, min_seconds: float, deadline: float,
+                  made: _Backends | None) -> None:
+    """Time the runners interleaved (:func:`.timing.measure_interleaved`), then probe each one's peak memory."""
+    budget = max(min(10 * min_seconds, (deadline - time.monotonic()) / len(runners)), 0.05)
+    stats = measure_interleaved({b: (lambda r=r: r.infer(feed)) for b, r in runners.items()},
+                                min_seconds=min(min_seconds, budget), max_seconds=budget)
+    for row in rows:
+        outcome = stats[row.backend]
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            row.stats = outcome
+            if made is not None:
+                peak = made.peak_memory(row.backend, runners[row.backend], feed)
+                row.peak_host_mib, row.peak_device_mib = peak.host_mib, peak.device_mib
+        except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            row.status = f"error: {first}"
-        else:
-            row.status = f"out of memory: {str(e).strip().splitlines()[0][:160]}"
-        row.stats = None
+            row.status = f"out of memory: {first[:160]}" if _is_oom(e) else f"error: {first}"
+            row.stats = None
 
 
 def plot(results: BenchResults, path: str | Path, title: str | None = None) -> Path:

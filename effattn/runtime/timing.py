@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -50,3 +50,53 @@ def measure(fn: Callable[[], object], warmup_s: float = 0.2, min_runs: int = 10,
         if (len(samples) >= min_runs and elapsed >= min_seconds) or elapsed >= max_seconds:
             break
     return LatencyStats.from_samples(samples)
+
+
+def measure_interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 5, warmup_s: float = 0.2,
+                        min_runs: int = 10, min_seconds: float = 1.0, max_seconds: float = 10.0,
+                        ) -> dict[str, LatencyStats | BaseException]:
+    """Time several callables in alternation so that their ratios survive a noisy machine.
+
+    Timed back to back, a baseline and a candidate see different moments of a shared machine (other
+    tenants, clock changes), and their ratio swings by tens of percent between runs. Here each of
+    ``rounds`` rounds gives every callable ``min_seconds / rounds`` of calls in turn, so slow drifts hit
+    all of them alike. Each gets at least ``min_runs`` calls in all; the whole stops at ``max_seconds``
+    per callable. A callable that raises is dropped and its exception returned in its place.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    result: dict[str, LatencyStats | BaseException] = {}
+    for name, fn in fns.items():  # warm-up, which also finds the ones that fail
+        try:
+            start = time.perf_counter()
+            fn()
+            while time.perf_counter() - start < warmup_s:
+                fn()
+        except Exception as e:
+            result[name] = e
+    live = [name for name in fns if name not in result]
+    per_round = min_seconds / rounds
+    spent = dict.fromkeys(live, 0.0)
+    for r in range(rounds):
+        for name in list(live):
+            fn, begin = fns[name], time.perf_counter()
+            want_runs = -(-min_runs * (r + 1) // rounds) - len(samples[name])  # spread min_runs over the rounds
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    fn()
+                except Exception as e:
+                    result[name] = e
+                    live.remove(name)
+                    break
+                samples[name].append(time.perf_counter() - t0)
+                elapsed = time.perf_counter() - begin
+                want_runs -= 1
+                if (want_runs <= 0 and elapsed >= per_round) or spent[name] + elapsed >= max_seconds:
+                    break
+            spent[name] += time.perf_counter() - begin
+            if spent.get(name, 0) >= max_seconds and name in live:
+                live.remove(name)
+    for name in fns:
+        if name not in result:
+            result[name] = LatencyStats.from_samples(samples[name])
+    return result

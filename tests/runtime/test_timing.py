@@ -19,3 +19,25 @@ def test_measure_respects_run_bounds():
     stats = measure(lambda: calls.append(1), warmup_s=0.0, min_runs=7, max_runs=7, min_seconds=0.0)
     assert stats.runs == 7
     assert len(calls) == 8  # one warm-up call, then the timed ones
+
+
+def test_interleaved_gives_each_callable_its_runs_and_drops_the_failing_one():
+    from effattn.runtime.timing import measure_interleaved
+
+    order, calls = [], {"a": 0, "b": 0}
+
+    def make(name):
+        def fn():
+            calls[name] += 1
+            order.append(name)
+        return fn
+
+    def broken():
+        raise MemoryError("out of memory")
+
+    out = measure_interleaved({"a": make("a"), "b": make("b"), "c": broken}, rounds=5, warmup_s=0.0,
+                              min_runs=10, min_seconds=0.0)
+    assert out["a"].runs == 10 and out["b"].runs == 10
+    assert isinstance(out["c"], MemoryError)
+    timed = order[2:]  # after one warm-up call each, a and b alternate in blocks of two
+    assert timed == ["a", "a", "b", "b"] * 5
