@@ -159,6 +159,20 @@ class BenchResults:
                         "slow_stopped": failed[0].status if failed else None})
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict) -> BenchResults:
+        """Results read back from their JSON (to re-plot or re-analyse without re-measuring)."""
+        if data.get("schema") != SCHEMA:
+            raise InputError(f"not an {SCHEMA} results file (schema {data.get('schema')!r})")
+        stat_fields = LatencyStats.__dataclass_fields__
+        rows = [BenchRow(r["model"], r["backend"], r["device"], r["shape"],
+                         LatencyStats(**{k: r[k] for k in stat_fields}) if r["status"] == "ok" else None,
+                         r["speedup_vs_eager"], r["peak_host_mib"], r["peak_device_mib"], r["status"],
+                         r["bandwidth_floor_ms"]) for r in data["rows"]]
+        startup = [StartRow(s["model"], s["backend"], s["cold_ms"], s["warm_ms"], s["warm_means"])
+                   for s in data["startup"]]
+        return cls(rows, startup, data["environment"], data["scaling"]["fit_from_size"])
+
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "environment": self.environment, "rows": [r.to_dict() for r in self.rows],
                 "startup": [s.to_dict() for s in self.startup],
@@ -510,7 +524,7 @@ def plot(results: BenchResults, path: str | Path, title: str | None = None) -> P
     has_memory = any(r.peak_host_mib or r.peak_device_mib for r in results.rows)
     rows = 2 if has_memory else 1
     fig, axes = plt.subplots(rows, len(panels), figsize=(4.2 * len(panels), 3.6 * rows), squeeze=False)
-    for col, (title, lines) in enumerate(panels):
+    for col, (panel, lines) in enumerate(panels):
         for row, what in enumerate(["time", "memory"][:rows]):
             ax = axes[row][col]
             for label, model, backend in lines:
@@ -520,11 +534,12 @@ def plot(results: BenchResults, path: str | Path, title: str | None = None) -> P
                             linestyle="--" if label.startswith("DP") else "-")
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel("positions (H x W)")
             ax.set_ylabel("median latency (ms)" if what == "time" else "peak memory (MiB)")
-            ax.set_title(title, fontsize=10)
+            ax.set_title(panel, fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
-            if row == 0 and (col == 0 or title == "EA vs dot-product"):
+            if row == 0 and (col == 0 or panel == "EA vs dot-product"):
                 ax.legend(fontsize=7)
     env = results.environment
     fig.suptitle(title or f"effattn bench: {env.get('gpu') or env.get('cpu')}, {env.get('threads')} threads", fontsize=10)

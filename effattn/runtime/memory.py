@@ -40,6 +40,17 @@ def available_bytes() -> int | None:
     return None
 
 
+def _trim_heap() -> None:
+    """Give freed heap back to the OS first (glibc ``malloc_trim``): otherwise memory a runner freed while
+    loading (the parsed model, for one) is reused by the run without raising RSS, and the peak reads low."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: measure as is
+        pass
+
+
 @dataclass
 class PeakMemory:
     """``with PeakMemory(cuda) as peak: work()`` then ``peak.host_mib`` / ``peak.device_mib`` (None: unknown)."""
@@ -49,6 +60,7 @@ class PeakMemory:
     device_mib: float | None = None
 
     def __enter__(self) -> PeakMemory:
+        _trim_heap()
         try:
             _CLEAR_REFS.write_text("5")
             self._rss = _status_kib("VmRSS")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -106,6 +107,11 @@ def test_full_run_schema_memory_startup_and_plot(tmp_path):
     assert big["peak_host_mib"] >= 2.0
     assert {s["backend"] for s in data["startup"]} == {"onnxruntime", "onnxruntime-fp16"}
     assert all(s["cold_ms"] > 0 and s["warm_ms"] > 0 for s in data["startup"])
+    again = BenchResults.from_dict(json.loads(json.dumps(data)))
+    def key(rows):
+        return [(r["model"], r["backend"], r["shape"], r["status"], r["median_ms"], r["peak_host_mib"]) for r in rows]
+
+    assert key(again.to_dict()["rows"]) == key(data["rows"]) and again.scaling() == results.scaling()
     png = bench.plot(results, tmp_path / "plot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results.fit_from = 16
