@@ -19,6 +19,10 @@ def rows_table(data: dict, backends: list[str]) -> str:
     for model, shape in keys:
         by = {r["backend"]: r for r in rows if r["model"] == model and tuple(r["shape"]) == shape}
         eager = by.get("torch", {})
+        if not any(r.get("median_ms") for r in by.values()):  # not run on any backend: say why, once
+            lines.append(f"| {model} | {'x'.join(map(str, shape))} | {eager.get('status', '-')} |"
+                         + " |" * (2 * len(backends)))
+            continue
         cells = [model, "x".join(map(str, shape)), _ms(eager)]
         for b in backends:
             r = by.get(b, {})
