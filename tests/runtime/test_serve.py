@@ -194,23 +194,23 @@ def test_graceful_shutdown_loses_no_accepted_request(files):
     with running_server({"slow": files["slow"]}, "--max-batch-size", "1") as (process, base):
         x = np.random.default_rng().standard_normal((1, 16, 64, 64), dtype=np.float32)
         body = _json_request(x.shape, data=x.ravel().tolist())
-        results, started = [], threading.Barrier(9)
+        results, started = [], threading.Barrier(13)
 
         def one():
             started.wait()
             code = http("POST", base + "/v2/models/slow/infer", body, {"Content-Type": "application/json"})[0]
             results.append((code, time.monotonic()))
 
-        threads = [threading.Thread(target=one) for _ in range(8)]
+        threads = [threading.Thread(target=one) for _ in range(12)]
         for t in threads:
             t.start()
         started.wait()
-        time.sleep(0.1)  # all eight are in the server's queue or running
+        time.sleep(0.1)  # all twelve are in the server's queue or running (one at a time: ~20-50 ms each)
         process.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
         for t in threads:
             t.join(timeout=60)
-        assert [code for code, _ in results] == [200] * 8
+        assert [code for code, _ in results] == [200] * 12
         assert any(done > stopped for _, done in results), "no request was still in flight at SIGTERM"
         # uvicorn re-raises SIGTERM once its graceful shutdown is done: the conventional "ended by SIGTERM"
         assert process.wait(timeout=30) in (0, -signal.SIGTERM)
