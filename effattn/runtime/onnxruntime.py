@@ -3,7 +3,8 @@
 On the CPU, ``session.run`` is thread-safe and takes numpy arrays. On CUDA the runner goes through
 I/O binding: torch CUDA tensors are bound by address (no host round trip) and outputs are written
 into torch CUDA tensors, so :meth:`infer_torch` never leaves the device. Output shapes are learnt
-from the first run at each input shape. With ``cuda_graph`` the CUDA provider captures one graph per
+from the first run at each input shape. (``io_binding=True`` takes the same path on the CPU, with
+torch CPU tensors: that is how the binding logic is tested on machines without a GPU.) With ``cuda_graph`` the CUDA provider captures one graph per
 input shape (run option ``gpu_graph_id``) over fixed input/output buffers; those runs hold a lock.
 """
 
@@ -30,12 +31,19 @@ _ORT_DTYPES = {
 }
 
 
+def _ort_device(device) -> tuple[str, int]:
+    """ONNX Runtime's (device_type, device_id) for a torch device."""
+    return ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
+
+
 class OnnxRuntimeRunner(Runner):
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
-                 cuda_graph: bool | None = None) -> None:
-        """``cuda_graph`` (CUDA only): True, False, or None to use graphs when the profile is static."""
+                 cuda_graph: bool | None = None, io_binding: bool | None = None) -> None:
+        """``cuda_graph`` (CUDA only): True, False, or None to use graphs when the profile is static;
+        ``io_binding``: bind buffers by address (default: on for GPU devices)."""
         self.path = Path(path)
         self.device = device
+        self.io_binding = device != "cpu" if io_binding is None else io_binding
         self.backend = f"onnxruntime-{device}"
         self.session = create_session(self.path, device, threads)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
@@ -63,15 +71,15 @@ class OnnxRuntimeRunner(Runner):
                         raise
                     log.info("CUDA graphs off for %s: %s", self.path, e)
 
-    # ------------------------------------------------------------------ CPU: numpy in, numpy out
+    # ------------------------------------------------------------------ numpy in, numpy out
     def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
-        if self.device != "cpu":
+        if self.io_binding:
             return {k: v.cpu().numpy() for k, v in self._infer_torch(feed).items()}
         arrays = {k: v if isinstance(v, np.ndarray) else v.detach().cpu().numpy() for k, v in feed.items()}
         values = self.session.run(list(self.outputs), arrays)
         return dict(zip(self.outputs, values))
 
-    # ------------------------------------------------------------------ CUDA: I/O binding
+    # ------------------------------------------------------------------ I/O binding (CUDA)
     def _torch_dtype(self, name: str):
         import torch
 
@@ -79,13 +87,15 @@ class OnnxRuntimeRunner(Runner):
         return torch.from_numpy(np.empty(0, spec.dtype)).dtype
 
     def _infer_torch(self, feed: dict[str, Any]) -> dict[str, Any]:
-        if self.device == "cpu":
+        if not self.io_binding:
             return super()._infer_torch(feed)
         import torch
 
-        device = torch.device("cuda", torch.cuda.current_device())
+        on_gpu = self.device != "cpu"
+        device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
         cast = {k: torch.as_tensor(v).to(device).contiguous() for k, v in feed.items()}
-        torch.cuda.current_stream().synchronize()  # ONNX Runtime runs on its own stream
+        if on_gpu:
+            torch.cuda.current_stream().synchronize()  # ONNX Runtime runs on its own stream
         key = shape_key(cast)
         if key not in self._output_shapes:
             return self._first_run(cast, key)
@@ -108,11 +118,11 @@ class OnnxRuntimeRunner(Runner):
         device = next(iter(feed.values())).device
         binding = self._bind(feed, {})
         for name in self.outputs:
-            binding.bind_output(name, "cuda", device.index)
+            binding.bind_output(name, *_ort_device(device))
         self.session.run_with_iobinding(binding, self._run_options(-1) if self.cuda_graph else None)
-        values = binding.get_outputs()
-        self._output_shapes[key] = [tuple(v.shape()) for v in values]
-        return {name: torch.from_numpy(v.numpy()).to(device) for name, v in zip(self.outputs, values)}
+        values = binding.copy_outputs_to_cpu()  # once per new input shape
+        self._output_shapes[key] = [tuple(v.shape) for v in values]
+        return {name: torch.from_numpy(v).to(device) for name, v in zip(self.outputs, values)}
 
     def _empty_outputs(self, key: ShapeKey, device) -> dict[str, Any]:
         import torch
@@ -128,9 +138,10 @@ class OnnxRuntimeRunner(Runner):
     def _bind(self, inputs: dict[str, Any], outputs: dict[str, Any]):
         binding = self.session.io_binding()
         for name, x in inputs.items():
-            binding.bind_input(name, "cuda", x.device.index, self.inputs[name].dtype, tuple(x.shape), x.data_ptr())
+            binding.bind_input(name, *_ort_device(x.device), self.inputs[name].dtype.type, tuple(x.shape), x.data_ptr())
         for name, y in outputs.items():
-            binding.bind_output(name, "cuda", y.device.index, self.outputs[name].dtype, tuple(y.shape), y.data_ptr())
+            binding.bind_output(name, *_ort_device(y.device), self.outputs[name].dtype.type, tuple(y.shape),
+                                y.data_ptr())
         return binding
 
     @staticmethod

@@ -18,7 +18,6 @@ import torch
 from effattn.engines import available_devices
 from effattn.export import export_onnx
 from effattn.models import EfficientAttention
-from effattn.runtime import load
 from effattn.runtime.torch import TorchRunner
 from effattn.shapes import ShapeProfile
 
@@ -72,8 +71,11 @@ def hammer(runner, block, tolerance: float, shapes=SHAPES) -> None:
     assert not bad, f"{len(bad)} of {len(results)} answers wrong, e.g. request {bad[0][0]}: rel-L2 {bad[0][1]:.2e}"
 
 
-def test_onnxruntime_cpu_runner_is_thread_safe(onnx_path, block):
-    with load(onnx_path, device="cpu", threads=1) as runner:
+@pytest.mark.parametrize("io_binding", [False, True], ids=["session.run", "io-binding"])
+def test_onnxruntime_cpu_runner_is_thread_safe(onnx_path, block, io_binding):
+    from effattn.runtime.onnxruntime import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(onnx_path, device="cpu", threads=1, io_binding=io_binding) as runner:
         hammer(runner, block, tolerance=1e-5)
 
 
@@ -106,7 +108,9 @@ def test_onnxruntime_cuda_runner_is_thread_safe(onnx_path, block):
     _needs_cuda()
     if "cuda" not in available_devices():
         pytest.skip("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
-    with load(onnx_path, device="cuda") as runner:
+    from effattn.runtime.onnxruntime import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(onnx_path, device="cuda") as runner:
         hammer(runner, block, tolerance=1e-4)
 
 

@@ -111,3 +111,19 @@ def test_onnxruntime_cuda_matches_eager(onnx_path):
         report = compare(TorchRunner(block, PROFILE), runner, [random_inputs(PROFILE, w) for w in ("min", "opt", "max")],
                          residuals={"output": "input"})
     assert report.passed, report
+
+
+def test_io_binding_path_equals_plain_run(onnx_path):
+    """The I/O-binding path GPUs use (buffers bound by address, output shapes learnt per input shape),
+    exercised on the CPU: same answers as session.run, for several shapes and repeated shapes."""
+    from effattn.runtime.onnxruntime import OnnxRuntimeRunner
+
+    plain, bound = OnnxRuntimeRunner(onnx_path), OnnxRuntimeRunner(onnx_path, io_binding=True)
+    rng = np.random.default_rng()
+    for shape in [(2, 8, 16, 16), (2, 8, 16, 16), (1, 8, 4, 12), (4, 8, 32, 32), (1, 8, 4, 12)]:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        out = bound.infer_torch({"input": torch.from_numpy(x)})["output"]
+        assert isinstance(out, torch.Tensor) and tuple(out.shape) == shape
+        np.testing.assert_array_equal(out.numpy(), plain.infer(x)["output"])
+        np.testing.assert_array_equal(bound.infer(x)["output"], plain.infer(x)["output"])
+    assert len(bound._output_shapes) == 3
