@@ -36,32 +36,21 @@ def measure(fn: Callable[[], object], warmup_s: float = 0.2, min_runs: int = 10,
             min_seconds: float = 1.0, max_seconds: float = 10.0) -> LatencyStats:
     """Time ``fn`` after ``warmup_s`` of warm-up calls (trtexec's convention: 200 ms) until ``min_runs``
     and ``min_seconds`` are both reached, stopping at ``max_runs`` or ``max_seconds``."""
-    start = time.perf_counter()
-    fn()
-    while time.perf_counter() - start < warmup_s:
-        fn()
-    samples: list[float] = []
-    begin = time.perf_counter()
-    while len(samples) < max_runs:
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - begin
-        if (len(samples) >= min_runs and elapsed >= min_seconds) or elapsed >= max_seconds:
-            break
-    return LatencyStats.from_samples(samples)
+    return measure_interleaved({"fn": fn}, rounds=1, warmup_s=warmup_s, min_runs=min_runs, max_runs=max_runs,
+                               min_seconds=min_seconds, max_seconds=max_seconds, catch=False)["fn"]
 
 
 def measure_interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 5, warmup_s: float = 0.2,
                         min_runs: int = 10, min_seconds: float = 1.0, max_seconds: float = 10.0,
-                        ) -> dict[str, LatencyStats | BaseException]:
+                        max_runs: int = 100_000, catch: bool = True) -> dict[str, LatencyStats | BaseException]:
     """Time several callables in alternation so that their ratios survive a noisy machine.
 
     Timed back to back, a baseline and a candidate see different moments of a shared machine (other
     tenants, clock changes), and their ratio swings by tens of percent between runs. Here each of
     ``rounds`` rounds gives every callable ``min_seconds / rounds`` of calls in turn, so slow drifts hit
     all of them alike. Each gets at least ``min_runs`` calls in all; the whole stops at ``max_seconds``
-    per callable. A callable that raises is dropped and its exception returned in its place.
+    per callable (or ``max_runs`` calls). A callable that raises is dropped and its exception returned in
+    its place (with ``catch=False`` the exception propagates).
     """
     samples: dict[str, list[float]] = {name: [] for name in fns}
     result: dict[str, LatencyStats | BaseException] = {}
@@ -72,6 +61,8 @@ def measure_interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 5
             while time.perf_counter() - start < warmup_s:
                 fn()
         except Exception as e:
+            if not catch:
+                raise
             result[name] = e
     live = [name for name in fns if name not in result]
     per_round = min_seconds / rounds
@@ -85,16 +76,19 @@ def measure_interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 5
                 try:
                     fn()
                 except Exception as e:
+                    if not catch:
+                        raise
                     result[name] = e
                     live.remove(name)
                     break
                 samples[name].append(time.perf_counter() - t0)
                 elapsed = time.perf_counter() - begin
                 want_runs -= 1
-                if (want_runs <= 0 and elapsed >= per_round) or spent[name] + elapsed >= max_seconds:
+                if ((want_runs <= 0 and elapsed >= per_round) or spent[name] + elapsed >= max_seconds
+                        or len(samples[name]) >= max_runs):
                     break
             spent[name] += time.perf_counter() - begin
-            if spent.get(name, 0) >= max_seconds and name in live:
+            if name in live and (spent[name] >= max_seconds or len(samples[name]) >= max_runs):
                 live.remove(name)
     for name in fns:
         if name not in result:
