@@ -420,12 +420,17 @@ def cmd_serve(args) -> None:
         log.warning("binding %s: the server has no authentication; expose it only behind a proxy you trust", args.host)
     options = ServeOptions(max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
                            max_queue=args.max_queue, timeout_s=args.timeout, instances=args.instances,
-                           max_request_bytes=int(args.max_request_mb * 2**20))
+                           max_request_bytes=int(args.max_request_mb * 2**20), grpc_port=args.grpc_port,
+                           host=args.host, graceful_seconds=args.graceful_seconds)
+    if args.grpc_port is not None:
+        from .runtime.serve_grpc import require_grpc
+
+        require_grpc()  # a missing grpc dependency is an error now, not after the models are loaded
     models = _served_models(args.models, args)
-    print(f"effattn serve: {', '.join(models)} at http://{args.host}:{args.port}/v2 (Ctrl-C to stop)",
+    grpc = f" and grpc://{args.host}:{args.grpc_port}" if args.grpc_port is not None else ""
+    print(f"effattn serve: {', '.join(models)} at http://{args.host}:{args.port}/v2{grpc} (Ctrl-C to stop)",
           file=sys.stderr, flush=True)
-    serve(models, args.host, args.port, options, graceful_seconds=args.graceful_seconds,
-          log_level="warning" if args.quiet else "info")
+    serve(models, args.port, options, log_level="warning" if args.quiet else "info")
 
 
 def cmd_triton(args) -> None:
@@ -597,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", cmd_serve, "KServe v2 HTTP server with dynamic batching (tritonclient works)",
             "Serve one or more models over the KServe v2 / Open Inference Protocol (the one Triton speaks, "
             "binary tensor data extension included), so tritonclient.http code runs unchanged here and on "
-            "Triton. Requests arriving within --max-queue-delay-ms are stacked into one engine call when their "
+            "Triton; --grpc-port adds the gRPC flavour for tritonclient.grpc. Requests arriving within --max-queue-delay-ms are stacked into one engine call when their "
             "shapes allow (never mixing shapes); a full queue answers 503 at once. Bad requests get 400/404/413/"
             "504 with a message and the server keeps serving. Prometheus metrics at /metrics. Ctrl-C or SIGTERM "
             "finishes in-flight requests, then stops.\n\nexamples:\n  effattn serve seg.onnx\n"
@@ -609,6 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="[NAME=]FILE", help=".onnx or .plan files; NAME defaults to the file name")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, help="also serve KServe v2 gRPC here (Triton uses 8001; needs "
+                   "tritonclient[grpc])")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
     p.add_argument("--device", choices=("cpu", "cuda"), help="force the ONNX Runtime device")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per model")

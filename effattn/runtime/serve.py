@@ -11,6 +11,7 @@ a status and a one-line ``{"error": ...}`` and the server goes on serving:
 - 504: the request waited longer than its timeout.
 
 Prometheus text at ``/metrics``: requests by model and status, latency histogram, batch sizes.
+With ``grpc_port`` the same models are served over KServe v2 gRPC too (:mod:`.serve_grpc`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class ServeOptions:
     timeout_s: float = 30.0
     max_request_bytes: int = 64 * 2**20
     instances: int = 1  # engine calls in flight at once per model
+    grpc_port: int | None = None  # also serve KServe v2 over gRPC on this port
+    host: str = "127.0.0.1"  # the gRPC server binds here too
+    graceful_seconds: float = 30.0
 
 
 @dataclass
@@ -220,6 +224,29 @@ def encode_outputs(request: dict, outputs: Mapping[str, np.ndarray], model: Serv
     return head + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
 
 
+async def run_inference(model: ServedModel, feed: dict[str, np.ndarray], timeout_us: Any, timeout_s: float,
+                        metrics: Metrics) -> dict[str, np.ndarray]:
+    """Check the feed, queue it for the batcher and wait for its outputs; failures as RequestError.
+
+    ``timeout_us`` is Triton's per-request ``timeout`` parameter (microseconds); it can only shorten
+    the server's own ``timeout_s``. Shared by the HTTP and the gRPC front ends."""
+    try:
+        feed = model.runner.check_feed(feed)
+    except InputError as e:
+        raise RequestError(400, str(e)) from None
+    metrics.queue.labels(model.name).set(model.batcher.depth)
+    if isinstance(timeout_us, (int, float)) and not isinstance(timeout_us, bool) and timeout_us > 0:
+        timeout_s = min(timeout_s, timeout_us / 1e6)
+    try:
+        return await asyncio.wait_for(model.batcher.submit(feed), timeout_s)
+    except QueueFull as e:
+        raise RequestError(503, f"model {model.name!r} is overloaded: {e}; retry later") from None
+    except asyncio.TimeoutError:
+        raise RequestError(504, f"request timed out after {timeout_s:g} s waiting for model {model.name!r}") from None
+    except EffattnError as e:
+        raise RequestError(400, str(e)) from None
+
+
 # ------------------------------------------------------------------------------------------ the app
 def create_app(models: Mapping[str, Runner], options: ServeOptions | None = None):
     """A Starlette app serving ``models`` (name -> Runner)."""
@@ -300,22 +327,8 @@ def create_app(models: Mapping[str, Runner], options: ServeOptions | None = None
             body = await read_body(request)
             payload, binary = parse_infer_request(body, request.headers.get(HEADER_LENGTH.lower()))
             feed = decode_inputs(payload, binary, model.runner)
-            try:
-                feed = model.runner.check_feed(feed)
-            except InputError as e:
-                raise RequestError(400, str(e)) from None
-            metrics.queue.labels(name).set(model.batcher.depth)
-            timeout = (payload.get("parameters") or {}).get("timeout")  # Triton's, in microseconds
-            timeout_s = min(options.timeout_s, timeout / 1e6) if isinstance(timeout, (int, float)) and timeout > 0 \
-                else options.timeout_s
-            try:
-                outputs = await asyncio.wait_for(model.batcher.submit(feed), timeout_s)
-            except QueueFull as e:
-                raise RequestError(503, f"model {name!r} is overloaded: {e}; retry later") from None
-            except asyncio.TimeoutError:
-                raise RequestError(504, f"request timed out after {timeout_s:g} s waiting for model {name!r}") from None
-            except EffattnError as e:
-                raise RequestError(400, str(e)) from None
+            outputs = await run_inference(model, feed, (payload.get("parameters") or {}).get("timeout"),
+                                          options.timeout_s, metrics)
             content, headers = encode_outputs(payload, outputs, model)
             response = Response(content, headers=headers)
         except RequestError as e:
@@ -339,8 +352,16 @@ def create_app(models: Mapping[str, Runner], options: ServeOptions | None = None
     async def lifespan(app):
         for model in served.values():
             model.batcher.start()
+        grpc_server = None
+        if options.grpc_port is not None:
+            from .serve_grpc import start_grpc
+
+            grpc_server = await start_grpc(served, options.host, options.grpc_port, options.timeout_s, metrics,
+                                           lambda: not state["closing"], options.max_request_bytes)
         yield
         state["closing"] = True
+        if grpc_server is not None:
+            await grpc_server.stop(options.graceful_seconds)  # in-flight gRPC calls finish first
         for model in served.values():
             await model.batcher.stop()
             model.runner.close()
@@ -360,12 +381,13 @@ def create_app(models: Mapping[str, Runner], options: ServeOptions | None = None
     return app
 
 
-def serve(models: Mapping[str, Runner], host: str = "127.0.0.1", port: int = 8000,
-          options: ServeOptions | None = None, graceful_seconds: float = 30.0, log_level: str = "info") -> None:
+def serve(models: Mapping[str, Runner], port: int = 8000, options: ServeOptions | None = None,
+          log_level: str = "info") -> None:
     """Run the server until SIGINT/SIGTERM; in-flight requests finish before it exits."""
     import uvicorn
 
+    options = options or ServeOptions()
     app = create_app(models, options)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=graceful_seconds, lifespan="on")
+    config = uvicorn.Config(app, host=options.host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=options.graceful_seconds, lifespan="on")
     uvicorn.Server(config).run()

@@ -1,0 +1,143 @@
+"""The KServe v2 gRPC front end of ``effattn serve`` (``--grpc-port``), beside the HTTP one.
+
+Same models, same batchers, same checks and metrics as HTTP (:func:`.serve.run_inference`); only
+the wire format differs. The service definition is Triton's ``inference.GRPCInferenceService``,
+generated code that ships in ``tritonclient[grpc]``, so ``tritonclient.grpc`` clients work unchanged.
+Statuses map as Triton's do: 400 -> INVALID_ARGUMENT, 404 -> NOT_FOUND, 503 -> UNAVAILABLE,
+504 -> DEADLINE_EXCEEDED.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from .. import __version__
+from ..errors import BackendError
+from .serve import DATATYPES, Metrics, RequestError, ServedModel, datatype_of, run_inference
+
+_TYPED_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents",
+                   "INT32": "int_contents", "INT16": "int_contents", "INT8": "int_contents",
+                   "UINT8": "uint_contents", "BOOL": "bool_contents"}
+
+
+def require_grpc():
+    try:
+        import grpc
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+    except ImportError:
+        raise BackendError("--grpc-port needs grpcio and Triton's gRPC service definitions: "
+                           "pip install 'tritonclient[grpc]'") from None
+    return grpc, service_pb2, service_pb2_grpc
+
+
+def decode_grpc_inputs(request, model: ServedModel) -> dict[str, np.ndarray]:
+    """Input tensors of a ModelInferRequest: ``raw_input_contents`` (what tritonclient sends) or typed contents."""
+    feed = {}
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise RequestError(400, f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    for i, tensor in enumerate(request.inputs):
+        name, shape = tensor.name, list(tensor.shape)
+        if name not in model.runner.inputs:
+            raise RequestError(400, f"unknown input {name!r}; the model's inputs are {list(model.runner.inputs)}")
+        expected = datatype_of(model.runner.inputs[name].dtype)
+        if tensor.datatype != expected:
+            raise RequestError(400, f"input {name!r} has datatype {tensor.datatype!r}; the model takes {expected}")
+        if any(d < 0 for d in shape):
+            raise RequestError(400, f"input {name!r}: shape {shape} has a negative dimension")
+        dtype, count = np.dtype(DATATYPES[expected]), int(np.prod(shape))
+        if raw:
+            if len(raw[i]) != count * dtype.itemsize:
+                raise RequestError(400, f"input {name!r}: {len(raw[i])} bytes of data for shape {shape} of "
+                                        f"{expected} ({count * dtype.itemsize} bytes)")
+            array = np.frombuffer(raw[i], dtype).reshape(shape)
+        else:
+            values = getattr(tensor.contents, _TYPED_CONTENTS.get(expected, "fp32_contents"))
+            if len(values) != count:
+                raise RequestError(400, f"input {name!r}: {len(values)} values for shape {shape} ({count} needed)")
+            array = np.asarray(values, dtype).reshape(shape)
+        feed[name] = array
+    return feed
+
+
+def make_servicer(served: Mapping[str, ServedModel], timeout_s: float, metrics: Metrics, ready):
+    """A GRPCInferenceService servicer over the served models; ``ready()`` says whether the server is."""
+    grpc, pb, pb_grpc = require_grpc()
+    codes = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+             503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
+
+    def model_of(name: str, version: str = "") -> ServedModel:
+        model = served.get(name)
+        if model is None or (version and version != model.version):
+            raise RequestError(404, f"unknown model {name!r}" + (f" version {version}" if version else "")
+                               + f"; serving {sorted(served)}")
+        return model
+
+    class Servicer(pb_grpc.GRPCInferenceServiceServicer):
+        async def ServerLive(self, request, context):
+            return pb.ServerLiveResponse(live=True)
+
+        async def ServerReady(self, request, context):
+            return pb.ServerReadyResponse(ready=ready())
+
+        async def ModelReady(self, request, context):
+            model = served.get(request.name)
+            return pb.ModelReadyResponse(ready=model is not None and model.ready and ready())
+
+        async def ServerMetadata(self, request, context):
+            return pb.ServerMetadataResponse(name="effattn", version=__version__, extensions=["binary_tensor_data"])
+
+        async def ModelMetadata(self, request, context):
+            try:
+                meta = model_of(request.name, request.version).metadata()
+            except RequestError as e:
+                await context.abort(codes[e.status], str(e))
+            tensor = pb.ModelMetadataResponse.TensorMetadata
+            return pb.ModelMetadataResponse(
+                name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+                inputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["inputs"]],
+                outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["outputs"]])
+
+        async def ModelInfer(self, request, context):
+            start, status = time.perf_counter(), 200
+            try:
+                model = model_of(request.model_name, request.model_version)
+                feed = decode_grpc_inputs(request, model)
+                timeout = request.parameters["timeout"].int64_param if "timeout" in request.parameters else None
+                outputs = await run_inference(model, feed, timeout, timeout_s, metrics)
+                wanted = [o.name for o in request.outputs] or list(outputs)
+                unknown = [n for n in wanted if n not in outputs]
+                if unknown:
+                    raise RequestError(400, f"unknown outputs {unknown}; the model's outputs are {list(outputs)}")
+                response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+                for name in wanted:
+                    value = np.ascontiguousarray(outputs[name])
+                    response.outputs.add(name=name, datatype=datatype_of(value.dtype), shape=list(value.shape))
+                    response.raw_output_contents.append(value.tobytes())
+            except RequestError as e:
+                status, message = e.status, str(e)
+            except Exception as e:  # an engine failure must not take the server down
+                status, message = 500, f"inference failed: {type(e).__name__}: {e}"
+            metrics.requests.labels(request.model_name, str(status)).inc()
+            if status != 200:
+                await context.abort(codes.get(status, grpc.StatusCode.INTERNAL), message)
+            metrics.latency.labels(request.model_name).observe(time.perf_counter() - start)
+            return response
+
+    return Servicer()
+
+
+async def start_grpc(served: Mapping[str, ServedModel], host: str, port: int, timeout_s: float, metrics: Metrics,
+                     ready, max_message_bytes: int):
+    """Start the gRPC server on ``host:port``; returns it (``await server.stop(grace)`` to stop)."""
+    grpc, _, pb_grpc = require_grpc()
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
+                                      ("grpc.max_send_message_length", max_message_bytes)])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(make_servicer(served, timeout_s, metrics, ready), server)
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise BackendError(f"cannot bind the gRPC port {host}:{port} (in use?)")
+    await server.start()
+    return server
