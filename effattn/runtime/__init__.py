@@ -20,13 +20,14 @@ BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
 
 def load(source: str | Path | nn.Module, backend: str = "auto", device: str | None = None,
-         profile: ShapeProfile | None = None, threads: int | None = None) -> Runner:
+         profile: ShapeProfile | None = None, threads: int | None = None, **options) -> Runner:
     """A Runner for an ONNX file (or an ``nn.Module`` for the eager reference).
 
     ``backend="auto"`` picks TensorRT when ``tensorrt`` and a GPU are present (building the engine
     through the engine cache, in the graph's own precision), else ONNX Runtime on CUDA when its
     provider is present, else ONNX Runtime on the CPU, and logs which it picked. ``device`` forces
-    ``cpu`` or ``cuda`` for ONNX Runtime. ``.plan``/``.engine`` files go to TensorRT.
+    ``cpu`` or ``cuda`` for ONNX Runtime. ``.plan``/``.engine`` files go to TensorRT. ``options`` go to
+    the runner: ``cuda_graph`` (all GPU runners), ``contexts`` (TensorRT), ``io_binding`` (ONNX Runtime).
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -37,14 +38,14 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
             raise BackendError("the torch backend needs a ShapeProfile to know its inputs")
         from .torch import TorchRunner
 
-        return TorchRunner(source, profile, device=device or "cpu")
+        return TorchRunner(source, profile, device=device or "cpu", **options)
     path = Path(source)
     if path.suffix.lower() in (".plan", ".engine"):
         if backend not in ("auto", "tensorrt"):
             raise BackendError(f"{path} is a TensorRT engine; only the tensorrt backend runs it")
         from .tensorrt import TensorRTRunner
 
-        return TensorRTRunner(path)
+        return TensorRTRunner(path, **options)
     if path.suffix.lower() != ".onnx":
         raise BackendError(f"{path}: expected an .onnx file or a TensorRT .plan/.engine")
     from ..engines.onnxruntime import available_devices
@@ -57,13 +58,13 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
 
         precision = read_metadata(path).get(metadata.PRECISION, "fp32")
         log.info("backend auto: TensorRT (%s engine, through the engine cache)", precision)
-        return TensorRTRunner(build_engine(path, precision=precision).plan)
+        return TensorRTRunner(build_engine(path, precision=precision).plan, **options)
     from .onnxruntime import OnnxRuntimeRunner
 
     if device is None:
         device = "cuda" if "cuda" in available_devices() else "cpu"
         log.info("backend auto: ONNX Runtime on %s", device)
-    return OnnxRuntimeRunner(path, device=device, threads=threads)
+    return OnnxRuntimeRunner(path, device=device, threads=threads, **options)
 
 
 __all__ = ["BACKENDS", "LatencyStats", "Report", "Runner", "TOLERANCES", "TensorSpec", "Tolerance", "compare",
