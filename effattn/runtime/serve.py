@@ -121,6 +121,13 @@ class Metrics:
             Gauge("effattn_queue_depth", "Requests waiting to be batched", ["model"], registry=registry),
         )
 
+    def answered(self, served: Mapping[str, Any], model: str, status: int, seconds: float) -> None:
+        """Count one answer; unknown model names share one label, so clients cannot grow the label set."""
+        label = model if model in served else "(unknown)"
+        self.requests.labels(label, str(status)).inc()
+        if status == 200:
+            self.latency.labels(label).observe(seconds)
+
     def text(self) -> bytes:
         from prometheus_client import generate_latest
 
@@ -336,9 +343,7 @@ def create_app(models: Mapping[str, Runner], options: ServeOptions | None = None
         except Exception as e:  # an engine failure must not take the server down
             log.exception("inference on %s failed", name)
             response = error(500, f"inference failed: {type(e).__name__}: {e}")
-        metrics.requests.labels(name, str(response.status_code)).inc()
-        if response.status_code == 200:
-            metrics.latency.labels(name).observe(time.perf_counter() - start)
+        metrics.answered(served, name, response.status_code, time.perf_counter() - start)
         return response
 
     async def prometheus(request: Request):

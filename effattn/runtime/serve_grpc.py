@@ -121,10 +121,9 @@ def make_servicer(served: Mapping[str, ServedModel], timeout_s: float, metrics: 
                 status, message = e.status, str(e)
             except Exception as e:  # an engine failure must not take the server down
                 status, message = 500, f"inference failed: {type(e).__name__}: {e}"
-            metrics.requests.labels(request.model_name, str(status)).inc()
+            metrics.answered(served, request.model_name, status, time.perf_counter() - start)
             if status != 200:
                 await context.abort(codes.get(status, grpc.StatusCode.INTERNAL), message)
-            metrics.latency.labels(request.model_name).observe(time.perf_counter() - start)
             return response
 
     return Servicer()

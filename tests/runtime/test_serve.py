@@ -156,6 +156,8 @@ def test_unknown_model_is_404_and_triton_client_sees_the_message(server):
     _, base = server
     code, _, answer = _post(base, _json_request((1, 8, 4, 4)), model="nope")
     assert code == 404 and "unknown model 'nope'" in error_of(answer)
+    metrics = http("GET", base + "/metrics")[2].decode()
+    assert 'model="(unknown)"' in metrics and 'model="nope"' not in metrics  # no label per made-up name
     with pytest.raises(InferenceServerException, match=r"datatype"):
         tensor = http_client.InferInput("input", [1, 8, 4, 4], "FP16")
         tensor.set_data_from_numpy(np.zeros((1, 8, 4, 4), np.float16))
