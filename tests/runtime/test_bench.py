@@ -118,3 +118,12 @@ def test_full_run_schema_memory_startup_and_plot(tmp_path):
     exponents = {s["backend"]: s["time_exponent"] for s in results.scaling()}
     assert set(exponents) == {"torch", "onnxruntime", "onnxruntime-fp16"}
     assert all(math.isfinite(e) for e in exponents.values())
+
+
+def test_cuda_without_a_gpu_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(BackendError, match="--device cuda asked for, but torch sees no CUDA device"):
+        run_bench(["efficient_attention"], [8], device="cuda")
