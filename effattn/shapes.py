@@ -121,6 +121,16 @@ class ShapeProfile(Mapping[str, InputProfile]):
         if len(set(names)) != len(names):
             raise ProfileError(f"duplicate input names in profile: {names}")
 
+    @property
+    def static(self) -> bool:
+        """Every input has one shape (min == max): CUDA graphs can be captured at once."""
+        return all(p.min == p.max for p in self.inputs)
+
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        """The batch sizes every input accepts, (smallest, largest)."""
+        return max(p.min[0] for p in self.inputs), min(p.max[0] for p in self.inputs)
+
     @classmethod
     def single(
         cls,

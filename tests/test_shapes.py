@@ -41,3 +41,18 @@ def test_profile_check_names_axis_and_range():
         p.check((1, 4, 64, 64))
     with pytest.raises(InputError, match="rank 3"):
         p.check((1, 3, 64))
+
+
+def test_static_and_batch_range():
+    from effattn.shapes import ShapeProfile
+
+    assert ShapeProfile.single("2x3x8x8").static
+    dynamic = ShapeProfile.single("1x3x8x8", "2x3x16x16", "4x3x32x32")
+    assert not dynamic.static and dynamic.batch_range == (1, 4)
+
+
+def test_first_line_of_any_error():
+    from effattn.errors import first_line
+
+    assert first_line(RuntimeError("\n  broke here\nstack...")) == "broke here"
+    assert first_line(MemoryError()) == "MemoryError"  # an empty message must not raise IndexError

@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..errors import BackendError
+from ..errors import BackendError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own pybind exception types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise BackendError(f"ONNX Runtime cannot load {path}: {first}. Is it an ONNX model written by effattn export?") from None
     if session.get_providers()[0] != provider:
         raise BackendError(
@@ -97,7 +97,7 @@ def optimize_model(path: str | Path, output: str | Path, device: str = "cpu") ->
     try:
         ort.InferenceSession(str(path), sess_options=options, providers=[provider])
     except Exception as e:
-        raise BackendError(f"ONNX Runtime cannot optimise {path}: {str(e).strip().splitlines()[0]}") from None
+        raise BackendError(f"ONNX Runtime cannot optimise {path}: {first_line(e)}") from None
     return output
 
 

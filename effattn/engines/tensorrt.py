@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import metadata
-from ..errors import BackendError
+from ..errors import BackendError, first_line
 from ..shapes import ShapeProfile
 from .cache import EngineCache, EngineKey, Sidecar, sidecar_path
 
@@ -124,7 +124,7 @@ def layer_precisions(trt, engine) -> dict:
         inspector = engine.create_engine_inspector()
         info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     except Exception as e:  # older engines or a stripped build: report that it could not be told
-        return {"error": str(e).splitlines()[0] if str(e) else type(e).__name__}
+        return {"error": first_line(e)}
     census = {"layers": 0}
     for layer in info.get("Layers", []):
         if not isinstance(layer, dict):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .. import __version__, metadata
-from ..errors import ExportError, FileExistsNoForceError, ParityError
+from ..errors import ExportError, FileExistsNoForceError, ParityError, first_line
 from ..models.checkpoint import ModelSource
 from ..shapes import ShapeProfile
 
@@ -153,7 +153,7 @@ def export_onnx(
     try:
         proto = _trace(module, profile, exporter, opset, outputs)
     except Exception as e:  # exporter failures come in many types; report the first line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ExportError(f"{exporter} exporter failed on {source.name}: {first}"
                           + (" (try exporter='torchscript')" if exporter == "dynamo" else "")) from e
     step("check")
@@ -161,7 +161,7 @@ def export_onnx(
         onnx.checker.check_model(proto, full_check=True)
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ExportError(f"exported graph of {source.name} is not valid ONNX: {str(e).splitlines()[0]}") from e
+        raise ExportError(f"exported graph of {source.name} is not valid ONNX: {first_line(e)}") from e
     if simplify:
         step("simplify")
         proto = _simplify(proto)
@@ -213,7 +213,7 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
         try:
             slim = onnxslim.slim(proto)
         except Exception as e:  # a simplifier bug must not lose the export: keep the checked graph
-            log.warning("onnxslim failed (%s); keeping the unsimplified graph", str(e).splitlines()[0])
+            log.warning("onnxslim failed (%s); keeping the unsimplified graph", first_line(e))
             return proto
     onnx.checker.check_model(slim, full_check=True)
     return slim
@@ -235,7 +235,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     except FileNotFoundError:
         raise ExportError(f"{path} does not exist") from None
     except Exception as e:  # protobuf's DecodeError and friends
-        raise ExportError(f"{path} is not an ONNX model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ExportError(f"{path} is not an ONNX model ({type(e).__name__}: {first_line(e)})") from None
     return {p.key: p.value for p in proto.metadata_props}
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 
 from .. import metadata
-from ..errors import ExportError, FileExistsNoForceError
+from ..errors import ExportError, FileExistsNoForceError, first_line
 from .onnx import read_metadata, set_metadata
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def to_fp16(
             half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
         onnx.checker.check_model(half, full_check=True)
     except Exception as e:  # the converter raises plain Exceptions and ValidationErrors
-        raise ExportError(f"FP16 conversion of {onnx_in} failed: {str(e).splitlines()[0]}") from e
+        raise ExportError(f"FP16 conversion of {onnx_in} failed: {first_line(e)}") from e
     set_metadata(half, {metadata.PRECISION: "fp16", metadata.FP32_OPS: ",".join(sorted(fp32_ops))})
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", prefix=f".{onnx_out.stem}.", dir=onnx_out.parent)

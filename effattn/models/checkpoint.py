@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, ModelError
+from ..errors import CheckpointError, ModelError, first_line
 from ..shapes import ShapeProfile
 from .registry import create_model, get_entry
 
@@ -48,7 +48,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise CheckpointError(
             f"cannot read checkpoint {path}: {first}. Expected a state_dict saved with torch.save or safetensors "
             "(pickled objects other than tensors are refused for safety)"

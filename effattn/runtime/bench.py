@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import BackendError, InputError
+from ..errors import BackendError, InputError, first_line
 from ..shapes import InputProfile, ShapeProfile
 from .memory import PeakMemory, available_bytes, probe
 from .parity import random_inputs
@@ -421,9 +421,7 @@ def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int
                 try:
                     runners[backend] = _start(made, backend, results, startup and backend != EAGER)
                 except Exception as e:  # a backend that cannot start is a row, not the end of the run
-                    if isinstance(e, KeyboardInterrupt):
-                        raise
-                    runners[backend] = f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+                    runners[backend] = f"error: {first_line(e)}"
             for batch in batches:
                 for size in sizes:
                     shape = bench_profile(profile.inputs[0], [size], batch).inputs[0].opt
@@ -500,7 +498,7 @@ def _measure_rows(rows: list[BenchRow], runners: dict, feed: dict, min_seconds: 
                 peak = made.peak_memory(row.backend, runners[row.backend], feed)
                 row.peak_host_mib, row.peak_device_mib = peak.host_mib, peak.device_mib
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             row.status = f"out of memory: {first[:160]}" if _is_oom(e) else f"error: {first}"
             row.stats = None
 

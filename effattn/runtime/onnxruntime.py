@@ -61,8 +61,7 @@ class OnnxRuntimeRunner(Runner):
         self._graph_lock = threading.Lock()
         self.cuda_graph = False
         if device != "cpu" and cuda_graph is not False:
-            static = self.profile is not None and all(p.min == p.max for p in self.profile.inputs)
-            if cuda_graph or static:
+            if cuda_graph or (self.profile is not None and self.profile.static):
                 try:
                     self.session = create_session(self.path, device, threads, cuda_graph=True)
                     self.cuda_graph = True

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -73,11 +73,6 @@ class ServedModel:
     version: str = "1"
     ready: bool = True
 
-    @property
-    def max_batch(self) -> int:
-        profile = self.runner.profile
-        return min(p.max[0] for p in profile.inputs) if profile else 1
-
     def metadata(self) -> dict:
         def tensor(spec, with_profile: bool) -> dict:
             shape = [-1 if not isinstance(d, int) else d for d in (spec.shape or [])]
@@ -103,7 +98,6 @@ class Metrics:
     latency: Any = None
     batch: Any = None
     queue: Any = None
-    _models: dict = field(default_factory=dict)
 
     @classmethod
     def create(cls) -> Metrics:
@@ -267,8 +261,8 @@ def create_app(models: Mapping[str, Runner], options: ServeOptions | None = None
     served: dict[str, ServedModel] = {}
     for name, runner in models.items():
         profile = runner.profile
-        dynamic_batch = profile is not None and all(p.min[0] < p.max[0] for p in profile.inputs)
-        max_batch = min(options.max_batch_size, min(p.max[0] for p in profile.inputs)) if dynamic_batch else 1
+        lo, hi = profile.batch_range if profile is not None else (1, 1)
+        max_batch = min(options.max_batch_size, hi) if lo < hi else 1
         batcher = DynamicBatcher(runner.infer, max_batch_size=max_batch,
                                  max_queue_delay=options.max_queue_delay_ms / 1e3 if max_batch > 1 else 0.0,
                                  max_queue=options.max_queue, workers=options.instances,

@@ -71,13 +71,12 @@ class TensorRTRunner(Runner):
             else:
                 outputs.append(TensorSpec(name, np.dtype(dtype if dtype != "bfloat16" else "float32"), shape))
         super().__init__(inputs, outputs)
-        static = all(s.profile.min == s.profile.max for s in inputs)
         self._slots: queue.Queue[_Slot] = queue.Queue()
         for _ in range(contexts):
             context = self.engine.create_execution_context()
             if context is None:
                 raise BackendError(f"TensorRT could not create an execution context for {self.plan} (GPU memory?)")
-            policy = GraphPolicy(cuda_graph, static_profile=static)
+            policy = GraphPolicy(cuda_graph, static_profile=self.profile.static)
             self._slots.put(_Slot(context, torch.cuda.Stream(), ShapeGraphs(policy, exclusive=True)))
         self._all_slots = list(self._slots.queue)
 

@@ -40,8 +40,7 @@ class TorchRunner(Runner):
         names = output_names or ["output"]
         super().__init__(inputs, [TensorSpec(n, np.dtype(np.float32), None) for n in names])
         use_graphs = self.device.type == "cuda" and cuda_graph is not False and not compile
-        static = all(p.min == p.max for p in profile.inputs)
-        self._graphs = ShapeGraphs(GraphPolicy(cuda_graph, static)) if use_graphs else None
+        self._graphs = ShapeGraphs(GraphPolicy(cuda_graph, profile.static)) if use_graphs else None
         self._stream = torch.cuda.Stream() if use_graphs else None
         self._lock = threading.Lock()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError, FileExistsNoForceError, InputError
+from ..errors import BackendError, FileExistsNoForceError, InputError, first_line
 from ..shapes import ShapeProfile
 
 PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
@@ -53,7 +53,7 @@ def model_config(name: str, platform: str, inputs: Sequence[TensorConfig], outpu
         raise InputError(f"instance kind must be KIND_GPU or KIND_CPU, got {options.kind!r}")
     if platform == "tensorrt" and options.kind == "KIND_CPU":
         raise InputError("a TensorRT plan runs on the GPU only; use --kind KIND_GPU or the onnxruntime platform")
-    profile_batch = min(p.max[0] for p in profile.inputs) if profile else None
+    profile_batch = profile.batch_range[1] if profile else None
     batching = options.max_batch_size > 0 and all(t.dims and t.dims[0] == -1 for t in inputs)
     max_batch = min(options.max_batch_size, profile_batch or options.max_batch_size) if batching else 0
     for size in options.preferred_batch_sizes:
@@ -136,7 +136,7 @@ def _onnx_io(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], ShapeP
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise InputError(f"{path} is not a readable ONNX file: {str(e).splitlines()[0]}") from None
+        raise InputError(f"{path} is not a readable ONNX file: {first_line(e)}") from None
 
     def tensors(values) -> list[TensorConfig]:
         out = []
