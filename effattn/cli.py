@@ -22,6 +22,7 @@ typical session:
   effattn export ea_segnet_tiny --pretrained -o seg.onnx --min 1x3x32x32 --opt 1x3x128x128 --max 4x3x512x512
   effattn run seg.onnx --shape 1x3x256x256       # run it (random input) on the best backend here
   effattn compare seg.onnx                       # parity against eager PyTorch, rebuilt from the file's metadata
+  effattn quantize seg.onnx -o seg.int8.onnx     # INT8 QDQ graph (TensorRT/ONNX Runtime/OpenVINO), calibrated
   effattn bench --models efficient_attention ea_segnet_tiny --sizes 64 128 256
   effattn serve seg.onnx                         # KServe v2 HTTP server on 127.0.0.1:8000 (tritonclient works)
   effattn triton seg.onnx --repository models    # a Triton model repository for the same file
@@ -304,6 +305,20 @@ def cmd_demo(args) -> None:
         raise SystemExit(1)
 
 
+def cmd_quantize(args) -> None:
+    from .export import quantize
+
+    _check_writable(args.output, args.force)
+    result = quantize(args.onnx, args.output, calibration=args.calibration, samples=args.samples, force=args.force)
+    if args.json:
+        _print_json({"path": str(result.path), "calibration": result.calibration, "samples": result.samples,
+                     "quantized": result.quantized, "seconds": result.seconds})
+        return
+    ops = ", ".join(f"{n} {op}" for op, n in result.quantized.items())
+    print(f"wrote {result.path} (INT8 QDQ, signed symmetric; quantized: {ops}; calibration: {result.calibration}, "
+          f"{result.samples} samples; {result.seconds:.1f}s)")
+
+
 def cmd_build(args) -> None:
     from . import metadata
     from .export import read_metadata, to_fp16
@@ -542,6 +557,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), help="force the device")
     p.add_argument("--seed", type=int, default=None, help="seed for inputs (default: fresh each run)")
     p.add_argument("--seconds", type=float, default=1.0, help="timing per backend (default 1 s)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("quantize", cmd_quantize, "FP32 ONNX -> INT8 QDQ ONNX (TensorRT, ONNX Runtime, OpenVINO)",
+            "Write an explicitly quantized copy of an FP32 export: signed symmetric INT8 (zero point 0) activations "
+            "and per-channel weights on Conv/Gemm inputs, float biases, the attention softmaxes and context "
+            "products kept in float - the form TensorRT's explicit quantization builds, and that ONNX Runtime "
+            "and OpenVINO run. Calibration inputs: --calibration (a folder of .npy/.npz files or one .npz, batch "
+            "axis first), else the zoo model's own sample images, else random inputs (with a warning).\n\n"
+            "examples:\n  effattn quantize seg.onnx -o seg.int8.onnx\n"
+            "  effattn quantize resnet.onnx -o resnet.int8.onnx --calibration images.npz")
+    p.add_argument("onnx", type=Path, help="an FP32 .onnx file written by 'effattn export'")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the INT8 .onnx file to write")
+    p.add_argument("--calibration", type=Path, help="folder of .npy/.npz files or one .npz (keys: input names)")
+    p.add_argument("--samples", type=int, default=32, help="calibration images without --calibration (32)")
+    p.add_argument("--force", action="store_true", help="overwrite the output")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("build", cmd_build, "ONNX -> TensorRT engine (or ONNX Runtime's optimised graph)",

@@ -65,13 +65,19 @@ def to_fp16(
     except Exception as e:  # the converter raises plain Exceptions and ValidationErrors
         raise ExportError(f"FP16 conversion of {onnx_in} failed: {first_line(e)}") from e
     set_metadata(half, {metadata.PRECISION: "fp16", metadata.FP32_OPS: ",".join(sorted(fp32_ops))})
-    onnx_out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", prefix=f".{onnx_out.stem}.", dir=onnx_out.parent)
-    os.close(fd)
-    try:
-        onnx.save(half, tmp)
-        os.replace(tmp, onnx_out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    save_atomic(half, onnx_out)
     log.debug("wrote FP16 graph %s (FP32 ops: %s)", onnx_out, ", ".join(fp32_ops))
     return onnx_out
+
+
+def save_atomic(model: onnx.ModelProto, path: Path) -> Path:
+    """Write ``model`` to ``path`` through a temporary file, so a failed write never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", prefix=f".{path.stem}.", dir=path.parent)
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path

@@ -30,6 +30,12 @@ class Tolerance:
 TOLERANCES = {
     "fp32": Tolerance(rel_l2=1e-5, branch_rel_l2=1e-5, argmax_agreement=0.999),
     "fp16": Tolerance(rel_l2=1e-2, branch_rel_l2=5e-3, argmax_agreement=0.995),
+    # INT8 QDQ (effattn quantize), same runs, ONNX Runtime and OpenVINO alike: EA block output <= 1.1e-3,
+    # branch <= 1.3e-2; trained segmenter on task images rel-L2 3.2-3.6e-2, argmax 99.0-99.3 %. Parity
+    # mixes in noise inputs, which lie outside the calibrated ranges (rel-L2 8-9e-2, argmax 96.4-96.6 %),
+    # so these limits are loose; the task-level gate (>= 99 % argmax and <= 1 point IoU drop per class on
+    # held-out task images) is tests/export/test_quantize.py's and the bench's.
+    "int8": Tolerance(rel_l2=0.2, branch_rel_l2=3e-2, argmax_agreement=0.95),
 }
 
 

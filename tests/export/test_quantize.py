@@ -1,0 +1,188 @@
+"""The INT8 stage: TensorRT's QDQ rules checked on the graph itself, calibration sources, refusals, and
+task-level agreement of the trained segmenter with eager FP32."""
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper, numpy_helper
+
+from effattn import metadata
+from effattn.errors import ExportError, FileExistsNoForceError, InputError
+from effattn.export import export_onnx, quantize, read_metadata, to_fp16
+from effattn.models import EfficientAttention, load_model
+from effattn.models.synthetic import CLASSES, shapes_batch
+from effattn.runtime import TOLERANCES, compare, load, profile_inputs
+from effattn.runtime.torch import TorchRunner
+from effattn.shapes import ShapeProfile
+
+BLOCK_PROFILE = ShapeProfile.single("1x16x8x8", "2x16x16x16", "2x16x32x32")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("int8")
+    seg = load_model("ea_segnet_tiny", pretrained=True)
+    export_onnx(seg, seg.profile, d / "seg.onnx")
+    torch.manual_seed(0)
+    block = EfficientAttention(16, 8, 2, 16).eval()
+    export_onnx(block, BLOCK_PROFILE, d / "block.onnx")
+    return {"dir": d, "seg": seg, "block": block, "seg_int8": quantize(d / "seg.onnx", d / "seg.int8.onnx"),
+            "block_int8": quantize(d / "block.onnx", d / "block.int8.onnx", samples=8)}
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def test_qdq_graph_has_tensorrt_properties(files):
+    """Signed INT8 zero points that are all 0, per-channel INT8 weights into every Conv but the one after
+    the Concat, float biases, and no Q/DQ anywhere near the attention softmaxes and context products."""
+    model = onnx.load(files["seg_int8"].path)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = _producers(model)
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for node in qdq:
+        zero_point = inits[node.input[2]]  # present: absent would mean uint8
+        assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
+    assert not any(a.dtype == np.int32 for a in inits.values())  # biases stay float (TensorRT)
+
+    def dequantized(name: str) -> bool:
+        return name in producer and producer[name].op_type == "DequantizeLinear"
+
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    quantized = [c for c in convs if dequantized(c.input[0]) and dequantized(c.input[1])]
+    (after_concat,) = [c for c in convs if producer[c.input[0]].op_type == "Concat"]
+    assert len(quantized) == len(convs) - 1 and after_concat not in quantized
+    for conv in quantized:
+        weight = producer[conv.input[1]]
+        assert inits[weight.input[0]].dtype == np.int8
+        assert inits[weight.input[1]].shape == (inits[weight.input[0]].shape[0],)  # one scale per out channel
+        assert producer[conv.input[0]].input[0] in producer  # activation: Q -> DQ at run time, not a constant
+    for node in model.graph.node:
+        if node.op_type in ("Softmax", "MatMul"):
+            assert not any(dequantized(i) for i in node.input), node.name
+    meta = read_metadata(files["seg_int8"].path)
+    assert meta[metadata.PRECISION] == "int8" and meta[metadata.FP32_OPS] == "MatMul,Softmax"
+    assert meta[metadata.MODEL] == "ea_segnet_tiny" and meta[metadata.CHECKPOINT_SHA256]
+
+
+def _iou(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.array([((pred == c) & (labels == c)).sum() / max(((pred == c) | (labels == c)).sum(), 1)
+                     for c in range(len(CLASSES))])
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime"])
+def test_trained_segmenter_int8_agrees_with_eager(files, backend):
+    """Fresh held-out task images (32 at the opt size, 64 x 64): argmax agreement >= 99 % and IoU drop
+    <= 1 point per class (measured 99.7-99.8 %, <= 0.2 points)."""
+    seg = files["seg"]
+    images, labels = shapes_batch(32, 64, 64)
+    with torch.inference_mode():
+        eager = seg.model(images).argmax(1).numpy()
+    with load(files["seg_int8"].path, backend=backend) as runner:
+        assert runner.backend == ("onnxruntime-cpu" if backend == "onnxruntime" else "openvino-cpu-int8")
+        int8 = np.concatenate([runner.infer(images[i:i + 8].numpy())["logits"] for i in range(0, 32, 8)]).argmax(1)
+    assert (int8 == eager).mean() >= 0.99
+    assert (_iou(eager, labels.numpy()) - _iou(int8, labels.numpy())).max() <= 0.01
+
+
+def test_int8_block_within_the_int8_tolerance(files):
+    """Random weights, fresh random inputs at min/opt/max: output and attention branch within TOLERANCES['int8']."""
+    with load(files["block_int8"].path, backend="onnxruntime") as runner:
+        report = compare(TorchRunner(files["block"], BLOCK_PROFILE), runner, profile_inputs(BLOCK_PROFILE),
+                         precision="int8", residuals={"output": "input"})
+    assert report.passed, report
+    assert {r.metric for r in report.rows} == {"output", "branch"}
+    assert TOLERANCES["int8"].branch_rel_l2 < TOLERANCES["int8"].rel_l2
+
+
+# ------------------------------------------------------------------------------------------ calibration
+def _input_scale(path) -> float:
+    model = onnx.load(path)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    (q,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input"][:1]
+    return float(inits[q.input[1]])
+
+
+def test_calibration_sources(files, caplog):
+    assert files["seg_int8"].calibration == "zoo samples: ea_segnet_tiny x32"
+    assert files["block_int8"].calibration == "random normal x8"
+    with caplog.at_level(logging.WARNING, logger="effattn"):
+        quantize(files["dir"] / "block.onnx", files["dir"] / "again.int8.onnx", samples=2, force=True)
+    assert "random normal inputs" in caplog.text and "pass real inputs with --calibration" in caplog.text
+
+
+def test_calibration_files_set_the_scales(files, tmp_path):
+    """A folder of .npy batches and an .npz keyed by input name are both read; ranges x10 give scales x10."""
+    rng = np.random.default_rng()
+    x = rng.standard_normal((6, 16, 8, 8), dtype=np.float32)
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    np.save(folder / "a.npy", x[:4])
+    np.save(folder / "b.npy", x[4:])
+    small = quantize(files["dir"] / "block.onnx", tmp_path / "small.onnx", calibration=folder)
+    assert small.samples == 6 and small.calibration == "files: calib"
+    np.savez(tmp_path / "big.npz", input=x * 10)
+    big = quantize(files["dir"] / "block.onnx", tmp_path / "big.onnx", calibration=tmp_path / "big.npz")
+    assert big.samples == 6
+    assert _input_scale(big.path) == pytest.approx(10 * _input_scale(small.path), rel=1e-5)
+    assert _input_scale(small.path) == pytest.approx(np.abs(x).max() / 127, rel=1e-5)
+
+
+@pytest.mark.parametrize("content,match", [
+    ({"image": np.zeros((1, 16, 8, 8), np.float32)}, r"lacks inputs \['input'\]"),
+    ({"input": np.zeros((1, 3, 8, 8), np.float32)}, r"axis 1 \(channels\) is 3, expected|must be 16"),
+    ({"input": np.zeros((16, 8, 8), np.float32)}, "expected rank 4 with the batch axis first"),
+    ({"input": np.zeros((1, 16, 8, 8), np.int64)}, "has dtype int64; expected float32"),
+])
+def test_bad_calibration_data_is_refused(files, tmp_path, content, match):
+    np.savez(tmp_path / "bad.npz", **content)
+    with pytest.raises(InputError, match=match):
+        quantize(files["dir"] / "block.onnx", tmp_path / "out.onnx", calibration=tmp_path / "bad.npz")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_missing_or_empty_calibration_is_refused(files, tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        quantize(files["dir"] / "block.onnx", tmp_path / "out.onnx", calibration=tmp_path / "nothing")
+    with pytest.raises(InputError, match="holds no .npy or .npz files"):
+        quantize(files["dir"] / "block.onnx", tmp_path / "out.onnx", calibration=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ refusals
+def test_unquantizable_files_are_refused_in_one_line(files, tmp_path):
+    fp16 = to_fp16(files["dir"] / "block.onnx", tmp_path / "block.fp16.onnx")
+    add = helper.make_model(helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])]))
+    onnx.save(add, tmp_path / "add.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07garbage" * 50)
+    cases = [(fp16, "is already fp16; quantize the FP32 export instead"),
+             (files["block_int8"].path, "is already int8"),
+             (tmp_path / "add.onnx", r"has no Conv or Gemm node to quantize \(ops: Add\)"),
+             (tmp_path / "junk.onnx", "is not an ONNX model")]
+    for path, match in cases:
+        with pytest.raises(ExportError, match=match) as info:
+            quantize(path, tmp_path / "out.onnx", calibration=[{"x": np.zeros((1, 4), np.float32)}])
+        assert "\n" not in str(info.value)
+    target = tmp_path / "taken.onnx"
+    target.write_bytes(b"mine")
+    with pytest.raises(FileExistsNoForceError):
+        quantize(files["dir"] / "block.onnx", target)
+    assert target.read_bytes() == b"mine"
+
+
+def test_cli_quantize_and_its_errors(files, tmp_path, capsys):
+    from effattn.cli import main
+
+    out = tmp_path / "cli.int8.onnx"
+    assert main(["quantize", str(files["dir"] / "seg.onnx"), "-o", str(out), "--samples", "4", "-q"]) == 0
+    assert "INT8 QDQ, signed symmetric; quantized: 9 Conv" in capsys.readouterr().out
+    assert main(["quantize", str(out), "-o", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"effattn quantize: error: {out} is already int8; quantize the FP32 export instead"
