@@ -234,7 +234,8 @@ def cmd_compare(args) -> None:
         feeds = profile_inputs(profile, args.seed)
         feeds += source.task_inputs(profile, args.seed)
         reference = TorchRunner(source.model, profile, output_names=list(runner.outputs))
-        report = compare(reference, runner, feeds, precision=meta.get(metadata.PRECISION, "fp32"),
+        precision = getattr(runner, "precision", None) or meta.get(metadata.PRECISION, "fp32")  # OpenVINO: bf16
+        report = compare(reference, runner, feeds, precision=precision,
                          residuals=metadata.residuals_of(meta))
     if args.json:
         _print_json(report.to_dict())
@@ -478,8 +479,9 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("auto", "onnxruntime"), default="auto",
-                   help="auto: ONNX Runtime on CUDA if present, else CPU (default)")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "openvino"), default="auto",
+                   help="auto: ONNX Runtime on CUDA if present, else on the CPU OpenVINO for INT8 files and ONNX "
+                   "Runtime for the rest (default)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="force the device")
 
 

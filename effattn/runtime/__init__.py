@@ -16,7 +16,7 @@ from .timing import LatencyStats, measure
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
 
 
 def load(source: str | Path | nn.Module, backend: str = "auto", device: str | None = None,
@@ -25,9 +25,11 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
 
     ``backend="auto"`` picks TensorRT when ``tensorrt`` and a GPU are present (building the engine
     through the engine cache, in the graph's own precision), else ONNX Runtime on CUDA when its
-    provider is present, else ONNX Runtime on the CPU, and logs which it picked. ``device`` forces
-    ``cpu`` or ``cuda`` for ONNX Runtime. ``.plan``/``.engine`` files go to TensorRT. ``options`` go to
-    the runner: ``cuda_graph`` (all GPU runners), ``contexts`` (TensorRT), ``io_binding`` (ONNX Runtime).
+    provider is present, else on the CPU OpenVINO for INT8 graphs (when installed) and ONNX Runtime
+    for the rest, and logs which it picked. ``device`` forces ``cpu`` or ``cuda`` for ONNX Runtime.
+    ``.plan``/``.engine`` files go to TensorRT. ``options`` go to the runner: ``cuda_graph`` (all GPU
+    runners), ``contexts`` (TensorRT), ``io_binding`` (ONNX Runtime), ``precision`` (OpenVINO: ``auto``,
+    BF16 where the CPU has it, or ``fp32``/``bf16``).
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -59,12 +61,36 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
         precision = read_metadata(path).get(metadata.PRECISION, "fp32")
         log.info("backend auto: TensorRT (%s engine, through the engine cache)", precision)
         return TensorRTRunner(build_engine(path, precision=precision).plan, **options)
+    on_cpu = device == "cpu" or (device is None and "cuda" not in available_devices())
+    if backend == "openvino" or (backend == "auto" and on_cpu and _openvino_is_faster(path)):
+        from .openvino import OpenVINORunner
+
+        if device not in (None, "cpu"):
+            raise BackendError(f"the openvino backend runs on the CPU, not {device}")
+        if backend == "auto":
+            log.info("backend auto: OpenVINO (INT8 graph: its INT8 kernels ran it 3-5x faster than ONNX Runtime "
+                     "on the CPUs measured)")
+        return OpenVINORunner(path, threads=threads, **options)
     from .onnxruntime import OnnxRuntimeRunner
 
     if device is None:
         device = "cuda" if "cuda" in available_devices() else "cpu"
         log.info("backend auto: ONNX Runtime on %s", device)
     return OnnxRuntimeRunner(path, device=device, threads=threads, **options)
+
+
+def _openvino_is_faster(path: Path) -> bool:
+    """On the CPU, OpenVINO wins for INT8 graphs (measured, benchmarks/results/cpu-lowprec.json); FP32 and FP16
+    files stay on ONNX Runtime, which runs them in their own precision (OpenVINO's default would be BF16)."""
+    from ..errors import ExportError
+    from ..export.onnx import read_metadata
+    from .openvino import openvino_available
+
+    try:
+        precision = read_metadata(path).get(metadata.PRECISION)
+    except ExportError:  # missing or foreign: the ONNX Runtime path names the problem
+        return False
+    return precision == "int8" and openvino_available()
 
 
 __all__ = ["BACKENDS", "LatencyStats", "Report", "Runner", "TOLERANCES", "TensorSpec", "Tolerance", "compare",

@@ -1,5 +1,5 @@
 """The INT8 stage: TensorRT's QDQ rules checked on the graph itself, calibration sources, refusals, and
-task-level agreement of the trained segmenter with eager FP32."""
+task-level agreement of the trained segmenter with eager FP32 on ONNX Runtime and OpenVINO."""
 
 import logging
 
@@ -75,7 +75,7 @@ def _iou(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
                      for c in range(len(CLASSES))])
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_trained_segmenter_int8_agrees_with_eager(files, backend):
     """Fresh held-out task images (32 at the opt size, 64 x 64): argmax agreement >= 99 % and IoU drop
     <= 1 point per class (measured 99.7-99.8 %, <= 0.2 points)."""

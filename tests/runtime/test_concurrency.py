@@ -18,6 +18,7 @@ import torch
 from effattn.engines import available_devices
 from effattn.export import export_onnx
 from effattn.models import EfficientAttention
+from effattn.runtime import TOLERANCES
 from effattn.runtime.torch import TorchRunner
 from effattn.shapes import ShapeProfile
 
@@ -77,6 +78,17 @@ def test_onnxruntime_cpu_runner_is_thread_safe(onnx_path, block, io_binding):
 
     with OnnxRuntimeRunner(onnx_path, device="cpu", threads=1, io_binding=io_binding) as runner:
         hammer(runner, block, tolerance=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_openvino_runner_is_thread_safe(onnx_path, block, precision):
+    """Each call borrows its own InferRequest from the pool; BF16 only where the CPU has it."""
+    from effattn.runtime.openvino import OpenVINORunner, cpu_has_bf16
+
+    if precision == "bf16" and not cpu_has_bf16():
+        pytest.skip("this CPU has no BF16 arithmetic (AVX512-BF16 or AMX)")
+    with OpenVINORunner(onnx_path, precision=precision, threads=1) as runner:
+        hammer(runner, block, tolerance=TOLERANCES[precision].rel_l2)
 
 
 def test_torch_runner_is_thread_safe(block):

@@ -22,10 +22,12 @@ def onnx_path(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module", params=["onnxruntime", "torch"])
+@pytest.fixture(scope="module", params=["onnxruntime", "openvino", "torch"])
 def runner(request, onnx_path):
     if request.param == "torch":
         return TorchRunner(EfficientAttention(8, 4, 2, 8), PROFILE)
+    if request.param == "openvino":
+        return load(onnx_path, backend="openvino", precision="fp32")
     return load(onnx_path, device="cpu")
 
 

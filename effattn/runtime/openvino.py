@@ -1,0 +1,125 @@
+"""A Runner over OpenVINO on the CPU, reading the same ONNX files as ONNX Runtime.
+
+OpenVINO runs an INT8 QDQ graph with its own INT8 kernels (VNNI/AMX), several times faster than ONNX
+Runtime's CPU QDQ path on the machines measured (benchmarks/results/), and runs float graphs in BF16
+where the CPU has BF16 arithmetic. The precision is chosen from the file and the CPU (see
+:func:`choose_precision`) and reported as ``runner.precision``, so parity checks apply the matching
+tolerance. An ``InferRequest`` is not thread-safe: each call borrows one from a pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import metadata
+from ..errors import BackendError, first_line
+from .base import Runner, TensorSpec
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16")
+#: effattn precision -> OpenVINO's INFERENCE_PRECISION_HINT for the float ops of the graph
+_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f32", "int8": "f32"}
+
+
+@lru_cache(maxsize=1)
+def _core():
+    """One OpenVINO Core per process: it holds the plugins and their caches."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BackendError("OpenVINO is not installed: pip install openvino") from None
+    return ov.Core()
+
+
+def openvino_available() -> bool:
+    try:
+        _core()
+    except BackendError:
+        return False
+    return True
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin has native BF16 here (AVX512-BF16 or AMX)."""
+    return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def choose_precision(file_precision: str, asked: str | None = None) -> str:
+    """The precision to run: an INT8 or FP16 file runs as written (float parts in FP32); an FP32 file runs in
+    BF16 where the CPU has it (OpenVINO's own default there) unless ``asked="fp32"``."""
+    asked = asked or "auto"
+    if asked not in PRECISIONS:
+        raise BackendError(f"unknown OpenVINO precision {asked!r}; choose one of {', '.join(PRECISIONS)}")
+    if file_precision != "fp32":
+        if asked == "bf16":
+            raise BackendError(f"the file is {file_precision}; BF16 applies to FP32 graphs only")
+        return file_precision
+    if asked == "bf16" and not cpu_has_bf16():
+        raise BackendError("this CPU has no BF16 arithmetic (needs AVX512-BF16 or AMX); use precision='fp32'")
+    if asked == "auto":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    return asked
+
+
+class OpenVINORunner(Runner):
+    def __init__(self, path: str | Path, precision: str | None = None, threads: int | None = None) -> None:
+        """``precision``: ``auto`` (default, see :func:`choose_precision`), ``fp32`` or ``bf16``;
+        ``threads``: inference threads (default: OpenVINO's, every core)."""
+        from ..export.onnx import read_metadata
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise BackendError(f"ONNX file {self.path} does not exist")
+        try:
+            self.metadata = read_metadata(self.path)
+        except Exception as e:  # ExportError for foreign files: here it means the backend cannot load it
+            raise BackendError(f"OpenVINO cannot load {self.path}: {first_line(e)}") from None
+        self.precision = choose_precision(self.metadata.get(metadata.PRECISION, "fp32"), precision)
+        self.backend = "openvino-cpu" + ("" if self.precision == "fp32" else f"-{self.precision}")
+        self.compiled = self._compile(threads)
+        profile = metadata.profile_of(self.metadata)
+        inputs = [self._spec(port, profile) for port in self.compiled.inputs]
+        super().__init__(inputs, [self._spec(port, None) for port in self.compiled.outputs])
+        self._pool: queue.SimpleQueue = queue.SimpleQueue()
+
+    def _compile(self, threads: int | None):
+        config = {"INFERENCE_PRECISION_HINT": _HINTS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            return _core().compile_model(str(self.path), "CPU", config)
+        except Exception as e:  # OpenVINO raises RuntimeError with pages of context
+            raise BackendError(f"OpenVINO cannot load {self.path}: {first_line(e)}. "
+                               "Is it an ONNX model written by effattn export?") from None
+
+    @staticmethod
+    def _spec(port, profile) -> TensorSpec:
+        name = port.get_any_name()
+        if profile is not None and name in profile:
+            return TensorSpec(name, np.dtype(profile[name].dtype), profile[name].symbolic_shape, profile[name])
+        shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+        return TensorSpec(name, np.dtype(port.get_element_type().to_dtype()), shape)
+
+    def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
+        arrays = {k: np.ascontiguousarray(v if isinstance(v, np.ndarray) else v.detach().cpu().numpy())
+                  for k, v in feed.items()}
+        try:
+            request = self._pool.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            request.infer(arrays)
+            return {name: request.get_tensor(name).data.copy() for name in self.outputs}
+        finally:
+            self._pool.put(request)
+
+    def close(self) -> None:
+        self._pool = queue.SimpleQueue()
+        self.compiled = None

@@ -1,0 +1,104 @@
+"""The OpenVINO runner: parity at the precision it reports, the precision it picks from file and CPU,
+what ``load(backend="auto")`` picks on the CPU, and clear refusals (input checks and concurrency are in
+test_runner.py and test_concurrency.py, shared with the other runners)."""
+
+import numpy as np
+import pytest
+import torch
+
+from effattn import metadata
+from effattn.errors import BackendError
+from effattn.export import export_onnx, quantize
+from effattn.models import EfficientAttention, load_model
+from effattn.runtime import TOLERANCES, compare, load, profile_inputs
+from effattn.runtime.openvino import OpenVINORunner, choose_precision, cpu_has_bf16
+from effattn.runtime.torch import TorchRunner
+from effattn.shapes import ShapeProfile
+
+PROFILE = ShapeProfile.single("1x16x4x4", "2x16x16x16", "3x16x32x24")
+needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no BF16 arithmetic (AVX512-BF16 or AMX)")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("openvino")
+    torch.manual_seed(0)
+    block = EfficientAttention(16, 8, 2, 16).eval()
+    export_onnx(block, PROFILE, d / "block.onnx")
+    return {"dir": d, "block": block, "fp32": d / "block.onnx",
+            "int8": quantize(d / "block.onnx", d / "block.int8.onnx", samples=4).path}
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
+def test_parity_at_the_precision_it_reports(files, precision):
+    """Fresh random inputs at min/opt/max, output and attention branch, against the tolerance of its precision."""
+    with OpenVINORunner(files["fp32"], precision=precision) as runner:
+        assert runner.precision == precision and runner.profile == PROFILE
+        assert runner.inputs["input"].shape == ("batch", 16, "height", "width")
+        report = compare(TorchRunner(files["block"], PROFILE), runner, profile_inputs(PROFILE),
+                         precision=runner.precision, residuals=metadata.residuals_of(runner.metadata))
+    assert report.passed, report
+    branch = next(r for r in report.rows if r.metric == "branch")
+    if precision == "bf16":  # really BF16, not FP32 under another name
+        assert branch.value > TOLERANCES["fp32"].branch_rel_l2
+
+
+def test_precision_from_the_file_and_the_cpu(files):
+    assert choose_precision("fp32") == ("bf16" if cpu_has_bf16() else "fp32")
+    assert choose_precision("fp32", "fp32") == "fp32"
+    assert choose_precision("int8") == "int8" and choose_precision("fp16", "auto") == "fp16"
+    with pytest.raises(BackendError, match="the file is int8; BF16 applies to FP32 graphs only"):
+        choose_precision("int8", "bf16")
+    with pytest.raises(BackendError, match="unknown OpenVINO precision 'int4'"):
+        choose_precision("fp32", "int4")
+    with OpenVINORunner(files["int8"]) as runner:
+        assert runner.precision == "int8" and runner.backend == "openvino-cpu-int8"
+
+
+def test_auto_on_the_cpu_picks_openvino_for_int8_and_onnxruntime_for_fp32(files, caplog):
+    with caplog.at_level("INFO", logger="effattn"):
+        with load(files["int8"], device="cpu") as runner:
+            assert runner.backend == "openvino-cpu-int8"
+    assert "backend auto: OpenVINO (INT8 graph" in caplog.text
+    with load(files["fp32"], device="cpu") as runner:
+        assert runner.backend == "onnxruntime-cpu"  # FP32 stays FP32: OpenVINO's default would be BF16
+    with load(files["int8"], backend="onnxruntime", device="cpu") as runner:
+        assert runner.backend == "onnxruntime-cpu"
+
+
+def test_int8_on_openvino_matches_onnxruntime_on_the_same_graph(files):
+    """Both runtimes run the one QDQ graph: their answers agree far more closely than either with FP32."""
+    feed = profile_inputs(PROFILE)[1]
+    with load(files["int8"], backend="openvino") as ov, load(files["int8"], backend="onnxruntime") as ort:
+        a, b = ov.infer(feed)["output"], ort.infer(feed)["output"]
+    with torch.inference_mode():
+        eager = files["block"](torch.from_numpy(feed["input"])).numpy()
+    branch = eager - feed["input"]
+    assert np.linalg.norm(a - b) < 0.2 * np.linalg.norm(a - eager)
+    assert np.linalg.norm(a - eager) <= TOLERANCES["int8"].branch_rel_l2 * np.linalg.norm(branch)
+
+
+def test_refusals(files, tmp_path):
+    with pytest.raises(BackendError, match="does not exist"):
+        OpenVINORunner(tmp_path / "missing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07garbage" * 50)
+    with pytest.raises(BackendError, match="OpenVINO cannot load .*junk.onnx") as info:
+        load(junk, backend="openvino")
+    assert "\n" not in str(info.value)
+    with pytest.raises(BackendError, match="the openvino backend runs on the CPU, not cuda"):
+        load(files["fp32"], backend="openvino", device="cuda")
+
+
+def test_cli_compare_on_openvino_uses_the_runners_precision(tmp_path, capsys):
+    """``effattn compare --backend openvino`` on an FP32 file checks BF16 numerics against BF16 limits."""
+    from effattn.cli import main
+
+    seg = load_model("ea_segnet_tiny", pretrained=True)
+    export_onnx(seg, ShapeProfile.single("1x3x32x32", "1x3x48x48", "2x3x64x64"), tmp_path / "seg.onnx",
+                validate=False)
+    assert main(["compare", str(tmp_path / "seg.onnx"), "--backend", "openvino"]) == 0
+    out = capsys.readouterr().out
+    backend = "openvino-cpu-bf16" if cpu_has_bf16() else "openvino-cpu"
+    assert backend in out and "argmax agreement" in out
+    assert (">= 99.5%" if cpu_has_bf16() else ">= 99.9%") in out
