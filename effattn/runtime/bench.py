@@ -14,6 +14,7 @@ and the crossover size from which EfficientAttention beats dot-product attention
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import math
 import os
@@ -42,6 +43,11 @@ BACKENDS = {
     "onnxruntime-fp16": (("cpu", "cuda"), "ONNX Runtime, the FP16 graph (FP32 I/O)"),
     "tensorrt": (("cuda",), "TensorRT engine of the FP32 graph"),
     "tensorrt-fp16": (("cuda",), "TensorRT engine of the FP16 graph (strongly typed)"),
+    "torch-bf16": (("cpu",), "eager PyTorch in BF16 (weights and activations)"),
+    "onnxruntime-int8": (("cpu",), "ONNX Runtime, the INT8 QDQ graph of effattn quantize"),
+    "openvino": (("cpu",), "OpenVINO's default on the FP32 graph (BF16 where the CPU has it)"),
+    "openvino-fp32": (("cpu",), "OpenVINO on the FP32 graph, FP32 inference precision"),
+    "openvino-int8": (("cpu",), "OpenVINO, the INT8 QDQ graph of effattn quantize"),
 }
 DEFAULT_BACKENDS = {"cpu": ("onnxruntime",),
                     "cuda": ("torch-fp16", "torch-compile", "onnxruntime", "onnxruntime-fp16", "tensorrt-fp16")}
@@ -213,6 +219,23 @@ class BenchResults:
         return "\n".join(lines)
 
 
+def precision_of(backend: str) -> str:
+    """The graph a bench backend runs: ``fp16``/``int8`` files for ``*-fp16``/``*-int8``, else the FP32 one."""
+    suffix = backend.rsplit("-", 1)[-1]
+    return suffix if suffix in ("fp16", "int8") else "fp32"
+
+
+def cpu_flags(wanted: Sequence[str] = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                                       "amx_int8", "amx_bf16")) -> list[str]:
+    """The CPU's SIMD flags that decide low-precision speed (from /proc/cpuinfo; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            have = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in wanted if flag in have]
+
+
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
 
@@ -244,11 +267,18 @@ def environment(threads: int, device: str = "cpu") -> dict:
         trt_version = tensorrt.__version__
     except ImportError:
         trt_version = None
+    try:
+        import openvino
+
+        ov_version = openvino.__version__
+    except ImportError:
+        ov_version = None
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu, "cores": os.cpu_count(), "threads": threads, "device": device, "gpu": gpu,
         "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-        "tensorrt": trt_version, "effattn": __version__,
+        "tensorrt": trt_version, "openvino": ov_version, "effattn": __version__, "cpu_flags": cpu_flags(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if gpu else None,
         "command": "effattn " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("effattn") else None,
     }
@@ -323,13 +353,15 @@ class _Backends:
         self._files: dict[str, Path] = {}
 
     def onnx(self, precision: str) -> Path:
-        from ..export import export_onnx, to_fp16
+        from ..export import export_onnx, quantize, to_fp16
 
         if "fp32" not in self._files:
             self._files["fp32"] = export_onnx(self.source, self.profile, self.folder / f"{self.name}.onnx",
                                               validate=False, force=True).path
         if precision == "fp16" and "fp16" not in self._files:
             self._files["fp16"] = to_fp16(self._files["fp32"], self.folder / f"{self.name}.fp16.onnx", force=True)
+        if precision == "int8" and "int8" not in self._files:
+            self._files["int8"] = quantize(self._files["fp32"], self.folder / f"{self.name}.int8.onnx", force=True).path
         return self._files[precision]
 
     def make(self, backend: str):
@@ -340,11 +372,16 @@ class _Backends:
         from .torch import TorchRunner
 
         if backend.startswith("torch"):
-            dtype = torch.float16 if backend == "torch-fp16" else torch.float32
-            return TorchRunner(self.source.model, self.profile, self.output_names, device=self.device, dtype=dtype,
+            dtype = {"torch-fp16": torch.float16, "torch-bf16": torch.bfloat16}.get(backend, torch.float32)
+            model = self.source.model if dtype == torch.float32 else copy.deepcopy(self.source.model)  # .to() is in place
+            return TorchRunner(model, self.profile, self.output_names, device=self.device, dtype=dtype,
                                compile=backend == "torch-compile")
-        precision = "fp16" if backend.endswith("-fp16") else "fp32"
+        precision = precision_of(backend)
         path = self.onnx(precision)
+        if backend.startswith("openvino"):
+            from .openvino import OpenVINORunner
+
+            return OpenVINORunner(path, precision="fp32" if backend == "openvino-fp32" else None, threads=self.threads)
         if backend.startswith("onnxruntime"):
             from .onnxruntime import OnnxRuntimeRunner
 
@@ -360,7 +397,7 @@ class _Backends:
         :func:`.memory.probe`), else (torch.compile, TensorRT) in this one."""
         shape = next(iter(feed.values())).shape
         if backend.startswith("onnxruntime"):
-            path = self.onnx("fp16" if backend.endswith("-fp16") else "fp32")
+            path = self.onnx(precision_of(backend))
             return probe(backend, str(path), shape, self.device, self.threads)
         if backend in ("torch", "torch-fp16"):
             return probe(backend, self.name, shape, self.device, self.threads, self.source.checkpoint is not None)
@@ -369,7 +406,8 @@ class _Backends:
         return peak
 
     WARM_MEANS = {"onnxruntime": "second session of the same file (the CPU/CUDA providers have no compile cache)",
-                  "tensorrt": "engine from the engine cache (cold: built)", "torch": "n/a"}
+                  "tensorrt": "engine from the engine cache (cold: built)", "torch": "n/a",
+                  "openvino": "second compile of the same file (no OpenVINO model cache set)"}
 
 
 def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int] = (1,),
@@ -464,7 +502,7 @@ def _start(made: _Backends, backend: str, results: BenchResults, timed: bool):
     if not timed:
         return made.make(backend)
     feed = random_inputs(made.profile, "min", seed=0)
-    made.onnx("fp16" if backend.endswith("-fp16") else "fp32")  # export time is not start-up time
+    made.onnx(precision_of(backend))  # export and quantization time are not start-up time
     t0 = time.perf_counter()
     runner = made.make(backend)
     runner.infer(feed)

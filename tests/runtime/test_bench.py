@@ -127,3 +127,23 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         pytest.skip("a CUDA device is present")
     with pytest.raises(BackendError, match="--device cuda asked for, but torch sees no CUDA device"):
         run_bench(["efficient_attention"], [8], device="cuda")
+
+
+def test_low_precision_backends_run_their_own_graphs(caplog):
+    """onnxruntime-int8 / openvino-int8 run the INT8 QDQ file, openvino the FP32 one at OpenVINO's default,
+    torch-bf16 a BF16 copy (the FP32 baseline stays FP32); the environment names the CPU flags and load."""
+    backends = ["onnxruntime-int8", "openvino", "openvino-fp32", "openvino-int8", "torch-bf16"]
+    results = run_bench(["efficient_attention"], [8], backends=backends, min_seconds=0.01, memory=False,
+                        quiet=True)
+    rows = {r.backend: r for r in results.rows}
+    assert set(rows) == {"torch", *backends} and all(r.status == "ok" for r in rows.values()), results.table()
+    assert rows["torch"].speedup_vs_eager == 1.0
+    assert {s.backend for s in results.startup} == set(backends)
+    env = results.environment
+    assert env["openvino"] and len(env["load_average"]) == 3 and isinstance(env["cpu_flags"], list)
+    assert "random normal inputs" in caplog.text  # the random-weight block is calibrated on noise, and says so
+
+
+def test_precision_of_a_backend():
+    assert [bench.precision_of(b) for b in ("onnxruntime", "onnxruntime-fp16", "openvino-int8", "openvino-fp32",
+                                            "torch-bf16")] == ["fp32", "fp16", "int8", "fp32", "fp32"]
