@@ -247,9 +247,11 @@ def cmd_compare(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    """export -> FP16 graph -> best backend here, each checked against eager FP32 and timed beside it."""
+    """export -> FP16 graph (and, on the CPU, INT8 QDQ graph) -> best backend here, each checked against eager
+    FP32 and timed beside it."""
     from . import metadata
-    from .export import export_onnx, to_fp16
+    from .engines import available_devices
+    from .export import export_onnx, quantize, to_fp16
     from .models import get_entry, load_model
     from .runtime import compare, load, profile_inputs, random_inputs
     from .runtime.timing import measure_interleaved
@@ -257,7 +259,10 @@ def cmd_demo(args) -> None:
 
     out = args.out
     fp32_path, fp16_path = out / f"{args.model}.onnx", out / f"{args.model}.fp16.onnx"
-    for path in (fp32_path, fp16_path):
+    int8_path = out / f"{args.model}.int8.onnx"
+    # INT8 on the CPU (OpenVINO's INT8 kernels); TensorRT INT8 engines are not wired into the demo yet
+    on_cpu = (args.device or ("cuda" if "cuda" in available_devices() else "cpu")) == "cpu"
+    for path in (fp32_path, fp16_path, int8_path) if on_cpu else (fp32_path, fp16_path):
         _check_writable(path, args.force)
     source = load_model(args.model, pretrained=get_entry(args.model).pretrained is not None)
     profile = source.profile
@@ -265,15 +270,20 @@ def cmd_demo(args) -> None:
         result = export_onnx(source, profile, fp32_path, force=args.force, progress=_step_callback(bar))
         bar.set_postfix_str("fp16")
         to_fp16(fp32_path, fp16_path, force=args.force)
+        if on_cpu:
+            bar.set_postfix_str("int8")
+            quantize(fp32_path, int8_path, force=args.force)
         bar.update(bar.total - bar.n)
     feeds = profile_inputs(profile, args.seed)
     feeds += source.task_inputs(profile, args.seed)
     feed = random_inputs(profile, "opt", args.seed)
-    runners = [load(fp32_path, backend="auto", device=args.device), load(fp16_path, backend="auto", device=args.device)]
+    precisions = ("fp32", "fp16", "int8") if on_cpu else ("fp32", "fp16")
+    paths = {"fp32": fp32_path, "fp16": fp16_path, "int8": int8_path}
+    runners = [load(paths[p], backend="auto", device=args.device) for p in precisions]
     reference = TorchRunner(source.model, profile, output_names=list(runners[0].outputs))
     reports, timed = [], {"eager PyTorch fp32": reference}
-    for precision, runner in zip(("fp32", "fp16"), runners):
-        runner.name = f"{runner.backend} {precision}"
+    for precision, runner in zip(precisions, runners):
+        runner.name = runner.backend if runner.backend.endswith(precision) else f"{runner.backend} {precision}"
         reports.append(compare(reference, runner, feeds, precision=precision,
                                residuals=metadata.residuals_of(runner.metadata)))
         timed[runner.name] = runner
@@ -287,15 +297,17 @@ def cmd_demo(args) -> None:
     eager = timings["eager PyTorch fp32"].median_ms
     passed = all(r.passed for r in reports)
     if args.json:
-        _print_json({"onnx": [str(fp32_path), str(fp16_path)], "parity": [r.to_dict() for r in reports],
+        _print_json({"onnx": [str(paths[p]) for p in precisions], "parity": [r.to_dict() for r in reports],
                      "latency": {k: v.to_dict() | {"speedup_vs_eager": eager / v.median_ms}
                                  for k, v in timings.items()}})
     else:
         print(f"exported {source.name} ({'trained weights' if source.checkpoint else 'random weights'}) "
               f"to {fp32_path}: {result.nodes} nodes, checked, simplified, validated in {result.seconds:.1f}s; "
-              f"FP16 graph (FP32 I/O) {fp16_path}")
-        print(f"backend: {runners[0].backend} (auto)\n\nparity vs eager PyTorch FP32 over {len(feeds)} inputs "
-              f"(random and task images at min/opt/max shapes; FP32 and FP16 tolerances of DESIGN.md):")
+              f"FP16 graph (FP32 I/O) {fp16_path}" + (f"; INT8 QDQ graph {int8_path}" if on_cpu else ""))
+        print(f"backend: {runners[0].backend} (auto)" + (f"; INT8 graph: {runners[2].backend} (auto: the fastest "
+              "INT8 path installed here)" if on_cpu else ""))
+        print(f"\nparity vs eager PyTorch FP32 over {len(feeds)} inputs (random and task images at min/opt/max "
+              "shapes; each precision's tolerances from the table in effattn.runtime.parity):")
         print("\n\n".join(str(r) for r in reports))
         shape = "x".join(map(str, next(iter(profile.values())).opt))
         print(f"\nlatency at {shape} (ms, after warm-up, same run):")

@@ -112,6 +112,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "parity vs eager PyTorch" in text and "PASS" in text and "FAIL" not in text
     assert "onnxruntime-cpu fp16" in text and "<= 1e-02" in text  # the FP16 graph, checked at FP16 tolerance
     assert "speedup" in text and (out / "ea_segnet_tiny.onnx").is_file() and (out / "ea_segnet_tiny.fp16.onnx").is_file()
+    assert "openvino-cpu-int8" in text and ">= 95.0%" in text and (out / "ea_segnet_tiny.int8.onnx").is_file()
     assert main(["demo", "--out", str(out), "--seconds", "0.1", "-q"]) == 2  # no silent overwrite
     assert "--force" in _error_line(capsys)
 
