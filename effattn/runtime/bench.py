@@ -494,6 +494,7 @@ def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int
             for runner in runners.values():
                 if not isinstance(runner, str):
                     runner.close()
+    results.environment["load_average_end"] = [round(x, 2) for x in os.getloadavg()]  # others sharing the cores
     return results
 
 

@@ -1,0 +1,143 @@
+"""ONNX Runtime's quantize_static (what `effattn quantize` uses) against OpenVINO's NNCF on our FP32 exports.
+
+    python benchmarks/compare_quantizers.py -o benchmarks/results/cpu-quantizers.json
+
+For each quantizer: the trained ea_segnet_tiny's held-out argmax agreement and IoU drop against eager FP32
+(64 task images at 64 x 64 and 8 at 256 x 256, calibrated on 32 task images), whether the graph fits
+TensorRT's explicit quantization (signed INT8, zero points 0), quantization time, ea_resnet @ 224 latency
+of its graph on ONNX Runtime and OpenVINO (interleaved, same run), and the installed size of what each
+quantizer pulls in beyond effattn's own dependencies. NNCF is not an effattn dependency: pip install nncf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from effattn.export import export_onnx, qdq_summary, quantize
+from effattn.models import load_model
+from effattn.models.synthetic import CLASSES, shapes_batch
+from effattn.runtime.bench import cpu_flags, environment
+from effattn.runtime.timing import measure_interleaved
+from effattn.shapes import ShapeProfile
+
+
+def installed_mib(*dists: str) -> float:
+    """Installed size of distributions (their RECORD files), MiB."""
+    total = 0
+    for name in dists:
+        for f in md.distribution(name).files or []:
+            path = f.locate()
+            total += path.stat().st_size if path.is_file() else 0
+    return round(total / 2**20, 1)
+
+
+def nncf_quantize(src: Path, out: Path, feeds: list[dict]) -> Path:
+    """NNCF's ONNX PTQ with the same choices as effattn's: performance (symmetric) preset, attention in float."""
+    import nncf
+
+    model = nncf.quantize(onnx.load(src), nncf.Dataset(feeds), preset=nncf.QuantizationPreset.PERFORMANCE,
+                          subset_size=len(feeds), ignored_scope=nncf.IgnoredScope(types=["MatMul", "Softmax"]))
+    onnx.save(model, out)
+    return out
+
+
+def task_scores(path: Path, model: torch.nn.Module, runtime: str) -> dict:
+    """Argmax agreement and per-class IoU drop (points) vs eager FP32 on held-out task images."""
+    from effattn.runtime import load
+
+    g = torch.Generator().manual_seed(1234)
+    sets = [shapes_batch(64, 64, 64, g), shapes_batch(8, 256, 256, g)]
+    out = {}
+    with load(path, backend=runtime, **({"precision": "fp32"} if runtime == "openvino" else {})) as runner:
+        for x, y in sets:
+            with torch.inference_mode():
+                ref = model(x).argmax(1).numpy()
+            got = np.concatenate([runner.infer(x[i:i + 8].numpy())["logits"] for i in range(0, len(x), 8)]).argmax(1)
+            iou = [[((p == c) & (y.numpy() == c)).sum() / max(((p == c) | (y.numpy() == c)).sum(), 1)
+                    for c in range(len(CLASSES))] for p in (ref, got)]
+            out[f"{x.shape[2]}px"] = {"argmax_agreement": round(float((got == ref).mean()), 5),
+                                      "max_iou_drop_points": round(100 * float(max(np.subtract(*iou))), 3)}
+    return out
+
+
+def properties(path: Path) -> dict:
+    s = qdq_summary(onnx.load(path))
+    return {"zero_point_types": sorted(s.zero_point_types), "nonzero_zero_points": s.nonzero_zero_points,
+            "tensorrt_compatible": s.tensorrt_compatible, "quantized_ops": dict(s.quantized)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/effattn-quantizers"))
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    seg = load_model("ea_segnet_tiny", pretrained=True)
+    resnet = load_model("ea_resnet")
+    seg_onnx = export_onnx(seg, seg.profile, args.work / "seg.onnx", force=True).path
+    res_onnx = export_onnx(resnet, ShapeProfile.single("1x3x224x224"), args.work / "resnet.onnx", force=True,
+                           validate=False).path
+    g = torch.Generator().manual_seed(0)
+    seg_feeds = [{"input": shapes_batch(1, 64, 64, g)[0].numpy()} for _ in range(32)]
+    rng = np.random.default_rng(0)
+    res_feeds = [{"input": rng.standard_normal((1, 3, 224, 224), dtype=np.float32)} for _ in range(8)]
+    results: dict = {"environment": environment(len(os.sched_getaffinity(0))) | {"cpu_flags": cpu_flags()},
+                     "quantizers": {}}
+    timed = {}
+    for name in ("onnxruntime", "nncf"):
+        entry: dict = {}
+        t0 = time.perf_counter()
+        if name == "onnxruntime":
+            seg_q = quantize(seg_onnx, args.work / "seg.ort.onnx", calibration=seg_feeds, force=True).path
+            entry["extra_install_mib"] = 0.0  # part of onnxruntime, already a core dependency
+        else:
+            try:
+                seg_q = nncf_quantize(seg_onnx, args.work / "seg.nncf.onnx", seg_feeds)
+            except ImportError:
+                results["quantizers"]["nncf"] = {"status": "not installed (pip install nncf)"}
+                continue
+            entry["extra_install_mib"] = installed_mib("nncf", "scipy", "scikit-learn", "rich", "pydot", "networkx",
+                                                       "joblib", "ninja", "psutil", "tabulate", "narwhals")
+        entry["quantize_seconds_seg_tiny"] = round(time.perf_counter() - t0, 2)
+        entry["graph"] = properties(seg_q)
+        entry["task_onnxruntime"] = task_scores(seg_q, seg.model, "onnxruntime")
+        entry["task_openvino"] = task_scores(seg_q, seg.model, "openvino")
+        res_q = args.work / f"resnet.{name}.onnx"
+        if name == "onnxruntime":
+            quantize(res_onnx, res_q, calibration=res_feeds, force=True)
+        else:
+            nncf_quantize(res_onnx, res_q, res_feeds)
+        timed[name] = res_q
+        results["quantizers"][name] = entry
+    results["ea_resnet_224_ms"] = time_graphs(timed, res_feeds[0])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+def time_graphs(graphs: dict[str, Path], feed: dict) -> dict:
+    """Median ms of each quantizer's ea_resnet graph on ONNX Runtime and OpenVINO, interleaved."""
+    from effattn.runtime.onnxruntime import OnnxRuntimeRunner
+    from effattn.runtime.openvino import OpenVINORunner
+
+    runners = {}
+    for name, path in graphs.items():
+        runners[f"{name} graph on onnxruntime"] = OnnxRuntimeRunner(path)
+        runners[f"{name} graph on openvino"] = OpenVINORunner(path, precision="fp32")
+    stats = measure_interleaved({k: (lambda r=r: r._infer(feed)) for k, r in runners.items()},
+                                min_seconds=3.0, max_seconds=10.0)
+    return {k: round(v.median_ms, 2) if not isinstance(v, BaseException) else f"error: {v}" for k, v in stats.items()}
+
+
+if __name__ == "__main__":
+    main()
