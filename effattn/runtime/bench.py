@@ -30,6 +30,7 @@ from ..errors import BackendError, InputError, first_line
 from ..shapes import InputProfile, ShapeProfile
 from .memory import PeakMemory, available_bytes, probe
 from .parity import random_inputs
+from .roofline import floor_ms, measure_peaks, model_cost, precision_of_row
 from .timing import LatencyStats, measure_interleaved
 
 SCHEMA = "effattn.bench/2"
@@ -65,6 +66,7 @@ class BenchRow:
     peak_device_mib: float | None = None
     status: str = "ok"  # otherwise why there is no measurement ("out of memory: ...", "skipped: ...")
     floor_ms: float | None = None  # attention blocks: time to move their input and output at measured bandwidth
+    roofline_ms: float | None = None  # max(bytes moved / bandwidth, FLOPs / matmul peak at the row's precision)
 
     @property
     def positions(self) -> int:
@@ -84,6 +86,8 @@ class BenchRow:
                 "throughput_per_s": r(self.throughput, 2), "peak_host_mib": r(self.peak_host_mib, 2),
                 "peak_device_mib": r(self.peak_device_mib, 2), "bandwidth_floor_ms": r(self.floor_ms),
                 "times_bandwidth_floor": r(self.stats.median_ms / self.floor_ms, 2) if self.stats and self.floor_ms else None,
+                "roofline_floor_ms": r(self.roofline_ms),
+                "times_roofline_floor": r(self.stats.median_ms / self.roofline_ms, 2) if self.stats and self.roofline_ms else None,
                 **(self.stats.to_dict() if self.stats else {})}
 
 
@@ -174,7 +178,7 @@ class BenchResults:
         rows = [BenchRow(r["model"], r["backend"], r["device"], r["shape"],
                          LatencyStats(**{k: r[k] for k in stat_fields}) if r["status"] == "ok" else None,
                          r["speedup_vs_eager"], r["peak_host_mib"], r["peak_device_mib"], r["status"],
-                         r["bandwidth_floor_ms"]) for r in data["rows"]]
+                         r["bandwidth_floor_ms"], r.get("roofline_floor_ms")) for r in data["rows"]]
         startup = [StartRow(s["model"], s["backend"], s["cold_ms"], s["warm_ms"], s["warm_means"])
                    for s in data["startup"]]
         return cls(rows, startup, data["environment"], data["scaling"]["fit_from_size"])
@@ -186,7 +190,7 @@ class BenchResults:
 
     def table(self) -> str:
         head = (f"{'model':<22}{'shape':<15}{'backend':<18}{'median ms':>10}{'p90':>9}{'p99':>9}{'items/s':>10}"
-                f"{'peak MiB':>10}{'vs eager':>9}{'x floor':>8}")
+                f"{'peak MiB':>10}{'vs eager':>9}{'x floor':>8}{'x roof':>8}")
         lines = [head, "-" * len(head)]
         for r in self.rows:
             shape = "x".join(map(str, r.shape))
@@ -197,7 +201,8 @@ class BenchResults:
             lines.append(f"{r.model:<22}{shape:<15}{r.backend:<18}{r.stats.median_ms:>10.3f}{r.stats.p90_ms:>9.3f}"
                          f"{r.stats.p99_ms:>9.3f}{r.throughput:>10.1f}{_fmt(peak, '>10.1f')}"
                          f"{_fmt(r.speedup_vs_eager, '>8.2f')}x"
-                         f"{_fmt(r.stats.median_ms / r.floor_ms if r.floor_ms else None, '>8.1f')}")
+                         f"{_fmt(r.stats.median_ms / r.floor_ms if r.floor_ms else None, '>8.1f')}"
+                         f"{_fmt(r.stats.median_ms / r.roofline_ms if r.roofline_ms else None, '>8.1f')}")
         if self.startup:
             lines += ["", f"{'start-up (create + first answer)':<42}{'cold ms':>9}{'warm ms':>11}   warm means"]
             lines += [f"  {s.model:<22}{s.backend:<18}{s.cold_ms:>9.1f}{_fmt(s.warm_ms, '>11.1f')}   {s.warm_means}"
@@ -214,6 +219,10 @@ class BenchResults:
         env = self.environment
         lines.append(f"\nx floor: median / (bytes the block must read and write / copy bandwidth "
                      f"{env.get('copy_bandwidth_gb_s')} GB/s measured in this run)")
+        if env.get("matmul_peak_gflop_s"):
+            lines.append("x roof: median / max(I/O + weight bytes / bandwidth, FLOPs / matmul peak at the row's "
+                         f"precision: {env['matmul_peak_gflop_s']} GFLOP/s measured in this run; below 1 = kernels "
+                         "faster than torch's matmul)")
         lines.append(f"{env.get('cpu', '?')}, {env.get('threads')} threads; {env.get('gpu') or 'no GPU'}; "
                      f"torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}")
         return "\n".join(lines)
@@ -441,6 +450,8 @@ def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int
     results = BenchResults(environment=environment(threads, device))
     bandwidth = measure_bandwidth(device)
     results.environment["copy_bandwidth_gb_s"] = round(bandwidth, 1)
+    peaks = measure_peaks() if device == "cpu" else {}
+    results.environment["matmul_peak_gflop_s"] = peaks
     all_backends = [EAGER, *backends]
     deadline = time.monotonic() + max_seconds if max_seconds is not None else math.inf
     bar = tqdm(total=len(models) * len(sizes) * len(batches) * len(all_backends), desc="bench", disable=quiet,
@@ -466,12 +477,17 @@ def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int
                     feed = random_inputs(ShapeProfile((InputProfile(profile.inputs[0].name, shape, shape, shape),)),
                                          "opt", seed=0)
                     need = attention_map_bytes(source.model, shape)
+                    flops, out_elements = model_cost(source.model, shape) if peaks else (0.0, 0)
+                    params = sum(p.numel() for p in source.model.parameters())
                     rows, timed = {}, {}
                     for backend in all_backends:
                         row = rows[backend] = BenchRow(name, backend, device, list(shape))
                         if entry.task == "block":  # FP32 input read once, FP32 output written once
                             row.floor_ms = 2 * math.prod(shape) * 4 / (bandwidth * 1e9) * 1e3
                         runner = runners.get(backend)
+                        if peaks and not isinstance(runner, (str, type(None))):
+                            row.roofline_ms = floor_ms(flops, 4 * (math.prod(shape) + out_elements), params,
+                                                       precision_of_row(backend, runner), bandwidth, peaks)
                         if time.monotonic() > deadline:
                             row.status = "skipped: --max-seconds reached"
                         elif isinstance(runner, str) or runner is None:

@@ -1,0 +1,81 @@
+"""Roofline floors for the bench: how far a measured latency is from what this machine could do at all.
+
+A row's floor is max(bytes moved / copy bandwidth, FLOPs / peak FLOP/s at the row's precision), both
+measured in the same run: the bandwidth by a large copy, the peaks by a large matmul per precision
+(torch's oneDNN kernels; ``torch._int_mm`` for INT8). Those matmuls are what a framework reaches on this
+CPU, not the silicon's limit: a runtime with better kernels can run below its "floor" (ratio < 1), and
+the bench reports that rather than hiding it.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+#: bytes per weight at each precision (FP16 and BF16 store 2, INT8 1)
+WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+
+
+def model_cost(model: nn.Module, shape: Sequence[int]) -> tuple[float, int]:
+    """FLOPs (2 per multiply-add) of one forward pass at ``shape`` and the output's element count, found on
+    the meta device (nothing is computed or allocated, so a dot-product block too large to run still counts)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(model).to("meta")
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        out = meta(torch.empty(*shape, device="meta"))
+    outputs = out if isinstance(out, (tuple, list)) else (out,)
+    return float(counter.get_total_flops()), sum(o.numel() for o in outputs)
+
+
+def _matmul(precision: str, n: int):
+    if precision == "int8":
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        return lambda: torch._int_mm(a, a)
+    a = torch.randn(n, n, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+    return lambda: a @ a
+
+
+def measure_peaks(precisions: Sequence[str] = ("fp32", "bf16", "int8"), n: int = 1024, repeats: int = 5
+                  ) -> dict[str, float]:
+    """GFLOP/s (GOP/s for INT8) of an n x n matmul per precision, best of ``repeats`` after one warm-up."""
+    peaks = {}
+    for precision in precisions:
+        try:
+            run = _matmul(precision, n)
+            run()
+        except (RuntimeError, NotImplementedError):  # e.g. no INT8 matmul in this torch build
+            continue
+        best = min(_timed(run) for _ in range(repeats))
+        peaks[precision] = round(2 * n**3 / best / 1e9, 1)
+    return peaks
+
+
+def _timed(run) -> float:
+    t0 = time.perf_counter()
+    run()
+    return time.perf_counter() - t0
+
+
+def precision_of_row(backend: str, runner) -> str:
+    """The arithmetic a bench row runs: the runner's own report (OpenVINO), else the backend's suffix."""
+    reported = getattr(runner, "precision", None)
+    if reported in WEIGHT_BYTES:
+        return reported
+    suffix = backend.rsplit("-", 1)[-1]
+    return suffix if suffix in WEIGHT_BYTES else "fp32"
+
+
+def floor_ms(flops: float, io_bytes: float, params: int, precision: str, bandwidth_gb_s: float,
+             peaks: dict[str, float]) -> float | None:
+    """max(time to move I/O and weights, time to compute at the peak of ``precision``); FP16 on a CPU
+    computes at the FP32 peak (no native FP16 arithmetic assumed)."""
+    peak = peaks.get(precision) or peaks.get("fp32")
+    if not peak or not bandwidth_gb_s:
+        return None
+    moved = io_bytes + params * WEIGHT_BYTES.get(precision, 4)
+    return max(moved / (bandwidth_gb_s * 1e9), flops / (peak * 1e9)) * 1e3

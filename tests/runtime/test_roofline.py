@@ -1,0 +1,38 @@
+"""Roofline floors: FLOPs counted without running, the floor's two limits, and the precision a row runs."""
+
+import pytest
+from torch import nn
+
+from effattn.models import DotProductAttention
+from effattn.runtime.roofline import floor_ms, measure_peaks, model_cost, precision_of_row
+
+
+def test_model_cost_counts_two_flops_per_multiply_add_without_running():
+    conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+    flops, out = model_cost(conv, (2, 8, 10, 12))
+    assert flops == 2 * 8 * 16 * 9 * 2 * 10 * 12 and out == 2 * 16 * 10 * 12
+    # 4 heads x two n x n products at 256 x 256 positions: counted on the meta device, nothing allocated
+    flops, _ = model_cost(DotProductAttention(64, 32, 4, 64), (1, 64, 256, 256))
+    assert flops > 2 * 2 * (256 * 256) ** 2 * 16
+
+
+def test_floor_is_the_larger_of_moving_and_computing():
+    peaks = {"fp32": 100.0, "int8": 400.0}
+    assert floor_ms(1e9, 0, 0, "fp32", 10.0, peaks) == pytest.approx(10.0)  # 1 GFLOP at 100 GFLOP/s
+    assert floor_ms(1e9, 0, 0, "int8", 10.0, peaks) == pytest.approx(2.5)
+    assert floor_ms(1e9, 0, 0, "fp16", 10.0, peaks) == pytest.approx(10.0)  # no FP16 peak: FP32's
+    assert floor_ms(0, 1e9, 0, "fp32", 10.0, peaks) == pytest.approx(100.0)  # 1 GB at 10 GB/s
+    assert floor_ms(0, 0, 10**9, "int8", 10.0, peaks) == pytest.approx(100.0)  # INT8 weights: 1 byte each
+    assert floor_ms(1.0, 0, 0, "fp32", 10.0, {}) is None
+
+
+def test_peaks_and_row_precisions():
+    peaks = measure_peaks(("fp32",), n=256, repeats=2)
+    assert peaks["fp32"] > 0
+
+    class Reports:
+        precision = "bf16"
+
+    assert precision_of_row("openvino", Reports()) == "bf16"
+    assert [precision_of_row(b, None) for b in ("onnxruntime-int8", "torch-bf16", "onnxruntime")] == \
+        ["int8", "bf16", "fp32"]
