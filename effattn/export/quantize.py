@@ -58,7 +58,7 @@ class QuantizeResult:
     path: Path
     calibration: str  # where the calibration data came from
     samples: int
-    quantized: dict[str, int] = field(default_factory=dict)  # op type -> nodes with an INT8 input
+    quantized: dict[str, int] = field(default_factory=dict)  # op type -> nodes whose operands are both INT8
     seconds: float = 0.0
 
 
@@ -105,11 +105,12 @@ def _split(value: np.ndarray, name: str, where: str, profile: ShapeProfile | Non
     """One array (batch axis first) -> batch-1 items, checked against the input's profile."""
     if not np.issubdtype(value.dtype, np.floating):
         raise InputError(f"calibration input {name!r} from {where} has dtype {value.dtype}; expected float32 images")
+    rank = profile[name].rank if profile is not None and name in profile else max(value.ndim, 1)
+    if value.ndim != rank or not value.size:
+        raise InputError(f"calibration input {name!r} from {where} has shape {value.shape}; expected rank {rank} "
+                         "with the batch axis first")
     items = [x[None] for x in value.astype(np.float32, copy=False)]
     if profile is not None and name in profile:
-        if value.ndim != profile[name].rank:
-            raise InputError(f"calibration input {name!r} from {where} has shape {value.shape}; expected rank "
-                             f"{profile[name].rank} with the batch axis first")
         profile[name].check(items[0].shape)
     return items
 

@@ -68,8 +68,8 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
         if device not in (None, "cpu"):
             raise BackendError(f"the openvino backend runs on the CPU, not {device}")
         if backend == "auto":
-            log.info("backend auto: OpenVINO (INT8 graph: its INT8 kernels ran it 3-5x faster than ONNX Runtime "
-                     "on the CPUs measured)")
+            log.info("backend auto: OpenVINO (INT8 graph: OpenVINO's INT8 kernels ran such graphs 1.4-5x faster "
+                     "than ONNX Runtime in benchmarks/results/cpu-lowprec-*.json)")
         return OpenVINORunner(path, threads=threads, **options)
     from .onnxruntime import OnnxRuntimeRunner
 
@@ -80,7 +80,7 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
 
 
 def _openvino_is_faster(path: Path) -> bool:
-    """On the CPU, OpenVINO wins for INT8 graphs (measured, benchmarks/results/cpu-lowprec.json); FP32 and FP16
+    """On the CPU, OpenVINO wins for INT8 graphs (measured, benchmarks/results/cpu-lowprec-*.json); FP32 and FP16
     files stay on ONNX Runtime, which runs them in their own precision (OpenVINO's default would be BF16)."""
     from ..errors import ExportError
     from ..export.onnx import read_metadata
