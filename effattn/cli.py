@@ -106,32 +106,6 @@ def _load_feed(path: Path, runner) -> dict:
     return dict(data.items())
 
 
-def _reference_source(meta: dict, checkpoint: Path | None):
-    """Rebuild the eager model an ONNX file was exported from, using its metadata."""
-    from . import metadata
-    from .models import get_entry, load_model, sha256_file
-
-    name = meta.get(metadata.MODEL)
-    if not name:
-        raise ModelError("the ONNX file has no effattn metadata; give --model (and --checkpoint) for the reference")
-    kwargs = json.loads(meta.get(metadata.MODEL_ARGS, "{}"))
-    want = meta.get(metadata.CHECKPOINT_SHA256)
-    if checkpoint is None and want and ":" not in name:
-        shipped = get_entry(name).pretrained_path
-        if shipped is not None and sha256_file(shipped) == want:
-            checkpoint = shipped
-    if want is None:
-        raise ModelError(f"{name} was exported with random weights, which cannot be rebuilt; re-export with "
-                         "--checkpoint or --pretrained to compare against eager PyTorch")
-    if checkpoint is None:
-        raise ModelError(f"{name} was exported from a checkpoint (sha256 {want[:12]}…); give it with --checkpoint")
-    source = load_model(name, checkpoint=checkpoint, **kwargs)
-    if source.checkpoint_sha256 != want:
-        raise ModelError(f"checkpoint {checkpoint} (sha256 {source.checkpoint_sha256[:12]}…) is not the one the "
-                         f"file was exported from (sha256 {want[:12]}…)")
-    return source
-
-
 # ---------------------------------------------------------------------------------------- commands
 def cmd_models(args) -> None:
     from .models import create_model, get_entry, list_models
@@ -216,16 +190,18 @@ def cmd_run(args) -> None:
 def cmd_compare(args) -> None:
     from . import metadata
     from .export import read_metadata
-    from .models import load_model
+    from .models import load_model, reference_from_metadata
     from .runtime import compare, load, profile_inputs
     from .runtime.torch import TorchRunner
 
     meta = read_metadata(args.onnx)
-    if args.model:
+    precision = metadata.precision_of(meta)
+    if args.model and (args.arg or args.pretrained or args.model != meta.get(metadata.MODEL)):
         source = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
                             **_model_args(args.arg))
-    else:
-        source = _reference_source(meta, args.checkpoint)
+    else:  # the file's own model: a factory it names runs only if the user named it too (or trusts the file)
+        source = reference_from_metadata(meta, args.checkpoint, allow=[args.model] if args.model else [],
+                                         trust_metadata=args.trust_metadata)
     with load(args.onnx, backend=args.backend, device=args.device) as runner:
         profile = runner.profile or source.profile
         if profile is None:
@@ -233,8 +209,8 @@ def cmd_compare(args) -> None:
         feeds = profile_inputs(profile, args.seed)
         feeds += source.task_inputs(profile, args.seed)
         reference = TorchRunner(source.model, profile, output_names=list(runner.outputs))
-        report = compare(reference, runner, feeds, precision=meta.get(metadata.PRECISION, "fp32"),
-                         residuals=metadata.residuals_of(meta))
+        report = compare(reference, runner, feeds, precision=precision,
+                         residuals=metadata.residuals_of(meta, runner.inputs, runner.outputs))
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -524,10 +500,14 @@ def build_parser() -> argparse.ArgumentParser:
             "Compare a backend's outputs with eager PyTorch FP32 on fresh random inputs at the profile's "
             "min/opt/max shapes (and task images for the trained model): max abs error, relative L2, cosine, "
             "argmax agreement for logits, and the attention branch of residual blocks. The reference model "
-            "is rebuilt from the file's metadata unless --model is given. Exit code 1 if any check fails.")
+            "is rebuilt from the file's metadata unless --model is given: a zoo model, or a package.module:factory "
+            "only if you name the same factory (or pass --trust-metadata), since a file never chooses code to run. "
+            "Exit code 1 if any check fails.")
     p.add_argument("onnx", type=Path, help="an .onnx file written by 'effattn export'")
     _add_model_args(p, required=False)
     p.set_defaults(model=None)
+    p.add_argument("--trust-metadata", action="store_true", help="import and call a package.module:factory that "
+                   "the file's metadata names (by default only zoo models, or the factory you name yourself)")
     p.add_argument("--seed", type=int, default=None, help="seed for inputs (default: fresh each run)")
     _add_backend_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")

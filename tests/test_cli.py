@@ -159,3 +159,48 @@ def test_inspect_onnx_and_refuse_junk(seg_onnx, tmp_path, capsys):
     junk.write_bytes(b"nope")
     assert main(["inspect", str(junk)]) == 2
     assert "sidecar" in _error_line(capsys)
+
+
+def _tampered(source, tmp_path, **meta):
+    """A copy of ``source`` whose effattn metadata is replaced by ``meta`` (keys without the prefix)."""
+    import onnx
+
+    from effattn.export import set_metadata
+
+    proto = onnx.load(str(source))
+    set_metadata(proto, {f"effattn.{k}": v for k, v in meta.items()})
+    path = tmp_path / "tampered.onnx"
+    onnx.save(proto, path)
+    return path
+
+
+def test_compare_never_runs_a_factory_the_file_names(seg_onnx, tmp_path, capsys):
+    marker, checkpoint = tmp_path / "ran", tmp_path / "w.pt"
+    checkpoint.write_bytes(b"anything")
+    from effattn.models import sha256_file
+
+    path = _tampered(seg_onnx, tmp_path, model="os:system", model_args=json.dumps({"command": f"touch {marker}"}),
+                     checkpoint_sha256=sha256_file(checkpoint))
+    assert main(["compare", str(path), "--checkpoint", str(checkpoint)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "metadata names the factory 'os:system'" in err and "--trust-metadata" in err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("meta,match", [
+    ({"precision": "int3"}, "effattn.precision is 'int3'"),
+    ({"residual": "logits=nope"}, "effattn.residual names"),
+    ({"model_args": "{"}, "effattn.model_args is not valid JSON"),
+    ({"profile": json.dumps({"input": {"min": [1, 3, 32, 32], "opt": [1, 3, 64, 64],
+                                       "max": [2**20, 3, 2**20, 2**20]}})}, "elements"),
+])
+def test_compare_and_run_tampered_metadata_is_one_line(seg_onnx, tmp_path, capsys, meta, match):
+    path = _tampered(seg_onnx, tmp_path, **meta)
+    for command in (["compare", str(path)], ["run", str(path)]):
+        code = main(command)
+        if command[0] == "run" and "profile" not in meta:
+            assert code == 0  # run reads only the profile
+            continue
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and match in err, err
