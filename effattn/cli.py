@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import BackendError, EffattnError, FileExistsNoForceError, InputError, ModelError
+from .errors import BackendError, EffattnError, InputError, ModelError
+from .files import atomic_output
+from .files import check_writable as _check_writable
 
 log = logging.getLogger("effattn")
 
@@ -79,11 +81,6 @@ def _profile_from_args(args, default):
     mid = args.opt or (base.opt if base else lo)
     hi = args.max or (base.max if base else mid)
     return ShapeProfile.single(lo, mid, hi, name=base.name if base else "input")
-
-
-def _check_writable(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise FileExistsNoForceError(f"{path} exists; pass --force to overwrite it")
 
 
 def _print_json(data) -> None:
@@ -171,8 +168,9 @@ def cmd_run(args) -> None:
         else:
             raise InputError("give --input FILE.npy or --shape NxCxHxW (the file has no shape profile)")
         outputs = runner.infer(feed)
-        if args.output:
-            np.savez(args.output, **outputs)
+        if args.output:  # through a file object: np.savez would add ".npz" to a name without it
+            with atomic_output(args.output, args.force) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **outputs)
         summary = {name: {"shape": list(v.shape), "dtype": v.dtype.name, "mean": float(v.mean()),
                           "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
                    for name, v in outputs.items()}
@@ -358,8 +356,8 @@ def cmd_bench(args) -> None:
                         threads=args.threads, min_seconds=args.seconds, max_seconds=args.max_seconds,
                         memory=not args.no_memory, startup=not args.no_startup, quiet=args.quiet)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results.to_dict(), indent=2) + "\n")
+        with atomic_output(args.output, args.force) as tmp:
+            tmp.write_text(json.dumps(results.to_dict(), indent=2) + "\n")
     if args.plot:
         plot(results, args.plot)
     if args.json:

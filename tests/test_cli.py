@@ -204,3 +204,14 @@ def test_compare_and_run_tampered_metadata_is_one_line(seg_onnx, tmp_path, capsy
         assert code == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and match in err, err
+
+
+def test_run_output_never_overwrites_whatever_the_suffix(seg_onnx, tmp_path, capsys):
+    (tmp_path / "out.npz").write_bytes(b"the user's file")
+    (tmp_path / "taken").write_bytes(b"another file")
+    assert main(["run", str(seg_onnx), "--output", str(tmp_path / "out"), "-q"]) == 0  # writes "out", exactly
+    assert np.load(tmp_path / "out")["logits"].shape[1] == 3
+    assert (tmp_path / "out.npz").read_bytes() == b"the user's file"
+    assert main(["run", str(seg_onnx), "--output", str(tmp_path / "taken"), "-q"]) == 2
+    assert "exists; pass --force" in _error_line(capsys) and (tmp_path / "taken").read_bytes() == b"another file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.npz", "taken"]

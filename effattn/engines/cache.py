@@ -13,13 +13,12 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import BackendError
+from ..files import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +88,8 @@ def sidecar_path(plan: Path) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_output(path, force=True) as tmp:
+        tmp.write_bytes(data)
 
 
 def verify_plan(plan: Path, *, backend: str, backend_version: str, gpu_name: str, compute_capability: str) -> Sidecar:

@@ -10,8 +10,6 @@ numerics are tested without a GPU. The conversion is onnxconverter-common's ``fl
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +17,8 @@ from pathlib import Path
 import onnx
 
 from .. import metadata
-from ..errors import ExportError, FileExistsNoForceError, first_line
+from ..errors import ExportError, first_line
+from ..files import atomic_output, check_writable
 from .onnx import read_metadata, set_metadata
 
 log = logging.getLogger(__name__)
@@ -47,8 +46,7 @@ def to_fp16(
     from onnxconverter_common import float16
 
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
-    if onnx_out.exists() and not force:
-        raise FileExistsNoForceError(f"{onnx_out} exists; pass force=True (--force) to overwrite it")
+    check_writable(onnx_out, force)
     meta = read_metadata(onnx_in)
     if meta.get(metadata.PRECISION, "fp32") != "fp32":
         raise ExportError(f"{onnx_in} is already {meta[metadata.PRECISION]}; convert the FP32 export instead")
@@ -65,13 +63,7 @@ def to_fp16(
     except Exception as e:  # the converter raises plain Exceptions and ValidationErrors
         raise ExportError(f"FP16 conversion of {onnx_in} failed: {first_line(e)}") from e
     set_metadata(half, {metadata.PRECISION: "fp16", metadata.FP32_OPS: ",".join(sorted(fp32_ops))})
-    onnx_out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", prefix=f".{onnx_out.stem}.", dir=onnx_out.parent)
-    os.close(fd)
-    try:
+    with atomic_output(onnx_out, force) as tmp:
         onnx.save(half, tmp)
-        os.replace(tmp, onnx_out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     log.debug("wrote FP16 graph %s (FP32 ops: %s)", onnx_out, ", ".join(fp32_ops))
     return onnx_out

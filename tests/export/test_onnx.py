@@ -120,7 +120,7 @@ def test_torchscript_fallback_exports_hosts(tmp_path, rng):
 def test_existing_file_is_not_overwritten(tmp_path):
     path = tmp_path / "keep.onnx"
     path.write_bytes(b"the user's file")
-    with pytest.raises(FileExistsNoForceError, match="exists; pass force=True"):
+    with pytest.raises(FileExistsNoForceError, match="exists; pass --force to overwrite it"):
         export_onnx(EfficientAttention(8, 4, 2, 8), torch.randn(1, 8, 4, 4), path)
     assert path.read_bytes() == b"the user's file"
 
