@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -80,3 +81,29 @@ def atomic_output(path: str | Path, force: bool = False) -> Iterator[Path]:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, force: bool = False, owned: str | None = None) -> Iterator[Path]:
+    """Like :func:`atomic_output` for a folder: fill the yielded hidden folder; it then replaces ``path``.
+
+    With ``force`` an existing ``path`` is replaced only if it is a real folder (not a link) holding the file
+    ``owned`` - i.e. one this kind of command wrote - so nothing else is ever deleted."""
+    path = Path(path)
+    check_writable(path, force)
+    if path.is_symlink() or (path.exists() and not (path.is_dir() and (owned is None or (path / owned).is_file()))):
+        raise FileExistsNoForceError(f"{path} exists and is not a folder effattn wrote (no {owned}); "
+                                     "remove or rename it yourself")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _signals_raise():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        old = path.parent / f"{tmp.name}.old"
+        try:
+            yield tmp
+            check_writable(path, force)
+            if path.exists():
+                os.rename(path, old)
+            os.rename(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)

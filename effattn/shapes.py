@@ -24,7 +24,7 @@ Shape = tuple[int, ...]
 #: elements per tensor (1 GiB of float32; parity runs allocate several copies), the dtypes runners feed.
 MAX_RANK = 8
 MAX_ELEMENTS = 2**28
-DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 #: Axis names by rank, NCHW for images and NCL for sequences.
 AXIS_NAMES: dict[int, tuple[str, ...]] = {
