@@ -369,42 +369,58 @@ def cmd_bench(args) -> None:
                 print(f"wrote {path}")
 
 
+def _model_spec(spec: str) -> tuple[str, Path]:
+    """``[NAME=]FILE`` -> (name, path). An existing file is a FILE even if its name holds ``=``; a NAME never does."""
+    from .names import check_model_name, name_from_file
+
+    path = Path(spec)
+    if path.is_file() or "=" not in spec:
+        return name_from_file(path), path
+    name, _, file = spec.partition("=")
+    return check_model_name(name), Path(file)
+
+
 def _served_models(specs: Sequence[str], args) -> dict:
     """``[NAME=]FILE`` specs -> runners, names defaulting to the file name before its first dot."""
     from .runtime import load
 
+    named = [_model_spec(spec) for spec in specs]
     models = {}
-    for spec in specs:
-        name, _, file = spec.rpartition("=")
-        path = Path(file)
-        name = name or path.name.split(".")[0]
+    for name, path in named:
         if name in models:
             raise InputError(f"two models are named {name!r}; name them: NAME=FILE")
         if not path.is_file():
             raise InputError(f"{path} does not exist")
+        models[name] = None
+    for name, path in named:
         models[name] = load(path, backend=args.backend, device=args.device, threads=args.threads)
         log.info("serving %s from %s on %s", name, path, models[name].backend)
     return models
 
 
 def cmd_serve(args) -> None:
-    from .runtime.serve import ServeOptions, serve
+    from .runtime.serve import ServeOptions, listen, serve
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the server has no authentication; expose it only behind a proxy you trust", args.host)
     options = ServeOptions(max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
                            max_queue=args.max_queue, timeout_s=args.timeout, instances=args.instances,
                            max_request_bytes=int(args.max_request_mb * 2**20), grpc_port=args.grpc_port,
-                           host=args.host, graceful_seconds=args.graceful_seconds)
+                           host=args.host, graceful_seconds=args.graceful_seconds,
+                           max_inflight_bytes=int(args.max_inflight_mb * 2**20), max_connections=args.max_connections,
+                           keep_alive_s=args.keep_alive_s)
     if args.grpc_port is not None:
-        from .runtime.serve_grpc import require_grpc
+        from .runtime.serve_grpc import check_grpc_port, require_grpc
 
         require_grpc()  # a missing grpc dependency is an error now, not after the models are loaded
-    models = _served_models(args.models, args)
-    grpc = f" and grpc://{args.host}:{args.grpc_port}" if args.grpc_port is not None else ""
-    print(f"effattn serve: {', '.join(models)} at http://{args.host}:{args.port}/v2{grpc} (Ctrl-C to stop)",
-          file=sys.stderr, flush=True)
-    serve(models, args.port, options, log_level="warning" if args.quiet else "info")
+        check_grpc_port(args.host, args.grpc_port)
+    sock = listen(args.host, args.port, "HTTP port")  # a port in use is refused before the models load
+    with sock:
+        models = _served_models(args.models, args)
+        grpc = f" and grpc://{args.host}:{args.grpc_port}" if args.grpc_port is not None else ""
+        print(f"effattn serve: {', '.join(models)} at http://{args.host}:{args.port}/v2{grpc} (Ctrl-C to stop)",
+              file=sys.stderr, flush=True)
+        serve(models, args.port, options, log_level="warning" if args.quiet else "info", sock=sock)
 
 
 def cmd_triton(args) -> None:
@@ -603,6 +619,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", type=int, default=1, help="engine calls in flight per model (1)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait before 504 (30)")
     p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request body before 413 (64)")
+    p.add_argument("--max-inflight-mb", type=float, default=256.0,
+                   help="request bytes held at once, HTTP and gRPC together, before 503 (256)")
+    p.add_argument("--max-connections", type=int, default=512,
+                   help="concurrent HTTP connections and gRPC calls before 503 (512)")
+    p.add_argument("--keep-alive-s", type=float, default=5.0,
+                   help="idle connections, and request heads not complete, are closed after this long (5)")
     p.add_argument("--graceful-seconds", type=float, default=30.0, help="shutdown waits this long for in-flight requests")
 
     p = add("triton", cmd_triton, "write a Triton Inference Server model repository",

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import InputError
+
 log = logging.getLogger(__name__)
 
 class QueueFull(Exception):
@@ -77,7 +79,11 @@ class DynamicBatcher:
             raise QueueFull("the server is shutting down")
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"queue full ({self.max_queue} requests waiting)")
-        items = next(iter(feed.values())).shape[0]
+        sizes = {name: value.shape[0] for name, value in feed.items()}
+        items = next(iter(sizes.values()))
+        if self.max_batch_size > 1 and len(set(sizes.values())) > 1:  # stacking them would mix requests up
+            raise InputError(f"the inputs disagree on the batch size (axis 0): {sizes}; every input of a request "
+                             "must have the same batch size")
         request = _Request(feed, asyncio.get_running_loop().create_future(), items, _signature(feed))
         self._pending.append(request)
         async with self._wakeup:
