@@ -296,7 +296,7 @@ def cmd_build(args) -> None:
     from .engines import optimize_model
 
     source = args.onnx
-    if args.precision == "fp16" and read_metadata(source).get(metadata.PRECISION, "fp32") == "fp32":
+    if args.precision == "fp16" and metadata.precision_of(read_metadata(source)) == "fp32":
         source = to_fp16(args.onnx, args.output.with_name(args.output.stem + ".fp16-source.onnx"), force=args.force)
     optimize_model(source, args.output, device=args.device or "cpu")
     print(f"wrote {args.output} (ONNX Runtime's optimised {args.precision} graph; load it with 'effattn run')")

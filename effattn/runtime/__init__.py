@@ -56,7 +56,7 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
         from ..export.onnx import read_metadata
         from .tensorrt import TensorRTRunner
 
-        precision = read_metadata(path).get(metadata.PRECISION, "fp32")
+        precision = metadata.precision_of(read_metadata(path))
         log.info("backend auto: TensorRT (%s engine, through the engine cache)", precision)
         return TensorRTRunner(build_engine(path, precision=precision).plan, **options)
     from .onnxruntime import OnnxRuntimeRunner

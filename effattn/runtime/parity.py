@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..shapes import ShapeProfile, format_shape
 from .base import Runner
 
@@ -145,6 +146,9 @@ def compare(
     block): the branch ``output - input`` is compared as well. Outputs named in ``argmax_outputs``
     (class logits on axis 1) also get argmax agreement, the task-level check.
     """
+    if tolerance is None and precision not in TOLERANCES:
+        raise InputError(f"no parity tolerances for precision {precision!r}; use one of {', '.join(TOLERANCES)} "
+                         "or pass tolerance=")
     tol = tolerance or TOLERANCES[precision]
     if isinstance(candidates, Runner):
         candidates = {candidates.name: candidates}
