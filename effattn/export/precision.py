@@ -50,7 +50,10 @@ def to_fp16(
     meta = read_metadata(onnx_in)
     if meta.get(metadata.PRECISION, "fp32") != "fp32":
         raise ExportError(f"{onnx_in} is already {meta[metadata.PRECISION]}; convert the FP32 export instead")
-    model = onnx.load(str(onnx_in))
+    try:
+        model = onnx.load(str(onnx_in))
+    except Exception as e:  # protobuf decode errors, external data outside the file's folder, ...
+        raise ExportError(f"cannot load {onnx_in}: {first_line(e)}") from None
     # The converter trusts value_info types; stale FP32 entries from export would leave a Concat of
     # FP16 and FP32 inputs behind a blocked op. Let it infer types afresh.
     del model.graph.value_info[:]

@@ -85,3 +85,19 @@ def test_refuses_overwrite_and_double_conversion(graphs, tmp_path):
     with pytest.raises(FileExistsNoForceError):
         to_fp16(fp16.with_name("block.onnx"), target)
     assert target.read_bytes() == b"mine"
+
+
+def test_external_data_outside_the_files_folder_is_one_line(tmp_path):
+    """A file whose weights point at ../../etc/hostname: refused with the reason, nothing read."""
+    from effattn.models import EfficientAttention
+
+    exported = export_onnx(EfficientAttention(8, 4, 2, 8), ShapeProfile.single("1x8x4x4"), tmp_path / "b.onnx")
+    proto = onnx.load(str(exported.path))
+    weight = proto.graph.initializer[0]
+    weight.ClearField("raw_data")
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="../../../../etc/hostname")
+    onnx.save(proto, tmp_path / "ext.onnx")
+    with pytest.raises(ExportError, match="cannot load .*ext.onnx: .*points outside the directory"):
+        to_fp16(tmp_path / "ext.onnx", tmp_path / "ext.fp16.onnx")
+    assert not (tmp_path / "ext.fp16.onnx").exists()
