@@ -111,8 +111,8 @@ def listen(host: str, port: int, what: str = "port") -> socket.socket:
     check_port(port, what)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)  # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on connections
     except OSError as e:
         raise BackendError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     try:

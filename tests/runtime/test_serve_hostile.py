@@ -344,3 +344,12 @@ def test_big_json_bodies_are_parsed_off_the_event_loop(files, monkeypatch):
     finally:
         server.should_exit = True
         loop_thread.join(60)
+
+
+def test_the_listening_socket_is_tcp_so_connections_get_nodelay():
+    """asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP; a bare socket(AF_INET,
+    SOCK_STREAM) has proto 0, and Nagle's algorithm then held every answer ~40 ms (delayed ACKs)."""
+    from effattn.runtime.serve import listen
+
+    with listen("127.0.0.1", free_port()) as sock:
+        assert sock.proto == socket.IPPROTO_TCP
