@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import BackendError, EffattnError, InputError, ModelError
+from .errors import BackendError, EffattnError, InputError, ModelError, first_line
 from .files import atomic_output
 from .files import check_writable as _check_writable
 
@@ -88,19 +88,22 @@ def _print_json(data) -> None:
 
 
 def _load_feed(path: Path, runner) -> dict:
+    import zipfile
+
     import numpy as np
 
     if not path.is_file():
         raise InputError(f"input file {path} does not exist")
-    try:
+    try:  # an .npz reads its arrays lazily: read them all here, where a truncated or lying file is caught
         data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise InputError(f"cannot read {path} as .npy/.npz: {e}") from None
-    if isinstance(data, np.ndarray):
+        arrays = data if isinstance(data, np.ndarray) else dict(data.items())
+    except (ValueError, OSError, EOFError, MemoryError, zipfile.BadZipFile) as e:
+        raise InputError(f"cannot read {path} as .npy/.npz: {first_line(e)}") from None
+    if isinstance(arrays, np.ndarray):
         if len(runner.inputs) != 1:
             raise InputError(f"{path} holds one array but the model has inputs {list(runner.inputs)}; use an .npz")
-        return {next(iter(runner.inputs)): data}
-    return dict(data.items())
+        return {next(iter(runner.inputs)): arrays}
+    return arrays
 
 
 # ---------------------------------------------------------------------------------------- commands

@@ -215,3 +215,26 @@ def test_run_output_never_overwrites_whatever_the_suffix(seg_onnx, tmp_path, cap
     assert main(["run", str(seg_onnx), "--output", str(tmp_path / "taken"), "-q"]) == 2
     assert "exists; pass --force" in _error_line(capsys) and (tmp_path / "taken").read_bytes() == b"another file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.npz", "taken"]
+
+
+def _npy_header(shape) -> bytes:
+    import io
+
+    from numpy.lib import format as npy
+
+    buf = io.BytesIO()
+    npy.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def test_run_input_files_that_lie_are_one_line(seg_onnx, tmp_path, capsys):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "truncated.npz", "w") as z:  # the header promises 49152 bytes, 10 follow
+        z.writestr("input.npy", _npy_header((1, 3, 64, 64)) + b"\0" * 10)
+    (tmp_path / "huge.npy").write_bytes(_npy_header((10**6, 3, 10**6, 10**6)) + b"\0" * 64)
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04junk")
+    for name in ("truncated.npz", "huge.npy", "junk.npz"):
+        assert main(["run", str(seg_onnx), "--input", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"cannot read {tmp_path / name} as .npy/.npz" in err, err
