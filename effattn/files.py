@@ -105,5 +105,7 @@ def atomic_folder(path: str | Path, force: bool = False, owned: str | None = Non
                 os.rename(path, old)
             os.rename(tmp, path)
         finally:
+            if old.exists() and not path.exists():  # stopped between the two renames: put the old one back
+                os.rename(old, path)
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)

@@ -51,3 +51,27 @@ def test_a_signal_during_export_leaves_no_partial_or_hidden_file(tmp_path, signu
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == -signum, done.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_stopped_between_its_two_renames_keeps_the_old_one(tmp_path, monkeypatch):
+    import os
+
+    from effattn.files import atomic_folder
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.pbtxt").write_text("old")
+    renames = []
+
+    def rename(src, dst):  # the first rename (old folder away) happens, the second is "interrupted"
+        renames.append((src, dst))
+        if len(renames) == 2:
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    real_rename = os.rename
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt), atomic_folder(folder, force=True, owned="config.pbtxt") as tmp:
+        (tmp / "config.pbtxt").write_text("new")
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (folder / "config.pbtxt").read_text() == "old"

@@ -105,8 +105,9 @@ def make_servicer(served: Mapping[str, ServedModel], options: ServeOptions, metr
             start, status, held = time.perf_counter(), 200, 0
             try:
                 model = model_of(request.model_name, request.model_version)
-                budget.take(request.ByteSize())
-                held = request.ByteSize()
+                size = request.ByteSize()
+                budget.take(size)
+                held = size
                 feed = decode_grpc_inputs(request, model, options.max_request_bytes)
                 timeout = request.parameters["timeout"].int64_param if "timeout" in request.parameters else None
                 outputs = await run_inference(model, feed, timeout, options.timeout_s, metrics)
