@@ -6,12 +6,13 @@ import argparse
 import ast
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import BackendError, EffattnError, InputError, ModelError, first_line
+from .errors import BackendError, ConfigError, EffattnError, InputError, ModelError, first_line
 from .files import atomic_output
 from .files import check_writable as _check_writable
 
@@ -408,9 +409,9 @@ def cmd_serve(args) -> None:
         log.warning("binding %s: the server has no authentication; expose it only behind a proxy you trust", args.host)
     options = ServeOptions(max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
                            max_queue=args.max_queue, timeout_s=args.timeout, instances=args.instances,
-                           max_request_bytes=int(args.max_request_mb * 2**20), grpc_port=args.grpc_port,
+                           max_request_bytes=_mib(args.max_request_mb, "--max-request-mb"), grpc_port=args.grpc_port,
                            host=args.host, graceful_seconds=args.graceful_seconds,
-                           max_inflight_bytes=int(args.max_inflight_mb * 2**20), max_connections=args.max_connections,
+                           max_inflight_bytes=_mib(args.max_inflight_mb, "--max-inflight-mb"), max_connections=args.max_connections,
                            keep_alive_s=args.keep_alive_s)
     if args.grpc_port is not None:
         from .runtime.serve_grpc import check_grpc_port, require_grpc
@@ -439,6 +440,20 @@ def cmd_triton(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------ parser
+def _seed(text: str) -> int:
+    seed = int(text)
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, got {seed}")
+    return seed
+
+
+def _mib(value: float, option: str) -> int:
+    """``--...-mb`` as bytes; NaN, infinities and non-positive sizes are refused."""
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{option} must be a positive number of MiB, got {value}")
+    return int(value * 2**20)
+
+
 def _add_shape_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("shape profile (defaults: the model's own)")
     g.add_argument("--min", metavar="SHAPE", help="smallest input, e.g. 1x3x32x32")
@@ -507,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("onnx", type=Path, help="an .onnx file")
     p.add_argument("--input", type=Path, help=".npy (one input) or .npz (by input name)")
     p.add_argument("--shape", help="random input of this shape, e.g. 1x3x256x256")
-    p.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    p.add_argument("--seed", type=_seed, default=0, help="seed for random inputs")
     p.add_argument("--output", type=Path, help="save outputs to this .npz")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     _add_backend_args(p)
@@ -525,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(model=None)
     p.add_argument("--trust-metadata", action="store_true", help="import and call a package.module:factory that "
                    "the file's metadata names (by default only zoo models, or the factory you name yourself)")
-    p.add_argument("--seed", type=int, default=None, help="seed for inputs (default: fresh each run)")
+    p.add_argument("--seed", type=_seed, default=None, help="seed for inputs (default: fresh each run)")
     _add_backend_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -537,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("effattn-demo"), help="folder for the files (default ./effattn-demo)")
     p.add_argument("--force", action="store_true", help="overwrite files from an earlier demo")
     p.add_argument("--device", choices=("cpu", "cuda"), help="force the device")
-    p.add_argument("--seed", type=int, default=None, help="seed for inputs (default: fresh each run)")
+    p.add_argument("--seed", type=_seed, default=None, help="seed for inputs (default: fresh each run)")
     p.add_argument("--seconds", type=float, default=1.0, help="timing per backend (default 1 s)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -662,10 +677,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("effattn").setLevel(level)
     try:
         args.func(args)
-    except EffattnError as e:
+    except (EffattnError, OSError) as e:  # OSError: a path that cannot be made or written (a file in the way, ...)
         if args.debug:
             raise
-        print(f"effattn {args.command}: error: {e}", file=sys.stderr)
+        message = e if isinstance(e, EffattnError) else f"{e.strerror or first_line(e)}: {e.filename or ''}"
+        print(f"effattn {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("effattn: interrupted", file=sys.stderr)

@@ -238,3 +238,15 @@ def test_run_input_files_that_lie_are_one_line(seg_onnx, tmp_path, capsys):
         assert main(["run", str(seg_onnx), "--input", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and f"cannot read {tmp_path / name} as .npy/.npz" in err, err
+
+
+def test_paths_that_cannot_be_written_and_bad_seeds_are_refused(seg_onnx, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("in the way")
+    for argv in (["triton", str(seg_onnx), "--repository", str(tmp_path / "a-file")],
+                 ["run", str(seg_onnx), "--output", str(tmp_path / "a-file" / "out.npz")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "a-file" in err and "Traceback" not in err, err
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(seg_onnx), "--seed", "-1"])
+    assert e.value.code == 2 and "a seed is a non-negative integer" in capsys.readouterr().err

@@ -25,6 +25,7 @@ With ``grpc_port`` the same models are served over KServe v2 gRPC too (:mod:`.se
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import math
@@ -87,12 +88,13 @@ class ServeOptions:
         positive = {"max_batch_size": self.max_batch_size, "max_queue": self.max_queue, "instances": self.instances,
                     "timeout": self.timeout_s, "max_request_bytes": self.max_request_bytes,
                     "max_connections": self.max_connections, "keep_alive_s": self.keep_alive_s}
-        bad = [f"{k} {v}" for k, v in positive.items() if not v > 0]
+        bad = [f"{k} {v}" for k, v in positive.items() if not (v > 0 and math.isfinite(v))]
         bad += [f"{k} {v}" for k, v in {"max_queue_delay_ms": self.max_queue_delay_ms,
-                                          "graceful_seconds": self.graceful_seconds}.items() if not v >= 0]
+                                          "graceful_seconds": self.graceful_seconds}.items()
+                if not (v >= 0 and math.isfinite(v))]
         if bad:
             raise ConfigError(f"serve options out of range: {', '.join(bad)} (sizes, counts and times must be "
-                              "positive; delays may be 0)")
+                              "positive and finite; delays may be 0)")
         if self.max_inflight_bytes < self.max_request_bytes:
             raise ConfigError(f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least max_request_bytes "
                               f"({self.max_request_bytes}), or no request of the largest size could ever run")
@@ -121,8 +123,8 @@ def listen(host: str, port: int, what: str = "port") -> socket.socket:
         sock.listen(2048)
     except OSError as e:
         sock.close()
-        raise BackendError(f"cannot listen on {what} {host}:{port}: {e.strerror or e} (is another server "
-                           "running there?)") from None
+        busy = " (is another server running there?)" if e.errno == errno.EADDRINUSE else ""
+        raise BackendError(f"cannot listen on {what} {host}:{port}: {e.strerror or e}{busy}") from None
     return sock
 
 

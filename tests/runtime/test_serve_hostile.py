@@ -292,6 +292,10 @@ def test_the_connection_limit_keeps_the_server_answering(files):
     (["--port", "0"], "HTTP port 0 is not a TCP port"),
     (["--grpc-port", "99999"], "gRPC port 99999 is not a TCP port"),
     (["--max-inflight-mb", "1"], "must be at least max_request_bytes"),
+    (["--max-request-mb", "nan"], "--max-request-mb must be a positive number of MiB, got nan"),
+    (["--timeout", "inf"], "timeout inf"),
+    (["--keep-alive-s", "0"], "keep_alive_s 0"),
+    (["--port", "18001", "--host", "no such host"], "cannot listen on no such host:18001"),
 ])
 def test_bad_serve_options_are_one_line(files, capsys, argv, match):
     from effattn.cli import main
