@@ -139,3 +139,21 @@ def test_gpu_rows_time_device_tensors_between_cuda_events(monkeypatch):
     assert calls == [("infer_torch", torch.Tensor), ("infer", np.ndarray)]
     assert timing.clock_for("cuda") is timing.cuda_event_seconds
     assert timing.clock_for("cpu") is timing.wall_seconds
+
+
+def test_both_onnxruntime_packages_installed_is_named_with_the_fix(tmp_path, monkeypatch):
+    """onnxruntime and onnxruntime-gpu share one folder; the old README's uninstall of one broke the other.
+    A machine with both gets told so when it asks for CUDA (here the CPU build answers the import)."""
+    from importlib import metadata
+
+    from effattn.engines import onnxruntime as engines
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "1.31.1" if name == "onnxruntime-gpu" else real(name))
+    assert [n.split()[0] for n in engines.conflicting_installs()] == ["onnxruntime", "onnxruntime-gpu"]
+    path = export_onnx(EfficientAttention(8, 4, 2, 8), PROFILE, tmp_path / "b.onnx").path
+    if "cuda" in engines.available_devices():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with pytest.raises(BackendError, match="are both installed and share one folder: pip uninstall -y onnxruntime "
+                                           "onnxruntime-gpu, then pip install 'effattn\\[gpu\\]'"):
+        engines.create_session(path, "cuda")
