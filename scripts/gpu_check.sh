@@ -24,7 +24,7 @@ done
 OUT=${OUT:-$ROOT/gpu-check-out}
 STATE=${EFFATTN_GPU_STATE:-/tmp/effattn-gpu}   # survives between calls while the machine stays warm
 PY=${PYTHON:-python3}
-BENCH_SECONDS=${BENCH_SECONDS:-150}
+BENCH_SECONDS=${BENCH_SECONDS:-120}
 
 run() {  # print a step; run it unless --dry-run
   echo "+ $*"
@@ -95,11 +95,15 @@ if [ "$DRY" = 1 ]; then echo "+ nvidia-smi; versions of torch, onnxruntime (prov
 else envinfo 2>&1 | tee "$OUT/env.txt"; fi
 
 echo "== tests: every GPU test, and the CPU tests whose paths change when CUDA is present (serving aside)"
-SERVING=(--ignore=tests/runtime/test_serve.py --ignore=tests/runtime/test_serve_grpc.py --ignore=tests/runtime/test_triton.py)
+TESTS=(tests/runtime tests/engines tests/export tests/test_cli.py tests/test_gpu_check.py
+       --ignore=tests/runtime/test_serve.py --ignore=tests/runtime/test_serve_grpc.py --ignore=tests/runtime/test_triton.py)
+PARALLEL=()
+$PY -c "import xdist" 2>/dev/null && PARALLEL=(-n 4)   # pytest-xdist, where the machine has it
 if [ "$DRY" = 1 ]; then
-  echo "+ $PY -m pytest tests ${SERVING[*]} -rs -p no:cacheprovider --junitxml $OUT/junit.xml 2>&1 | tee $OUT/pytest.log"
+  echo "+ $PY -m pytest ${TESTS[*]} ${PARALLEL[*]} -rs -p no:cacheprovider --junitxml $OUT/junit.xml 2>&1 | tee $OUT/pytest.log"
 else
-  $PY -m pytest tests "${SERVING[@]}" -rs -p no:cacheprovider --junitxml "$OUT/junit.xml" 2>&1 | tee "$OUT/pytest.log" | tail -40
+  $PY -m pytest "${TESTS[@]}" "${PARALLEL[@]}" -rs -p no:cacheprovider --junitxml "$OUT/junit.xml" 2>&1 |
+    tee "$OUT/pytest.log" | tail -40
 fi
 tests_rc=${PIPESTATUS[0]}
 
