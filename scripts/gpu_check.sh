@@ -4,6 +4,7 @@
 #                                        behaviour changes when CUDA is present, then a short GPU bench
 #   bash scripts/gpu_check.sh --dry-run  print every step, run none (works on any machine)
 #   bash scripts/gpu_check.sh --stage    only add the carried wheel part to the bundle on this machine
+#   bash scripts/gpu_check.sh --install  stage, then install the bundle once whole (no tests, no bench)
 # Wheels: scripts/gpu_wheels.sh packs them into .gpuwheels/partNN (git-ignored); carry one part per
 # call, in order, with --stage, and the last one with the full check. Without them the check still
 # runs: what needs onnxruntime-gpu or TensorRT is reported as skipped, with the reason.
@@ -12,12 +13,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-DRY=0; STAGE_ONLY=0
+DRY=0; STAGE_ONLY=0; INSTALL_ONLY=0
 for arg in "$@"; do
   case $arg in
     --dry-run) DRY=1 ;;
     --stage) STAGE_ONLY=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --install) INSTALL_ONLY=1 ;;
+    -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -71,6 +73,7 @@ install_wheels() {  # unpack and install the bundle once it is whole (sha256 fro
 stage
 [ "$STAGE_ONLY" = 1 ] && exit 0
 install_wheels
+[ "$INSTALL_ONLY" = 1 ] && exit 0
 export PYTHONPATH="$STATE/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 run mkdir -p "$OUT"
 

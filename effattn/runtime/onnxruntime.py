@@ -132,7 +132,7 @@ class OnnxRuntimeRunner(Runner):
             entry = self._new_graph(cast, key, device)
         if entry is None:
             outputs = self._empty_outputs(key, device)
-            self.session.run_with_iobinding(self._bind(cast, outputs), self._run_options(-1) if self.cuda_graph else None)
+            self._run(self._bind(cast, outputs), -1)
             return outputs
         import torch
 
@@ -140,7 +140,7 @@ class OnnxRuntimeRunner(Runner):
         for name, value in cast.items():
             inputs[name].copy_(value)
         torch.cuda.current_stream().synchronize()
-        self.session.run_with_iobinding(self._bind(inputs, outputs), self._run_options(graph_id))
+        self._run(self._bind(inputs, outputs), graph_id)
         return {name: out.clone() for name, out in outputs.items()}
 
     def _first_run(self, feed: dict[str, Any], key: ShapeKey) -> dict[str, Any]:
@@ -151,7 +151,7 @@ class OnnxRuntimeRunner(Runner):
         binding = self._bind(feed, {})
         for name in self.outputs:
             binding.bind_output(name, *_ort_device(device))
-        self.session.run_with_iobinding(binding, self._run_options(-1) if self.cuda_graph else None)
+        self._run(binding, -1)
         values = binding.copy_outputs_to_cpu()  # once per new input shape
         self._output_shapes[key] = [tuple(v.shape) for v in values]
         return {name: torch.from_numpy(v).to(device) for name, v in zip(self.outputs, values)}
@@ -170,7 +170,7 @@ class OnnxRuntimeRunner(Runner):
         outputs = self._empty_outputs(key, device)
         with CAPTURE_LOCK:
             torch.cuda.current_stream().synchronize()
-            self.session.run_with_iobinding(self._bind(inputs, outputs), self._run_options(graph_id))
+            self._run(self._bind(inputs, outputs), graph_id)
         self._graphs[key] = (graph_id, inputs, outputs)
         return self._graphs[key]
 
@@ -183,13 +183,18 @@ class OnnxRuntimeRunner(Runner):
                                 y.data_ptr())
         return binding
 
-    @staticmethod
-    def _run_options(graph_id: int):
-        import onnxruntime as ort
+    def _run(self, binding, graph_id: int) -> None:
+        """Run a bound session and wait for its outputs: ONNX Runtime writes them on its own stream, and
+        torch must not read them, or hand their memory to another request, before it is done (seen on an
+        H100: 1 of 400 concurrent answers partly stale without the wait)."""
+        options = None
+        if self.cuda_graph:
+            import onnxruntime as ort
 
-        options = ort.RunOptions()
-        options.add_run_config_entry("gpu_graph_id", str(graph_id))  # -1: run without capture or replay
-        return options
+            options = ort.RunOptions()
+            options.add_run_config_entry("gpu_graph_id", str(graph_id))  # -1: run without capture or replay
+        self.session.run_with_iobinding(binding, options)
+        binding.synchronize_outputs()
 
     def close(self) -> None:
         if self._worker is not None:
