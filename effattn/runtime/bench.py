@@ -15,6 +15,7 @@ and the crossover size from which EfficientAttention beats dot-product attention
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import math
 import os
 import platform
@@ -255,11 +256,20 @@ def environment(threads: int, device: str = "cpu") -> dict:
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu, "cores": os.cpu_count(), "threads": threads, "device": device, "gpu": gpu,
-        "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": version("onnxruntime", "onnxruntime-gpu"),
+        "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": _imported_version("onnxruntime") or version("onnxruntime", "onnxruntime-gpu"),
         "tensorrt": version("tensorrt", "tensorrt-cu13", "tensorrt-cu12"), "effattn": __version__,
         "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32) if gpu else None,
         "command": "effattn " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("effattn") else None,
     }
+
+
+def _imported_version(module: str) -> str | None:
+    """The version of the module Python imports (a machine may hold two distributions of one module, as
+    onnxruntime and onnxruntime-gpu do, and only the imported one was measured)."""
+    try:
+        return str(importlib.import_module(module).__version__)
+    except ImportError:
+        return None
 
 
 def measure_bandwidth(device: str = "cpu", mib: int = 256) -> float:
