@@ -161,7 +161,7 @@ def cmd_run(args) -> None:
 
     if args.output:
         _check_writable(args.output, args.force)
-    with load(args.onnx, backend=args.backend, device=args.device) as runner:
+    with load(args.onnx, backend=args.backend, device=args.device, **_rtx(args)) as runner:
         if args.input:
             feed = _load_feed(args.input, runner)
         elif args.shape:
@@ -204,7 +204,7 @@ def cmd_compare(args) -> None:
     else:  # the file's own model: a factory it names runs only if the user named it too (or trusts the file)
         source = reference_from_metadata(meta, args.checkpoint, allow=[args.model] if args.model else [],
                                          trust_metadata=args.trust_metadata)
-    with load(args.onnx, backend=args.backend, device=args.device) as runner:
+    with load(args.onnx, backend=args.backend, device=args.device, **_rtx(args)) as runner:
         profile = runner.profile or source.profile
         if profile is None:
             raise InputError("neither the file nor the model has a shape profile")
@@ -225,7 +225,7 @@ def cmd_compare(args) -> None:
 def cmd_demo(args) -> None:
     """export -> FP16 graph -> best backend here, each checked against eager FP32 and timed beside it."""
     from . import metadata
-    from .export import export_onnx, to_fp16
+    from .export import export_onnx, read_metadata, to_fp16
     from .models import get_entry, load_model
     from .runtime import compare, load, profile_inputs, random_inputs
     from .runtime.timing import measure_interleaved
@@ -248,10 +248,10 @@ def cmd_demo(args) -> None:
     runners = [load(fp32_path, backend="auto", device=args.device), load(fp16_path, backend="auto", device=args.device)]
     reference = TorchRunner(source.model, profile, output_names=list(runners[0].outputs))
     reports, timed = [], {"eager PyTorch fp32": reference}
-    for precision, runner in zip(("fp32", "fp16"), runners):
+    for precision, runner, path in zip(("fp32", "fp16"), runners, (fp32_path, fp16_path)):
         runner.name = f"{runner.backend} {precision}"
         reports.append(compare(reference, runner, feeds, precision=precision,
-                               residuals=metadata.residuals_of(runner.metadata)))
+                               residuals=metadata.residuals_of(read_metadata(path))))
         timed[runner.name] = runner
     timings = measure_interleaved({name: (lambda r=r: r.infer(feed)) for name, r in timed.items()},
                                   min_seconds=args.seconds, max_seconds=4 * args.seconds)
@@ -461,6 +461,11 @@ def _add_shape_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max", metavar="SHAPE", help="largest input, e.g. 8x3x512x512")
 
 
+def _rtx(args) -> dict:
+    """``rtx=True`` for the TensorRT runners when --rtx was given (otherwise each plan's sidecar decides)."""
+    return {"rtx": True} if getattr(args, "rtx", False) else {}
+
+
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("model", nargs=None if required else "?",
                    help="a zoo name (see 'effattn models') or your own package.module:factory")
@@ -471,9 +476,12 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("auto", "onnxruntime"), default="auto",
-                   help="auto: ONNX Runtime on CUDA if present, else CPU (default)")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
+                   help="auto (default): TensorRT if installed with a GPU, else ONNX Runtime on CUDA if present, "
+                        "else CPU; a .plan always runs on TensorRT")
     p.add_argument("--device", choices=("cpu", "cuda"), help="force the device")
+    p.add_argument("--rtx", action="store_true",
+                   help="TensorRT for RTX (tensorrt_rtx) when building from ONNX; a .plan's sidecar says which it is")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,6 +63,7 @@ class Sidecar:
     plan_bytes: int
     io: list[dict] = field(default_factory=list)
     layers: dict = field(default_factory=dict)  # precision census from the engine inspector
+    metadata: dict = field(default_factory=dict)  # the ONNX file's effattn.* metadata (model, profile, residuals)
     created: str = ""
     schema: str = SIDECAR_SCHEMA
 
@@ -90,6 +91,14 @@ def sidecar_path(plan: Path) -> Path:
 def _atomic_write(path: Path, data: bytes) -> None:
     with atomic_output(path, force=True) as tmp:
         tmp.write_bytes(data)
+
+
+def plan_backend(plan: Path) -> str | None:
+    """``tensorrt`` or ``tensorrt_rtx``: which library built ``plan``, as its sidecar says (None if unreadable)."""
+    try:
+        return Sidecar.read(sidecar_path(plan)).key.get("backend")
+    except BackendError:
+        return None
 
 
 def verify_plan(plan: Path, *, backend: str, backend_version: str, gpu_name: str, compute_capability: str) -> Sidecar:
@@ -146,9 +155,10 @@ class EngineCache:
         return plan
 
     def store(self, key: EngineKey, plan_bytes: bytes, io: list[dict] | None = None,
-              layers: dict | None = None) -> Path:
+              layers: dict | None = None, metadata: Mapping[str, str] | None = None) -> Path:
         plan = self.plan_path(key)
         _atomic_write(plan, plan_bytes)
         Sidecar(asdict(key), key.digest, hashlib.sha256(plan_bytes).hexdigest(), len(plan_bytes), io or [],
-                layers or {}, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")).write(sidecar_path(plan))
+                layers or {}, dict(metadata or {}),
+                _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")).write(sidecar_path(plan))
         return plan

@@ -27,10 +27,12 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
     through the engine cache, in the graph's own precision), else ONNX Runtime on CUDA when its
     provider is present, else ONNX Runtime on the CPU, and logs which it picked. ``device`` forces
     ``cpu`` or ``cuda`` for ONNX Runtime. ``.plan``/``.engine`` files go to TensorRT. ``options`` go to
-    the runner: ``cuda_graph`` (all GPU runners), ``contexts`` (TensorRT), ``io_binding`` (ONNX Runtime).
+    the runner: ``cuda_graph`` (all GPU runners), ``contexts`` and ``rtx`` (TensorRT; ``rtx=True`` builds
+    and runs with TensorRT for RTX, a plan's sidecar otherwise says which), ``io_binding`` (ONNX Runtime).
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    rtx = options.pop("rtx", None)
     if isinstance(source, nn.Module) or backend == "torch":
         if not isinstance(source, nn.Module):
             raise BackendError("backend 'torch' runs an nn.Module; load the model with effattn.models.load_model")
@@ -45,22 +47,27 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
             raise BackendError(f"{path} is a TensorRT engine; only the tensorrt backend runs it")
         from .tensorrt import TensorRTRunner
 
-        return TensorRTRunner(path, **options)
+        return TensorRTRunner(path, rtx=rtx, **options)
     if path.suffix.lower() != ".onnx":
         raise BackendError(f"{path}: expected an .onnx file or a TensorRT .plan/.engine")
     from ..engines.onnxruntime import available_devices
     from ..engines.tensorrt import tensorrt_available
 
-    if backend == "tensorrt" or (backend == "auto" and device is None and tensorrt_available()):
+    rtx = bool(rtx)
+    if backend == "tensorrt" or (backend == "auto" and device is None and tensorrt_available(rtx)):
         from ..engines.tensorrt import build_engine
         from ..export.onnx import read_metadata
         from .tensorrt import TensorRTRunner
 
         precision = metadata.precision_of(read_metadata(path))
-        log.info("backend auto: TensorRT (%s engine, through the engine cache)", precision)
-        return TensorRTRunner(build_engine(path, precision=precision).plan, **options)
+        log.info("backend %s: TensorRT%s (%s engine, through the engine cache)", backend, "-RTX" if rtx else "",
+                 precision)
+        return TensorRTRunner(build_engine(path, precision=precision, rtx=rtx).plan, rtx=rtx, **options)
     from .onnxruntime import OnnxRuntimeRunner
 
+    if rtx:
+        raise BackendError("rtx=True (--rtx) is for TensorRT; ONNX Runtime was chosen (backend "
+                           f"{backend!r}, device {device!r})")
     if device is None:
         device = "cuda" if "cuda" in available_devices() else "cpu"
         log.info("backend auto: ONNX Runtime on %s", device)
