@@ -129,6 +129,8 @@ def export_onnx(
     path = Path(path)
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    if not 9 <= opset <= onnx.defs.onnx_opset_version():  # the dynamo exporter would write 18 and say `opset`
+        raise ExportError(f"opset {opset} is outside what this onnx supports (9 to {onnx.defs.onnx_opset_version()})")
     check_writable(path, force)
     source = model if isinstance(model, ModelSource) else ModelSource(model, type(model).__name__, "custom", None)
     module = source.model.eval()

@@ -158,3 +158,10 @@ def test_read_metadata_refuses_foreign_files(tmp_path):
         read_metadata(junk)
     with pytest.raises(ExportError, match="does not exist"):
         read_metadata(tmp_path / "missing.onnx")
+
+
+@pytest.mark.parametrize("opset", [0, 999])
+def test_an_opset_onnx_does_not_know_is_refused(tmp_path, opset):
+    with pytest.raises(ExportError, match=f"opset {opset} is outside what this onnx supports"):
+        export_onnx(EfficientAttention(8, 4, 2, 8), torch.randn(1, 8, 4, 4), tmp_path / "x.onnx", opset=opset)
+    assert list(tmp_path.iterdir()) == []
