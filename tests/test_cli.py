@@ -252,3 +252,20 @@ def test_paths_that_cannot_be_written_and_bad_seeds_are_refused(seg_onnx, tmp_pa
     with pytest.raises(SystemExit) as e:
         main(["run", str(seg_onnx), "--seed", "-1"])
     assert e.value.code == 2 and "a seed is a non-negative integer" in capsys.readouterr().err
+
+
+def test_compare_runs_a_user_factory_only_when_named_or_trusted(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from tests.conftest import make_user_model
+
+    checkpoint, path = tmp_path / "user.safetensors", tmp_path / "user.onnx"
+    save_file(make_user_model(channels=4).state_dict(), checkpoint)
+    assert main(["export", "tests.conftest:make_user_model", "--arg", "channels=4", "--checkpoint", str(checkpoint),
+                 "-o", str(path), "-q", "--min", "1x3x8x8", "--opt", "1x3x8x8", "--max", "2x3x8x8"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(path), "--checkpoint", str(checkpoint)]) == 2
+    assert "names the factory 'tests.conftest:make_user_model'" in _error_line(capsys)
+    for named in (["tests.conftest:make_user_model"], ["--trust-metadata"]):
+        assert main(["compare", str(path), *named, "--checkpoint", str(checkpoint), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["passed"]
