@@ -9,6 +9,7 @@ Statuses map as Triton's do: 400 -> INVALID_ARGUMENT, 404 -> NOT_FOUND, 503 -> U
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 
@@ -16,8 +17,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BackendError
-from .serve import (ByteBudget, Metrics, RequestError, ServedModel, ServeOptions, datatype_of, listen, run_inference,
-                    tensor_header)
+from .serve import (OFF_LOOP_BYTES, ByteBudget, Metrics, RequestError, ServedModel, ServeOptions, datatype_of, listen,
+                    run_inference, tensor_header)
 
 _TYPED_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents",
                    "INT32": "int_contents", "INT16": "int_contents", "INT8": "int_contents",
@@ -108,7 +109,9 @@ def make_servicer(served: Mapping[str, ServedModel], options: ServeOptions, metr
                 size = request.ByteSize()
                 budget.take(size)
                 held = size
-                feed = decode_grpc_inputs(request, model, options.max_request_bytes)
+                args = (request, model, options.max_request_bytes)
+                feed = await asyncio.to_thread(decode_grpc_inputs, *args) if size > OFF_LOOP_BYTES \
+                    else decode_grpc_inputs(*args)  # typed contents of a big request take a while to convert
                 timeout = request.parameters["timeout"].int64_param if "timeout" in request.parameters else None
                 outputs = await run_inference(model, feed, timeout, options.timeout_s, metrics)
                 wanted = [o.name for o in request.outputs] or list(outputs)

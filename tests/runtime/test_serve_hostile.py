@@ -323,18 +323,24 @@ def test_serve_names_are_url_safe_and_files_may_hold_equals(files, tmp_path, cap
     assert _model_spec(f"seg={eq}") == ("seg", eq)  # a file name holding '=' is kept whole after NAME=
 
 
-def test_big_json_bodies_are_parsed_off_the_event_loop(files, monkeypatch):
+def test_big_bodies_are_parsed_off_the_event_loop(files, monkeypatch):
     """The server runs in this process so the test can see which thread parsed each body."""
     import uvicorn
 
     from effattn.runtime import load
     from effattn.runtime import serve as serve_module
 
-    seen = []
-    parse = serve_module.parse_infer_request
+    from effattn.runtime import serve_grpc
+
+    seen, seen_grpc = [], []
+    parse, decode_grpc = serve_module.parse_infer_request, serve_grpc.decode_grpc_inputs
     monkeypatch.setattr(serve_module, "parse_infer_request",
                         lambda *a: seen.append(threading.current_thread()) or parse(*a))
-    app = serve_module.create_app({"block": load(files["block"], device="cpu", threads=1)})
+    monkeypatch.setattr(serve_grpc, "decode_grpc_inputs",
+                        lambda *a: seen_grpc.append(threading.current_thread()) or decode_grpc(*a))
+    grpc_port = free_port()
+    app = serve_module.create_app({"block": load(files["block"], device="cpu", threads=1)},
+                                  serve_module.ServeOptions(grpc_port=grpc_port))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     loop_thread = threading.Thread(target=server.run)
@@ -345,6 +351,12 @@ def test_big_json_bodies_are_parsed_off_the_event_loop(files, monkeypatch):
         small, big = _body(), _body(_input(data=[0.5] * 128, pad=" " * 200_000))
         assert _post(base, small)[0] == 200 and _post(base, big)[0] == 200
         assert seen[0] is loop_thread and seen[1] is not loop_thread
+        client = grpc_client.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        for shape in ((1, 8, 4, 4), (8, 8, 16, 16)):  # 512 bytes, then 64 KiB and its framing
+            tensor = grpc_client.InferInput("input", list(shape), "FP32")
+            tensor.set_data_from_numpy(np.zeros(shape, np.float32))
+            assert client.infer("block", [tensor]).as_numpy("output").shape == shape
+        assert seen_grpc[0] is loop_thread and seen_grpc[1] is not loop_thread
     finally:
         server.should_exit = True
         loop_thread.join(60)
