@@ -302,7 +302,8 @@ def cmd_build(args) -> None:
     source = args.onnx
     if args.precision == "fp16" and metadata.precision_of(read_metadata(source)) == "fp32":
         source = to_fp16(args.onnx, args.output.with_name(args.output.stem + ".fp16-source.onnx"), force=args.force)
-    optimize_model(source, args.output, device=args.device or "cpu")
+    with atomic_output(args.output, args.force) as tmp:  # ONNX Runtime writes its file in place, piece by piece
+        optimize_model(source, tmp, device=args.device or "cpu")
     print(f"wrote {args.output} (ONNX Runtime's optimised {args.precision} graph; load it with 'effattn run')")
 
 

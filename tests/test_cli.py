@@ -269,3 +269,16 @@ def test_compare_runs_a_user_factory_only_when_named_or_trusted(tmp_path, capsys
     for named in (["tests.conftest:make_user_model"], ["--trust-metadata"]):
         assert main(["compare", str(path), *named, "--checkpoint", str(checkpoint), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["passed"]
+
+
+def test_build_onnxruntime_writes_through_a_hidden_file(seg_onnx, tmp_path, monkeypatch, capsys):
+    """ONNX Runtime writes the optimised graph where it is told: into a hidden file, renamed once whole."""
+    import effattn.engines as engines
+
+    written = []
+    real = engines.optimize_model
+    monkeypatch.setattr(engines, "optimize_model", lambda src, out, **kw: written.append(out) or real(src, out, **kw))
+    out = tmp_path / "seg.ort.onnx"
+    assert main(["build", str(seg_onnx), "-o", str(out), "--backend", "onnxruntime", "--precision", "fp32"]) == 0
+    assert written[0].name.startswith(".seg.ort.onnx.") and out.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.ort.onnx"]
