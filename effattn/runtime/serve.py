@@ -592,12 +592,28 @@ def serve(models: Mapping[str, Runner], port: int = 8000, options: ServeOptions 
 
     options = options or ServeOptions()
     sock = sock or listen(options.host, port, "HTTP port")
+    _raise_file_limit()
     app = create_app(models, options)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", http=_guarded_h11(),
                             timeout_graceful_shutdown=options.graceful_seconds,
                             limit_concurrency=options.max_connections, timeout_keep_alive=options.keep_alive_s)
     with sock:
         uvicorn.Server(config).run(sockets=[sock])
+
+
+def _raise_file_limit() -> None:
+    """Let the process hold as many sockets as the system allows: the soft limit on open files (often 1024)
+    up to the hard one, so a flood of connections meets the connection limit and the head deadline first."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            log.info("could not raise the open-file limit from %d to %d", soft, hard)
 
 
 def _guarded_h11():

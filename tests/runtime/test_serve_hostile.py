@@ -369,3 +369,13 @@ def test_the_listening_socket_is_tcp_so_connections_get_nodelay():
 
     with listen("127.0.0.1", free_port()) as sock:
         assert sock.proto == socket.IPPROTO_TCP
+
+
+def test_the_server_may_hold_as_many_sockets_as_the_system_allows():
+    """serve() raises the soft open-file limit to the hard one (checked in a child whose soft limit is 256)."""
+    script = ("import resource; soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard)); "
+              "from effattn.runtime.serve import _raise_file_limit; _raise_file_limit(); "
+              "print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "True", done.stderr[-2000:]
