@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import BackendError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,16 @@ class DynamicBatcher:
             for r in batch:
                 if not r.future.done():
                     r.future.set_exception(e)
+            return
+        total = sum(r.items for r in batch)
+        lost = [f"{name} {value.shape}" for name, value in outputs.items() if len(batch) > 1 and
+                (np.ndim(value) == 0 or value.shape[0] != total)]
+        if lost:  # splitting would hand each request someone else's answer: refuse the whole batch
+            error = BackendError(f"the model's outputs {', '.join(lost)} do not keep the batch axis (axis 0, {total} "
+                               "items), so batched requests cannot be told apart; serve it with --max-batch-size 1")
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(error)
             return
         start = 0
         for r in batch:

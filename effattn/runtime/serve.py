@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..errors import BackendError, ConfigError, EffattnError, InputError
+from ..errors import BackendError, ConfigError, InputError
 from ..names import check_model_name
 from .base import Runner
 from .batching import DynamicBatcher, QueueFull
@@ -402,7 +402,7 @@ async def run_inference(model: ServedModel, feed: dict[str, np.ndarray], timeout
         raise RequestError(503, f"model {model.name!r} is overloaded: {e}; retry later") from None
     except asyncio.TimeoutError:
         raise RequestError(504, f"request timed out after {timeout_s:g} s waiting for model {model.name!r}") from None
-    except EffattnError as e:
+    except InputError as e:  # the request's fault; anything else from the engine is the server's (500)
         raise RequestError(400, str(e)) from None
 
 
