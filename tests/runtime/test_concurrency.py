@@ -98,14 +98,9 @@ def test_hammer_catches_crossed_answers(onnx_path, block):
 
 
 # ----------------------------------------------------------------------------------- GPU runners
-def _needs_cuda():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU visible to torch")
-
 
 @pytest.mark.gpu
 def test_onnxruntime_cuda_runner_is_thread_safe(onnx_path, block):
-    _needs_cuda()
     if "cuda" not in available_devices():
         pytest.skip("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
     from effattn.runtime.onnxruntime import OnnxRuntimeRunner
@@ -118,7 +113,6 @@ def test_onnxruntime_cuda_runner_is_thread_safe(onnx_path, block):
 def test_onnxruntime_cuda_graph_session_is_thread_safe(tmp_path, block):
     """A graph session keeps its graphs per thread and captures in the global mode: the runner runs it on
     one worker thread of its own, so 8 callers at once get their own answers (and one graph)."""
-    _needs_cuda()
     if "cuda" not in available_devices():
         pytest.skip("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
     from effattn.runtime.onnxruntime import OnnxRuntimeRunner
@@ -136,7 +130,6 @@ def test_concurrent_cuda_graph_captures(block):
     """Eight torch runners capture CUDA graphs from eight threads at once (a new shape each round): one
     capture at a time in a process, or torch.cuda.graph's synchronise / empty-cache and the global
     capture mode break the others."""
-    _needs_cuda()
     runners = [TorchRunner(block, PROFILE, device="cuda", cuda_graph=True) for _ in range(THREADS)]
     feeds, expected = _requests(block, THREADS * 12)
 
@@ -153,7 +146,6 @@ def test_concurrent_cuda_graph_captures(block):
 @pytest.mark.gpu
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_tensorrt_context_pool_is_thread_safe(tmp_path, onnx_path, block, cuda_graph):
-    _needs_cuda()
     if importlib.util.find_spec("tensorrt") is None:
         pytest.skip("tensorrt is not installed (pip install 'effattn[gpu]')")
     from effattn.engines import build_engine
