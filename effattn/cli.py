@@ -6,12 +6,15 @@ import argparse
 import ast
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import BackendError, EffattnError, FileExistsNoForceError, InputError, ModelError
+from .errors import BackendError, ConfigError, EffattnError, InputError, ModelError, first_line
+from .files import atomic_output
+from .files import check_writable as _check_writable
 
 log = logging.getLogger("effattn")
 
@@ -82,55 +85,27 @@ def _profile_from_args(args, default):
     return ShapeProfile.single(lo, mid, hi, name=base.name if base else "input")
 
 
-def _check_writable(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise FileExistsNoForceError(f"{path} exists; pass --force to overwrite it")
-
-
 def _print_json(data) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
 def _load_feed(path: Path, runner) -> dict:
+    import zipfile
+
     import numpy as np
 
     if not path.is_file():
         raise InputError(f"input file {path} does not exist")
-    try:
+    try:  # an .npz reads its arrays lazily: read them all here, where a truncated or lying file is caught
         data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise InputError(f"cannot read {path} as .npy/.npz: {e}") from None
-    if isinstance(data, np.ndarray):
+        arrays = data if isinstance(data, np.ndarray) else dict(data.items())
+    except (ValueError, OSError, EOFError, MemoryError, zipfile.BadZipFile) as e:
+        raise InputError(f"cannot read {path} as .npy/.npz: {first_line(e)}") from None
+    if isinstance(arrays, np.ndarray):
         if len(runner.inputs) != 1:
             raise InputError(f"{path} holds one array but the model has inputs {list(runner.inputs)}; use an .npz")
-        return {next(iter(runner.inputs)): data}
-    return dict(data.items())
-
-
-def _reference_source(meta: dict, checkpoint: Path | None):
-    """Rebuild the eager model an ONNX file was exported from, using its metadata."""
-    from . import metadata
-    from .models import get_entry, load_model, sha256_file
-
-    name = meta.get(metadata.MODEL)
-    if not name:
-        raise ModelError("the ONNX file has no effattn metadata; give --model (and --checkpoint) for the reference")
-    kwargs = json.loads(meta.get(metadata.MODEL_ARGS, "{}"))
-    want = meta.get(metadata.CHECKPOINT_SHA256)
-    if checkpoint is None and want and ":" not in name:
-        shipped = get_entry(name).pretrained_path
-        if shipped is not None and sha256_file(shipped) == want:
-            checkpoint = shipped
-    if want is None:
-        raise ModelError(f"{name} was exported with random weights, which cannot be rebuilt; re-export with "
-                         "--checkpoint or --pretrained to compare against eager PyTorch")
-    if checkpoint is None:
-        raise ModelError(f"{name} was exported from a checkpoint (sha256 {want[:12]}…); give it with --checkpoint")
-    source = load_model(name, checkpoint=checkpoint, **kwargs)
-    if source.checkpoint_sha256 != want:
-        raise ModelError(f"checkpoint {checkpoint} (sha256 {source.checkpoint_sha256[:12]}…) is not the one the "
-                         f"file was exported from (sha256 {want[:12]}…)")
-    return source
+        return {next(iter(runner.inputs)): arrays}
+    return arrays
 
 
 # ---------------------------------------------------------------------------------------- commands
@@ -187,7 +162,7 @@ def cmd_run(args) -> None:
 
     if args.output:
         _check_writable(args.output, args.force)
-    with load(args.onnx, backend=args.backend, device=args.device) as runner:
+    with load(args.onnx, backend=args.backend, device=args.device, **_rtx(args)) as runner:
         if args.input:
             feed = _load_feed(args.input, runner)
         elif args.shape:
@@ -198,8 +173,9 @@ def cmd_run(args) -> None:
         else:
             raise InputError("give --input FILE.npy or --shape NxCxHxW (the file has no shape profile)")
         outputs = runner.infer(feed)
-        if args.output:
-            np.savez(args.output, **outputs)
+        if args.output:  # through a file object: np.savez would add ".npz" to a name without it
+            with atomic_output(args.output, args.force) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **outputs)
         summary = {name: {"shape": list(v.shape), "dtype": v.dtype.name, "mean": float(v.mean()),
                           "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
                    for name, v in outputs.items()}
@@ -217,26 +193,28 @@ def cmd_run(args) -> None:
 def cmd_compare(args) -> None:
     from . import metadata
     from .export import read_metadata
-    from .models import load_model
+    from .models import load_model, reference_from_metadata
     from .runtime import compare, load, profile_inputs
     from .runtime.torch import TorchRunner
 
     meta = read_metadata(args.onnx)
-    if args.model:
+    precision = metadata.precision_of(meta)
+    if args.model and (args.arg or args.pretrained or args.model != meta.get(metadata.MODEL)):
         source = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
                             **_model_args(args.arg))
-    else:
-        source = _reference_source(meta, args.checkpoint)
-    with load(args.onnx, backend=args.backend, device=args.device) as runner:
+    else:  # the file's own model: a factory it names runs only if the user named it too (or trusts the file)
+        source = reference_from_metadata(meta, args.checkpoint, allow=[args.model] if args.model else [],
+                                         trust_metadata=args.trust_metadata)
+    with load(args.onnx, backend=args.backend, device=args.device, **_rtx(args)) as runner:
         profile = runner.profile or source.profile
         if profile is None:
             raise InputError("neither the file nor the model has a shape profile")
         feeds = profile_inputs(profile, args.seed)
         feeds += source.task_inputs(profile, args.seed)
         reference = TorchRunner(source.model, profile, output_names=list(runner.outputs))
-        precision = getattr(runner, "precision", None) or meta.get(metadata.PRECISION, "fp32")  # OpenVINO: bf16
+        precision = getattr(runner, "precision", None) or precision  # OpenVINO may run an FP32 file in BF16
         report = compare(reference, runner, feeds, precision=precision,
-                         residuals=metadata.residuals_of(meta))
+                         residuals=metadata.residuals_of(meta, runner.inputs, runner.outputs))
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -251,7 +229,7 @@ def cmd_demo(args) -> None:
     FP32 and timed beside it."""
     from . import metadata
     from .engines import available_devices
-    from .export import export_onnx, quantize, to_fp16
+    from .export import export_onnx, quantize, read_metadata, to_fp16
     from .models import get_entry, load_model
     from .runtime import compare, load, profile_inputs, random_inputs
     from .runtime.timing import measure_interleaved
@@ -285,7 +263,7 @@ def cmd_demo(args) -> None:
     for precision, runner in zip(precisions, runners):
         runner.name = runner.backend if runner.backend.endswith(precision) else f"{runner.backend} {precision}"
         reports.append(compare(reference, runner, feeds, precision=precision,
-                               residuals=metadata.residuals_of(runner.metadata)))
+                               residuals=metadata.residuals_of(read_metadata(paths[precision]))))
         timed[runner.name] = runner
     timings = measure_interleaved({name: (lambda r=r: r.infer(feed)) for name, r in timed.items()},
                                   min_seconds=args.seconds, max_seconds=4 * args.seconds)
@@ -350,9 +328,10 @@ def cmd_build(args) -> None:
     from .engines import optimize_model
 
     source = args.onnx
-    if args.precision == "fp16" and read_metadata(source).get(metadata.PRECISION, "fp32") == "fp32":
+    if args.precision == "fp16" and metadata.precision_of(read_metadata(source)) == "fp32":
         source = to_fp16(args.onnx, args.output.with_name(args.output.stem + ".fp16-source.onnx"), force=args.force)
-    optimize_model(source, args.output, device=args.device or "cpu")
+    with atomic_output(args.output, args.force) as tmp:  # ONNX Runtime writes its file in place, piece by piece
+        optimize_model(source, tmp, device=args.device or "cpu")
     print(f"wrote {args.output} (ONNX Runtime's optimised {args.precision} graph; load it with 'effattn run')")
 
 
@@ -410,8 +389,8 @@ def cmd_bench(args) -> None:
                         threads=args.threads, min_seconds=args.seconds, max_seconds=args.max_seconds,
                         memory=not args.no_memory, startup=not args.no_startup, quiet=args.quiet)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results.to_dict(), indent=2) + "\n")
+        with atomic_output(args.output, args.force) as tmp:
+            tmp.write_text(json.dumps(results.to_dict(), indent=2) + "\n")
     if args.plot:
         plot(results, args.plot)
     if args.json:
@@ -423,42 +402,58 @@ def cmd_bench(args) -> None:
                 print(f"wrote {path}")
 
 
+def _model_spec(spec: str) -> tuple[str, Path]:
+    """``[NAME=]FILE`` -> (name, path). An existing file is a FILE even if its name holds ``=``; a NAME never does."""
+    from .names import check_model_name, name_from_file
+
+    path = Path(spec)
+    if path.is_file() or "=" not in spec:
+        return name_from_file(path), path
+    name, _, file = spec.partition("=")
+    return check_model_name(name), Path(file)
+
+
 def _served_models(specs: Sequence[str], args) -> dict:
     """``[NAME=]FILE`` specs -> runners, names defaulting to the file name before its first dot."""
     from .runtime import load
 
+    named = [_model_spec(spec) for spec in specs]
     models = {}
-    for spec in specs:
-        name, _, file = spec.rpartition("=")
-        path = Path(file)
-        name = name or path.name.split(".")[0]
+    for name, path in named:
         if name in models:
             raise InputError(f"two models are named {name!r}; name them: NAME=FILE")
         if not path.is_file():
             raise InputError(f"{path} does not exist")
+        models[name] = None
+    for name, path in named:
         models[name] = load(path, backend=args.backend, device=args.device, threads=args.threads)
         log.info("serving %s from %s on %s", name, path, models[name].backend)
     return models
 
 
 def cmd_serve(args) -> None:
-    from .runtime.serve import ServeOptions, serve
+    from .runtime.serve import ServeOptions, listen, serve
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the server has no authentication; expose it only behind a proxy you trust", args.host)
     options = ServeOptions(max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
                            max_queue=args.max_queue, timeout_s=args.timeout, instances=args.instances,
-                           max_request_bytes=int(args.max_request_mb * 2**20), grpc_port=args.grpc_port,
-                           host=args.host, graceful_seconds=args.graceful_seconds)
+                           max_request_bytes=_mib(args.max_request_mb, "--max-request-mb"), grpc_port=args.grpc_port,
+                           host=args.host, graceful_seconds=args.graceful_seconds,
+                           max_inflight_bytes=_mib(args.max_inflight_mb, "--max-inflight-mb"), max_connections=args.max_connections,
+                           keep_alive_s=args.keep_alive_s)
     if args.grpc_port is not None:
-        from .runtime.serve_grpc import require_grpc
+        from .runtime.serve_grpc import check_grpc_port, require_grpc
 
         require_grpc()  # a missing grpc dependency is an error now, not after the models are loaded
-    models = _served_models(args.models, args)
-    grpc = f" and grpc://{args.host}:{args.grpc_port}" if args.grpc_port is not None else ""
-    print(f"effattn serve: {', '.join(models)} at http://{args.host}:{args.port}/v2{grpc} (Ctrl-C to stop)",
-          file=sys.stderr, flush=True)
-    serve(models, args.port, options, log_level="warning" if args.quiet else "info")
+        check_grpc_port(args.host, args.grpc_port)
+    sock = listen(args.host, args.port, "HTTP port")  # a port in use is refused before the models load
+    with sock:
+        models = _served_models(args.models, args)
+        grpc = f" and grpc://{args.host}:{args.grpc_port}" if args.grpc_port is not None else ""
+        print(f"effattn serve: {', '.join(models)} at http://{args.host}:{args.port}/v2{grpc} (Ctrl-C to stop)",
+              file=sys.stderr, flush=True)
+        serve(models, args.port, options, log_level="warning" if args.quiet else "info", sock=sock)
 
 
 def cmd_triton(args) -> None:
@@ -474,11 +469,30 @@ def cmd_triton(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------ parser
+def _seed(text: str) -> int:
+    seed = int(text)
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, got {seed}")
+    return seed
+
+
+def _mib(value: float, option: str) -> int:
+    """``--...-mb`` as bytes; NaN, infinities and non-positive sizes are refused."""
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{option} must be a positive number of MiB, got {value}")
+    return int(value * 2**20)
+
+
 def _add_shape_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("shape profile (defaults: the model's own)")
     g.add_argument("--min", metavar="SHAPE", help="smallest input, e.g. 1x3x32x32")
     g.add_argument("--opt", metavar="SHAPE", help="the shape engines tune for, e.g. 1x3x128x128")
     g.add_argument("--max", metavar="SHAPE", help="largest input, e.g. 8x3x512x512")
+
+
+def _rtx(args) -> dict:
+    """``rtx=True`` for the TensorRT runners when --rtx was given (otherwise each plan's sidecar decides)."""
+    return {"rtx": True} if getattr(args, "rtx", False) else {}
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -491,10 +505,13 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "openvino"), default="auto",
-                   help="auto: ONNX Runtime on CUDA if present, else on the CPU OpenVINO for INT8 files and ONNX "
-                   "Runtime for the rest (default)")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "openvino", "tensorrt"), default="auto",
+                   help="auto (default): TensorRT if installed with a GPU, else ONNX Runtime on CUDA if present, "
+                        "else on the CPU OpenVINO for INT8 files and ONNX Runtime for the rest; a .plan always "
+                        "runs on TensorRT")
     p.add_argument("--device", choices=("cpu", "cuda"), help="force the device")
+    p.add_argument("--rtx", action="store_true",
+                   help="TensorRT for RTX (tensorrt_rtx) when building from ONNX; a .plan's sidecar says which it is")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -543,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("onnx", type=Path, help="an .onnx file")
     p.add_argument("--input", type=Path, help=".npy (one input) or .npz (by input name)")
     p.add_argument("--shape", help="random input of this shape, e.g. 1x3x256x256")
-    p.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    p.add_argument("--seed", type=_seed, default=0, help="seed for random inputs")
     p.add_argument("--output", type=Path, help="save outputs to this .npz")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     _add_backend_args(p)
@@ -553,11 +570,15 @@ def build_parser() -> argparse.ArgumentParser:
             "Compare a backend's outputs with eager PyTorch FP32 on fresh random inputs at the profile's "
             "min/opt/max shapes (and task images for the trained model): max abs error, relative L2, cosine, "
             "argmax agreement for logits, and the attention branch of residual blocks. The reference model "
-            "is rebuilt from the file's metadata unless --model is given. Exit code 1 if any check fails.")
+            "is rebuilt from the file's metadata unless --model is given: a zoo model, or a package.module:factory "
+            "only if you name the same factory (or pass --trust-metadata), since a file never chooses code to run. "
+            "Exit code 1 if any check fails.")
     p.add_argument("onnx", type=Path, help="an .onnx file written by 'effattn export'")
     _add_model_args(p, required=False)
     p.set_defaults(model=None)
-    p.add_argument("--seed", type=int, default=None, help="seed for inputs (default: fresh each run)")
+    p.add_argument("--trust-metadata", action="store_true", help="import and call a package.module:factory that "
+                   "the file's metadata names (by default only zoo models, or the factory you name yourself)")
+    p.add_argument("--seed", type=_seed, default=None, help="seed for inputs (default: fresh each run)")
     _add_backend_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -569,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("effattn-demo"), help="folder for the files (default ./effattn-demo)")
     p.add_argument("--force", action="store_true", help="overwrite files from an earlier demo")
     p.add_argument("--device", choices=("cpu", "cuda"), help="force the device")
-    p.add_argument("--seed", type=int, default=None, help="seed for inputs (default: fresh each run)")
+    p.add_argument("--seed", type=_seed, default=None, help="seed for inputs (default: fresh each run)")
     p.add_argument("--seconds", type=float, default=1.0, help="timing per backend (default 1 s)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -669,6 +690,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", type=int, default=1, help="engine calls in flight per model (1)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait before 504 (30)")
     p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request body before 413 (64)")
+    p.add_argument("--max-inflight-mb", type=float, default=256.0,
+                   help="request bytes held at once, HTTP and gRPC together, before 503 (256)")
+    p.add_argument("--max-connections", type=int, default=512,
+                   help="concurrent HTTP connections and gRPC calls before 503 (512)")
+    p.add_argument("--keep-alive-s", type=float, default=5.0,
+                   help="idle connections, and request heads not complete, are closed after this long (5)")
     p.add_argument("--graceful-seconds", type=float, default=30.0, help="shutdown waits this long for in-flight requests")
 
     p = add("triton", cmd_triton, "write a Triton Inference Server model repository",
@@ -703,10 +730,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("effattn").setLevel(level)
     try:
         args.func(args)
-    except EffattnError as e:
+    except (EffattnError, OSError) as e:  # OSError: a path that cannot be made or written (a file in the way, ...)
         if args.debug:
             raise
-        print(f"effattn {args.command}: error: {e}", file=sys.stderr)
+        message = e if isinstance(e, EffattnError) else f"{e.strerror or first_line(e)}: {e.filename or ''}"
+        print(f"effattn {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("effattn: interrupted", file=sys.stderr)

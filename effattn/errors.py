@@ -25,6 +25,18 @@ class CheckpointError(ModelError):
     """A checkpoint cannot be read or does not fit the model (keys or shapes)."""
 
 
+class TrustError(ModelError):
+    """A file names code to run (a model factory) that the user did not name: files are data, never code."""
+
+
+class MetadataError(EffattnError, ValueError):
+    """A file's effattn metadata is malformed or names something unknown (tampered or foreign file)."""
+
+
+class ConfigError(EffattnError, ValueError):
+    """An option is out of range or malformed (a batch size of 0, a port over 65535, an unsafe name)."""
+
+
 class InputError(EffattnError, ValueError):
     """A tensor given to a runner does not fit its inputs (name, rank, dtype, shape, profile)."""
 

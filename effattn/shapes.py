@@ -9,13 +9,22 @@ ONNX exporter, the TensorRT builder, Triton configs and every runner read the sa
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import re
+import reprlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .errors import InputError, ProfileError
 
 Shape = tuple[int, ...]
+
+#: Bounds on what a profile (often read from an untrusted file) may ask for: TensorRT's 8 dims, 2^28
+#: elements per tensor (1 GiB of float32; parity runs allocate several copies), the dtypes runners feed.
+MAX_RANK = 8
+MAX_ELEMENTS = 2**28
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 #: Axis names by rank, NCHW for images and NCL for sequences.
 AXIS_NAMES: dict[int, tuple[str, ...]] = {
@@ -28,6 +37,8 @@ AXIS_NAMES: dict[int, tuple[str, ...]] = {
 def parse_shape(text: str | Sequence[int]) -> Shape:
     """``"1x3x64x64"`` (or ``"1,3,64,64"`` or a sequence) -> ``(1, 3, 64, 64)``."""
     if not isinstance(text, str):
+        if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in text):
+            raise ProfileError(f"shape {reprlib.repr(text)} must be a list of integers")
         shape = tuple(int(d) for d in text)
     else:
         parts = [p for p in re.split(r"[x,×\s]+", text.strip()) if p]
@@ -60,6 +71,14 @@ class InputProfile:
                 f"input {self.name!r}: min {format_shape(self.min)}, opt {format_shape(self.opt)} and "
                 f"max {format_shape(self.max)} must have the same rank"
             )
+        if not 1 <= self.rank <= MAX_RANK:
+            raise ProfileError(f"input {self.name!r} has rank {self.rank}; ranks 1 to {MAX_RANK} are supported")
+        if math.prod(self.max) > MAX_ELEMENTS:
+            raise ProfileError(f"input {self.name!r}: max shape {format_shape(self.max)} has over {MAX_ELEMENTS} "
+                               "elements, more than any tensor effattn allocates")
+        if self.dtype not in DTYPES:
+            raise ProfileError(f"input {self.name!r} has dtype {reprlib.repr(self.dtype)}; expected one of "
+                               f"{', '.join(DTYPES)}")
         for axis, (lo, mid, hi) in enumerate(zip(*shapes)):
             if lo <= 0 or not lo <= mid <= hi:
                 raise ProfileError(
@@ -147,6 +166,10 @@ class ShapeProfile(Mapping[str, InputProfile]):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Mapping]) -> ShapeProfile:
+        if not isinstance(data, Mapping) or not all(isinstance(k, str) and isinstance(d, Mapping)
+                                                    for k, d in data.items()):
+            raise ProfileError(f"malformed shape profile {reprlib.repr(data)}: expected "
+                               '{"input": {"min": [...], "opt": [...], "max": [...]}}')
         try:
             return cls(
                 tuple(
@@ -155,15 +178,17 @@ class ShapeProfile(Mapping[str, InputProfile]):
                     for name, d in data.items()
                 )
             )
-        except (KeyError, TypeError, AttributeError) as e:
-            raise ProfileError(f"malformed shape profile {data!r}: {e}") from None
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            if isinstance(e, ProfileError):
+                raise
+            raise ProfileError(f"malformed shape profile {reprlib.repr(data)}: {reprlib.repr(str(e))}") from None
 
     @classmethod
     def from_json(cls, text: str) -> ShapeProfile:
         try:
             return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise ProfileError(f"shape profile is not valid JSON: {e}") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ProfileError(f"shape profile is not valid JSON: {reprlib.repr(str(e))}") from None
 
     def to_dict(self) -> dict[str, dict]:
         return {p.name: p.to_dict() for p in self.inputs}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -61,9 +63,26 @@ def rel_l2(a, b) -> float:
 
 
 @pytest.fixture
-def rng():
-    """Fresh random inputs each run (the seed is printed on failure by pytest's -ra summary via the id)."""
-    return np.random.default_rng()
+def rng(request):
+    """Fresh random inputs each run; a failing test's report names the seed, and ``EFFATTN_SEED=N``
+    replays it."""
+    seed = int(os.environ.get("EFFATTN_SEED") or np.random.SeedSequence().entropy % 2**32)
+    request.node.user_properties.append(("seed", seed))
+    return np.random.default_rng(seed)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    seeds = [value for key, value in item.user_properties if key == "seed"]
+    if report.failed and seeds:
+        report.sections.append(("rng seed", f"seed {seeds[0]}: rerun with EFFATTN_SEED={seeds[0]}"))
+
+
+def pytest_runtest_setup(item):
+    """``gpu`` tests need a CUDA GPU; each test checks the rest it needs (onnxruntime-gpu, tensorrt) itself."""
+    if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to torch (a gpu test)")
 
 
 def make_user_model(channels: int = 8):

@@ -36,19 +36,23 @@ def error_of(body: bytes) -> str:
 
 
 @contextmanager
-def running_server(models: dict[str, Path], *args: str, startup_timeout: float = 60.0):
-    """Yield (process, base_url) of a server serving ``models``; stop it (SIGTERM) afterwards."""
+def running_server(models: dict[str, Path], *args: str, startup_timeout: float = 60.0, log: Path | None = None):
+    """Yield (process, base_url) of a server serving ``models``; stop it (SIGTERM) afterwards.
+
+    ``log``: write the server's stderr to this file (to read while it runs) instead of a pipe."""
     port = free_port()
     command = [sys.executable, "-m", "effattn", "serve", *(f"{n}={p}" for n, p in models.items()),
                "--port", str(port), "--device", "cpu", "--threads", "1", "-q", *args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    stderr = open(log, "w") if log is not None else subprocess.PIPE
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
                                env=os.environ | {"PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + startup_timeout
     try:
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}: {process.stderr.read()[-2000:]}")
+                said = process.stderr.read() if log is None else Path(log).read_text()
+                raise RuntimeError(f"server exited with {process.returncode}: {said[-2000:]}")
             try:
                 if http("GET", base + "/v2/health/ready", timeout=1)[0] == 200:
                     break
@@ -67,4 +71,4 @@ def running_server(models: dict[str, Path], *args: str, startup_timeout: float =
                 process.kill()
                 process.wait()
         process.stdout.close()
-        process.stderr.close()
+        (process.stderr or stderr).close()

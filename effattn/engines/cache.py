@@ -13,13 +13,12 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import BackendError
+from ..files import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +63,7 @@ class Sidecar:
     plan_bytes: int
     io: list[dict] = field(default_factory=list)
     layers: dict = field(default_factory=dict)  # precision census from the engine inspector
+    metadata: dict = field(default_factory=dict)  # the ONNX file's effattn.* metadata (model, profile, residuals)
     created: str = ""
     schema: str = SIDECAR_SCHEMA
 
@@ -89,14 +89,16 @@ def sidecar_path(plan: Path) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with atomic_output(path, force=True) as tmp:
+        tmp.write_bytes(data)
+
+
+def plan_backend(plan: Path) -> str | None:
+    """``tensorrt`` or ``tensorrt_rtx``: which library built ``plan``, as its sidecar says (None if unreadable)."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        return Sidecar.read(sidecar_path(plan)).key.get("backend")
+    except BackendError:
+        return None
 
 
 def verify_plan(plan: Path, *, backend: str, backend_version: str, gpu_name: str, compute_capability: str) -> Sidecar:
@@ -153,9 +155,10 @@ class EngineCache:
         return plan
 
     def store(self, key: EngineKey, plan_bytes: bytes, io: list[dict] | None = None,
-              layers: dict | None = None) -> Path:
+              layers: dict | None = None, metadata: Mapping[str, str] | None = None) -> Path:
         plan = self.plan_path(key)
         _atomic_write(plan, plan_bytes)
         Sidecar(asdict(key), key.digest, hashlib.sha256(plan_bytes).hexdigest(), len(plan_bytes), io or [],
-                layers or {}, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")).write(sidecar_path(plan))
+                layers or {}, dict(metadata or {}),
+                _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")).write(sidecar_path(plan))
         return plan

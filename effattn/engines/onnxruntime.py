@@ -2,6 +2,12 @@
 
 ONNX Runtime silently falls back to the CPU when a GPU provider fails to load its libraries; a
 session made here checks which provider it really got and refuses the silent fallback.
+
+Packaging: ``onnxruntime`` (CPU) and ``onnxruntime-gpu`` both install the one ``onnxruntime`` package
+folder, so effattn depends on neither directly: the ``cpu`` extra brings the first, the ``gpu`` extra
+the second (and TensorRT), and a machine holding both is named as the problem. onnxruntime-gpu 1.31's
+TensorRT provider links ``libnvinfer.so.10`` (TensorRT 10, read off the wheel with readelf); effattn's
+own TensorRT path takes TensorRT 10 or 11.
 """
 
 from __future__ import annotations
@@ -21,10 +27,33 @@ PROVIDERS = {
 }
 
 
+def import_onnxruntime():
+    """The ``onnxruntime`` module, or a BackendError that says which extra installs it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendError("ONNX Runtime is not installed: pip install 'effattn[cpu]' (or 'effattn[gpu]' on a "
+                           "CUDA machine)") from None
+    return onnxruntime
+
+
+def conflicting_installs() -> list[str]:
+    """The ONNX Runtime distributions installed here when there is more than one (they share one folder,
+    and uninstalling either breaks the other)."""
+    from importlib import metadata
+
+    names = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            names.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return names if len(names) > 1 else []
+
+
 def available_devices() -> list[str]:
     """The ``device`` names (``cpu``, ``cuda``, ``tensorrt``) whose providers this onnxruntime build has."""
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     have = set(ort.get_available_providers())
     return [device for device, provider in PROVIDERS.items() if provider in have]
 
@@ -43,8 +72,7 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
 
     ``cache_dir`` holds the TensorRT execution provider's engine and timing caches; ``cuda_graph``
     turns on the GPU providers' CUDA-graph capture (runs must then go through I/O binding)."""
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     path = Path(path)
     if device not in PROVIDERS:
         raise BackendError(f"unknown ONNX Runtime device {device!r}; choose one of {', '.join(PROVIDERS)}")
@@ -52,10 +80,14 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
         raise BackendError(f"ONNX file {path} does not exist")
     provider = PROVIDERS[device]
     if provider not in ort.get_available_providers():
+        both = conflicting_installs()
+        fix = (f"{' and '.join(both)} are both installed and share one folder: pip uninstall -y onnxruntime "
+               "onnxruntime-gpu, then pip install 'effattn[gpu]'" if both else
+               "for GPUs install onnxruntime-gpu (pip install 'effattn[gpu]')")
         raise BackendError(
-            f"{provider} is not in this onnxruntime build (have {', '.join(ort.get_available_providers())}); "
-            "for GPUs install onnxruntime-gpu (pip install 'effattn[gpu]')"
-        )
+            f"{provider} is not in this onnxruntime build (have {', '.join(ort.get_available_providers())}); {fix}")
+    if device != "cpu" and hasattr(ort, "preload_dlls"):
+        _preload_cuda_libraries(ort)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or default_threads()
@@ -78,6 +110,15 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
     return session
 
 
+def _preload_cuda_libraries(ort) -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels torch brought (``onnxruntime.preload_dlls``, ORT >= 1.21),
+    so the CUDA provider finds them without LD_LIBRARY_PATH; libraries already loaded are kept."""
+    try:
+        ort.preload_dlls(cuda=True, cudnn=True, msvc=False)
+    except Exception as e:  # the provider may still find system libraries; its own load says if not
+        log.debug("onnxruntime.preload_dlls failed: %s", first_line(e))
+
+
 def optimize_model(path: str | Path, output: str | Path, device: str = "cpu") -> Path:
     """Save ONNX Runtime's optimised graph (fused, constant-folded), to inspect or to ship.
 
@@ -86,8 +127,7 @@ def optimize_model(path: str | Path, output: str | Path, device: str = "cpu") ->
 
     Uses the extended level: the "all" level adds layout changes tied to the machine that made them.
     """
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     output = Path(output)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -105,8 +145,9 @@ def provider_options(device: str, cache_dir: str | Path | None = None, cuda_grap
     """Options for the GPU providers: TensorRT EP engine and timing caches under ``cache_dir``,
     CUDA graphs (``enable_cuda_graph`` / ``trt_cuda_graph_enable``).
 
-    Precision comes from the graph (an FP16 graph runs FP16); ``trt_fp16_enable`` stays off so
-    an FP32 graph is not silently lowered.
+    Precision comes from the graph (an FP16 graph runs FP16): ``trt_fp16_enable`` stays off and the
+    CUDA provider's ``use_tf32`` (on by default, so FP32 convolutions and matmuls would run in TF32 on
+    Ampere and later) is turned off, so an FP32 graph is not silently lowered.
     """
     if device == "tensorrt":
         options = {"trt_fp16_enable": False, "trt_engine_cache_enable": cache_dir is not None,
@@ -115,5 +156,5 @@ def provider_options(device: str, cache_dir: str | Path | None = None, cuda_grap
             options |= {"trt_engine_cache_path": str(cache_dir), "trt_timing_cache_path": str(cache_dir)}
         return options
     if device == "cuda":
-        return {"cudnn_conv_algo_search": "EXHAUSTIVE"} | ({"enable_cuda_graph": "1"} if cuda_graph else {})
+        return {"cudnn_conv_algo_search": "EXHAUSTIVE", "use_tf32": "0"} | ({"enable_cuda_graph": "1"} if cuda_graph else {})
     return {}

@@ -12,18 +12,23 @@ inference-library/python-api-docs.html and the TensorRT 11 migration guide (stro
 Polygraphy ``backend/trt/loader.py`` and ``config.py`` (``NetworkFromOnnxPath(strongly_typed=)``,
 ``CreateConfig(profiles=, load_timing_cache=, memory_pool_limits=, builder_optimization_level=,
 progress_monitor=)``, ``EngineBytesFromNetwork(save_timing_cache=)``); ``POLYGRAPHY_USE_TENSORRT_RTX=1``
-selects TensorRT for RTX.
+selects TensorRT for RTX. Checked against the packages themselves: polygraphy 0.53.6 (``config.py:61``
+reads the RTX switch once; ``backend/trt/loader.py:802-831`` and ``config.py:319-344`` load and merge
+the timing cache under its own file lock), tensorrt-cu13-bindings 11.4 (``EngineInspector.execution_context``,
+``IProgressMonitor``), NvInferRuntime.h (IEngineInspector: without a context, formats of a dynamic-shape
+engine are not shown).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import hashlib
 import importlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+import sys
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,25 +84,60 @@ class EngineBuild:
     seconds: float = 0.0
 
 
+RTX_SWITCH = "POLYGRAPHY_USE_TENSORRT_RTX"
+
+
+def polygraphy_loaders(rtx: bool):
+    """Polygraphy's TensorRT loaders, bound to ``tensorrt`` or ``tensorrt_rtx``.
+
+    Polygraphy reads ``POLYGRAPHY_USE_TENSORRT_RTX`` once, when ``polygraphy.config`` is first imported,
+    and its ``backend.trt`` modules bind their ``trt`` then. So the choice is made here, at that first
+    import (the variable is restored afterwards), and a later call wanting the other library is refused
+    instead of mixing modules: one process builds for one of them.
+    """
+    if "polygraphy.config" not in sys.modules:
+        before = os.environ.get(RTX_SWITCH)
+        os.environ[RTX_SWITCH] = "1" if rtx else "0"
+        try:
+            import polygraphy.backend.trt  # noqa: F401  (binds its trt module now)
+        finally:
+            if before is None:
+                os.environ.pop(RTX_SWITCH, None)
+            else:
+                os.environ[RTX_SWITCH] = before
+    from polygraphy import config
+
+    if config.USE_TENSORRT_RTX != rtx:
+        have, want = ("TensorRT-RTX", "TensorRT") if config.USE_TENSORRT_RTX else ("TensorRT", "TensorRT-RTX")
+        raise BackendError(f"Polygraphy in this process is bound to {have} (chosen when it was first imported; "
+                           f"{RTX_SWITCH}); build {want} engines in another process")
+    from polygraphy import backend
+
+    return backend.trt
+
+
 def _progress_monitor(trt, bar):
-    """A TensorRT IProgressMonitor driving a tqdm bar (TensorRT >= 10); the caller keeps it alive."""
+    """A TensorRT IProgressMonitor driving a tqdm bar (TensorRT >= 10); the caller keeps it alive.
+    TensorRT calls it from its own threads, so the bar is updated under a lock."""
     if not hasattr(trt, "IProgressMonitor"):
         return None
+    lock = threading.Lock()
 
     class Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
-            self.steps: dict[str, int] = {}
 
         def phase_start(self, phase_name, parent_phase, num_steps):
             if parent_phase is None:
-                bar.reset(total=max(num_steps, 1))
-                bar.set_description(phase_name)
+                with lock:
+                    bar.reset(total=max(num_steps, 1))
+                    bar.set_description(phase_name)
 
         def step_complete(self, phase_name, step):
-            if bar.desc.startswith(phase_name):
-                bar.n = step + 1
-                bar.refresh()
+            with lock:
+                if bar.desc.startswith(phase_name):
+                    bar.n = step + 1
+                    bar.refresh()
             return True  # False would cancel the build
 
         def phase_finish(self, phase_name):
@@ -106,35 +146,66 @@ def _progress_monitor(trt, bar):
     return Monitor()
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """Timing caches are shared between processes by file: hold a lock while loading and merging."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _tensor_type(tensor: Mapping) -> str | None:
+    """The precision class of one inspector tensor entry, or None when the inspector did not say.
+
+    TensorRT <= 10 writes one ``"Format/Datatype"`` string ("Row major linear FP16 format", "Half",
+    "N/A due to dynamic shapes"); TensorRT 11 splits it into ``"Datatype"`` ("Half", "BFloat16", ...)
+    and ``"Format"`` (polygraphy 0.53.6 ``tools/inspect/subtool/model/extractors/_trt.py``).
+    """
+    text = str(tensor.get("Datatype") or tensor.get("Format/Datatype") or "").lower()
+    if not text or "n/a" in text or "not available" in text:
+        return None
+    for kind, words in (("bf16", ("bfloat16", "bf16")), ("fp16", ("half", "fp16")), ("fp8", ("fp8",)),
+                        ("int8", ("int8",)), ("fp32", ("float", "fp32"))):
+        if any(w in text for w in words):
+            return kind
+    return "other"
+
+
+def census(info: Mapping) -> dict:
+    """Layers by output precision from the inspector's JSON: {"layers": n, "fp16": k, "fp32": m, ...};
+    ``"formats": "unknown"`` when the inspector gave no types (a dynamic-shape engine without a context)."""
+    layers = [layer for layer in info.get("Layers", []) if isinstance(layer, Mapping)]
+    result: dict = {"layers": len(layers)}
+    kinds = [[_tensor_type(o) for o in layer.get("Outputs", []) if isinstance(o, Mapping)] for layer in layers]
+    if layers and not any(k for ks in kinds for k in ks):
+        return result | {"formats": "unknown"}
+    for ks in kinds:
+        known = [k for k in ks if k]
+        kind = next((k for k in ("fp8", "int8", "fp16", "bf16", "fp32") if k in known), "other")
+        result[kind] = result.get(kind, 0) + 1
+    return result
 
 
 def layer_precisions(trt, engine) -> dict:
-    """Census of layer output types from the engine inspector: {"layers": n, "fp16": k, "fp32": m, ...}."""
+    """:func:`census` of ``engine``, inspected through an execution context set to each input's opt shape
+    of profile 0: without one, TensorRT shows no per-layer formats for a dynamic-shape engine."""
     try:
+        context = engine.create_execution_context()
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                context.set_input_shape(name, tuple(engine.get_tensor_profile_shape(name, 0)[1]))
         inspector = engine.create_engine_inspector()
+        inspector.execution_context = context
         info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     except Exception as e:  # older engines or a stripped build: report that it could not be told
         return {"error": first_line(e)}
-    census = {"layers": 0}
-    for layer in info.get("Layers", []):
-        if not isinstance(layer, dict):
-            continue
-        census["layers"] += 1
-        kinds = {str(o.get("Format/Datatype", "")).lower() for o in layer.get("Outputs", [])}
-        kind = "fp16" if any("half" in k or "fp16" in k for k in kinds) else \
-            "fp32" if any("float" in k or "fp32" in k for k in kinds) else "other"
-        census[kind] = census.get(kind, 0) + 1
-    return census
+    return census(info)
+
+
+def fp16_refusal(layers: Mapping) -> str | None:
+    """Why an engine must not be called FP16 -- only when the census *knows* no layer runs in FP16."""
+    if layers.get("layers") and "formats" not in layers and "error" not in layers and not layers.get("fp16"):
+        return f"runs 0 of {layers['layers']} layers in FP16"
+    return None
+
+
+def fp16_scratch_path(cache_root: Path, onnx_path: Path) -> Path:
+    """Where the FP16 graph of an FP32 file goes: named by its content, so two ``model.onnx`` never collide."""
+    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
+    return cache_root / f"{onnx_path.stem}.{digest}.fp16.onnx"
 
 
 def build_engine(
@@ -171,9 +242,8 @@ def build_engine(
     output = Path(output) if output else None
     if output and output.exists() and not force:
         raise BackendError(f"{output} exists; pass force=True (--force) to overwrite it")
-    if rtx:
-        os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1"
     trt = import_tensorrt(rtx)
+    polygraphy_loaders(rtx)  # refuses a process already bound to the other TensorRT
     gpu_name, capability = gpu_identity()
     trt11 = major_version(trt) >= 11
     if fp16_flag and (trt11 or rtx):
@@ -183,9 +253,7 @@ def build_engine(
     graph_precision = meta.get(metadata.PRECISION, "fp32")
     cache = EngineCache(cache_dir)
     if precision == "fp16" and graph_precision == "fp32" and not fp16_flag:
-        converted = cache.root / f"{onnx_path.stem}.fp16.onnx"
-        to_fp16(onnx_path, converted, force=True)
-        onnx_path = converted
+        onnx_path = to_fp16(onnx_path, fp16_scratch_path(cache.root, onnx_path), force=True)
     elif precision == "fp32" and graph_precision != "fp32":
         raise BackendError(f"{onnx_path} is an {graph_precision} graph; an FP32 engine needs the FP32 export")
     if profiles is None:
@@ -200,11 +268,12 @@ def build_engine(
     plan = cache.lookup(key)
     hit = plan is not None
     if plan is None:
-        plan = _build(trt, onnx_path, profiles, key, options, cache, progress and tqdm)
+        plan = _build(trt, onnx_path, profiles, key, options, cache, progress and tqdm, rtx, meta)
     sidecar = Sidecar.read(sidecar_path(plan))
-    if precision == "fp16" and sidecar.layers.get("layers") and not sidecar.layers.get("fp16"):
-        raise BackendError(f"the engine built from {onnx_path} runs 0 of {sidecar.layers['layers']} layers in FP16; "
-                           "refusing to call it an FP16 engine (check the FP16 graph)")
+    refusal = fp16_refusal(sidecar.layers) if precision == "fp16" else None
+    if refusal:
+        raise BackendError(f"the engine built from {onnx_path} {refusal}; refusing to call it an FP16 engine "
+                           "(check the FP16 graph)")
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(plan.read_bytes())
@@ -214,9 +283,11 @@ def build_engine(
 
 
 def _build(trt, onnx_path: Path, profiles: list[ShapeProfile], key: EngineKey, options: dict,
-           cache: EngineCache, tqdm) -> Path:
-    from polygraphy.backend.trt import (CreateConfig, EngineBytesFromNetwork, EngineFromBytes, NetworkFromOnnxPath,
-                                        Profile)
+           cache: EngineCache, tqdm, rtx: bool, meta: Mapping[str, str]) -> Path:
+    """Build through Polygraphy. The shared timing cache is loaded and merged back under Polygraphy's own
+    file lock (a lock held only while reading or writing it, not for the whole build)."""
+    loaders = polygraphy_loaders(rtx)
+    CreateConfig, Profile = loaders.CreateConfig, loaders.Profile
 
     trt_profiles = []
     for shape_profile in profiles:
@@ -235,19 +306,19 @@ def _build(trt, onnx_path: Path, profiles: list[ShapeProfile], key: EngineKey, o
         config_kwargs.update(fp16=True, tf32=False)
     elif major_version(trt) < 11:
         config_kwargs["tf32"] = False  # FP32 references stay FP32 (TF32 pinned off)
-    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=options["strongly_typed"])
+    network = loaders.NetworkFromOnnxPath(str(onnx_path), strongly_typed=options["strongly_typed"])
     log.info("building TensorRT %s engine for %s (%d profile(s))", key.precision, onnx_path.name, len(profiles))
+    cache.root.mkdir(parents=True, exist_ok=True)
     try:
-        with _locked(cache.timing_cache):
-            plan_bytes = EngineBytesFromNetwork(network, config=CreateConfig(**config_kwargs),
-                                                save_timing_cache=str(cache.timing_cache))()
+        plan_bytes = loaders.EngineBytesFromNetwork(network, config=CreateConfig(**config_kwargs),
+                                                    save_timing_cache=str(cache.timing_cache))()
     except Exception as e:  # Polygraphy raises PolygraphyException with TensorRT's log in it
-        raise BackendError(f"TensorRT could not build {onnx_path}: {str(e).strip().splitlines()[-1]}") from e
+        raise BackendError(f"TensorRT could not build {onnx_path}: {first_line(e)}") from e
     finally:
         if bar is not None:
             bar.close()
-    engine = EngineFromBytes(bytes(plan_bytes))()
+    engine = loaders.EngineFromBytes(bytes(plan_bytes))()
     io = [{"name": engine.get_tensor_name(i), "mode": engine.get_tensor_mode(engine.get_tensor_name(i)).name,
            "dtype": engine.get_tensor_dtype(engine.get_tensor_name(i)).name,
            "shape": list(engine.get_tensor_shape(engine.get_tensor_name(i)))} for i in range(engine.num_io_tensors)]
-    return cache.store(key, bytes(plan_bytes), io=io, layers=layer_precisions(trt, engine))
+    return cache.store(key, bytes(plan_bytes), io=io, layers=layer_precisions(trt, engine), metadata=meta)

@@ -11,8 +11,6 @@ import contextlib
 import io
 import json
 import logging
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,7 +22,8 @@ import torch
 from torch import nn
 
 from .. import __version__, metadata
-from ..errors import ExportError, FileExistsNoForceError, ParityError, first_line
+from ..errors import ExportError, ParityError, first_line
+from ..files import atomic_output, check_writable
 from ..models.checkpoint import ModelSource
 from ..shapes import ShapeProfile
 
@@ -130,8 +129,9 @@ def export_onnx(
     path = Path(path)
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
-    if path.exists() and not force:
-        raise FileExistsNoForceError(f"{path} exists; pass force=True (--force) to overwrite it")
+    if not 9 <= opset <= onnx.defs.onnx_opset_version():  # the dynamo exporter would write 18 and say `opset`
+        raise ExportError(f"opset {opset} is outside what this onnx supports (9 to {onnx.defs.onnx_opset_version()})")
+    check_writable(path, force)
     source = model if isinstance(model, ModelSource) else ModelSource(model, type(model).__name__, "custom", None)
     module = source.model.eval()
     if isinstance(profile, torch.Tensor):
@@ -181,11 +181,7 @@ def export_onnx(
         meta[metadata.RESIDUAL] = metadata.format_residuals({outputs[0]: profile.inputs[0].name})
     set_metadata(proto, meta)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(suffix=".onnx", prefix=f".{path.stem}.", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_output(path, force) as tmp:
         onnx.save(proto, tmp)
         report = None
         if validate:
@@ -195,9 +191,6 @@ def export_onnx(
             if not report.passed:
                 raise ParityError(f"exported {source.name} disagrees with eager PyTorch; the file was not written:\n"
                                   f"{report}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     marks = list(steps.items()) + [("done", time.perf_counter())]
     durations = {name: marks[i + 1][1] - t for i, (name, t) in enumerate(marks[:-1])}
     result = ExportResult(path, profile, exporter, len(proto.graph.node), time.perf_counter() - start, report,

@@ -10,8 +10,6 @@ numerics are tested without a GPU. The conversion is onnxconverter-common's ``fl
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +17,8 @@ from pathlib import Path
 import onnx
 
 from .. import metadata
-from ..errors import ExportError, FileExistsNoForceError, first_line
+from ..errors import ExportError, first_line
+from ..files import atomic_output, check_writable
 from .onnx import read_metadata, set_metadata
 
 log = logging.getLogger(__name__)
@@ -47,12 +46,14 @@ def to_fp16(
     from onnxconverter_common import float16
 
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
-    if onnx_out.exists() and not force:
-        raise FileExistsNoForceError(f"{onnx_out} exists; pass force=True (--force) to overwrite it")
+    check_writable(onnx_out, force)
     meta = read_metadata(onnx_in)
     if meta.get(metadata.PRECISION, "fp32") != "fp32":
         raise ExportError(f"{onnx_in} is already {meta[metadata.PRECISION]}; convert the FP32 export instead")
-    model = onnx.load(str(onnx_in))
+    try:
+        model = onnx.load(str(onnx_in))
+    except Exception as e:  # protobuf decode errors, external data outside the file's folder, ...
+        raise ExportError(f"cannot load {onnx_in}: {first_line(e)}") from None
     # The converter trusts value_info types; stale FP32 entries from export would leave a Concat of
     # FP16 and FP32 inputs behind a blocked op. Let it infer types afresh.
     del model.graph.value_info[:]
@@ -65,19 +66,7 @@ def to_fp16(
     except Exception as e:  # the converter raises plain Exceptions and ValidationErrors
         raise ExportError(f"FP16 conversion of {onnx_in} failed: {first_line(e)}") from e
     set_metadata(half, {metadata.PRECISION: "fp16", metadata.FP32_OPS: ",".join(sorted(fp32_ops))})
-    save_atomic(half, onnx_out)
+    with atomic_output(onnx_out, force) as tmp:
+        onnx.save(half, tmp)
     log.debug("wrote FP16 graph %s (FP32 ops: %s)", onnx_out, ", ".join(fp32_ops))
     return onnx_out
-
-
-def save_atomic(model: onnx.ModelProto, path: Path) -> Path:
-    """Write ``model`` to ``path`` through a temporary file, so a failed write never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", prefix=f".{path.stem}.", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path

@@ -30,10 +30,10 @@ import onnx
 from onnx import numpy_helper
 
 from .. import metadata
-from ..errors import ExportError, FileExistsNoForceError, InputError, first_line
+from ..errors import ExportError, InputError, first_line
+from ..files import atomic_output, check_writable
 from ..shapes import ShapeProfile
 from .onnx import read_metadata, set_metadata
-from .precision import save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class _Reader:
 # ------------------------------------------------------------------------------------------ the stage
 def _refuse_unquantizable(path: Path, model: onnx.ModelProto, meta: Mapping[str, str]) -> None:
     """One clear line for every file this stage cannot turn into a TensorRT-compatible INT8 graph."""
-    precision = meta.get(metadata.PRECISION, "fp32")
+    precision = metadata.precision_of(meta)
     if precision != "fp32":
         raise ExportError(f"{path} is already {precision}; quantize the FP32 export instead")
     ops = Counter(n.op_type for n in model.graph.node)
@@ -303,8 +303,7 @@ def quantize(
     """
     start = time.perf_counter()
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
-    if onnx_out.exists() and not force:
-        raise FileExistsNoForceError(f"{onnx_out} exists; pass force=True (--force) to overwrite it")
+    check_writable(onnx_out, force)
     if samples <= 0:
         raise InputError(f"samples must be positive, got {samples}")
     meta = read_metadata(onnx_in)
@@ -319,6 +318,7 @@ def quantize(
         raise ExportError(f"quantized {onnx_in} is not TensorRT-compatible (zero points {summary.zero_point_types}, "
                           f"{summary.nonzero_zero_points} non-zero); nothing was written")
     set_metadata(int8, {metadata.PRECISION: "int8", metadata.FP32_OPS: ",".join(FLOAT_OPS), CALIBRATION: where})
-    save_atomic(int8, onnx_out)
+    with atomic_output(onnx_out, force) as tmp:
+        onnx.save(int8, tmp)
     log.debug("wrote INT8 QDQ graph %s (%s; calibration %s)", onnx_out, dict(summary.quantized), where)
     return QuantizeResult(onnx_out, where, len(feeds), dict(summary.quantized), time.perf_counter() - start)

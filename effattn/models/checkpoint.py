@@ -40,14 +40,16 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as e:
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError,
+            SafetensorError) as e:
         first = first_line(e)
         raise CheckpointError(
             f"cannot read checkpoint {path}: {first}. Expected a state_dict saved with torch.save or safetensors "
@@ -69,8 +71,14 @@ def _listing(names: list[str], limit: int = 8) -> str:
     return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
+def _dtype_kind(t: Tensor) -> str:
+    """float, complex, bool or int: weights may change precision within a kind (fp16 -> fp32), never kind."""
+    return "complex" if t.is_complex() else "float" if t.is_floating_point() else \
+        "bool" if t.dtype == torch.bool else "int"
+
+
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a checkpoint into ``model`` strictly; a mismatch names the missing, extra and misshapen keys."""
+    """Load a checkpoint into ``model`` strictly; a mismatch names the missing, extra, misshapen and mistyped keys."""
     state = read_state_dict(path)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -80,7 +88,14 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     ]
+    mistyped = [
+        f"{k} {state[k].dtype} vs model {v.dtype}"
+        for k, v in expected.items()
+        if k in state and _dtype_kind(state[k]) != _dtype_kind(v)
+    ]
     problems = []
+    if mistyped:
+        problems.append(f"dtype mismatches (refused, not cast): {_listing(mistyped)}")
     if missing:
         problems.append(f"missing keys: {_listing(missing)}")
     if unexpected:

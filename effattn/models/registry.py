@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from ..shapes import ShapeProfile
 
 
@@ -82,8 +82,8 @@ def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
     entry = get_entry(name)
     try:
         model = entry.factory(**kwargs)
-    except TypeError as e:
-        raise ModelError(f"model {name!r}: bad arguments {kwargs}: {e}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as e:  # wrong names, invalid values, an allocation that failed
+        raise ModelError(f"model {name!r}: bad arguments {kwargs}: {first_line(e)}") from None
     if pretrained:
         from .checkpoint import load_weights
 

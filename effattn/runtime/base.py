@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,8 @@ class Runner(abc.ABC):
 
     #: e.g. "onnxruntime-cpu", "torch-cpu", "tensorrt"
     backend: str = "?"
+    #: the model file's effattn.* metadata (model, profile, residual pairing); empty for eager modules
+    metadata: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec], name: str | None = None) -> None:
         self.inputs = {s.name: s for s in inputs}

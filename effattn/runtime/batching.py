@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import BackendError, InputError
+
 log = logging.getLogger(__name__)
 
 class QueueFull(Exception):
@@ -77,7 +79,11 @@ class DynamicBatcher:
             raise QueueFull("the server is shutting down")
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"queue full ({self.max_queue} requests waiting)")
-        items = next(iter(feed.values())).shape[0]
+        sizes = {name: value.shape[0] for name, value in feed.items()}
+        items = next(iter(sizes.values()))
+        if self.max_batch_size > 1 and len(set(sizes.values())) > 1:  # stacking them would mix requests up
+            raise InputError(f"the inputs disagree on the batch size (axis 0): {sizes}; every input of a request "
+                             "must have the same batch size")
         request = _Request(feed, asyncio.get_running_loop().create_future(), items, _signature(feed))
         self._pending.append(request)
         async with self._wakeup:
@@ -137,6 +143,16 @@ class DynamicBatcher:
             for r in batch:
                 if not r.future.done():
                     r.future.set_exception(e)
+            return
+        total = sum(r.items for r in batch)
+        lost = [f"{name} {value.shape}" for name, value in outputs.items() if len(batch) > 1 and
+                (np.ndim(value) == 0 or value.shape[0] != total)]
+        if lost:  # splitting would hand each request someone else's answer: refuse the whole batch
+            error = BackendError(f"the model's outputs {', '.join(lost)} do not keep the batch axis (axis 0, {total} "
+                               "items), so batched requests cannot be told apart; serve it with --max-batch-size 1")
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(error)
             return
         start = 0
         for r in batch:

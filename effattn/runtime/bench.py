@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import importlib
 import math
 import os
 import platform
@@ -31,7 +32,7 @@ from ..shapes import InputProfile, ShapeProfile
 from .memory import PeakMemory, available_bytes, probe
 from .parity import random_inputs
 from .roofline import floor_ms, measure_peaks, model_cost, precision_of_row
-from .timing import LatencyStats, measure_interleaved
+from .timing import LatencyStats, clock_for, host_copy_seconds, measure_interleaved, timed_call
 
 SCHEMA = "effattn.bench/2"
 EAGER = "torch"
@@ -66,6 +67,7 @@ class BenchRow:
     peak_device_mib: float | None = None
     status: str = "ok"  # otherwise why there is no measurement ("out of memory: ...", "skipped: ...")
     floor_ms: float | None = None  # attention blocks: time to move their input and output at measured bandwidth
+    host_copy_ms: float | None = None  # CUDA: copying the feed in and the outputs out, not in the timed call
     roofline_ms: float | None = None  # max(bytes moved / bandwidth, FLOPs / matmul peak at the row's precision)
 
     @property
@@ -86,6 +88,7 @@ class BenchRow:
                 "throughput_per_s": r(self.throughput, 2), "peak_host_mib": r(self.peak_host_mib, 2),
                 "peak_device_mib": r(self.peak_device_mib, 2), "bandwidth_floor_ms": r(self.floor_ms),
                 "times_bandwidth_floor": r(self.stats.median_ms / self.floor_ms, 2) if self.stats and self.floor_ms else None,
+                "host_copy_ms": r(self.host_copy_ms),
                 "roofline_floor_ms": r(self.roofline_ms),
                 "times_roofline_floor": r(self.stats.median_ms / self.roofline_ms, 2) if self.stats and self.roofline_ms else None,
                 **(self.stats.to_dict() if self.stats else {})}
@@ -178,7 +181,8 @@ class BenchResults:
         rows = [BenchRow(r["model"], r["backend"], r["device"], r["shape"],
                          LatencyStats(**{k: r[k] for k in stat_fields}) if r["status"] == "ok" else None,
                          r["speedup_vs_eager"], r["peak_host_mib"], r["peak_device_mib"], r["status"],
-                         r["bandwidth_floor_ms"], r.get("roofline_floor_ms")) for r in data["rows"]]
+                         r["bandwidth_floor_ms"], r.get("host_copy_ms"), r.get("roofline_floor_ms"))
+                for r in data["rows"]]
         startup = [StartRow(s["model"], s["backend"], s["cold_ms"], s["warm_ms"], s["warm_means"])
                    for s in data["startup"]]
         return cls(rows, startup, data["environment"], data["scaling"]["fit_from_size"])
@@ -190,7 +194,7 @@ class BenchResults:
 
     def table(self) -> str:
         head = (f"{'model':<22}{'shape':<15}{'backend':<18}{'median ms':>10}{'p90':>9}{'p99':>9}{'items/s':>10}"
-                f"{'peak MiB':>10}{'vs eager':>9}{'x floor':>8}{'x roof':>8}")
+                f"{'peak MiB':>10}{'vs eager':>9}{'x floor':>8}{'copy ms':>9}{'x roof':>8}")
         lines = [head, "-" * len(head)]
         for r in self.rows:
             shape = "x".join(map(str, r.shape))
@@ -202,6 +206,7 @@ class BenchResults:
                          f"{r.stats.p99_ms:>9.3f}{r.throughput:>10.1f}{_fmt(peak, '>10.1f')}"
                          f"{_fmt(r.speedup_vs_eager, '>8.2f')}x"
                          f"{_fmt(r.stats.median_ms / r.floor_ms if r.floor_ms else None, '>8.1f')}"
+                         f"{_fmt(r.host_copy_ms, '>9.3f')}"
                          f"{_fmt(r.stats.median_ms / r.roofline_ms if r.roofline_ms else None, '>8.1f')}")
         if self.startup:
             lines += ["", f"{'start-up (create + first answer)':<42}{'cold ms':>9}{'warm ms':>11}   warm means"]
@@ -217,6 +222,9 @@ class BenchResults:
                          f"{c['slow']} ran up to {c['slow_largest_size']} px"
                          + (f" ({c['slow_stopped']})" if c["slow_stopped"] else ""))
         env = self.environment
+        if any(r.host_copy_ms is not None for r in self.rows):
+            lines.append("\nGPU rows: tensors already on the device, timed between CUDA events; 'copy ms' is the "
+                         "host->device feed and device->host outputs, not in the median")
         lines.append(f"\nx floor: median / (bytes the block must read and write / copy bandwidth "
                      f"{env.get('copy_bandwidth_gb_s')} GB/s measured in this run)")
         if env.get("matmul_peak_gflop_s"):
@@ -254,11 +262,10 @@ def _size(n: float) -> str:
 
 
 def _fmt(x: float | None, spec: str) -> str:
-    return format("-", spec.replace(".1f", "").replace(".2f", "")) if x is None else format(x, spec)
+    return format("-", spec.rsplit(".", 1)[0]) if x is None else format(x, spec)
 
 
 def environment(threads: int, device: str = "cpu") -> dict:
-    import onnxruntime
     import torch
 
     from .. import __version__
@@ -270,27 +277,33 @@ def environment(threads: int, device: str = "cpu") -> dict:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name() if device == "cuda" and torch.cuda.is_available() else None
-    try:
-        import tensorrt
+    from importlib import metadata as dists
 
-        trt_version = tensorrt.__version__
-    except ImportError:
-        trt_version = None
-    try:
-        import openvino
-
-        ov_version = openvino.__version__
-    except ImportError:
-        ov_version = None
+    def version(*names: str) -> str | None:
+        for name in names:
+            try:
+                return dists.version(name)
+            except dists.PackageNotFoundError:
+                pass
+        return None
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu, "cores": os.cpu_count(), "threads": threads, "device": device, "gpu": gpu,
-        "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-        "tensorrt": trt_version, "openvino": ov_version, "effattn": __version__, "cpu_flags": cpu_flags(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if gpu else None,
+        "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": _imported_version("onnxruntime") or version("onnxruntime", "onnxruntime-gpu"),
+        "tensorrt": version("tensorrt", "tensorrt-cu13", "tensorrt-cu12"), "openvino": version("openvino"),
+        "effattn": __version__, "cpu_flags": cpu_flags(), "load_average": [round(x, 2) for x in os.getloadavg()],
+        "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32) if gpu else None,
         "command": "effattn " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("effattn") else None,
     }
+
+
+def _imported_version(module: str) -> str | None:
+    """The version of the module Python imports (a machine may hold two distributions of one module, as
+    onnxruntime and onnxruntime-gpu do, and only the imported one was measured)."""
+    try:
+        return str(importlib.import_module(module).__version__)
+    except ImportError:
+        return None
 
 
 def measure_bandwidth(device: str = "cpu", mib: int = 256) -> float:
@@ -446,7 +459,9 @@ def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int
     threads = threads or default_threads()
     torch.set_num_threads(threads)
     if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # FP32 means FP32
+        from .torch import pin_fp32
+
+        pin_fp32()
     results = BenchResults(environment=environment(threads, device))
     bandwidth = measure_bandwidth(device)
     results.environment["copy_bandwidth_gb_s"] = round(bandwidth, 1)
@@ -500,7 +515,7 @@ def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int
                     if timed:
                         bar.set_postfix_str(f"{name} {'x'.join(map(str, shape))}")
                         _measure_rows([rows[b] for b in timed], timed, feed, min_seconds, deadline,
-                                      made if memory else None)
+                                      made if memory else None, device)
                     eager = rows[EAGER].stats
                     for row in rows.values():
                         if row.stats and eager:
@@ -538,17 +553,21 @@ def _start(made: _Backends, backend: str, results: BenchResults, timed: bool):
 
 
 def _measure_rows(rows: list[BenchRow], runners: dict, feed: dict, min_seconds: float, deadline: float,
-                  made: _Backends | None) -> None:
-    """Time the runners interleaved (:func:`.timing.measure_interleaved`), then probe each one's peak memory."""
+                  made: _Backends | None, device: str = "cpu") -> None:
+    """Time the runners interleaved (:func:`.timing.measure_interleaved`; on CUDA device tensors between
+    CUDA events, host copies timed apart), then probe each one's peak memory."""
     budget = max(min(10 * min_seconds, (deadline - time.monotonic()) / len(runners)), 0.05)
-    stats = measure_interleaved({b: (lambda r=r: r.infer(feed)) for b, r in runners.items()},
-                                min_seconds=min(min_seconds, budget), max_seconds=budget)
+    calls = {backend: timed_call(runner, feed, device) for backend, runner in runners.items()}
+    stats = measure_interleaved(calls, min_seconds=min(min_seconds, budget), max_seconds=budget,
+                                clock=clock_for(device))
     for row in rows:
         outcome = stats[row.backend]
         try:
             if isinstance(outcome, BaseException):
                 raise outcome
             row.stats = outcome
+            if device == "cuda":
+                row.host_copy_ms = 1e3 * host_copy_seconds(feed, calls[row.backend](), device)
             if made is not None:
                 peak = made.peak_memory(row.backend, runners[row.backend], feed)
                 row.peak_host_mib, row.peak_device_mib = peak.host_mib, peak.device_mib

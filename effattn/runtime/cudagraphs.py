@@ -7,7 +7,12 @@ each); a replayed graph is one launch. The rules, from the TensorRT and PyTorch 
 - capture on a non-default stream, and replay with the same buffers: inputs are copied into the
   captured input tensors, outputs are read from the captured output tensors;
 - a graph is only valid for the shapes it was captured with: a new shape means a new capture, or
-  plain execution.
+  plain execution;
+- one capture at a time in a process: ``torch.cuda.graph`` synchronises the device and empties the
+  caching allocator on entry, and a capture in the global mode makes other threads' unsafe CUDA calls
+  fail. Every capture (ours and ONNX Runtime's) and every graph teardown holds :data:`CAPTURE_LOCK`,
+  and captures use ``capture_error_mode="thread_local"`` so threads running already-captured graphs
+  or plain work are not disturbed.
 
 :class:`GraphPolicy` decides *when* to capture (``auto``: at once for a static profile, otherwise
 once a shape has repeated, so a stream of ever-changing shapes never pays for captures it won't
@@ -16,12 +21,16 @@ replay); :class:`ShapeGraphs` holds the captured graphs per shape for one execut
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 ShapeKey = tuple[tuple[int, ...], ...]
+
+#: held by every CUDA-graph capture and teardown in this process (see the module docstring)
+CAPTURE_LOCK = threading.RLock()
 
 
 def shape_key(feed: Mapping[str, Any]) -> ShapeKey:
@@ -52,14 +61,15 @@ def capture(run: Callable[[dict[str, Any]], dict[str, Any]], feed: Mapping[str, 
     """Capture ``run(inputs) -> outputs`` (which must issue its GPU work on ``stream``) for ``feed``'s shapes."""
     import torch
 
-    static = {name: value.clone() for name, value in feed.items()}
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        run(static)  # the warm-up run: lazy allocations must not happen inside the capture
-    stream.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        outputs = run(static)
+    with CAPTURE_LOCK:
+        static = {name: value.clone() for name, value in feed.items()}
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            run(static)  # the warm-up run: lazy allocations must not happen inside the capture
+        stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            outputs = run(static)
     return CapturedGraph(graph, static, outputs)
 
 
@@ -106,11 +116,12 @@ class ShapeGraphs:
         graph = self.graphs.get(key)
         if graph is None:
             if self.exclusive:
-                self.graphs.clear()
+                self.clear(keep_previous=True)
             if not self.policy.wants_capture(key, previous):
                 return self._plain(run, feed, stream)
             if len(self.graphs) >= self.capacity:
-                self.graphs.popitem(last=False)
+                with CAPTURE_LOCK:
+                    self.graphs.popitem(last=False)
             graph = self.graphs[key] = capture(run, feed, stream)
             self.captures += 1
         self.graphs.move_to_end(key)
@@ -127,6 +138,9 @@ class ShapeGraphs:
         stream.synchronize()
         return outputs
 
-    def clear(self) -> None:
-        self.graphs.clear()
-        self.previous = None
+    def clear(self, keep_previous: bool = False) -> None:
+        """Drop the captured graphs (under the capture lock: a graph's teardown frees pool memory)."""
+        with CAPTURE_LOCK:
+            self.graphs.clear()
+        if not keep_previous:
+            self.previous = None

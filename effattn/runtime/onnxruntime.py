@@ -4,14 +4,21 @@ On the CPU, ``session.run`` is thread-safe and takes numpy arrays. On CUDA the r
 I/O binding: torch CUDA tensors are bound by address (no host round trip) and outputs are written
 into torch CUDA tensors, so :meth:`infer_torch` never leaves the device. Output shapes are learnt
 from the first run at each input shape. (``io_binding=True`` takes the same path on the CPU, with
-torch CPU tensors: that is how the binding logic is tested on machines without a GPU.) With ``cuda_graph`` the CUDA provider captures one graph per
-input shape (run option ``gpu_graph_id``) over fixed input/output buffers; those runs hold a lock.
+torch CPU tensors: that is how the binding logic is tested on machines without a GPU.)
+
+With ``cuda_graph`` the CUDA provider captures one graph per input shape (run option
+``gpu_graph_id``) over fixed input/output buffers. Such a session needs I/O binding (a replay reads
+the captured buffers, not the feeds given to ``session.run``), keeps its graphs per thread and
+captures in the global mode (onnxruntime ``cuda_execution_provider.cc``: ``CUDAGraphManager``), so
+every run of it happens on one worker thread of the runner's, and its captures hold the process's
+:data:`~.cudagraphs.CAPTURE_LOCK`. At most ``MAX_GRAPHS`` shapes are captured: ONNX Runtime frees a
+session's graphs only with the session, so further shapes run without one.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +28,7 @@ from .. import metadata
 from ..engines.onnxruntime import create_session
 from ..errors import BackendError
 from .base import Runner, TensorSpec
-from .cudagraphs import ShapeKey, shape_key
+from .cudagraphs import CAPTURE_LOCK, ShapeKey, shape_key
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +43,23 @@ def _ort_device(device) -> tuple[str, int]:
     return ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
 
 
+def wants_cuda_graph(device: str, cuda_graph: bool | None, io_binding: bool, static_profile: bool) -> bool:
+    """Whether a session should capture CUDA graphs: only on a GPU, only with I/O binding (without it a
+    replay would answer from stale buffers), and in ``auto`` (None) only for static profiles."""
+    if device == "cpu" or cuda_graph is False:
+        return False
+    if not io_binding:
+        if cuda_graph:
+            raise BackendError("ONNX Runtime CUDA graphs need I/O binding (a replay ignores the feeds given to "
+                               "session.run); pass io_binding=True or cuda_graph=False")
+        return False
+    return bool(cuda_graph) or static_profile
+
+
 class OnnxRuntimeRunner(Runner):
+    #: shapes captured per graph session (ONNX Runtime frees a session's graphs only with the session)
+    MAX_GRAPHS = 8
+
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
                  cuda_graph: bool | None = None, io_binding: bool | None = None) -> None:
         """``cuda_graph`` (CUDA only): True, False, or None to use graphs when the profile is static;
@@ -58,17 +81,18 @@ class OnnxRuntimeRunner(Runner):
                          [spec(a, False) for a in self.session.get_outputs()])
         self._output_shapes: dict[ShapeKey, list[tuple[int, ...]]] = {}
         self._graphs: dict[ShapeKey, tuple[int, dict, dict]] = {}  # shape -> (graph id, inputs, outputs)
-        self._graph_lock = threading.Lock()
+        self._worker: ThreadPoolExecutor | None = None  # the one thread that runs a graph session
         self.cuda_graph = False
-        if device != "cpu" and cuda_graph is not False:
-            if cuda_graph or (self.profile is not None and self.profile.static):
-                try:
-                    self.session = create_session(self.path, device, threads, cuda_graph=True)
-                    self.cuda_graph = True
-                except BackendError as e:
-                    if cuda_graph:
-                        raise
-                    log.info("CUDA graphs off for %s: %s", self.path, e)
+        static = self.profile is not None and self.profile.static
+        if wants_cuda_graph(device, cuda_graph, self.io_binding, static):
+            try:
+                self.session = create_session(self.path, device, threads, cuda_graph=True)
+                self.cuda_graph = True
+                self._worker = ThreadPoolExecutor(1, thread_name_prefix="effattn-ort-graph")
+            except BackendError as e:
+                if cuda_graph:
+                    raise
+                log.info("CUDA graphs off for %s: %s", self.path, e)
 
     # ------------------------------------------------------------------ numpy in, numpy out
     def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -95,20 +119,29 @@ class OnnxRuntimeRunner(Runner):
         cast = {k: torch.as_tensor(v).to(device).contiguous() for k, v in feed.items()}
         if on_gpu:
             torch.cuda.current_stream().synchronize()  # ONNX Runtime runs on its own stream
+        if self._worker is not None:
+            return self._worker.submit(self._run_bound, cast, device).result()
+        return self._run_bound(cast, device)
+
+    def _run_bound(self, cast: dict[str, Any], device) -> dict[str, Any]:
         key = shape_key(cast)
         if key not in self._output_shapes:
             return self._first_run(cast, key)
-        if not self.cuda_graph:
+        entry = self._graphs.get(key)
+        if entry is None and self.cuda_graph and len(self._graphs) < self.MAX_GRAPHS:
+            entry = self._new_graph(cast, key, device)
+        if entry is None:
             outputs = self._empty_outputs(key, device)
-            self.session.run_with_iobinding(self._bind(cast, outputs))
+            self._run(self._bind(cast, outputs), -1)
             return outputs
-        with self._graph_lock:
-            graph_id, inputs, outputs = self._graphs.get(key) or self._new_graph(cast, key, device)
-            for name, value in cast.items():
-                inputs[name].copy_(value)
-            torch.cuda.current_stream().synchronize()
-            self.session.run_with_iobinding(self._bind(inputs, outputs), self._run_options(graph_id))
-            return {name: out.clone() for name, out in outputs.items()}
+        import torch
+
+        graph_id, inputs, outputs = entry
+        for name, value in cast.items():
+            inputs[name].copy_(value)
+        torch.cuda.current_stream().synchronize()
+        self._run(self._bind(inputs, outputs), graph_id)
+        return {name: out.clone() for name, out in outputs.items()}
 
     def _first_run(self, feed: dict[str, Any], key: ShapeKey) -> dict[str, Any]:
         """Let ONNX Runtime allocate the outputs once to learn their shapes (no graph capture)."""
@@ -118,7 +151,7 @@ class OnnxRuntimeRunner(Runner):
         binding = self._bind(feed, {})
         for name in self.outputs:
             binding.bind_output(name, *_ort_device(device))
-        self.session.run_with_iobinding(binding, self._run_options(-1) if self.cuda_graph else None)
+        self._run(binding, -1)
         values = binding.copy_outputs_to_cpu()  # once per new input shape
         self._output_shapes[key] = [tuple(v.shape) for v in values]
         return {name: torch.from_numpy(v).to(device) for name, v in zip(self.outputs, values)}
@@ -130,9 +163,16 @@ class OnnxRuntimeRunner(Runner):
                 for name, shape in zip(self.outputs, self._output_shapes[key])}
 
     def _new_graph(self, feed: dict[str, Any], key: ShapeKey, device) -> tuple[int, dict, dict]:
-        entry = (len(self._graphs) + 1, {k: v.clone() for k, v in feed.items()}, self._empty_outputs(key, device))
-        self._graphs[key] = entry  # id 0 is reserved by ONNX Runtime; the first run with an id captures
-        return entry
+        """Capture a graph for ``key``: the first run with a new id captures (id 0 is ONNX Runtime's own)."""
+        import torch
+
+        graph_id, inputs = len(self._graphs) + 1, {k: v.clone() for k, v in feed.items()}
+        outputs = self._empty_outputs(key, device)
+        with CAPTURE_LOCK:
+            torch.cuda.current_stream().synchronize()
+            self._run(self._bind(inputs, outputs), graph_id)
+        self._graphs[key] = (graph_id, inputs, outputs)
+        return self._graphs[key]
 
     def _bind(self, inputs: dict[str, Any], outputs: dict[str, Any]):
         binding = self.session.io_binding()
@@ -143,14 +183,23 @@ class OnnxRuntimeRunner(Runner):
                                 y.data_ptr())
         return binding
 
-    @staticmethod
-    def _run_options(graph_id: int):
-        import onnxruntime as ort
+    def _run(self, binding, graph_id: int) -> None:
+        """Run a bound session and wait for its outputs: ONNX Runtime writes them on its own stream, and
+        torch must not read them, or hand their memory to another request, before it is done (seen on an
+        H100: 1 of 400 concurrent answers partly stale without the wait)."""
+        options = None
+        if self.cuda_graph:
+            import onnxruntime as ort
 
-        options = ort.RunOptions()
-        options.add_run_config_entry("gpu_graph_id", str(graph_id))  # -1: run without capture or replay
-        return options
+            options = ort.RunOptions()
+            options.add_run_config_entry("gpu_graph_id", str(graph_id))  # -1: run without capture or replay
+        self.session.run_with_iobinding(binding, options)
+        binding.synchronize_outputs()
 
     def close(self) -> None:
-        self._graphs.clear()
-        self.session = None
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
+        with CAPTURE_LOCK:  # the session's graphs go with it
+            self._graphs.clear()
+            self.session = None

@@ -86,7 +86,7 @@ class OpenVINORunner(Runner):
             self.metadata = read_metadata(self.path)
         except Exception as e:  # ExportError for foreign files: here it means the backend cannot load it
             raise BackendError(f"OpenVINO cannot load {self.path}: {first_line(e)}") from None
-        self.precision, self.hint = choose_precision(self.metadata.get(metadata.PRECISION, "fp32"), precision)
+        self.precision, self.hint = choose_precision(metadata.precision_of(self.metadata), precision)
         self.backend = "openvino-cpu" + ("" if self.precision == "fp32" else f"-{self.precision}")
         self.compiled = self._compile(threads)
         profile = metadata.profile_of(self.metadata)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..shapes import ShapeProfile, format_shape
 from .base import Runner
 
@@ -33,12 +34,13 @@ TOLERANCES = {
     # OpenVINO BF16 (8-bit mantissa), measured 2026-11 on a 2-core EPYC: EA block output 1.6e-4, branch 2.0e-3;
     # trained ea_segnet_tiny logits 4.4e-3 on task images and 8.3e-3 on noise, argmax 99.9 % / 99.6 %.
     "bf16": Tolerance(rel_l2=2e-2, branch_rel_l2=1e-2, argmax_agreement=0.995),
-    # INT8 QDQ (effattn quantize), same runs, ONNX Runtime and OpenVINO alike: EA block output <= 1.1e-3,
-    # branch <= 1.3e-2; trained segmenter on task images rel-L2 3.2-3.6e-2, argmax 99.0-99.3 %. Parity
+    # INT8 QDQ (effattn quantize), same runs, ONNX Runtime and OpenVINO alike: EA block (16 ch, random
+    # weights, 32 noise calibration samples, 150 fresh draws at min/opt/max) output <= 6.1e-3, branch median
+    # 4.9e-3 but up to 3.2e-2 when a draw exceeds the calibrated range and is clipped; trained segmenter on task images rel-L2 3.2-3.6e-2, argmax 99.0-99.3 %. Parity
     # mixes in noise inputs, which lie outside the calibrated ranges (rel-L2 8-9e-2, argmax 96.4-96.6 %),
     # so these limits are loose; the task-level gate (>= 99 % argmax and <= 1 point IoU drop per class on
     # held-out task images) is tests/export/test_quantize.py's and the bench's.
-    "int8": Tolerance(rel_l2=0.2, branch_rel_l2=3e-2, argmax_agreement=0.95),
+    "int8": Tolerance(rel_l2=0.2, branch_rel_l2=5e-2, argmax_agreement=0.95),
 }
 
 
@@ -154,6 +156,9 @@ def compare(
     block): the branch ``output - input`` is compared as well. Outputs named in ``argmax_outputs``
     (class logits on axis 1) also get argmax agreement, the task-level check.
     """
+    if tolerance is None and precision not in TOLERANCES:
+        raise InputError(f"no parity tolerances for precision {precision!r}; use one of {', '.join(TOLERANCES)} "
+                         "or pass tolerance=")
     tol = tolerance or TOLERANCES[precision]
     if isinstance(candidates, Runner):
         candidates = {candidates.name: candidates}

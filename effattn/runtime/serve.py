@@ -8,7 +8,15 @@ a status and a one-line ``{"error": ...}`` and the server goes on serving:
 - 400: malformed JSON, unknown tensor name, wrong datatype/shape, truncated binary payload
   (and every input check of :meth:`Runner.check_feed`: out-of-profile sizes, ranks, ...);
 - 404: unknown model; 413: request body over the limit; 503: queue full or shutting down;
-- 504: the request waited longer than its timeout.
+- 504: the request waited longer than its timeout; 408: its body arrived too slowly;
+- 415: a ``Content-Encoding`` other than gzip, deflate or identity.
+
+Resources are bounded: request bytes in flight (``--max-inflight-mb``, 503 beyond), connections
+(``--max-connections``, 503 beyond), idle or half-sent connections (closed after ``--keep-alive-s``),
+and request bodies are parsed off the event loop, so health checks answer while a big JSON body is
+decoded. A client that hangs up is counted as ``499`` and not logged as an error. JSON replies write
+non-finite outputs as ``NaN``, ``Infinity`` and ``-Infinity`` (what Python's ``json`` and tritonclient
+read; strict JSON has no such tokens, so strict parsers should ask for binary outputs).
 
 Prometheus text at ``/metrics``: requests by model and status, latency histogram, batch sizes.
 With ``grpc_port`` the same models are served over KServe v2 gRPC too (:mod:`.serve_grpc`).
@@ -17,9 +25,13 @@ With ``grpc_port`` the same models are served over KServe v2 gRPC too (:mod:`.se
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import math
+import socket
 import time
+import zlib
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..errors import EffattnError, InputError
+from ..errors import BackendError, ConfigError, InputError
+from ..names import check_model_name
 from .base import Runner
 from .batching import DynamicBatcher, QueueFull
 
@@ -52,6 +65,10 @@ class RequestError(Exception):
         self.status = status
 
 
+#: Bodies larger than this are decompressed, parsed and decoded in a worker thread, off the event loop.
+OFF_LOOP_BYTES = 64 * 1024
+
+
 @dataclass
 class ServeOptions:
     max_batch_size: int = 8
@@ -63,6 +80,68 @@ class ServeOptions:
     grpc_port: int | None = None  # also serve KServe v2 over gRPC on this port
     host: str = "127.0.0.1"  # the gRPC server binds here too
     graceful_seconds: float = 30.0
+    max_inflight_bytes: int = 256 * 2**20  # request bytes held at once (HTTP and gRPC together); 503 beyond
+    max_connections: int = 512  # concurrent connections (HTTP) and calls (gRPC); 503 / RESOURCE_EXHAUSTED beyond
+    keep_alive_s: float = 5.0  # idle or half-sent (request head) connections are closed after this long
+
+    def __post_init__(self) -> None:
+        positive = {"max_batch_size": self.max_batch_size, "max_queue": self.max_queue, "instances": self.instances,
+                    "timeout": self.timeout_s, "max_request_bytes": self.max_request_bytes,
+                    "max_connections": self.max_connections, "keep_alive_s": self.keep_alive_s}
+        bad = [f"{k} {v}" for k, v in positive.items() if not (v > 0 and math.isfinite(v))]
+        bad += [f"{k} {v}" for k, v in {"max_queue_delay_ms": self.max_queue_delay_ms,
+                                          "graceful_seconds": self.graceful_seconds}.items()
+                if not (v >= 0 and math.isfinite(v))]
+        if bad:
+            raise ConfigError(f"serve options out of range: {', '.join(bad)} (sizes, counts and times must be "
+                              "positive and finite; delays may be 0)")
+        if self.max_inflight_bytes < self.max_request_bytes:
+            raise ConfigError(f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least max_request_bytes "
+                              f"({self.max_request_bytes}), or no request of the largest size could ever run")
+        if self.grpc_port is not None:
+            check_port(self.grpc_port, "gRPC port")
+
+
+def check_port(port: int, what: str = "port") -> int:
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"{what} {port!r} is not a TCP port (1-65535)")
+    return port
+
+
+def listen(host: str, port: int, what: str = "port") -> socket.socket:
+    """A listening socket on ``host:port`` without SO_REUSEPORT, so a port in use is refused, not shared."""
+    check_port(port, what)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)  # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on connections
+    except OSError as e:
+        raise BackendError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # only TIME_WAIT leftovers, never a live server
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        busy = " (is another server running there?)" if e.errno == errno.EADDRINUSE else ""
+        raise BackendError(f"cannot listen on {what} {host}:{port}: {e.strerror or e}{busy}") from None
+    return sock
+
+
+class ByteBudget:
+    """Request bytes held at once, shared by the HTTP and gRPC front ends (one event loop: no lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, n: int) -> None:
+        if self.used + n > self.limit:
+            raise RequestError(503, f"server busy: {self.used} bytes of requests in flight, {n} more would pass the "
+                                    f"limit of {self.limit} (--max-inflight-mb); retry later")
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used -= n
 
 
 @dataclass
@@ -98,6 +177,7 @@ class Metrics:
     latency: Any = None
     batch: Any = None
     queue: Any = None
+    inflight: Any = None
 
     @classmethod
     def create(cls) -> Metrics:
@@ -113,6 +193,7 @@ class Metrics:
             Histogram("effattn_batch_size", "Items per engine call (dynamic batching)", ["model"],
                       buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64), registry=registry),
             Gauge("effattn_queue_depth", "Requests waiting to be batched", ["model"], registry=registry),
+            Gauge("effattn_inflight_bytes", "Request bytes held by the server (HTTP and gRPC)", registry=registry),
         )
 
     def answered(self, served: Mapping[str, Any], model: str, status: int, seconds: float) -> None:
@@ -129,13 +210,32 @@ class Metrics:
 
 
 # ------------------------------------------------------------------------------------- the protocol
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body as sent before ``Content-Encoding`` (gzip or deflate, as tritonclient compresses), at most ``limit`` bytes."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise RequestError(415, f"Content-Encoding {encoding[:40]!r} is not supported; use gzip, deflate or none")
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise RequestError(400, f"the {encoding} request body is corrupt: {e}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise RequestError(413, f"the {encoding} request body inflates to over {limit} bytes (--max-request-mb)")
+    if not inflater.eof:
+        raise RequestError(400, f"the {encoding} request body is truncated")
+    return data
+
+
 def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     """The JSON part and the binary part of an infer request body (binary tensor data extension)."""
     if header_length is not None:
         try:
             n = int(header_length)
         except ValueError:
-            raise RequestError(400, f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+            raise RequestError(400, f"{HEADER_LENGTH} must be an integer, got {header_length[:40]!r}") from None
         if not 0 <= n <= len(body):
             raise RequestError(400, f"{HEADER_LENGTH} is {n} but the body has only {len(body)} bytes")
         head, binary = body[:n], body[n:]
@@ -145,71 +245,127 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, b
         request = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RequestError(400, f"malformed JSON in the request: {e}") from None
+    except RecursionError:
+        raise RequestError(400, "malformed JSON in the request: nested too deeply") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise RequestError(400, "the request must be a JSON object with a non-empty 'inputs' list")
+    _parameters(request, "the request")
+    if not isinstance(request.get("id", ""), str):
+        raise RequestError(400, "the request's 'id' must be a string")
     return request, binary
 
 
-def decode_inputs(request: dict, binary: bytes, runner: Runner) -> dict[str, np.ndarray]:
+def _parameters(obj: dict, where: str) -> dict:
+    """``obj["parameters"]``: absent, or an object."""
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise RequestError(400, f"'parameters' of {where} must be an object, got {type(params).__name__}")
+    return params
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def tensor_header(name: Any, shape: Any, datatype: Any, runner: Runner, max_bytes: int) -> tuple[np.dtype, int]:
+    """Dtype and element count of one input tensor, after checking its name, shape and datatype (HTTP and gRPC)."""
+    if not isinstance(name, str) or name not in runner.inputs:
+        raise RequestError(400, f"unknown input {str(name)[:100]!r}; the model's inputs are {list(runner.inputs)}")
+    if not isinstance(shape, (list, tuple)) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise RequestError(400, f"input {name!r}: 'shape' must be a list of non-negative integers, got "
+                                f"{str(shape)[:100]}")
+    expected = datatype_of(runner.inputs[name].dtype)
+    if datatype != expected:
+        raise RequestError(400, f"input {name!r} has datatype {str(datatype)[:20]!r}; the model takes {expected}")
+    dtype = np.dtype(DATATYPES[expected])
+    count = math.prod(int(d) for d in shape)  # Python ints: no overflow
+    if count * dtype.itemsize > max_bytes:
+        raise RequestError(400, f"input {name!r}: shape {list(shape)} of {expected} is {count * dtype.itemsize} "
+                                f"bytes, more than a request may hold ({max_bytes})")
+    return dtype, count
+
+
+#: Which kinds of JSON numbers (numpy dtype kinds) an input of each kind accepts: no strings, no floats into ints.
+_JSON_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
+
+
+def _json_array(name: str, data: Any, dtype: np.dtype, count: int) -> np.ndarray:
+    try:
+        array = np.asarray(data)
+    except (TypeError, ValueError) as e:  # ragged nesting
+        raise RequestError(400, f"input {name!r}: 'data' is not a list of {datatype_of(dtype)} numbers "
+                                f"(ragged nesting: {e})") from None
+    if array.dtype.kind not in _JSON_KINDS[dtype.kind] and array.size:
+        raise RequestError(400, f"input {name!r}: 'data' is not a list of {datatype_of(dtype)} numbers (it holds "
+                                f"{array.dtype.name} values)")
+    if array.size != count:
+        raise RequestError(400, f"input {name!r}: 'data' has {array.size} elements, shape needs {count}")
+    return array.astype(dtype, copy=False)
+
+
+def decode_inputs(request: dict, binary: bytes, runner: Runner, max_bytes: int = 2**62) -> dict[str, np.ndarray]:
     """Input tensors by name, each checked against its declared shape and the model's datatype."""
     feed, offset = {}, 0
     for i, tensor in enumerate(request["inputs"]):
         if not isinstance(tensor, dict):
             raise RequestError(400, f"inputs[{i}] must be an object with name, shape, datatype")
-        name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
-        if name not in runner.inputs:
-            raise RequestError(400, f"unknown input {name!r}; the model's inputs are {list(runner.inputs)}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise RequestError(400, f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
-        expected = datatype_of(runner.inputs[name].dtype)
-        if datatype != expected:
-            raise RequestError(400, f"input {name!r} has datatype {datatype!r}; the model takes {expected}")
-        dtype = np.dtype(DATATYPES[expected])
-        count = int(np.prod(shape))
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        name, shape = tensor.get("name"), tensor.get("shape")
+        dtype, count = tensor_header(name, shape, tensor.get("datatype"), runner, max_bytes)
+        if name in feed:
+            raise RequestError(400, f"input {name!r} is given twice")
+        size = _parameters(tensor, f"input {name!r}").get("binary_data_size")
         if size is not None:
-            if size != count * dtype.itemsize:
-                raise RequestError(400, f"input {name!r}: binary_data_size {size} does not match shape {shape} of "
-                                        f"{expected} ({count * dtype.itemsize} bytes)")
+            if not _is_int(size) or size != count * dtype.itemsize:
+                raise RequestError(400, f"input {name!r}: binary_data_size {str(size)[:40]} does not match shape "
+                                        f"{shape} ({count * dtype.itemsize} bytes)")
             if offset + size > len(binary):
                 raise RequestError(400, f"input {name!r}: truncated binary payload ({len(binary) - offset} of "
                                         f"{size} bytes present)")
-            array = np.frombuffer(binary, dtype, count, offset).reshape(shape)
+            array = np.frombuffer(binary, dtype, count, offset)
             offset += size
+        elif "data" in tensor:
+            array = _json_array(name, tensor["data"], dtype, count)
         else:
-            if "data" not in tensor:
-                raise RequestError(400, f"input {name!r} has neither 'data' nor a binary_data_size parameter")
-            try:
-                array = np.asarray(tensor["data"], dtype=dtype)
-            except (TypeError, ValueError) as e:
-                raise RequestError(400, f"input {name!r}: 'data' is not a list of {expected} numbers ({e})") from None
-            if array.size != count:
-                raise RequestError(400, f"input {name!r}: 'data' has {array.size} elements, shape {shape} needs {count}")
-            array = array.reshape(shape)
-        if name in feed:
-            raise RequestError(400, f"input {name!r} is given twice")
-        feed[name] = array
+            raise RequestError(400, f"input {name!r} has neither 'data' nor a binary_data_size parameter")
+        feed[name] = array.reshape(shape)
     if offset != len(binary):
         raise RequestError(400, f"{len(binary) - offset} bytes of binary payload belong to no input")
     return feed
 
 
-def encode_outputs(request: dict, outputs: Mapping[str, np.ndarray], model: ServedModel) -> tuple[bytes, dict]:
-    """Response body and headers: JSON, plus binary outputs where the request asked for them."""
+def _wanted_outputs(request: dict, outputs: Mapping[str, np.ndarray]) -> list[tuple[str, bool]]:
+    """(name, binary?) of each output the request asks for (all, by default)."""
+    default_binary = _parameters(request, "the request").get("binary_data_output", False)
     wanted = request.get("outputs")
-    default_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
     if wanted is None:
         wanted = [{"name": n} for n in outputs]
     elif not isinstance(wanted, list):
         raise RequestError(400, "'outputs' must be a list")
+    chosen = []
+    for i, spec in enumerate(wanted):
+        if not isinstance(spec, dict):
+            raise RequestError(400, f"outputs[{i}] must be an object with a 'name'")
+        name = spec.get("name")
+        if not isinstance(name, str) or name not in outputs:
+            raise RequestError(400, f"unknown output {str(name)[:100]!r}; the model's outputs are {list(outputs)}")
+        binary = _parameters(spec, f"output {name!r}").get("binary_data", default_binary)
+        if not isinstance(binary, bool):
+            raise RequestError(400, f"output {name!r}: binary_data must be true or false")
+        chosen.append((name, binary))
+    return chosen
+
+
+def encode_outputs(request: dict, outputs: Mapping[str, np.ndarray], model: ServedModel) -> tuple[bytes, dict]:
+    """Response body and headers: JSON, plus binary outputs where the request asked for them.
+
+    Non-finite values in JSON outputs are written as ``NaN``/``Infinity``/``-Infinity`` (see the module doc)."""
     tensors, blobs = [], []
-    for spec in wanted:
-        name = spec.get("name") if isinstance(spec, dict) else None
-        if name not in outputs:
-            raise RequestError(400, f"unknown output {name!r}; the model's outputs are {list(outputs)}")
+    for name, binary in _wanted_outputs(request, outputs):
         value = np.ascontiguousarray(outputs[name])
         entry = {"name": name, "datatype": datatype_of(value.dtype), "shape": list(value.shape)}
-        if (spec.get("parameters") or {}).get("binary_data", default_binary):
+        if binary:
             blob = value.tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
@@ -235,6 +391,8 @@ async def run_inference(model: ServedModel, feed: dict[str, np.ndarray], timeout
         feed = model.runner.check_feed(feed)
     except InputError as e:
         raise RequestError(400, str(e)) from None
+    if not isinstance(timeout_us, (int, float, type(None))) or isinstance(timeout_us, bool):
+        raise RequestError(400, "the 'timeout' parameter must be a number of microseconds")
     metrics.queue.labels(model.name).set(model.batcher.depth)
     if isinstance(timeout_us, (int, float)) and not isinstance(timeout_us, bool) and timeout_us > 0:
         timeout_s = min(timeout_s, timeout_us / 1e6)
@@ -244,7 +402,7 @@ async def run_inference(model: ServedModel, feed: dict[str, np.ndarray], timeout
         raise RequestError(503, f"model {model.name!r} is overloaded: {e}; retry later") from None
     except asyncio.TimeoutError:
         raise RequestError(504, f"request timed out after {timeout_s:g} s waiting for model {model.name!r}") from None
-    except EffattnError as e:
+    except InputError as e:  # the request's fault; anything else from the engine is the server's (500)
         raise RequestError(400, str(e)) from None
 
 
@@ -252,14 +410,16 @@ async def run_inference(model: ServedModel, feed: dict[str, np.ndarray], timeout
 def create_app(models: Mapping[str, Runner], options: ServeOptions | None = None):
     """A Starlette app serving ``models`` (name -> Runner)."""
     from starlette.applications import Starlette
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     options = options or ServeOptions()
     metrics = Metrics.create()
+    budget = ByteBudget(options.max_inflight_bytes)
     served: dict[str, ServedModel] = {}
     for name, runner in models.items():
+        check_model_name(name)
         profile = runner.profile
         lo, hi = profile.batch_range if profile is not None else (1, 1)
         max_batch = min(options.max_batch_size, hi) if lo < hi else 1
@@ -304,45 +464,89 @@ def create_app(models: Mapping[str, Runner], options: ServeOptions | None = None
             return error(e.status, str(e))
         return JSONResponse({"name": model.name, "ready": model.ready}, status_code=200 if model.ready else 503)
 
-    async def read_body(request: Request) -> bytes:
-        """The body, or 413 once it passes the limit. The rest is read and dropped (not kept), so the
-        client, still sending, gets the answer instead of a reset connection."""
-        declared = request.headers.get("content-length")
-        chunks, size = [], 0
-        if declared and declared.isdigit() and int(declared) > options.max_request_bytes:
-            size = int(declared)
-        async for chunk in request.stream():
-            if size <= options.max_request_bytes:
-                size += len(chunk)
-                chunks.append(chunk)
-        if size > options.max_request_bytes:
-            raise RequestError(413, f"request body of {size} bytes is over the limit of "
-                                    f"{options.max_request_bytes} bytes (--max-request-mb)")
+    async def read_body(request: Request, held: list[int]) -> bytes:
+        """The body, or 413 once it passes the limit, 503 if the server holds too many bytes already, 408 if
+        it arrives slower than the timeout. A refused body is still read (and dropped, never kept), so the
+        client, still sending, gets the answer. ``held`` collects the bytes taken from the in-flight budget."""
+        declared = request.headers.get("content-length", "")
+        refusal = _admit(int(declared), held) if declared.isdigit() else None
+        chunks: list[bytes] = []
+
+        async def collect() -> int:
+            total = 0
+            async for chunk in request.stream():
+                total += len(chunk)
+                if refusal is None and total <= options.max_request_bytes:
+                    chunks.append(chunk)
+            return total
+
+        try:
+            size = await asyncio.wait_for(collect(), options.timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(408, f"the request body did not arrive within {options.timeout_s:g} s") from None
+        refusal = refusal or (_admit(size, held) if not held else None)
+        if refusal is not None:
+            raise refusal
         return b"".join(chunks)
 
+    def _admit(size: int, held: list[int]) -> RequestError | None:
+        """None if a body of ``size`` bytes may be held (and it is then taken from the budget), else why not."""
+        if size > options.max_request_bytes:
+            return RequestError(413, f"request body of {size} bytes is over the limit of "
+                                     f"{options.max_request_bytes} bytes (--max-request-mb)")
+        try:
+            budget.take(size)
+        except RequestError as e:
+            return e
+        held.append(size)
+        return None
+
+    def decode(model: ServedModel, body: bytes, header_length: str | None) -> tuple[dict, dict[str, np.ndarray]]:
+        payload, binary = parse_infer_request(body, header_length)
+        return payload, decode_inputs(payload, binary, model.runner, options.max_request_bytes)
+
+    async def off_loop(size: int, fn, *args):
+        """``fn(*args)``, in a worker thread when the data is big enough to stall the event loop."""
+        return await asyncio.to_thread(fn, *args) if size > OFF_LOOP_BYTES else fn(*args)
+
+    async def answer(request: Request, held: list[int]) -> Response:
+        model = model_of(request)
+        body = await read_body(request, held)
+        encoding = request.headers.get("content-encoding")
+        if encoding:
+            inflated = await off_loop(len(body), decompress, body, encoding, options.max_request_bytes)
+            if inflated is not body:
+                budget.take(len(inflated))
+                held.append(len(inflated))
+            body = inflated
+        payload, feed = await off_loop(len(body), decode, model, body, request.headers.get(HEADER_LENGTH.lower()))
+        outputs = await run_inference(model, feed, _parameters(payload, "the request").get("timeout"),
+                                      options.timeout_s, metrics)
+        size = sum(v.nbytes for v in outputs.values())
+        content, headers = await off_loop(size, encode_outputs, payload, outputs, model)
+        return Response(content, headers=headers)
+
     async def infer(request: Request):
-        start = time.perf_counter()
+        start, held = time.perf_counter(), []
         name = request.path_params["name"]
         try:
-            model = model_of(request)
-            body = await read_body(request)
-            payload, binary = parse_infer_request(body, request.headers.get(HEADER_LENGTH.lower()))
-            feed = decode_inputs(payload, binary, model.runner)
-            outputs = await run_inference(model, feed, (payload.get("parameters") or {}).get("timeout"),
-                                          options.timeout_s, metrics)
-            content, headers = encode_outputs(payload, outputs, model)
-            response = Response(content, headers=headers)
+            response = await answer(request, held)
         except RequestError as e:
             response = error(e.status, str(e))
+        except ClientDisconnect:  # the client hung up: nothing to answer, nothing wrong here
+            response = Response(status_code=499)
         except Exception as e:  # an engine failure must not take the server down
             log.exception("inference on %s failed", name)
             response = error(500, f"inference failed: {type(e).__name__}: {e}")
+        finally:
+            budget.give(sum(held))
         metrics.answered(served, name, response.status_code, time.perf_counter() - start)
         return response
 
     async def prometheus(request: Request):
         for name, model in served.items():
             metrics.queue.labels(name).set(model.batcher.depth)
+        metrics.inflight.set(budget.used)
         return Response(metrics.text(), media_type="text/plain; version=0.0.4")
 
     state = {"closing": False}
@@ -355,8 +559,7 @@ def create_app(models: Mapping[str, Runner], options: ServeOptions | None = None
         if options.grpc_port is not None:
             from .serve_grpc import start_grpc
 
-            grpc_server = await start_grpc(served, options.host, options.grpc_port, options.timeout_s, metrics,
-                                           lambda: not state["closing"], options.max_request_bytes)
+            grpc_server = await start_grpc(served, options, metrics, lambda: not state["closing"], budget)
         yield
         state["closing"] = True
         if grpc_server is not None:
@@ -381,12 +584,62 @@ def create_app(models: Mapping[str, Runner], options: ServeOptions | None = None
 
 
 def serve(models: Mapping[str, Runner], port: int = 8000, options: ServeOptions | None = None,
-          log_level: str = "info") -> None:
-    """Run the server until SIGINT/SIGTERM; in-flight requests finish before it exits."""
+          log_level: str = "info", sock: socket.socket | None = None) -> None:
+    """Run the server until SIGINT/SIGTERM; in-flight requests finish before it exits.
+
+    ``sock``: a socket from :func:`listen` (bound before the models were loaded); else one is opened here."""
     import uvicorn
 
     options = options or ServeOptions()
+    sock = sock or listen(options.host, port, "HTTP port")
+    _raise_file_limit()
     app = create_app(models, options)
-    config = uvicorn.Config(app, host=options.host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=options.graceful_seconds, lifespan="on")
-    uvicorn.Server(config).run()
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", http=_guarded_h11(),
+                            timeout_graceful_shutdown=options.graceful_seconds,
+                            limit_concurrency=options.max_connections, timeout_keep_alive=options.keep_alive_s)
+    with sock:
+        uvicorn.Server(config).run(sockets=[sock])
+
+
+def _raise_file_limit() -> None:
+    """Let the process hold as many sockets as the system allows: the soft limit on open files (often 1024)
+    up to the hard one, so a flood of connections meets the connection limit and the head deadline first."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            log.info("could not raise the open-file limit from %d to %d", soft, hard)
+
+
+def _guarded_h11():
+    """uvicorn's h11 protocol with a deadline on each request's head: a connection that stays idle, or sends
+    its request line and headers slowly, is closed ``timeout_keep_alive`` seconds after it opened (or after
+    its last answer). uvicorn alone times only the idle gap after an answer, and any byte resets it."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._head_deadline = self.loop.time() + self.timeout_keep_alive
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._head_deadline = self.loop.time() + self.timeout_keep_alive
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)  # cancels the timer on any byte
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self._arm()  # the request head is not complete yet: the deadline still holds
+
+        def _arm(self) -> None:
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_at(self._head_deadline, self.timeout_keep_alive_handler)
+
+    return GuardedH11Protocol

@@ -9,6 +9,7 @@ Statuses map as Triton's do: 400 -> INVALID_ARGUMENT, 404 -> NOT_FOUND, 503 -> U
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 
@@ -16,7 +17,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BackendError
-from .serve import DATATYPES, Metrics, RequestError, ServedModel, datatype_of, run_inference
+from .serve import (OFF_LOOP_BYTES, ByteBudget, Metrics, RequestError, ServedModel, ServeOptions, datatype_of, listen,
+                    run_inference, tensor_header)
 
 _TYPED_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents",
                    "INT32": "int_contents", "INT16": "int_contents", "INT8": "int_contents",
@@ -33,7 +35,7 @@ def require_grpc():
     return grpc, service_pb2, service_pb2_grpc
 
 
-def decode_grpc_inputs(request, model: ServedModel) -> dict[str, np.ndarray]:
+def decode_grpc_inputs(request, model: ServedModel, max_bytes: int = 2**62) -> dict[str, np.ndarray]:
     """Input tensors of a ModelInferRequest: ``raw_input_contents`` (what tritonclient sends) or typed contents."""
     feed = {}
     raw = list(request.raw_input_contents)
@@ -41,29 +43,28 @@ def decode_grpc_inputs(request, model: ServedModel) -> dict[str, np.ndarray]:
         raise RequestError(400, f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
     for i, tensor in enumerate(request.inputs):
         name, shape = tensor.name, list(tensor.shape)
-        if name not in model.runner.inputs:
-            raise RequestError(400, f"unknown input {name!r}; the model's inputs are {list(model.runner.inputs)}")
-        expected = datatype_of(model.runner.inputs[name].dtype)
-        if tensor.datatype != expected:
-            raise RequestError(400, f"input {name!r} has datatype {tensor.datatype!r}; the model takes {expected}")
-        if any(d < 0 for d in shape):
-            raise RequestError(400, f"input {name!r}: shape {shape} has a negative dimension")
-        dtype, count = np.dtype(DATATYPES[expected]), int(np.prod(shape))
+        dtype, count = tensor_header(name, shape, tensor.datatype, model.runner, max_bytes)
+        if name in feed:
+            raise RequestError(400, f"input {name!r} is given twice")
         if raw:
             if len(raw[i]) != count * dtype.itemsize:
                 raise RequestError(400, f"input {name!r}: {len(raw[i])} bytes of data for shape {shape} of "
-                                        f"{expected} ({count * dtype.itemsize} bytes)")
-            array = np.frombuffer(raw[i], dtype).reshape(shape)
+                                        f"{tensor.datatype} ({count * dtype.itemsize} bytes)")
+            array = np.frombuffer(raw[i], dtype)
         else:
-            values = getattr(tensor.contents, _TYPED_CONTENTS.get(expected, "fp32_contents"))
+            if tensor.datatype not in _TYPED_CONTENTS:
+                raise RequestError(400, f"input {name!r}: {tensor.datatype} has no typed contents field; send it "
+                                        "as raw_input_contents")
+            values = getattr(tensor.contents, _TYPED_CONTENTS[tensor.datatype])
             if len(values) != count:
                 raise RequestError(400, f"input {name!r}: {len(values)} values for shape {shape} ({count} needed)")
-            array = np.asarray(values, dtype).reshape(shape)
-        feed[name] = array
+            array = np.asarray(values, dtype)
+        feed[name] = array.reshape(shape)
     return feed
 
 
-def make_servicer(served: Mapping[str, ServedModel], timeout_s: float, metrics: Metrics, ready):
+def make_servicer(served: Mapping[str, ServedModel], options: ServeOptions, metrics: Metrics, ready,
+                  budget: ByteBudget):
     """A GRPCInferenceService servicer over the served models; ``ready()`` says whether the server is."""
     grpc, pb, pb_grpc = require_grpc()
     codes = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -102,12 +103,17 @@ def make_servicer(served: Mapping[str, ServedModel], timeout_s: float, metrics: 
                 outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["outputs"]])
 
         async def ModelInfer(self, request, context):
-            start, status = time.perf_counter(), 200
+            start, status, held = time.perf_counter(), 200, 0
             try:
                 model = model_of(request.model_name, request.model_version)
-                feed = decode_grpc_inputs(request, model)
+                size = request.ByteSize()
+                budget.take(size)
+                held = size
+                args = (request, model, options.max_request_bytes)
+                feed = await asyncio.to_thread(decode_grpc_inputs, *args) if size > OFF_LOOP_BYTES \
+                    else decode_grpc_inputs(*args)  # typed contents of a big request take a while to convert
                 timeout = request.parameters["timeout"].int64_param if "timeout" in request.parameters else None
-                outputs = await run_inference(model, feed, timeout, timeout_s, metrics)
+                outputs = await run_inference(model, feed, timeout, options.timeout_s, metrics)
                 wanted = [o.name for o in request.outputs] or list(outputs)
                 unknown = [n for n in wanted if n not in outputs]
                 if unknown:
@@ -121,6 +127,8 @@ def make_servicer(served: Mapping[str, ServedModel], timeout_s: float, metrics: 
                 status, message = e.status, str(e)
             except Exception as e:  # an engine failure must not take the server down
                 status, message = 500, f"inference failed: {type(e).__name__}: {e}"
+            finally:
+                budget.give(held)
             metrics.answered(served, request.model_name, status, time.perf_counter() - start)
             if status != 200:
                 await context.abort(codes.get(status, grpc.StatusCode.INTERNAL), message)
@@ -129,14 +137,28 @@ def make_servicer(served: Mapping[str, ServedModel], timeout_s: float, metrics: 
     return Servicer()
 
 
-async def start_grpc(served: Mapping[str, ServedModel], host: str, port: int, timeout_s: float, metrics: Metrics,
-                     ready, max_message_bytes: int):
-    """Start the gRPC server on ``host:port``; returns it (``await server.stop(grace)`` to stop)."""
+async def start_grpc(served: Mapping[str, ServedModel], options: ServeOptions, metrics: Metrics, ready,
+                     budget: ByteBudget):
+    """Start the gRPC server on ``options.host:options.grpc_port``; returns it (``await server.stop(grace)``).
+
+    Port reuse is off (gRPC turns SO_REUSEPORT on by default, which lets a second server share the port)."""
     grpc, _, pb_grpc = require_grpc()
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
-                                      ("grpc.max_send_message_length", max_message_bytes)])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(make_servicer(served, timeout_s, metrics, ready), server)
-    if server.add_insecure_port(f"{host}:{port}") == 0:
-        raise BackendError(f"cannot bind the gRPC port {host}:{port} (in use?)")
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", options.max_request_bytes),
+                                      ("grpc.max_send_message_length", options.max_request_bytes),
+                                      ("grpc.so_reuseport", 0)],
+                             maximum_concurrent_rpcs=options.max_connections)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(make_servicer(served, options, metrics, ready, budget), server)
+    try:
+        bound = server.add_insecure_port(f"{options.host}:{options.grpc_port}")
+    except RuntimeError:  # newer grpcio raises where older ones returned 0
+        bound = 0
+    if bound == 0:
+        raise BackendError(f"cannot listen on gRPC port {options.host}:{options.grpc_port} (is another server "
+                           "running there?)")
     await server.start()
     return server
+
+
+def check_grpc_port(host: str, port: int) -> None:
+    """Refuse a gRPC port in use now, before models load (the server binds it later, without port reuse)."""
+    listen(host, port, "gRPC port").close()

@@ -17,15 +17,28 @@ from typing import Any
 
 import numpy as np
 
-from ..engines.cache import verify_plan
+from ..engines.cache import plan_backend, verify_plan
 from ..engines.tensorrt import gpu_identity, import_tensorrt
 from ..errors import BackendError, InputError
 from ..shapes import InputProfile
 from .base import Runner, TensorSpec
 from .cudagraphs import GraphPolicy, ShapeGraphs
+from .torch import to_numpy
 
+#: TensorRT DataType name -> torch dtype name of the device buffer. Types with no torch or numpy buffer
+#: this runner can fill (FP8, INT4, FP4, E8M0: quantized internals, never model I/O here) are refused by name.
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
                  "INT8": "int8", "BOOL": "bool", "UINT8": "uint8"}
+
+
+def io_dtypes(trt_dtype_name: str, tensor: str) -> tuple[str, str]:
+    """(device buffer dtype, host numpy dtype) for an engine I/O tensor; BF16 is fed and returned as float32
+    (numpy has no bfloat16) and cast on the device."""
+    torch_name = _TORCH_DTYPES.get(trt_dtype_name)
+    if torch_name is None:
+        raise BackendError(f"engine tensor {tensor!r} has TensorRT type {trt_dtype_name}, which effattn cannot "
+                           f"feed or read (supported: {', '.join(_TORCH_DTYPES)})")
+    return torch_name, "float32" if torch_name == "bfloat16" else torch_name
 
 
 @dataclass
@@ -36,19 +49,26 @@ class _Slot:
 
 
 class TensorRTRunner(Runner):
-    backend = "tensorrt"
+    backend = "tensorrt"  # "tensorrt-rtx" for TensorRT-for-RTX plans
 
-    def __init__(self, plan: str | Path, rtx: bool = False, contexts: int = 2, cuda_graph: bool | None = None) -> None:
-        """``contexts``: execution contexts (and streams) for concurrent callers; ``cuda_graph``: True,
-        False, or None to capture where shapes repeat (at once for a static profile)."""
+    def __init__(self, plan: str | Path, rtx: bool | None = None, contexts: int = 2,
+                 cuda_graph: bool | None = None) -> None:
+        """``rtx``: a TensorRT-for-RTX plan (None: as its sidecar says); ``contexts``: execution contexts (and
+        streams) for concurrent callers; ``cuda_graph``: True, False, or None to capture where shapes repeat
+        (at once for a static profile)."""
         import torch
 
+        self.plan = Path(plan)
+        if rtx is None:
+            rtx = plan_backend(self.plan) == "tensorrt_rtx"
+        self.rtx = rtx
         self.trt = trt = import_tensorrt(rtx)
         gpu_name, capability = gpu_identity()
-        self.plan = Path(plan)
         self.sidecar = verify_plan(self.plan, backend="tensorrt_rtx" if rtx else "tensorrt",
                                    backend_version=str(trt.__version__), gpu_name=gpu_name,
                                    compute_capability=capability)
+        self.metadata = dict(self.sidecar.metadata)
+        self.backend = "tensorrt-rtx" if rtx else "tensorrt"
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.plan.read_bytes())
@@ -57,28 +77,48 @@ class TensorRTRunner(Runner):
         if contexts < 1:
             raise BackendError(f"contexts must be at least 1, got {contexts}")
         self.torch = torch
-        inputs, outputs = [], []
-        self._dtypes = {}
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            dtype = _TORCH_DTYPES.get(self.engine.get_tensor_dtype(name).name, "float32")
-            self._dtypes[name] = getattr(torch, dtype)
-            shape = tuple(d if d >= 0 else None for d in self.engine.get_tensor_shape(name))
-            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                lo, opt, hi = (tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
-                profile = InputProfile(name, lo, opt, hi, dtype)
-                inputs.append(TensorSpec(name, np.dtype(dtype), profile.symbolic_shape, profile))
-            else:
-                outputs.append(TensorSpec(name, np.dtype(dtype if dtype != "bfloat16" else "float32"), shape))
-        super().__init__(inputs, outputs)
+        super().__init__(*self._io_specs())
         self._slots: queue.Queue[_Slot] = queue.Queue()
         for _ in range(contexts):
-            context = self.engine.create_execution_context()
-            if context is None:
-                raise BackendError(f"TensorRT could not create an execution context for {self.plan} (GPU memory?)")
-            policy = GraphPolicy(cuda_graph, static_profile=self.profile.static)
-            self._slots.put(_Slot(context, torch.cuda.Stream(), ShapeGraphs(policy, exclusive=True)))
+            self._slots.put(self._new_slot(cuda_graph))
         self._all_slots = list(self._slots.queue)
+
+    def _io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        trt, engine, torch = self.trt, self.engine, self.torch
+        inputs, outputs = [], []
+        self._dtypes = {}
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            device_dtype, host_dtype = io_dtypes(engine.get_tensor_dtype(name).name, name)
+            self._dtypes[name] = getattr(torch, device_dtype)
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                lo, opt, hi = (tuple(s) for s in engine.get_tensor_profile_shape(name, 0))
+                profile = InputProfile(name, lo, opt, hi, host_dtype)
+                inputs.append(TensorSpec(name, np.dtype(host_dtype), profile.symbolic_shape, profile))
+            else:
+                shape = tuple(d if d >= 0 else None for d in engine.get_tensor_shape(name))
+                outputs.append(TensorSpec(name, np.dtype(host_dtype), shape))
+        return inputs, outputs
+
+    def _new_slot(self, cuda_graph: bool | None) -> _Slot:
+        """An execution context and its stream. TensorRT-RTX compiles kernels lazily, so a manual stream
+        capture is unsafe there: its own CUDA-graph strategy (runtime config) captures instead."""
+        if self.rtx:
+            context = self.engine.create_execution_context(self._rtx_runtime_config(cuda_graph))
+            policy = GraphPolicy(False, static_profile=self.profile.static)
+        else:
+            context = self.engine.create_execution_context()
+            policy = GraphPolicy(cuda_graph, static_profile=self.profile.static)
+        if context is None:
+            raise BackendError(f"TensorRT could not create an execution context for {self.plan} (GPU memory?)")
+        return _Slot(context, self.torch.cuda.Stream(), ShapeGraphs(policy, exclusive=True))
+
+    def _rtx_runtime_config(self, cuda_graph: bool | None):
+        """TensorRT-RTX's runtime config with its whole-graph CUDA-graph strategy unless graphs are off."""
+        config = self.engine.create_runtime_config()
+        strategy = self.trt.CudaGraphStrategy
+        config.cuda_graph_strategy = strategy.DISABLED if cuda_graph is False else strategy.WHOLE_GRAPH_CAPTURE
+        return config
 
     @contextmanager
     def _slot(self):
@@ -111,7 +151,7 @@ class TensorRTRunner(Runner):
         return outputs
 
     def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
-        return {k: v.float().cpu().numpy() for k, v in self._infer_torch(feed).items()}
+        return {k: to_numpy(v) for k, v in self._infer_torch(feed).items()}
 
     @property
     def graph_counts(self) -> dict[str, int]:
@@ -120,7 +160,9 @@ class TensorRTRunner(Runner):
                 "replays": sum(s.graphs.replays for s in self._all_slots)}
 
     def close(self) -> None:
+        """Free graphs, contexts, engine and runtime (in that order: a context must go before its engine)."""
         for slot in getattr(self, "_all_slots", []):
             slot.graphs.clear()
         self._all_slots = []
+        self._slots = queue.Queue()
         self.engine = self.runtime = None

@@ -1,10 +1,17 @@
-"""Latency measurement shared by ``effattn demo`` and ``effattn bench``: warm up, then time calls."""
+"""Latency measurement shared by ``effattn demo`` and ``effattn bench``: warm up, then time calls.
+
+What is timed is chosen per device (:func:`timed_call`, :func:`clock_for`): on the CPU, ``infer`` on
+numpy arrays with the wall clock; on CUDA, ``infer_torch`` on tensors already on the device, between
+two CUDA events, so a sample is the model's own time -- not pageable host<->device copies and input
+conversion, which a bench reports apart (:func:`host_copy_seconds`).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +39,59 @@ class LatencyStats:
         return asdict(self)
 
 
+def wall_seconds(fn: Callable[[], object]) -> float:
+    """Seconds ``fn`` takes by the wall clock (CPU backends return only when done)."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def cuda_event_seconds(fn: Callable[[], object]) -> float:
+    """Seconds between CUDA events recorded on the current stream before and after ``fn`` (which may run
+    on streams of its own: the runners order theirs after the current stream and finish before returning)."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def clock_for(device: str) -> Callable[[Callable[[], object]], float]:
+    return cuda_event_seconds if device == "cuda" else wall_seconds
+
+
+def timed_call(runner, feed: Mapping[str, Any], device: str) -> Callable[[], object]:
+    """The call a benchmark times: on CUDA, ``infer_torch`` on device-resident tensors (made once, here)."""
+    if device != "cuda":
+        return lambda: runner.infer(feed)
+    resident = {name: to_device(value, device) for name, value in feed.items()}
+    return lambda: runner.infer_torch(resident)
+
+
+def to_device(value, device: str):
+    import torch
+
+    return torch.as_tensor(value).to(device)
+
+
+def host_copy_seconds(feed: Mapping[str, Any], outputs: Mapping[str, Any], device: str, repeats: int = 5) -> float:
+    """Median seconds to copy ``feed`` to ``device`` and ``outputs`` back to the host: the part of a
+    numpy-in/numpy-out call that device timing leaves out."""
+    import torch
+
+    def copies() -> None:
+        for value in feed.values():
+            torch.as_tensor(value).to(device)
+        for value in outputs.values():
+            value.cpu()
+        torch.cuda.synchronize()
+
+    return float(np.median([wall_seconds(copies) for _ in range(repeats)]))
+
+
 def measure(fn: Callable[[], object], warmup_s: float = 0.2, min_runs: int = 10, max_runs: int = 1000,
             min_seconds: float = 1.0, max_seconds: float = 10.0) -> LatencyStats:
     """Time ``fn`` after ``warmup_s`` of warm-up calls (trtexec's convention: 200 ms) until ``min_runs``
@@ -42,7 +102,9 @@ def measure(fn: Callable[[], object], warmup_s: float = 0.2, min_runs: int = 10,
 
 def measure_interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 5, warmup_s: float = 0.2,
                         min_runs: int = 10, min_seconds: float = 1.0, max_seconds: float = 10.0,
-                        max_runs: int = 100_000, catch: bool = True) -> dict[str, LatencyStats | BaseException]:
+                        max_runs: int = 100_000, catch: bool = True,
+                        clock: Callable[[Callable[[], object]], float] = wall_seconds,
+                        ) -> dict[str, LatencyStats | BaseException]:
     """Time several callables in alternation so that their ratios survive a noisy machine.
 
     Timed back to back, a baseline and a candidate see different moments of a shared machine (other
@@ -50,16 +112,16 @@ def measure_interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 5
     ``rounds`` rounds gives every callable ``min_seconds / rounds`` of calls in turn, so slow drifts hit
     all of them alike. Each gets at least ``min_runs`` calls in all; the whole stops at ``max_seconds``
     per callable (or ``max_runs`` calls). A callable that raises is dropped and its exception returned in
-    its place (with ``catch=False`` the exception propagates).
+    its place (with ``catch=False`` the exception propagates). ``clock`` times one call (see :func:`clock_for`).
     """
     samples: dict[str, list[float]] = {name: [] for name in fns}
     result: dict[str, LatencyStats | BaseException] = {}
     for name, fn in fns.items():  # warm-up, which also finds the ones that fail
         try:
             start = time.perf_counter()
-            fn()
+            clock(fn)  # through the clock: asynchronous (CUDA) work is finished, not queued up
             while time.perf_counter() - start < warmup_s:
-                fn()
+                clock(fn)
         except Exception as e:
             if not catch:
                 raise
@@ -72,16 +134,14 @@ def measure_interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 5
             fn, begin = fns[name], time.perf_counter()
             want_runs = -(-min_runs * (r + 1) // rounds) - len(samples[name])  # spread min_runs over the rounds
             while True:
-                t0 = time.perf_counter()
                 try:
-                    fn()
+                    samples[name].append(clock(fn))
                 except Exception as e:
                     if not catch:
                         raise
                     result[name] = e
                     live.remove(name)
                     break
-                samples[name].append(time.perf_counter() - t0)
                 elapsed = time.perf_counter() - begin
                 want_runs -= 1
                 if ((want_runs <= 0 and elapsed >= per_round) or spent[name] + elapsed >= max_seconds

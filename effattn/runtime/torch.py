@@ -7,6 +7,7 @@ an eager baseline with its launch overhead removed looks like; ``compile=True`` 
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import Any
 
@@ -20,8 +21,34 @@ from .base import Runner, TensorSpec
 from .cudagraphs import GraphPolicy, ShapeGraphs
 
 
+def _converted(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """``model`` in eval mode on ``device`` in ``dtype`` -- a copy unless it already is, so a runner never
+    changes the module it was given (the bench makes FP32, FP16 and compiled runners and the export from one)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    floats = [t for t in tensors if t.is_floating_point()]
+    same_device = all(t.device.type == device.type and device.index in (None, t.device.index) for t in tensors)
+    if not any(m.training for m in model.modules()) and same_device and all(t.dtype == dtype for t in floats):
+        return model
+    return copy.deepcopy(model).eval().to(device, dtype)
+
+
+def to_numpy(value: torch.Tensor) -> np.ndarray:
+    """A host numpy copy; floating types numpy lacks (bfloat16) become float32, integers stay integers."""
+    if value.dtype == torch.bfloat16:
+        value = value.float()
+    return value.detach().cpu().numpy()
+
+
+def pin_fp32() -> None:
+    """FP32 means FP32 on CUDA: turn TF32 off for cuDNN convolutions (on by default in torch) and matmuls.
+    The flags are process-wide; an FP32 reference sets them once, as ``effattn bench`` does."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 class TorchRunner(Runner):
-    """Eager ``model`` on ``device`` in ``dtype`` (float32 is the reference every check compares to)."""
+    """Eager ``model`` on ``device`` in ``dtype`` (float32 is the reference every check compares to; on
+    CUDA it pins TF32 off, see :func:`pin_fp32`)."""
 
     def __init__(self, model: nn.Module, profile: ShapeProfile, output_names: list[str] | None = None,
                  device: str = "cpu", dtype: torch.dtype = torch.float32, cuda_graph: bool | None = False,
@@ -32,9 +59,11 @@ class TorchRunner(Runner):
             raise BackendError("torch backend on cuda asked for, but torch sees no CUDA device")
         self.device = torch.device(device)
         self.dtype = dtype
+        if self.device.type == "cuda" and dtype == torch.float32:
+            pin_fp32()
         suffix = ("" if dtype == torch.float32 else f"-{str(dtype)[6:]}") + ("-compile" if compile else "")
         self.backend = f"torch-{self.device.type}{suffix}"
-        self.model = model.eval().to(self.device, dtype)
+        self.model = _converted(model, self.device, dtype)
         self._call = torch.compile(self.model) if compile else self.model
         inputs = [TensorSpec(p.name, np.dtype(p.dtype), p.symbolic_shape, p) for p in profile.inputs]
         names = output_names or ["output"]
@@ -58,7 +87,8 @@ class TorchRunner(Runner):
             return self._graphs.run(self._forward, args, self._stream)
 
     def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
-        return {name: v.float().cpu().numpy() for name, v in self._infer_torch(feed).items()}
+        # the outputs are declared float32 whatever the compute dtype; integer outputs keep their type
+        return {name: to_numpy(v.float() if v.is_floating_point() else v) for name, v in self._infer_torch(feed).items()}
 
     def close(self) -> None:
         self.model = self._call = self._graphs = None

@@ -16,7 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError, FileExistsNoForceError, InputError, first_line
+from google.protobuf.text_encoding import CEscape
+
+from ..errors import BackendError, ConfigError, InputError, first_line
+from ..files import atomic_folder
+from ..names import check_model_name, name_from_file
 from ..shapes import ShapeProfile
 
 PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
@@ -44,6 +48,17 @@ class TritonOptions:
     warmup: bool = True
 
 
+def _quote(text: str) -> str:
+    """``text`` escaped for a protobuf text-format string (quotes, backslashes, newlines from the file)."""
+    return CEscape(text, as_utf8=True)
+
+
+def _type_of(name: str, dtype: np.dtype) -> str:
+    if dtype not in _TYPES:
+        raise InputError(f"tensor {name!r} has dtype {dtype}, which Triton's config cannot express")
+    return _TYPES[dtype]
+
+
 def model_config(name: str, platform: str, inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig],
                  profile: ShapeProfile | None, options: TritonOptions) -> str:
     """The ``config.pbtxt`` text (protobuf text format of Triton's ModelConfig)."""
@@ -53,6 +68,9 @@ def model_config(name: str, platform: str, inputs: Sequence[TensorConfig], outpu
         raise InputError(f"instance kind must be KIND_GPU or KIND_CPU, got {options.kind!r}")
     if platform == "tensorrt" and options.kind == "KIND_CPU":
         raise InputError("a TensorRT plan runs on the GPU only; use --kind KIND_GPU or the onnxruntime platform")
+    if options.max_batch_size < 0 or options.instances < 1 or options.max_queue_delay_us < 0:
+        raise ConfigError(f"need max_batch_size >= 0, instances >= 1 and max_queue_delay_us >= 0; got "
+                          f"{options.max_batch_size}, {options.instances} and {options.max_queue_delay_us}")
     profile_batch = profile.batch_range[1] if profile else None
     batching = options.max_batch_size > 0 and all(t.dims and t.dims[0] == -1 for t in inputs)
     max_batch = min(options.max_batch_size, profile_batch or options.max_batch_size) if batching else 0
@@ -62,11 +80,9 @@ def model_config(name: str, platform: str, inputs: Sequence[TensorConfig], outpu
 
     def tensor(t: TensorConfig) -> str:
         dims = t.dims[1:] if max_batch else t.dims
-        if t.dtype not in _TYPES:
-            raise InputError(f"tensor {t.name!r} has dtype {t.dtype}, which Triton's config cannot express")
-        return f'  {{\n    name: "{t.name}"\n    data_type: {_TYPES[t.dtype]}\n    dims: [ {", ".join(map(str, dims))} ]\n  }}'
+        return f'  {{\n    name: "{_quote(t.name)}"\n    data_type: {_type_of(t.name, t.dtype)}\n    dims: [ {", ".join(map(str, dims))} ]\n  }}'
 
-    lines = [f'name: "{name}"', f'platform: "{PLATFORMS[platform][0]}"', f"max_batch_size: {max_batch}",
+    lines = [f'name: "{_quote(check_model_name(name))}"', f'platform: "{PLATFORMS[platform][0]}"', f"max_batch_size: {max_batch}",
              "input [\n" + ",\n".join(tensor(t) for t in inputs) + "\n]",
              "output [\n" + ",\n".join(tensor(t) for t in outputs) + "\n]"]
     if max_batch:
@@ -86,8 +102,8 @@ def model_config(name: str, platform: str, inputs: Sequence[TensorConfig], outpu
         warm = []
         for p in profile.inputs:
             dims = list(p.opt[1:]) if max_batch else list(p.opt)
-            dtype = _TYPES[np.dtype(p.dtype)]
-            warm.append(f'    inputs {{\n      key: "{p.name}"\n      value: {{\n        data_type: {dtype}\n'
+            dtype = _type_of(p.name, np.dtype(p.dtype))
+            warm.append(f'    inputs {{\n      key: "{_quote(p.name)}"\n      value: {{\n        data_type: {dtype}\n'
                         f'        dims: [ {", ".join(map(str, dims))} ]\n        random_data: true\n      }}\n    }}')
         batch = f"    batch_size: {min(p.opt[0] for p in profile.inputs)}\n" if max_batch else ""
         lines.append('model_warmup [\n  {\n    name: "opt shape"\n' + batch + "\n".join(warm) + "\n  }\n]")
@@ -108,22 +124,19 @@ def write_repository(model_file: str | Path, repository: str | Path, name: str |
         platform, (inputs, outputs, profile) = "tensorrt", _plan_io(model_file)
     else:
         raise InputError(f"{model_file}: expected an .onnx file or a TensorRT .plan/.engine")
-    name = name or model_file.name.split(".")[0]
+    name = check_model_name(name) if name is not None else name_from_file(model_file)
     folder = Path(repository) / name
-    if folder.exists() and not force:
-        raise FileExistsNoForceError(f"{folder} exists; pass --force to replace it")
     text = model_config(name, platform, inputs, outputs, profile, options)
-    if folder.exists():
-        shutil.rmtree(folder)
-    (folder / "1").mkdir(parents=True)
-    shutil.copyfile(model_file, folder / "1" / PLATFORMS[platform][1])
-    if platform == "tensorrt":
-        from ..engines.cache import sidecar_path
+    with atomic_folder(folder, force, owned="config.pbtxt") as tmp:
+        (tmp / "1").mkdir()
+        shutil.copyfile(model_file, tmp / "1" / PLATFORMS[platform][1])
+        if platform == "tensorrt":
+            from ..engines.cache import sidecar_path
 
-        sidecar = sidecar_path(model_file)
-        if sidecar.exists():
-            shutil.copyfile(sidecar, folder / "1" / (PLATFORMS[platform][1] + ".json"))
-    (folder / "config.pbtxt").write_text(text)
+            sidecar = sidecar_path(model_file)
+            if sidecar.exists():
+                shutil.copyfile(sidecar, tmp / "1" / (PLATFORMS[platform][1] + ".json"))
+        (tmp / "config.pbtxt").write_text(text)
     return folder
 
 

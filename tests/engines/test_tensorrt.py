@@ -25,12 +25,8 @@ def test_missing_tensorrt_is_a_clear_error(tmp_path):
 
 
 def _needs_tensorrt():
-    import torch
-
     if importlib.util.find_spec("tensorrt") is None:
         pytest.skip("tensorrt is not installed (pip install 'effattn[gpu]' on a CUDA machine)")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU visible to torch")
 
 
 @pytest.mark.gpu

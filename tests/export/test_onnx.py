@@ -120,7 +120,7 @@ def test_torchscript_fallback_exports_hosts(tmp_path, rng):
 def test_existing_file_is_not_overwritten(tmp_path):
     path = tmp_path / "keep.onnx"
     path.write_bytes(b"the user's file")
-    with pytest.raises(FileExistsNoForceError, match="exists; pass force=True"):
+    with pytest.raises(FileExistsNoForceError, match="exists; pass --force to overwrite it"):
         export_onnx(EfficientAttention(8, 4, 2, 8), torch.randn(1, 8, 4, 4), path)
     assert path.read_bytes() == b"the user's file"
 
@@ -158,3 +158,10 @@ def test_read_metadata_refuses_foreign_files(tmp_path):
         read_metadata(junk)
     with pytest.raises(ExportError, match="does not exist"):
         read_metadata(tmp_path / "missing.onnx")
+
+
+@pytest.mark.parametrize("opset", [0, 999])
+def test_an_opset_onnx_does_not_know_is_refused(tmp_path, opset):
+    with pytest.raises(ExportError, match=f"opset {opset} is outside what this onnx supports"):
+        export_onnx(EfficientAttention(8, 4, 2, 8), torch.randn(1, 8, 4, 4), tmp_path / "x.onnx", opset=opset)
+    assert list(tmp_path.iterdir()) == []

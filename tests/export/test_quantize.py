@@ -1,6 +1,7 @@
 """The INT8 stage: TensorRT's QDQ rules checked on the graph itself, calibration sources, refusals, and
 task-level agreement of the trained segmenter with eager FP32 on ONNX Runtime and OpenVINO."""
 
+import importlib.util
 import logging
 
 import numpy as np
@@ -30,7 +31,7 @@ def files(tmp_path_factory):
     block = EfficientAttention(16, 8, 2, 16).eval()
     export_onnx(block, BLOCK_PROFILE, d / "block.onnx")
     return {"dir": d, "seg": seg, "block": block, "seg_int8": quantize(d / "seg.onnx", d / "seg.int8.onnx"),
-            "block_int8": quantize(d / "block.onnx", d / "block.int8.onnx", samples=8)}
+            "block_int8": quantize(d / "block.onnx", d / "block.int8.onnx")}
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -75,7 +76,8 @@ def _iou(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
                      for c in range(len(CLASSES))])
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None, reason="openvino is not installed (the 'cpu' extra)"))])
 def test_trained_segmenter_int8_agrees_with_eager(files, backend):
     """Fresh held-out task images (32 at the opt size, 64 x 64): argmax agreement >= 99 % and IoU drop
     <= 1 point per class (measured 99.7-99.8 %, <= 0.2 points)."""
@@ -110,7 +112,7 @@ def _input_scale(path) -> float:
 
 def test_calibration_sources(files, caplog):
     assert files["seg_int8"].calibration == "zoo samples: ea_segnet_tiny x32"
-    assert files["block_int8"].calibration == "random normal x8"
+    assert files["block_int8"].calibration == "random normal x32"
     with caplog.at_level(logging.WARNING, logger="effattn"):
         quantize(files["dir"] / "block.onnx", files["dir"] / "again.int8.onnx", samples=2, force=True)
     assert "random normal inputs" in caplog.text and "pass real inputs with --calibration" in caplog.text

@@ -97,3 +97,39 @@ def test_shipped_weights_are_trained():
     for c in range(1, len(CLASSES)):
         iou = ((pred == c) & (y == c)).sum() / ((pred == c) | (y == c)).sum()
         assert iou > 0.75, f"{CLASSES[c]} IoU {iou:.3f}"
+
+
+def _safetensors(header: dict, data: bytes = b"\0" * 8) -> bytes:
+    import json
+    import struct
+
+    head = json.dumps(header).encode()
+    return struct.pack("<Q", len(head)) + head + data
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"\x05", b"\xff" * 8 + b"{}",  # empty, truncated, a 2^64-byte header
+    _safetensors({"w": {"dtype": "XX", "shape": [2], "data_offsets": [0, 8]}}),  # foreign dtype
+    _safetensors({"w": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}),  # 2^80 elements
+    _safetensors({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 800]}}),  # data past the end
+], ids=["empty", "truncated", "huge-header", "foreign-dtype", "huge-shape", "past-the-end"])
+def test_corrupt_or_foreign_safetensors_is_one_checkpoint_error(tmp_path, content):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"^cannot read checkpoint .*bad\.safetensors: ") as e:
+        read_state_dict(path)
+    assert "\n" not in str(e.value)
+
+
+def test_integer_weights_are_refused_not_cast(tmp_path):
+    model = create_model("efficient_attention", in_channels=8, key_channels=4, head_count=2, value_channels=8)
+    state = {k: v.to(torch.int64) if k == "keys.weight" else v for k, v in model.state_dict().items()}
+    save_file(state, tmp_path / "int.safetensors")
+    before = model.keys.weight.detach().clone()
+    with pytest.raises(CheckpointError, match=r"dtype mismatches \(refused, not cast\): keys.weight torch.int64 "
+                                              r"vs model torch.float32"):
+        load_weights(model, tmp_path / "int.safetensors")
+    assert torch.equal(model.keys.weight, before)
+    half = {k: v.half() for k, v in model.state_dict().items()}  # a change of precision within a kind is fine
+    save_file(half, tmp_path / "half.safetensors")
+    load_weights(model, tmp_path / "half.safetensors")

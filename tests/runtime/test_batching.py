@@ -80,3 +80,28 @@ def test_an_engine_error_fails_its_batch_and_the_worker_goes_on():
         await batcher.stop()
 
     asyncio.run(main())
+
+
+def test_outputs_without_the_batch_axis_are_never_split_into_wrong_answers():
+    """A model that reduces over the batch (one output row for N inputs): batched requests would each get a
+    slice of a shared answer. The batch is refused as a whole; a request alone is answered."""
+    from effattn.errors import BackendError
+
+    def pooled(feed):
+        return {"pooled": feed["x"].sum(axis=0, keepdims=True)}
+
+    async def main():
+        batcher = DynamicBatcher(pooled, max_batch_size=8, max_queue_delay=1.0)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit({"x": np.full((1, 4), i, np.float32)}) for i in range(3)),
+                                       return_exceptions=True)
+        alone = DynamicBatcher(pooled, max_batch_size=1, max_queue_delay=0.0)
+        alone.start()
+        single = await alone.submit({"x": np.ones((1, 4), np.float32)})
+        await batcher.stop()
+        await alone.stop()
+        return results, single
+
+    results, single = asyncio.run(main())
+    assert all(isinstance(r, BackendError) and "do not keep the batch axis" in str(r) for r in results), results
+    assert np.array_equal(single["pooled"], np.ones((1, 4), np.float32))

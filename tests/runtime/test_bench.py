@@ -133,6 +133,7 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 def test_low_precision_backends_run_their_own_graphs(caplog):
     """onnxruntime-int8 / openvino-int8 run the INT8 QDQ file, openvino the FP32 one at OpenVINO's default,
     torch-bf16 a BF16 copy (the FP32 baseline stays FP32); the environment names the CPU flags and load."""
+    pytest.importorskip("openvino", reason="openvino is not installed (the 'cpu' extra)")
     backends = ["onnxruntime-int8", "openvino", "openvino-fp32", "openvino-int8", "torch-bf16"]
     results = run_bench(["efficient_attention"], [8], backends=backends, min_seconds=0.01, memory=False,
                         quiet=True)

@@ -95,3 +95,11 @@ def test_report_to_dict_schema():
     d = compare(ref, Shifted(ref, lambda o: 0 * o), random_inputs(PROFILE, "min", seed=0)).to_dict()
     assert d["passed"] is True and d["precision"] == "fp32"
     assert set(d["rows"][0]) >= {"candidate", "output", "metric", "value", "limit", "max_abs", "cosine", "passed"}
+
+
+def test_an_unknown_precision_is_one_line_error():
+    from effattn.errors import InputError
+
+    ref = TorchRunner(EfficientAttention(8, 4, 2, 8), PROFILE)
+    with pytest.raises(InputError, match="no parity tolerances for precision 'int3'"):
+        compare(ref, ref, random_inputs(PROFILE, "min", seed=0), precision="int3")

@@ -27,12 +27,13 @@ def runner(request, onnx_path):
     if request.param == "torch":
         return TorchRunner(EfficientAttention(8, 4, 2, 8), PROFILE)
     if request.param == "openvino":
+        pytest.importorskip("openvino", reason="openvino is not installed (the 'cpu' extra)")
         return load(onnx_path, backend="openvino", precision="fp32")
     return load(onnx_path, device="cpu")
 
 
 def test_runner_reads_specs_and_profile_from_the_file(onnx_path):
-    with load(onnx_path) as runner:
+    with load(onnx_path, device="cpu") as runner:
         assert runner.backend == "onnxruntime-cpu"
         spec = runner.inputs["input"]
         assert spec.shape == ("batch", 8, "height", "width")
@@ -92,7 +93,7 @@ def test_forcing_cuda_without_the_provider_says_what_to_install(onnx_path):
 
 
 def test_warmup_and_close(onnx_path):
-    runner = load(onnx_path)
+    runner = load(onnx_path)  # auto: the CPU here, ONNX Runtime CUDA or TensorRT on a GPU machine
     runner.warmup(2)
     feed = random_inputs(PROFILE, "max", seed=1)
     assert runner.infer(feed)["output"].shape == PROFILE["input"].max

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from effattn.cli import main
-from effattn.errors import FileExistsNoForceError, InputError
+from effattn.errors import ConfigError, FileExistsNoForceError, InputError
 from effattn.export import export_onnx
 from effattn.models import EfficientAttention
 from effattn.runtime.triton import TensorConfig, TritonOptions, model_config, write_repository
@@ -84,3 +84,69 @@ def test_cli_refuses_to_overwrite_and_names_bad_files(onnx_file, tmp_path, capsy
         write_repository(tmp_path / "bad.onnx", tmp_path / "r")
     with pytest.raises(FileExistsNoForceError):
         write_repository(onnx_file, tmp_path)
+
+
+def _tree(root):
+    """Every path under ``root`` with its bytes (None for folders, the target for links)."""
+    import os
+
+    return {str(p.relative_to(root)): os.readlink(p) if p.is_symlink() else None if p.is_dir() else p.read_bytes()
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def sandbox(onnx_file, tmp_path):
+    """tmp/outside.txt, tmp/elsewhere/, tmp/repo/{block (a model), stray/ (not a model), link -> ../elsewhere}."""
+    (tmp_path / "outside.txt").write_text("keep me")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "config.pbtxt").write_text("someone else's")
+    repo = tmp_path / "repo"
+    write_repository(onnx_file, repo)
+    (repo / "stray").mkdir()
+    (repo / "stray" / "notes.txt").write_text("mine")
+    (repo / "link").symlink_to(tmp_path / "elsewhere")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../x", "../../x", "/tmp/abs", "a/b", 'a"b', "a\nb", "", "-rf",
+                                  ".hidden", "a b", "x" * 129, "stray", "link"])
+def test_triton_names_never_escape_the_model_folder(onnx_file, sandbox, capsys, name):
+    before = _tree(sandbox)
+    assert main(["triton", str(onnx_file), "--repository", str(sandbox / "repo"), f"--name={name}", "--force"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and ("is not allowed" in err or "is not a folder effattn wrote" in err), err
+    assert _tree(sandbox) == before
+
+
+def test_force_replaces_only_the_models_own_folder(onnx_file, sandbox, capsys):
+    before = {k: v for k, v in _tree(sandbox).items() if not k.startswith("repo/block")}
+    (sandbox / "repo" / "block" / "1" / "stale.bin").write_bytes(b"old")
+    assert main(["triton", str(onnx_file), "--repository", str(sandbox / "repo"), "--force"]) == 0
+    after = _tree(sandbox)
+    assert {k: v for k, v in after.items() if not k.startswith("repo/block")} == before
+    assert "repo/block/1/stale.bin" not in after and parse(after["repo/block/config.pbtxt"].decode()).name == "block"
+
+
+def test_a_file_named_without_a_usable_name_needs_one(onnx_file, sandbox, capsys):
+    hidden = sandbox / "..onnx"  # the name before the first dot is empty: the repository itself, before
+    hidden.write_bytes(onnx_file.read_bytes())
+    before = _tree(sandbox)
+    assert main(["triton", str(hidden), "--repository", str(sandbox / "repo"), "--force"]) == 2
+    assert "give a name (--name" in capsys.readouterr().err
+    assert _tree(sandbox) == before
+
+
+def test_tensor_names_from_the_file_are_escaped_in_the_config():
+    odd = 'in"put\n} max_batch_size: 99 {\\'
+    inputs = [TensorConfig(odd, np.dtype(np.float32), [-1, 8, -1, -1])]
+    outputs = [TensorConfig("out", np.dtype(np.float32), [-1, 8, -1, -1])]
+    profile = ShapeProfile.single("1x8x4x4", "2x8x16x16", "4x8x32x32", name=odd)
+    config = parse(model_config("m", "onnxruntime", inputs, outputs, profile, TritonOptions()))
+    assert config.input[0].name == odd and config.max_batch_size == 4 and odd in config.model_warmup[0].inputs
+
+
+@pytest.mark.parametrize("option", [{"max_batch_size": -1}, {"instances": 0}, {"max_queue_delay_us": -5}])
+def test_bad_triton_options_are_one_line(option):
+    inputs = [TensorConfig("input", np.dtype(np.float32), [-1, 8, -1, -1])]
+    with pytest.raises(ConfigError, match="need max_batch_size >= 0"):
+        model_config("m", "onnxruntime", inputs, inputs, PROFILE, TritonOptions(**option))

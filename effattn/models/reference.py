@@ -1,0 +1,65 @@
+"""The eager model an ONNX file was exported from, rebuilt from the file's metadata - safely.
+
+An ONNX file comes from elsewhere, so its metadata is data: it may name a zoo model (whose arguments
+are checked and whose size is measured on the ``meta`` device before anything is allocated), but a
+``package.module:factory`` is imported and called only when the caller names that same factory too
+(``allow``) or opts in with ``trust_metadata=True``. Nothing is imported before that decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+import torch
+
+from .. import metadata
+from ..errors import ModelError, TrustError
+from .checkpoint import ModelSource, load_model, sha256_file
+from .registry import create_model, get_entry
+
+#: The largest zoo model (in parameters) built from a file's arguments; ea_resnet has 12 M.
+MAX_PARAMETERS = 2**28
+
+
+def reference_from_metadata(meta: Mapping[str, str], checkpoint: str | Path | None = None,
+                            allow: Collection[str] = (), trust_metadata: bool = False) -> ModelSource:
+    """Rebuild the model named by ``meta`` (an ONNX file's ``metadata_props``) with its checkpoint.
+
+    Raises :class:`TrustError` if the file names a factory that is neither in ``allow`` nor trusted,
+    :class:`MetadataError` for malformed metadata, :class:`ModelError` for anything else missing."""
+    name = meta.get(metadata.MODEL)
+    if not name:
+        raise ModelError("the ONNX file has no effattn metadata; give the model (and --checkpoint) for the reference")
+    if ":" in name and not trust_metadata and name not in allow:
+        raise TrustError(f"the file's metadata names the factory {name[:200]!r}; effattn runs no code a file names. "
+                         "If you trust it, name it yourself (effattn compare FILE MODULE:FACTORY) or pass "
+                         "--trust-metadata")
+    kwargs = metadata.model_args_of(meta)
+    if ":" not in name:
+        _check_size(name, kwargs)
+    want = meta.get(metadata.CHECKPOINT_SHA256)
+    if want is None:
+        raise ModelError(f"{name} was exported with random weights, which cannot be rebuilt; re-export with "
+                         "--checkpoint or --pretrained to compare against eager PyTorch")
+    if checkpoint is None and ":" not in name:
+        shipped = get_entry(name).pretrained_path
+        if shipped is not None and sha256_file(shipped) == want:
+            checkpoint = shipped
+    if checkpoint is None:
+        raise ModelError(f"{name} was exported from a checkpoint (sha256 {want[:12]}…); give it with --checkpoint")
+    source = load_model(name, checkpoint=checkpoint, **kwargs)
+    if source.checkpoint_sha256 != want:
+        raise ModelError(f"checkpoint {checkpoint} (sha256 {source.checkpoint_sha256[:12]}…) is not the one the "
+                         f"file was exported from (sha256 {want[:12]}…)")
+    return source
+
+
+def _check_size(name: str, kwargs: dict) -> None:
+    """Build the zoo model on the ``meta`` device (no memory) and refuse arguments that make it huge."""
+    with torch.device("meta"):
+        model = create_model(name, **kwargs)
+    count = sum(p.numel() for p in model.parameters())
+    if count > MAX_PARAMETERS:
+        raise ModelError(f"model {name} with the file's arguments {kwargs} would have {count:,} parameters "
+                         f"(limit {MAX_PARAMETERS:,}); the file's metadata is not plausible")

@@ -1,0 +1,100 @@
+"""The FP16 layer census and the builder's choices that need no GPU (issue: GPU correctness).
+
+The inspector JSON files under data/ carry their provenance in a ``_provenance`` field: two are real
+captures (a TensorRT 10-era static engine; a dynamic engine inspected without an execution context,
+every format "N/A due to dynamic shapes"), two are TensorRT 11 layouts reconstructed from its migration
+guide, Polygraphy 0.53.6's parser and the strings in libnvinfer_lean.so.11.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from effattn.engines.tensorrt import census, fp16_refusal, fp16_scratch_path
+
+DATA = Path(__file__).parent / "data"
+
+
+def _load(name: str) -> dict:
+    return json.loads((DATA / name).read_text())
+
+
+def _layer(*types: str, key: str = "Format/Datatype") -> dict:
+    return {"Name": "l", "LayerType": "x", "Outputs": [{"Name": "t", key: t} for t in types]}
+
+
+def test_census_of_a_dynamic_engine_without_context_is_unknown_and_never_refused():
+    layers = census(_load("inspector_trt8_dynamic_no_context.json"))
+    assert layers == {"layers": 3, "formats": "unknown"}
+    assert fp16_refusal(layers) is None  # before the fix: "runs 0 of 3 layers in FP16", engine refused
+
+
+def test_census_reads_real_tensorrt10_formats():
+    assert census(_load("inspector_trt10_static.json")) == {"layers": 3, "int8": 2, "fp32": 1}
+
+
+def test_census_reads_tensorrt11_datatype_keys():
+    for name in ("inspector_trt11_with_context.reconstructed.json", "inspector_trt11_no_context.reconstructed.json"):
+        assert census(_load(name)) == {"layers": 1, "fp16": 1}
+
+
+def test_census_classifies_the_fp16_spellings_tensorrt_uses():
+    info = {"Layers": [_layer("Row major linear FP16 format"), _layer("Channel major FP16 format where channel % 4 == 0"),
+                       _layer("Half"), _layer("Half", key="Datatype"), _layer("BFloat16", key="Datatype"),
+                       _layer("Row major linear FP32"), _layer("Float"), "a layer name only"]}
+    assert census(info) == {"layers": 7, "fp16": 4, "bf16": 1, "fp32": 2}
+
+
+def test_only_a_known_zero_fp16_census_is_refused():
+    assert fp16_refusal({"layers": 5, "fp32": 5}) == "runs 0 of 5 layers in FP16"
+    assert fp16_refusal({"layers": 5, "fp32": 4, "fp16": 1}) is None
+    assert fp16_refusal({"layers": 5, "formats": "unknown"}) is None
+    assert fp16_refusal({"error": "inspector unavailable"}) is None
+
+
+def test_fp16_scratch_files_are_named_by_content(tmp_path):
+    a, b = tmp_path / "a" / "model.onnx", tmp_path / "b" / "model.onnx"
+    for path, content in ((a, b"first"), (b, b"second")):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    cache = tmp_path / "cache"
+    assert fp16_scratch_path(cache, a) != fp16_scratch_path(cache, b)
+    assert fp16_scratch_path(cache, a).parent == cache and fp16_scratch_path(cache, a).name.startswith("model.")
+
+
+def test_polygraphy_is_bound_to_one_tensorrt_before_its_first_import():
+    """Polygraphy reads POLYGRAPHY_USE_TENSORRT_RTX once, at import: the choice is made then (and the
+    variable restored); asking for the other library later is refused, not mixed. In a fresh process."""
+    code = (
+        "import os\n"
+        "from effattn.engines.tensorrt import polygraphy_loaders, RTX_SWITCH\n"
+        "from effattn.errors import BackendError\n"
+        "polygraphy_loaders(rtx=False)\n"
+        "assert RTX_SWITCH not in os.environ\n"
+        "from polygraphy import config\n"
+        "assert config.USE_TENSORRT_RTX is False\n"
+        "try:\n"
+        "    polygraphy_loaders(rtx=True)\n"
+        "except BackendError as e:\n"
+        "    print(e)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "POLYGRAPHY_USE_TENSORRT_RTX"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "bound to TensorRT (chosen when it was first imported" in out.stdout
+
+
+@pytest.mark.parametrize("rtx", [True, False])
+def test_rtx_choice_made_at_first_import(rtx):
+    code = ("from effattn.engines.tensorrt import polygraphy_loaders\n"
+            f"polygraphy_loaders(rtx={rtx})\n"
+            "from polygraphy import config\n"
+            "print(config.USE_TENSORRT_RTX)\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "POLYGRAPHY_USE_TENSORRT_RTX"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == str(rtx), out.stderr

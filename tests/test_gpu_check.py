@@ -1,0 +1,23 @@
+"""scripts/gpu_check.sh: the one-command GPU check shows exactly what it would do on any machine."""
+
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_dry_run_prints_every_step_and_runs_none(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out"), "EFFATTN_GPU_STATE": str(tmp_path / "state")}
+    run = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    for step in ("pip install -q --no-index --no-deps", "-m pytest tests/runtime tests/engines", "--junitxml", "-m effattn bench --device cuda",
+                 "torch-compile onnxruntime onnxruntime-fp16", f"{tmp_path / 'out'}/bench.json"):
+        assert step in out, step
+    assert not (tmp_path / "out").exists() and not (tmp_path / "state").exists()
+
+
+def test_gpu_check_refuses_unknown_options():
+    run = subprocess.run(["bash", "scripts/gpu_check.sh", "--bogus"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "unknown option --bogus" in run.stderr
