@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import BackendError, InputError
+from .stats import ModelStats
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class DynamicBatcher:
 
     def __init__(self, infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], max_batch_size: int = 8,
                  max_queue_delay: float = 0.002, max_queue: int = 64, workers: int = 1,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None, stats: ModelStats | None = None) -> None:
         if max_batch_size < 1 or max_queue < 1 or workers < 1 or max_queue_delay < 0:
             raise ValueError("max_batch_size, max_queue and workers must be >= 1, max_queue_delay >= 0")
         self.infer = infer
@@ -53,6 +54,7 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.workers = workers
         self.on_batch = on_batch
+        self.stats = stats  # Triton's statistics: queue and compute durations, per batch size
         self._pending: deque[_Request] = deque()
         self._wakeup: asyncio.Condition | None = None
         self._tasks: list[asyncio.Task] = []
@@ -132,11 +134,13 @@ class DynamicBatcher:
                             r.future.set_exception(e)
 
     async def _run(self, batch: list[_Request]) -> None:
+        started = time.monotonic()
         names = list(batch[0].feed)
         feed = batch[0].feed if len(batch) == 1 else {
             name: np.concatenate([r.feed[name] for r in batch], axis=0) for name in names}
         if self.on_batch:
             self.on_batch(sum(r.items for r in batch))
+        stacked = time.monotonic()
         try:
             outputs = await asyncio.to_thread(self.infer, feed)
         except Exception as e:  # every request of the batch gets the error
@@ -144,6 +148,7 @@ class DynamicBatcher:
                 if not r.future.done():
                     r.future.set_exception(e)
             return
+        inferred = time.monotonic()
         total = sum(r.items for r in batch)
         lost = [f"{name} {value.shape}" for name, value in outputs.items() if len(batch) > 1 and
                 (np.ndim(value) == 0 or value.shape[0] != total)]
@@ -160,3 +165,6 @@ class DynamicBatcher:
             start += r.items
             if not r.future.done():
                 r.future.set_result(part)
+        if self.stats is not None:
+            ns = [int((b - a) * 1e9) for a, b in ((started, stacked), (stacked, inferred), (inferred, time.monotonic()))]
+            self.stats.executed(total, [int((started - r.enqueued) * 1e9) for r in batch], ns)
