@@ -242,10 +242,11 @@ class Metrics:
         )
 
     def answered(self, served: Mapping[str, Any], model: str, status: int, seconds: float) -> None:
-        """Count one answer (and feed the model's statistics); unknown model names share one label, so
-        clients cannot grow the label set."""
+        """Count one answer (and feed the model's statistics: successes, and failures of the server's side
+        (5xx) -- a request refused for its own fault (4xx) never reached the model, so Triton counts it in
+        neither); unknown model names share one label, so clients cannot grow the label set."""
         label = model if model in served else "(unknown)"
-        if model in served and status != 499:
+        if model in served and (status == 200 or status >= 500):
             served[model].stats.answered(status == 200, int(seconds * 1e9))
         self.requests.labels(label, str(status)).inc()
         if status == 200:

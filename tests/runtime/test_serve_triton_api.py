@@ -72,19 +72,19 @@ def test_statistics_count_every_request_batch_and_failure_exactly(server):
     _http_infer(http_c, rng.standard_normal((2, 8, 8, 8), dtype=np.float32))
     _grpc_infer(grpc_c, rng.standard_normal((2, 8, 4, 4), dtype=np.float32))
     with pytest.raises(InferenceServerException, match="axis 2"):
-        _http_infer(http_c, np.zeros((1, 8, 64, 4), np.float32))  # outside the profile: a failure, no execution
+        _http_infer(http_c, np.zeros((1, 8, 64, 4), np.float32))  # refused (400) before the model: counted nowhere
     stats = http_c.get_inference_statistics("counted")["model_stats"]
     assert [(s["name"], s["version"]) for s in stats] == [("counted", "1")]
     s = stats[0]
     assert (s["inference_count"], s["execution_count"]) == (5, 3) and s["last_inference"] > 0
     counts = {k: v["count"] for k, v in s["inference_stats"].items()}
-    assert counts == {"success": 1 + 1 + 1, "fail": 1, "queue": 3, "compute_input": 3, "compute_infer": 3,
+    assert counts == {"success": 1 + 1 + 1, "fail": 0, "queue": 3, "compute_input": 3, "compute_infer": 3,
                       "compute_output": 3, "cache_hit": 0, "cache_miss": 0}
     assert s["inference_stats"]["success"]["ns"] >= s["inference_stats"]["compute_infer"]["ns"] > 0
     assert [(b["batch_size"], b["compute_infer"]["count"]) for b in s["batch_stats"]] == [(1, 1), (2, 2)]
     over_grpc = grpc_c.get_inference_statistics("counted", as_json=True)["model_stats"][0]
     assert (over_grpc["inference_count"], over_grpc["execution_count"]) == ("5", "3")  # uint64 as JSON strings
-    assert over_grpc["inference_stats"]["fail"]["count"] == "1"
+    assert over_grpc["inference_stats"]["success"]["count"] == "3"
     everyone = http_c.get_inference_statistics()["model_stats"]
     assert [m["name"] for m in everyone] == ["block", "counted"]
     assert http("GET", base + "/v2/models/counted/versions/1/stats")[0] == 200
@@ -147,3 +147,15 @@ def test_grpc_errors_have_tritons_codes(server, call, status, message):
     with pytest.raises(InferenceServerException, match=message) as e:
         call(server[2])
     assert e.value.status() == status
+
+
+def test_a_request_that_times_out_counts_as_a_failure(server):
+    """A 504 is the server's side (the model was too slow): Triton's fail counter, not success."""
+    base, http_c, _ = server
+    before = http_c.get_inference_statistics("block")["model_stats"][0]["inference_stats"]["fail"]["count"]
+    with pytest.raises(InferenceServerException, match="timed out"):
+        tensor = http_client.InferInput("input", [8, 8, 32, 32], "FP32")
+        tensor.set_data_from_numpy(np.ones((8, 8, 32, 32), np.float32))
+        http_c.infer("block", [tensor], timeout=1)  # one microsecond: gone before any engine call ends
+    after = http_c.get_inference_statistics("block")["model_stats"][0]["inference_stats"]["fail"]["count"]
+    assert after == before + 1
