@@ -18,6 +18,12 @@ decoded. A client that hangs up is counted as ``499`` and not logged as an error
 non-finite outputs as ``NaN``, ``Infinity`` and ``-Infinity`` (what Python's ``json`` and tritonclient
 read; strict JSON has no such tokens, so strict parsers should ask for binary outputs).
 
+Triton's management endpoints too: the model's ``ModelConfig`` as JSON (``/v2/models/NAME/config``,
+the dict :func:`.triton.config_dict` builds for ``effattn triton``), statistics in Triton's schema
+(``/v2/models[/NAME]/stats``, :mod:`.stats`, fed by the batcher) and ``POST /v2/repository/index``;
+extensions it lacks (model load/unload, shared memory, trace, logging) get the status Triton gives
+without them (:data:`UNSUPPORTED`), and unknown routes and methods a JSON 404/405.
+
 Prometheus text at ``/metrics``: requests by model and status, latency histogram, batch sizes.
 With ``grpc_port`` the same models are served over KServe v2 gRPC too (:mod:`.serve_grpc`).
 """
