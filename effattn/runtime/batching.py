@@ -89,7 +89,7 @@ class DynamicBatcher:
         request = _Request(feed, asyncio.get_running_loop().create_future(), items, _signature(feed))
         self._pending.append(request)
         async with self._wakeup:
-            self._wakeup.notify()
+            self._wakeup.notify_all()  # idle workers, and a worker waiting for its batch to fill
         return await request.future
 
     def _take_batch(self) -> list[_Request]:
@@ -111,6 +111,21 @@ class DynamicBatcher:
                 total += request.items
         return batch
 
+    async def _gather(self, head: _Request) -> None:
+        """Give others ``max_queue_delay`` (from ``head``'s arrival) to join it, but no longer than it takes
+        the queue to hold a full batch of ``head``'s shape (as Triton's dynamic batcher: a full batch goes at once)."""
+        def full() -> bool:
+            items = sum(r.items for r in self._pending if r.signature == head.signature and not r.future.done())
+            return items >= self.max_batch_size or self._closing
+
+        delay = head.enqueued + self.max_queue_delay - time.monotonic()
+        if delay > 0:
+            try:
+                async with self._wakeup:
+                    await asyncio.wait_for(self._wakeup.wait_for(full), delay)
+            except asyncio.TimeoutError:
+                pass
+
     async def _work(self) -> None:
         while True:
             async with self._wakeup:
@@ -119,10 +134,7 @@ class DynamicBatcher:
                 return
             head = self._pending[0] if self._pending else None
             if head is not None and self.max_queue_delay > 0 and head.items < self.max_batch_size:
-                # give others max_queue_delay (from the first request's arrival) to join
-                delay = head.enqueued + self.max_queue_delay - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                await self._gather(head)
             batch = self._take_batch()
             if batch:
                 try:
