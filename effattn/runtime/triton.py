@@ -25,8 +25,9 @@ from ..shapes import ShapeProfile
 
 PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
 _TYPES = {np.dtype(np.float32): "TYPE_FP32", np.dtype(np.float16): "TYPE_FP16", np.dtype(np.float64): "TYPE_FP64",
-          np.dtype(np.int64): "TYPE_INT64", np.dtype(np.int32): "TYPE_INT32", np.dtype(np.int8): "TYPE_INT8",
-          np.dtype(np.uint8): "TYPE_UINT8", np.dtype(np.bool_): "TYPE_BOOL"}
+          np.dtype(np.int64): "TYPE_INT64", np.dtype(np.int32): "TYPE_INT32", np.dtype(np.int16): "TYPE_INT16",
+          np.dtype(np.int8): "TYPE_INT8", np.dtype(np.uint64): "TYPE_UINT64", np.dtype(np.uint32): "TYPE_UINT32",
+          np.dtype(np.uint16): "TYPE_UINT16", np.dtype(np.uint8): "TYPE_UINT8", np.dtype(np.bool_): "TYPE_BOOL"}
 
 
 @dataclass

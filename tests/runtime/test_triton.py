@@ -163,3 +163,11 @@ def test_config_pbtxt_and_config_json_come_from_one_dict(options):
     config = config_dict("m", "onnxruntime", inputs, inputs, PROFILE, options)
     assert parse(to_pbtxt(config)) == json_format.ParseDict(config, model_config_pb2.ModelConfig())
     assert to_pbtxt(config) == model_config("m", "onnxruntime", inputs, inputs, PROFILE, options)
+
+
+def test_every_integer_width_effattn_serve_accepts_has_a_triton_type():
+    from effattn.runtime.serve import DATATYPES
+
+    tensors = [TensorConfig(name, np.dtype(dtype), [-1, 4]) for name, dtype in DATATYPES.items()]
+    config = parse(model_config("m", "onnxruntime", tensors, tensors, None, TritonOptions()))
+    assert [model_config_pb2.DataType.Name(t.data_type) for t in config.input] == [f"TYPE_{n}" for n in DATATYPES]
