@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import BackendError, InputError
+from .stats import ModelStats
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class DynamicBatcher:
 
     def __init__(self, infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], max_batch_size: int = 8,
                  max_queue_delay: float = 0.002, max_queue: int = 64, workers: int = 1,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None, stats: ModelStats | None = None) -> None:
         if max_batch_size < 1 or max_queue < 1 or workers < 1 or max_queue_delay < 0:
             raise ValueError("max_batch_size, max_queue and workers must be >= 1, max_queue_delay >= 0")
         self.infer = infer
@@ -53,6 +54,7 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.workers = workers
         self.on_batch = on_batch
+        self.stats = stats  # Triton's statistics: queue and compute durations, per batch size
         self._pending: deque[_Request] = deque()
         self._wakeup: asyncio.Condition | None = None
         self._tasks: list[asyncio.Task] = []
@@ -87,7 +89,7 @@ class DynamicBatcher:
         request = _Request(feed, asyncio.get_running_loop().create_future(), items, _signature(feed))
         self._pending.append(request)
         async with self._wakeup:
-            self._wakeup.notify()
+            self._wakeup.notify_all()  # idle workers, and a worker waiting for its batch to fill
         return await request.future
 
     def _take_batch(self) -> list[_Request]:
@@ -109,6 +111,21 @@ class DynamicBatcher:
                 total += request.items
         return batch
 
+    async def _gather(self, head: _Request) -> None:
+        """Give others ``max_queue_delay`` (from ``head``'s arrival) to join it, but no longer than it takes
+        the queue to hold a full batch of ``head``'s shape (as Triton's dynamic batcher: a full batch goes at once)."""
+        def full() -> bool:
+            items = sum(r.items for r in self._pending if r.signature == head.signature and not r.future.done())
+            return items >= self.max_batch_size or self._closing
+
+        delay = head.enqueued + self.max_queue_delay - time.monotonic()
+        if delay > 0:
+            try:
+                async with self._wakeup:
+                    await asyncio.wait_for(self._wakeup.wait_for(full), delay)
+            except asyncio.TimeoutError:
+                pass
+
     async def _work(self) -> None:
         while True:
             async with self._wakeup:
@@ -117,10 +134,7 @@ class DynamicBatcher:
                 return
             head = self._pending[0] if self._pending else None
             if head is not None and self.max_queue_delay > 0 and head.items < self.max_batch_size:
-                # give others max_queue_delay (from the first request's arrival) to join
-                delay = head.enqueued + self.max_queue_delay - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                await self._gather(head)
             batch = self._take_batch()
             if batch:
                 try:
@@ -132,11 +146,13 @@ class DynamicBatcher:
                             r.future.set_exception(e)
 
     async def _run(self, batch: list[_Request]) -> None:
+        started = time.monotonic()
         names = list(batch[0].feed)
         feed = batch[0].feed if len(batch) == 1 else {
             name: np.concatenate([r.feed[name] for r in batch], axis=0) for name in names}
         if self.on_batch:
             self.on_batch(sum(r.items for r in batch))
+        stacked = time.monotonic()
         try:
             outputs = await asyncio.to_thread(self.infer, feed)
         except Exception as e:  # every request of the batch gets the error
@@ -144,6 +160,7 @@ class DynamicBatcher:
                 if not r.future.done():
                     r.future.set_exception(e)
             return
+        inferred = time.monotonic()
         total = sum(r.items for r in batch)
         lost = [f"{name} {value.shape}" for name, value in outputs.items() if len(batch) > 1 and
                 (np.ndim(value) == 0 or value.shape[0] != total)]
@@ -160,3 +177,6 @@ class DynamicBatcher:
             start += r.items
             if not r.future.done():
                 r.future.set_result(part)
+        if self.stats is not None:
+            ns = [int((b - a) * 1e9) for a, b in ((started, stacked), (stacked, inferred), (inferred, time.monotonic()))]
+            self.stats.executed(total, [int((started - r.enqueued) * 1e9) for r in batch], ns)

@@ -18,6 +18,12 @@ decoded. A client that hangs up is counted as ``499`` and not logged as an error
 non-finite outputs as ``NaN``, ``Infinity`` and ``-Infinity`` (what Python's ``json`` and tritonclient
 read; strict JSON has no such tokens, so strict parsers should ask for binary outputs).
 
+Triton's management endpoints too: the model's ``ModelConfig`` as JSON (``/v2/models/NAME/config``,
+the dict :func:`.triton.config_dict` builds for ``effattn triton``), statistics in Triton's schema
+(``/v2/models[/NAME]/stats``, :mod:`.stats`, fed by the batcher) and ``POST /v2/repository/index``;
+extensions it lacks (model load/unload, shared memory, trace, logging) get the status Triton gives
+without them (:data:`UNSUPPORTED`), and unknown routes and methods a JSON 404/405.
+
 Prometheus text at ``/metrics``: requests by model and status, latency histogram, batch sizes.
 With ``grpc_port`` the same models are served over KServe v2 gRPC too (:mod:`.serve_grpc`).
 """
@@ -34,7 +40,7 @@ import time
 import zlib
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,6 +50,8 @@ from ..errors import BackendError, ConfigError, InputError
 from ..names import check_model_name
 from .base import Runner
 from .batching import DynamicBatcher, QueueFull
+from .stats import ModelStats
+from .triton import served_config
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +152,10 @@ class ByteBudget:
         self.used -= n
 
 
+#: Protocol extensions the server implements (HTTP and gRPC server metadata).
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
+
+
 @dataclass
 class ServedModel:
     name: str
@@ -151,6 +163,8 @@ class ServedModel:
     batcher: DynamicBatcher
     version: str = "1"
     ready: bool = True
+    stats: ModelStats = field(default_factory=ModelStats)
+    config: dict = field(default_factory=dict)  # Triton's ModelConfig (JSON form), the one `effattn triton` writes
 
     def metadata(self) -> dict:
         def tensor(spec, with_profile: bool) -> dict:
@@ -166,6 +180,43 @@ class ServedModel:
                 "outputs": [tensor(s, False) for s in self.runner.outputs.values()],
                 "parameters": {"max_batch_size": self.batcher.max_batch_size,
                                "max_queue_delay_ms": self.batcher.max_queue_delay * 1e3}}
+
+
+def find_model(served: Mapping[str, ServedModel], name: str, version: str | None = None) -> ServedModel:
+    """The served model ``name`` (at ``version``, if given), or a 404 naming the models served."""
+    model = served.get(name)
+    if model is None or (version and version != model.version):
+        raise RequestError(404, f"unknown model {name!r}" + (f" version {version}" if version else "")
+                           + f"; serving {sorted(served)}")
+    return model
+
+
+def model_statistics(served: Mapping[str, ServedModel], name: str = "", version: str = "") -> dict:
+    """Triton's statistics response for one model, or for all when ``name`` is empty (400 if unknown, as Triton)."""
+    if not name:
+        return {"model_stats": [m.stats.json(m.name, m.version) for m in served.values()]}
+    model = served.get(name)
+    if model is None or (version and version != model.version):
+        raise RequestError(400, f"requested model {name!r}" + (f" version {version}" if version else "")
+                           + f" is not available; serving {sorted(served)}")
+    return {"model_stats": [model.stats.json(model.name, model.version)]}
+
+
+def repository_index(served: Mapping[str, ServedModel], ready_only: bool = False) -> list[dict]:
+    """Triton's repository index: every served model, READY or UNAVAILABLE."""
+    return [{"name": m.name, "version": m.version, "state": "READY" if m.ready else "UNAVAILABLE"}
+            for m in served.values() if m.ready or not ready_only]
+
+
+#: What ``effattn serve`` answers for protocol extensions it does not implement (Triton's status for each).
+UNSUPPORTED = {
+    "model_control": (503, "explicit model load / unload is not supported: effattn serve loads its models when it "
+                           "starts (like Triton with --model-control-mode=none); restart it with other models"),
+    "shared_memory": (400, "shared memory is not supported by effattn serve; send tensors in the request body "
+                           "(binary tensor data)"),
+    "trace": (400, "trace is not supported by effattn serve; use /metrics or the statistics extension"),
+    "logging": (400, "logging settings are not supported by effattn serve; set -q or the log level at start"),
+}
 
 
 @dataclass
@@ -197,8 +248,12 @@ class Metrics:
         )
 
     def answered(self, served: Mapping[str, Any], model: str, status: int, seconds: float) -> None:
-        """Count one answer; unknown model names share one label, so clients cannot grow the label set."""
+        """Count one answer (and feed the model's statistics: successes, and failures of the server's side
+        (5xx) -- a request refused for its own fault (4xx) never reached the model, so Triton counts it in
+        neither); unknown model names share one label, so clients cannot grow the label set."""
         label = model if model in served else "(unknown)"
+        if model in served and (status == 200 or status >= 500):
+            served[model].stats.answered(status == 200, int(seconds * 1e9))
         self.requests.labels(label, str(status)).inc()
         if status == 200:
             self.latency.labels(label).observe(seconds)
@@ -423,23 +478,63 @@ def create_app(models: Mapping[str, Runner], options: ServeOptions | None = None
         profile = runner.profile
         lo, hi = profile.batch_range if profile is not None else (1, 1)
         max_batch = min(options.max_batch_size, hi) if lo < hi else 1
-        batcher = DynamicBatcher(runner.infer, max_batch_size=max_batch,
-                                 max_queue_delay=options.max_queue_delay_ms / 1e3 if max_batch > 1 else 0.0,
+        delay = options.max_queue_delay_ms / 1e3 if max_batch > 1 else 0.0
+        stats = ModelStats()
+        batcher = DynamicBatcher(runner.infer, max_batch_size=max_batch, max_queue_delay=delay,
                                  max_queue=options.max_queue, workers=options.instances,
-                                 on_batch=lambda n, name=name: metrics.batch.labels(name).observe(n))
-        served[name] = ServedModel(name, runner, batcher)
+                                 on_batch=lambda n, name=name: metrics.batch.labels(name).observe(n), stats=stats)
+        config = served_config(name, runner, max_batch, round(delay * 1e6), options.instances)
+        served[name] = ServedModel(name, runner, batcher, stats=stats, config=config)
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
     def model_of(request: Request) -> ServedModel:
-        name = request.path_params["name"]
-        model = served.get(name)
-        version = request.path_params.get("version")
-        if model is None or (version is not None and version != model.version):
-            raise RequestError(404, f"unknown model {name!r}" + (f" version {version}" if version else "")
-                               + f"; serving {sorted(served)}")
-        return model
+        return find_model(served, request.path_params["name"], request.path_params.get("version"))
+
+    def answering(handler):
+        """``handler(request)``'s JSON answer, or its RequestError as a JSON error."""
+        async def endpoint(request: Request):
+            try:
+                return JSONResponse(await handler(request))
+            except RequestError as e:
+                return error(e.status, str(e))
+        return endpoint
+
+    async def model_config(request: Request) -> dict:
+        return model_of(request).config
+
+    async def statistics(request: Request) -> dict:
+        return model_statistics(served, request.path_params.get("name", ""), request.path_params.get("version", ""))
+
+    async def index(request: Request) -> list:
+        body = await small_body(request)
+        try:
+            ready_only = bool(body.strip()) and json.loads(body).get("ready") is True
+        except (ValueError, AttributeError):
+            raise RequestError(400, "the repository index request must be empty or a JSON object") from None
+        return repository_index(served, ready_only)
+
+    async def small_body(request: Request, limit: int = 64 * 1024) -> bytes:
+        """The body of a control request (a few bytes of JSON), or 413 past ``limit``."""
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"a repository request body may hold at most {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def unsupported(extension: str):
+        async def endpoint(request: Request):
+            return error(*UNSUPPORTED[extension])
+        return endpoint
+
+    async def shared_memory_status(request: Request):
+        return JSONResponse([])  # no region is ever registered (as Triton answers with none)
+
+    async def shared_memory_unregister(request: Request):
+        return Response(status_code=200, media_type="application/json")  # nothing to unregister (as Triton answers with none registered)
 
     async def live(request: Request):
         return JSONResponse({"live": True})
@@ -449,7 +544,7 @@ def create_app(models: Mapping[str, Runner], options: ServeOptions | None = None
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     async def server_metadata(request: Request):
-        return JSONResponse({"name": "effattn", "version": __version__, "extensions": ["binary_tensor_data"]})
+        return JSONResponse({"name": "effattn", "version": __version__, "extensions": EXTENSIONS})
 
     async def model_metadata(request: Request):
         try:
@@ -570,17 +665,44 @@ def create_app(models: Mapping[str, Runner], options: ServeOptions | None = None
 
     routes = [
         Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_metadata),
+        Route("/v2/models/stats", answering(statistics)),  # before /v2/models/{name}, as in Triton
         Route("/v2/models/{name}", model_metadata), Route("/v2/models/{name}/versions/{version}", model_metadata),
         Route("/v2/models/{name}/ready", model_ready),
         Route("/v2/models/{name}/versions/{version}/ready", model_ready),
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/config", answering(model_config)),
+        Route("/v2/models/{name}/versions/{version}/config", answering(model_config)),
+        Route("/v2/models/{name}/stats", answering(statistics)),
+        Route("/v2/models/{name}/versions/{version}/stats", answering(statistics)),
+        Route("/v2/repository/index", answering(index), methods=["POST"]),
+        *unsupported_routes(unsupported, shared_memory_status, shared_memory_unregister),
         Route("/metrics", prometheus),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def not_routed(request: Request, exc):
+        return error(exc.status_code, exc.detail)  # 404 and 405 as JSON, like every other error
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_routed, 405: not_routed})
     app.state.served = served
     app.state.metrics = metrics
     return app
+
+
+def unsupported_routes(unsupported, status, unregister) -> list:
+    """Routes of the extensions effattn does not implement, answered as Triton answers without them."""
+    from starlette.routing import Route
+
+    routes = [Route(f"/v2/repository/models/{{name}}/{action}", unsupported("model_control"), methods=["POST"])
+              for action in ("load", "unload")]
+    for kind in ("systemsharedmemory", "cudasharedmemory"):
+        routes += [Route(f"/v2/{kind}/status", status), Route(f"/v2/{kind}/region/{{region}}/status", status),
+                   Route(f"/v2/{kind}/register", unsupported("shared_memory"), methods=["POST"]),
+                   Route(f"/v2/{kind}/region/{{region}}/register", unsupported("shared_memory"), methods=["POST"]),
+                   Route(f"/v2/{kind}/unregister", unregister, methods=["POST"]),
+                   Route(f"/v2/{kind}/region/{{region}}/unregister", unregister, methods=["POST"])]
+    routes += [Route(path, unsupported(ext), methods=["GET", "POST"]) for path, ext in (
+        ("/v2/trace/setting", "trace"), ("/v2/models/{name}/trace/setting", "trace"), ("/v2/logging", "logging"))]
+    return routes
 
 
 def serve(models: Mapping[str, Runner], port: int = 8000, options: ServeOptions | None = None,

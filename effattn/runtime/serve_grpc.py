@@ -17,8 +17,9 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BackendError
-from .serve import (OFF_LOOP_BYTES, ByteBudget, Metrics, RequestError, ServedModel, ServeOptions, datatype_of, listen,
-                    run_inference, tensor_header)
+from .serve import (EXTENSIONS, OFF_LOOP_BYTES, UNSUPPORTED, ByteBudget, Metrics, RequestError, ServedModel,
+                    ServeOptions, datatype_of, find_model, listen, model_statistics, repository_index, run_inference,
+                    tensor_header)
 
 _TYPED_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents",
                    "INT32": "int_contents", "INT16": "int_contents", "INT8": "int_contents",
@@ -67,15 +68,21 @@ def make_servicer(served: Mapping[str, ServedModel], options: ServeOptions, metr
                   budget: ByteBudget):
     """A GRPCInferenceService servicer over the served models; ``ready()`` says whether the server is."""
     grpc, pb, pb_grpc = require_grpc()
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+
     codes = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
              503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
 
     def model_of(name: str, version: str = "") -> ServedModel:
-        model = served.get(name)
-        if model is None or (version and version != model.version):
-            raise RequestError(404, f"unknown model {name!r}" + (f" version {version}" if version else "")
-                               + f"; serving {sorted(served)}")
-        return model
+        return find_model(served, name, version)
+
+    async def answer(context, make):
+        """``make()``, or its RequestError as the gRPC status Triton gives."""
+        try:
+            return make()
+        except RequestError as e:
+            await context.abort(codes.get(e.status, grpc.StatusCode.INTERNAL), str(e))
 
     class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         async def ServerLive(self, request, context):
@@ -89,7 +96,47 @@ def make_servicer(served: Mapping[str, ServedModel], options: ServeOptions, metr
             return pb.ModelReadyResponse(ready=model is not None and model.ready and ready())
 
         async def ServerMetadata(self, request, context):
-            return pb.ServerMetadataResponse(name="effattn", version=__version__, extensions=["binary_tensor_data"])
+            return pb.ServerMetadataResponse(name="effattn", version=__version__, extensions=EXTENSIONS)
+
+        async def ModelConfig(self, request, context):
+            return await answer(context, lambda: pb.ModelConfigResponse(config=json_format.ParseDict(
+                model_of(request.name, request.version).config, model_config_pb2.ModelConfig())))
+
+        async def ModelStatistics(self, request, context):
+            return await answer(context, lambda: json_format.ParseDict(
+                model_statistics(served, request.name, request.version), pb.ModelStatisticsResponse()))
+
+        async def RepositoryIndex(self, request, context):
+            return json_format.ParseDict({"models": repository_index(served, request.ready)},
+                                         pb.RepositoryIndexResponse())
+
+        async def RepositoryModelLoad(self, request, context):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, UNSUPPORTED["model_control"][1])
+
+        RepositoryModelUnload = RepositoryModelLoad
+
+        async def SystemSharedMemoryStatus(self, request, context):
+            return pb.SystemSharedMemoryStatusResponse()  # no region is ever registered
+
+        async def CudaSharedMemoryStatus(self, request, context):
+            return pb.CudaSharedMemoryStatusResponse()
+
+        async def SystemSharedMemoryRegister(self, request, context):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNSUPPORTED["shared_memory"][1])
+
+        CudaSharedMemoryRegister = SystemSharedMemoryRegister
+
+        async def SystemSharedMemoryUnregister(self, request, context):
+            return pb.SystemSharedMemoryUnregisterResponse()  # nothing to unregister
+
+        async def CudaSharedMemoryUnregister(self, request, context):
+            return pb.CudaSharedMemoryUnregisterResponse()
+
+        async def TraceSetting(self, request, context):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNSUPPORTED["trace"][1])
+
+        async def LogSettings(self, request, context):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNSUPPORTED["logging"][1])
 
         async def ModelMetadata(self, request, context):
             try:

@@ -25,8 +25,9 @@ from ..shapes import ShapeProfile
 
 PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
 _TYPES = {np.dtype(np.float32): "TYPE_FP32", np.dtype(np.float16): "TYPE_FP16", np.dtype(np.float64): "TYPE_FP64",
-          np.dtype(np.int64): "TYPE_INT64", np.dtype(np.int32): "TYPE_INT32", np.dtype(np.int8): "TYPE_INT8",
-          np.dtype(np.uint8): "TYPE_UINT8", np.dtype(np.bool_): "TYPE_BOOL"}
+          np.dtype(np.int64): "TYPE_INT64", np.dtype(np.int32): "TYPE_INT32", np.dtype(np.int16): "TYPE_INT16",
+          np.dtype(np.int8): "TYPE_INT8", np.dtype(np.uint64): "TYPE_UINT64", np.dtype(np.uint32): "TYPE_UINT32",
+          np.dtype(np.uint16): "TYPE_UINT16", np.dtype(np.uint8): "TYPE_UINT8", np.dtype(np.bool_): "TYPE_BOOL"}
 
 
 @dataclass
@@ -59,9 +60,12 @@ def _type_of(name: str, dtype: np.dtype) -> str:
     return _TYPES[dtype]
 
 
-def model_config(name: str, platform: str, inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig],
-                 profile: ShapeProfile | None, options: TritonOptions) -> str:
-    """The ``config.pbtxt`` text (protobuf text format of Triton's ModelConfig)."""
+def config_dict(name: str, platform: str, inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig],
+                profile: ShapeProfile | None, options: TritonOptions) -> dict:
+    """Triton's ModelConfig as a dict in its JSON form (proto field names, enums by name, maps as objects).
+
+    The one source of a model's config: :func:`to_pbtxt` writes it as ``config.pbtxt`` and ``effattn
+    serve`` answers it as JSON (``GET /v2/models/NAME/config``) and as protobuf (gRPC ModelConfig)."""
     if platform not in PLATFORMS:
         raise BackendError(f"unknown Triton platform {platform!r}; choose {', '.join(PLATFORMS)}")
     if options.kind not in ("KIND_GPU", "KIND_CPU"):
@@ -71,43 +75,88 @@ def model_config(name: str, platform: str, inputs: Sequence[TensorConfig], outpu
     if options.max_batch_size < 0 or options.instances < 1 or options.max_queue_delay_us < 0:
         raise ConfigError(f"need max_batch_size >= 0, instances >= 1 and max_queue_delay_us >= 0; got "
                           f"{options.max_batch_size}, {options.instances} and {options.max_queue_delay_us}")
+    max_batch = _max_batch(inputs, profile, options)
+    config = {"name": check_model_name(name), "platform": PLATFORMS[platform][0], "max_batch_size": max_batch,
+              "input": [_tensor(t, max_batch) for t in inputs], "output": [_tensor(t, max_batch) for t in outputs]}
+    if max_batch:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": options.max_queue_delay_us}
+        if options.preferred_batch_sizes:
+            config["dynamic_batching"]["preferred_batch_size"] = list(options.preferred_batch_sizes)
+    config["instance_group"] = [{"count": options.instances, "kind": options.kind}]
+    if platform == "onnxruntime" and options.trt_accelerator:
+        parameters = {"precision_mode": "FP16" if options.fp16 else "FP32", "max_workspace_size_bytes": "1073741824"}
+        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
+            {"name": "tensorrt", "parameters": parameters}]}}
+    if options.warmup and profile is not None:
+        config["model_warmup"] = [_warmup(profile, max_batch)]
+    return config
+
+
+def _max_batch(inputs: Sequence[TensorConfig], profile: ShapeProfile | None, options: TritonOptions) -> int:
+    """Triton's max_batch_size: 0 (no batch axis) unless every input's first axis is dynamic."""
     profile_batch = profile.batch_range[1] if profile else None
     batching = options.max_batch_size > 0 and all(t.dims and t.dims[0] == -1 for t in inputs)
     max_batch = min(options.max_batch_size, profile_batch or options.max_batch_size) if batching else 0
     for size in options.preferred_batch_sizes:
         if not 1 <= size <= max_batch:
             raise InputError(f"preferred batch size {size} is outside 1..max_batch_size ({max_batch})")
+    return max_batch
 
-    def tensor(t: TensorConfig) -> str:
-        dims = t.dims[1:] if max_batch else t.dims
-        return f'  {{\n    name: "{_quote(t.name)}"\n    data_type: {_type_of(t.name, t.dtype)}\n    dims: [ {", ".join(map(str, dims))} ]\n  }}'
 
-    lines = [f'name: "{_quote(check_model_name(name))}"', f'platform: "{PLATFORMS[platform][0]}"', f"max_batch_size: {max_batch}",
-             "input [\n" + ",\n".join(tensor(t) for t in inputs) + "\n]",
-             "output [\n" + ",\n".join(tensor(t) for t in outputs) + "\n]"]
-    if max_batch:
-        preferred = f"  preferred_batch_size: [ {', '.join(map(str, options.preferred_batch_sizes))} ]\n" \
-            if options.preferred_batch_sizes else ""
-        lines.append("dynamic_batching {\n" + preferred +
-                     f"  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}")
-    lines.append(f"instance_group [\n  {{\n    count: {options.instances}\n    kind: {options.kind}\n  }}\n]")
-    if platform == "onnxruntime" and options.trt_accelerator:
-        precision = "FP16" if options.fp16 else "FP32"
-        lines.append("optimization {\n  execution_accelerators {\n    gpu_execution_accelerator : [ {\n"
-                     '      name : "tensorrt"\n'
-                     f'      parameters {{ key: "precision_mode" value: "{precision}" }}\n'
-                     '      parameters { key: "max_workspace_size_bytes" value: "1073741824" }\n'
-                     "    } ]\n  }\n}")
-    if options.warmup and profile is not None:
-        warm = []
-        for p in profile.inputs:
-            dims = list(p.opt[1:]) if max_batch else list(p.opt)
-            dtype = _type_of(p.name, np.dtype(p.dtype))
-            warm.append(f'    inputs {{\n      key: "{_quote(p.name)}"\n      value: {{\n        data_type: {dtype}\n'
-                        f'        dims: [ {", ".join(map(str, dims))} ]\n        random_data: true\n      }}\n    }}')
-        batch = f"    batch_size: {min(p.opt[0] for p in profile.inputs)}\n" if max_batch else ""
-        lines.append('model_warmup [\n  {\n    name: "opt shape"\n' + batch + "\n".join(warm) + "\n  }\n]")
-    return "\n".join(lines) + "\n"
+def _tensor(t: TensorConfig, max_batch: int) -> dict:
+    return {"name": t.name, "data_type": _type_of(t.name, t.dtype), "dims": list(t.dims[1:] if max_batch else t.dims)}
+
+
+def _warmup(profile: ShapeProfile, max_batch: int) -> dict:
+    inputs = {p.name: {"data_type": _type_of(p.name, np.dtype(p.dtype)), "dims": list(p.opt[1:] if max_batch else p.opt),
+                       "random_data": True} for p in profile.inputs}
+    batch = {"batch_size": min(p.opt[0] for p in profile.inputs)} if max_batch else {}
+    return {"name": "opt shape", **batch, "inputs": inputs}
+
+
+#: ModelConfig fields whose values are enum names (unquoted in text format) and fields that are maps.
+_ENUMS = {"data_type", "kind", "format", "priority"}
+_MAPS = {"parameters", "inputs"}
+
+
+def to_pbtxt(config: dict) -> str:
+    """``config`` (ModelConfig in its JSON form) in protobuf text format, as ``config.pbtxt`` holds it."""
+    return "".join(_field(key, value, 0) for key, value in config.items())
+
+
+def _field(key: str, value, depth: int) -> str:
+    pad = "  " * depth
+    if key in _MAPS:
+        return "".join(f'{pad}{key} {{\n{pad}  key: "{_quote(k)}"\n{_message("value", v, depth + 1)}{pad}}}\n'
+                       for k, v in value.items())
+    if isinstance(value, dict):
+        return _message(key, value, depth)
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return "".join(_message(key, v, depth) for v in value)
+    if isinstance(value, list):
+        return f"{pad}{key}: [ {', '.join(_scalar(key, v) for v in value)} ]\n"
+    return f"{pad}{key}: {_scalar(key, value)}\n"
+
+
+def _message(key: str, value: dict, depth: int) -> str:
+    pad = "  " * depth
+    if not isinstance(value, dict):  # a map's scalar value (string parameters of the TensorRT accelerator)
+        return f"{pad}{key}: {_scalar(key, value)}\n"
+    return f"{pad}{key} {{\n" + "".join(_field(k, v, depth + 1) for k, v in value.items()) + f"{pad}}}\n"
+
+
+def _scalar(key: str, value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if key in _ENUMS else f'"{_quote(value)}"'
+    return str(value)
+
+
+def model_config(name: str, platform: str, inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig],
+                 profile: ShapeProfile | None, options: TritonOptions) -> str:
+    """The ``config.pbtxt`` text (protobuf text format of Triton's ModelConfig)."""
+    return to_pbtxt(config_dict(name, platform, inputs, outputs, profile, options))
 
 
 def write_repository(model_file: str | Path, repository: str | Path, name: str | None = None,
@@ -188,3 +237,18 @@ def _sidecar_io(sidecar) -> tuple[list[TensorConfig], list[TensorConfig], ShapeP
         dtype = np.dtype(_TRT_DTYPES.get(t["dtype"], np.float32))
         tensors[t["mode"]].append(TensorConfig(t["name"], dtype, [d if d >= 0 else -1 for d in t["shape"]]))
     return tensors["INPUT"], tensors["OUTPUT"], profile
+
+
+def served_config(name: str, runner, max_batch_size: int, max_queue_delay_us: int, instances: int) -> dict:
+    """The ModelConfig of a model ``effattn serve`` serves: what ``effattn triton`` writes for the same file
+    with the server's batching (no warm-up: the server runs none)."""
+    platform = "tensorrt" if runner.backend == "tensorrt" else "onnxruntime"
+    kind = "KIND_CPU" if str(getattr(runner, "device", "cpu")) == "cpu" else "KIND_GPU"
+
+    def tensors(specs) -> list[TensorConfig]:
+        return [TensorConfig(s.name, np.dtype(s.dtype), [d if isinstance(d, int) else -1 for d in (s.shape or ())])
+                for s in specs.values()]
+
+    options = TritonOptions(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+                            instances=instances, kind=kind, warmup=False)
+    return config_dict(name, platform, tensors(runner.inputs), tensors(runner.outputs), runner.profile, options)

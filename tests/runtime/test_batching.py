@@ -105,3 +105,20 @@ def test_outputs_without_the_batch_axis_are_never_split_into_wrong_answers():
     results, single = asyncio.run(main())
     assert all(isinstance(r, BackendError) and "do not keep the batch axis" in str(r) for r in results), results
     assert np.array_equal(single["pooled"], np.ones((1, 4), np.float32))
+
+
+def test_a_full_batch_runs_at_once_without_waiting_out_the_queue_delay():
+    """As Triton's dynamic batcher: the delay is a limit for gathering a batch, not a wait once it is full.
+    With a one-hour delay, a full batch that waited for it would hang here (the 60 s guard fails the test)."""
+    calls = []
+
+    async def main():
+        batcher = DynamicBatcher(_doubler(calls), max_batch_size=4, max_queue_delay=3600, max_queue=16)
+        batcher.start()
+        x = np.ones((1, 4), np.float32)
+        results = await asyncio.wait_for(asyncio.gather(*[batcher.submit({"x": x * i}) for i in range(4)]), 60)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(main())
+    assert calls == [{"x": (4, 4)}] and [float(r["out"][0, 0]) for r in results] == [0, 2, 4, 6]

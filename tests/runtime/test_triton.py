@@ -150,3 +150,24 @@ def test_bad_triton_options_are_one_line(option):
     inputs = [TensorConfig("input", np.dtype(np.float32), [-1, 8, -1, -1])]
     with pytest.raises(ConfigError, match="need max_batch_size >= 0"):
         model_config("m", "onnxruntime", inputs, inputs, PROFILE, TritonOptions(**option))
+
+
+@pytest.mark.parametrize("options", [TritonOptions(preferred_batch_sizes=[2, 4]),
+                                     TritonOptions(max_batch_size=0, trt_accelerator=True, fp16=True, kind="KIND_CPU")])
+def test_config_pbtxt_and_config_json_come_from_one_dict(options):
+    from google.protobuf import json_format
+
+    from effattn.runtime.triton import config_dict, to_pbtxt
+
+    inputs = [TensorConfig("input", np.dtype(np.float32), [-1, 8, -1, -1])]
+    config = config_dict("m", "onnxruntime", inputs, inputs, PROFILE, options)
+    assert parse(to_pbtxt(config)) == json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    assert to_pbtxt(config) == model_config("m", "onnxruntime", inputs, inputs, PROFILE, options)
+
+
+def test_every_integer_width_effattn_serve_accepts_has_a_triton_type():
+    from effattn.runtime.serve import DATATYPES
+
+    tensors = [TensorConfig(name, np.dtype(dtype), [-1, 4]) for name, dtype in DATATYPES.items()]
+    config = parse(model_config("m", "onnxruntime", tensors, tensors, None, TritonOptions()))
+    assert [model_config_pb2.DataType.Name(t.data_type) for t in config.input] == [f"TYPE_{n}" for n in DATATYPES]
