@@ -250,7 +250,7 @@ def build_engine(
         raise BackendError(f"TensorRT {trt.__version__} has no FP16 builder flag (strongly typed only); build the "
                            "FP16 graph instead (the default: precision='fp16' without fp16_flag)")
     meta = read_metadata(onnx_path)
-    graph_precision = meta.get(metadata.PRECISION, "fp32")
+    graph_precision = metadata.precision_of(meta)
     cache = EngineCache(cache_dir)
     if precision == "fp16" and graph_precision == "fp32" and not fp16_flag:
         onnx_path = to_fp16(onnx_path, fp16_scratch_path(cache.root, onnx_path), force=True)

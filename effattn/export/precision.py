@@ -48,8 +48,8 @@ def to_fp16(
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
     check_writable(onnx_out, force)
     meta = read_metadata(onnx_in)
-    if meta.get(metadata.PRECISION, "fp32") != "fp32":
-        raise ExportError(f"{onnx_in} is already {meta[metadata.PRECISION]}; convert the FP32 export instead")
+    if (graph := metadata.precision_of(meta)) != "fp32":
+        raise ExportError(f"{onnx_in} is already {graph}; convert the FP32 export instead")
     try:
         model = onnx.load(str(onnx_in))
     except Exception as e:  # protobuf decode errors, external data outside the file's folder, ...
