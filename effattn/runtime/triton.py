@@ -224,18 +224,20 @@ def _plan_io(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], ShapeP
     return _sidecar_io(sidecar)
 
 
-_TRT_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64, "INT8": np.int8,
-               "UINT8": np.uint8, "BOOL": np.bool_}
-
-
 def _sidecar_io(sidecar) -> tuple[list[TensorConfig], list[TensorConfig], ShapeProfile | None]:
-    """I/O as the builder recorded it (TensorRT dtype names, -1 for dynamic axes) and the first profile."""
+    """I/O as the builder recorded it (TensorRT dtype names, -1 for dynamic axes) and the first profile.
+    Types map as the TensorRT runner maps them; one it cannot feed is refused by name, never taken as FP32."""
+    from .tensorrt import io_dtypes
+
     profiles = sidecar.key.get("profiles") or ()
     profile = ShapeProfile.from_json(profiles[0]) if profiles else None
     tensors = {"INPUT": [], "OUTPUT": []}
     for t in sidecar.io:
-        dtype = np.dtype(_TRT_DTYPES.get(t["dtype"], np.float32))
-        tensors[t["mode"]].append(TensorConfig(t["name"], dtype, [d if d >= 0 else -1 for d in t["shape"]]))
+        device_dtype, host_dtype = io_dtypes(t["dtype"], t["name"])
+        if device_dtype == "bfloat16":
+            raise InputError(f"engine tensor {t['name']!r} is BF16, which effattn's Triton configs do not express yet")
+        tensors[t["mode"]].append(TensorConfig(t["name"], np.dtype(host_dtype),
+                                               [d if d >= 0 else -1 for d in t["shape"]]))
     return tensors["INPUT"], tensors["OUTPUT"], profile
 
 

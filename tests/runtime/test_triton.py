@@ -70,6 +70,26 @@ def test_plan_config_from_a_sidecar_record():
         model_config("b", "onnxruntime", inputs, outputs, PROFILE, TritonOptions(preferred_batch_sizes=[16]))
 
 
+def test_plan_io_types_from_the_sidecar_are_mapped_or_refused_by_name():
+    """A sidecar's TensorRT types map as the TensorRT runner maps them; FP8 (or BF16) was taken as FP32."""
+    from types import SimpleNamespace
+
+    from effattn.errors import BackendError
+    from effattn.runtime.triton import _sidecar_io
+
+    def sidecar(dtype):
+        return SimpleNamespace(key={"profiles": [PROFILE.to_json()]}, io=[
+            {"name": "input", "mode": "INPUT", "dtype": "FLOAT", "shape": [-1, 8, -1, -1]},
+            {"name": "output", "mode": "OUTPUT", "dtype": dtype, "shape": [-1, 8, -1, -1]}])
+
+    inputs, outputs, profile = _sidecar_io(sidecar("HALF"))
+    assert inputs[0].dtype == np.float32 and outputs[0].dtype == np.float16 and profile == PROFILE
+    with pytest.raises(BackendError, match="'output' has TensorRT type FP8, which effattn cannot"):
+        _sidecar_io(sidecar("FP8"))
+    with pytest.raises(InputError, match="'output' is BF16"):
+        _sidecar_io(sidecar("BF16"))
+
+
 def test_cli_refuses_to_overwrite_and_names_bad_files(onnx_file, tmp_path, capsys):
     assert main(["triton", str(onnx_file), "--repository", str(tmp_path)]) == 0
     assert "tritonserver --model-repository" in capsys.readouterr().out
