@@ -25,8 +25,8 @@ import torch
 from effattn.export import export_onnx, qdq_summary, quantize
 from effattn.models import load_model
 from effattn.models.synthetic import CLASSES, shapes_batch
-from effattn.runtime.bench import cpu_flags, environment
-from effattn.runtime.timing import measure_interleaved
+from effattn.bench.benchmark import cpu_flags, environment
+from effattn.bench.timing import measure_interleaved
 from effattn.shapes import ShapeProfile
 
 
@@ -127,8 +127,8 @@ def main() -> None:
 
 def time_graphs(graphs: dict[str, Path], feed: dict) -> dict:
     """Median ms of each quantizer's ea_resnet graph on ONNX Runtime and OpenVINO, interleaved."""
-    from effattn.runtime.onnxruntime import OnnxRuntimeRunner
-    from effattn.runtime.openvino import OpenVINORunner
+    from effattn.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from effattn.runtime.openvino_runner import OpenVINORunner
 
     runners = {}
     for name, path in graphs.items():

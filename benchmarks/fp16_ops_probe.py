@@ -21,9 +21,9 @@ import numpy as np
 from effattn.export import export_onnx, to_fp16
 from effattn.models import load_model
 from effattn.runtime import compare, random_inputs
-from effattn.runtime.onnxruntime import OnnxRuntimeRunner
-from effattn.runtime.timing import clock_for, measure_interleaved, timed_call
-from effattn.runtime.torch import TorchRunner
+from effattn.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from effattn.bench.timing import clock_for, measure_interleaved, timed_call
+from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
 
 PROFILE = ShapeProfile.single("1x64x16x16", "2x64x64x64", "2x64x160x160")

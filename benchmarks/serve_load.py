@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.serving import running_server  # noqa: E402
+from effattn.serving.launch import running_server  # noqa: E402
 
 
 def load(base: str, clients: int, seconds: float, image: np.ndarray) -> dict:
@@ -82,7 +82,7 @@ def main() -> None:
 
     from effattn.export import export_onnx
     from effattn.models import load_model
-    from effattn.runtime.bench import environment
+    from effattn.bench.benchmark import environment
     from effattn.shapes import ShapeProfile
 
     source = load_model("ea_segnet_tiny", pretrained=True)

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.serving import running_server  # noqa: E402
+from effattn.serving.launch import running_server  # noqa: E402
 
 LUA = """
 local f = io.open("{body}", "rb")
@@ -106,7 +106,7 @@ def main() -> None:
 
     from effattn.export import export_onnx
     from effattn.models import load_model
-    from effattn.runtime.bench import environment
+    from effattn.bench.benchmark import environment
     from effattn.shapes import ShapeProfile
 
     source = load_model("ea_segnet_tiny", pretrained=True)

@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.serving import free_port, http, running_server  # noqa: E402
+from effattn.serving.launch import free_port, http, running_server  # noqa: E402
 
 WHEEL = "nvidia-pytriton==0.7.0"
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -75,7 +75,7 @@ def export_seg(folder: Path) -> Path:
 def write_repository(onnx: Path, folder: Path, name: str, max_batch: int, threads: int = 1) -> None:
     """A Python-backend model: effattn's config for the file (one source), backend python, CPU."""
     from effattn.runtime import load
-    from effattn.runtime.triton import served_config, to_pbtxt
+    from effattn.serving.repository import served_config, to_pbtxt
 
     with load(onnx, device="cpu", threads=1) as runner:
         config = served_config(name, runner, max_batch, 2000, 1)
@@ -242,7 +242,7 @@ def raw(base: str, method: str, path: str, body: bytes | None) -> dict:
 
 def run(args) -> dict:
     from effattn.models import load_model
-    from effattn.runtime.bench import environment
+    from effattn.bench.benchmark import environment
 
     wheel_dir = install_triton(args.cache)
     source = load_model("ea_segnet_tiny", pretrained=True)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from serve_wrk import request_files, wrk  # noqa: E402
 from triton_conformance import WHEEL, export_seg, install_triton, start_triton, write_repository  # noqa: E402
 
-from tests.serving import running_server  # noqa: E402
+from effattn.serving.launch import running_server  # noqa: E402
 
 
 def rounds(bases: dict[str, str], script: Path, connections: list[int], seconds: float, count: int) -> dict:
@@ -69,7 +69,7 @@ def main() -> None:
     wheel_dir = install_triton(args.cache)
 
     from effattn.models import load_model
-    from effattn.runtime.bench import environment
+    from effattn.bench.benchmark import environment
 
     image = load_model("ea_segnet_tiny", pretrained=True).samples(
         1, 64, 64, __import__("torch").Generator().manual_seed(0)).numpy()

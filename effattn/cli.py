@@ -195,7 +195,7 @@ def cmd_compare(args) -> None:
     from .export import read_metadata
     from .models import load_model, reference_from_metadata
     from .runtime import compare, load, profile_inputs
-    from .runtime.torch import TorchRunner
+    from .runtime.torch_runner import TorchRunner
 
     meta = read_metadata(args.onnx)
     precision = metadata.precision_of(meta)
@@ -232,8 +232,8 @@ def cmd_demo(args) -> None:
     from .export import export_onnx, quantize, read_metadata, to_fp16
     from .models import get_entry, load_model
     from .runtime import compare, load, profile_inputs, random_inputs
-    from .runtime.timing import measure_interleaved
-    from .runtime.torch import TorchRunner
+    from .bench.timing import measure_interleaved
+    from .runtime.torch_runner import TorchRunner
 
     out = args.out
     fp32_path, fp16_path = out / f"{args.model}.onnx", out / f"{args.model}.fp16.onnx"
@@ -380,7 +380,7 @@ def _inspect_onnx(path: Path) -> dict:
 
 
 def cmd_bench(args) -> None:
-    from .runtime.bench import plot, run_bench
+    from .bench.benchmark import plot, run_bench
 
     for path in (args.output, args.plot):
         if path:
@@ -432,7 +432,7 @@ def _served_models(specs: Sequence[str], args) -> dict:
 
 
 def cmd_serve(args) -> None:
-    from .runtime.serve import ServeOptions, listen, serve
+    from .serving.http_server import ServeOptions, listen, serve
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the server has no authentication; expose it only behind a proxy you trust", args.host)
@@ -443,7 +443,7 @@ def cmd_serve(args) -> None:
                            max_inflight_bytes=_mib(args.max_inflight_mb, "--max-inflight-mb"), max_connections=args.max_connections,
                            keep_alive_s=args.keep_alive_s)
     if args.grpc_port is not None:
-        from .runtime.serve_grpc import check_grpc_port, require_grpc
+        from .serving.grpc_server import check_grpc_port, require_grpc
 
         require_grpc()  # a missing grpc dependency is an error now, not after the models are loaded
         check_grpc_port(args.host, args.grpc_port)
@@ -457,7 +457,7 @@ def cmd_serve(args) -> None:
 
 
 def cmd_triton(args) -> None:
-    from .runtime.triton import TritonOptions, write_repository
+    from .serving.repository import TritonOptions, write_repository
 
     options = TritonOptions(max_batch_size=args.max_batch_size, preferred_batch_sizes=args.preferred_batch_sizes,
                             max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, kind=args.kind,

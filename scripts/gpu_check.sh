@@ -99,7 +99,7 @@ else envinfo 2>&1 | tee "$OUT/env.txt"; fi
 
 echo "== tests: every GPU test, and the CPU tests whose paths change when CUDA is present (serving aside)"
 TESTS=(tests/runtime tests/engines tests/export tests/test_cli.py tests/test_gpu_check.py
-       --ignore=tests/runtime/test_serve.py --ignore=tests/runtime/test_serve_grpc.py --ignore=tests/runtime/test_triton.py)
+       --ignore=tests/serving/test_http_server.py --ignore=tests/serving/test_grpc_server.py --ignore=tests/serving/test_repository.py)
 PARALLEL=()
 $PY -c "import xdist" 2>/dev/null && PARALLEL=(-n 4)   # pytest-xdist, where the machine has it
 if [ "$DRY" = 1 ]; then

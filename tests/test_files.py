@@ -35,7 +35,7 @@ def test_a_signal_during_export_leaves_no_partial_or_hidden_file(tmp_path, signu
     the validation step, so the moment is exact): the process dies by that signal and the folder is empty."""
     script = textwrap.dedent(f"""
         import os, sys
-        import effattn.export.onnx as onnx_export
+        import effattn.export.exporter as onnx_export
         from effattn.cli import main
 
         def validate(*args, **kwargs):

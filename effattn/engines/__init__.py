@@ -4,8 +4,8 @@ TensorRT itself is imported only when a TensorRT path runs, so everything here i
 """
 
 from .cache import EngineCache, EngineKey, Sidecar, verify_plan
-from .onnxruntime import available_devices, create_session, optimize_model
-from .tensorrt import EngineBuild, build_engine, tensorrt_available
+from .onnxruntime_session import available_devices, create_session, optimize_model
+from .tensorrt_build import EngineBuild, build_engine, tensorrt_available
 
 __all__ = ["EngineBuild", "EngineCache", "EngineKey", "Sidecar", "available_devices", "build_engine",
            "create_session", "optimize_model", "tensorrt_available", "verify_plan"]

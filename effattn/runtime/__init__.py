@@ -12,7 +12,7 @@ from ..errors import BackendError
 from ..shapes import ShapeProfile
 from .base import Runner, TensorSpec
 from .parity import TOLERANCES, Report, Tolerance, compare, profile_inputs, random_inputs
-from .timing import LatencyStats, measure
+from ..bench.timing import LatencyStats, measure
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +40,26 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
             raise BackendError("backend 'torch' runs an nn.Module; load the model with effattn.models.load_model")
         if profile is None:
             raise BackendError("the torch backend needs a ShapeProfile to know its inputs")
-        from .torch import TorchRunner
+        from .torch_runner import TorchRunner
 
         return TorchRunner(source, profile, device=device or "cpu", **options)
     path = Path(source)
     if path.suffix.lower() in (".plan", ".engine"):
         if backend not in ("auto", "tensorrt"):
             raise BackendError(f"{path} is a TensorRT engine; only the tensorrt backend runs it")
-        from .tensorrt import TensorRTRunner
+        from .tensorrt_runner import TensorRTRunner
 
         return TensorRTRunner(path, rtx=rtx, **options)
     if path.suffix.lower() != ".onnx":
         raise BackendError(f"{path}: expected an .onnx file or a TensorRT .plan/.engine")
-    from ..engines.onnxruntime import available_devices
-    from ..engines.tensorrt import tensorrt_available
+    from ..engines.onnxruntime_session import available_devices
+    from ..engines.tensorrt_build import tensorrt_available
 
     rtx = bool(rtx)
     if backend == "tensorrt" or (backend == "auto" and device is None and tensorrt_available(rtx)):
-        from ..engines.tensorrt import build_engine
-        from ..export.onnx import read_metadata
-        from .tensorrt import TensorRTRunner
+        from ..engines.tensorrt_build import build_engine
+        from ..export.exporter import read_metadata
+        from .tensorrt_runner import TensorRTRunner
 
         precision = metadata.precision_of(read_metadata(path))
         log.info("backend %s: TensorRT%s (%s engine, through the engine cache)", backend, "-RTX" if rtx else "",
@@ -67,7 +67,7 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
         return TensorRTRunner(build_engine(path, precision=precision, rtx=rtx).plan, rtx=rtx, **options)
     on_cpu = device == "cpu" or (device is None and "cuda" not in available_devices())
     if backend == "openvino" or (backend == "auto" and on_cpu and not rtx and _openvino_is_faster(path)):
-        from .openvino import OpenVINORunner
+        from .openvino_runner import OpenVINORunner
 
         if device not in (None, "cpu") or rtx:
             raise BackendError(f"the openvino backend runs on the CPU, not {'TensorRT for RTX' if rtx else device}")
@@ -75,7 +75,7 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
             log.info("backend auto: OpenVINO (INT8 graph: OpenVINO's INT8 kernels ran such graphs 1.4-5x faster "
                      "than ONNX Runtime in benchmarks/results/cpu-lowprec-*.json)")
         return OpenVINORunner(path, threads=threads, **options)
-    from .onnxruntime import OnnxRuntimeRunner
+    from .onnxruntime_runner import OnnxRuntimeRunner
 
     if rtx:
         raise BackendError("rtx=True (--rtx) is for TensorRT; ONNX Runtime was chosen (backend "
@@ -90,8 +90,8 @@ def _openvino_is_faster(path: Path) -> bool:
     """On the CPU, OpenVINO wins for INT8 graphs (measured, benchmarks/results/cpu-lowprec-*.json); FP32 and FP16
     files stay on ONNX Runtime, which runs them in their own precision (OpenVINO's default would be BF16)."""
     from ..errors import EffattnError
-    from ..export.onnx import read_metadata
-    from .openvino import openvino_available
+    from ..export.exporter import read_metadata
+    from .openvino_runner import openvino_available
 
     try:
         precision = metadata.precision_of(read_metadata(path))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from effattn.engines.tensorrt import census, fp16_refusal, fp16_scratch_path
+from effattn.engines.tensorrt_build import census, fp16_refusal, fp16_scratch_path
 
 DATA = Path(__file__).parent / "data"
 
@@ -72,7 +72,7 @@ def test_polygraphy_is_bound_to_one_tensorrt_before_its_first_import():
     variable restored); asking for the other library later is refused, not mixed. In a fresh process."""
     code = (
         "import os\n"
-        "from effattn.engines.tensorrt import polygraphy_loaders, RTX_SWITCH\n"
+        "from effattn.engines.tensorrt_build import polygraphy_loaders, RTX_SWITCH\n"
         "from effattn.errors import BackendError\n"
         "polygraphy_loaders(rtx=False)\n"
         "assert RTX_SWITCH not in os.environ\n"
@@ -91,7 +91,7 @@ def test_polygraphy_is_bound_to_one_tensorrt_before_its_first_import():
 
 @pytest.mark.parametrize("rtx", [True, False])
 def test_rtx_choice_made_at_first_import(rtx):
-    code = ("from effattn.engines.tensorrt import polygraphy_loaders\n"
+    code = ("from effattn.engines.tensorrt_build import polygraphy_loaders\n"
             f"polygraphy_loaders(rtx={rtx})\n"
             "from polygraphy import config\n"
             "print(config.USE_TENSORRT_RTX)\n")

@@ -9,7 +9,7 @@ from effattn.errors import ExportError, FileExistsNoForceError
 from effattn.export import export_onnx, read_metadata, to_fp16
 from effattn.models import load_model
 from effattn.runtime import compare, load, random_inputs
-from effattn.runtime.torch import TorchRunner
+from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
 
 BLOCK_PROFILE = ShapeProfile.single("1x64x16x16", "2x64x64x64", "2x64x160x160")  # up to 25,600 positions

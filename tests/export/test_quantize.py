@@ -16,7 +16,7 @@ from effattn.export import export_onnx, quantize, read_metadata, to_fp16
 from effattn.models import EfficientAttention, load_model
 from effattn.models.synthetic import CLASSES, shapes_batch
 from effattn.runtime import TOLERANCES, compare, load, profile_inputs
-from effattn.runtime.torch import TorchRunner
+from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
 
 BLOCK_PROFILE = ShapeProfile.single("1x16x8x8", "2x16x16x16", "2x16x32x32")

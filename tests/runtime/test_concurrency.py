@@ -19,10 +19,10 @@ from effattn.engines import available_devices
 from effattn.export import export_onnx
 from effattn.models import EfficientAttention
 from effattn.runtime import TOLERANCES
-from effattn.runtime.torch import TorchRunner
+from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
 
-from ..conftest import rel_l2
+from tests.conftest import rel_l2
 
 THREADS, REQUESTS = 8, 50
 PROFILE = ShapeProfile.single("1x16x4x4", "2x16x12x12", "4x16x16x16")
@@ -74,7 +74,7 @@ def hammer(runner, block, tolerance: float, shapes=SHAPES) -> None:
 
 @pytest.mark.parametrize("io_binding", [False, True], ids=["session.run", "io-binding"])
 def test_onnxruntime_cpu_runner_is_thread_safe(onnx_path, block, io_binding):
-    from effattn.runtime.onnxruntime import OnnxRuntimeRunner
+    from effattn.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(onnx_path, device="cpu", threads=1, io_binding=io_binding) as runner:
         hammer(runner, block, tolerance=1e-5)
@@ -84,7 +84,7 @@ def test_onnxruntime_cpu_runner_is_thread_safe(onnx_path, block, io_binding):
 def test_openvino_runner_is_thread_safe(onnx_path, block, precision):
     """Each call borrows its own InferRequest from the pool; BF16 only where the CPU has it."""
     pytest.importorskip("openvino", reason="openvino is not installed (the 'cpu' extra)")
-    from effattn.runtime.openvino import OpenVINORunner, cpu_has_bf16
+    from effattn.runtime.openvino_runner import OpenVINORunner, cpu_has_bf16
 
     if precision == "bf16" and not cpu_has_bf16():
         pytest.skip("this CPU has no BF16 arithmetic (AVX512-BF16 or AMX)")
@@ -116,7 +116,7 @@ def test_hammer_catches_crossed_answers(onnx_path, block):
 def test_onnxruntime_cuda_runner_is_thread_safe(onnx_path, block):
     if "cuda" not in available_devices():
         pytest.skip("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
-    from effattn.runtime.onnxruntime import OnnxRuntimeRunner
+    from effattn.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(onnx_path, device="cuda") as runner:
         hammer(runner, block, tolerance=1e-5)  # FP32 stays FP32: the provider's TF32 is off
@@ -128,7 +128,7 @@ def test_onnxruntime_cuda_graph_session_is_thread_safe(tmp_path, block):
     one worker thread of its own, so 8 callers at once get their own answers (and one graph)."""
     if "cuda" not in available_devices():
         pytest.skip("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
-    from effattn.runtime.onnxruntime import OnnxRuntimeRunner
+    from effattn.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     shape = (2, 16, 12, 12)
     path = export_onnx(block, ShapeProfile.single(*["x".join(map(str, shape))] * 3), tmp_path / "static.onnx").path
@@ -162,7 +162,7 @@ def test_tensorrt_context_pool_is_thread_safe(tmp_path, onnx_path, block, cuda_g
     if importlib.util.find_spec("tensorrt") is None:
         pytest.skip("tensorrt is not installed (pip install 'effattn[gpu]')")
     from effattn.engines import build_engine
-    from effattn.runtime.tensorrt import TensorRTRunner
+    from effattn.runtime.tensorrt_runner import TensorRTRunner
 
     plan = build_engine(onnx_path, precision="fp32", cache_dir=tmp_path / "cache").plan
     runner = TensorRTRunner(plan, contexts=3, cuda_graph=cuda_graph)

@@ -47,7 +47,7 @@ def _replays_equal_plain(runner_plain, runner_graph) -> None:
 @pytest.mark.gpu
 def test_torch_graph_replay_equals_plain():
     from effattn.models import EfficientAttention
-    from effattn.runtime.torch import TorchRunner
+    from effattn.runtime.torch_runner import TorchRunner
     from effattn.shapes import ShapeProfile
 
     block = EfficientAttention(16, 8, 2, 16)
@@ -65,7 +65,7 @@ def test_tensorrt_graph_replay_equals_plain(tmp_path):
     from effattn.engines import build_engine
     from effattn.export import export_onnx
     from effattn.models import EfficientAttention
-    from effattn.runtime.tensorrt import TensorRTRunner
+    from effattn.runtime.tensorrt_runner import TensorRTRunner
     from effattn.shapes import ShapeProfile
 
     profile = ShapeProfile.single("1x16x4x4", "2x16x12x12", "4x16x16x16")
@@ -84,7 +84,7 @@ def test_onnxruntime_cuda_graph_replay_equals_plain(tmp_path):
         pytest.skip("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
     from effattn.export import export_onnx
     from effattn.models import EfficientAttention
-    from effattn.runtime.onnxruntime import OnnxRuntimeRunner
+    from effattn.runtime.onnxruntime_runner import OnnxRuntimeRunner
     from effattn.shapes import ShapeProfile
 
     profile = ShapeProfile.single("2x16x12x12", "2x16x12x12", "2x16x12x12")  # static: graphs on by default

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from effattn.engines.onnxruntime import provider_options
+from effattn.engines.onnxruntime_session import provider_options
 from effattn.errors import BackendError
 from effattn.export import export_onnx
 from effattn.models import EfficientAttention
 from effattn.runtime.base import Runner
-from effattn.runtime.onnxruntime import OnnxRuntimeRunner, wants_cuda_graph
-from effattn.runtime.tensorrt import io_dtypes
-from effattn.runtime.torch import TorchRunner
+from effattn.runtime.onnxruntime_runner import OnnxRuntimeRunner, wants_cuda_graph
+from effattn.runtime.tensorrt_runner import io_dtypes
+from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
 
 PROFILE = ShapeProfile.single("1x8x8x8", "1x8x8x8", "1x8x8x8")  # static: CUDA graphs would be automatic
@@ -61,8 +61,8 @@ def test_onnxruntime_cuda_graphs_only_with_io_binding():
 def test_runner_without_io_binding_never_asks_for_a_graph_session(tmp_path, monkeypatch):
     """device='cuda' with a static profile and io_binding=False: before the fix the runner asked ONNX
     Runtime for a CUDA-graph session anyway, whose replays ignore the feeds given to session.run."""
-    import effattn.runtime.onnxruntime as ort_runner
-    from effattn.engines.onnxruntime import create_session
+    import effattn.runtime.onnxruntime_runner as ort_runner
+    from effattn.engines.onnxruntime_session import create_session
 
     path = export_onnx(EfficientAttention(8, 4, 2, 8), PROFILE, tmp_path / "static.onnx").path
     asked = []
@@ -121,7 +121,7 @@ def test_demo_works_with_a_runner_that_is_not_onnx_runtime(tmp_path, monkeypatch
 def test_gpu_rows_time_device_tensors_between_cuda_events(monkeypatch):
     """Before the fix a CUDA row timed ``infer(numpy)`` with perf_counter: pageable copies and input
     conversion were in the median that was then divided by on-device copy bandwidth."""
-    from effattn.runtime import timing
+    from effattn.bench import timing
 
     calls = []
 
@@ -146,7 +146,7 @@ def test_both_onnxruntime_packages_installed_is_named_with_the_fix(tmp_path, mon
     A machine with both gets told so when it asks for CUDA (here the CPU build answers the import)."""
     from importlib import metadata
 
-    from effattn.engines import onnxruntime as engines
+    from effattn.engines import onnxruntime_session as engines
 
     real = metadata.version
     monkeypatch.setattr(metadata, "version", lambda name: "1.31.1" if name == "onnxruntime-gpu" else real(name))

@@ -13,8 +13,8 @@ from effattn.errors import BackendError
 from effattn.export import export_onnx, quantize
 from effattn.models import EfficientAttention, load_model
 from effattn.runtime import TOLERANCES, compare, load, profile_inputs
-from effattn.runtime.openvino import OpenVINORunner, choose_precision, cpu_has_bf16
-from effattn.runtime.torch import TorchRunner
+from effattn.runtime.openvino_runner import OpenVINORunner, choose_precision, cpu_has_bf16
+from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
 
 PROFILE = ShapeProfile.single("1x16x4x4", "2x16x16x16", "3x16x32x24")

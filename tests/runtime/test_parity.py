@@ -9,7 +9,7 @@ import torch
 from effattn.models import EfficientAttention
 from effattn.runtime import TOLERANCES, compare, random_inputs
 from effattn.runtime.base import Runner, TensorSpec
-from effattn.runtime.torch import TorchRunner
+from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
 
 PROFILE = ShapeProfile.single("1x16x8x8", "2x16x16x16", "2x16x24x24")

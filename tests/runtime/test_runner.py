@@ -9,7 +9,7 @@ from effattn.errors import BackendError, InputError
 from effattn.export import export_onnx
 from effattn.models import EfficientAttention
 from effattn.runtime import load, random_inputs
-from effattn.runtime.torch import TorchRunner
+from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
 
 PROFILE = ShapeProfile.single("1x8x4x4", "2x8x16x16", "4x8x32x32")
@@ -119,7 +119,7 @@ def test_onnxruntime_cuda_matches_eager(onnx_path):
 def test_io_binding_path_equals_plain_run(onnx_path):
     """The I/O-binding path GPUs use (buffers bound by address, output shapes learnt per input shape),
     exercised on the CPU: same answers as session.run, for several shapes and repeated shapes."""
-    from effattn.runtime.onnxruntime import OnnxRuntimeRunner
+    from effattn.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     plain, bound = OnnxRuntimeRunner(onnx_path), OnnxRuntimeRunner(onnx_path, io_binding=True)
     rng = np.random.default_rng()

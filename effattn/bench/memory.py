@@ -101,7 +101,7 @@ def probe(backend: str, source: str, shape: Sequence[int], device: str = "cpu", 
     args = json.dumps({"backend": backend, "source": source, "shape": list(shape), "device": device,
                        "threads": threads, "pretrained": pretrained})
     try:
-        done = subprocess.run([sys.executable, "-m", "effattn.runtime.memory", args], capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "effattn.bench.memory", args], capture_output=True,
                               text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return PeakMemory(device == "cuda")
@@ -121,13 +121,13 @@ def _probe_main(args: dict) -> None:
     backend, shape = args["backend"], tuple(args["shape"])
     if backend.startswith("torch"):
         from ..models import load_model
-        from .torch import TorchRunner
+        from ..runtime.torch_runner import TorchRunner
 
         source = load_model(args["source"], pretrained=args["pretrained"])
         dtype = torch.float16 if backend == "torch-fp16" else torch.float32
         runner = TorchRunner(source.model, source.profile, device=args["device"], dtype=dtype)
     else:
-        from .onnxruntime import OnnxRuntimeRunner
+        from ..runtime.onnxruntime_runner import OnnxRuntimeRunner
 
         runner = OnnxRuntimeRunner(args["source"], device=args["device"], threads=args["threads"])
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from effattn.runtime.batching import DynamicBatcher, QueueFull
+from effattn.serving.batching import DynamicBatcher, QueueFull
 
 
 def _doubler(calls: list, delay: float = 0.001):

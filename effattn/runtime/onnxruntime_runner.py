@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import metadata
-from ..engines.onnxruntime import create_session
+from ..engines.onnxruntime_session import create_session
 from ..errors import BackendError
 from .base import Runner, TensorSpec
 from .cudagraphs import CAPTURE_LOCK, ShapeKey, shape_key

@@ -11,7 +11,7 @@ from effattn.errors import ExportError, FileExistsNoForceError, ParityError
 from effattn.export import export_onnx, read_metadata
 from effattn.models import EfficientAttention, load_model
 from effattn.runtime import load
-from effattn.runtime.torch import TorchRunner
+from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
 from tests.conftest import rel_l2
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BackendError
-from .serve import (EXTENSIONS, OFF_LOOP_BYTES, UNSUPPORTED, ByteBudget, Metrics, RequestError, ServedModel,
+from .http_server import (EXTENSIONS, OFF_LOOP_BYTES, UNSUPPORTED, ByteBudget, Metrics, RequestError, ServedModel,
                     ServeOptions, datatype_of, find_model, listen, model_statistics, repository_index, run_inference,
                     tensor_header)
 

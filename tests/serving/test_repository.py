@@ -9,7 +9,7 @@ from effattn.cli import main
 from effattn.errors import ConfigError, FileExistsNoForceError, InputError
 from effattn.export import export_onnx
 from effattn.models import EfficientAttention
-from effattn.runtime.triton import TensorConfig, TritonOptions, model_config, write_repository
+from effattn.serving.repository import TensorConfig, TritonOptions, model_config, write_repository
 from effattn.shapes import ShapeProfile
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
@@ -75,7 +75,7 @@ def test_plan_io_types_from_the_sidecar_are_mapped_or_refused_by_name():
     from types import SimpleNamespace
 
     from effattn.errors import BackendError
-    from effattn.runtime.triton import _sidecar_io
+    from effattn.serving.repository import _sidecar_io
 
     def sidecar(dtype):
         return SimpleNamespace(key={"profiles": [PROFILE.to_json()]}, io=[
@@ -177,7 +177,7 @@ def test_bad_triton_options_are_one_line(option):
 def test_config_pbtxt_and_config_json_come_from_one_dict(options):
     from google.protobuf import json_format
 
-    from effattn.runtime.triton import config_dict, to_pbtxt
+    from effattn.serving.repository import config_dict, to_pbtxt
 
     inputs = [TensorConfig("input", np.dtype(np.float32), [-1, 8, -1, -1])]
     config = config_dict("m", "onnxruntime", inputs, inputs, PROFILE, options)
@@ -186,7 +186,7 @@ def test_config_pbtxt_and_config_json_come_from_one_dict(options):
 
 
 def test_every_integer_width_effattn_serve_accepts_has_a_triton_type():
-    from effattn.runtime.serve import DATATYPES
+    from effattn.serving.http_server import DATATYPES
 
     tensors = [TensorConfig(name, np.dtype(dtype), [-1, 4]) for name, dtype in DATATYPES.items()]
     config = parse(model_config("m", "onnxruntime", tensors, tensors, None, TritonOptions()))

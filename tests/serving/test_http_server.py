@@ -23,7 +23,7 @@ from effattn.models import DotProductAttention, EfficientAttention
 from effattn.runtime import load
 from effattn.shapes import ShapeProfile
 
-from ..serving import error_of, http, running_server
+from effattn.serving.launch import error_of, http, running_server
 
 http_client = pytest.importorskip("tritonclient.http", reason="tests need tritonclient[http] (the test extra)")
 from tritonclient.utils import InferenceServerException  # noqa: E402

@@ -16,7 +16,7 @@ from effattn.shapes import ShapeProfile
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc]")
 from google.protobuf import text_format  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "triton_conformance.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "triton_conformance.py"
 
 
 @pytest.fixture(scope="module")

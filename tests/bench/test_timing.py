@@ -22,7 +22,7 @@ def test_measure_respects_run_bounds():
 
 
 def test_interleaved_gives_each_callable_its_runs_and_drops_the_failing_one():
-    from effattn.runtime.timing import measure_interleaved
+    from effattn.bench.timing import measure_interleaved
 
     order, calls = [], {"a": 0, "b": 0}
 

@@ -2,7 +2,7 @@
 
 It speaks the protocol Triton speaks, including the binary tensor data extension, so client code
 written with ``tritonclient.http`` runs unchanged against this server and against Triton. Every
-model gets a :class:`~effattn.runtime.batching.DynamicBatcher`. Every bad request is answered with
+model gets a :class:`~effattn.serving.batching.DynamicBatcher`. Every bad request is answered with
 a status and a one-line ``{"error": ...}`` and the server goes on serving:
 
 - 400: malformed JSON, unknown tensor name, wrong datatype/shape, truncated binary payload
@@ -48,10 +48,10 @@ import numpy as np
 from .. import __version__
 from ..errors import BackendError, ConfigError, InputError
 from ..names import check_model_name
-from .base import Runner
+from ..runtime.base import Runner
 from .batching import DynamicBatcher, QueueFull
 from .stats import ModelStats
-from .triton import served_config
+from .repository import served_config
 
 log = logging.getLogger(__name__)
 
@@ -652,7 +652,7 @@ def create_app(models: Mapping[str, Runner], options: ServeOptions | None = None
             model.batcher.start()
         grpc_server = None
         if options.grpc_port is not None:
-            from .serve_grpc import start_grpc
+            from .grpc_server import start_grpc
 
             grpc_server = await start_grpc(served, options, metrics, lambda: not state["closing"], budget)
         yield

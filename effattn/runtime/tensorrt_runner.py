@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from ..engines.cache import plan_backend, verify_plan
-from ..engines.tensorrt import gpu_identity, import_tensorrt
+from ..engines.tensorrt_build import gpu_identity, import_tensorrt
 from ..errors import BackendError, InputError
 from ..shapes import InputProfile
 from .base import Runner, TensorSpec
 from .cudagraphs import GraphPolicy, ShapeGraphs
-from .torch import to_numpy
+from .torch_runner import to_numpy
 
 #: TensorRT DataType name -> torch dtype name of the device buffer. Types with no torch or numpy buffer
 #: this runner can fill (FP8, INT4, FP4, E8M0: quantized internals, never model I/O here) are refused by name.

@@ -6,8 +6,8 @@ import asyncio
 
 import numpy as np
 
-from effattn.runtime.batching import DynamicBatcher
-from effattn.runtime.stats import ModelStats
+from effattn.serving.batching import DynamicBatcher
+from effattn.serving.stats import ModelStats
 
 
 def test_the_batcher_reports_every_engine_call_per_batch_size():

@@ -193,7 +193,7 @@ def _onnx_io(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], ShapeP
     import onnx
 
     from .. import metadata
-    from ..export.onnx import read_metadata
+    from ..export.exporter import read_metadata
 
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -227,7 +227,7 @@ def _plan_io(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], ShapeP
 def _sidecar_io(sidecar) -> tuple[list[TensorConfig], list[TensorConfig], ShapeProfile | None]:
     """I/O as the builder recorded it (TensorRT dtype names, -1 for dynamic axes) and the first profile.
     Types map as the TensorRT runner maps them; one it cannot feed is refused by name, never taken as FP32."""
-    from .tensorrt import io_dtypes
+    from ..runtime.tensorrt_runner import io_dtypes
 
     profiles = sidecar.key.get("profiles") or ()
     profile = ShapeProfile.from_json(profiles[0]) if profiles else None

@@ -30,7 +30,7 @@ from pathlib import Path
 from ..errors import BackendError, InputError, first_line
 from ..shapes import InputProfile, ShapeProfile
 from .memory import PeakMemory, available_bytes, probe
-from .parity import random_inputs
+from ..runtime.parity import random_inputs
 from .roofline import floor_ms, measure_peaks, model_cost, precision_of_row
 from .timing import LatencyStats, clock_for, host_copy_seconds, measure_interleaved, timed_call
 
@@ -391,7 +391,7 @@ class _Backends:
         a second call loads the plan the first one built."""
         import torch
 
-        from .torch import TorchRunner
+        from ..runtime.torch_runner import TorchRunner
 
         if backend.startswith("torch"):
             dtype = {"torch-fp16": torch.float16, "torch-bf16": torch.bfloat16}.get(backend, torch.float32)
@@ -401,15 +401,15 @@ class _Backends:
         precision = precision_of(backend)
         path = self.onnx(precision)
         if backend.startswith("openvino"):
-            from .openvino import OpenVINORunner
+            from ..runtime.openvino_runner import OpenVINORunner
 
             return OpenVINORunner(path, precision="fp32" if backend == "openvino-fp32" else None, threads=self.threads)
         if backend.startswith("onnxruntime"):
-            from .onnxruntime import OnnxRuntimeRunner
+            from ..runtime.onnxruntime_runner import OnnxRuntimeRunner
 
             return OnnxRuntimeRunner(path, device=self.device, threads=self.threads)
-        from ..engines.tensorrt import build_engine
-        from .tensorrt import TensorRTRunner
+        from ..engines.tensorrt_build import build_engine
+        from ..runtime.tensorrt_runner import TensorRTRunner
 
         build = build_engine(path, precision=precision, cache_dir=self.folder / "engines", progress=False)
         return TensorRTRunner(build.plan)
@@ -442,8 +442,8 @@ def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int
     import torch
     from tqdm.auto import tqdm
 
-    from ..engines.onnxruntime import default_threads
-    from ..export.onnx import default_output_names
+    from ..engines.onnxruntime_session import default_threads
+    from ..export.exporter import default_output_names
     from ..models import get_entry, load_model
 
     if not sizes or min(sizes) <= 0 or not batches or min(batches) <= 0:
@@ -459,7 +459,7 @@ def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int
     threads = threads or default_threads()
     torch.set_num_threads(threads)
     if device == "cuda":
-        from .torch import pin_fp32
+        from ..runtime.torch_runner import pin_fp32
 
         pin_fp32()
     results = BenchResults(environment=environment(threads, device))

@@ -8,9 +8,9 @@ import math
 import pytest
 
 from effattn.errors import BackendError
-from effattn.runtime import bench
-from effattn.runtime.bench import BenchResults, BenchRow, attention_map_bytes, growth_exponent, run_bench
-from effattn.runtime.timing import LatencyStats
+from effattn.bench import benchmark as bench
+from effattn.bench.benchmark import BenchResults, BenchRow, attention_map_bytes, growth_exponent, run_bench
+from effattn.bench.timing import LatencyStats
 
 
 def _row(model, backend, size, ms, mib=None):

@@ -4,7 +4,7 @@ import pytest
 from torch import nn
 
 from effattn.models import DotProductAttention
-from effattn.runtime.roofline import floor_ms, measure_peaks, model_cost, precision_of_row
+from effattn.bench.roofline import floor_ms, measure_peaks, model_cost, precision_of_row
 
 
 def test_model_cost_counts_two_flops_per_multiply_add_without_running():

@@ -27,7 +27,7 @@ from effattn.export import export_onnx
 from effattn.models import EfficientAttention
 from effattn.shapes import InputProfile, ShapeProfile
 
-from ..serving import error_of, free_port, http, running_server
+from effattn.serving.launch import error_of, free_port, http, running_server
 
 http_client = pytest.importorskip("tritonclient.http", reason="tests need tritonclient[http] (the test extra)")
 grpc_client = pytest.importorskip("tritonclient.grpc", reason="tests need tritonclient[grpc] (the test extra)")
@@ -328,9 +328,9 @@ def test_big_bodies_are_parsed_off_the_event_loop(files, monkeypatch):
     import uvicorn
 
     from effattn.runtime import load
-    from effattn.runtime import serve as serve_module
+    from effattn.serving import http_server as serve_module
 
-    from effattn.runtime import serve_grpc
+    from effattn.serving import grpc_server as serve_grpc
 
     seen, seen_grpc = [], []
     parse, decode_grpc = serve_module.parse_infer_request, serve_grpc.decode_grpc_inputs
@@ -365,7 +365,7 @@ def test_big_bodies_are_parsed_off_the_event_loop(files, monkeypatch):
 def test_the_listening_socket_is_tcp_so_connections_get_nodelay():
     """asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP; a bare socket(AF_INET,
     SOCK_STREAM) has proto 0, and Nagle's algorithm then held every answer ~40 ms (delayed ACKs)."""
-    from effattn.runtime.serve import listen
+    from effattn.serving.http_server import listen
 
     with listen("127.0.0.1", free_port()) as sock:
         assert sock.proto == socket.IPPROTO_TCP
@@ -375,7 +375,7 @@ def test_the_server_may_hold_as_many_sockets_as_the_system_allows():
     """serve() raises the soft open-file limit to the hard one (checked in a child whose soft limit is 256)."""
     script = ("import resource; soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
               "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard)); "
-              "from effattn.runtime.serve import _raise_file_limit; _raise_file_limit(); "
+              "from effattn.serving.http_server import _raise_file_limit; _raise_file_limit(); "
               "print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "True", done.stderr[-2000:]

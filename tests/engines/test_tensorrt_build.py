@@ -8,8 +8,8 @@ from effattn.errors import BackendError
 
 
 def test_modules_import_without_tensorrt():
-    import effattn.engines.tensorrt  # noqa: F401
-    import effattn.runtime.tensorrt  # noqa: F401
+    import effattn.engines.tensorrt_build  # noqa: F401
+    import effattn.runtime.tensorrt_runner  # noqa: F401
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
@@ -39,7 +39,7 @@ def test_engine_matches_eager(tmp_path, name, precision):
     from effattn.export import export_onnx, to_fp16
     from effattn.models import load_model
     from effattn.runtime import compare, load, random_inputs
-    from effattn.runtime.torch import TorchRunner
+    from effattn.runtime.torch_runner import TorchRunner
 
     source = load_model(name, pretrained=name == "ea_segnet_tiny")
     path = export_onnx(source, source.profile, tmp_path / f"{name}.onnx").path

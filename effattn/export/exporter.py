@@ -235,9 +235,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def validate_onnx(module: nn.Module, path: Path, profile: ShapeProfile, output_names: list[str],
                   residuals: dict[str, str] | None = None, seed: int | None = None):
     """Parity of ONNX Runtime (CPU) against eager PyTorch on fresh random inputs at min, opt and max."""
-    from ..runtime.onnxruntime import OnnxRuntimeRunner
+    from ..runtime.onnxruntime_runner import OnnxRuntimeRunner
     from ..runtime.parity import compare, profile_inputs
-    from ..runtime.torch import TorchRunner
+    from ..runtime.torch_runner import TorchRunner
 
     feeds = profile_inputs(profile, seed)
     with OnnxRuntimeRunner(path, device="cpu") as candidate:
