@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import reprlib
 from collections.abc import Collection, Mapping
+from pathlib import Path
 
-from .errors import MetadataError
+import onnx
+
+from .errors import ExportError, MetadataError, first_line
 from .shapes import ShapeProfile
 
 PREFIX = "effattn."
@@ -82,3 +85,23 @@ def residuals_of(meta: Mapping[str, str], inputs: Collection[str] | None = None,
 
 def format_residuals(residuals: Mapping[str, str]) -> str:
     return ",".join(f"{out}={inp}" for out, inp in residuals.items())
+
+
+def set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
+    """Set ``metadata_props`` keys, replacing existing ones of the same name."""
+    kept = [p for p in proto.metadata_props if p.key not in values]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in values.items():
+        proto.metadata_props.add(key=key, value=str(value))
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (weights are not loaded)."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise ExportError(f"{path} does not exist") from None
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise ExportError(f"{path} is not an ONNX model ({type(e).__name__}: {first_line(e)})") from None
+    return {p.key: p.value for p in proto.metadata_props}

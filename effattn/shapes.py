@@ -16,6 +16,8 @@ import reprlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .errors import InputError, ProfileError
 
 Shape = tuple[int, ...]
@@ -217,3 +219,14 @@ class ShapeProfile(Mapping[str, InputProfile]):
             f"{p.name}: min {format_shape(p.min)}, opt {format_shape(p.opt)}, max {format_shape(p.max)}"
             for p in self.inputs
         )
+
+
+def random_inputs(profile: ShapeProfile, which: str = "opt", seed: int | None = None) -> dict[str, np.ndarray]:
+    """Standard-normal float32 inputs at the profile's ``min``, ``opt`` or ``max`` shapes."""
+    rng = np.random.default_rng(seed)
+    return {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in profile.shapes(which).items()}
+
+
+def profile_inputs(profile: ShapeProfile, seed: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Random inputs at ``min``, ``opt`` and ``max``: the three shapes every parity check covers."""
+    return [random_inputs(profile, which, seed) for which in ("min", "opt", "max")]

@@ -232,7 +232,7 @@ def build_engine(
 
     from tqdm.auto import tqdm
 
-    from ..export.exporter import read_metadata
+    from ..metadata import read_metadata
     from ..export.precision import to_fp16
 
     start = time.perf_counter()

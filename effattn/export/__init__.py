@@ -1,6 +1,7 @@
 """Export stages: PyTorch -> checked, simplified, verified ONNX; then the FP16 and INT8 (QDQ) graphs."""
 
-from .exporter import EXPORTERS, ExportResult, export_onnx, read_metadata, set_metadata, validate_onnx
+from ..metadata import read_metadata, set_metadata
+from .exporter import EXPORTERS, ExportResult, export_onnx, validate_onnx
 from .precision import DEFAULT_FP32_OPS, to_fp16
 from .quantize import QUANTIZED_OPS, QuantizeResult, qdq_summary, quantize
 

@@ -179,7 +179,7 @@ def export_onnx(
         meta[metadata.CHECKPOINT_SHA256] = source.checkpoint_sha256
     if getattr(module, "residual", False) and len(profile) == 1:
         meta[metadata.RESIDUAL] = metadata.format_residuals({outputs[0]: profile.inputs[0].name})
-    set_metadata(proto, meta)
+    metadata.set_metadata(proto, meta)
 
     with atomic_output(path, force) as tmp:
         onnx.save(proto, tmp)
@@ -210,26 +210,6 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
             return proto
     onnx.checker.check_model(slim, full_check=True)
     return slim
-
-
-def set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
-    """Set ``metadata_props`` keys, replacing existing ones of the same name."""
-    kept = [p for p in proto.metadata_props if p.key not in values]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    for key, value in values.items():
-        proto.metadata_props.add(key=key, value=str(value))
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file (weights are not loaded)."""
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except FileNotFoundError:
-        raise ExportError(f"{path} does not exist") from None
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise ExportError(f"{path} is not an ONNX model ({type(e).__name__}: {first_line(e)})") from None
-    return {p.key: p.value for p in proto.metadata_props}
 
 
 def validate_onnx(module: nn.Module, path: Path, profile: ShapeProfile, output_names: list[str],

@@ -19,7 +19,7 @@ import onnx
 from .. import metadata
 from ..errors import ExportError, first_line
 from ..files import atomic_output, check_writable
-from .exporter import read_metadata, set_metadata
+from ..metadata import read_metadata, set_metadata
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from .. import metadata
 from ..errors import ExportError, InputError, first_line
 from ..files import atomic_output, check_writable
 from ..shapes import ShapeProfile
-from .exporter import read_metadata, set_metadata
+from ..metadata import read_metadata, set_metadata
 
 log = logging.getLogger(__name__)
 

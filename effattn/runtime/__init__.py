@@ -12,7 +12,6 @@ from ..errors import BackendError
 from ..shapes import ShapeProfile
 from .base import Runner, TensorSpec
 from .parity import TOLERANCES, Report, Tolerance, compare, profile_inputs, random_inputs
-from ..bench.timing import LatencyStats, measure
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
     rtx = bool(rtx)
     if backend == "tensorrt" or (backend == "auto" and device is None and tensorrt_available(rtx)):
         from ..engines.tensorrt_build import build_engine
-        from ..export.exporter import read_metadata
+        from ..metadata import read_metadata
         from .tensorrt_runner import TensorRTRunner
 
         precision = metadata.precision_of(read_metadata(path))
@@ -90,7 +89,7 @@ def _openvino_is_faster(path: Path) -> bool:
     """On the CPU, OpenVINO wins for INT8 graphs (measured, benchmarks/results/cpu-lowprec-*.json); FP32 and FP16
     files stay on ONNX Runtime, which runs them in their own precision (OpenVINO's default would be BF16)."""
     from ..errors import EffattnError
-    from ..export.exporter import read_metadata
+    from ..metadata import read_metadata
     from .openvino_runner import openvino_available
 
     try:
@@ -100,5 +99,5 @@ def _openvino_is_faster(path: Path) -> bool:
     return precision == "int8" and openvino_available()
 
 
-__all__ = ["BACKENDS", "LatencyStats", "Report", "Runner", "TOLERANCES", "TensorSpec", "Tolerance", "compare",
-           "load", "measure", "profile_inputs", "random_inputs"]
+__all__ = ["BACKENDS", "Report", "Runner", "TOLERANCES", "TensorSpec", "Tolerance", "compare",
+           "load", "profile_inputs", "random_inputs"]

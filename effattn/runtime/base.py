@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..shapes import InputProfile, ShapeProfile, format_shape
+from ..shapes import InputProfile, ShapeProfile, format_shape, random_inputs
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,6 @@ class Runner(abc.ABC):
 
     def warmup(self, iterations: int = 3) -> None:
         """Run a few times at the profile's opt shape so lazy allocations happen before timing."""
-        from .parity import random_inputs
-
         if self.profile is None:
             return
         feed = random_inputs(self.profile, "opt", seed=0)

@@ -24,18 +24,24 @@ from typing import Any
 
 import numpy as np
 
-from .. import metadata
+from .. import dtypes, metadata
 from ..engines.onnxruntime_session import create_session
-from ..errors import BackendError
+from ..errors import BackendError, InputError
 from .base import Runner, TensorSpec
 from .cudagraphs import CAPTURE_LOCK, ShapeKey, shape_key
 
 log = logging.getLogger(__name__)
 
-_ORT_DTYPES = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-}
+
+def _host_dtype(arg) -> np.dtype:
+    """The numpy dtype of an ONNX Runtime input or output; a type numpy cannot hold is refused by name."""
+    try:
+        row = dtypes.lookup("ort", arg.type, f"ONNX tensor {arg.name!r}")
+    except InputError as e:
+        raise BackendError(str(e)) from None
+    if row.numpy is None:
+        raise BackendError(f"ONNX tensor {arg.name!r} is {arg.type}, which has no numpy type to feed or read")
+    return np.dtype(row.numpy)
 
 
 def _ort_device(device) -> tuple[str, int]:
@@ -75,7 +81,7 @@ class OnnxRuntimeRunner(Runner):
         def spec(arg, with_profile: bool) -> TensorSpec:
             shape = tuple(d if isinstance(d, int) else (d or None) for d in arg.shape)
             prof = profile[arg.name] if with_profile and profile and arg.name in profile else None
-            return TensorSpec(arg.name, np.dtype(_ORT_DTYPES.get(arg.type, np.float32)), shape, prof)
+            return TensorSpec(arg.name, _host_dtype(arg), shape, prof)
 
         super().__init__([spec(a, True) for a in self.session.get_inputs()],
                          [spec(a, False) for a in self.session.get_outputs()])

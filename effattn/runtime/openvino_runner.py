@@ -77,7 +77,7 @@ class OpenVINORunner(Runner):
     def __init__(self, path: str | Path, precision: str | None = None, threads: int | None = None) -> None:
         """``precision``: ``auto`` (default, see :func:`choose_precision`), ``fp32`` or ``bf16``;
         ``threads``: inference threads (default: OpenVINO's, every core)."""
-        from ..export.exporter import read_metadata
+        from ..metadata import read_metadata
 
         self.path = Path(path)
         if not self.path.is_file():

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..shapes import ShapeProfile, format_shape
+from ..shapes import ShapeProfile, format_shape, profile_inputs, random_inputs  # noqa: F401 (re-exported)
 from .base import Runner
 
 
@@ -42,17 +42,6 @@ TOLERANCES = {
     # held-out task images) is tests/export/test_quantize.py's and the bench's.
     "int8": Tolerance(rel_l2=0.2, branch_rel_l2=5e-2, argmax_agreement=0.95),
 }
-
-
-def random_inputs(profile: ShapeProfile, which: str = "opt", seed: int | None = None) -> dict[str, np.ndarray]:
-    """Standard-normal float32 inputs at the profile's ``min``, ``opt`` or ``max`` shapes."""
-    rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in profile.shapes(which).items()}
-
-
-def profile_inputs(profile: ShapeProfile, seed: int | None = None) -> list[dict[str, np.ndarray]]:
-    """Random inputs at ``min``, ``opt`` and ``max``: the three shapes every parity check covers."""
-    return [random_inputs(profile, which, seed) for which in ("min", "opt", "max")]
 
 
 def _as_float64(value: Any) -> np.ndarray:

@@ -19,26 +19,22 @@ import numpy as np
 
 from ..engines.cache import plan_backend, verify_plan
 from ..engines.tensorrt_build import gpu_identity, import_tensorrt
+from .. import dtypes
 from ..errors import BackendError, InputError
 from ..shapes import InputProfile
 from .base import Runner, TensorSpec
 from .cudagraphs import GraphPolicy, ShapeGraphs
 from .torch_runner import to_numpy
 
-#: TensorRT DataType name -> torch dtype name of the device buffer. Types with no torch or numpy buffer
-#: this runner can fill (FP8, INT4, FP4, E8M0: quantized internals, never model I/O here) are refused by name.
-_TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
-                 "INT8": "int8", "BOOL": "bool", "UINT8": "uint8"}
-
-
 def io_dtypes(trt_dtype_name: str, tensor: str) -> tuple[str, str]:
-    """(device buffer dtype, host numpy dtype) for an engine I/O tensor; BF16 is fed and returned as float32
-    (numpy has no bfloat16) and cast on the device."""
-    torch_name = _TORCH_DTYPES.get(trt_dtype_name)
-    if torch_name is None:
-        raise BackendError(f"engine tensor {tensor!r} has TensorRT type {trt_dtype_name}, which effattn cannot "
-                           f"feed or read (supported: {', '.join(_TORCH_DTYPES)})")
-    return torch_name, "float32" if torch_name == "bfloat16" else torch_name
+    """(device buffer torch dtype, host numpy dtype) for an engine I/O tensor; BF16 is fed and returned as
+    float32 (numpy has no bfloat16) and cast on the device. Types with no buffer this runner can fill (FP8,
+    INT4, FP4, E8M0: quantized internals, never model I/O here) are refused by name."""
+    try:
+        row = dtypes.lookup("tensorrt", trt_dtype_name, f"engine tensor {tensor!r}")
+    except InputError as e:
+        raise BackendError(str(e)) from None
+    return row.torch, dtypes.numpy_dtype(row).name
 
 
 @dataclass

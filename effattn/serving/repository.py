@@ -193,7 +193,7 @@ def _onnx_io(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], ShapeP
     import onnx
 
     from .. import metadata
-    from ..export.exporter import read_metadata
+    from ..metadata import read_metadata
 
     try:
         model = onnx.load(str(path), load_external_data=False)

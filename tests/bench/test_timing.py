@@ -1,6 +1,6 @@
 import pytest
 
-from effattn.runtime import LatencyStats, measure
+from effattn.bench.timing import LatencyStats, measure
 
 
 def test_stats_percentiles():

@@ -1,0 +1,80 @@
+"""One table of tensor element types and their names in every library effattn talks to.
+
+numpy dtype, KServe v2 datatype (``FP32``), Triton config type (``TYPE_FP32``), ONNX ``TensorProto``
+element type, ONNX Runtime type string (``tensor(float)``), TensorRT ``DataType`` name and torch dtype
+name. Polygraphy's ``DataType`` maps most of these but not the KServe/Triton names, and its TensorRT
+side imports ``tensorrt``; this table is plain data, so every layer (serving included) can read it.
+Types numpy has no dtype for (BF16, FP8, INT4, FP4) appear only where a runner can convert them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import TensorProto
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class DType:
+    numpy: str | None  # numpy dtype name; None where numpy has none (bfloat16)
+    kserve: str  # KServe v2 / Triton protocol datatype
+    onnx: int  # onnx.TensorProto element type
+    ort: str  # ONNX Runtime NodeArg.type
+    tensorrt: str | None  # tensorrt.DataType member name
+    torch: str | None  # torch dtype attribute name
+
+    @property
+    def triton(self) -> str:
+        """Triton's model-config DataType name (``TYPE_FP32``)."""
+        return f"TYPE_{self.kserve}"
+
+
+TABLE = (
+    DType("float32", "FP32", TensorProto.FLOAT, "tensor(float)", "FLOAT", "float32"),
+    DType("float16", "FP16", TensorProto.FLOAT16, "tensor(float16)", "HALF", "float16"),
+    DType(None, "BF16", TensorProto.BFLOAT16, "tensor(bfloat16)", "BF16", "bfloat16"),
+    DType("float64", "FP64", TensorProto.DOUBLE, "tensor(double)", None, "float64"),
+    DType("int64", "INT64", TensorProto.INT64, "tensor(int64)", "INT64", "int64"),
+    DType("int32", "INT32", TensorProto.INT32, "tensor(int32)", "INT32", "int32"),
+    DType("int16", "INT16", TensorProto.INT16, "tensor(int16)", None, "int16"),
+    DType("int8", "INT8", TensorProto.INT8, "tensor(int8)", "INT8", "int8"),
+    DType("uint64", "UINT64", TensorProto.UINT64, "tensor(uint64)", None, None),
+    DType("uint32", "UINT32", TensorProto.UINT32, "tensor(uint32)", None, None),
+    DType("uint16", "UINT16", TensorProto.UINT16, "tensor(uint16)", None, None),
+    DType("uint8", "UINT8", TensorProto.UINT8, "tensor(uint8)", "UINT8", "uint8"),
+    DType("bool", "BOOL", TensorProto.BOOL, "tensor(bool)", "BOOL", "bool"),
+)
+
+
+def _index(field: str) -> dict:
+    return {getattr(d, field): d for d in TABLE if getattr(d, field) is not None}
+
+
+_LIBRARY = {"numpy": "numpy", "kserve": "KServe", "onnx": "ONNX", "ort": "ONNX Runtime", "tensorrt": "TensorRT",
+            "torch": "torch"}
+_BY = {field: _index(field) for field in ("numpy", "kserve", "onnx", "ort", "tensorrt", "torch")}
+
+
+def lookup(field: str, value, what: str = "tensor") -> DType:
+    """The row whose ``field`` (``numpy``, ``kserve``, ``onnx``, ``ort``, ``tensorrt``, ``torch``) is ``value``.
+
+    Raises :class:`InputError` naming ``what`` and the types that are supported."""
+    key = np.dtype(value).name if field == "numpy" else value
+    row = _BY[field].get(key)
+    if row is None:
+        known = ", ".join(str(k) for k in _BY[field])
+        raise InputError(f"{what} has {_LIBRARY[field]} type {value}, which effattn cannot feed or read "
+                         f"(supported: {known})")
+    return row
+
+
+def of_numpy(dtype, what: str = "tensor") -> DType:
+    return lookup("numpy", dtype, what)
+
+
+def numpy_dtype(row: DType) -> np.dtype:
+    """The host dtype: numpy's own, and float32 for BF16 (numpy has none; runners cast on the device)."""
+    return np.dtype(row.numpy or "float32")
