@@ -15,8 +15,9 @@ import torch
 
 from .. import metadata
 from ..errors import ModelError, TrustError
-from .checkpoint import ModelSource, load_model, sha256_file
+from .checkpoint import ModelSource, load_model
 from .registry import create_model, get_entry
+from .weights import read_state_dict, sha256_file, weights_sha256
 
 #: The largest zoo model (in parameters) built from a file's arguments; ea_resnet has 12 M.
 MAX_PARAMETERS = 2**28
@@ -44,12 +45,13 @@ def reference_from_metadata(meta: Mapping[str, str], checkpoint: str | Path | No
                          "--checkpoint or --pretrained to compare against eager PyTorch")
     if checkpoint is None and ":" not in name:
         shipped = get_entry(name).pretrained_path
-        if shipped is not None and sha256_file(shipped) == want:
+        if shipped is not None and want in (weights_sha256(read_state_dict(shipped)), sha256_file(shipped)):
             checkpoint = shipped
     if checkpoint is None:
         raise ModelError(f"{name} was exported from a checkpoint (sha256 {want[:12]}…); give it with --checkpoint")
     source = load_model(name, checkpoint=checkpoint, **kwargs)
-    if source.checkpoint_sha256 != want:
+    # the weights' hash; files exported before it recorded the checkpoint file's hash, still accepted
+    if want not in (source.checkpoint_sha256, sha256_file(checkpoint)):
         raise ModelError(f"checkpoint {checkpoint} (sha256 {source.checkpoint_sha256[:12]}…) is not the one the "
                          f"file was exported from (sha256 {want[:12]}…)")
     return source

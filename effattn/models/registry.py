@@ -1,8 +1,14 @@
-"""A timm-style model registry: adding a model is one decorated function, nothing else changes."""
+"""A timm-style model registry: adding a model is one decorated function, nothing else changes.
+
+Every name a user gives is either a registered zoo name or their own ``package.module:factory``;
+:func:`build` and :func:`create_model` take both.
+"""
 
 from __future__ import annotations
 
 import fnmatch
+import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -13,6 +19,7 @@ from torch import nn
 
 from ..errors import ModelError, first_line
 from ..shapes import ShapeProfile
+from .weights import load_weights
 
 
 @dataclass(frozen=True)
@@ -77,15 +84,55 @@ def get_entry(name: str) -> ModelEntry:
         ) from None
 
 
-def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    """Build a registered model in eval mode; ``pretrained=True`` loads its shipped weights."""
-    entry = get_entry(name)
+def import_factory(spec: str):
+    """The callable named by ``package.module:factory`` (imported: only for names a user gave)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"model {spec!r} must be a registered name or package.module:factory")
     try:
-        model = entry.factory(**kwargs)
-    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as e:  # wrong names, invalid values, an allocation that failed
-        raise ModelError(f"model {name!r}: bad arguments {kwargs}: {first_line(e)}") from None
-    if pretrained:
-        from .checkpoint import load_weights
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelError(f"cannot import module {module_name!r} for model {spec!r}: {e}") from None
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise ModelError(f"module {module_name!r} has no attribute {attr!r} (model {spec!r})") from None
+    if not callable(obj):
+        raise ModelError(f"{spec!r} is not callable; give a function or class that returns an nn.Module")
+    return obj
 
+
+def build(spec: str, **kwargs) -> tuple[nn.Module, ModelEntry | None]:
+    """The model named by ``spec`` (a zoo name or ``package.module:factory``) and its zoo entry, if any.
+
+    Arguments the factory does not take are told apart from an error inside the factory's own code."""
+    entry = None if ":" in spec else get_entry(spec)
+    factory = entry.factory if entry else import_factory(spec)
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as e:
+        raise ModelError(f"model {spec!r} does not take the arguments {kwargs}: {e}; its signature is "
+                         f"{spec.split(':')[-1]}{inspect.signature(factory)}") from None
+    except ValueError:  # no signature to read (a builtin): the call below says what is wrong
+        pass
+    try:
+        model = factory(**kwargs)
+    except Exception as e:  # the factory's own code failed: say it is the factory's, not effattn's
+        raise ModelError(f"model {spec!r} failed while building with arguments {kwargs}: {type(e).__name__}: "
+                         f"{first_line(e)} (raised inside the factory)") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model, entry
+
+
+def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """Build a registered model or ``package.module:factory`` in eval mode; ``pretrained=True`` loads the
+    zoo's shipped weights."""
+    model, entry = build(name, **kwargs)
+    if pretrained:
+        if entry is None:
+            raise ModelError(f"{name} is your own factory: give its checkpoint (load_model(..., checkpoint=...))")
         load_weights(model, entry.require_pretrained())
     return model.eval()

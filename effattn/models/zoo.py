@@ -7,7 +7,7 @@ from torch import nn
 from ..shapes import ShapeProfile
 from .attention import DotProductAttention, EfficientAttention, EfficientAttention1d
 from .hosts import EAResNet, EASegNet
-from . import synthetic
+from .synthetic import images as synthetic_images
 from .registry import register_model
 
 _block = ShapeProfile.single("1x64x16x16", "2x64x64x64", "8x64x128x128")
@@ -48,7 +48,7 @@ def ea_resnet(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
 
 
 @register_model(ShapeProfile.single("1x3x32x32", "1x3x64x64", "8x3x256x256"), task="segmentation",
-                pretrained="ea_segnet_tiny.safetensors", samples=synthetic.images)
+                pretrained="ea_segnet_tiny.safetensors", samples=synthetic_images)
 def ea_segnet_tiny(num_classes: int = 3, in_channels: int = 3) -> nn.Module:
     """Tiny segmenter (16 channels), EA at 1/2 resolution; trained weights ship (synthetic shapes)."""
     return EASegNet(num_classes, in_channels, width=16, heads=2)

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from effattn.errors import CheckpointError, ModelError
-from effattn.models import create_model, load_model, load_weights, read_state_dict, sha256_file
+from effattn.models import create_model, load_model, load_weights, read_state_dict, sha256_file, weights_sha256
 from effattn.models.synthetic import CLASSES, shapes_batch
 
 
@@ -53,8 +53,11 @@ def test_corrupt_and_unsafe_checkpoints_are_refused(tmp_path):
         read_state_dict(junk)
     unsafe = tmp_path / "unsafe.pt"
     torch.save({"weights": torch.zeros(1), "obj": argparse.Namespace(a=1)}, unsafe)  # needs full pickle
-    with pytest.raises(CheckpointError, match="refused for safety"):
+    with pytest.raises(CheckpointError, match=r"pickled Python objects \(argparse.Namespace\).*model.state_dict\(\)") as e:
         read_state_dict(unsafe)
+    assert "\x1b" not in str(e.value) and str(e.value).endswith("load those")  # no ANSI codes, not cut
+    with pytest.raises(CheckpointError, match=r"not a torch or safetensors checkpoint \(Unsupported operand"):
+        read_state_dict(junk)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_state_dict(tmp_path / "missing.safetensors")
     not_tensors = tmp_path / "meta.pt"
@@ -70,8 +73,23 @@ def test_user_factory_with_checkpoint(tmp_path):
     path = tmp_path / "user.safetensors"
     save_file(state, str(path))
     source = load_model("tests.conftest:make_user_model", checkpoint=path, channels=8)
-    assert source.checkpoint_sha256 == sha256_file(path)
+    assert source.checkpoint_sha256 == weights_sha256(state) != sha256_file(path)
     assert torch.equal(source.model.state_dict()["0.weight"], state["0.weight"])
+
+
+def test_the_weights_hash_is_the_tensors_not_the_file(tmp_path):
+    state = _state(create_model("ea_resnet_tiny"))
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": state, "epoch": 7}, tmp_path / "w.pt")  # a training wrapper around the same tensors
+    hashes = {weights_sha256(read_state_dict(tmp_path / name)) for name in ("w.safetensors", "w.pt")}
+    assert hashes == {weights_sha256(state)}
+    changed = dict(state)
+    name = next(iter(changed))
+    changed[name] = changed[name].clone()
+    changed[name].view(-1)[0] += 1  # one element differs: another hash
+    assert weights_sha256(changed) != weights_sha256(state)
+    scalar = {"step": torch.tensor(3)}  # 0-dim tensors (BatchNorm's num_batches_tracked) hash too
+    assert weights_sha256(scalar) != weights_sha256({"step": torch.tensor(4)})
 
 
 @pytest.mark.parametrize("spec,match", [

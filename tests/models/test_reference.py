@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from effattn import metadata
 from effattn.errors import MetadataError, ModelError, TrustError
-from effattn.models import create_model, reference_from_metadata, sha256_file
+from effattn.models import create_model, read_state_dict, reference_from_metadata, sha256_file, weights_sha256
 
 
 @pytest.fixture
@@ -49,8 +49,8 @@ def test_a_named_or_trusted_factory_runs(tmp_path):
 
 @pytest.mark.parametrize("args,error,match", [
     ({"in_channels": 2**40}, ModelError, "would have .* parameters"),  # 10^24 parameters: measured, never allocated
-    ({"num_classes": -3}, ModelError, "bad arguments"),
-    ({"no_such_argument": 1}, ModelError, "bad arguments"),
+    ({"num_classes": -3}, ModelError, "failed while building with arguments"),
+    ({"no_such_argument": 1}, ModelError, "does not take the arguments"),
 ])
 def test_zoo_arguments_from_a_file_are_checked_before_anything_is_allocated(checkpoint, args, error, match):
     with pytest.raises(error, match=match):
@@ -67,5 +67,13 @@ def test_zoo_model_with_matching_checkpoint_rebuilds(tmp_path):
     model = create_model("ea_resnet_tiny", num_classes=4)
     path = tmp_path / "r.safetensors"
     save_file(model.state_dict(), path)
-    source = reference_from_metadata(_meta("ea_resnet_tiny", path, num_classes=4), path)
-    assert source.checkpoint_sha256 == sha256_file(path)
+    source = reference_from_metadata(_meta("ea_resnet_tiny", path, num_classes=4), path)  # a file hash: older files
+    assert source.checkpoint_sha256 == weights_sha256(read_state_dict(path))
+    meta = _meta("ea_resnet_tiny", path, num_classes=4) | {metadata.CHECKPOINT_SHA256: source.checkpoint_sha256}
+    pt = tmp_path / "r.pt"  # the same weights in the other format are the same checkpoint
+    torch.save(model.state_dict(), pt)
+    assert reference_from_metadata(meta, pt).checkpoint_sha256 == source.checkpoint_sha256
+    other = create_model("ea_resnet_tiny", num_classes=4)
+    torch.save(other.state_dict(), pt)  # other weights (fresh random init) are refused
+    with pytest.raises(ModelError, match="is not the one the file was exported from"):
+        reference_from_metadata(meta, pt)

@@ -42,7 +42,7 @@ def test_unknown_model_suggests_names():
 
 
 def test_bad_factory_arguments_name_them():
-    with pytest.raises(ModelError, match="bad arguments {'channels': 3}"):
+    with pytest.raises(ModelError, match="does not take the arguments {'channels': 3}"):
         create_model("ea_segnet_tiny", channels=3)
 
 
