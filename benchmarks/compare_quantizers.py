@@ -85,8 +85,7 @@ def main() -> None:
     seg = load_model("ea_segnet_tiny", pretrained=True)
     resnet = load_model("ea_resnet")
     seg_onnx = export_onnx(seg, seg.profile, args.work / "seg.onnx", force=True).path
-    res_onnx = export_onnx(resnet, ShapeProfile.single("1x3x224x224"), args.work / "resnet.onnx", force=True,
-                           validate=False).path
+    res_onnx = export_onnx(resnet, ShapeProfile.single("1x3x224x224"), args.work / "resnet.onnx", force=True).path
     g = torch.Generator().manual_seed(0)
     seg_feeds = [{"input": shapes_batch(1, 64, 64, g)[0].numpy()} for _ in range(32)]
     rng = np.random.default_rng(0)

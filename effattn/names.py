@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import reprlib
+from pathlib import Path
 
 from .errors import ConfigError
 
@@ -30,3 +31,12 @@ def name_from_file(path) -> str:
     except ConfigError:
         raise ConfigError(f"cannot name a model after the file {path.name!r}; give a name (--name, or NAME=FILE)") \
             from None
+
+
+def parse_model_spec(spec: str) -> tuple[str, Path]:
+    """``[NAME=]FILE`` -> (name, path). An existing file is a FILE even if its name holds ``=``; a NAME never does."""
+    path = Path(spec)
+    if path.is_file() or "=" not in spec:
+        return name_from_file(path), path
+    name, _, file = spec.partition("=")
+    return check_model_name(name), Path(file)

@@ -276,12 +276,20 @@ def test_compare_runs_a_user_factory_only_when_named_or_trusted(tmp_path, capsys
 
 def test_build_onnxruntime_writes_through_a_hidden_file(seg_onnx, tmp_path, monkeypatch, capsys):
     """ONNX Runtime writes the optimised graph where it is told: into a hidden file, renamed once whole."""
-    import effattn.engines as engines
+    import effattn.pipeline as pipeline
 
     written = []
-    real = engines.optimize_model
-    monkeypatch.setattr(engines, "optimize_model", lambda src, out, **kw: written.append(out) or real(src, out, **kw))
+    real = pipeline.optimize_model
+    monkeypatch.setattr(pipeline, "optimize_model", lambda src, out, **kw: written.append(out) or real(src, out, **kw))
     out = tmp_path / "seg.ort.onnx"
     assert main(["build", str(seg_onnx), "-o", str(out), "--backend", "onnxruntime", "--precision", "fp32"]) == 0
     assert written[0].name.startswith(".seg.ort.onnx.") and out.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.ort.onnx"]
+
+
+def test_build_onnxruntime_fp16_leaves_only_its_output(seg_onnx, tmp_path, capsys):
+    """The FP16 graph an FP32 file goes through is scratch: nothing but the output is left beside it."""
+    out = tmp_path / "seg.ort16.onnx"
+    assert main(["build", str(seg_onnx), "-o", str(out), "--backend", "onnxruntime", "--precision", "fp16"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.ort16.onnx"]
+    assert "optimised fp16 graph" in capsys.readouterr().out

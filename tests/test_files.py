@@ -35,7 +35,7 @@ def test_a_signal_during_export_leaves_no_partial_or_hidden_file(tmp_path, signu
     the validation step, so the moment is exact): the process dies by that signal and the folder is empty."""
     script = textwrap.dedent(f"""
         import os, sys
-        import effattn.export.exporter as onnx_export
+        import effattn.pipeline
         from effattn.cli import main
 
         def validate(*args, **kwargs):
@@ -43,7 +43,7 @@ def test_a_signal_during_export_leaves_no_partial_or_hidden_file(tmp_path, signu
             os.kill(os.getpid(), {int(signum)})
             raise AssertionError("the signal did not stop the export")
 
-        onnx_export.validate_onnx = validate
+        effattn.pipeline.validate_export = validate
         sys.exit(main(["export", "efficient_attention", "-o", {str(tmp_path / "block.onnx")!r}, "-q",
                        "--arg", "in_channels=8", "--arg", "key_channels=4", "--arg", "value_channels=8",
                        "--min", "1x8x4x4", "--opt", "1x8x8x8", "--max", "2x8x8x8"]))

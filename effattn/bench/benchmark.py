@@ -379,7 +379,7 @@ class _Backends:
 
         if "fp32" not in self._files:
             self._files["fp32"] = export_onnx(self.source, self.profile, self.folder / f"{self.name}.onnx",
-                                              validate=False, force=True).path
+                                              force=True).path
         if precision == "fp16" and "fp16" not in self._files:
             self._files["fp16"] = to_fp16(self._files["fp32"], self.folder / f"{self.name}.fp16.onnx", force=True)
         if precision == "int8" and "int8" not in self._files:

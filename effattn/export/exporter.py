@@ -1,8 +1,9 @@
-"""PyTorch -> ONNX: dynamic batch/height/width, checked, simplified, self-describing, and verified.
+"""PyTorch -> ONNX: dynamic batch/height/width, checked, simplified and self-describing.
 
-The file is written only after it passed ``onnx.checker``, shape inference and a parity run of
-ONNX Runtime against eager PyTorch at the profile's min, opt and max shapes; an existing file is
-never replaced unless ``force=True``.
+The file is written only after it passed ``onnx.checker``, shape inference and the caller's
+``verify`` hook (``effattn.pipeline.export_verified`` passes a parity run of ONNX Runtime against
+eager PyTorch: running a backend is a later stage's job); an existing file is never replaced
+unless ``force=True``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import __version__, metadata
-from ..errors import ExportError, ParityError, first_line
+from ..errors import ExportError, first_line
 from ..files import atomic_output, check_writable
 from ..models.checkpoint import ModelSource
 from ..shapes import ShapeProfile
@@ -40,7 +41,6 @@ class ExportResult:
     exporter: str
     nodes: int
     seconds: float
-    report: object | None = None  # runtime.parity.Report of the validation run
     steps: dict[str, float] = field(default_factory=dict)  # step name -> seconds
 
 
@@ -106,25 +106,27 @@ def _trace(model: nn.Module, profile: ShapeProfile, exporter: str, opset: int, o
 
 def export_onnx(
     model: nn.Module | ModelSource,
-    profile: ShapeProfile | torch.Tensor | Sequence[torch.Tensor],
+    profile: ShapeProfile | torch.Tensor | Sequence[torch.Tensor] | None,
     path: str | Path,
     *,
     exporter: str = "dynamo",
     opset: int = DEFAULT_OPSET,
     simplify: bool = True,
-    validate: bool = True,
+    verify: Callable[[Path], None] | None = None,
     force: bool = False,
     output_names: list[str] | None = None,
     model_args: dict | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
-    """Export ``model`` to ``path`` with dynamic axes from ``profile`` and verify it.
+    """Export ``model`` to ``path`` with dynamic axes from ``profile``.
 
-    ``profile`` is a :class:`ShapeProfile` or example tensors (then every shape is static).
+    ``profile`` is a :class:`ShapeProfile` or example tensors (then every shape is static); ``None`` takes
+    the :class:`ModelSource`'s own.
     ``model`` may be a :class:`ModelSource` (from ``load_model``) so the file records the model name
     and checkpoint hash; ``model_args`` (the factory's keyword arguments) are recorded so the eager
     reference can be rebuilt from the file alone. ``progress`` is called with each step's name as it starts.
-    Raises :class:`ExportError` (or :class:`ParityError` if ONNX Runtime disagrees with eager PyTorch).
+    ``verify`` is called with the finished file (under a temporary name) before it takes its place; whatever
+    it raises leaves nothing behind. Raises :class:`ExportError`.
     """
     path = Path(path)
     if exporter not in EXPORTERS:
@@ -134,69 +136,81 @@ def export_onnx(
     check_writable(path, force)
     source = model if isinstance(model, ModelSource) else ModelSource(model, type(model).__name__, "custom", None)
     module = source.model.eval()
-    if isinstance(profile, torch.Tensor):
-        profile = (profile,)
-    if not isinstance(profile, ShapeProfile):
-        profile = ShapeProfile(tuple(
-            ShapeProfile.single(tuple(t.shape), name="input" if i == 0 else f"input{i}").inputs[0]
-            for i, t in enumerate(profile)))
+    profile = _as_profile(profile if profile is not None else source.profile, source.name)
     outputs = output_names or default_output_names(module, source.task)
-    steps: dict[str, float] = {}
-    start = time.perf_counter()
-
-    def step(name: str) -> None:
-        steps[name] = time.perf_counter()
-        if progress:
-            progress(name)
-
-    step("export")
+    steps = _Steps(progress)
+    steps("export")
     try:
         proto = _trace(module, profile, exporter, opset, outputs)
     except Exception as e:  # exporter failures come in many types; report the first line
-        first = first_line(e)
-        raise ExportError(f"{exporter} exporter failed on {source.name}: {first}"
+        raise ExportError(f"{exporter} exporter failed on {source.name}: {first_line(e)}"
                           + (" (try exporter='torchscript')" if exporter == "dynamo" else "")) from e
-    step("check")
+    steps("check")
     try:
         onnx.checker.check_model(proto, full_check=True)
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ExportError(f"exported graph of {source.name} is not valid ONNX: {first_line(e)}") from e
     if simplify:
-        step("simplify")
+        steps("simplify")
         proto = _simplify(proto)
-    meta = {
-        metadata.VERSION: __version__,
-        metadata.MODEL: source.name,
-        metadata.TASK: source.task,
-        metadata.PROFILE: profile.to_json(),
-        metadata.EXPORTER: f"{exporter} (torch {torch.__version__}, opset {opset})",
-        metadata.PRECISION: "fp32",
-    }
+    metadata.set_metadata(proto, _metadata(source, profile, outputs, f"{exporter} (torch {torch.__version__}, "
+                                                                     f"opset {opset})", model_args))
+    with atomic_output(path, force) as tmp:
+        onnx.save(proto, tmp)
+        if verify is not None:
+            steps("validate")
+            verify(tmp)
+    result = ExportResult(path, profile, exporter, len(proto.graph.node), steps.total(), steps.durations())
+    log.debug("exported %s to %s (%d nodes, %.1fs)", source.name, path, result.nodes, result.seconds)
+    return result
+
+
+class _Steps:
+    """Start times of named steps, each announced to ``progress`` as it starts."""
+
+    def __init__(self, progress: Callable[[str], None] | None) -> None:
+        self.progress, self.starts, self.start = progress, {}, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        self.starts[name] = time.perf_counter()
+        if self.progress:
+            self.progress(name)
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+    def durations(self) -> dict[str, float]:
+        marks = list(self.starts.items()) + [("done", time.perf_counter())]
+        return {name: marks[i + 1][1] - t for i, (name, t) in enumerate(marks[:-1])}
+
+
+def _as_profile(profile, model_name: str) -> ShapeProfile:
+    """A ShapeProfile from a profile or example tensors (static shapes); none at all is refused with an example."""
+    if profile is None:
+        raise ExportError(f"{model_name} has no shape profile: give one, e.g. ShapeProfile.single('1x3x64x64', "
+                          "'1x3x128x128', '4x3x256x256') (min, opt, max), or example tensors; a model of your own "
+                          "can also carry it (load_model(..., profile=...) or a default_profile attribute)")
+    if isinstance(profile, torch.Tensor):
+        profile = (profile,)
+    if isinstance(profile, ShapeProfile):
+        return profile
+    return ShapeProfile(tuple(ShapeProfile.single(tuple(t.shape), name="input" if i == 0 else f"input{i}").inputs[0]
+                              for i, t in enumerate(profile)))
+
+
+def _metadata(source: ModelSource, profile: ShapeProfile, outputs: list[str], exporter: str,
+              model_args: dict | None) -> dict[str, str]:
+    """The effattn.* keys that make the file self-describing (see effattn.metadata)."""
+    meta = {metadata.VERSION: __version__, metadata.MODEL: source.name, metadata.TASK: source.task,
+            metadata.PROFILE: profile.to_json(), metadata.EXPORTER: exporter, metadata.PRECISION: "fp32"}
     if model_args:
         meta[metadata.MODEL_ARGS] = json.dumps(model_args)
     if source.checkpoint_sha256:
         meta[metadata.CHECKPOINT_SHA256] = source.checkpoint_sha256
-    if getattr(module, "residual", False) and len(profile) == 1:
+    if getattr(source.model, "residual", False) and len(profile) == 1:
         meta[metadata.RESIDUAL] = metadata.format_residuals({outputs[0]: profile.inputs[0].name})
-    metadata.set_metadata(proto, meta)
-
-    with atomic_output(path, force) as tmp:
-        onnx.save(proto, tmp)
-        report = None
-        if validate:
-            step("validate")
-            report = validate_onnx(module, tmp, profile, output_names=outputs,
-                                   residuals=metadata.residuals_of(meta))
-            if not report.passed:
-                raise ParityError(f"exported {source.name} disagrees with eager PyTorch; the file was not written:\n"
-                                  f"{report}")
-    marks = list(steps.items()) + [("done", time.perf_counter())]
-    durations = {name: marks[i + 1][1] - t for i, (name, t) in enumerate(marks[:-1])}
-    result = ExportResult(path, profile, exporter, len(proto.graph.node), time.perf_counter() - start, report,
-                          durations)
-    log.debug("exported %s to %s (%d nodes, %.1fs)", source.name, path, result.nodes, result.seconds)
-    return result
+    return meta
 
 
 def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -210,16 +224,3 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
             return proto
     onnx.checker.check_model(slim, full_check=True)
     return slim
-
-
-def validate_onnx(module: nn.Module, path: Path, profile: ShapeProfile, output_names: list[str],
-                  residuals: dict[str, str] | None = None, seed: int | None = None):
-    """Parity of ONNX Runtime (CPU) against eager PyTorch on fresh random inputs at min, opt and max."""
-    from ..runtime.onnxruntime_runner import OnnxRuntimeRunner
-    from ..runtime.parity import compare, profile_inputs
-    from ..runtime.torch_runner import TorchRunner
-
-    feeds = profile_inputs(profile, seed)
-    with OnnxRuntimeRunner(path, device="cpu") as candidate:
-        reference = TorchRunner(module, profile, output_names=output_names)
-        return compare(reference, {"onnxruntime-cpu": candidate}, feeds, residuals=residuals)

@@ -27,13 +27,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from onnx import numpy_helper
 
 from .. import metadata
-from ..errors import ExportError, InputError, first_line
+from ..errors import ExportError, InputError, ModelError, first_line
 from ..files import atomic_output, check_writable
-from ..shapes import ShapeProfile
 from ..metadata import read_metadata, set_metadata
+from ..models import get_entry
+from ..shapes import ShapeProfile, random_inputs
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +154,6 @@ def read_calibration(source: str | Path, names: list[str], profile: ShapeProfile
 def zoo_samples(meta: Mapping[str, str], profile: ShapeProfile, count: int, seed: int = 0
                 ) -> list[dict[str, np.ndarray]] | None:
     """``count`` images from the zoo model's sample generator (None if the file's model has none)."""
-    import torch
-
-    from ..errors import ModelError
-    from ..models import get_entry
-
     name = meta.get(metadata.MODEL, "")
     if not name or ":" in name or len(profile) != 1:
         return None
@@ -173,8 +170,6 @@ def zoo_samples(meta: Mapping[str, str], profile: ShapeProfile, count: int, seed
 
 
 def random_samples(profile: ShapeProfile, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    from ..runtime.parity import random_inputs
-
     one = profile.shapes("opt")
     single = ShapeProfile.from_dict({n: {"min": (1, *s[1:]), "opt": (1, *s[1:]), "max": (1, *s[1:])}
                                      for n, s in one.items()})

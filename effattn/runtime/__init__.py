@@ -1,31 +1,67 @@
-"""One Runner interface over ONNX Runtime, eager PyTorch and (with a GPU) TensorRT."""
+"""One Runner interface over ONNX Runtime, OpenVINO, eager PyTorch and (with a GPU) TensorRT, and the one place
+that picks a backend for a file (:func:`choose_backend`, :func:`load`)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from .. import metadata
-from ..errors import BackendError
+from ..engines.onnxruntime_session import available_devices
+from ..engines.tensorrt_build import build_engine, tensorrt_available
+from ..errors import BackendError, EffattnError
 from ..shapes import ShapeProfile
 from .base import Runner, TensorSpec
+from .onnxruntime_runner import OnnxRuntimeRunner
+from .openvino_runner import OpenVINORunner, openvino_available
 from .parity import TOLERANCES, Report, Tolerance, compare, profile_inputs, random_inputs
+from .tensorrt_runner import TensorRTRunner
+from .torch_runner import TorchRunner
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
 
 
+@dataclass(frozen=True)
+class Choice:
+    """Which runner ``load`` builds for a file, and why (so callers can say it once, in their own words)."""
+
+    backend: str  # tensorrt | onnxruntime | openvino
+    device: str  # cpu | cuda
+    reason: str
+
+
+def choose_backend(path: str | Path, backend: str = "auto", device: str | None = None, rtx: bool = False) -> Choice:
+    """The backend ``load`` picks for an ONNX file: TensorRT when ``tensorrt`` and a GPU are present, else ONNX
+    Runtime on CUDA when its provider is, else on the CPU OpenVINO for INT8 graphs (when installed, measured
+    faster) and ONNX Runtime for the rest. An explicit ``backend``/``device`` is checked, not second-guessed."""
+    if backend not in BACKENDS or backend == "torch":
+        raise BackendError(f"unknown backend {backend!r} for a file; choose one of auto, tensorrt, onnxruntime, openvino")
+    if backend == "tensorrt" or (backend == "auto" and device is None and tensorrt_available(rtx)):
+        return Choice("tensorrt", "cuda", f"TensorRT{'-RTX' if rtx else ''} (a GPU and tensorrt are present)")
+    if rtx:
+        raise BackendError(f"rtx=True (--rtx) is for TensorRT; backend {backend!r} on device {device!r} is not")
+    on_cpu = device == "cpu" or (device is None and "cuda" not in available_devices())
+    if backend == "openvino" or (backend == "auto" and on_cpu and _openvino_is_faster(Path(path))):
+        if device not in (None, "cpu"):
+            raise BackendError(f"the openvino backend runs on the CPU, not {device}")
+        return Choice("openvino", "cpu", "OpenVINO (INT8 graph: OpenVINO's INT8 kernels ran such graphs 1.4-5x "
+                      "faster than ONNX Runtime in benchmarks/results/cpu-lowprec-*.json)")
+    device = device or ("cpu" if on_cpu else "cuda")
+    return Choice("onnxruntime", device, f"ONNX Runtime on {device}"
+                  + (" (no GPU runtime found)" if on_cpu and backend == "auto" else ""))
+
+
 def load(source: str | Path | nn.Module, backend: str = "auto", device: str | None = None,
          profile: ShapeProfile | None = None, threads: int | None = None, **options) -> Runner:
-    """A Runner for an ONNX file (or an ``nn.Module`` for the eager reference).
+    """A Runner for an ONNX file or TensorRT plan (or an ``nn.Module`` for the eager reference).
 
-    ``backend="auto"`` picks TensorRT when ``tensorrt`` and a GPU are present (building the engine
-    through the engine cache, in the graph's own precision), else ONNX Runtime on CUDA when its
-    provider is present, else on the CPU OpenVINO for INT8 graphs (when installed) and ONNX Runtime
-    for the rest, and logs which it picked. ``device`` forces ``cpu`` or ``cuda`` for ONNX Runtime.
+    ``backend="auto"`` picks as :func:`choose_backend` says and logs which it picked; TensorRT builds the
+    engine through the engine cache, in the graph's own precision. ``device`` forces ``cpu`` or ``cuda``.
     ``.plan``/``.engine`` files go to TensorRT. ``options`` go to the runner: ``cuda_graph`` (all GPU
     runners), ``contexts`` and ``rtx`` (TensorRT; ``rtx=True`` builds and runs with TensorRT for RTX, a
     plan's sidecar otherwise says which), ``io_binding`` (ONNX Runtime), ``precision`` (OpenVINO:
@@ -39,65 +75,38 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
             raise BackendError("backend 'torch' runs an nn.Module; load the model with effattn.models.load_model")
         if profile is None:
             raise BackendError("the torch backend needs a ShapeProfile to know its inputs")
-        from .torch_runner import TorchRunner
-
         return TorchRunner(source, profile, device=device or "cpu", **options)
     path = Path(source)
     if path.suffix.lower() in (".plan", ".engine"):
         if backend not in ("auto", "tensorrt"):
             raise BackendError(f"{path} is a TensorRT engine; only the tensorrt backend runs it")
-        from .tensorrt_runner import TensorRTRunner
-
-        return TensorRTRunner(path, rtx=rtx, **options)
+        return _tensorrt_runner(path, rtx, **options)
     if path.suffix.lower() != ".onnx":
         raise BackendError(f"{path}: expected an .onnx file or a TensorRT .plan/.engine")
-    from ..engines.onnxruntime_session import available_devices
-    from ..engines.tensorrt_build import tensorrt_available
-
-    rtx = bool(rtx)
-    if backend == "tensorrt" or (backend == "auto" and device is None and tensorrt_available(rtx)):
-        from ..engines.tensorrt_build import build_engine
-        from ..metadata import read_metadata
-        from .tensorrt_runner import TensorRTRunner
-
-        precision = metadata.precision_of(read_metadata(path))
-        log.info("backend %s: TensorRT%s (%s engine, through the engine cache)", backend, "-RTX" if rtx else "",
-                 precision)
-        return TensorRTRunner(build_engine(path, precision=precision, rtx=rtx).plan, rtx=rtx, **options)
-    on_cpu = device == "cpu" or (device is None and "cuda" not in available_devices())
-    if backend == "openvino" or (backend == "auto" and on_cpu and not rtx and _openvino_is_faster(path)):
-        from .openvino_runner import OpenVINORunner
-
-        if device not in (None, "cpu") or rtx:
-            raise BackendError(f"the openvino backend runs on the CPU, not {'TensorRT for RTX' if rtx else device}")
-        if backend == "auto":
-            log.info("backend auto: OpenVINO (INT8 graph: OpenVINO's INT8 kernels ran such graphs 1.4-5x faster "
-                     "than ONNX Runtime in benchmarks/results/cpu-lowprec-*.json)")
+    choice = choose_backend(path, backend, device, bool(rtx))
+    if backend == "auto":
+        log.info("backend auto: %s", choice.reason)
+    if choice.backend == "tensorrt":
+        precision = metadata.precision_of(metadata.read_metadata(path))
+        return _tensorrt_runner(build_engine(path, precision=precision, rtx=bool(rtx)).plan, rtx, **options)
+    if choice.backend == "openvino":
         return OpenVINORunner(path, threads=threads, **options)
-    from .onnxruntime_runner import OnnxRuntimeRunner
+    return OnnxRuntimeRunner(path, device=choice.device, threads=threads, **options)
 
-    if rtx:
-        raise BackendError("rtx=True (--rtx) is for TensorRT; ONNX Runtime was chosen (backend "
-                           f"{backend!r}, device {device!r})")
-    if device is None:
-        device = "cuda" if "cuda" in available_devices() else "cpu"
-        log.info("backend auto: ONNX Runtime on %s", device)
-    return OnnxRuntimeRunner(path, device=device, threads=threads, **options)
+
+def _tensorrt_runner(plan: Path, rtx, **options) -> Runner:
+    return TensorRTRunner(plan, rtx=rtx, **options)
 
 
 def _openvino_is_faster(path: Path) -> bool:
     """On the CPU, OpenVINO wins for INT8 graphs (measured, benchmarks/results/cpu-lowprec-*.json); FP32 and FP16
     files stay on ONNX Runtime, which runs them in their own precision (OpenVINO's default would be BF16)."""
-    from ..errors import EffattnError
-    from ..metadata import read_metadata
-    from .openvino_runner import openvino_available
-
     try:
-        precision = metadata.precision_of(read_metadata(path))
+        precision = metadata.precision_of(metadata.read_metadata(path))
     except EffattnError:  # missing, foreign or tampered: the ONNX Runtime path names the problem if it has one
         return False
     return precision == "int8" and openvino_available()
 
 
-__all__ = ["BACKENDS", "Report", "Runner", "TOLERANCES", "TensorSpec", "Tolerance", "compare",
+__all__ = ["BACKENDS", "Choice", "choose_backend", "Report", "Runner", "TOLERANCES", "TensorSpec", "Tolerance", "compare",
            "load", "profile_inputs", "random_inputs"]

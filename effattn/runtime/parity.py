@@ -85,15 +85,16 @@ class Report:
                 "rows": [asdict(r) | {"passed": r.passed} for r in self.rows]}
 
     def __str__(self) -> str:
-        header = ("backend", "output", "check", "max abs", "rel L2 / agree", "cosine", "limit", "result")
+        # the limit sits beside the value it bounds (rel L2 or argmax agreement); max abs and cosine inform only
+        header = ("backend", "output", "check", "rel L2 / agree", "limit", "result", "max abs", "cosine")
         lines = [header]
         for r in self.rows:
             check = {"output": "output", "branch": "attention branch", "argmax": "argmax agreement"}[r.metric]
             value = f"{r.value:.4%}" if r.metric == "argmax" else f"{r.value:.2e}"
             limit = (">= " if r.metric == "argmax" else "<= ") + (
                 f"{r.limit:.1%}" if r.metric == "argmax" else f"{r.limit:.0e}")
-            lines.append((r.candidate, r.output, check, "" if r.max_abs is None else f"{r.max_abs:.2e}", value,
-                          "" if r.cosine is None else f"{r.cosine:.8f}", limit, "PASS" if r.passed else "FAIL"))
+            lines.append((r.candidate, r.output, check, value, limit, "PASS" if r.passed else "FAIL",
+                          "" if r.max_abs is None else f"{r.max_abs:.2e}", "" if r.cosine is None else f"{r.cosine:.8f}"))
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         text = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
         text.insert(1, "  ".join("-" * w for w in widths))

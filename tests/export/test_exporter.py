@@ -10,6 +10,7 @@ from effattn import metadata
 from effattn.errors import ExportError, FileExistsNoForceError, ParityError
 from effattn.export import export_onnx, read_metadata
 from effattn.models import EfficientAttention, load_model
+from effattn.pipeline import export_verified
 from effattn.runtime import load
 from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
@@ -22,7 +23,7 @@ BLOCK_PROFILE = ShapeProfile.single("1x16x4x4", "2x16x16x16", "4x16x48x48")
 def block_onnx(tmp_path_factory):
     block = EfficientAttention(16, 8, 4, 16).eval()
     path = tmp_path_factory.mktemp("block") / "block.onnx"
-    result = export_onnx(block, BLOCK_PROFILE, path)
+    result = export_verified(block, path, BLOCK_PROFILE)
     return block, path, result
 
 
@@ -58,7 +59,7 @@ def test_block_matches_eager_at_many_shapes(block_onnx, shape, rng):
 def _node_count(heads: int, exporter: str, tmp_path) -> int:
     path = tmp_path / f"h{heads}-{exporter}.onnx"
     profile = ShapeProfile.single("1x32x4x4", "2x32x8x8", "2x32x16x16")
-    export_onnx(EfficientAttention(32, 16, heads, 32), profile, path, exporter=exporter, validate=False)
+    export_onnx(EfficientAttention(32, 16, heads, 32), profile, path, exporter=exporter)
     return len(onnx.load(path).graph.node)
 
 
@@ -110,7 +111,7 @@ def test_hosts_and_1d_export_and_match_at_non_square_batched_shapes(name, tmp_pa
 
 def test_torchscript_fallback_exports_hosts(tmp_path, rng):
     source = load_model("ea_segnet_tiny", pretrained=True)
-    result = export_onnx(source, source.profile, tmp_path / "ts.onnx", exporter="torchscript")
+    result = export_verified(source, tmp_path / "ts.onnx", exporter="torchscript")
     assert result.report.passed
     x = rng.standard_normal((2, 3, 48, 80), dtype=np.float32)
     with load(result.path) as runner:
@@ -135,9 +136,29 @@ class ExportOnlyBug(nn.Module):
 def test_validation_failure_writes_nothing(tmp_path):
     path = tmp_path / "bad.onnx"
     with pytest.raises(ParityError, match="disagrees with eager PyTorch; the file was not written") as err:
-        export_onnx(ExportOnlyBug(), ShapeProfile.single("1x3x4x4", "1x3x8x8", "2x3x8x8"), path)
+        export_verified(ExportOnlyBug(), path, ShapeProfile.single("1x3x4x4", "1x3x8x8", "2x3x8x8"))
     assert "FAIL" in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_export_stage_writes_only_after_its_verify_hook_passes(tmp_path):
+    seen = []
+
+    def verify(tmp):
+        seen.append(onnx.load(tmp).graph.input[0].name)  # the finished file, under its temporary name
+        raise ParityError("the hook said no")
+
+    with pytest.raises(ParityError, match="the hook said no"):
+        export_onnx(ExportOnlyBug(), ShapeProfile.single("1x3x4x4"), tmp_path / "x.onnx", verify=verify)
+    assert seen == ["input"] and list(tmp_path.iterdir()) == []
+
+
+def test_a_model_without_a_profile_says_what_to_give(tmp_path):
+    source = load_model("tests.conftest:make_user_model", channels=8)  # a user model has no zoo profile
+    with pytest.raises(ExportError, match=r"has no shape profile: give one, e.g. ShapeProfile.single\("):
+        export_onnx(source, None, tmp_path / "x.onnx")
+    given = load_model("tests.conftest:make_user_model", channels=8, profile=ShapeProfile.single("1x3x4x4"))
+    assert export_verified(given, tmp_path / "x.onnx").report.passed
 
 
 class DataDependent(nn.Module):

@@ -98,10 +98,10 @@ def test_tensorrt_io_types_are_mapped_or_refused_by_name():
 def test_demo_works_with_a_runner_that_is_not_onnx_runtime(tmp_path, monkeypatch, capsys):
     """demo read ``runner.metadata``, which only the ONNX Runtime runner had (AttributeError when auto
     picked TensorRT). Here auto 'picks' a runner that wraps ONNX Runtime but is no OnnxRuntimeRunner."""
-    import effattn.runtime
+    import effattn.pipeline
     from effattn.cli import main
 
-    real_load = effattn.runtime.load
+    real_load = effattn.pipeline.load
 
     class Wrapped(Runner):
         backend = "wrapped"
@@ -113,7 +113,7 @@ def test_demo_works_with_a_runner_that_is_not_onnx_runtime(tmp_path, monkeypatch
         def _infer(self, feed):
             return self.inner.infer(feed)
 
-    monkeypatch.setattr(effattn.runtime, "load", lambda *a, **k: Wrapped(real_load(*a, **k)))
+    monkeypatch.setattr(effattn.pipeline, "load", lambda *a, **k: Wrapped(real_load(*a, **k)))
     assert main(["demo", "--out", str(tmp_path), "--seconds", "0.05", "-q"]) == 0
     assert "wrapped fp16" in capsys.readouterr().out
 

@@ -313,7 +313,8 @@ def test_bad_serve_options_are_one_line(files, capsys, argv, match):
     ("{eq}", "cannot name a model after the file 'a=b.onnx'; give a name"),
 ])
 def test_serve_names_are_url_safe_and_files_may_hold_equals(files, tmp_path, capsys, spec, match):
-    from effattn.cli import _model_spec, main
+    from effattn.cli import main
+    from effattn.names import parse_model_spec as _model_spec
 
     eq = tmp_path / "a=b.onnx"
     eq.write_bytes(files["block"].read_bytes())

@@ -1,0 +1,320 @@
+"""One function per ``effattn`` command: read the parsed arguments, call the pipeline or a stage, print.
+
+Library logic lives below (``effattn.pipeline`` and the stages); what is here is the command line's own:
+turning flags into arguments, progress bars and the printed or ``--json`` output.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .. import metadata, pipeline
+from ..bench.benchmark import plot, run_bench
+from ..engines import build_engine
+from ..errors import ConfigError, InputError, ModelError
+from ..export import export_onnx, quantize
+from ..files import atomic_output, check_writable
+from ..models import create_model, get_entry, list_models, load_model
+from ..names import parse_model_spec
+from ..runtime import Runner, load, random_inputs
+from ..serving.grpc_server import check_grpc_port, require_grpc
+from ..serving.http_server import ServeOptions, listen, serve
+from ..serving.repository import TritonOptions, write_repository
+from ..shapes import ShapeProfile
+
+log = logging.getLogger("effattn")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _progress_bar(total: int, desc: str, quiet: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=quiet, file=sys.stderr, leave=False,
+                bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
+
+
+def _step_callback(bar) -> Callable[[str], None]:
+    """A ``progress`` callback that advances ``bar`` as each named step starts."""
+    started = []
+
+    def step(name: str) -> None:
+        if started:
+            bar.update(1)
+        started.append(name)
+        bar.set_postfix_str(name)
+
+    return step
+
+
+def model_args(pairs: Sequence[str]) -> dict:
+    """``["num_classes=19", "normalization='scaling'"]`` -> kwargs (values as Python literals)."""
+    kwargs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ModelError(f"--arg {pair!r}: write it as name=value, e.g. --arg num_classes=19")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value  # a bare word: a string
+    return kwargs
+
+
+def profile_from_args(args, default: ShapeProfile | None) -> ShapeProfile:
+    """--min/--opt/--max over the model's default profile; without one, opt defaults to min and max to opt."""
+    if not (args.min or args.opt or args.max):
+        if default is None:
+            raise InputError("this model has no default shape profile: give --min, --opt and --max (e.g. 1x3x224x224)")
+        return default
+    base = default.inputs[0] if default is not None else None
+    lo = args.min or (base.min if base else None)
+    if lo is None:
+        raise InputError("this model has no default shape profile: give --min (and --opt/--max for dynamic axes)")
+    mid = args.opt or (base.opt if base else lo)
+    hi = args.max or (base.max if base else mid)
+    return ShapeProfile.single(lo, mid, hi, name=base.name if base else "input")
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def mib(value: float, option: str) -> int:
+    """``--...-mb`` as bytes; NaN, infinities and non-positive sizes are refused."""
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{option} must be a positive number of MiB, got {value}")
+    return int(value * 2**20)
+
+
+def _rtx(args) -> dict:
+    """``rtx=True`` for the TensorRT runners when --rtx was given (otherwise each plan's sidecar decides)."""
+    return {"rtx": True} if getattr(args, "rtx", False) else {}
+
+
+# ----------------------------------------------------------------------------------------- commands
+def cmd_models(args) -> None:
+    rows = []
+    for name in list_models(args.pattern):
+        entry = get_entry(name)
+        params = sum(p.numel() for p in create_model(name).parameters())
+        rows.append({"name": name, "task": entry.task, "params": params, "pretrained": bool(entry.pretrained),
+                     "profile": str(entry.profile), "description": entry.description})
+    if args.json:
+        return _print_json(rows)
+    if not rows:
+        return print(f"no model matches {args.pattern!r}")
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        flag = " [trained weights]" if r["pretrained"] else ""
+        print(f"{r['name']:<{width}}  {r['task']:<14} {r['params'] / 1e6:6.2f}M  {r['description']}{flag}")
+        print(f"{'':<{width}}  {r['profile']}")
+
+
+def cmd_export(args) -> None:
+    check_writable(args.output, args.force)
+    kwargs = model_args(args.arg)
+    source = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, **kwargs)
+    profile = profile_from_args(args, source.profile)
+    options = dict(exporter=args.exporter, opset=args.opset, simplify=not args.no_simplify, force=args.force,
+                   model_args=kwargs)
+    with _progress_bar(2 + (not args.no_simplify) + (not args.no_validate), f"export {args.model}", args.quiet) as bar:
+        if args.no_validate:
+            result, report = export_onnx(source, profile, args.output, progress=_step_callback(bar), **options), None
+        else:
+            result = pipeline.export_verified(source, args.output, profile, progress=_step_callback(bar), **options)
+            report = result.report
+        bar.update(bar.total - bar.n)
+    if args.json:
+        return _print_json({"path": str(result.path), "nodes": result.nodes, "seconds": result.seconds,
+                            "profile": profile.to_dict(), "parity": report.to_dict() if report else None})
+    print(f"wrote {result.path} ({result.nodes} nodes, {result.exporter} exporter, {result.seconds:.1f}s)")
+    print(f"profile: {profile}")
+    if report:
+        print(report)
+
+
+def _feed_for(args, runner: Runner) -> dict:
+    if args.input:
+        return pipeline.read_inputs(args.input, list(runner.inputs))
+    if args.shape:
+        return random_inputs(ShapeProfile.single(args.shape, name=next(iter(runner.inputs))), "opt", args.seed)
+    if runner.profile is not None:
+        return random_inputs(runner.profile, "opt", args.seed)
+    raise InputError("give --input FILE.npy or --shape NxCxHxW (the file has no shape profile)")
+
+
+def cmd_run(args) -> None:
+    if args.output:
+        check_writable(args.output, args.force)
+    with load(args.onnx, backend=args.backend, device=args.device, **_rtx(args)) as runner:
+        outputs = runner.infer(_feed_for(args, runner))
+        backend = runner.backend
+    if args.output:  # through a file object: np.savez would add ".npz" to a name without it
+        with atomic_output(args.output, args.force) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **outputs)
+    summary = {name: {"shape": list(v.shape), "dtype": v.dtype.name, "mean": float(v.mean()),
+                      "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+               for name, v in outputs.items()}
+    if args.json:
+        return _print_json({"backend": backend, "outputs": summary})
+    print(f"backend: {backend}")
+    for name, s in summary.items():
+        print(f"{name}: {s['dtype']}[{'x'.join(map(str, s['shape']))}]  mean {s['mean']:.4g}  std {s['std']:.4g}"
+              f"  min {s['min']:.4g}  max {s['max']:.4g}")
+    if args.output:
+        print(f"wrote {args.output}")
+
+
+def cmd_compare(args) -> None:
+    meta = metadata.read_metadata(args.onnx)
+    reference = pipeline.reference_for(meta, args.model, args.checkpoint, args.pretrained, model_args(args.arg),
+                                       trust_metadata=args.trust_metadata)
+    parity = pipeline.compare_file(args.onnx, reference, backend=args.backend, device=args.device, seed=args.seed,
+                                   **_rtx(args))
+    if args.json:
+        _print_json(parity.report.to_dict())
+    else:
+        print(f"{args.onnx} vs eager PyTorch ({reference.name}), {parity.inputs} inputs at min/opt/max shapes")
+        print(parity.report)
+    if not parity.report.passed:
+        raise SystemExit(1)
+
+
+def cmd_demo(args) -> None:
+    with _progress_bar(6, f"demo: export {args.model}", args.quiet) as bar:
+        result = pipeline.demo(args.model, args.out, device=args.device, seed=args.seed, seconds=args.seconds,
+                               force=args.force, progress=_step_callback(bar))
+        bar.update(bar.total - bar.n)
+    if args.json:
+        return _print_json({"onnx": [str(p) for p in result.paths.values()],
+                            "backends": {p: c.backend for p, c in result.backends.items()},
+                            "parity": [r.to_dict() for r in result.reports],
+                            "latency": {k: v.to_dict() | {"speedup_vs_eager": result.eager_ms / v.median_ms}
+                                        for k, v in result.latency.items()}})
+    _print_demo(result)
+    if not result.passed:
+        raise SystemExit(1)
+
+
+def _print_demo(result: pipeline.Demo) -> None:
+    paths, source = result.paths, result.source
+    print(f"exported {source.name} ({'trained weights' if source.checkpoint else 'random weights'}) to "
+          f"{paths['fp32']}: {result.export.nodes} nodes, checked, simplified, validated in {result.export.seconds:.1f}s;"
+          f" FP16 graph (FP32 I/O) {paths['fp16']}" + (f"; INT8 QDQ graph {paths['int8']}" if "int8" in paths else ""))
+    for precision, choice in result.backends.items():
+        print(f"{precision} backend (auto): {choice.reason}")
+    print(f"\nparity vs eager PyTorch FP32 over {result.inputs} inputs (random and task images at min/opt/max "
+          "shapes; each precision's tolerances from the table in effattn.runtime.parity):")
+    print("\n\n".join(str(r) for r in result.reports))
+    shape = "x".join(map(str, next(iter(source.profile.values())).opt))
+    print(f"\nlatency at {shape} (ms, after warm-up, same run):")
+    print(f"{'backend':<26}{'median':>9}{'p90':>9}{'speedup':>9}")
+    for name, t in result.latency.items():
+        print(f"{name:<26}{t.median_ms:>9.3f}{t.p90_ms:>9.3f}{result.eager_ms / t.median_ms:>8.2f}x")
+
+
+def cmd_quantize(args) -> None:
+    check_writable(args.output, args.force)
+    result = quantize(args.onnx, args.output, calibration=args.calibration, samples=args.samples, force=args.force)
+    if args.json:
+        return _print_json({"path": str(result.path), "calibration": result.calibration, "samples": result.samples,
+                            "quantized": result.quantized, "seconds": result.seconds})
+    ops = ", ".join(f"{n} {op}" for op, n in result.quantized.items())
+    print(f"wrote {result.path} (INT8 QDQ, signed symmetric; quantized: {ops}; calibration: {result.calibration}, "
+          f"{result.samples} samples; {result.seconds:.1f}s)")
+
+
+def cmd_build(args) -> None:
+    check_writable(args.output, args.force)
+    if args.backend == "onnxruntime":
+        pipeline.build_onnxruntime(args.onnx, args.output, args.precision, args.device or "cpu", force=args.force)
+        return print(f"wrote {args.output} (ONNX Runtime's optimised {args.precision} graph; load it with 'effattn run')")
+    build = build_engine(args.onnx, precision=args.precision, output=args.output, cache_dir=args.cache_dir,
+                         workspace_gib=args.workspace, optimization_level=args.opt_level, fp16_flag=args.fp16_flag,
+                         rtx=args.rtx, force=args.force, progress=not args.quiet)
+    print(f"wrote {build.plan} ({'cache hit' if build.cache_hit else 'built'} in {build.seconds:.1f}s; "
+          f"layers: {build.sidecar.layers})")
+
+
+def cmd_inspect(args) -> None:
+    info = pipeline.describe(args.file)
+    if args.json:
+        return _print_json(info)
+    for k, v in info.items():
+        print(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+
+
+def cmd_bench(args) -> None:
+    for path in (args.output, args.plot):
+        if path:
+            check_writable(path, args.force)
+    results = run_bench(args.models, args.sizes, batches=args.batch, backends=args.backends, device=args.device,
+                        threads=args.threads, min_seconds=args.seconds, max_seconds=args.max_seconds,
+                        memory=not args.no_memory, startup=not args.no_startup, quiet=args.quiet)
+    if args.output:
+        with atomic_output(args.output, args.force) as tmp:
+            tmp.write_text(json.dumps(results.to_dict(), indent=2) + "\n")
+    if args.plot:
+        plot(results, args.plot)
+    if args.json:
+        return _print_json(results.to_dict())
+    print(results.table())
+    for path in (args.output, args.plot):
+        if path:
+            print(f"wrote {path}")
+
+
+def served_models(specs: Sequence[str], args) -> dict[str, Runner]:
+    """``[NAME=]FILE`` specs -> runners, names defaulting to the file name before its first dot; every name and
+    file is checked before the first model loads."""
+    named = [parse_model_spec(spec) for spec in specs]
+    names = [name for name, _ in named]
+    for name, path in named:
+        if names.count(name) > 1:
+            raise InputError(f"two models are named {name!r}; name them: NAME=FILE")
+        if not path.is_file():
+            raise InputError(f"{path} does not exist")
+    models = {}
+    for name, path in named:
+        models[name] = load(path, backend=args.backend, device=args.device, threads=args.threads)
+        log.info("serving %s from %s on %s", name, path, models[name].backend)
+    return models
+
+
+def cmd_serve(args) -> None:
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding %s: the server has no authentication; expose it only behind a proxy you trust", args.host)
+    options = ServeOptions(max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
+                           max_queue=args.max_queue, timeout_s=args.timeout, instances=args.instances,
+                           max_request_bytes=mib(args.max_request_mb, "--max-request-mb"), grpc_port=args.grpc_port,
+                           host=args.host, graceful_seconds=args.graceful_seconds,
+                           max_inflight_bytes=mib(args.max_inflight_mb, "--max-inflight-mb"),
+                           max_connections=args.max_connections, keep_alive_s=args.keep_alive_s)
+    if args.grpc_port is not None:
+        require_grpc()  # a missing grpc dependency is an error now, not after the models are loaded
+        check_grpc_port(args.host, args.grpc_port)
+    sock = listen(args.host, args.port, "HTTP port")  # a port in use is refused before the models load
+    with sock:
+        models = served_models(args.models, args)
+        grpc = f" and grpc://{args.host}:{args.grpc_port}" if args.grpc_port is not None else ""
+        print(f"effattn serve: {', '.join(models)} at http://{args.host}:{args.port}/v2{grpc} (Ctrl-C to stop)",
+              file=sys.stderr, flush=True)
+        serve(models, args.port, options, log_level="warning" if args.quiet else "info", sock=sock)
+
+
+def cmd_triton(args) -> None:
+    options = TritonOptions(max_batch_size=args.max_batch_size, preferred_batch_sizes=args.preferred_batch_sizes,
+                            max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, kind=args.kind,
+                            trt_accelerator=args.trt_accelerator, fp16=args.fp16, warmup=not args.no_warmup)
+    folder = write_repository(args.model_file, args.repository, args.name, options, force=args.force)
+    print(f"wrote {folder}/config.pbtxt and {folder}/1/")
+    print(f"run: docker run --gpus all --rm -p 8000:8000 -v {Path(args.repository).resolve()}:/models "
+          "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")

@@ -1,0 +1,247 @@
+"""What chains the stages: the jobs a user asks for, each one function over models -> export -> engines -> runtime.
+
+Stages never call later stages; this module does, once, for the CLI and for Python users alike:
+verified export (export, then parity against eager PyTorch before the file takes its place), the
+eager reference rebuilt from a file (under the trust rule of :mod:`effattn.models.reference`),
+parity of a file, an ONNX Runtime build in a given precision, the demo, reading input files and
+describing a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import metadata
+from .bench.timing import LatencyStats, measure_interleaved
+from .engines import available_devices, optimize_model
+from .engines.cache import Sidecar, sidecar_path
+from .errors import BackendError, ExportError, InputError, ParityError, first_line
+from .export import ExportResult, export_onnx, quantize, to_fp16
+from .files import atomic_output, check_writable
+from .models import ModelSource, get_entry, load_model, reference_from_metadata
+from .runtime import Choice, Report, Runner, choose_backend, compare, load, profile_inputs, random_inputs
+from .runtime.onnxruntime_runner import OnnxRuntimeRunner
+from .runtime.torch_runner import TorchRunner
+from .shapes import ShapeProfile
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ export
+@dataclass
+class VerifiedExport(ExportResult):
+    """An export and the parity report that let it be written."""
+
+    report: Report | None = None
+
+
+def validate_export(module, path: str | Path, profile: ShapeProfile, seed: int | None = None) -> Report:
+    """Parity of ONNX Runtime (CPU) against eager PyTorch on fresh random inputs at min, opt and max."""
+    with OnnxRuntimeRunner(path, device="cpu") as candidate:
+        reference = TorchRunner(module, profile, output_names=list(candidate.outputs))
+        residuals = metadata.residuals_of(candidate.metadata, candidate.inputs, candidate.outputs)
+        return compare(reference, {"onnxruntime-cpu": candidate}, profile_inputs(profile, seed), residuals=residuals)
+
+
+def export_verified(model, path: str | Path, profile: ShapeProfile | None = None, *, seed: int | None = None,
+                    **options) -> VerifiedExport:
+    """Export ``model`` (an ``nn.Module`` or a :class:`ModelSource`) and write the file only if ONNX Runtime
+    agrees with eager PyTorch (:class:`ParityError` otherwise, with the report). ``profile`` defaults to the
+    source's own; ``options`` go to :func:`effattn.export.export_onnx`."""
+    reports: list[Report] = []
+    source = model if isinstance(model, ModelSource) else None
+    module = source.model if source else model
+
+    def verify(tmp: Path) -> None:
+        exported_profile = metadata.profile_of(metadata.read_metadata(tmp))
+        report = validate_export(module, tmp, exported_profile, seed)
+        if not report.passed:
+            raise ParityError(f"exported {source.name if source else type(module).__name__} disagrees with eager "
+                              f"PyTorch; the file was not written:\n{report}")
+        reports.append(report)
+
+    result = export_onnx(model, profile, path, verify=verify, **options)
+    return VerifiedExport(**vars(result), report=reports[0])
+
+
+# ------------------------------------------------------------------------------------- reference
+def reference_for(meta: Mapping[str, str], model: str | None = None, checkpoint: str | Path | None = None,
+                  pretrained: bool = False, model_args: dict | None = None, trust_metadata: bool = False
+                  ) -> ModelSource:
+    """The eager model a file was exported from: the one the user names (``model``, with its arguments), or the
+    file's own, rebuilt from its metadata - a factory the file names runs only if the user named it too."""
+    if model and (model_args or pretrained or model != meta.get(metadata.MODEL)):
+        return load_model(model, checkpoint=checkpoint, pretrained=pretrained, **(model_args or {}))
+    return reference_from_metadata(meta, checkpoint, allow=[model] if model else [], trust_metadata=trust_metadata)
+
+
+@dataclass
+class Parity:
+    """A file's parity run: the report, the reference it was measured against, and on which backend."""
+
+    report: Report
+    reference: ModelSource
+    backend: str
+    inputs: int
+
+
+def compare_file(onnx_path: str | Path, reference: ModelSource, backend: str = "auto", device: str | None = None,
+                 seed: int | None = None, **options) -> Parity:
+    """Run ``onnx_path`` on a backend and eager ``reference`` on the same fresh inputs (random at min/opt/max,
+    plus task images for trained weights), against the tolerances of the graph's (or runner's) precision."""
+    meta = metadata.read_metadata(onnx_path)
+    with load(onnx_path, backend=backend, device=device, **options) as runner:
+        profile = runner.profile or reference.profile
+        if profile is None:
+            raise InputError("neither the file nor the model has a shape profile")
+        feeds = profile_inputs(profile, seed) + reference.task_inputs(profile, seed)
+        eager = TorchRunner(reference.model, profile, output_names=list(runner.outputs))
+        precision = getattr(runner, "precision", None) or metadata.precision_of(meta)  # OpenVINO may run in BF16
+        report = compare(eager, runner, feeds, precision=precision,
+                         residuals=metadata.residuals_of(meta, runner.inputs, runner.outputs))
+        return Parity(report, reference, runner.backend, len(feeds))
+
+
+# ------------------------------------------------------------------------------------------ build
+def build_onnxruntime(onnx_path: str | Path, output: str | Path, precision: str = "fp32", device: str = "cpu",
+                      force: bool = False) -> Path:
+    """ONNX Runtime's optimised (fused, constant-folded) graph of a file, in ``precision``: an FP32 file asked for
+    as FP16 goes through the FP16 graph stage first (in a temporary folder: nothing is left beside the output)."""
+    output = Path(output)
+    check_writable(output, force)
+    if precision not in ("fp32", "fp16"):
+        raise ExportError(f"ONNX Runtime builds fp32 or fp16 graphs, not {precision!r} (INT8: effattn quantize)")
+    with tempfile.TemporaryDirectory(prefix="effattn-build-") as scratch:
+        source = Path(onnx_path)
+        if precision == "fp16" and metadata.precision_of(metadata.read_metadata(source)) == "fp32":
+            source = to_fp16(source, Path(scratch) / "fp16.onnx")
+        with atomic_output(output, force) as tmp:  # ONNX Runtime writes its file in place, piece by piece
+            optimize_model(source, tmp, device=device)
+    return output
+
+
+# ------------------------------------------------------------------------------------------- demo
+@dataclass
+class Demo:
+    """Everything the demo measured: files, the chosen backends, parity per precision, interleaved latency."""
+
+    source: ModelSource
+    export: ExportResult
+    paths: dict[str, Path]  # precision -> file
+    backends: dict[str, Choice]  # precision -> the backend auto chose, and why
+    reports: list[Report]
+    latency: dict[str, LatencyStats]  # runner name -> stats; "eager PyTorch fp32" is the baseline
+    inputs: int
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.reports)
+
+    @property
+    def eager_ms(self) -> float:
+        return self.latency["eager PyTorch fp32"].median_ms
+
+
+def demo(model: str = "ea_segnet_tiny", out: str | Path = "effattn-demo", device: str | None = None,
+         seed: int | None = None, seconds: float = 1.0, force: bool = False,
+         progress: Callable[[str], None] | None = None) -> Demo:
+    """The whole path on one zoo model: export (verified), the FP16 graph and (on the CPU) the INT8 QDQ graph, each
+    loaded on the backend ``auto`` picks, checked against eager FP32 and timed beside it in one interleaved run."""
+    out = Path(out)
+    on_cpu = (device or ("cuda" if "cuda" in available_devices() else "cpu")) == "cpu"
+    precisions = ("fp32", "fp16", "int8") if on_cpu else ("fp32", "fp16")  # TensorRT INT8 is not in the demo yet
+    paths = {p: out / (f"{model}.onnx" if p == "fp32" else f"{model}.{p}.onnx") for p in precisions}
+    for path in paths.values():
+        check_writable(path, force)
+    source = load_model(model, pretrained=get_entry(model).pretrained is not None)
+    exported = export_verified(source, paths["fp32"], seed=seed, force=force, progress=progress)
+    _write_low_precision(paths, force, progress)
+    feeds = profile_inputs(source.profile, seed) + source.task_inputs(source.profile, seed)
+    choices = {p: choose_backend(paths[p], device=device) for p in precisions}  # said once, by the caller
+    with contextlib.ExitStack() as stack:
+        runners = {p: stack.enter_context(load(paths[p], backend=c.backend, device=c.device))
+                   for p, c in choices.items()}
+        reference = TorchRunner(source.model, source.profile, output_names=list(runners["fp32"].outputs))
+        reports = [compare(reference, r, feeds, precision=p,  # residuals from the file: not every runner has them
+                           residuals=metadata.residuals_of(metadata.read_metadata(paths[p]), r.inputs, r.outputs))
+                   for p, r in runners.items()]
+        latency = _time_beside_eager(reference, runners, random_inputs(source.profile, "opt", seed), seconds)
+    return Demo(source, exported, paths, choices, reports, latency, len(feeds))
+
+
+def _write_low_precision(paths: Mapping[str, Path], force: bool, progress: Callable[[str], None] | None) -> None:
+    for precision, write in (("fp16", to_fp16), ("int8", quantize)):
+        if precision in paths:
+            if progress:
+                progress(precision)
+            write(paths["fp32"], paths[precision], force=force)
+
+
+def _time_beside_eager(reference: Runner, runners: Mapping[str, Runner], feed: dict, seconds: float
+                       ) -> dict[str, LatencyStats]:
+    timed = {"eager PyTorch fp32": reference}
+    for precision, runner in runners.items():
+        timed[runner.backend if runner.backend.endswith(precision) else f"{runner.backend} {precision}"] = runner
+    timings = measure_interleaved({name: (lambda r=r: r.infer(feed)) for name, r in timed.items()},
+                                  min_seconds=seconds, max_seconds=4 * seconds)
+    failed = {name: e for name, e in timings.items() if isinstance(e, BaseException)}
+    if failed:
+        raise BackendError("timing failed: " + "; ".join(f"{name}: {first_line(e)}" for name, e in failed.items()))
+    return timings
+
+
+# ------------------------------------------------------------------------------------ files in, out
+def read_inputs(path: str | Path, input_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Inputs from a ``.npy`` (a one-input model) or ``.npz`` (arrays by input name); never unpickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"input file {path} does not exist")
+    try:  # an .npz reads its arrays lazily: read them all here, where a truncated or lying file is caught
+        data = np.load(path, allow_pickle=False)
+        arrays = data if isinstance(data, np.ndarray) else dict(data.items())
+    except (ValueError, OSError, EOFError, MemoryError, zipfile.BadZipFile) as e:
+        raise InputError(f"cannot read {path} as .npy/.npz: {first_line(e)}") from None
+    if isinstance(arrays, np.ndarray):
+        if len(input_names) != 1:
+            raise InputError(f"{path} holds one array but the model has inputs {list(input_names)}; use an .npz")
+        return {input_names[0]: arrays}
+    return arrays
+
+
+def describe(path: str | Path) -> dict:
+    """What a file holds: an engine's build record from its sidecar, or an ONNX file's I/O (with dynamic axes),
+    opset, op counts, weight dtypes and effattn metadata."""
+    path = Path(path)
+    if path.suffix in (".plan", ".engine"):
+        side = Sidecar.read(sidecar_path(path))
+        return {"file": str(path), "kind": "TensorRT engine", "built_with": side.key, "io": side.io,
+                "layers": side.layers, "plan_bytes": side.plan_bytes, "created": side.created}
+    meta = metadata.read_metadata(path)  # refuses non-ONNX files with a clear message
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # protobuf and external-data errors come in many types
+        raise ExportError(f"{path} is not a loadable ONNX model: {first_line(e)}") from None
+    weights = {i.name for i in model.graph.initializer}
+
+    def io(values) -> list[dict]:
+        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]}
+                for v in values if v.name not in weights]
+
+    dtypes = Counter(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name for t in model.graph.initializer)
+    return {"file": str(path), "kind": "ONNX model",
+            "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+            "inputs": io(model.graph.input), "outputs": io(model.graph.output), "nodes": len(model.graph.node),
+            "ops": dict(Counter(n.op_type for n in model.graph.node).most_common()), "weights": dict(dtypes),
+            "metadata": meta}
+
