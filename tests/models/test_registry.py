@@ -41,6 +41,12 @@ def test_unknown_model_suggests_names():
         create_model("segnet_tiny")
 
 
+def test_a_user_factory_is_not_called_unknown():
+    with pytest.raises(ModelError, match=r"'pkg.mod:make' is a user factory \(package.module:factory\), not a "
+                                         "registered name: effattn.models.load_model builds it"):
+        create_model("pkg.mod:make")
+
+
 def test_bad_factory_arguments_name_them():
     with pytest.raises(ModelError, match="bad arguments {'channels': 3}"):
         create_model("ea_segnet_tiny", channels=3)
