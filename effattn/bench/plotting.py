@@ -6,6 +6,7 @@ matplotlib is optional (the ``bench`` extra): :func:`check_plotting` says so bef
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 from ..errors import BackendError
 from .results import BenchResults
@@ -13,7 +14,7 @@ from .results import BenchResults
 PAIR = ("efficient_attention", "dot_product_attention")
 
 
-def check_plotting():
+def check_plotting() -> ModuleType:
     """matplotlib's pyplot on the file-only Agg backend, or a :class:`BackendError` saying how to get it;
     call it before a run that ends in a plot, so a missing extra costs nothing."""
     try:
