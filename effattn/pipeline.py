@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 import zipfile
 from collections import Counter
@@ -22,8 +23,10 @@ import numpy as np
 import onnx
 
 from . import metadata
+from .bench.contention import LoadCheck
 from .bench.timing import LatencyStats, measure_interleaved
 from .engines import available_devices, optimize_model
+from .engines.onnxruntime_session import default_threads
 from .engines.cache import Sidecar, sidecar_path
 from .errors import BackendError, ExportError, InputError, ParityError, first_line
 from .export import ExportResult, export_onnx, quantize, to_fp16
@@ -142,6 +145,7 @@ class Demo:
     reports: list[Report]
     latency: dict[str, LatencyStats]  # runner name -> stats; "eager PyTorch fp32" is the baseline
     inputs: int
+    warnings: list[str]  # why the timings may be unreliable (a busy machine); empty on a quiet one
 
     @property
     def passed(self) -> bool:
@@ -175,8 +179,10 @@ def demo(model: str = "ea_segnet_tiny", out: str | Path = "effattn-demo", device
         reports = [compare(reference, r, feeds, precision=p,  # residuals from the file: not every runner has them
                            residuals=metadata.residuals_of(metadata.read_metadata(paths[p]), r.inputs, r.outputs))
                    for p, r in runners.items()]
+        check = LoadCheck(os.cpu_count() or 1, threads=default_threads()).start()
         latency = _time_beside_eager(reference, runners, random_inputs(source.profile, "opt", seed), seconds)
-    return Demo(source, exported, paths, choices, reports, latency, len(feeds))
+        check.stop()
+    return Demo(source, exported, paths, choices, reports, latency, len(feeds), check.warnings())
 
 
 def _write_low_precision(paths: Mapping[str, Path], force: bool, progress: Callable[[str], None] | None) -> None:

@@ -8,12 +8,20 @@ growth is read from ``cudaMemGetInfo``; the larger of the two is reported.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models import load_model
+from ..runtime import Runner, load
+from ..shapes import ShapeProfile
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -44,8 +52,6 @@ def _trim_heap() -> None:
     """Give freed heap back to the OS first (glibc ``malloc_trim``): otherwise memory a runner freed while
     loading (the parsed model, for one) is reused by the run without raising RSS, and the peak reads low."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: measure as is
         pass
@@ -67,8 +73,6 @@ class PeakMemory:
         except OSError:
             self._rss = None
         if self.cuda:
-            import torch
-
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self._allocated = torch.cuda.memory_allocated()
@@ -81,8 +85,6 @@ class PeakMemory:
         if self._rss is not None and hwm is not None:
             self.host_mib = max(hwm - self._rss, 0) / 1024
         if self.cuda:
-            import torch
-
             torch.cuda.synchronize()
             free, total = torch.cuda.mem_get_info()
             torch_peak = torch.cuda.max_memory_allocated() - self._allocated
@@ -90,16 +92,19 @@ class PeakMemory:
 
 
 def probe(backend: str, source: str, shape: Sequence[int], device: str = "cpu", threads: int = 1,
-          pretrained: bool = False, timeout: float = 300.0) -> PeakMemory:
+          pretrained: bool = False, timeout: float = 300.0, profile: ShapeProfile | None = None) -> PeakMemory:
     """Peak memory of one inference at ``shape``, measured in a fresh Python process.
 
     In the benchmark's own process allocators keep what earlier runs freed (ONNX Runtime's arena,
     glibc's heap), so a later peak looks like zero. A fresh process creates the runner, resets the
     high-water mark, runs once and reports the peak above the runner's resting memory.
-    ``source``: an ONNX file for ``onnxruntime*``, a zoo model name for ``torch*``.
+    ``source``: an ONNX file for ``onnxruntime*``, a zoo model name or ``package.module:factory`` for
+    ``torch*`` (the child imports it through this process's ``sys.path``), with ``profile`` for a model
+    that has no default one.
     """
     args = json.dumps({"backend": backend, "source": source, "shape": list(shape), "device": device,
-                       "threads": threads, "pretrained": pretrained})
+                       "threads": threads, "pretrained": pretrained, "sys_path": sys.path,
+                       "profile": None if profile is None else profile.to_dict()})
     try:
         done = subprocess.run([sys.executable, "-m", "effattn.bench.memory", args], capture_output=True,
                               text=True, timeout=timeout)
@@ -113,24 +118,21 @@ def probe(backend: str, source: str, shape: Sequence[int], device: str = "cpu", 
     return PeakMemory(device == "cuda", result["host_mib"], result["device_mib"])
 
 
-def _probe_main(args: dict) -> None:
-    import numpy as np
-    import torch
-
-    torch.set_num_threads(args["threads"])
-    backend, shape = args["backend"], tuple(args["shape"])
-    if backend.startswith("torch"):
-        from ..models import load_model
-        from ..runtime.torch_runner import TorchRunner
-
+def _probe_runner(args: dict) -> Runner:
+    """The runner a probe measures, made by :func:`effattn.runtime.load` as the bench makes it."""
+    if args["backend"].startswith("torch"):
         source = load_model(args["source"], pretrained=args["pretrained"])
-        dtype = torch.float16 if backend == "torch-fp16" else torch.float32
-        runner = TorchRunner(source.model, source.profile, device=args["device"], dtype=dtype)
-    else:
-        from ..runtime.onnxruntime_runner import OnnxRuntimeRunner
+        profile = ShapeProfile.from_dict(args["profile"]) if args["profile"] else source.profile
+        dtype = torch.float16 if args["backend"] == "torch-fp16" else torch.float32
+        return load(source.model, backend="torch", device=args["device"], profile=profile, dtype=dtype)
+    return load(args["source"], backend="onnxruntime", device=args["device"], threads=args["threads"])
 
-        runner = OnnxRuntimeRunner(args["source"], device=args["device"], threads=args["threads"])
-    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+
+def _probe_main(args: dict) -> None:
+    sys.path[:0] = [p for p in args["sys_path"] if p not in sys.path]  # where the parent found a user model
+    torch.set_num_threads(args["threads"])
+    runner = _probe_runner(args)
+    x = np.random.default_rng(0).standard_normal(tuple(args["shape"]), dtype=np.float32)
     name = next(iter(runner.inputs))
     infer = runner._infer  # the profile check is the bench's business; the probe measures the run alone
     with PeakMemory(args["device"] == "cuda") as peak:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 #: bytes per weight at each precision (FP16 and BF16 store 2, INT8 1)
 WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
@@ -23,8 +24,6 @@ WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 def model_cost(model: nn.Module, shape: Sequence[int]) -> tuple[float, int]:
     """FLOPs (2 per multiply-add) of one forward pass at ``shape`` and the output's element count, found on
     the meta device (nothing is computed or allocated, so a dot-product block too large to run still counts)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     meta = copy.deepcopy(model).to("meta")
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         out = meta(torch.empty(*shape, device="meta"))

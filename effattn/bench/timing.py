@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,6 @@ def wall_seconds(fn: Callable[[], object]) -> float:
 def cuda_event_seconds(fn: Callable[[], object]) -> float:
     """Seconds between CUDA events recorded on the current stream before and after ``fn`` (which may run
     on streams of its own: the runners order theirs after the current stream and finish before returning)."""
-    import torch
-
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     fn()
@@ -72,16 +71,12 @@ def timed_call(runner, feed: Mapping[str, Any], device: str) -> Callable[[], obj
 
 
 def to_device(value, device: str):
-    import torch
-
     return torch.as_tensor(value).to(device)
 
 
 def host_copy_seconds(feed: Mapping[str, Any], outputs: Mapping[str, Any], device: str, repeats: int = 5) -> float:
     """Median seconds to copy ``feed`` to ``device`` and ``outputs`` back to the host: the part of a
     numpy-in/numpy-out call that device timing leaves out."""
-    import torch
-
     def copies() -> None:
         for value in feed.values():
             torch.as_tensor(value).to(device)

@@ -201,7 +201,10 @@ def _bench(add) -> None:
             "  effattn bench --models efficient_attention ea_segnet_tiny --sizes 64 128 256 -o cpu.json --plot cpu.png\n"
             "  effattn bench --models efficient_attention dot_product_attention --sizes 32 64 128 256 512 --max-seconds 600\n"
             "  effattn bench --device cuda --batch 8 --sizes 128 --backends torch-fp16 tensorrt-fp16")
-    p.add_argument("--models", nargs="+", default=["efficient_attention", "ea_resnet_tiny", "ea_segnet_tiny"])
+    p.add_argument("--models", nargs="+", default=["efficient_attention", "ea_resnet_tiny", "ea_segnet_tiny"],
+                   help="zoo names or your own package.module:factory (default: the EA block and the tiny hosts)")
+    p.add_argument("--shape", metavar="SHAPE", help="input of a package.module:factory model that has no "
+                   "default_profile, e.g. 1x3x64x64 (its rank and channels; --sizes and --batch set the rest)")
     p.add_argument("--sizes", nargs="+", type=int, default=[64, 128, 256], help="square input sizes (H = W)")
     p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes (default 1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import metadata, pipeline
-from ..bench.benchmark import plot, run_bench
+from ..bench.benchmark import check_plotting, plot, run_bench
 from ..engines import build_engine
 from ..errors import ConfigError, InputError, ModelError
 from ..export import export_onnx, quantize
@@ -198,7 +198,7 @@ def cmd_demo(args) -> None:
                             "backends": {p: c.backend for p, c in result.backends.items()},
                             "parity": [r.to_dict() for r in result.reports],
                             "latency": {k: v.to_dict() | {"speedup_vs_eager": result.eager_ms / v.median_ms}
-                                        for k, v in result.latency.items()}})
+                                        for k, v in result.latency.items()}, "warnings": result.warnings})
     _print_demo(result)
     if not result.passed:
         raise SystemExit(1)
@@ -219,6 +219,8 @@ def _print_demo(result: pipeline.Demo) -> None:
     print(f"{'backend':<26}{'median':>9}{'p90':>9}{'speedup':>9}")
     for name, t in result.latency.items():
         print(f"{name:<26}{t.median_ms:>9.3f}{t.p90_ms:>9.3f}{result.eager_ms / t.median_ms:>8.2f}x")
+    for warning in result.warnings:
+        print(f"WARNING: {warning}")
 
 
 def cmd_quantize(args) -> None:
@@ -256,9 +258,12 @@ def cmd_bench(args) -> None:
     for path in (args.output, args.plot):
         if path:
             check_writable(path, args.force)
+    if args.plot:
+        check_plotting()  # before the run, not after it
     results = run_bench(args.models, args.sizes, batches=args.batch, backends=args.backends, device=args.device,
                         threads=args.threads, min_seconds=args.seconds, max_seconds=args.max_seconds,
-                        memory=not args.no_memory, startup=not args.no_startup, quiet=args.quiet)
+                        memory=not args.no_memory, startup=not args.no_startup, quiet=args.quiet,
+                        input_shape=args.shape)
     if args.output:
         with atomic_output(args.output, args.force) as tmp:
             tmp.write_text(json.dumps(results.to_dict(), indent=2) + "\n")

@@ -76,6 +76,9 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
+        if ":" in name:  # "unknown model ... (or give your own as package.module:factory)" would be absurd here
+            raise ModelError(f"model {name!r} is a user factory (package.module:factory), not a registered name: "
+                             "effattn.models.load_model builds it; registry look-ups take zoo names only") from None
         close = [n for n in _REGISTRY if name.lower() in n or n in name.lower()]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ModelError(

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from effattn.errors import ModelError
-from effattn.models import create_model, get_entry, list_models
+from effattn.models import EfficientAttention, create_model, get_entry, list_models
 
 
 def test_zoo_lists_blocks_and_both_hosts():
@@ -39,6 +39,25 @@ def test_host_networks_accept_non_square_odd_sizes():
 def test_unknown_model_suggests_names():
     with pytest.raises(ModelError, match=r"unknown model 'segnet_tiny' \(did you mean ea_segnet_tiny\?\)"):
         create_model("segnet_tiny")
+
+
+def test_a_user_factory_is_not_called_unknown():
+    with pytest.raises(ModelError, match=r"'pkg.mod:make' is a user factory \(package.module:factory\), not a "
+                                         "registered name: effattn.models.load_model builds it"):
+        get_entry("pkg.mod:make")  # zoo look-ups take zoo names; building takes both:
+    assert isinstance(create_model("tests.conftest:make_user_model", channels=4)[1], EfficientAttention)
+    with pytest.raises(ModelError, match=r"cannot import module 'pkg.mod' for model 'pkg.mod:make'"):
+        create_model("pkg.mod:make")
+
+
+def test_an_error_inside_a_users_factory_says_it_is_the_factorys(tmp_path, monkeypatch):
+    (tmp_path / "broken_nets.py").write_text("def build(width=4):\n    return width + None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelError, match=r"'broken_nets:build' failed while building with arguments {}: TypeError: "
+                                         r".*\(raised inside the factory\)"):
+        create_model("broken_nets:build")
+    with pytest.raises(ModelError, match=r"does not take the arguments {'depth': 2}.*signature is build\(width=4\)"):
+        create_model("broken_nets:build", depth=2)
 
 
 def test_bad_factory_arguments_name_them():
