@@ -119,7 +119,6 @@ def cmd_models(args) -> None:
 
 
 def cmd_export(args) -> None:
-    check_writable(args.output, args.force)
     kwargs = model_args(args.arg)
     source = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, **kwargs)
     profile = profile_from_args(args, source.profile)
@@ -224,7 +223,6 @@ def _print_demo(result: pipeline.Demo) -> None:
 
 
 def cmd_quantize(args) -> None:
-    check_writable(args.output, args.force)
     result = quantize(args.onnx, args.output, calibration=args.calibration, samples=args.samples, force=args.force)
     if args.json:
         return _print_json({"path": str(result.path), "calibration": result.calibration, "samples": result.samples,
@@ -235,10 +233,10 @@ def cmd_quantize(args) -> None:
 
 
 def cmd_build(args) -> None:
-    check_writable(args.output, args.force)
     if args.backend == "onnxruntime":
         pipeline.build_onnxruntime(args.onnx, args.output, args.precision, args.device or "cpu", force=args.force)
         return print(f"wrote {args.output} (ONNX Runtime's optimised {args.precision} graph; load it with 'effattn run')")
+    check_writable(args.output, args.force)  # before a build that can take minutes
     build = build_engine(args.onnx, precision=args.precision, output=args.output, cache_dir=args.cache_dir,
                          workspace_gib=args.workspace, optimization_level=args.opt_level, fp16_flag=args.fp16_flag,
                          rtx=args.rtx, force=args.force, progress=not args.quiet)
