@@ -27,6 +27,7 @@ from .bench.contention import LoadCheck
 from .bench.timing import LatencyStats, measure_interleaved
 from .engines import available_devices, optimize_model
 from .engines.onnxruntime_session import default_threads
+from .engines.precision import EnginePrecision, converted_graph, engine_precision
 from .engines.cache import Sidecar, sidecar_path
 from .errors import BackendError, ExportError, InputError, ParityError, first_line
 from .export import ExportResult, export_onnx, quantize, to_fp16
@@ -116,21 +117,22 @@ def compare_file(onnx_path: str | Path, reference: ModelSource, backend: str = "
 
 
 # ------------------------------------------------------------------------------------------ build
-def build_onnxruntime(onnx_path: str | Path, output: str | Path, precision: str = "fp32", device: str = "cpu",
-                      force: bool = False) -> Path:
-    """ONNX Runtime's optimised (fused, constant-folded) graph of a file, in ``precision``: an FP32 file asked for
-    as FP16 goes through the FP16 graph stage first (in a temporary folder: nothing is left beside the output)."""
+def build_onnxruntime(onnx_path: str | Path, output: str | Path, precision: str | None = None, device: str = "cpu",
+                      force: bool = False) -> tuple[Path, EnginePrecision]:
+    """ONNX Runtime's optimised (fused, constant-folded) graph of a file, in ``precision`` (None: the graph's own;
+    decided as for TensorRT by :func:`effattn.engines.precision.engine_precision`). An FP32 file asked for as
+    FP16 goes through the FP16 graph stage first, in a temporary folder: nothing is left beside the output."""
     output = Path(output)
     check_writable(output, force)
-    if precision not in ("fp32", "fp16"):
-        raise ExportError(f"ONNX Runtime builds fp32 or fp16 graphs, not {precision!r} (INT8: effattn quantize)")
+    decision = engine_precision(onnx_path, precision)
+    if decision.precision == "bf16":
+        raise ExportError("ONNX Runtime's CPU provider has no BF16 convolution; build BF16 with TensorRT, or run the "
+                          "FP32 file on OpenVINO, which uses BF16 where the CPU has it")
     with tempfile.TemporaryDirectory(prefix="effattn-build-") as scratch:
-        source = Path(onnx_path)
-        if precision == "fp16" and metadata.precision_of(metadata.read_metadata(source)) == "fp32":
-            source = to_fp16(source, Path(scratch) / "fp16.onnx")
+        source = converted_graph(decision, onnx_path, Path(scratch) / f"graph.{decision.convert}.onnx")
         with atomic_output(output, force) as tmp:  # ONNX Runtime writes its file in place, piece by piece
             optimize_model(source, tmp, device=device)
-    return output
+    return output, decision
 
 
 # ------------------------------------------------------------------------------------------- demo

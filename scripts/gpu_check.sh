@@ -9,7 +9,7 @@
 # call, in order, with --stage, and the last one with the full check. Without them the check still
 # runs: what needs onnxruntime-gpu or TensorRT is reported as skipped, with the reason.
 # Results go to $OUT (the lent machine's folder that comes back), else ./gpu-check-out:
-#   env.txt, pytest.log, junit.xml, bench.json, bench.txt, bench.png, summary.txt
+#   env.txt, pytest.log, junit.xml, bench.json, bench.txt, bench.png, bench-int8.json, bench-int8.txt, summary.txt
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -97,7 +97,8 @@ EOF
 if [ "$DRY" = 1 ]; then echo "+ nvidia-smi; versions of torch, onnxruntime (providers), tensorrt, polygraphy > $OUT/env.txt"
 else envinfo 2>&1 | tee "$OUT/env.txt"; fi
 
-echo "== tests: every GPU test, and the CPU tests whose paths change when CUDA is present (serving aside)"
+echo "== tests: every GPU test, and the CPU tests whose paths change when CUDA is present (serving aside);"
+echo "   TensorRT INT8 (QDQ graph) and BF16 engines vs eager: tests/engines/test_tensorrt_build.py::test_low_precision_engine_of_the_segmenter_matches_eager"
 TESTS=(tests/runtime tests/engines tests/export tests/test_cli.py tests/test_gpu_check.py
        --ignore=tests/serving/test_http_server.py --ignore=tests/serving/test_grpc_server.py --ignore=tests/serving/test_repository.py)
 PARALLEL=()
@@ -119,7 +120,15 @@ if [ "$DRY" = 1 ]; then echo "+ ${bench[*]} > $OUT/bench.txt"
 else "${bench[@]}" 2>&1 | tee "$OUT/bench.txt"; fi
 bench_rc=${PIPESTATUS[0]}
 
-summary="tests exit $tests_rc, bench exit $bench_rc; $(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$OUT/pytest.log" 2>/dev/null | tail -1)"
+echo "== bench row, TensorRT low precision (at most ${BENCH_SECONDS}s): the trained segmenter, FP16 vs INT8 engines"
+lowprec=($PY -m effattn bench --device cuda --models ea_segnet_tiny --sizes 128 --batch 8 --seconds 0.3
+         --max-seconds "$BENCH_SECONDS" --no-memory --backends tensorrt-fp16 tensorrt-int8
+         -o "$OUT/bench-int8.json" --force)
+if [ "$DRY" = 1 ]; then echo "+ ${lowprec[*]} > $OUT/bench-int8.txt"
+else "${lowprec[@]}" 2>&1 | tee "$OUT/bench-int8.txt"; fi
+lowprec_rc=${PIPESTATUS[0]}
+
+summary="tests exit $tests_rc, bench exit $bench_rc, int8 bench exit $lowprec_rc; $(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$OUT/pytest.log" 2>/dev/null | tail -1)"
 echo "== $summary"
 [ "$DRY" = 1 ] || echo "$summary" > "$OUT/summary.txt"
-[ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]
+[ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ] && [ "$lowprec_rc" = 0 ]

@@ -30,6 +30,7 @@ BACKENDS = {
     "onnxruntime-fp16": (("cpu", "cuda"), "ONNX Runtime, the FP16 graph (FP32 I/O)"),
     "tensorrt": (("cuda",), "TensorRT engine of the FP32 graph"),
     "tensorrt-fp16": (("cuda",), "TensorRT engine of the FP16 graph (strongly typed)"),
+    "tensorrt-int8": (("cuda",), "TensorRT engine of the INT8 QDQ graph of effattn quantize (explicit quantization)"),
     "torch-bf16": (("cpu",), "eager PyTorch in BF16 (weights and activations)"),
     "onnxruntime-int8": (("cpu",), "ONNX Runtime, the INT8 QDQ graph of effattn quantize"),
     "openvino": (("cpu",), "OpenVINO's default on the FP32 graph (BF16 where the CPU has it)"),

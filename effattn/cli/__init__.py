@@ -160,8 +160,10 @@ def _quantize(add) -> None:
 
 def _build(add) -> None:
     p = add("build", "ONNX -> TensorRT engine (or ONNX Runtime's optimised graph)",
-            "Build an engine from an exported ONNX file. TensorRT: FP16 graphs are built strongly typed (the "
-            "only way on TensorRT 11, which has no FP16 builder flag); an FP32 file is converted to FP16 first. "
+            "Build an engine from an exported ONNX file. TensorRT: precision is the graph's (strongly typed "
+            "networks, the only way on TensorRT 11, which has no FP16/INT8 builder flags): an FP32 export is "
+            "converted to the FP16 graph first, an INT8 QDQ file from 'effattn quantize' builds an INT8 engine "
+            "(explicit quantization), a BF16 graph a BF16 one. "
             "Engines go through the engine cache (keyed by the ONNX bytes, precision, profiles, builder options, "
             "TensorRT version and GPU), with a shared timing cache beside it. ONNX Runtime: save the optimised "
             "graph (fused, constant-folded) to inspect or ship. On the zoo models it did not shorten session "
@@ -170,7 +172,10 @@ def _build(add) -> None:
     p.add_argument("onnx", type=Path, help="an .onnx file written by 'effattn export'")
     p.add_argument("-o", "--output", type=Path, required=True, help="the engine (.plan) or optimised .onnx to write")
     p.add_argument("--backend", choices=("tensorrt", "onnxruntime"), default="tensorrt")
-    p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
+    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8"), default="auto",
+                   help="auto (default): FP16 for an FP32 export (converted to the FP16 graph first), else the "
+                   "graph's own (FP16, BF16, or INT8 for a QDQ file from 'effattn quantize'); fp16/bf16 convert an "
+                   "FP32 file; fp32 keeps it; int8 needs a QDQ file")
     p.add_argument("--fp16-flag", action="store_true", help="TensorRT 10 only: weakly typed build with the FP16 flag")
     p.add_argument("--workspace", type=float, metavar="GIB", help="TensorRT workspace limit in GiB")
     p.add_argument("--opt-level", type=int, default=3, choices=range(6), help="builder optimisation level 0-5 (3)")

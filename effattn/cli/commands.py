@@ -233,15 +233,18 @@ def cmd_quantize(args) -> None:
 
 
 def cmd_build(args) -> None:
+    precision = args.precision
     if args.backend == "onnxruntime":
-        pipeline.build_onnxruntime(args.onnx, args.output, args.precision, args.device or "cpu", force=args.force)
-        return print(f"wrote {args.output} (ONNX Runtime's optimised {args.precision} graph; load it with 'effattn run')")
+        _, decision = pipeline.build_onnxruntime(args.onnx, args.output, precision, args.device or "cpu",
+                                                 force=args.force)
+        return print(f"wrote {args.output} (ONNX Runtime's optimised {decision.precision} graph; load it with "
+                     "'effattn run')")
     check_writable(args.output, args.force)  # before a build that can take minutes
-    build = build_engine(args.onnx, precision=args.precision, output=args.output, cache_dir=args.cache_dir,
+    build = build_engine(args.onnx, precision=precision, output=args.output, cache_dir=args.cache_dir,
                          workspace_gib=args.workspace, optimization_level=args.opt_level, fp16_flag=args.fp16_flag,
                          rtx=args.rtx, force=args.force, progress=not args.quiet)
-    print(f"wrote {build.plan} ({'cache hit' if build.cache_hit else 'built'} in {build.seconds:.1f}s; "
-          f"layers: {build.sidecar.layers})")
+    print(f"wrote {build.plan} ({build.sidecar.key.get('precision', precision)} engine, "
+          f"{'cache hit' if build.cache_hit else 'built'} in {build.seconds:.1f}s; layers: {build.sidecar.layers})")
 
 
 def cmd_inspect(args) -> None:

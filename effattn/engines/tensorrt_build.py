@@ -1,22 +1,30 @@
 """TensorRT engines through Polygraphy's loaders, for TensorRT 10 and 11 (and TensorRT for RTX).
 
-Precision lives in the ONNX graph: an FP16 graph (``effattn.export.to_fp16``) is built as a
-strongly typed network, the only kind TensorRT 11 builds (it removed ``BuilderFlag.FP16``) and the
-kind TensorRT >= 10.12 prefers. On TensorRT 10 the weakly typed FP16 builder flag stays available
-as an option (``fp16_flag=True``). After each build the engine inspector counts the layers that
-really run in FP16: an "FP16 engine" with none is refused.
+Precision lives in the ONNX graph and is decided in one place (:mod:`.precision`): an FP32, FP16
+(``effattn.export.to_fp16``), BF16 (``to_bf16``) or INT8 QDQ (``effattn.export.quantize``) graph is
+built as a strongly typed network, the only kind TensorRT 11 builds (it removed ``BuilderFlag.FP16``,
+``INT8`` and ``BF16``) and the kind TensorRT >= 10.12 prefers (10.13 bindings: the precision flags are
+"Deprecated in TensorRT 10.12. Superseded by strong typing"). An INT8 QDQ graph is built by explicit
+quantization: its Q/DQ nodes set the INT8 layers, no calibrator. On TensorRT 10 before 10.12 a QDQ
+network is built weakly typed with the INT8 builder flag instead, as the explicit-quantization docs of
+those releases describe (Polygraphy 0.53.6 ``backend/trt/config.py`` ``CreateConfig(int8=True)``: a
+network with Q/DQ layers needs no calibrator); the weakly typed FP16 flag stays an option on TensorRT 10
+(``fp16_flag=True``). After each build the engine inspector counts the layers that really run in the
+engine's precision: an "FP16/BF16/INT8 engine" with none is refused.
 
 References: TensorRT Python API (``IBuilderConfig``, ``IProgressMonitor``, ``IEngineInspector``,
 ``ICudaEngine.get_tensor_profile_shape``), docs.nvidia.com/deeplearning/tensorrt/latest/
 inference-library/python-api-docs.html and the TensorRT 11 migration guide (strong typing only);
 Polygraphy ``backend/trt/loader.py`` and ``config.py`` (``NetworkFromOnnxPath(strongly_typed=)``,
 ``CreateConfig(profiles=, load_timing_cache=, memory_pool_limits=, builder_optimization_level=,
-progress_monitor=)``, ``EngineBytesFromNetwork(save_timing_cache=)``); ``POLYGRAPHY_USE_TENSORRT_RTX=1``
+progress_monitor=, int8=, fp16=)``, ``EngineBytesFromNetwork(save_timing_cache=)``); ``POLYGRAPHY_USE_TENSORRT_RTX=1``
 selects TensorRT for RTX. Checked against the packages themselves: polygraphy 0.53.6 (``config.py:61``
 reads the RTX switch once; ``backend/trt/loader.py:802-831`` and ``config.py:319-344`` load and merge
-the timing cache under its own file lock), tensorrt-cu13-bindings 11.4 (``EngineInspector.execution_context``,
-``IProgressMonitor``), NvInferRuntime.h (IEngineInspector: without a context, formats of a dynamic-shape
-engine are not shown).
+the timing cache under its own file lock; ``loader.py:143-149`` ORs in ``STRONGLY_TYPED``; ``config.py:566-610``
+sets the precision flags and skips calibration for Q/DQ networks), tensorrt-cu13-bindings 11.4
+(``EngineInspector.execution_context``, ``IProgressMonitor``, no ``BuilderFlag.INT8``), tensorrt-cu12-bindings
+10.13.3 (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, ``BuilderFlag.INT8``/``FP16`` deprecated in 10.12),
+NvInferRuntime.h (IEngineInspector: without a context, formats of a dynamic-shape engine are not shown).
 """
 
 from __future__ import annotations
@@ -26,20 +34,26 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from .. import metadata
 from ..errors import BackendError, first_line
+from ..files import check_writable
+from ..metadata import read_metadata
 from ..shapes import ShapeProfile
 from .cache import EngineCache, EngineKey, Sidecar, sidecar_path
+from .precision import EnginePrecision, census, converted_graph, engine_precision, precision_refusal
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp16", "fp32")
 
 
 def import_tensorrt(rtx: bool = False):
@@ -146,38 +160,6 @@ def _progress_monitor(trt, bar):
     return Monitor()
 
 
-def _tensor_type(tensor: Mapping) -> str | None:
-    """The precision class of one inspector tensor entry, or None when the inspector did not say.
-
-    TensorRT <= 10 writes one ``"Format/Datatype"`` string ("Row major linear FP16 format", "Half",
-    "N/A due to dynamic shapes"); TensorRT 11 splits it into ``"Datatype"`` ("Half", "BFloat16", ...)
-    and ``"Format"`` (polygraphy 0.53.6 ``tools/inspect/subtool/model/extractors/_trt.py``).
-    """
-    text = str(tensor.get("Datatype") or tensor.get("Format/Datatype") or "").lower()
-    if not text or "n/a" in text or "not available" in text:
-        return None
-    for kind, words in (("bf16", ("bfloat16", "bf16")), ("fp16", ("half", "fp16")), ("fp8", ("fp8",)),
-                        ("int8", ("int8",)), ("fp32", ("float", "fp32"))):
-        if any(w in text for w in words):
-            return kind
-    return "other"
-
-
-def census(info: Mapping) -> dict:
-    """Layers by output precision from the inspector's JSON: {"layers": n, "fp16": k, "fp32": m, ...};
-    ``"formats": "unknown"`` when the inspector gave no types (a dynamic-shape engine without a context)."""
-    layers = [layer for layer in info.get("Layers", []) if isinstance(layer, Mapping)]
-    result: dict = {"layers": len(layers)}
-    kinds = [[_tensor_type(o) for o in layer.get("Outputs", []) if isinstance(o, Mapping)] for layer in layers]
-    if layers and not any(k for ks in kinds for k in ks):
-        return result | {"formats": "unknown"}
-    for ks in kinds:
-        known = [k for k in ks if k]
-        kind = next((k for k in ("fp8", "int8", "fp16", "bf16", "fp32") if k in known), "other")
-        result[kind] = result.get(kind, 0) + 1
-    return result
-
-
 def layer_precisions(trt, engine) -> dict:
     """:func:`census` of ``engine``, inspected through an execution context set to each input's opt shape
     of profile 0: without one, TensorRT shows no per-layer formats for a dynamic-shape engine."""
@@ -195,23 +177,56 @@ def layer_precisions(trt, engine) -> dict:
     return census(info)
 
 
-def fp16_refusal(layers: Mapping) -> str | None:
-    """Why an engine must not be called FP16 -- only when the census *knows* no layer runs in FP16."""
-    if layers.get("layers") and "formats" not in layers and "error" not in layers and not layers.get("fp16"):
-        return f"runs 0 of {layers['layers']} layers in FP16"
-    return None
+def version_tuple(version: str) -> tuple[int, int]:
+    """``"10.13.3.9"`` -> ``(10, 13)``."""
+    parts = [int(x) for x in re.findall(r"\d+", str(version))[:2]]
+    return tuple(parts + [0] * (2 - len(parts)))  # type: ignore[return-value]
 
 
-def fp16_scratch_path(cache_root: Path, onnx_path: Path) -> Path:
-    """Where the FP16 graph of an FP32 file goes: named by its content, so two ``model.onnx`` never collide."""
+@dataclass(frozen=True)
+class NetworkTyping:
+    """How a network is built: strongly typed (precision from the graph), or weakly typed with builder flags."""
+
+    strongly_typed: bool
+    flags: tuple[str, ...] = ()  # Polygraphy CreateConfig precision flags: "int8", "fp16"
+
+
+def network_typing(version: str, decision: EnginePrecision, rtx: bool = False) -> NetworkTyping:
+    """Strongly typed on TensorRT 11, TensorRT-RTX and TensorRT >= 10.12. On TensorRT 10 before 10.12 an INT8
+    QDQ graph is built weakly typed with the INT8 flag; ``fp16_flag`` (TensorRT 10 only) adds the FP16 flag,
+    weakly typed. Pure: it needs the version string only, so it is tested without TensorRT."""
+    have = version_tuple(version)
+    if rtx or have >= (11, 0):
+        if decision.fp16_flag:
+            raise BackendError(f"TensorRT{'-RTX' if rtx else ''} {version} has no FP16 builder flag (strongly typed "
+                               "only); build the FP16 graph instead (precision='fp16' without fp16_flag)")
+        return NetworkTyping(True)
+    if have < (10, 0):
+        raise BackendError(f"TensorRT {version} is too old: effattn builds engines with TensorRT 10 or 11")
+    flags = ("fp16",) if decision.fp16_flag else ()
+    if decision.precision == "int8" and (flags or have < (10, 12)):
+        return NetworkTyping(False, ("int8", *flags))
+    return NetworkTyping(not flags, flags)
+
+
+def scratch_path(cache_root: Path, onnx_path: Path, precision: str) -> Path:
+    """Where the FP16/BF16 graph of an FP32 file goes: named by its content, so two ``model.onnx`` never collide."""
     digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
-    return cache_root / f"{onnx_path.stem}.{digest}.fp16.onnx"
+    return cache_root / f"{onnx_path.stem}.{digest}.{precision}.onnx"
+
+
+def _profiles_of(profiles, meta: Mapping[str, str], onnx_path: Path) -> list[ShapeProfile]:
+    if profiles is None:
+        profiles = metadata.profile_of(meta)
+        if profiles is None:
+            raise BackendError(f"{onnx_path} has no shape profile in its metadata; pass profiles")
+    return [profiles] if isinstance(profiles, ShapeProfile) else list(profiles)
 
 
 def build_engine(
     onnx_path: str | Path,
     profiles: ShapeProfile | Sequence[ShapeProfile] | None = None,
-    precision: str = "fp16",
+    precision: str | None = None,
     *,
     output: str | Path | None = None,
     cache_dir: str | Path = Path.home() / ".cache" / "effattn" / "engines",
@@ -224,93 +239,92 @@ def build_engine(
 ) -> EngineBuild:
     """Build (or take from the cache) a TensorRT plan for ``onnx_path``; returns its path and sidecar.
 
-    ``precision="fp16"`` wants an FP16 graph (an FP32 file is converted first, into the cache);
-    ``fp16_flag=True`` instead builds the FP32 graph weakly typed with the FP16 flag (TensorRT 10 only).
-    ``profiles`` default to the file's own shape profile. ``output`` copies the plan (and sidecar) there.
+    ``precision``: None (or "auto") builds the graph's own precision; "fp16"/"bf16" of an FP32 file
+    converts it first (into the cache); anything the graph cannot give is refused (see
+    :func:`.precision.engine_precision`, which the CLI calls to say what will be built). ``fp16_flag=True``
+    builds the FP32 (or INT8) graph weakly typed with the FP16 flag (TensorRT 10 only). ``profiles`` default
+    to the file's own shape profile. ``output`` copies the plan (and sidecar) there.
     """
-    import time
-
-    from tqdm.auto import tqdm
-
-    from ..metadata import read_metadata
-    from ..export.precision import to_fp16
-
     start = time.perf_counter()
-    if precision not in PRECISIONS:
-        raise BackendError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     onnx_path = Path(onnx_path)
     output = Path(output) if output else None
-    if output and output.exists() and not force:
-        raise BackendError(f"{output} exists; pass force=True (--force) to overwrite it")
+    if output:
+        check_writable(output, force)
     trt = import_tensorrt(rtx)
     polygraphy_loaders(rtx)  # refuses a process already bound to the other TensorRT
     gpu_name, capability = gpu_identity()
-    trt11 = major_version(trt) >= 11
-    if fp16_flag and (trt11 or rtx):
-        raise BackendError(f"TensorRT {trt.__version__} has no FP16 builder flag (strongly typed only); build the "
-                           "FP16 graph instead (the default: precision='fp16' without fp16_flag)")
-    meta = read_metadata(onnx_path)
-    graph_precision = metadata.precision_of(meta)
+    decision = engine_precision(onnx_path, precision, fp16_flag=fp16_flag)
+    typing = network_typing(str(trt.__version__), decision, rtx)
     cache = EngineCache(cache_dir)
-    if precision == "fp16" and graph_precision == "fp32" and not fp16_flag:
-        onnx_path = to_fp16(onnx_path, fp16_scratch_path(cache.root, onnx_path), force=True)
-    elif precision == "fp32" and graph_precision != "fp32":
-        raise BackendError(f"{onnx_path} is an {graph_precision} graph; an FP32 engine needs the FP32 export")
-    if profiles is None:
-        profiles = metadata.profile_of(meta)
-        if profiles is None:
-            raise BackendError(f"{onnx_path} has no shape profile in its metadata; pass profiles")
-    profiles = [profiles] if isinstance(profiles, ShapeProfile) else list(profiles)
-    options = {"optimization_level": optimization_level, "workspace_gib": workspace_gib,
-               "strongly_typed": not fp16_flag, "fp16_flag": fp16_flag, "tf32": False}
-    key = EngineKey.create(onnx_path.read_bytes(), precision, [p.to_json() for p in profiles], options,
+    source = (onnx_path if decision.convert is None else
+              converted_graph(decision, onnx_path, scratch_path(cache.root, onnx_path, decision.convert)))
+    meta = read_metadata(source)
+    profiles = _profiles_of(profiles, meta, source)
+    options = {"optimization_level": optimization_level, "workspace_gib": workspace_gib, "tf32": False,
+               "strongly_typed": typing.strongly_typed, "precision_flags": list(typing.flags),
+               "graph_precision": decision.graph}
+    key = EngineKey.create(source.read_bytes(), decision.precision, [p.to_json() for p in profiles], options,
                            "tensorrt_rtx" if rtx else "tensorrt", str(trt.__version__), gpu_name, capability)
     plan = cache.lookup(key)
     hit = plan is not None
     if plan is None:
-        plan = _build(trt, onnx_path, profiles, key, options, cache, progress and tqdm, rtx, meta)
+        plan = _build(trt, source, profiles, key, typing, cache, progress and tqdm, rtx, meta)
     sidecar = Sidecar.read(sidecar_path(plan))
-    refusal = fp16_refusal(sidecar.layers) if precision == "fp16" else None
-    if refusal:
-        raise BackendError(f"the engine built from {onnx_path} {refusal}; refusing to call it an FP16 engine "
-                           "(check the FP16 graph)")
+    if refusal := precision_refusal(decision.precision, sidecar.layers):
+        raise BackendError(f"the engine built from {source} {refusal}; refusing to call it a "
+                           f"{decision.precision.upper()} engine (check the {decision.precision} graph)")
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_bytes(plan.read_bytes())
-        sidecar.write(sidecar_path(output))
-        plan = output
+        plan = _copy_out(plan, sidecar, output)
     return EngineBuild(plan, sidecar, hit, time.perf_counter() - start)
 
 
-def _build(trt, onnx_path: Path, profiles: list[ShapeProfile], key: EngineKey, options: dict,
+def _copy_out(plan: Path, sidecar: Sidecar, output: Path) -> Path:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(plan.read_bytes())
+    sidecar.write(sidecar_path(output))
+    return output
+
+
+def _create_config(trt, loaders, profiles: list[ShapeProfile], key: EngineKey, typing: NetworkTyping,
+                   cache: EngineCache, monitor):
+    """Polygraphy's CreateConfig: profiles, timing cache, progress, TF32 off (FP32 references stay FP32) and,
+    for weakly typed networks only, the precision flags (a strongly typed network takes none)."""
+    trt_profiles = []
+    for shape_profile in profiles:
+        p = loaders.Profile()
+        for inp in shape_profile.inputs:
+            p.add(inp.name, min=inp.min, opt=inp.opt, max=inp.max)
+        trt_profiles.append(p)
+    options = json.loads(key.builder_options)
+    kwargs = dict(profiles=trt_profiles, builder_optimization_level=options["optimization_level"], tf32=False,
+                  load_timing_cache=str(cache.timing_cache) if cache.timing_cache.exists() else None,
+                  progress_monitor=monitor, profiling_verbosity=trt.ProfilingVerbosity.DETAILED)
+    if options["workspace_gib"]:
+        kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(options["workspace_gib"] * 2**30)}
+    kwargs.update({flag: True for flag in typing.flags})  # CreateConfig(int8=True, fp16=True)
+    return loaders.CreateConfig(**kwargs)
+
+
+def _io_of(engine) -> list[dict]:
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    return [{"name": n, "mode": engine.get_tensor_mode(n).name, "dtype": engine.get_tensor_dtype(n).name,
+             "shape": list(engine.get_tensor_shape(n))} for n in names]
+
+
+def _build(trt, onnx_path: Path, profiles: list[ShapeProfile], key: EngineKey, typing: NetworkTyping,
            cache: EngineCache, tqdm, rtx: bool, meta: Mapping[str, str]) -> Path:
     """Build through Polygraphy. The shared timing cache is loaded and merged back under Polygraphy's own
     file lock (a lock held only while reading or writing it, not for the whole build)."""
     loaders = polygraphy_loaders(rtx)
-    CreateConfig, Profile = loaders.CreateConfig, loaders.Profile
-
-    trt_profiles = []
-    for shape_profile in profiles:
-        p = Profile()
-        for inp in shape_profile.inputs:
-            p.add(inp.name, min=inp.min, opt=inp.opt, max=inp.max)
-        trt_profiles.append(p)
     bar = tqdm(total=1, desc="TensorRT build", leave=False) if tqdm else None
     monitor = _progress_monitor(trt, bar) if bar is not None else None  # referenced until the build ends
-    config_kwargs = dict(profiles=trt_profiles, builder_optimization_level=options["optimization_level"],
-                         load_timing_cache=str(cache.timing_cache) if cache.timing_cache.exists() else None,
-                         progress_monitor=monitor, profiling_verbosity=trt.ProfilingVerbosity.DETAILED)
-    if options["workspace_gib"]:
-        config_kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(options["workspace_gib"] * 2**30)}
-    if options["fp16_flag"]:
-        config_kwargs.update(fp16=True, tf32=False)
-    elif major_version(trt) < 11:
-        config_kwargs["tf32"] = False  # FP32 references stay FP32 (TF32 pinned off)
-    network = loaders.NetworkFromOnnxPath(str(onnx_path), strongly_typed=options["strongly_typed"])
-    log.info("building TensorRT %s engine for %s (%d profile(s))", key.precision, onnx_path.name, len(profiles))
+    network = loaders.NetworkFromOnnxPath(str(onnx_path), strongly_typed=typing.strongly_typed)
+    log.info("building TensorRT %s engine for %s (%d profile(s), %s)", key.precision, onnx_path.name, len(profiles),
+             "strongly typed" if typing.strongly_typed else f"weakly typed, flags {', '.join(typing.flags)}")
     cache.root.mkdir(parents=True, exist_ok=True)
     try:
-        plan_bytes = loaders.EngineBytesFromNetwork(network, config=CreateConfig(**config_kwargs),
+        config = _create_config(trt, loaders, profiles, key, typing, cache, monitor)
+        plan_bytes = loaders.EngineBytesFromNetwork(network, config=config,
                                                     save_timing_cache=str(cache.timing_cache))()
     except Exception as e:  # Polygraphy raises PolygraphyException with TensorRT's log in it
         raise BackendError(f"TensorRT could not build {onnx_path}: {first_line(e)}") from e
@@ -318,7 +332,4 @@ def _build(trt, onnx_path: Path, profiles: list[ShapeProfile], key: EngineKey, o
         if bar is not None:
             bar.close()
     engine = loaders.EngineFromBytes(bytes(plan_bytes))()
-    io = [{"name": engine.get_tensor_name(i), "mode": engine.get_tensor_mode(engine.get_tensor_name(i)).name,
-           "dtype": engine.get_tensor_dtype(engine.get_tensor_name(i)).name,
-           "shape": list(engine.get_tensor_shape(engine.get_tensor_name(i)))} for i in range(engine.num_io_tensors)]
-    return cache.store(key, bytes(plan_bytes), io=io, layers=layer_precisions(trt, engine), metadata=meta)
+    return cache.store(key, bytes(plan_bytes), io=_io_of(engine), layers=layer_precisions(trt, engine), metadata=meta)

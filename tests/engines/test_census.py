@@ -1,4 +1,4 @@
-"""The FP16 layer census and the builder's choices that need no GPU (issue: GPU correctness).
+"""The layer census (FP16, BF16, INT8) and the builder's choices that need no GPU (issue: GPU correctness).
 
 The inspector JSON files under data/ carry their provenance in a ``_provenance`` field: two are real
 captures (a TensorRT 10-era static engine; a dynamic engine inspected without an execution context,
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from effattn.engines.tensorrt_build import census, fp16_refusal, fp16_scratch_path
+from effattn.engines.precision import census, fp16_refusal, precision_refusal
+from effattn.engines.tensorrt_build import scratch_path
 
 DATA = Path(__file__).parent / "data"
 
@@ -35,7 +36,32 @@ def test_census_of_a_dynamic_engine_without_context_is_unknown_and_never_refused
 
 
 def test_census_reads_real_tensorrt10_formats():
-    assert census(_load("inspector_trt10_static.json")) == {"layers": 3, "int8": 2, "fp32": 1}
+    # the FP32 -> Int8 Reformat (the input's quantizer) moves data: only the convolution is an INT8 layer
+    assert census(_load("inspector_trt10_static.json")) == {"layers": 3, "reformat": 1, "int8": 1, "fp32": 1}
+
+
+def _typed_layer(kind: str, inputs: list[str], outputs: list[str]) -> dict:
+    return {"Name": "l", "LayerType": kind, "Inputs": [{"Name": "i", "Datatype": t} for t in inputs],
+            "Outputs": [{"Name": "o", "Datatype": t} for t in outputs]}
+
+
+def test_census_counts_an_int8_convolution_with_a_float_output_as_int8():
+    """effattn's QDQ graphs quantize Conv inputs only (no Q on outputs): TensorRT's fused INT8 convolution reads
+    Int8 and writes Float. Q/DQ and Reformat layers only convert, so an engine of those alone has no INT8 layer."""
+    info = {"Layers": [_typed_layer("CaskConvolution", ["Int8"], ["Float"]), _typed_layer("Reformat", ["Float"], ["Int8"]),
+                       _typed_layer("Dequantize", ["Int8"], ["Float"]), _typed_layer("Myelin", ["Float"], ["Float"])]}
+    layers = census(info)
+    assert layers == {"layers": 4, "int8": 1, "reformat": 2, "fp32": 1}
+    assert precision_refusal("int8", layers) is None
+    only_quantizers = census({"Layers": info["Layers"][1:]})
+    assert precision_refusal("int8", only_quantizers) == "runs 0 of 3 layers in INT8"
+
+
+def test_refusal_per_precision():
+    assert precision_refusal("bf16", {"layers": 4, "fp32": 4}) == "runs 0 of 4 layers in BF16"
+    assert precision_refusal("bf16", {"layers": 4, "fp32": 3, "bf16": 1}) is None
+    assert precision_refusal("fp32", {"layers": 4, "fp16": 4}) is None  # an FP32 graph may hold anything TensorRT picks
+    assert precision_refusal("int8", {"layers": 4, "formats": "unknown"}) is None
 
 
 def test_census_reads_tensorrt11_datatype_keys():
@@ -57,14 +83,15 @@ def test_only_a_known_zero_fp16_census_is_refused():
     assert fp16_refusal({"error": "inspector unavailable"}) is None
 
 
-def test_fp16_scratch_files_are_named_by_content(tmp_path):
+def test_scratch_files_are_named_by_content_and_precision(tmp_path):
     a, b = tmp_path / "a" / "model.onnx", tmp_path / "b" / "model.onnx"
     for path, content in ((a, b"first"), (b, b"second")):
         path.parent.mkdir()
         path.write_bytes(content)
     cache = tmp_path / "cache"
-    assert fp16_scratch_path(cache, a) != fp16_scratch_path(cache, b)
-    assert fp16_scratch_path(cache, a).parent == cache and fp16_scratch_path(cache, a).name.startswith("model.")
+    assert scratch_path(cache, a, "fp16") != scratch_path(cache, b, "fp16")
+    assert scratch_path(cache, a, "fp16") != scratch_path(cache, a, "bf16")
+    assert scratch_path(cache, a, "fp16").parent == cache and scratch_path(cache, a, "bf16").name.startswith("model.")
 
 
 def test_polygraphy_is_bound_to_one_tensorrt_before_its_first_import():

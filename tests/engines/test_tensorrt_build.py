@@ -2,7 +2,9 @@
 
 import importlib.util
 
+import numpy as np
 import pytest
+import torch
 
 from effattn.errors import BackendError
 
@@ -56,3 +58,54 @@ def test_engine_matches_eager(tmp_path, name, precision):
                          precision=precision, residuals=metadata.residuals_of({metadata.RESIDUAL: "output=input"}
                                                                                if name == "efficient_attention" else {}))
     assert report.passed, report
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_low_precision_engine_of_the_segmenter_matches_eager(tmp_path, precision):
+    """INT8 by explicit quantization (the QDQ graph of effattn quantize) and BF16 (the graph of to_bf16), built
+    strongly typed with the precision read from the graph: the inspector must show layers running in that
+    precision, parity with eager FP32 within the precision's tolerance, and (INT8) task-level argmax agreement
+    >= 99 % on held-out task images as on ONNX Runtime (tests/export/test_quantize.py)."""
+    _needs_tensorrt()
+    from effattn.engines import build_engine
+    from effattn.export import export_onnx, quantize, to_bf16
+    from effattn.models import load_model
+    from effattn.models.synthetic import shapes_batch
+    from effattn.runtime import compare, load, random_inputs
+    from effattn.runtime.torch_runner import TorchRunner
+
+    source = load_model("ea_segnet_tiny", pretrained=True)
+    fp32 = export_onnx(source, source.profile, tmp_path / "seg.onnx").path
+    path = (quantize(fp32, tmp_path / "seg.int8.onnx").path if precision == "int8"
+            else to_bf16(fp32, tmp_path / "seg.bf16.onnx"))
+    build = build_engine(path, cache_dir=tmp_path / "cache")  # no precision: the graph's own
+    assert build.sidecar.key["precision"] == precision
+    assert build.sidecar.layers.get(precision, 0) > 0, build.sidecar.layers
+    assert build_engine(path, precision=precision, cache_dir=tmp_path / "cache").cache_hit
+    feeds = [random_inputs(source.profile, w) for w in ("min", "opt", "max")] + source.task_inputs(source.profile)
+    images, _ = shapes_batch(32, 64, 64)
+    with load(build.plan) as runner:
+        report = compare(TorchRunner(source.model, source.profile, list(runner.outputs)), runner, feeds,
+                         precision=precision)
+        engine = np.concatenate([runner.infer(images[i:i + 8].numpy())["logits"] for i in range(0, 32, 8)])
+    assert report.passed, report
+    with torch.inference_mode():
+        eager = source.model(images).argmax(1).numpy()
+    assert (engine.argmax(1) == eager).mean() >= 0.99
+
+
+@pytest.mark.gpu
+def test_an_int8_graph_is_not_built_as_anything_else(tmp_path):
+    _needs_tensorrt()
+    from effattn.engines import build_engine
+    from effattn.export import export_onnx, quantize
+    from effattn.models import load_model
+
+    source = load_model("ea_segnet_tiny", pretrained=True)
+    fp32 = export_onnx(source, source.profile, tmp_path / "seg.onnx").path
+    int8 = quantize(fp32, tmp_path / "seg.int8.onnx", samples=4).path
+    with pytest.raises(BackendError, match="the graph is int8, so its engine is int8"):
+        build_engine(int8, precision="fp16", cache_dir=tmp_path / "cache")
+    with pytest.raises(BackendError, match="an INT8 engine needs an INT8 QDQ graph"):
+        build_engine(fp32, precision="int8", cache_dir=tmp_path / "cache")

@@ -1,0 +1,214 @@
+"""Which precision a TensorRT engine is built in: decided from the ONNX graph alone, in this one place.
+
+Precision is a property of the graph (TensorRT 11 builds strongly typed networks only and removed
+``BuilderFlag.FP16``/``INT8``/``BF16``; TensorRT 10.12 deprecated them: tensorrt-cu12-bindings 10.13.3
+docstrings, "Deprecated in TensorRT 10.12. Superseded by strong typing"). So the file says what the
+engine will be: its ``effattn.precision`` metadata, checked against what the graph really holds (Q/DQ
+nodes, FP16 or BF16 tensors). A request can only ask for what the graph gives, or for the one
+conversion this toolkit does on the way (an FP32 graph to its FP16 or BF16 form); anything else is
+refused with the step that would make it possible.
+
+After a build, the engine inspector's layer census says whether the layers really ran in that
+precision; :func:`precision_refusal` refuses an engine where none did.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+from .. import metadata
+from ..errors import BackendError, first_line
+from ..export.precision import to_bf16, to_fp16
+from ..export.quantize import qdq_summary
+
+#: What an engine can be built as. ``None`` (or ``"auto"``) asks for the graph's own precision.
+ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+#: FP32 graphs this module converts on the way (``effattn.export.to_fp16`` / ``to_bf16``).
+CONVERTIBLE = ("fp16", "bf16")
+_FLOAT_TYPES = {TensorProto.BFLOAT16: "bf16", TensorProto.FLOAT16: "fp16"}
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass(frozen=True)
+class EnginePrecision:
+    """The decision: the engine's precision, the graph's, and how the build gets from one to the other."""
+
+    precision: str  # what the engine is: fp32, fp16, bf16 or int8
+    graph: str  # what the file holds
+    convert: str | None = None  # "fp16"/"bf16": convert the FP32 graph first; None: build the file as it is
+    fp16_flag: bool = False  # TensorRT 10 only: weakly typed, FP16 builder flag (FP32 or INT8 graphs)
+
+
+def _float_types(model: onnx.ModelProto) -> set[int]:
+    """Element types of the initializers, Cast targets, Constants and typed values of ``model``."""
+    types = {t.data_type for t in model.graph.initializer}
+    values = [*model.graph.input, *model.graph.output, *model.graph.value_info]
+    types |= {v.type.tensor_type.elem_type for v in values if v.type.HasField("tensor_type")}
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to":
+                types.add(attr.i)
+            elif attr.type == onnx.AttributeProto.TENSOR:
+                types.add(attr.t.data_type)
+    return types
+
+
+def graph_precision(model: onnx.ModelProto) -> str:
+    """What ``model`` computes in, read from the graph: ``int8``/``fp8`` where it holds Q/DQ nodes (by their
+    zero points' type), else ``bf16``/``fp16`` where any tensor has that type, else ``fp32``."""
+    if any(n.op_type in _QDQ for n in model.graph.node):
+        types = qdq_summary(model).zero_point_types
+        return "fp8" if any(t.startswith("float8") for t in types) else "int8"
+    types = _float_types(model)
+    return next((name for t, name in _FLOAT_TYPES.items() if t in types), "fp32")
+
+
+def qdq_problems(model: onnx.ModelProto) -> list[str]:
+    """Why ``model`` is not a QDQ graph TensorRT's explicit quantization takes (signed INT8, zero point 0)."""
+    summary = qdq_summary(model)
+    problems = []
+    if not summary.quantized:
+        problems.append("no op reads both its data and its weight through DequantizeLinear (no quantized layer)")
+    unsigned = sorted(summary.zero_point_types - {"int8"})
+    if unsigned:
+        problems.append(f"zero points of type {', '.join(unsigned)} (TensorRT takes signed INT8 only; a missing "
+                        "zero point means uint8)")
+    if summary.nonzero_zero_points:
+        problems.append(f"{summary.nonzero_zero_points} non-zero zero points (asymmetric; TensorRT needs symmetric "
+                        "quantization, zero point 0)")
+    return problems
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path))
+    except FileNotFoundError:
+        raise BackendError(f"{path} does not exist") from None
+    except Exception as e:  # protobuf decode errors, missing external data
+        raise BackendError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from None
+
+
+def read_graph_precision(onnx_path: Path, model: onnx.ModelProto | None = None) -> str:
+    """The graph's precision: its metadata, which must agree with :func:`graph_precision` (a file whose
+    metadata says fp32 but which holds Q/DQ nodes was edited by hand). Files without effattn metadata
+    are taken at the graph's word."""
+    model = model if model is not None else _load(onnx_path)
+    meta = {p.key: p.value for p in model.metadata_props}
+    seen = graph_precision(model)
+    if seen == "fp8":
+        raise BackendError(f"{onnx_path} is an FP8 QDQ graph; effattn builds FP32, FP16, BF16 and INT8 engines "
+                           "(FP8 is not supported yet)")
+    if metadata.PRECISION in meta and (said := metadata.precision_of(meta)) != seen:
+        raise BackendError(f"{onnx_path}: metadata {metadata.PRECISION} says {said} but the graph holds {seen} "
+                           "tensors; re-export it instead of editing it")
+    if seen == "int8" and (problems := qdq_problems(model)):
+        raise BackendError(f"{onnx_path} is not a QDQ graph TensorRT can build: {'; '.join(problems)}. Write it "
+                           "with 'effattn quantize' (signed symmetric INT8)")
+    return seen
+
+
+#: What "auto" builds from each graph precision: the graph's own, except that an FP32 export becomes the FP16
+#: engine (through the FP16 graph, which keeps the sensitive ops in FP32) - the engine TensorRT users ship.
+AUTO = {"fp32": "fp16"}
+
+
+def decide(graph: str, requested: str | None, fp16_flag: bool = False) -> EnginePrecision:
+    """The decision table (pure): ``requested`` None takes the graph's precision, "auto" as :data:`AUTO` says."""
+    want = graph if requested is None else AUTO.get(graph, graph) if requested == "auto" else requested
+    if want not in ENGINE_PRECISIONS:
+        raise BackendError(f"precision must be one of auto, {', '.join(ENGINE_PRECISIONS)}; got {requested!r}")
+    if fp16_flag and not (want == "fp16" and graph == "fp32" or want == graph == "int8"):
+        raise BackendError(f"fp16_flag builds an FP32 graph as FP16 or lets an INT8 graph's float layers run in "
+                           f"FP16 (TensorRT 10 only); it does not apply to a {want} engine of a {graph} graph")
+    if want == graph:
+        return EnginePrecision(want, graph, fp16_flag=fp16_flag)
+    if graph == "fp32" and want in CONVERTIBLE:
+        return EnginePrecision(want, graph, convert=None if fp16_flag else want, fp16_flag=fp16_flag)
+    if want == "int8":
+        raise BackendError(f"an INT8 engine needs an INT8 QDQ graph and this one is {graph}: quantize the FP32 export "
+                           "first ('effattn quantize', calibrated), then build that file")
+    if want == "fp32":
+        raise BackendError(f"the graph is {graph}; an FP32 engine needs the FP32 export")
+    raise BackendError(f"the graph is {graph}, so its engine is {graph}: precision lives in the graph (TensorRT builds "
+                       f"strongly typed networks). For a {want} engine build the FP32 export with precision={want!r}")
+
+
+def engine_precision(onnx_path: str | Path, requested: str | None = None, *, fp16_flag: bool = False
+                     ) -> EnginePrecision:
+    """What ``build_engine`` will build from ``onnx_path`` when asked for ``requested`` (None: the graph's own
+    precision), or a BackendError saying why not and what to do. Needs no TensorRT."""
+    onnx_path = Path(onnx_path)
+    return decide(read_graph_precision(onnx_path), requested, fp16_flag)
+
+
+def converted_graph(decision: EnginePrecision, onnx_path: str | Path, out: str | Path) -> Path:
+    """The file to build for ``decision``: ``onnx_path`` itself, or its FP16/BF16 conversion written to ``out``
+    (replacing it) when the decision converts an FP32 graph."""
+    if decision.convert is None:
+        return Path(onnx_path)
+    convert = {"fp16": to_fp16, "bf16": to_bf16}[decision.convert]
+    return convert(onnx_path, out, force=True)
+
+
+# ------------------------------------------------------------------------------------------ the census
+#: Layer types that only move or convert data: a Reformat from FP32 to INT8 is not an INT8 layer.
+_DATA_MOVEMENT = ("reformat", "quantize", "dequantize")
+
+
+def _tensor_type(tensor: Mapping) -> str | None:
+    """The precision class of one inspector tensor entry, or None when the inspector did not say.
+
+    TensorRT <= 10 writes one ``"Format/Datatype"`` string ("Row major linear FP16 format", "Half",
+    "N/A due to dynamic shapes"); TensorRT 11 splits it into ``"Datatype"`` ("Half", "BFloat16", ...)
+    and ``"Format"`` (polygraphy 0.53.6 ``tools/inspect/subtool/model/extractors/_trt.py``).
+    """
+    text = str(tensor.get("Datatype") or tensor.get("Format/Datatype") or "").lower()
+    if not text or "n/a" in text or "not available" in text:
+        return None
+    for kind, words in (("bf16", ("bfloat16", "bf16")), ("fp16", ("half", "fp16")), ("fp8", ("fp8",)),
+                        ("int8", ("int8",)), ("fp32", ("float", "fp32"))):
+        if any(w in text for w in words):
+            return kind
+    return "other"
+
+
+def _layer_kind(layer: Mapping) -> str | None:
+    """One layer's class: by its outputs' types, except that a layer reading INT8/FP8 is an INT8/FP8 layer
+    (an INT8 convolution with a float output: Q/DQ on inputs only) and a Reformat/Q/DQ layer is "reformat"."""
+    def types(key: str) -> list[str]:
+        return [k for t in layer.get(key, []) if isinstance(t, Mapping) and (k := _tensor_type(t))]
+
+    outs, ins = types("Outputs"), types("Inputs")
+    if not outs and not ins:
+        return None
+    if str(layer.get("LayerType", "")).lower().endswith(_DATA_MOVEMENT):
+        return "reformat"
+    order = ("fp8", "int8", "fp16", "bf16", "fp32")
+    return next((k for k in order if k in outs or (k in ("fp8", "int8") and k in ins)), "other")
+
+
+def census(info: Mapping) -> dict:
+    """Layers by precision from the inspector's JSON: {"layers": n, "fp16": k, "fp32": m, "reformat": r, ...};
+    ``"formats": "unknown"`` when the inspector gave no types (a dynamic-shape engine without a context)."""
+    layers = [layer for layer in info.get("Layers", []) if isinstance(layer, Mapping)]
+    kinds = [_layer_kind(layer) for layer in layers]
+    if layers and not any(kinds):
+        return {"layers": len(layers), "formats": "unknown"}
+    return {"layers": len(layers), **Counter(k or "other" for k in kinds)}
+
+
+def precision_refusal(precision: str, layers: Mapping) -> str | None:
+    """Why an engine must not be called ``precision`` -- only when the census *knows* no layer runs in it."""
+    if precision == "fp32" or not layers.get("layers") or "formats" in layers or "error" in layers:
+        return None
+    return None if layers.get(precision) else f"runs 0 of {layers['layers']} layers in {precision.upper()}"
+
+
+def fp16_refusal(layers: Mapping) -> str | None:
+    return precision_refusal("fp16", layers)

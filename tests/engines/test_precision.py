@@ -1,0 +1,201 @@
+"""The engine precision decision (one place, from the graph alone), the QDQ checks before a TensorRT INT8
+build, how each TensorRT version types the network, and the cache key: all without a GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from effattn import metadata
+from effattn.engines.cache import EngineKey
+from effattn.engines.precision import (EnginePrecision, converted_graph, decide, engine_precision, graph_precision,
+                                       qdq_problems, read_graph_precision)
+from effattn.engines.tensorrt_build import NetworkTyping, network_typing, version_tuple
+from effattn.errors import BackendError
+from effattn.export import export_onnx, quantize, to_fp16
+from effattn.export.precision import to_bf16
+from effattn.models import EfficientAttention
+from effattn.shapes import ShapeProfile
+
+PROFILE = ShapeProfile.single("1x16x8x8", "1x16x16x16", "2x16x16x16")
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("engine-precision")
+    torch.manual_seed(0)
+    block = EfficientAttention(16, 8, 2, 16).eval()
+    fp32 = export_onnx(block, PROFILE, d / "block.onnx").path
+    return {"dir": d, "fp32": fp32, "fp16": to_fp16(fp32, d / "block.fp16.onnx"),
+            "bf16": to_bf16(fp32, d / "block.bf16.onnx"),
+            "int8": quantize(fp32, d / "block.int8.onnx", samples=4).path}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+def test_graph_precision_is_read_from_the_graph_and_agrees_with_the_metadata(graphs, precision):
+    model = onnx.load(graphs[precision])
+    assert graph_precision(model) == precision
+    assert metadata.precision_of(metadata.read_metadata(graphs[precision])) == precision
+    assert engine_precision(graphs[precision]) == EnginePrecision(precision, precision)
+
+
+@pytest.mark.parametrize("graph,requested,fp16_flag,expected", [
+    ("fp32", None, False, EnginePrecision("fp32", "fp32")),
+    ("fp32", "auto", False, EnginePrecision("fp16", "fp32", convert="fp16")),  # the engine users ship
+    ("fp32", "auto", True, EnginePrecision("fp16", "fp32", fp16_flag=True)),
+    ("fp16", "auto", False, EnginePrecision("fp16", "fp16")),
+    ("int8", "auto", False, EnginePrecision("int8", "int8")),
+    ("bf16", "auto", False, EnginePrecision("bf16", "bf16")),
+    ("fp32", "fp16", False, EnginePrecision("fp16", "fp32", convert="fp16")),
+    ("fp32", "bf16", False, EnginePrecision("bf16", "fp32", convert="bf16")),
+    ("fp32", "fp16", True, EnginePrecision("fp16", "fp32", fp16_flag=True)),
+    ("fp16", None, False, EnginePrecision("fp16", "fp16")),
+    ("fp16", "fp16", False, EnginePrecision("fp16", "fp16")),
+    ("bf16", None, False, EnginePrecision("bf16", "bf16")),
+    ("int8", None, False, EnginePrecision("int8", "int8")),
+    ("int8", "int8", True, EnginePrecision("int8", "int8", fp16_flag=True)),
+])
+def test_decision_table(graph, requested, fp16_flag, expected):
+    assert decide(graph, requested, fp16_flag) == expected
+
+
+@pytest.mark.parametrize("graph,requested,fp16_flag,match", [
+    ("fp32", "int8", False, r"INT8 engine needs an INT8 QDQ graph and this one is fp32: quantize the FP32 export"),
+    ("fp16", "int8", False, r"this one is fp16"),
+    ("fp16", "fp32", False, r"the graph is fp16; an FP32 engine needs the FP32 export"),
+    ("int8", "fp32", False, r"the graph is int8; an FP32 engine needs the FP32 export"),
+    ("int8", "fp16", False, r"the graph is int8, so its engine is int8: precision lives in the graph"),
+    ("fp16", "bf16", False, r"For a bf16 engine build the FP32 export with precision='bf16'"),
+    ("fp32", "fp8", False, r"precision must be one of auto, fp32, fp16, bf16, int8; got 'fp8'"),
+    ("fp32", None, True, r"fp16_flag .* does not apply to a fp32 engine of a fp32 graph"),
+    ("fp16", "fp16", True, r"does not apply to a fp16 engine of a fp16 graph"),
+])
+def test_decision_refusals_say_what_to_do(graph, requested, fp16_flag, match):
+    with pytest.raises(BackendError, match=match):
+        decide(graph, requested, fp16_flag)
+
+
+def _edited(graphs, name: str, edit) -> str:
+    model = onnx.load(graphs["int8"])
+    edit(model)
+    path = graphs["dir"] / name
+    onnx.save(model, path)
+    return path
+
+
+def _zero_points(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    names = {n.input[2] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    return [t for t in model.graph.initializer if t.name in names]
+
+
+def test_metadata_that_disagrees_with_the_graph_is_refused(graphs):
+    path = _edited(graphs, "lies.onnx", lambda m: metadata.set_metadata(m, {metadata.PRECISION: "fp32"}))
+    with pytest.raises(BackendError, match=r"metadata effattn.precision says fp32 but the graph holds int8"):
+        engine_precision(path)
+
+
+def test_a_file_without_effattn_metadata_is_taken_at_the_graph_word(graphs):
+    path = _edited(graphs, "foreign.onnx", lambda m: m.ClearField("metadata_props"))
+    assert engine_precision(path) == EnginePrecision("int8", "int8")
+
+
+def test_asymmetric_or_unsigned_qdq_graphs_are_refused_before_tensorrt(graphs):
+    def unsigned(model):
+        for t in _zero_points(model):
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.uint8) + 128, t.name))
+
+    def shifted(model):
+        t = _zero_points(model)[0]
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + np.int8(3), t.name))
+
+    with pytest.raises(BackendError, match=r"zero points of type uint8 \(TensorRT takes signed INT8 only.*"
+                                           r"non-zero zero points \(asymmetric.*'effattn quantize'"):
+        engine_precision(_edited(graphs, "uint8.onnx", unsigned))
+    with pytest.raises(BackendError, match=r"not a QDQ graph TensorRT can build: [0-9]+ non-zero zero points"):
+        engine_precision(_edited(graphs, "asym.onnx", shifted))
+    assert qdq_problems(onnx.load(graphs["int8"])) == []
+
+
+def test_a_qdq_graph_without_a_quantized_layer_is_refused():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    inits = [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.int8(0), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits))
+    assert graph_precision(model) == "int8"
+    assert qdq_problems(model) == ["no op reads both its data and its weight through DequantizeLinear "
+                                   "(no quantized layer)"]
+
+
+def test_fp8_qdq_graphs_are_refused_by_name(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    inits = [numpy_helper.from_array(np.float32(0.1), "s"),
+             helper.make_tensor("z", TensorProto.FLOAT8E4M3FN, [], [0.0])]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 19)])
+    onnx.save(model, tmp_path / "fp8.onnx")
+    assert graph_precision(model) == "fp8"
+    with pytest.raises(BackendError, match="is an FP8 QDQ graph; effattn builds FP32, FP16, BF16 and INT8 engines"):
+        read_graph_precision(tmp_path / "fp8.onnx")
+
+
+def test_unreadable_files_are_one_line_errors(tmp_path):
+    with pytest.raises(BackendError, match="does not exist"):
+        engine_precision(tmp_path / "none.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"\x00junk")
+    with pytest.raises(BackendError, match="is not a readable ONNX model"):
+        engine_precision(tmp_path / "junk.onnx")
+
+
+INT8, FP16_FLAG = EnginePrecision("int8", "int8"), EnginePrecision("fp16", "fp32", fp16_flag=True)
+
+
+@pytest.mark.parametrize("version,rtx,decision,expected", [
+    ("11.4.0.106", False, INT8, NetworkTyping(True)),
+    ("10.13.3.9", False, INT8, NetworkTyping(True)),
+    ("10.12.0", False, INT8, NetworkTyping(True)),
+    ("10.8.0.43", False, INT8, NetworkTyping(False, ("int8",))),  # before strong typing was the way: INT8 flag
+    ("10.8.0.43", False, EnginePrecision("fp16", "fp16"), NetworkTyping(True)),
+    ("10.13.3.9", False, EnginePrecision("int8", "int8", fp16_flag=True), NetworkTyping(False, ("int8", "fp16"))),
+    ("10.13.3.9", False, FP16_FLAG, NetworkTyping(False, ("fp16",))),
+    ("1.7.1", True, EnginePrecision("bf16", "bf16"), NetworkTyping(True)),
+])
+def test_network_typing_per_tensorrt_version(version, rtx, decision, expected):
+    assert network_typing(version, decision, rtx) == expected
+
+
+@pytest.mark.parametrize("version,rtx,match", [("11.0.0", False, "TensorRT 11.0.0 has no FP16 builder flag"),
+                                                ("1.7.1", True, "TensorRT-RTX 1.7.1 has no FP16 builder flag"),
+                                                ("8.6.1", False, "TensorRT 8.6.1 is too old")])
+def test_network_typing_refusals(version, rtx, match):
+    with pytest.raises(BackendError, match=match):
+        network_typing(version, FP16_FLAG, rtx)
+
+
+def test_version_tuple():
+    assert version_tuple("10.13.3.9.post1") == (10, 13) and version_tuple("11") == (11, 0)
+
+
+def test_engine_key_and_sidecar_record_the_precision_and_typing():
+    def key(precision, typing):
+        options = {"optimization_level": 3, "strongly_typed": typing.strongly_typed,
+                   "precision_flags": list(typing.flags), "graph_precision": "int8"}
+        return EngineKey.create(b"graph", precision, ["{}"], options, "tensorrt", "10.8.0", "NVIDIA H100", "9.0")
+
+    strong, weak = key("int8", NetworkTyping(True)), key("int8", NetworkTyping(False, ("int8",)))
+    assert len({strong.digest, weak.digest, key("fp32", NetworkTyping(True)).digest}) == 3
+    assert strong.precision == "int8" and '"precision_flags":["int8"]' in weak.builder_options
+
+
+def test_converted_graph_follows_the_decision(graphs, tmp_path):
+    assert converted_graph(engine_precision(graphs["int8"]), graphs["int8"], tmp_path / "x.onnx") == graphs["int8"]
+    assert not (tmp_path / "x.onnx").exists()
+    decision = engine_precision(graphs["fp32"], "bf16")
+    out = converted_graph(decision, graphs["fp32"], tmp_path / "b.onnx")
+    assert out == tmp_path / "b.onnx" and engine_precision(out) == EnginePrecision("bf16", "bf16")
