@@ -77,13 +77,11 @@ class OpenVINORunner(Runner):
     def __init__(self, path: str | Path, precision: str | None = None, threads: int | None = None) -> None:
         """``precision``: ``auto`` (default, see :func:`choose_precision`), ``fp32`` or ``bf16``;
         ``threads``: inference threads (default: OpenVINO's, every core)."""
-        from ..metadata import read_metadata
-
         self.path = Path(path)
         if not self.path.is_file():
             raise BackendError(f"ONNX file {self.path} does not exist")
         try:
-            self.metadata = read_metadata(self.path)
+            self.metadata = metadata.read_metadata(self.path)
         except Exception as e:  # ExportError for foreign files: here it means the backend cannot load it
             raise BackendError(f"OpenVINO cannot load {self.path}: {first_line(e)}") from None
         self.precision, self.hint = choose_precision(metadata.precision_of(self.metadata), precision)
