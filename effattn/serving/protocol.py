@@ -53,9 +53,13 @@ class RequestError(Exception):
         self.status = status
 
 
+_KSERVE = {dtype: name for name, dtype in DATATYPES.items()}
+
+
 def datatype_of(dtype) -> str:
     """The KServe datatype of a numpy dtype (InputError for one the protocol cannot carry)."""
-    return dtypes.of_numpy(dtype).kserve
+    name = _KSERVE.get(dtype)  # a dict hit per tensor on the hot path; the table names the rest
+    return name if name is not None else dtypes.of_numpy(dtype).kserve
 
 
 class ByteBudget:
