@@ -145,8 +145,13 @@ class Metrics:
 
 def serve_model(name: str, runner: Runner, options: ServeOptions, metrics: Metrics) -> ServedModel:
     """``runner`` with its batcher and its Triton config: batching up to the limit :func:`.repository.batch_limit`
-    sets (none for a model without a shape profile: nothing says which batch sizes it takes)."""
+    sets (none for a model without a shape profile: nothing says which batch sizes it takes). A runner that
+    can (ONNX Runtime on the CPU) stops spinning its idle threads: between engine calls the server's own
+    threads (HTTP, gRPC, batching) need the cores, and spinning threads took them (measured in the README)."""
     check_model_name(name)
+    quiet = getattr(runner, "stop_spinning", None)  # ONNX Runtime on the CPU: see the README's Serving
+    if quiet is not None:
+        quiet()
     requested = options.max_batch_size if runner.profile is not None else 1
     max_batch = max(1, batch_limit(requested, runner_tensors(runner.inputs), runner.profile))
     delay = options.max_queue_delay_ms / 1e3 if max_batch > 1 else 0.0
