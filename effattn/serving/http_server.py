@@ -412,6 +412,37 @@ class GuardedH11Protocol(HeadDeadline, H11Protocol):
         return self.conn.their_state is h11.IDLE
 
 
+class HeadWithBody:
+    """A response's transport that holds its head until the body's first write in the same loop turn, so
+    head and body leave in one send (one packet and one wake-up for the client, not two); a head with
+    no body in that turn is written at its end. Everything else is the connection's own transport."""
+
+    def __init__(self, transport, loop) -> None:
+        self._transport, self._loop, self._head = transport, loop, None
+
+    def write(self, data) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head + data)
+        elif data[:5] == b"HTTP/":
+            self._head = data
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
 def guarded_protocol() -> type:
     """uvicorn's httptools protocol with the head deadline where httptools is installed, else its h11 one."""
     try:
@@ -426,7 +457,10 @@ def guarded_protocol() -> type:
 
         def on_headers_complete(self) -> None:
             self._heads += 1
+            cycle = self.cycle
             super().on_headers_complete()
+            if self.cycle is not cycle:  # a new request: its answer goes out through a coalescing transport
+                self.cycle.transport = HeadWithBody(self.transport, self.loop)
 
         def on_response_complete(self) -> None:
             self._answers += 1

@@ -1,4 +1,4 @@
-"""The transport-independent KServe v2 pieces: infer paths, datatypes, tensor checks, the batch limit."""
+"""Serving pieces without a server: infer paths, datatypes, tensor checks, the batch limit, response writes."""
 
 from __future__ import annotations
 
@@ -50,3 +50,38 @@ def test_raw_and_value_tensors_are_checked():
 def test_batch_limit_is_the_one_clamp(requested, dims, batch, limit):
     profile = None if batch is None else ShapeProfile.single(f"{batch[0]}x3", f"{batch[0]}x3", f"{batch[1]}x3")
     assert batch_limit(requested, [TensorConfig("input", np.dtype(np.float32), dims)], profile) == limit
+
+
+def test_a_response_head_leaves_with_its_body():
+    import asyncio
+
+    from effattn.serving.http_server import HeadWithBody
+
+    class Transport:
+        def __init__(self):
+            self.writes, self.closed = [], False
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+
+        def close(self):
+            self.closed = True
+
+        def is_closing(self):
+            return self.closed
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sent = Transport()
+        coalescing = HeadWithBody(sent, loop)
+        coalescing.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        coalescing.write(b"body")
+        assert sent.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+        coalescing.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # a head alone goes out at the end of the loop turn
+        await asyncio.sleep(0)
+        assert sent.writes[-1] == b"HTTP/1.1 100 Continue\r\n\r\n"
+        coalescing.write(b"HTTP/1.1 503 Service Unavailable\r\n\r\n")
+        coalescing.close()  # closing writes what is held first
+        assert sent.writes[-1].startswith(b"HTTP/1.1 503") and sent.closed and coalescing.is_closing()
+
+    asyncio.run(main())
