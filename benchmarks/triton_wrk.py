@@ -16,8 +16,10 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+from importlib import metadata as dists
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,27 @@ def rounds(bases: dict[str, str], script: Path, connections: list[int], seconds:
             for name in order:
                 runs[name][c].append(wrk(bases[name], script, c, seconds))
     return runs
+
+
+def lscpu() -> dict:
+    """The CPU as ``lscpu`` names it: model, family/model/stepping, cores, hypervisor and every flag."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    keep = ("Model name", "Vendor ID", "CPU family", "Model", "Stepping", "CPU(s)", "Thread(s) per core",
+            "Hypervisor vendor", "L2 cache", "L3 cache", "Flags")
+    return {k: fields[k].strip() for k in keep if k in fields}
+
+
+def http_parser() -> str:
+    """What parses HTTP in ``effattn serve`` here: httptools where it is installed, else h11."""
+    try:
+        import httptools
+    except ImportError:
+        return f"h11 {dists.version('h11')}"
+    return f"httptools {httptools.__version__}"
 
 
 def summary(runs: dict) -> dict:
@@ -76,7 +99,8 @@ def main() -> None:
     results = {"schema": "effattn.serve-vs-triton/1", "environment": environment(args.threads),
                "command": "python " + " ".join(sys.argv), "model": "ea_segnet_tiny 1x3x64x64, onnxruntime cpu",
                "triton": f"tritonserver 2.51 from {WHEEL}, Python backend on ONNX Runtime, max batch 8, 2 ms delay",
-               "effattn": "effattn serve --max-batch-size 8 --max-queue-delay-ms 2",
+               "effattn": f"effattn serve --max-batch-size 8 --max-queue-delay-ms 2 ({http_parser()})",
+               "lscpu": lscpu(),
                "load": f"wrk -t1 -d{args.seconds:g}s, binary tensor data in and out, {args.rounds} interleaved rounds",
                "load_average_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:

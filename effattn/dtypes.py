@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto
 
-from .errors import InputError
+from .errors import BackendError, InputError
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,14 @@ def of_numpy(dtype, what: str = "tensor") -> DType:
 def numpy_dtype(row: DType) -> np.dtype:
     """The host dtype: numpy's own, and float32 for BF16 (numpy has none; runners cast on the device)."""
     return np.dtype(row.numpy or "float32")
+
+
+def io_dtypes(trt_dtype_name: str, tensor: str) -> tuple[str, str]:
+    """(device buffer torch dtype, host numpy dtype) for an engine I/O tensor; BF16 is fed and returned as
+    float32 (numpy has no bfloat16) and cast on the device. Types with no buffer this runner can fill (FP8,
+    INT4, FP4, E8M0: quantized internals, never model I/O here) are refused by name."""
+    try:
+        row = lookup("tensorrt", trt_dtype_name, f"engine tensor {tensor!r}")
+    except InputError as e:
+        raise BackendError(str(e)) from None
+    return row.torch, numpy_dtype(row).name

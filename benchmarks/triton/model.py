@@ -3,6 +3,8 @@
 The stub's Python must see numpy < 2 (with numpy 2 the 2.51 stub answers empty outputs): start
 ``tritonserver`` with ``PYTHONPATH`` naming a folder that holds numpy < 2 and onnxruntime (the stub
 imports numpy before this file runs). Config parameter ``threads``: ONNX Runtime intra-op threads.
+The session is the one ``effattn serve`` opens: full graph optimisation (ONNX Runtime's default) and
+idle threads that sleep instead of spinning.
 """
 
 import json
@@ -20,6 +22,9 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         threads = int(config.get("parameters", {}).get("threads", {}).get("string_value", "0"))
         options.intra_op_num_threads = threads
+        # as `effattn serve` runs it: idle threads sleep, not spin (the server's own threads need the cores)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]

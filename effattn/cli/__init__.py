@@ -246,7 +246,7 @@ def _serve(add) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, help="also serve KServe v2 gRPC here (Triton uses 8001; needs "
                    "tritonclient[grpc])")
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "openvino", "tensorrt"), default="auto")
     p.add_argument("--device", choices=("cpu", "cuda"), help="force the ONNX Runtime device")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per model")
     p.add_argument("--max-batch-size", type=int, default=8, help="items per engine call (capped by the profile)")

@@ -24,7 +24,7 @@ from ..export import export_onnx, quantize
 from ..files import atomic_output, check_writable
 from ..models import create_model, get_entry, list_models, load_model
 from ..names import parse_model_spec
-from ..runtime import Runner, load, random_inputs
+from ..runtime import Runner, choose_backend, load, random_inputs
 from ..serving.grpc_server import check_grpc_port, require_grpc
 from ..serving.http_server import ServeOptions, listen, serve
 from ..serving.repository import TritonOptions, write_repository
@@ -280,7 +280,8 @@ def cmd_bench(args) -> None:
 
 def served_models(specs: Sequence[str], args) -> dict[str, Runner]:
     """``[NAME=]FILE`` specs -> runners, names defaulting to the file name before its first dot; every name and
-    file is checked before the first model loads."""
+    file is checked before the first model loads. ONNX Runtime CPU sessions open with sleeping idle threads
+    (the server's own threads need the cores between engine calls; see the README's Serving)."""
     named = [parse_model_spec(spec) for spec in specs]
     names = [name for name, _ in named]
     for name, path in named:
@@ -290,7 +291,9 @@ def served_models(specs: Sequence[str], args) -> dict[str, Runner]:
             raise InputError(f"{path} does not exist")
     models = {}
     for name, path in named:
-        models[name] = load(path, backend=args.backend, device=args.device, threads=args.threads)
+        choice = choose_backend(path, args.backend, args.device) if path.suffix.lower() == ".onnx" else None
+        quiet = {"spinning": False} if choice and choice.backend == "onnxruntime" and choice.device == "cpu" else {}
+        models[name] = load(path, backend=args.backend, device=args.device, threads=args.threads, **quiet)
         log.info("serving %s from %s on %s", name, path, models[name].backend)
     return models
 

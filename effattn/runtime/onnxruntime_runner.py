@@ -67,14 +67,16 @@ class OnnxRuntimeRunner(Runner):
     MAX_GRAPHS = 8
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
-                 cuda_graph: bool | None = None, io_binding: bool | None = None) -> None:
+                 cuda_graph: bool | None = None, io_binding: bool | None = None, spinning: bool = True) -> None:
         """``cuda_graph`` (CUDA only): True, False, or None to use graphs when the profile is static;
-        ``io_binding``: bind buffers by address (default: on for GPU devices)."""
+        ``io_binding``: bind buffers by address (default: on for GPU devices); ``spinning``: ONNX Runtime's
+        idle threads spin for the next run (its default) or sleep (:func:`create_session`)."""
         self.path = Path(path)
         self.device = device
+        self.threads, self.spinning = threads, spinning
         self.io_binding = device != "cpu" if io_binding is None else io_binding
         self.backend = f"onnxruntime-{device}"
-        self.session = create_session(self.path, device, threads)
+        self.session = create_session(self.path, device, threads, spinning=spinning)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         profile = metadata.profile_of(self.metadata)
 
@@ -92,13 +94,20 @@ class OnnxRuntimeRunner(Runner):
         static = self.profile is not None and self.profile.static
         if wants_cuda_graph(device, cuda_graph, self.io_binding, static):
             try:
-                self.session = create_session(self.path, device, threads, cuda_graph=True)
+                self.session = create_session(self.path, device, threads, cuda_graph=True, spinning=spinning)
                 self.cuda_graph = True
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix="effattn-ort-graph")
             except BackendError as e:
                 if cuda_graph:
                     raise
                 log.info("CUDA graphs off for %s: %s", self.path, e)
+
+    def stop_spinning(self) -> None:
+        """Reopen the session with sleeping idle threads (``spinning=False``), if it spins; CPU sessions only
+        (a graph session keeps its captured graphs). For a server, whose own threads need the cores."""
+        if self.spinning and self.device == "cpu":
+            self.session = create_session(self.path, self.device, self.threads, spinning=False)
+            self.spinning = False
 
     # ------------------------------------------------------------------ numpy in, numpy out
     def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:

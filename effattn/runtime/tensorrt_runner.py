@@ -17,25 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from ..dtypes import io_dtypes  # noqa: F401 (the runner's I/O types, re-exported)
 from ..engines.cache import plan_backend, verify_plan
 from ..engines.tensorrt_build import gpu_identity, import_tensorrt
-from .. import dtypes
 from ..errors import BackendError, InputError
 from ..shapes import InputProfile
 from .base import Runner, TensorSpec
 from .cudagraphs import GraphPolicy, ShapeGraphs
 from .torch_runner import to_numpy
-
-def io_dtypes(trt_dtype_name: str, tensor: str) -> tuple[str, str]:
-    """(device buffer torch dtype, host numpy dtype) for an engine I/O tensor; BF16 is fed and returned as
-    float32 (numpy has no bfloat16) and cast on the device. Types with no buffer this runner can fill (FP8,
-    INT4, FP4, E8M0: quantized internals, never model I/O here) are refused by name."""
-    try:
-        row = dtypes.lookup("tensorrt", trt_dtype_name, f"engine tensor {tensor!r}")
-    except InputError as e:
-        raise BackendError(str(e)) from None
-    return row.torch, dtypes.numpy_dtype(row).name
-
 
 @dataclass
 class _Slot:

@@ -15,19 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
+import onnx
 from google.protobuf.text_encoding import CEscape
 
+from .. import dtypes, metadata
+from ..engines.cache import Sidecar, sidecar_path
 from ..errors import BackendError, ConfigError, InputError, first_line
 from ..files import atomic_folder
 from ..names import check_model_name, name_from_file
 from ..shapes import ShapeProfile
 
 PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
-_TYPES = {np.dtype(np.float32): "TYPE_FP32", np.dtype(np.float16): "TYPE_FP16", np.dtype(np.float64): "TYPE_FP64",
-          np.dtype(np.int64): "TYPE_INT64", np.dtype(np.int32): "TYPE_INT32", np.dtype(np.int16): "TYPE_INT16",
-          np.dtype(np.int8): "TYPE_INT8", np.dtype(np.uint64): "TYPE_UINT64", np.dtype(np.uint32): "TYPE_UINT32",
-          np.dtype(np.uint16): "TYPE_UINT16", np.dtype(np.uint8): "TYPE_UINT8", np.dtype(np.bool_): "TYPE_BOOL"}
 
 
 @dataclass
@@ -55,9 +53,10 @@ def _quote(text: str) -> str:
 
 
 def _type_of(name: str, dtype: np.dtype) -> str:
-    if dtype not in _TYPES:
-        raise InputError(f"tensor {name!r} has dtype {dtype}, which Triton's config cannot express")
-    return _TYPES[dtype]
+    try:
+        return dtypes.of_numpy(dtype).triton
+    except InputError:
+        raise InputError(f"tensor {name!r} has dtype {dtype}, which Triton's config cannot express") from None
 
 
 def config_dict(name: str, platform: str, inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig],
@@ -92,11 +91,17 @@ def config_dict(name: str, platform: str, inputs: Sequence[TensorConfig], output
     return config
 
 
+def batch_limit(requested: int, inputs: Sequence[TensorConfig], profile: ShapeProfile | None) -> int:
+    """Triton's ``max_batch_size`` for ``requested``: 0 (no batch axis) unless every input's first axis is
+    dynamic, and never above the profile's largest batch. The one place the limit meets the profile:
+    ``effattn triton`` writes it and ``effattn serve`` batches up to it."""
+    if requested <= 0 or not all(t.dims and t.dims[0] == -1 for t in inputs):
+        return 0
+    return min(requested, profile.batch_range[1]) if profile is not None else requested
+
+
 def _max_batch(inputs: Sequence[TensorConfig], profile: ShapeProfile | None, options: TritonOptions) -> int:
-    """Triton's max_batch_size: 0 (no batch axis) unless every input's first axis is dynamic."""
-    profile_batch = profile.batch_range[1] if profile else None
-    batching = options.max_batch_size > 0 and all(t.dims and t.dims[0] == -1 for t in inputs)
-    max_batch = min(options.max_batch_size, profile_batch or options.max_batch_size) if batching else 0
+    max_batch = batch_limit(options.max_batch_size, inputs, profile)
     for size in options.preferred_batch_sizes:
         if not 1 <= size <= max_batch:
             raise InputError(f"preferred batch size {size} is outside 1..max_batch_size ({max_batch})")
@@ -180,8 +185,6 @@ def write_repository(model_file: str | Path, repository: str | Path, name: str |
         (tmp / "1").mkdir()
         shutil.copyfile(model_file, tmp / "1" / PLATFORMS[platform][1])
         if platform == "tensorrt":
-            from ..engines.cache import sidecar_path
-
             sidecar = sidecar_path(model_file)
             if sidecar.exists():
                 shutil.copyfile(sidecar, tmp / "1" / (PLATFORMS[platform][1] + ".json"))
@@ -190,11 +193,6 @@ def write_repository(model_file: str | Path, repository: str | Path, name: str |
 
 
 def _onnx_io(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], ShapeProfile | None]:
-    import onnx
-
-    from .. import metadata
-    from ..metadata import read_metadata
-
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
@@ -210,13 +208,11 @@ def _onnx_io(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], ShapeP
 
     init = {i.name for i in model.graph.initializer}
     return (tensors([v for v in model.graph.input if v.name not in init]), tensors(model.graph.output),
-            metadata.profile_of(read_metadata(path)))
+            metadata.profile_of(metadata.read_metadata(path)))
 
 
 def _plan_io(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], ShapeProfile | None]:
     """A plan's I/O from its sidecar (the plan itself needs TensorRT and the right GPU to open)."""
-    from ..engines.cache import Sidecar, sidecar_path
-
     sidecar_file = sidecar_path(path)
     if not sidecar_file.exists():
         raise InputError(f"{path} has no sidecar {sidecar_file.name}; build it with 'effattn build' so its I/O is known")
@@ -227,13 +223,11 @@ def _plan_io(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], ShapeP
 def _sidecar_io(sidecar) -> tuple[list[TensorConfig], list[TensorConfig], ShapeProfile | None]:
     """I/O as the builder recorded it (TensorRT dtype names, -1 for dynamic axes) and the first profile.
     Types map as the TensorRT runner maps them; one it cannot feed is refused by name, never taken as FP32."""
-    from ..runtime.tensorrt_runner import io_dtypes
-
     profiles = sidecar.key.get("profiles") or ()
     profile = ShapeProfile.from_json(profiles[0]) if profiles else None
     tensors = {"INPUT": [], "OUTPUT": []}
     for t in sidecar.io:
-        device_dtype, host_dtype = io_dtypes(t["dtype"], t["name"])
+        device_dtype, host_dtype = dtypes.io_dtypes(t["dtype"], t["name"])
         if device_dtype == "bfloat16":
             raise InputError(f"engine tensor {t['name']!r} is BF16, which effattn's Triton configs do not express yet")
         tensors[t["mode"]].append(TensorConfig(t["name"], np.dtype(host_dtype),
@@ -241,16 +235,18 @@ def _sidecar_io(sidecar) -> tuple[list[TensorConfig], list[TensorConfig], ShapeP
     return tensors["INPUT"], tensors["OUTPUT"], profile
 
 
+def runner_tensors(specs) -> list[TensorConfig]:
+    """A runner's input or output specs as TensorConfigs (-1 for every axis that is not a fixed size)."""
+    return [TensorConfig(s.name, np.dtype(s.dtype), [d if isinstance(d, int) else -1 for d in (s.shape or ())])
+            for s in specs.values()]
+
+
 def served_config(name: str, runner, max_batch_size: int, max_queue_delay_us: int, instances: int) -> dict:
     """The ModelConfig of a model ``effattn serve`` serves: what ``effattn triton`` writes for the same file
     with the server's batching (no warm-up: the server runs none)."""
     platform = "tensorrt" if runner.backend == "tensorrt" else "onnxruntime"
     kind = "KIND_CPU" if str(getattr(runner, "device", "cpu")) == "cpu" else "KIND_GPU"
-
-    def tensors(specs) -> list[TensorConfig]:
-        return [TensorConfig(s.name, np.dtype(s.dtype), [d if isinstance(d, int) else -1 for d in (s.shape or ())])
-                for s in specs.values()]
-
     options = TritonOptions(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
                             instances=instances, kind=kind, warmup=False)
-    return config_dict(name, platform, tensors(runner.inputs), tensors(runner.outputs), runner.profile, options)
+    return config_dict(name, platform, runner_tensors(runner.inputs), runner_tensors(runner.outputs), runner.profile,
+                       options)

@@ -67,7 +67,7 @@ def test_runner_without_io_binding_never_asks_for_a_graph_session(tmp_path, monk
     path = export_onnx(EfficientAttention(8, 4, 2, 8), PROFILE, tmp_path / "static.onnx").path
     asked = []
 
-    def fake_session(path, device, threads=None, cuda_graph=False):
+    def fake_session(path, device, threads=None, cuda_graph=False, spinning=True):
         asked.append(cuda_graph)
         return create_session(path, "cpu", threads)
 

@@ -225,3 +225,17 @@ def test_serve_cli_names_bad_model_arguments(files, tmp_path, capsys):
     assert "missing.onnx does not exist" in capsys.readouterr().err
     assert main(["serve", f"a={files['block']}", f"a={files['slow']}"]) == 2
     assert "two models are named 'a'; name them: NAME=FILE" in capsys.readouterr().err
+
+
+def test_served_onnx_runtime_sessions_do_not_spin(files):
+    """A server's own threads need the cores between engine calls: its ONNX Runtime threads sleep when idle."""
+    from effattn.serving.server import Server, ServeOptions
+
+    runner = load(files["block"], device="cpu", threads=1)
+    assert runner.spinning  # ONNX Runtime's default, for every other use of a runner
+    Server({"block": runner}, ServeOptions())
+    options = runner.session.get_session_options()
+    assert not runner.spinning
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    runner.close()

@@ -186,7 +186,7 @@ def test_config_pbtxt_and_config_json_come_from_one_dict(options):
 
 
 def test_every_integer_width_effattn_serve_accepts_has_a_triton_type():
-    from effattn.serving.http_server import DATATYPES
+    from effattn.serving.protocol import DATATYPES
 
     tensors = [TensorConfig(name, np.dtype(dtype), [-1, 4]) for name, dtype in DATATYPES.items()]
     config = parse(model_config("m", "onnxruntime", tensors, tensors, None, TritonOptions()))

@@ -1,0 +1,279 @@
+"""What ``effattn serve`` is apart from its transports: options, served models, metrics, and one :class:`Server`.
+
+The HTTP front end (:mod:`.http_server`) and the gRPC one (:mod:`.grpc_server`) both hold the same
+:class:`Server`: the same models and batchers, one byte budget for requests in flight, one set of
+Prometheus metrics, one "closing" flag, and the same inference path (:meth:`Server.infer`: check the
+feed, queue it for the batcher, map every failure to a :class:`~.protocol.RequestError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import math
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ..errors import BackendError, ConfigError, InputError
+from ..names import check_model_name
+from ..runtime.base import Runner
+from .batching import DynamicBatcher, QueueFull
+from .protocol import ByteBudget, RequestError, datatype_of
+from .repository import batch_limit, runner_tensors, served_config
+from .stats import ModelStats
+
+
+@dataclass
+class ServeOptions:
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 2.0
+    max_queue: int = 64
+    timeout_s: float = 30.0
+    max_request_bytes: int = 64 * 2**20
+    instances: int = 1  # engine calls in flight at once per model
+    grpc_port: int | None = None  # also serve KServe v2 over gRPC on this port
+    host: str = "127.0.0.1"  # the gRPC server binds here too
+    graceful_seconds: float = 30.0
+    max_inflight_bytes: int = 256 * 2**20  # request bytes held at once (HTTP and gRPC together); 503 beyond
+    max_connections: int = 512  # concurrent connections (HTTP) and calls (gRPC); 503 / RESOURCE_EXHAUSTED beyond
+    keep_alive_s: float = 5.0  # idle or half-sent (request head) connections are closed after this long
+
+    def __post_init__(self) -> None:
+        positive = {"max_batch_size": self.max_batch_size, "max_queue": self.max_queue, "instances": self.instances,
+                    "timeout": self.timeout_s, "max_request_bytes": self.max_request_bytes,
+                    "max_connections": self.max_connections, "keep_alive_s": self.keep_alive_s}
+        bad = [f"{k} {v}" for k, v in positive.items() if not (v > 0 and math.isfinite(v))]
+        bad += [f"{k} {v}" for k, v in {"max_queue_delay_ms": self.max_queue_delay_ms,
+                                          "graceful_seconds": self.graceful_seconds}.items()
+                if not (v >= 0 and math.isfinite(v))]
+        if bad:
+            raise ConfigError(f"serve options out of range: {', '.join(bad)} (sizes, counts and times must be "
+                              "positive and finite; delays may be 0)")
+        if self.max_inflight_bytes < self.max_request_bytes:
+            raise ConfigError(f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least max_request_bytes "
+                              f"({self.max_request_bytes}), or no request of the largest size could ever run")
+        if self.grpc_port is not None:
+            check_port(self.grpc_port, "gRPC port")
+
+
+def check_port(port: int, what: str = "port") -> int:
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"{what} {port!r} is not a TCP port (1-65535)")
+    return port
+
+
+def listen(host: str, port: int, what: str = "port") -> socket.socket:
+    """A listening socket on ``host:port`` without SO_REUSEPORT, so a port in use is refused, not shared."""
+    check_port(port, what)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)  # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on connections
+    except OSError as e:
+        raise BackendError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # only TIME_WAIT leftovers, never a live server
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        busy = " (is another server running there?)" if e.errno == errno.EADDRINUSE else ""
+        raise BackendError(f"cannot listen on {what} {host}:{port}: {e.strerror or e}{busy}") from None
+    return sock
+
+
+@dataclass
+class ServedModel:
+    name: str
+    runner: Runner
+    batcher: DynamicBatcher
+    version: str = "1"
+    ready: bool = True
+    stats: ModelStats = field(default_factory=ModelStats)
+    config: dict = field(default_factory=dict)  # Triton's ModelConfig (JSON form), the one `effattn triton` writes
+
+    def metadata(self) -> dict:
+        def tensor(spec, with_profile: bool) -> dict:
+            shape = [-1 if not isinstance(d, int) else d for d in (spec.shape or [])]
+            out = {"name": spec.name, "datatype": datatype_of(spec.dtype), "shape": shape}
+            if with_profile and spec.profile is not None:
+                out["parameters"] = {"min": list(spec.profile.min), "opt": list(spec.profile.opt),
+                                     "max": list(spec.profile.max)}
+            return out
+
+        return {"name": self.name, "versions": [self.version], "platform": f"effattn_{self.runner.backend}",
+                "inputs": [tensor(s, True) for s in self.runner.inputs.values()],
+                "outputs": [tensor(s, False) for s in self.runner.outputs.values()],
+                "parameters": {"max_batch_size": self.batcher.max_batch_size,
+                               "max_queue_delay_ms": self.batcher.max_queue_delay * 1e3}}
+
+
+@dataclass
+class Metrics:
+    """Prometheus metrics in a registry of their own (one per server, so tests can run several)."""
+
+    registry: Any = None
+    requests: Any = None
+    latency: Any = None
+    batch: Any = None
+    queue: Any = None
+    inflight: Any = None
+
+    @classmethod
+    def create(cls) -> Metrics:
+        registry = CollectorRegistry()
+        return cls(
+            registry,
+            Counter("effattn_requests", "Inference requests by model and HTTP status", ["model", "code"],
+                    registry=registry),
+            Histogram("effattn_request_seconds", "Inference request latency, arrival to answer", ["model"],
+                      buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10), registry=registry),
+            Histogram("effattn_batch_size", "Items per engine call (dynamic batching)", ["model"],
+                      buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64), registry=registry),
+            Gauge("effattn_queue_depth", "Requests waiting to be batched", ["model"], registry=registry),
+            Gauge("effattn_inflight_bytes", "Request bytes held by the server (HTTP and gRPC)", registry=registry),
+        )
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def serve_model(name: str, runner: Runner, options: ServeOptions, metrics: Metrics) -> ServedModel:
+    """``runner`` with its batcher and its Triton config: batching up to the limit :func:`.repository.batch_limit`
+    sets (none for a model without a shape profile: nothing says which batch sizes it takes). A runner that
+    can (ONNX Runtime on the CPU) stops spinning its idle threads: between engine calls the server's own
+    threads (HTTP, gRPC, batching) need the cores, and spinning threads took them (measured in the README)."""
+    check_model_name(name)
+    quiet = getattr(runner, "stop_spinning", None)  # ONNX Runtime on the CPU: see the README's Serving
+    if quiet is not None:
+        quiet()
+    requested = options.max_batch_size if runner.profile is not None else 1
+    max_batch = max(1, batch_limit(requested, runner_tensors(runner.inputs), runner.profile))
+    delay = options.max_queue_delay_ms / 1e3 if max_batch > 1 else 0.0
+    stats = ModelStats()
+    batch = metrics.batch.labels(name)
+    batcher = DynamicBatcher(runner.infer, max_batch_size=max_batch, max_queue_delay=delay,
+                             max_queue=options.max_queue, workers=options.instances, on_batch=batch.observe,
+                             stats=stats)
+    config = served_config(name, runner, max_batch, round(delay * 1e6), options.instances)
+    return ServedModel(name, runner, batcher, stats=stats, config=config)
+
+
+class Server:
+    """The served models and everything the HTTP and gRPC front ends share."""
+
+    def __init__(self, models: Mapping[str, Runner], options: ServeOptions | None = None) -> None:
+        self.options = options or ServeOptions()
+        self.metrics = Metrics.create()
+        self.budget = ByteBudget(self.options.max_inflight_bytes)
+        self.models = {name: serve_model(name, runner, self.options, self.metrics) for name, runner in models.items()}
+        self.closing = False
+        self._answers: dict[tuple[str, int], Any] = {}  # (model label, status) -> its counter child
+        self._latency = {name: self.metrics.latency.labels(name) for name in self.models}
+
+    def ready(self) -> bool:
+        return not self.closing and all(m.ready for m in self.models.values())
+
+    def start(self) -> None:
+        for model in self.models.values():
+            model.batcher.start()
+
+    async def stop(self) -> None:
+        self.closing = True
+        for model in self.models.values():
+            await model.batcher.stop()
+            model.runner.close()
+
+    def model(self, name: str, version: str | None = None) -> ServedModel:
+        """The served model ``name`` (at ``version``, if given), or a 404 naming the models served."""
+        model = self.models.get(name)
+        if model is None or (version and version != model.version):
+            raise RequestError(404, f"unknown model {name!r}" + (f" version {version}" if version else "")
+                               + f"; serving {sorted(self.models)}")
+        return model
+
+    def statistics(self, name: str = "", version: str = "") -> dict:
+        """Triton's statistics response for one model, or for all when ``name`` is empty (400 if unknown, as Triton)."""
+        if not name:
+            return {"model_stats": [m.stats.json(m.name, m.version) for m in self.models.values()]}
+        model = self.models.get(name)
+        if model is None or (version and version != model.version):
+            raise RequestError(400, f"requested model {name!r}" + (f" version {version}" if version else "")
+                               + f" is not available; serving {sorted(self.models)}")
+        return {"model_stats": [model.stats.json(model.name, model.version)]}
+
+    def index(self, ready_only: bool = False) -> list[dict]:
+        """Triton's repository index: every served model, READY or UNAVAILABLE."""
+        return [{"name": m.name, "version": m.version, "state": "READY" if m.ready else "UNAVAILABLE"}
+                for m in self.models.values() if m.ready or not ready_only]
+
+    def answered(self, model: str, status: int, seconds: float) -> None:
+        """Count one answer (and feed the model's statistics: successes, and failures of the server's side
+        (5xx) -- a request refused for its own fault (4xx) never reached the model, so Triton counts it in
+        neither); unknown model names share one label, so clients cannot grow the label set."""
+        served = self.models.get(model)
+        label = model if served is not None else "(unknown)"
+        if served is not None and (status == 200 or status >= 500):
+            served.stats.answered(status == 200, int(seconds * 1e9))
+        counter = self._answers.get((label, status))
+        if counter is None:
+            counter = self._answers[label, status] = self.metrics.requests.labels(label, str(status))
+        counter.inc()
+        if status == 200:
+            self._latency[label].observe(seconds)
+
+    def prometheus(self) -> bytes:
+        for name, model in self.models.items():
+            self.metrics.queue.labels(name).set(model.batcher.depth)
+        self.metrics.inflight.set(self.budget.used)
+        return self.metrics.text()
+
+    async def infer(self, model: ServedModel, feed: dict[str, np.ndarray], timeout_s: float | None = None
+                    ) -> dict[str, np.ndarray]:
+        """Check the feed, queue it for the batcher and wait for its outputs; failures as RequestError.
+
+        ``timeout_s`` (from Triton's per-request ``timeout``) can only shorten the server's own timeout."""
+        try:
+            feed = model.runner.check_feed(feed)
+        except InputError as e:
+            raise RequestError(400, str(e)) from None
+        limit = min(self.options.timeout_s, timeout_s) if timeout_s else self.options.timeout_s
+        try:
+            with deadline(limit):
+                return await model.batcher.submit(feed)
+        except QueueFull as e:
+            raise RequestError(503, f"model {model.name!r} is overloaded: {e}; retry later") from None
+        except TimeoutError:
+            raise RequestError(504, f"request timed out after {limit:g} s waiting for model {model.name!r}") from None
+        except InputError as e:  # the request's fault; anything else from the engine is the server's (500)
+            raise RequestError(400, str(e)) from None
+
+
+class deadline:
+    """``with deadline(s):`` -- the block's await is cancelled after ``s`` seconds and TimeoutError raised
+    (asyncio.timeout, also on Python 3.10): one timer per use, no task, so it is cheap per request."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __enter__(self) -> deadline:
+        self.task, self.fired = asyncio.current_task(), False
+        self.handle = self.task.get_loop().call_later(self.seconds, self._fire)
+        return self
+
+    def _fire(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        self.handle.cancel()
+        if self.fired and kind is asyncio.CancelledError:  # our cancel, not one from outside
+            if hasattr(self.task, "uncancel"):
+                self.task.uncancel()
+            raise TimeoutError from None
+        return False

@@ -1,0 +1,87 @@
+"""Serving pieces without a server: infer paths, datatypes, tensor checks, the batch limit, response writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from effattn import dtypes
+from effattn.serving.http_server import infer_target
+from effattn.serving.protocol import DATATYPES, RequestError, datatype_of, raw_tensor, values_tensor
+from effattn.serving.repository import TensorConfig, batch_limit
+from effattn.shapes import ShapeProfile
+
+
+@pytest.mark.parametrize("path,target", [
+    ("/v2/models/seg/infer", ("seg", None)),
+    ("/v2/models/seg/versions/1/infer", ("seg", "1")),
+    ("/v2/models/stats/infer", ("stats", None)),  # as Starlette's {name} route matches it
+    ("/v2/models//infer", None), ("/v2/models/seg/versions//infer", None), ("/v2/models/seg", None),
+    ("/v2/models/seg/infer/", None), ("/v1/models/seg/infer", None), ("/v2/model/seg/infer", None),
+    ("/v2/models/seg/version/1/infer", None),
+])
+def test_infer_paths_are_the_routes_paths(path, target):
+    assert infer_target(path) == target
+
+
+def test_datatypes_come_from_the_one_table():
+    assert set(DATATYPES) == {row.kserve for row in dtypes.TABLE if row.numpy}
+    for name, dtype in DATATYPES.items():
+        assert datatype_of(dtype) == name and datatype_of(dtype.type) == name
+
+
+def test_raw_and_value_tensors_are_checked():
+    data = np.arange(6, dtype=np.float32).tobytes()
+    assert raw_tensor("x", [2, 3], np.dtype(np.float32), 6, data).shape == (2, 3)
+    with pytest.raises(RequestError, match="20 bytes of data for shape"):
+        raw_tensor("x", [2, 3], np.dtype(np.float32), 6, data[:20])
+    with pytest.raises(RequestError, match="is not a list of INT32 numbers"):
+        values_tensor("x", [2], [0.5, 1.5], np.dtype(np.int32), 2)
+    assert values_tensor("x", [1, 2], [1, 2], np.dtype(np.float32), 2).dtype == np.float32
+
+
+@pytest.mark.parametrize("requested,dims,batch,limit", [
+    (8, [-1, 3], (1, 4), 4),  # clamped to the profile
+    (8, [-1, 3], (1, 16), 8),
+    (8, [1, 3], (1, 1), 0),  # a fixed batch axis: no batching
+    (0, [-1, 3], (1, 16), 0),
+    (8, [-1, 3], None, 8),  # no profile: as asked
+])
+def test_batch_limit_is_the_one_clamp(requested, dims, batch, limit):
+    profile = None if batch is None else ShapeProfile.single(f"{batch[0]}x3", f"{batch[0]}x3", f"{batch[1]}x3")
+    assert batch_limit(requested, [TensorConfig("input", np.dtype(np.float32), dims)], profile) == limit
+
+
+def test_a_response_head_leaves_with_its_body():
+    import asyncio
+
+    from effattn.serving.http_server import HeadWithBody
+
+    class Transport:
+        def __init__(self):
+            self.writes, self.closed = [], False
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+
+        def close(self):
+            self.closed = True
+
+        def is_closing(self):
+            return self.closed
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sent = Transport()
+        coalescing = HeadWithBody(sent, loop)
+        coalescing.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        coalescing.write(b"body")
+        assert sent.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+        coalescing.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # a head alone goes out at the end of the loop turn
+        await asyncio.sleep(0)
+        assert sent.writes[-1] == b"HTTP/1.1 100 Continue\r\n\r\n"
+        coalescing.write(b"HTTP/1.1 503 Service Unavailable\r\n\r\n")
+        coalescing.close()  # closing writes what is held first
+        assert sent.writes[-1].startswith(b"HTTP/1.1 503") and sent.closed and coalescing.is_closing()
+
+    asyncio.run(main())
