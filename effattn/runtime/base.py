@@ -105,11 +105,11 @@ class Runner(abc.ABC):
                     f"input {name!r} has rank {len(shape)} (shape {format_shape(shape)}), expected rank "
                     f"{len(spec.shape)} like {format_shape(spec.shape)}"
                 )
-            axis_names = spec.profile.axis_names if spec.profile else [f"axis {i}" for i in range(len(shape))]
             for axis, (size, want) in enumerate(zip(shape, spec.shape)):
                 if isinstance(want, int) and size != want:
+                    axis_name = spec.profile.axis_names[axis] if spec.profile else f"axis {axis}"
                     raise InputError(
-                        f"input {name!r} axis {axis} ({axis_names[axis]}) is {size}, expected {want} "
+                        f"input {name!r} axis {axis} ({axis_name}) is {size}, expected {want} "
                         f"(shape {format_shape(shape)}, model takes {format_shape(spec.shape)})"
                     )
                 if size <= 0:

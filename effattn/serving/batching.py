@@ -4,7 +4,12 @@ A request waits at most ``max_queue_delay`` for others to join it; requests join
 every input has the same non-batch shape (different shapes are never mixed: they wait for the next
 batch), and the batch never exceeds ``max_batch_size`` items. The queue is bounded: when it is
 full :meth:`DynamicBatcher.submit` raises :class:`QueueFull` at once, so overload is answered with
-a 503, not an ever-growing backlog. The engine call runs in a worker thread, outside the event loop.
+a 503, not an ever-growing backlog. The engine call runs in a worker thread, outside the event loop
+(one thread of the batcher's own per worker, so a batch costs one hop there and one back).
+
+A worker is woken only when it has something to do: an idle worker by the first request that arrives,
+a worker gathering a batch only by the request that fills it (or by its delay running out), so
+requests that arrive while the engine runs, or that join a batch still short of full, wake nobody.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ import asyncio
 import logging
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,13 +32,19 @@ class QueueFull(Exception):
     """The batcher's queue is at its limit; the caller should answer 503."""
 
 
-@dataclass(eq=False)  # identity: requests are removed from the queue by ``is``, never by comparing arrays
 class _Request:
-    feed: dict[str, np.ndarray]
-    future: asyncio.Future
-    items: int
-    signature: tuple
-    enqueued: float = field(default_factory=time.monotonic)
+    """One queued request; compared by identity (requests are removed from the queue by ``is``)."""
+
+    __slots__ = ("feed", "future", "items", "signature", "enqueued")
+
+    def __init__(self, feed: dict[str, np.ndarray], future: asyncio.Future, items: int, signature: tuple) -> None:
+        self.feed, self.future, self.items, self.signature = feed, future, items, signature
+        self.enqueued = time.monotonic()
+
+
+def _settle(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _signature(feed: dict[str, np.ndarray]) -> tuple:
@@ -56,8 +67,9 @@ class DynamicBatcher:
         self.on_batch = on_batch
         self.stats = stats  # Triton's statistics: queue and compute durations, per batch size
         self._pending: deque[_Request] = deque()
-        self._wakeup: asyncio.Condition | None = None
+        self._waiters: list[tuple[asyncio.Future, Callable[[], bool]]] = []  # workers asleep, and what wakes each
         self._tasks: list[asyncio.Task] = []
+        self._executor: ThreadPoolExecutor | None = None
         self._closing = False
 
     @property
@@ -65,15 +77,16 @@ class DynamicBatcher:
         return len(self._pending)
 
     def start(self) -> None:
-        self._wakeup = asyncio.Condition()
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="effattn-batch")
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
 
     async def stop(self) -> None:
         """Finish what is queued, then stop the workers."""
         self._closing = True
-        async with self._wakeup:
-            self._wakeup.notify_all()
+        self._wake()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
 
     async def submit(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Queue one request (already validated) and wait for its own slice of the batch's outputs."""
@@ -81,16 +94,45 @@ class DynamicBatcher:
             raise QueueFull("the server is shutting down")
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"queue full ({self.max_queue} requests waiting)")
-        sizes = {name: value.shape[0] for name, value in feed.items()}
-        items = next(iter(sizes.values()))
-        if self.max_batch_size > 1 and len(set(sizes.values())) > 1:  # stacking them would mix requests up
-            raise InputError(f"the inputs disagree on the batch size (axis 0): {sizes}; every input of a request "
-                             "must have the same batch size")
+        if len(feed) == 1:
+            value = next(iter(feed.values()))
+            items = value.shape[0]
+        else:
+            sizes = {name: value.shape[0] for name, value in feed.items()}
+            items = next(iter(sizes.values()))
+            if self.max_batch_size > 1 and len(set(sizes.values())) > 1:  # stacking them would mix requests up
+                raise InputError(f"the inputs disagree on the batch size (axis 0): {sizes}; every input of a "
+                                 "request must have the same batch size")
         request = _Request(feed, asyncio.get_running_loop().create_future(), items, _signature(feed))
         self._pending.append(request)
-        async with self._wakeup:
-            self._wakeup.notify_all()  # idle workers, and a worker waiting for its batch to fill
+        if self._waiters:
+            self._wake()  # an idle worker, or one waiting for its batch to fill
         return await request.future
+
+    def _wake(self) -> None:
+        """Wake each sleeping worker whose condition now holds (the rest sleep on)."""
+        for entry in list(self._waiters):
+            waiter, ready = entry
+            if waiter.done():
+                continue
+            if self._closing or ready():
+                waiter.set_result(None)
+
+    async def _sleep(self, ready: Callable[[], bool], timeout: float | None = None) -> None:
+        """Return once ``ready()`` holds (checked by :meth:`_wake`), the batcher closes, or ``timeout`` passes."""
+        if ready() or self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        entry = (waiter, ready)
+        self._waiters.append(entry)
+        timer = loop.call_later(timeout, _settle, waiter) if timeout is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiters.remove(entry)
+            if timer is not None:
+                timer.cancel()
 
     def _take_batch(self) -> list[_Request]:
         """The oldest live request plus every later one of the same signature that still fits."""
@@ -115,21 +157,21 @@ class DynamicBatcher:
         """Give others ``max_queue_delay`` (from ``head``'s arrival) to join it, but no longer than it takes
         the queue to hold a full batch of ``head``'s shape (as Triton's dynamic batcher: a full batch goes at once)."""
         def full() -> bool:
-            items = sum(r.items for r in self._pending if r.signature == head.signature and not r.future.done())
-            return items >= self.max_batch_size or self._closing
+            items = 0
+            for r in self._pending:
+                if r.signature == head.signature and not r.future.done():
+                    items += r.items
+                    if items >= self.max_batch_size:
+                        return True
+            return False
 
         delay = head.enqueued + self.max_queue_delay - time.monotonic()
         if delay > 0:
-            try:
-                async with self._wakeup:
-                    await asyncio.wait_for(self._wakeup.wait_for(full), delay)
-            except asyncio.TimeoutError:
-                pass
+            await self._sleep(full, delay)
 
     async def _work(self) -> None:
         while True:
-            async with self._wakeup:
-                await self._wakeup.wait_for(lambda: self._pending or self._closing)
+            await self._sleep(lambda: bool(self._pending))
             if not self._pending and self._closing:
                 return
             head = self._pending[0] if self._pending else None
@@ -154,7 +196,7 @@ class DynamicBatcher:
             self.on_batch(sum(r.items for r in batch))
         stacked = time.monotonic()
         try:
-            outputs = await asyncio.to_thread(self.infer, feed)
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, feed)
         except Exception as e:  # every request of the batch gets the error
             for r in batch:
                 if not r.future.done():

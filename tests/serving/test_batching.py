@@ -122,3 +122,27 @@ def test_a_full_batch_runs_at_once_without_waiting_out_the_queue_delay():
 
     results = asyncio.run(main())
     assert calls == [{"x": (4, 4)}] and [float(r["out"][0, 0]) for r in results] == [0, 2, 4, 6]
+
+
+def test_a_short_batch_goes_when_its_delay_runs_out_and_stop_runs_what_is_queued():
+    """A worker gathering a batch is woken by the request that fills it or by its delay's end, nothing
+    else: three requests (of four) go as one batch when the delay ends; with a one-hour delay, stop()
+    wakes the gathering worker and what is queued still runs (the 60 s guards fail a hang)."""
+    calls = []
+
+    async def main():
+        batcher = DynamicBatcher(_doubler(calls), max_batch_size=4, max_queue_delay=0.05, max_queue=16)
+        batcher.start()
+        x = np.ones((1, 4), np.float32)
+        short = await asyncio.wait_for(asyncio.gather(*[batcher.submit({"x": x * i}) for i in range(3)]), 60)
+        await batcher.stop()
+        slow = DynamicBatcher(_doubler(calls), max_batch_size=4, max_queue_delay=3600, max_queue=16)
+        slow.start()
+        waiting = [asyncio.create_task(slow.submit({"x": x * i})) for i in range(2)]
+        await asyncio.sleep(0.01)  # the worker is gathering, an hour to go
+        await asyncio.wait_for(slow.stop(), 60)
+        return short, await asyncio.gather(*waiting)
+
+    short, stopped = asyncio.run(main())
+    assert calls == [{"x": (3, 4)}, {"x": (2, 4)}]
+    assert [float(r["out"][0, 0]) for r in short] == [0, 2, 4] and [float(r["out"][0, 0]) for r in stopped] == [0, 2]
