@@ -39,8 +39,8 @@ def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
 
 
 def test_qdq_graph_has_tensorrt_properties(files):
-    """Signed INT8 zero points that are all 0, per-channel INT8 weights into every Conv but the one after
-    the Concat, float biases, and no Q/DQ anywhere near the attention softmaxes and context products."""
+    """Signed INT8 zero points that are all 0, per-channel INT8 weights into every Conv (the one after the
+    Concat split into one Conv per Concat input), float biases, and no Q/DQ anywhere near the attention softmaxes and context products."""
     model = onnx.load(files["seg_int8"].path)
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     producer = _producers(model)
@@ -56,8 +56,10 @@ def test_qdq_graph_has_tensorrt_properties(files):
 
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     quantized = [c for c in convs if dequantized(c.input[0]) and dequantized(c.input[1])]
-    (after_concat,) = [c for c in convs if producer[c.input[0]].op_type == "Concat"]
-    assert len(quantized) == len(convs) - 1 and after_concat not in quantized
+    assert quantized == convs  # the decoder's Conv after the Concat too: split into one Conv per input
+    assert not any(n.op_type == "Concat" and n.output[0] in {i for c in convs for i in c.input}
+                   for n in model.graph.node)
+    assert sum(c.name.endswith(("_split0", "_split1")) for c in convs) == 2
     for conv in quantized:
         weight = producer[conv.input[1]]
         assert inits[weight.input[0]].dtype == np.int8
@@ -69,6 +71,21 @@ def test_qdq_graph_has_tensorrt_properties(files):
     meta = read_metadata(files["seg_int8"].path)
     assert meta[metadata.PRECISION] == "int8" and meta[metadata.FP32_OPS] == "MatMul,Softmax"
     assert meta[metadata.MODEL] == "ea_segnet_tiny" and meta[metadata.CHECKPOINT_SHA256]
+
+
+def test_split_concat_convs_computes_the_same(files):
+    """Conv(Concat(a, b)) -> Conv(a) + Conv(b): the FP32 graph's outputs are unchanged (ONNX Runtime, 1e-5)."""
+    import onnxruntime as ort
+
+    from effattn.export.quantize import split_concat_convs
+
+    model = onnx.load(files["dir"] / "seg.onnx")
+    split, names = split_concat_convs(model)
+    assert len(names) == 1 and not any(n.op_type == "Conv" and n.name == names[0] for n in split.graph.node)
+    x = np.random.default_rng(0).standard_normal((2, 3, 48, 80)).astype(np.float32)
+    ref, out = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+                for m in (model, split))
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
 
 
 def _iou(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -184,7 +201,7 @@ def test_cli_quantize_and_its_errors(files, tmp_path, capsys):
 
     out = tmp_path / "cli.int8.onnx"
     assert main(["quantize", str(files["dir"] / "seg.onnx"), "-o", str(out), "--samples", "4", "-q"]) == 0
-    assert "INT8 QDQ, signed symmetric; quantized: 9 Conv" in capsys.readouterr().out
+    assert "INT8 QDQ, signed symmetric; quantized: 11 Conv" in capsys.readouterr().out
     assert main(["quantize", str(out), "-o", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"effattn quantize: error: {out} is already int8; quantize the FP32 export instead"
