@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -74,9 +76,16 @@ def choose_precision(file_precision: str, asked: str | None = None) -> tuple[str
 
 
 class OpenVINORunner(Runner):
-    def __init__(self, path: str | Path, precision: str | None = None, threads: int | None = None) -> None:
+    #: compiled static-shape models kept per runner (least recently used goes first), like a CUDA-graph cache
+    STATIC_CACHE = 8
+
+    def __init__(self, path: str | Path, precision: str | None = None, threads: int | None = None,
+                 static_shapes: bool = True) -> None:
         """``precision``: ``auto`` (default, see :func:`choose_precision`), ``fp32`` or ``bf16``;
-        ``threads``: inference threads (default: OpenVINO's, every core)."""
+        ``threads``: inference threads (default: OpenVINO's, every core); ``static_shapes``: compile the
+        graph for each input shape it meets (at most :attr:`STATIC_CACHE` kept, inputs still checked
+        against the profile), which ran faster than OpenVINO's dynamic-shape compile of the same file
+        (benchmarks/results/cpu-lowprec-*.json); ``False``: one dynamic-shape compile for every shape."""
         from ..metadata import read_metadata
 
         self.path = Path(path)
@@ -88,21 +97,55 @@ class OpenVINORunner(Runner):
             raise BackendError(f"OpenVINO cannot load {self.path}: {first_line(e)}") from None
         self.precision, self.hint = choose_precision(metadata.precision_of(self.metadata), precision)
         self.backend = "openvino-cpu" + ("" if self.precision == "fp32" else f"-{self.precision}")
-        self.compiled = self._compile(threads)
-        profile = metadata.profile_of(self.metadata)
-        inputs = [self._spec(port, profile) for port in self.compiled.inputs]
-        super().__init__(inputs, [self._spec(port, None) for port in self.compiled.outputs])
-        self._pool: queue.SimpleQueue = queue.SimpleQueue()
-
-    def _compile(self, threads: int | None):
-        config = {"INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY"}
+        self.static_shapes = static_shapes
+        self._config = {"INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+            self._config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.model = self._read()
+        self.compiled = None if static_shapes else self._compile(self.model)
+        ports = self.model if static_shapes else self.compiled
+        profile = metadata.profile_of(self.metadata)
+        inputs = [self._spec(port, profile) for port in ports.inputs]
+        super().__init__(inputs, [self._spec(port, None) for port in ports.outputs])
+        self._pool: queue.SimpleQueue = queue.SimpleQueue()  # requests of the dynamic compile
+        self._static: OrderedDict = OrderedDict()  # shapes -> (compiled model, its request pool)
+        self._lock = threading.Lock()
+        if static_shapes and self.profile is not None:  # compile errors at load, and the load time honest
+            self._static_compiled(tuple(self.inputs[name].profile.opt for name in self.inputs))
+
+    def _read(self):
         try:
-            return _core().compile_model(str(self.path), "CPU", config)
+            return _core().read_model(str(self.path))
         except Exception as e:  # OpenVINO raises RuntimeError with pages of context
             raise BackendError(f"OpenVINO cannot load {self.path}: {first_line(e)}. "
                                "Is it an ONNX model written by effattn export?") from None
+
+    def _compile(self, model):
+        try:
+            return _core().compile_model(model, "CPU", self._config)
+        except Exception as e:
+            raise BackendError(f"OpenVINO cannot compile {self.path}: {first_line(e)}") from None
+
+    def _static_compiled(self, shapes: tuple) -> tuple[Any, queue.SimpleQueue]:
+        """The graph compiled for ``shapes`` (one per input) and its request pool, compiled on first use."""
+        with self._lock:
+            entry = self._static.get(shapes)
+            if entry is not None:
+                self._static.move_to_end(shapes)
+                return entry
+        model = self.model.clone()  # reshape works in place: a copy per shape keeps self.model dynamic
+        try:
+            model.reshape(dict(zip(self.inputs, shapes)))
+        except Exception as e:
+            raise BackendError(f"OpenVINO cannot reshape {self.path} to {shapes}: {first_line(e)}") from None
+        compiled = self._compile(model)
+        with self._lock:  # a concurrent first call may have compiled it too: keep one
+            entry = self._static.setdefault(shapes, (compiled, queue.SimpleQueue()))
+            self._static.move_to_end(shapes)
+            while len(self._static) > self.STATIC_CACHE:
+                old, _ = self._static.popitem(last=False)
+                log.debug("OpenVINO static-shape cache full: dropped %s", old)
+        return entry
 
     @staticmethod
     def _spec(port, profile) -> TensorSpec:
@@ -115,16 +158,21 @@ class OpenVINORunner(Runner):
     def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
         arrays = {k: np.ascontiguousarray(v if isinstance(v, np.ndarray) else v.detach().cpu().numpy())
                   for k, v in feed.items()}
+        if self.static_shapes:
+            compiled, pool = self._static_compiled(tuple(arrays[name].shape for name in self.inputs))
+        else:
+            compiled, pool = self.compiled, self._pool
         try:
-            request = self._pool.get_nowait()
+            request = pool.get_nowait()
         except queue.Empty:
-            request = self.compiled.create_infer_request()
+            request = compiled.create_infer_request()
         try:
             request.infer(arrays)
             return {name: request.get_tensor(name).data.copy() for name in self.outputs}
         finally:
-            self._pool.put(request)
+            pool.put(request)
 
     def close(self) -> None:
         self._pool = queue.SimpleQueue()
+        self._static = OrderedDict()
         self.compiled = None
