@@ -2,9 +2,11 @@
 
 OpenVINO runs an INT8 QDQ graph with its own INT8 kernels (VNNI/AMX), several times faster than ONNX
 Runtime's CPU QDQ path on the machines measured (benchmarks/results/), and runs float graphs in BF16
-where the CPU has BF16 arithmetic (the float ops of an INT8 graph too). The precision is chosen from the file and the CPU (see
-:func:`choose_precision`) and reported as ``runner.precision``, so parity checks apply the matching
-tolerance. An ``InferRequest`` is not thread-safe: each call borrows one from a pool.
+where the CPU has BF16 arithmetic (the float ops of an INT8 graph too). The precision is chosen from the
+file and the CPU (see :func:`choose_precision`) and reported as ``runner.precision``, so parity checks
+apply the matching tolerance. The graph is compiled for each input shape it meets (a bounded cache, like
+a CUDA-graph cache): static-shape compiles ran faster than one dynamic-shape compile. An
+``InferRequest`` is not thread-safe: each call borrows one from its compiled model's pool.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def choose_precision(file_precision: str, asked: str | None = None) -> tuple[str
     """(the precision the runner reports, OpenVINO's inference hint for the graph's float ops).
 
     ``auto`` uses BF16 where the CPU has it (OpenVINO's own default there): an FP32 file then runs in
-    BF16, an INT8 file runs its float ops (the attention, the Conv after a Concat) in BF16 - measured
+    BF16, an INT8 file runs its float ops (the attention softmaxes and products, the resizes) in BF16 - measured
     2.6x faster than FP32 float ops on ea_segnet @ 256 at the same argmax agreement. ``fp32`` keeps
     every float op FP32 (an INT8 file then computes exactly what ONNX Runtime computes). FP16 files run
     their FP16 weights with FP32 arithmetic.
