@@ -12,7 +12,7 @@ from effattn import metadata
 from effattn.errors import BackendError
 from effattn.export import export_onnx, quantize
 from effattn.models import EfficientAttention, load_model
-from effattn.runtime import TOLERANCES, compare, load, profile_inputs
+from effattn.runtime import TOLERANCES, choose_backend, compare, load, profile_inputs
 from effattn.runtime.openvino_runner import OpenVINORunner, choose_precision, cpu_has_bf16
 from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
@@ -70,6 +70,9 @@ def test_auto_on_the_cpu_picks_openvino_for_int8_and_onnxruntime_for_fp32(files,
         assert runner.backend == "onnxruntime-cpu"  # FP32 stays FP32: OpenVINO's default would be BF16
     with load(files["int8"], backend="onnxruntime", device="cpu") as runner:
         assert runner.backend == "onnxruntime-cpu"
+    assert "compiled per input shape" in choose_backend(files["int8"], device="cpu").reason
+    reason = choose_backend(files["fp32"], device="cpu").reason  # says why, and what the fast path is
+    assert "an FP32 file stays FP32" in reason and "effattn quantize" in reason
 
 
 def test_int8_on_openvino_matches_onnxruntime_on_the_same_graph(files):
