@@ -50,7 +50,7 @@ def choose_backend(path: str | Path, backend: str = "auto", device: str | None =
         if device not in (None, "cpu"):
             raise BackendError(f"the openvino backend runs on the CPU, not {device}")
         return Choice("openvino", "cpu", "OpenVINO (INT8 graph: OpenVINO's INT8 kernels, compiled per input shape, "
-                      "ran such graphs 1.6-4.5x faster than ONNX Runtime in benchmarks/results/cpu-lowprec-*.json)")
+                      "ran such graphs 1.8-4.5x faster than ONNX Runtime in benchmarks/results/cpu-lowprec-*.json)")
     device = device or ("cpu" if on_cpu else "cuda")
     why = ""
     if on_cpu and backend == "auto":
