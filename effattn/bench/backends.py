@@ -33,9 +33,13 @@ BACKENDS = {
     "tensorrt-int8": (("cuda",), "TensorRT engine of the INT8 QDQ graph of effattn quantize (explicit quantization)"),
     "torch-bf16": (("cpu",), "eager PyTorch in BF16 (weights and activations)"),
     "onnxruntime-int8": (("cpu",), "ONNX Runtime, the INT8 QDQ graph of effattn quantize"),
-    "openvino": (("cpu",), "OpenVINO's default on the FP32 graph (BF16 where the CPU has it)"),
-    "openvino-fp32": (("cpu",), "OpenVINO on the FP32 graph, FP32 inference precision"),
-    "openvino-int8": (("cpu",), "OpenVINO, the INT8 QDQ graph of effattn quantize"),
+    "openvino": (("cpu",), "OpenVINO's default on the FP32 graph: one dynamic-shape compile, BF16 where the "
+                           "CPU has it, LATENCY hint (OpenVINO's CPU defaults)"),
+    "openvino-static": (("cpu",), "effattn's OpenVINO runner on the FP32 graph: BF16 where the CPU has it, "
+                                  "compiled per input shape"),
+    "openvino-fp32": (("cpu",), "OpenVINO on the FP32 graph, FP32 inference precision, compiled per input shape"),
+    "openvino-int8": (("cpu",), "OpenVINO, the INT8 QDQ graph of effattn quantize, compiled per input shape"),
+    "openvino-dynamic-int8": (("cpu",), "OpenVINO, the INT8 QDQ graph, one dynamic-shape compile"),
 }
 DEFAULT_BACKENDS = {"cpu": ("onnxruntime",),
                     "cuda": ("torch-fp16", "torch-compile", "onnxruntime", "onnxruntime-fp16", "tensorrt-fp16")}
@@ -102,6 +106,8 @@ class Backends:
         if kind == "tensorrt":
             path = build_engine(path, precision=precision, cache_dir=self.folder / "engines", progress=False).plan
         options = {"precision": "fp32"} if backend == "openvino-fp32" else {}
+        if backend in ("openvino", "openvino-dynamic-int8"):
+            options["static_shapes"] = False
         return load(path, backend=kind, device=self.device, threads=self.threads, **options)
 
     def peak_memory(self, backend: str, runner: Runner, feed: dict) -> PeakMemory:

@@ -50,7 +50,8 @@ def environment(threads: int, device: str = "cpu") -> dict:
         "tensorrt": _dist_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12"), "openvino": _dist_version("openvino"),
         "effattn": __version__, "cpu_flags": cpu_flags(), "load_average": [round(x, 2) for x in os.getloadavg()],
         "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32) if gpu else None,
-        "command": "effattn " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("effattn") else None,
+        "command": "effattn " + " ".join(sys.argv[1:])
+        if sys.argv and sys.argv[0].replace("\\", "/").endswith(("effattn", "effattn/__main__.py")) else None,
     }
 
 

@@ -49,11 +49,17 @@ def choose_backend(path: str | Path, backend: str = "auto", device: str | None =
     if backend == "openvino" or (backend == "auto" and on_cpu and _openvino_is_faster(Path(path))):
         if device not in (None, "cpu"):
             raise BackendError(f"the openvino backend runs on the CPU, not {device}")
-        return Choice("openvino", "cpu", "OpenVINO (INT8 graph: OpenVINO's INT8 kernels ran such graphs 1.4-5x "
-                      "faster than ONNX Runtime in benchmarks/results/cpu-lowprec-*.json)")
+        return Choice("openvino", "cpu", "OpenVINO (INT8 graph: OpenVINO's INT8 kernels, compiled per input shape, "
+                      "ran such graphs 1.8-4.5x faster than ONNX Runtime in benchmarks/results/cpu-lowprec-*.json)")
     device = device or ("cpu" if on_cpu else "cuda")
-    return Choice("onnxruntime", device, f"ONNX Runtime on {device}"
-                  + (" (no GPU runtime found)" if on_cpu and backend == "auto" else ""))
+    why = ""
+    if on_cpu and backend == "auto":
+        why = " (no GPU runtime found"
+        if _float32_file(Path(path)) and openvino_available():
+            why += ("; an FP32 file stays FP32: OpenVINO would run it in BF16 where the CPU has it. The fastest CPU "
+                    "path is `effattn quantize` and the INT8 file on OpenVINO")
+        why += ")"
+    return Choice("onnxruntime", device, f"ONNX Runtime on {device}{why}")
 
 
 def load(source: str | Path | nn.Module, backend: str = "auto", device: str | None = None,
@@ -96,6 +102,13 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
 
 def _tensorrt_runner(plan: Path, rtx, **options) -> Runner:
     return TensorRTRunner(plan, rtx=rtx, **options)
+
+
+def _float32_file(path: Path) -> bool:
+    try:
+        return metadata.precision_of(metadata.read_metadata(path)) == "fp32"
+    except EffattnError:
+        return False
 
 
 def _openvino_is_faster(path: Path) -> bool:

@@ -13,6 +13,8 @@ from effattn.errors import BackendError, InputError, ModelError
 from effattn.bench import benchmark as bench
 from effattn.bench.benchmark import BenchResults, BenchRow, attention_map_bytes, growth_exponent, run_bench
 from effattn.bench.timing import LatencyStats
+from effattn.models import load_model
+from effattn.shapes import ShapeProfile
 
 
 def _row(model, backend, size, ms, mib=None):
@@ -139,7 +141,8 @@ def test_low_precision_backends_run_their_own_graphs(caplog):
     """onnxruntime-int8 / openvino-int8 run the INT8 QDQ file, openvino the FP32 one at OpenVINO's default,
     torch-bf16 a BF16 copy (the FP32 baseline stays FP32); the environment names the CPU flags and load."""
     pytest.importorskip("openvino", reason="openvino is not installed (the 'cpu' extra)")
-    backends = ["onnxruntime-int8", "openvino", "openvino-fp32", "openvino-int8", "torch-bf16"]
+    backends = ["onnxruntime-int8", "openvino", "openvino-static", "openvino-fp32", "openvino-int8",
+                "openvino-dynamic-int8", "torch-bf16"]
     results = run_bench(["efficient_attention"], [8], backends=backends, min_seconds=0.01, memory=False,
                         quiet=True)
     rows = {r.backend: r for r in results.rows}
@@ -151,9 +154,27 @@ def test_low_precision_backends_run_their_own_graphs(caplog):
     assert "random normal inputs" in caplog.text  # the random-weight block is calibrated on noise, and says so
 
 
+def test_openvino_rows_compile_as_they_say(monkeypatch, tmp_path):
+    """``openvino`` is OpenVINO's default (one dynamic-shape compile); effattn's runner compiles per shape."""
+    from effattn.bench import backends as bench_backends
+
+    calls = {}
+    monkeypatch.setattr(bench_backends, "load", lambda path, backend, **options: calls.setdefault(path.name, options))
+    made = bench_backends.Backends(load_model("efficient_attention"), ShapeProfile.single("1x64x8x8", "1x64x8x8",
+                                   "1x64x8x8"), tmp_path, "cpu", 2, ["output"])
+    monkeypatch.setattr(made, "onnx", lambda precision: tmp_path / f"{precision}.onnx")
+    for backend in ("openvino", "openvino-static", "openvino-fp32", "openvino-int8", "openvino-dynamic-int8"):
+        calls.clear()
+        made.make(backend)
+        (options,) = calls.values()
+        assert options.get("static_shapes", True) is (backend not in ("openvino", "openvino-dynamic-int8")), backend
+        assert options.get("precision") == ("fp32" if backend == "openvino-fp32" else None), backend
+
+
 def test_precision_of_a_backend():
     assert [bench.precision_of(b) for b in ("onnxruntime", "onnxruntime-fp16", "openvino-int8", "openvino-fp32",
-                                            "torch-bf16")] == ["fp32", "fp16", "int8", "fp32", "fp32"]
+                                            "torch-bf16", "openvino-static", "openvino-dynamic-int8")
+            ] == ["fp32", "fp16", "int8", "fp32", "fp32", "fp32", "int8"]
 
 
 USER_MODELS = """

@@ -12,7 +12,7 @@ from effattn import metadata
 from effattn.errors import BackendError
 from effattn.export import export_onnx, quantize
 from effattn.models import EfficientAttention, load_model
-from effattn.runtime import TOLERANCES, compare, load, profile_inputs
+from effattn.runtime import TOLERANCES, choose_backend, compare, load, profile_inputs
 from effattn.runtime.openvino_runner import OpenVINORunner, choose_precision, cpu_has_bf16
 from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
@@ -70,6 +70,9 @@ def test_auto_on_the_cpu_picks_openvino_for_int8_and_onnxruntime_for_fp32(files,
         assert runner.backend == "onnxruntime-cpu"  # FP32 stays FP32: OpenVINO's default would be BF16
     with load(files["int8"], backend="onnxruntime", device="cpu") as runner:
         assert runner.backend == "onnxruntime-cpu"
+    assert "compiled per input shape" in choose_backend(files["int8"], device="cpu").reason
+    reason = choose_backend(files["fp32"], device="cpu").reason  # says why, and what the fast path is
+    assert "an FP32 file stays FP32" in reason and "effattn quantize" in reason
 
 
 def test_int8_on_openvino_matches_onnxruntime_on_the_same_graph(files):
@@ -109,3 +112,21 @@ def test_cli_compare_on_openvino_uses_the_runners_precision(tmp_path, capsys):
     backend = "openvino-cpu-bf16" if cpu_has_bf16() else "openvino-cpu"
     assert backend in out and "argmax agreement" in out
     assert (">= 99.5%" if cpu_has_bf16() else ">= 99.9%") in out
+
+
+def test_static_shapes_compile_per_shape_and_match_the_dynamic_compile(files):
+    """The default compiles one static-shape graph per input shape (the profile's opt at load), keeps at most
+    STATIC_CACHE of them (least recently used goes) and computes what the dynamic-shape compile computes;
+    inputs are still checked against the profile."""
+    feeds = profile_inputs(PROFILE, seed=3)
+    with OpenVINORunner(files["fp32"], precision="fp32") as static, \
+            OpenVINORunner(files["fp32"], precision="fp32", static_shapes=False) as dynamic:
+        assert list(static._static) == [((2, 16, 16, 16),)] and dynamic.compiled is not None
+        static.STATIC_CACHE = 2
+        for feed in feeds:  # min, opt, max: three shapes, two kept
+            a, b = static.infer(feed)["output"], dynamic.infer(feed)["output"]
+            assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b)
+        assert list(static._static) == [((2, 16, 16, 16),), ((3, 16, 32, 24),)]
+        with pytest.raises(Exception, match="input"):
+            static.infer(np.zeros((1, 16, 64, 64), np.float32))  # outside the profile: refused before compiling
+        assert len(static._static) == 2
