@@ -38,7 +38,7 @@ TOLERANCES = {
     "bf16": Tolerance(rel_l2=2e-2, branch_rel_l2=1e-2, argmax_agreement=0.995),
     # INT8 QDQ (effattn quantize), same runs, ONNX Runtime and OpenVINO alike: EA block (16 ch, random
     # weights, 32 noise calibration samples, 150 fresh draws at min/opt/max) output <= 6.1e-3, branch median
-    # 4.9e-3 but up to 3.2e-2 when a draw exceeds the calibrated range and is clipped; trained segmenter on task images rel-L2 3.2-3.6e-2, argmax 99.0-99.3 %. Parity
+    # 5.1e-3 (noise at 1x16x8x8, 3000 draws: p99 1.7e-2, 3 above 5e-2 where a draw exceeds the calibrated range and is clipped); trained segmenter on task images rel-L2 3.2-3.6e-2, argmax 99.0-99.3 %. Parity
     # mixes in noise inputs, which lie outside the calibrated ranges (rel-L2 8-9e-2, argmax 96.4-96.6 %),
     # so these limits are loose; the task-level gate (>= 99 % argmax and <= 1 point IoU drop per class on
     # held-out task images) is tests/export/test_quantize.py's and the bench's.
