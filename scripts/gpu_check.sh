@@ -99,8 +99,7 @@ else envinfo 2>&1 | tee "$OUT/env.txt"; fi
 
 echo "== tests: every GPU test, and the CPU tests whose paths change when CUDA is present (serving aside);"
 echo "   TensorRT INT8 (QDQ graph) and BF16 engines vs eager: tests/engines/test_tensorrt_build.py::test_low_precision_engine_of_the_segmenter_matches_eager"
-TESTS=(tests/runtime tests/engines tests/export tests/test_cli.py tests/test_gpu_check.py
-       --ignore=tests/serving/test_http_server.py --ignore=tests/serving/test_grpc_server.py --ignore=tests/serving/test_repository.py)
+TESTS=(tests/runtime tests/engines tests/export tests/bench tests/test_cli.py tests/test_gpu_check.py)
 PARALLEL=()
 $PY -c "import xdist" 2>/dev/null && PARALLEL=(-n 4)   # pytest-xdist, where the machine has it
 if [ "$DRY" = 1 ]; then
