@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .. import metadata, pipeline
 from ..bench.benchmark import check_plotting, plot, run_bench
@@ -35,8 +36,6 @@ log = logging.getLogger("effattn")
 
 # ------------------------------------------------------------------------------------------ helpers
 def _progress_bar(total: int, desc: str, quiet: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, disable=quiet, file=sys.stderr, leave=False,
                 bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
 
