@@ -136,8 +136,8 @@ def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int
     results.environment.update(copy_bandwidth_gb_s=round(bandwidth, 1), matmul_peak_gflop_s=peaks)
     all_backends = [EAGER, *backends]
     deadline = time.monotonic() + max_seconds if max_seconds is not None else math.inf
-    bar = tqdm(total=len(models) * len(sizes) * len(batches) * len(all_backends), desc="bench", disable=quiet,
-               file=sys.stderr, leave=False)
+    bar = tqdm(total=len(models) * len(sizes) * len(batches) * len(all_backends), desc="bench",
+               disable=True if quiet else None, file=sys.stderr, leave=False)  # None: no bar off a terminal
     with tempfile.TemporaryDirectory(prefix="effattn-bench-") as tmp, bar:
         run = _Run(results, device, threads, min_seconds, deadline, memory, startup, bandwidth, peaks, Path(tmp), bar)
         for source, base in sources:

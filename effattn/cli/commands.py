@@ -36,7 +36,8 @@ log = logging.getLogger("effattn")
 
 # ------------------------------------------------------------------------------------------ helpers
 def _progress_bar(total: int, desc: str, quiet: bool):
-    return tqdm(total=total, desc=desc, disable=quiet, file=sys.stderr, leave=False,
+    """A bar on stderr; none with --quiet, and none where stderr is no terminal (logs, CI: ``disable=None``)."""
+    return tqdm(total=total, desc=desc, disable=True if quiet else None, file=sys.stderr, leave=False,
                 bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
 
 
