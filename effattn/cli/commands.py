@@ -291,9 +291,12 @@ def served_models(specs: Sequence[str], args) -> dict[str, Runner]:
             raise InputError(f"{path} does not exist")
     models = {}
     for name, path in named:
-        choice = choose_backend(path, args.backend, args.device) if path.suffix.lower() == ".onnx" else None
-        quiet = {"spinning": False} if choice and choice.backend == "onnxruntime" and choice.device == "cpu" else {}
-        models[name] = load(path, backend=args.backend, device=args.device, threads=args.threads, **quiet)
+        if path.suffix.lower() == ".onnx":  # decided once here, so ONNX Runtime CPU sessions open non-spinning
+            choice = choose_backend(path, args.backend, args.device)
+            quiet = {"spinning": False} if choice.backend == "onnxruntime" and choice.device == "cpu" else {}
+            models[name] = load(path, backend=choice.backend, device=choice.device, threads=args.threads, **quiet)
+        else:
+            models[name] = load(path, backend=args.backend, device=args.device, threads=args.threads)
         log.info("serving %s from %s on %s", name, path, models[name].backend)
     return models
 

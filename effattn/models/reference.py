@@ -45,16 +45,21 @@ def reference_from_metadata(meta: Mapping[str, str], checkpoint: str | Path | No
                          "--checkpoint or --pretrained to compare against eager PyTorch")
     if checkpoint is None and ":" not in name:
         shipped = get_entry(name).pretrained_path
-        if shipped is not None and want in (weights_sha256(read_state_dict(shipped)), sha256_file(shipped)):
+        if shipped is not None and _same_weights(want, shipped):
             checkpoint = shipped
     if checkpoint is None:
         raise ModelError(f"{name} was exported from a checkpoint (sha256 {want[:12]}…); give it with --checkpoint")
     source = load_model(name, checkpoint=checkpoint, **kwargs)
     # the weights' hash; files exported before it recorded the checkpoint file's hash, still accepted
-    if want not in (source.checkpoint_sha256, sha256_file(checkpoint)):
+    if want != source.checkpoint_sha256 and want != sha256_file(checkpoint):
         raise ModelError(f"checkpoint {checkpoint} (sha256 {source.checkpoint_sha256[:12]}…) is not the one the "
                          f"file was exported from (sha256 {want[:12]}…)")
     return source
+
+
+def _same_weights(want: str, checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` holds the weights hashed as ``want`` (their tensors; older files: the file)."""
+    return want == weights_sha256(read_state_dict(checkpoint)) or want == sha256_file(checkpoint)
 
 
 def _check_size(name: str, kwargs: dict) -> None:
