@@ -93,8 +93,8 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
     if backend == "auto":
         log.info("backend auto: %s", choice.reason)
     if choice.backend == "tensorrt":
-        precision = metadata.precision_of(metadata.read_metadata(path))
-        return _tensorrt_runner(build_engine(path, precision=precision, rtx=bool(rtx)).plan, rtx, **options)
+        # precision=None: the graph's own (engines.precision decides, from the metadata checked against the graph)
+        return _tensorrt_runner(build_engine(path, rtx=bool(rtx)).plan, rtx, **options)
     if choice.backend == "openvino":
         return OpenVINORunner(path, threads=threads, **options)
     return OnnxRuntimeRunner(path, device=choice.device, threads=threads, **options)
