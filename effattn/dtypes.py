@@ -66,7 +66,7 @@ def lookup(field: str, value, what: str = "tensor") -> DType:
     row = _BY[field].get(key)
     if row is None:
         known = ", ".join(str(k) for k in _BY[field])
-        raise InputError(f"{what} has {_LIBRARY[field]} type {value}, which effattn cannot feed or read "
+        raise InputError(f"{what} has {_LIBRARY[field]} type {key}, which effattn cannot feed or read "
                          f"(supported: {known})")
     return row
 

@@ -293,3 +293,12 @@ def test_build_onnxruntime_fp16_leaves_only_its_output(seg_onnx, tmp_path, capsy
     assert main(["build", str(seg_onnx), "-o", str(out), "--backend", "onnxruntime", "--precision", "fp16"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.ort16.onnx"]
     assert "optimised fp16 graph" in capsys.readouterr().out
+
+
+def test_build_onnxruntime_refusals_are_one_line_and_write_nothing(seg_onnx, tmp_path, capsys):
+    """BF16 has no ONNX Runtime CPU convolution; INT8 needs a QDQ file: each is said, and nothing is written."""
+    for precision, says in (("bf16", "no BF16 convolution"), ("int8", "an INT8 engine needs an INT8 QDQ graph")):
+        out = tmp_path / f"seg.{precision}.onnx"
+        assert main(["build", str(seg_onnx), "-o", str(out), "--backend", "onnxruntime", "--precision", precision]) == 2
+        assert says in _error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
