@@ -2,7 +2,7 @@
 
 Both serve the same exported ``ea_segnet_tiny``: effattn on ONNX Runtime, Triton 2.51 (the
 ``tritonserver`` the ``nvidia-pytriton`` wheel bundles; Linux x86-64, CPU) through its Python backend
-running the same file on ONNX Runtime (``benchmarks/triton/model.py``). Each call's status (or error
+running the same file on ONNX Runtime (``benchmarks/triton_python_backend/model.py``). Each call's status (or error
 code), response schema (keys and value types) and, for inference, outputs are compared; statistics are
 compared by count after both servers got the same requests. Run from the repository root:
 
@@ -84,7 +84,7 @@ def write_repository(onnx: Path, folder: Path, name: str, max_batch: int, thread
     config["parameters"] = {"threads": {"string_value": str(threads)}}
     (folder / name / "1").mkdir(parents=True)
     shutil.copyfile(onnx, folder / name / "1" / "model.onnx")
-    shutil.copyfile(ROOT / "benchmarks" / "triton" / "model.py", folder / name / "1" / "model.py")
+    shutil.copyfile(ROOT / "benchmarks" / "triton_python_backend" / "model.py", folder / name / "1" / "model.py")
     (folder / name / "config.pbtxt").write_text(to_pbtxt(config))
 
 
@@ -249,7 +249,7 @@ def run(args) -> dict:
     image = source.samples(1, 64, 64, __import__("torch").Generator().manual_seed(0)).numpy()
     results = {"schema": "effattn.triton-conformance/1", "environment": environment(1),
                "command": "python " + " ".join(sys.argv), "triton": f"tritonserver 2.51 from {WHEEL}, Python backend "
-               "running the ONNX file on ONNX Runtime (benchmarks/triton/model.py)", "calls": [], "routes": []}
+               "running the ONNX file on ONNX Runtime (benchmarks/triton_python_backend/model.py)", "calls": [], "routes": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         onnx = export_seg(tmp)  # in a process of its own: here torch.export failed on this model

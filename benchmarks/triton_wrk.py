@@ -2,7 +2,7 @@
 
 Both serve the trained ``ea_segnet_tiny`` (ONNX Runtime, CPU, the same threads, dynamic batching up to
 8 with 2 ms of queue delay): effattn directly, Triton 2.51 (from the ``nvidia-pytriton`` wheel, set up
-as in ``triton_conformance.py``) through its Python backend (``benchmarks/triton/model.py``). The load
+as in ``triton_conformance.py``) through its Python backend (``benchmarks/triton_python_backend/model.py``). The load
 is ``wrk`` on one thread posting one 1x3x64x64 image as binary tensor data (``serve_wrk.py``'s request),
 at each connection count; the servers take turns round by round (the order alternates), so drift on a
 shared machine hits both alike. Run from the repository root:
