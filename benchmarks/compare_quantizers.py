@@ -1,4 +1,5 @@
-"""ONNX Runtime's quantize_static (what `effattn quantize` uses) against OpenVINO's NNCF on our FP32 exports.
+"""ONNX Runtime's quantize_static (what `effattn quantize` uses) against OpenVINO's NNCF on our FP32 exports,
+and `effattn quantize --precision fp8` (the same calibration, scales mapped onto FP8 E4M3).
 
     python benchmarks/compare_quantizers.py -o benchmarks/results/cpu-quantizers.json
 
@@ -7,6 +8,8 @@ For each quantizer: the trained ea_segnet_tiny's held-out argmax agreement and I
 TensorRT's explicit quantization (signed INT8, zero points 0), quantization time, ea_resnet @ 224 latency
 of its graph on ONNX Runtime and OpenVINO (interleaved, same run), and the installed size of what each
 quantizer pulls in beyond effattn's own dependencies. NNCF is not an effattn dependency: pip install nncf.
+The FP8 graph is for TensorRT on GPUs with FP8 tensor cores; on the CPU both runtimes emulate its
+quantizers, so its task scores are what a GPU engine should reproduce and its CPU times are no speed path.
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ def task_scores(path: Path, model: torch.nn.Module, runtime: str) -> dict:
 
 def properties(path: Path) -> dict:
     s = qdq_summary(onnx.load(path))
-    return {"zero_point_types": sorted(s.zero_point_types), "nonzero_zero_points": s.nonzero_zero_points,
+    return {"precision": s.precision, "zero_point_types": sorted(s.zero_point_types),
+            "nonzero_zero_points": s.nonzero_zero_points,
             "tensorrt_compatible": s.tensorrt_compatible, "quantized_ops": dict(s.quantized)}
 
 
@@ -93,11 +97,13 @@ def main() -> None:
     results: dict = {"environment": environment(len(os.sched_getaffinity(0))) | {"cpu_flags": cpu_flags()},
                      "quantizers": {}}
     timed = {}
-    for name in ("onnxruntime", "nncf"):
+    for name in ("onnxruntime", "onnxruntime fp8", "nncf"):
         entry: dict = {}
         t0 = time.perf_counter()
-        if name == "onnxruntime":
-            seg_q = quantize(seg_onnx, args.work / "seg.ort.onnx", calibration=seg_feeds, force=True).path
+        precision = "fp8" if name.endswith("fp8") else "int8"
+        if name.startswith("onnxruntime"):
+            seg_q = quantize(seg_onnx, args.work / f"seg.ort.{precision}.onnx", calibration=seg_feeds,
+                             precision=precision, force=True).path
             entry["extra_install_mib"] = 0.0  # part of onnxruntime, already a core dependency
         else:
             try:
@@ -111,9 +117,9 @@ def main() -> None:
         entry["graph"] = properties(seg_q)
         entry["task_onnxruntime"] = task_scores(seg_q, seg.model, "onnxruntime")
         entry["task_openvino"] = task_scores(seg_q, seg.model, "openvino")
-        res_q = args.work / f"resnet.{name}.onnx"
-        if name == "onnxruntime":
-            quantize(res_onnx, res_q, calibration=res_feeds, force=True)
+        res_q = args.work / f"resnet.{name.replace(' ', '.')}.onnx"
+        if name.startswith("onnxruntime"):
+            quantize(res_onnx, res_q, calibration=res_feeds, precision=precision, force=True)
         else:
             nncf_quantize(res_onnx, res_q, res_feeds)
         timed[name] = res_q

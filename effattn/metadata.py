@@ -26,7 +26,7 @@ MODEL_ARGS = "effattn.model_args"  # JSON keyword arguments of the factory
 FP32_OPS = "effattn.fp32_ops"  # ops the precision stage kept in FP32
 
 #: Graph precisions the toolkit writes (and has parity tolerances for: effattn.runtime.parity.TOLERANCES).
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 #: The longest metadata value read (a profile of many inputs is a few KiB).
 MAX_VALUE_CHARS = 64 * 1024
 _SCALARS = (str, int, float, bool, type(None))

@@ -10,6 +10,7 @@
 # runs: what needs onnxruntime-gpu or TensorRT is reported as skipped, with the reason.
 # Results go to $OUT (the lent machine's folder that comes back), else ./gpu-check-out:
 #   env.txt, pytest.log, junit.xml, bench.json, bench.txt, bench.png, bench-int8.json, bench-int8.txt, summary.txt
+# (bench-int8 has an FP8 row too on GPUs of compute capability 8.9+: Ada, Hopper, Blackwell)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -98,7 +99,7 @@ if [ "$DRY" = 1 ]; then echo "+ nvidia-smi; versions of torch, onnxruntime (prov
 else envinfo 2>&1 | tee "$OUT/env.txt"; fi
 
 echo "== tests: every GPU test, and the CPU tests whose paths change when CUDA is present (serving aside);"
-echo "   TensorRT INT8 (QDQ graph) and BF16 engines vs eager: tests/engines/test_tensorrt_build.py::test_low_precision_engine_of_the_segmenter_matches_eager"
+echo "   TensorRT INT8, FP8 (QDQ graphs; FP8 on 8.9+ GPUs) and BF16 engines vs eager: tests/engines/test_tensorrt_build.py::test_low_precision_engine_of_the_segmenter_matches_eager"
 TESTS=(tests/runtime tests/engines tests/export tests/bench tests/test_cli.py tests/test_gpu_check.py)
 PARALLEL=()
 $PY -c "import xdist" 2>/dev/null && PARALLEL=(-n 4)   # pytest-xdist, where the machine has it
@@ -119,9 +120,13 @@ if [ "$DRY" = 1 ]; then echo "+ ${bench[*]} > $OUT/bench.txt"
 else "${bench[@]}" 2>&1 | tee "$OUT/bench.txt"; fi
 bench_rc=${PIPESTATUS[0]}
 
-echo "== bench row, TensorRT low precision (at most ${BENCH_SECONDS}s): the trained segmenter, FP16 vs INT8 engines"
+LOWPREC=(tensorrt-fp16 tensorrt-int8)
+if [ "$DRY" = 1 ] || $PY -c "import sys, torch; sys.exit(torch.cuda.get_device_capability() < (8, 9))" 2>/dev/null; then
+  LOWPREC+=(tensorrt-fp8)   # FP8 tensor cores (Ada, Hopper, Blackwell); the dry run shows the row
+fi
+echo "== bench row, TensorRT low precision (at most ${BENCH_SECONDS}s): the trained segmenter, ${LOWPREC[*]} engines"
 lowprec=($PY -m effattn bench --device cuda --models ea_segnet_tiny --sizes 128 --batch 8 --seconds 0.3
-         --max-seconds "$BENCH_SECONDS" --no-memory --backends tensorrt-fp16 tensorrt-int8
+         --max-seconds "$BENCH_SECONDS" --no-memory --backends "${LOWPREC[@]}"
          -o "$OUT/bench-int8.json" --force)
 if [ "$DRY" = 1 ]; then echo "+ ${lowprec[*]} > $OUT/bench-int8.txt"
 else "${lowprec[@]}" 2>&1 | tee "$OUT/bench-int8.txt"; fi

@@ -14,7 +14,7 @@ def test_gpu_check_dry_run_prints_every_step_and_runs_none(tmp_path):
     out = run.stdout
     for step in ("pip install -q --no-index --no-deps", "-m pytest tests/runtime tests/engines", "--junitxml", "-m effattn bench --device cuda",
                  "torch-compile onnxruntime onnxruntime-fp16", f"{tmp_path / 'out'}/bench.json",
-                 "test_low_precision_engine_of_the_segmenter_matches_eager", "--backends tensorrt-fp16 tensorrt-int8",
+                 "test_low_precision_engine_of_the_segmenter_matches_eager", "--backends tensorrt-fp16 tensorrt-int8 tensorrt-fp8",
                  f"{tmp_path / 'out'}/bench-int8.json"):
         assert step in out, step
     assert not (tmp_path / "out").exists() and not (tmp_path / "state").exists()

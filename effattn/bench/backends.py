@@ -31,6 +31,8 @@ BACKENDS = {
     "tensorrt": (("cuda",), "TensorRT engine of the FP32 graph"),
     "tensorrt-fp16": (("cuda",), "TensorRT engine of the FP16 graph (strongly typed)"),
     "tensorrt-int8": (("cuda",), "TensorRT engine of the INT8 QDQ graph of effattn quantize (explicit quantization)"),
+    "tensorrt-fp8": (("cuda",), "TensorRT engine of the FP8 E4M3 QDQ graph of effattn quantize --precision fp8 "
+                                "(GPUs of compute capability 8.9+)"),
     "torch-bf16": (("cpu",), "eager PyTorch in BF16 (weights and activations)"),
     "onnxruntime-int8": (("cpu",), "ONNX Runtime, the INT8 QDQ graph of effattn quantize"),
     "openvino": (("cpu",), "OpenVINO's default on the FP32 graph: one dynamic-shape compile, BF16 where the "
@@ -51,9 +53,10 @@ WARM_MEANS = {"onnxruntime": "second session of the same file (the CPU/CUDA prov
 
 
 def precision_of(backend: str) -> str:
-    """The graph a bench backend runs: ``fp16``/``int8`` files for ``*-fp16``/``*-int8``, else the FP32 one."""
+    """The graph a bench backend runs: ``fp16``/``int8``/``fp8`` files for ``*-fp16``/``*-int8``/``*-fp8``, else
+    the FP32 one."""
     suffix = backend.rsplit("-", 1)[-1]
-    return suffix if suffix in ("fp16", "int8") else "fp32"
+    return suffix if suffix in ("fp16", "int8", "fp8") else "fp32"
 
 
 def runtime_backend(backend: str) -> str:
@@ -82,15 +85,16 @@ class Backends:
         self._files: dict[str, Path] = {}
 
     def onnx(self, precision: str) -> Path:
-        """The model's FP32, FP16 or INT8 QDQ graph, exported (and converted) on first use."""
+        """The model's FP32, FP16 or INT8/FP8 QDQ graph, exported (and converted) on first use."""
         stem = _file_stem(self.name)
         if "fp32" not in self._files:
             self._files["fp32"] = export_onnx(self.source, self.profile, self.folder / f"{stem}.onnx",
                                               force=True).path
         if precision == "fp16" and "fp16" not in self._files:
             self._files["fp16"] = to_fp16(self._files["fp32"], self.folder / f"{stem}.fp16.onnx", force=True)
-        if precision == "int8" and "int8" not in self._files:
-            self._files["int8"] = quantize(self._files["fp32"], self.folder / f"{stem}.int8.onnx", force=True).path
+        if precision in ("int8", "fp8") and precision not in self._files:
+            self._files[precision] = quantize(self._files["fp32"], self.folder / f"{stem}.{precision}.onnx",
+                                              precision=precision, force=True).path
         return self._files[precision]
 
     def make(self, backend: str) -> Runner:

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-#: bytes per weight at each precision (FP16 and BF16 store 2, INT8 1)
-WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+#: bytes per weight at each precision (FP16 and BF16 store 2, INT8 and FP8 1)
+WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "fp8": 1}
 
 
 def model_cost(model: nn.Module, shape: Sequence[int]) -> tuple[float, int]:

@@ -142,16 +142,22 @@ def _demo(add) -> None:
 
 
 def _quantize(add) -> None:
-    p = add("quantize", "FP32 ONNX -> INT8 QDQ ONNX (TensorRT, ONNX Runtime, OpenVINO)",
+    p = add("quantize", "FP32 ONNX -> INT8 (or FP8) QDQ ONNX (TensorRT, ONNX Runtime, OpenVINO)",
             "Write an explicitly quantized copy of an FP32 export: signed symmetric INT8 (zero point 0) activations "
             "and per-channel weights on Conv/Gemm inputs, float biases, the attention softmaxes and context "
             "products kept in float - the form TensorRT's explicit quantization builds, and that ONNX Runtime "
             "and OpenVINO run. Calibration inputs: --calibration (a folder of .npy/.npz files or one .npz, batch "
-            "axis first), else the zoo model's own sample images, else random inputs (with a warning).\n\n"
+            "axis first), else the zoo model's own sample images, else random inputs (with a warning). "
+            "--precision fp8 writes the same graph in FP8 E4M3 (scales amax/448, FP8 zero points, opset 19) for "
+            "TensorRT on GPUs with FP8 tensor cores (compute capability 8.9+: Ada, Hopper); CPUs run it for "
+            "parity checks only.\n\n"
             "examples:\n  effattn quantize seg.onnx -o seg.int8.onnx\n"
-            "  effattn quantize resnet.onnx -o resnet.int8.onnx --calibration images.npz")
+            "  effattn quantize resnet.onnx -o resnet.int8.onnx --calibration images.npz\n"
+            "  effattn quantize seg.onnx -o seg.fp8.onnx --precision fp8 && effattn build seg.fp8.onnx -o seg.fp8.plan")
     p.add_argument("onnx", type=Path, help="an FP32 .onnx file written by 'effattn export'")
-    p.add_argument("-o", "--output", type=Path, required=True, help="the INT8 .onnx file to write")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the quantized .onnx file to write")
+    p.add_argument("--precision", choices=("int8", "fp8"), default="int8",
+                   help="int8 (default: every GPU, and OpenVINO's fast CPU path) or fp8 (E4M3, TensorRT on 8.9+ GPUs)")
     p.add_argument("--calibration", type=Path, help="folder of .npy/.npz files or one .npz (keys: input names)")
     p.add_argument("--samples", type=int, default=32, help="calibration images without --calibration (32)")
     p.add_argument("--force", action="store_true", help="overwrite the output")
@@ -162,8 +168,8 @@ def _build(add) -> None:
     p = add("build", "ONNX -> TensorRT engine (or ONNX Runtime's optimised graph)",
             "Build an engine from an exported ONNX file. TensorRT: precision is the graph's (strongly typed "
             "networks, the only way on TensorRT 11, which has no FP16/INT8 builder flags): an FP32 export is "
-            "converted to the FP16 graph first, an INT8 QDQ file from 'effattn quantize' builds an INT8 engine "
-            "(explicit quantization), a BF16 graph a BF16 one. "
+            "converted to the FP16 graph first, an INT8 (FP8) QDQ file from 'effattn quantize' builds an INT8 "
+            "(FP8) engine (explicit quantization; FP8 needs compute capability 8.9+), a BF16 graph a BF16 one. "
             "Engines go through the engine cache (keyed by the ONNX bytes, precision, profiles, builder options, "
             "TensorRT version and GPU), with a shared timing cache beside it. ONNX Runtime: save the optimised "
             "graph (fused, constant-folded) to inspect or ship. On the zoo models it did not shorten session "
@@ -172,10 +178,10 @@ def _build(add) -> None:
     p.add_argument("onnx", type=Path, help="an .onnx file written by 'effattn export'")
     p.add_argument("-o", "--output", type=Path, required=True, help="the engine (.plan) or optimised .onnx to write")
     p.add_argument("--backend", choices=("tensorrt", "onnxruntime"), default="tensorrt")
-    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8"), default="auto",
+    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8", "fp8"), default="auto",
                    help="auto (default): FP16 for an FP32 export (converted to the FP16 graph first), else the "
-                   "graph's own (FP16, BF16, or INT8 for a QDQ file from 'effattn quantize'); fp16/bf16 convert an "
-                   "FP32 file; fp32 keeps it; int8 needs a QDQ file")
+                   "graph's own (FP16, BF16, or INT8/FP8 for a QDQ file from 'effattn quantize'); fp16/bf16 convert "
+                   "an FP32 file; fp32 keeps it; int8/fp8 need a QDQ file of that type")
     p.add_argument("--fp16-flag", action="store_true", help="TensorRT 10 only: weakly typed build with the FP16 flag")
     p.add_argument("--workspace", type=float, metavar="GIB", help="TensorRT workspace limit in GiB")
     p.add_argument("--opt-level", type=int, default=3, choices=range(6), help="builder optimisation level 0-5 (3)")

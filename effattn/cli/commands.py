@@ -223,12 +223,14 @@ def _print_demo(result: pipeline.Demo) -> None:
 
 
 def cmd_quantize(args) -> None:
-    result = quantize(args.onnx, args.output, calibration=args.calibration, samples=args.samples, force=args.force)
+    result = quantize(args.onnx, args.output, calibration=args.calibration, samples=args.samples,
+                      precision=args.precision, force=args.force)
     if args.json:
-        return _print_json({"path": str(result.path), "calibration": result.calibration, "samples": result.samples,
-                            "quantized": result.quantized, "seconds": result.seconds})
+        return _print_json({"path": str(result.path), "precision": result.precision, "calibration": result.calibration,
+                            "samples": result.samples, "quantized": result.quantized, "seconds": result.seconds})
     ops = ", ".join(f"{n} {op}" for op, n in result.quantized.items())
-    print(f"wrote {result.path} (INT8 QDQ, signed symmetric; quantized: {ops}; calibration: {result.calibration}, "
+    kind = "INT8 QDQ, signed symmetric" if result.precision == "int8" else "FP8 E4M3 QDQ, for GPUs of compute capability 8.9+"
+    print(f"wrote {result.path} ({kind}; quantized: {ops}; calibration: {result.calibration}, "
           f"{result.samples} samples; {result.seconds:.1f}s)")
 
 

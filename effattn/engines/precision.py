@@ -28,7 +28,11 @@ from ..export.precision import to_bf16, to_fp16
 from ..export.quantize import qdq_summary
 
 #: What an engine can be built as. ``None`` (or ``"auto"``) asks for the graph's own precision.
-ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+#: Engines built from QDQ graphs ('effattn quantize'), with the zero-point type each takes.
+QDQ_PRECISIONS = {"int8": "int8", "fp8": "float8_e4m3fn"}
+#: FP8 tensor cores: compute capability 8.9 (Ada) and later (Hopper 9.0, Blackwell 10.0+).
+FP8_CAPABILITY = (8, 9)
 #: FP32 graphs this module converts on the way (``effattn.export.to_fp16`` / ``to_bf16``).
 CONVERTIBLE = ("fp16", "bf16")
 _FLOAT_TYPES = {TensorProto.BFLOAT16: "bf16", TensorProto.FLOAT16: "fp16"}
@@ -39,10 +43,10 @@ _QDQ = ("QuantizeLinear", "DequantizeLinear")
 class EnginePrecision:
     """The decision: the engine's precision, the graph's, and how the build gets from one to the other."""
 
-    precision: str  # what the engine is: fp32, fp16, bf16 or int8
+    precision: str  # what the engine is: fp32, fp16, bf16, int8 or fp8
     graph: str  # what the file holds
     convert: str | None = None  # "fp16"/"bf16": convert the FP32 graph first; None: build the file as it is
-    fp16_flag: bool = False  # TensorRT 10 only: weakly typed, FP16 builder flag (FP32 or INT8 graphs)
+    fp16_flag: bool = False  # TensorRT 10 only: weakly typed, FP16 builder flag (FP32 or QDQ graphs)
 
 
 def _float_types(model: onnx.ModelProto) -> set[int]:
@@ -70,15 +74,22 @@ def graph_precision(model: onnx.ModelProto) -> str:
 
 
 def qdq_problems(model: onnx.ModelProto) -> list[str]:
-    """Why ``model`` is not a QDQ graph TensorRT's explicit quantization takes (signed INT8, zero point 0)."""
+    """Why ``model`` is not a QDQ graph TensorRT's explicit quantization takes (one of signed INT8 or FP8 E4M3,
+    zero point 0, one scale per activation tensor)."""
     summary = qdq_summary(model)
     problems = []
     if not summary.quantized:
         problems.append("no op reads both its data and its weight through DequantizeLinear (no quantized layer)")
-    unsigned = sorted(summary.zero_point_types - {"int8"})
-    if unsigned:
-        problems.append(f"zero points of type {', '.join(unsigned)} (TensorRT takes signed INT8 only; a missing "
-                        "zero point means uint8)")
+    foreign = sorted(summary.zero_point_types - set(QDQ_PRECISIONS.values()))
+    if foreign:
+        problems.append(f"zero points of type {', '.join(foreign)} (TensorRT takes signed INT8 or FP8 E4M3; a "
+                        "missing zero point means uint8)")
+    elif len(summary.zero_point_types) > 1:
+        problems.append(f"INT8 and FP8 quantizers mixed ({', '.join(sorted(summary.zero_point_types))}); "
+                        "quantize the FP32 export to one of them")
+    if summary.per_channel_activations:
+        problems.append(f"{summary.per_channel_activations} activation quantizers with per-channel scales "
+                        "(TensorRT takes one scale per activation tensor)")
     if summary.nonzero_zero_points:
         problems.append(f"{summary.nonzero_zero_points} non-zero zero points (asymmetric; TensorRT needs symmetric "
                         "quantization, zero point 0)")
@@ -101,15 +112,12 @@ def read_graph_precision(onnx_path: Path, model: onnx.ModelProto | None = None) 
     model = model if model is not None else _load(onnx_path)
     meta = {p.key: p.value for p in model.metadata_props}
     seen = graph_precision(model)
-    if seen == "fp8":
-        raise BackendError(f"{onnx_path} is an FP8 QDQ graph; effattn builds FP32, FP16, BF16 and INT8 engines "
-                           "(FP8 is not supported yet)")
     if metadata.PRECISION in meta and (said := metadata.precision_of(meta)) != seen:
         raise BackendError(f"{onnx_path}: metadata {metadata.PRECISION} says {said} but the graph holds {seen} "
                            "tensors; re-export it instead of editing it")
-    if seen == "int8" and (problems := qdq_problems(model)):
+    if seen in QDQ_PRECISIONS and (problems := qdq_problems(model)):
         raise BackendError(f"{onnx_path} is not a QDQ graph TensorRT can build: {'; '.join(problems)}. Write it "
-                           "with 'effattn quantize' (signed symmetric INT8)")
+                           "with 'effattn quantize' (signed symmetric INT8, or --precision fp8)")
     return seen
 
 
@@ -123,16 +131,17 @@ def decide(graph: str, requested: str | None, fp16_flag: bool = False) -> Engine
     want = graph if requested is None else AUTO.get(graph, graph) if requested == "auto" else requested
     if want not in ENGINE_PRECISIONS:
         raise BackendError(f"precision must be one of auto, {', '.join(ENGINE_PRECISIONS)}; got {requested!r}")
-    if fp16_flag and not (want == "fp16" and graph == "fp32" or want == graph == "int8"):
-        raise BackendError(f"fp16_flag builds an FP32 graph as FP16 or lets an INT8 graph's float layers run in "
+    if fp16_flag and not (want == "fp16" and graph == "fp32" or want == graph and graph in QDQ_PRECISIONS):
+        raise BackendError(f"fp16_flag builds an FP32 graph as FP16 or lets a QDQ graph's float layers run in "
                            f"FP16 (TensorRT 10 only); it does not apply to a {want} engine of a {graph} graph")
     if want == graph:
         return EnginePrecision(want, graph, fp16_flag=fp16_flag)
     if graph == "fp32" and want in CONVERTIBLE:
         return EnginePrecision(want, graph, convert=None if fp16_flag else want, fp16_flag=fp16_flag)
-    if want == "int8":
-        raise BackendError(f"an INT8 engine needs an INT8 QDQ graph and this one is {graph}: quantize the FP32 export "
-                           "first ('effattn quantize', calibrated), then build that file")
+    if want in QDQ_PRECISIONS:
+        flag = "" if want == "int8" else " --precision fp8"
+        raise BackendError(f"an {want.upper()} engine needs an {want.upper()} QDQ graph and this one is {graph}: "
+                           f"quantize the FP32 export first ('effattn quantize{flag}', calibrated), then build that file")
     if want == "fp32":
         raise BackendError(f"the graph is {graph}; an FP32 engine needs the FP32 export")
     raise BackendError(f"the graph is {graph}, so its engine is {graph}: precision lives in the graph (TensorRT builds "
@@ -156,6 +165,16 @@ def converted_graph(decision: EnginePrecision, onnx_path: str | Path, out: str |
     return convert(onnx_path, out, force=True)
 
 
+def capability_refusal(precision: str, capability: str) -> str | None:
+    """Why this GPU (compute capability "9.0") cannot run a ``precision`` engine, or None. TensorRT builds FP8
+    layers only where FP8 tensor cores are (8.9+); elsewhere it would fail deep in the build or fall back."""
+    have = tuple(int(x) for x in capability.split(".")[:2])
+    if precision == "fp8" and have < FP8_CAPABILITY:
+        return (f"FP8 engines need FP8 tensor cores (compute capability {'.'.join(map(str, FP8_CAPABILITY))}+: Ada, "
+                f"Hopper, Blackwell); this GPU is {capability}. Build the INT8 file ('effattn quantize') instead")
+    return None
+
+
 # ------------------------------------------------------------------------------------------ the census
 #: Layer types that only move or convert data: a Reformat from FP32 to INT8 is not an INT8 layer.
 _DATA_MOVEMENT = ("reformat", "quantize", "dequantize")
@@ -171,7 +190,7 @@ def _tensor_type(tensor: Mapping) -> str | None:
     text = str(tensor.get("Datatype") or tensor.get("Format/Datatype") or "").lower()
     if not text or "n/a" in text or "not available" in text:
         return None
-    for kind, words in (("bf16", ("bfloat16", "bf16")), ("fp16", ("half", "fp16")), ("fp8", ("fp8",)),
+    for kind, words in (("bf16", ("bfloat16", "bf16")), ("fp16", ("half", "fp16")), ("fp8", ("fp8", "float8", "e4m3")),
                         ("int8", ("int8",)), ("fp32", ("float", "fp32"))):
         if any(w in text for w in words):
             return kind

@@ -1,7 +1,7 @@
 """TensorRT engines through Polygraphy's loaders, for TensorRT 10 and 11 (and TensorRT for RTX).
 
 Precision lives in the ONNX graph and is decided in one place (:mod:`.precision`): an FP32, FP16
-(``effattn.export.to_fp16``), BF16 (``to_bf16``) or INT8 QDQ (``effattn.export.quantize``) graph is
+(``effattn.export.to_fp16``), BF16 (``to_bf16``) or INT8/FP8 QDQ (``effattn.export.quantize``) graph is
 built as a strongly typed network, the only kind TensorRT 11 builds (it removed ``BuilderFlag.FP16``,
 ``INT8`` and ``BF16``) and the kind TensorRT >= 10.12 prefers (10.13 bindings: the precision flags are
 "Deprecated in TensorRT 10.12. Superseded by strong typing"). An INT8 QDQ graph is built by explicit
@@ -9,8 +9,11 @@ quantization: its Q/DQ nodes set the INT8 layers, no calibrator. On TensorRT 10 
 network is built weakly typed with the INT8 builder flag instead, as the explicit-quantization docs of
 those releases describe (Polygraphy 0.53.6 ``backend/trt/config.py`` ``CreateConfig(int8=True)``: a
 network with Q/DQ layers needs no calibrator); the weakly typed FP16 flag stays an option on TensorRT 10
-(``fp16_flag=True``). After each build the engine inspector counts the layers that really run in the
-engine's precision: an "FP16/BF16/INT8 engine" with none is refused.
+(``fp16_flag=True``). An FP8 QDQ graph is built the same way (FP8 flag on TensorRT 10 before 10.12,
+Polygraphy ``CreateConfig(fp8=True)``, ``config.py:572``), and only on a GPU with FP8 tensor cores
+(compute capability 8.9+), refused before the build elsewhere. After each build the engine inspector
+counts the layers that really run in the engine's precision: an "FP16/BF16/INT8/FP8 engine" with none is
+refused.
 
 References: TensorRT Python API (``IBuilderConfig``, ``IProgressMonitor``, ``IEngineInspector``,
 ``ICudaEngine.get_tensor_profile_shape``), docs.nvidia.com/deeplearning/tensorrt/latest/
@@ -50,7 +53,8 @@ from ..files import check_writable
 from ..metadata import read_metadata
 from ..shapes import ShapeProfile
 from .cache import EngineCache, EngineKey, Sidecar, sidecar_path
-from .precision import EnginePrecision, census, converted_graph, engine_precision, precision_refusal
+from .precision import (QDQ_PRECISIONS, EnginePrecision, capability_refusal, census, converted_graph, engine_precision,
+                        precision_refusal)
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +192,12 @@ class NetworkTyping:
     """How a network is built: strongly typed (precision from the graph), or weakly typed with builder flags."""
 
     strongly_typed: bool
-    flags: tuple[str, ...] = ()  # Polygraphy CreateConfig precision flags: "int8", "fp16"
+    flags: tuple[str, ...] = ()  # Polygraphy CreateConfig precision flags: "int8", "fp8", "fp16"
 
 
 def network_typing(version: str, decision: EnginePrecision, rtx: bool = False) -> NetworkTyping:
     """Strongly typed on TensorRT 11, TensorRT-RTX and TensorRT >= 10.12. On TensorRT 10 before 10.12 an INT8
-    QDQ graph is built weakly typed with the INT8 flag; ``fp16_flag`` (TensorRT 10 only) adds the FP16 flag,
+    (FP8) QDQ graph is built weakly typed with the INT8 (FP8) flag; ``fp16_flag`` (TensorRT 10 only) adds the FP16 flag,
     weakly typed. Pure: it needs the version string only, so it is tested without TensorRT."""
     have = version_tuple(version)
     if rtx or have >= (11, 0):
@@ -204,8 +208,8 @@ def network_typing(version: str, decision: EnginePrecision, rtx: bool = False) -
     if have < (10, 0):
         raise BackendError(f"TensorRT {version} is too old: effattn builds engines with TensorRT 10 or 11")
     flags = ("fp16",) if decision.fp16_flag else ()
-    if decision.precision == "int8" and (flags or have < (10, 12)):
-        return NetworkTyping(False, ("int8", *flags))
+    if decision.precision in QDQ_PRECISIONS and (flags or have < (10, 12)):
+        return NetworkTyping(False, (decision.precision, *flags))
     return NetworkTyping(not flags, flags)
 
 
@@ -254,6 +258,8 @@ def build_engine(
     polygraphy_loaders(rtx)  # refuses a process already bound to the other TensorRT
     gpu_name, capability = gpu_identity()
     decision = engine_precision(onnx_path, precision, fp16_flag=fp16_flag)
+    if refusal := capability_refusal(decision.precision, capability):
+        raise BackendError(f"{onnx_path}: {refusal}")
     typing = network_typing(str(trt.__version__), decision, rtx)
     cache = EngineCache(cache_dir)
     source = (onnx_path if decision.convert is None else
@@ -301,7 +307,7 @@ def _create_config(trt, loaders, profiles: list[ShapeProfile], key: EngineKey, t
                   progress_monitor=monitor, profiling_verbosity=trt.ProfilingVerbosity.DETAILED)
     if options["workspace_gib"]:
         kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(options["workspace_gib"] * 2**30)}
-    kwargs.update({flag: True for flag in typing.flags})  # CreateConfig(int8=True, fp16=True)
+    kwargs.update({flag: True for flag in typing.flags})  # CreateConfig(int8=True, fp8=True, fp16=True)
     return loaders.CreateConfig(**kwargs)
 
 

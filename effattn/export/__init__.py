@@ -1,4 +1,4 @@
-"""Export stages: PyTorch -> checked, simplified, self-describing ONNX; then the FP16, BF16 and INT8 (QDQ) graphs."""
+"""Export stages: PyTorch -> checked, simplified, self-describing ONNX; then the FP16, BF16, INT8 and FP8 (QDQ) graphs."""
 
 from ..metadata import read_metadata, set_metadata
 from .exporter import EXPORTERS, ExportResult, export_onnx

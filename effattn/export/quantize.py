@@ -1,4 +1,4 @@
-"""The INT8 stage: an explicitly quantized (QDQ) ONNX graph that TensorRT, ONNX Runtime and OpenVINO all run.
+"""The INT8 (and FP8) stage: an explicitly quantized (QDQ) ONNX graph that TensorRT, ONNX Runtime and OpenVINO run.
 
 TensorRT builds explicit-quantization networks from QDQ graphs only with *signed, symmetric* INT8
 (zero point 0) for activations as well as weights, and keeps biases in float; ONNX Runtime's
@@ -6,6 +6,17 @@ TensorRT builds explicit-quantization networks from QDQ graphs only with *signed
 So this stage asks ONNX Runtime's quantizer for exactly that: QInt8 activations and weights, both
 symmetric, per-channel weights, float biases, QDQ format. Before the file is written the graph is
 checked for those properties; a graph that breaks one is an error, not a file.
+
+FP8 (E4M3, for TensorRT on compute capability 8.9+: Ada, Hopper) is the same graph with another code:
+the INT8 pass runs with the weights left in float behind a Q/DQ pair (TensorRT quantizes them with
+that scale), then every scale amax/127 becomes amax/448 - the same max-calibrated range, mapped onto
+E4M3's largest finite value instead of 127 - and the zero points become FP8 zeros (opset 19, the first
+whose Q/DQ take float8). Convs too small for TensorRT's FP8 kernels stay float (:func:`fp8_ineligible_convs`).
+NVIDIA ModelOpt's ONNX PTQ makes its FP8 graphs from an INT8 max calibration too (nvidia-modelopt 0.47.0
+``onnx/quantization/fp8.py`` ``int8_to_fp8``) but multiplies the scales by 448/127, which maps amax onto
+36 (127**2/448) instead of 448; on the trained ea_segnet_tiny at 256 x 256 that doubled the IoU drop
+(1.41 vs 0.77 points; 3.70 vs 0.75 with every Conv in FP8), so this stage maps amax onto 448. ONNX
+Runtime's own FP8 mode accepts only its "Distribution" calibration.
 
 Calibration data (activation ranges) come from, in order: the caller (a folder of ``.npy``/``.npz``
 files, one ``.npz``, or arrays), the zoo model's own sample generator (the data its shipped weights
@@ -29,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from .. import metadata
 from ..errors import ExportError, InputError, ModelError, first_line
@@ -46,6 +57,12 @@ log = logging.getLogger(__name__)
 #: (OpenVINO on ea_resnet@224 35.3 vs 37.9 ms); ONNX Runtime's default op set, which quantizes the
 #: Softmax too -> 69.5 %. So the attention softmaxes and context products stay in float.
 QUANTIZED_OPS: tuple[str, ...] = ("Conv", "Gemm")
+#: What this stage writes: INT8 (every TensorRT GPU, and the fast path on x86 CPUs through OpenVINO) or FP8 E4M3
+#: (TensorRT on compute capability 8.9+; CPUs run it for parity only: ONNX Runtime and OpenVINO emulate it).
+QUANT_PRECISIONS = ("int8", "fp8")
+FP8_MAX = 448.0  # the largest finite float8e4m3fn
+INT8_MAX = 127.0  # symmetric INT8 (ONNX Runtime's symmetric range is -127..127)
+FP8_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take float8
 #: Ops that must never be quantized (the attention core); listed in the file's metadata.
 FLOAT_OPS: tuple[str, ...] = ("MatMul", "Softmax")
 #: Q/DQ on the *inputs* of the quantized ops only, as TensorRT's explicit quantization expects: no Q/DQ on
@@ -59,6 +76,7 @@ CALIBRATION = "effattn.calibration"  # metadata key: where the activation ranges
 @dataclass
 class QuantizeResult:
     path: Path
+    precision: str  # int8 or fp8
     calibration: str  # where the calibration data came from
     samples: int
     quantized: dict[str, int] = field(default_factory=dict)  # op type -> nodes whose operands are both INT8
@@ -74,10 +92,17 @@ class QdqSummary:
     nonzero_zero_points: int
     per_channel_weights: int
     float_ops: Counter  # op types in FLOAT_OPS fed by no DequantizeLinear
+    per_channel_activations: int = 0  # quantizers of run-time tensors with more than one scale
+
+    @property
+    def precision(self) -> str | None:
+        """``int8`` or ``fp8`` when every zero point has that one TensorRT type, else None."""
+        return {frozenset({"int8"}): "int8", frozenset({"float8_e4m3fn"}): "fp8"}.get(frozenset(self.zero_point_types))
 
     @property
     def tensorrt_compatible(self) -> bool:
-        return self.zero_point_types <= {"int8"} and self.nonzero_zero_points == 0 and bool(self.quantized)
+        return (self.precision is not None and self.nonzero_zero_points == 0 and not self.per_channel_activations
+                and bool(self.quantized))
 
 
 def qdq_summary(model: onnx.ModelProto) -> QdqSummary:
@@ -85,10 +110,13 @@ def qdq_summary(model: onnx.ModelProto) -> QdqSummary:
     inits = {t.name: t for t in model.graph.initializer}
     dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     types: set[str] = set()
-    nonzero = per_channel = 0
+    nonzero = per_channel = per_channel_activations = 0
     for node in model.graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
+        scale = inits.get(node.input[1])
+        per_channel_activations += int(node.op_type == "QuantizeLinear" and node.input[0] not in inits
+                                       and scale is not None and int(np.prod(scale.dims)) > 1)
         zp = inits.get(node.input[2]) if len(node.input) > 2 else None
         if zp is None:  # no zero point: uint8 by the ONNX spec
             types.add("uint8")
@@ -96,11 +124,11 @@ def qdq_summary(model: onnx.ModelProto) -> QdqSummary:
         value = numpy_helper.to_array(zp)
         types.add(value.dtype.name)
         nonzero += int(np.count_nonzero(value))
-        per_channel += int(node.op_type == "DequantizeLinear" and value.size > 1 and node.input[0] in inits)
+        per_channel += int(value.size > 1 and node.input[0] in inits)  # INT8-stored weight (DQ) or float weight (Q)
     fed = Counter(n.op_type for n in model.graph.node  # both operands (data and weight) dequantized from INT8
                   if len(n.input) >= 2 and n.input[0] in dq_outputs and n.input[1] in dq_outputs)
     unfed = Counter(n.op_type for n in model.graph.node if n.op_type in FLOAT_OPS and not set(n.input) & dq_outputs)
-    return QdqSummary(fed, types, nonzero, per_channel, unfed)
+    return QdqSummary(fed, types, nonzero, per_channel, unfed, per_channel_activations)
 
 
 # ------------------------------------------------------------------------------------------ calibration
@@ -194,8 +222,8 @@ def calibration_feeds(calibration, meta: Mapping[str, str], names: list[str], pr
     feeds = zoo_samples(meta, profile, samples, seed)
     if feeds is not None:
         return feeds, f"zoo samples: {meta[metadata.MODEL]} x{samples}"
-    log.warning("calibrating on %d random normal inputs: real images have other activation ranges, so the INT8 "
-                "scales may clip them or waste range; pass real inputs with --calibration", samples)
+    log.warning("calibrating on %d random normal inputs: real images have other activation ranges, so the "
+                "quantization scales may clip them or waste range; pass real inputs with --calibration", samples)
     return random_samples(profile, samples, seed), f"random normal x{samples}"
 
 
@@ -227,7 +255,7 @@ def _refuse_unquantizable(path: Path, model: onnx.ModelProto, meta: Mapping[str,
     inits = {t.name for t in model.graph.initializer}
     for value in model.graph.input:
         if value.name not in inits and value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise ExportError(f"{path}: input {value.name!r} is not float32; INT8 calibration needs float32 inputs")
+            raise ExportError(f"{path}: input {value.name!r} is not float32; calibration needs float32 inputs")
 
 
 def _load(path: Path) -> onnx.ModelProto:
@@ -252,6 +280,23 @@ def _quiet_quantizer():
             yield
     finally:
         root.removeFilter(to_debug)
+
+
+def fp8_ineligible_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the Convs that stay float in an FP8 graph: 16 or fewer input or output channels, or more than
+    32 filter taps (a 7x7 kernel). NVIDIA ModelOpt's rule for TensorRT's FP8 convolutions (nvidia-modelopt 0.47.0
+    ``onnx/quantization/graph_utils.py`` ``find_nodes_from_convs_to_exclude``, ``_MIN_CHANNELS_FP8 = 16``): FP8
+    kernels are slower than FP16 ones for small channel counts, and large filters have none. It also keeps
+    accuracy: with every Conv of the trained ea_segnet_tiny in FP8 (the 3-channel stem and 3-class classifier
+    too) argmax agreement at 256 x 256 was 98.7 %, under the 99 % gate; with the rule 99.6 %."""
+    inits = {t.name: t for t in model.graph.initializer}
+
+    def eligible(conv: onnx.NodeProto) -> bool:
+        weight = inits.get(conv.input[1]) if len(conv.input) > 1 else None  # None: a weight computed at run time
+        dims = list(weight.dims) if weight is not None else []
+        return len(dims) >= 3 and min(dims[:2]) > 16 and int(np.prod(dims[2:])) <= 32
+
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and not eligible(n)]
 
 
 def after_concat(model: onnx.ModelProto, ops: Sequence[str]) -> list[str]:
@@ -342,10 +387,12 @@ def split_concat_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
     return model, split
 
 
-def _run_quantizer(src: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], ops: Sequence[str]) -> onnx.ModelProto:
+def _run_quantizer(src: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], ops: Sequence[str],
+                   exclude: Sequence[str] = (), float_weights: bool = False) -> onnx.ModelProto:
     """ONNX Runtime's quantize_static with TensorRT's rules. MinMax calibration: percentile and entropy
     measured no better on the trained segmenter (argmax 99.78 / 99.77 % vs 99.77 %) and need calibration
-    inputs of one shape, where MinMax takes the profile's min, opt and max sizes."""
+    inputs of one shape, where MinMax takes the profile's min, opt and max sizes. ``float_weights``: keep
+    the weights in float behind a Q/DQ pair instead of storing them as INT8 (what the FP8 graph needs)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory(prefix="effattn-quantize-") as tmp, _quiet_quantizer():
@@ -353,13 +400,45 @@ def _run_quantizer(src: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], ops
         try:
             quantize_static(src, str(out), _Reader(feeds), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            op_types_to_quantize=list(ops), nodes_to_exclude=after_concat(src, ops),
+                            op_types_to_quantize=list(ops), nodes_to_exclude=[*after_concat(src, ops), *exclude],
                             calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "QuantizeBias": False, **_PLACEMENT})
+                                           "QuantizeBias": False, "AddQDQPairToWeight": float_weights,
+                                           **_PLACEMENT})
         except Exception as e:  # the quantizer and the calibration session raise many types
             raise ExportError(f"INT8 quantization failed: {first_line(e)}") from e
         return onnx.load(str(out))
+
+
+def int8_to_fp8(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The FP8 E4M3 form of a max-calibrated symmetric INT8 QDQ graph whose weights are float behind Q/DQ
+    pairs: each scale (amax / 127) becomes amax / 448, each zero point an FP8 zero, the opset 19."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), FP8_OPSET)
+    if opset < FP8_OPSET:
+        try:
+            model = version_converter.convert_version(model, FP8_OPSET)
+        except Exception as e:  # the converter raises bare RuntimeErrors
+            raise ExportError(f"cannot move the graph from opset {opset} to {FP8_OPSET} for FP8: {first_line(e)}") from e
+    inits = {t.name: t for t in model.graph.initializer}
+    quantizers = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if any(n.op_type == "DequantizeLinear" and n.input[0] in inits for n in quantizers):
+        raise ExportError("the INT8 graph stores quantized weights; FP8 needs them in float (AddQDQPairToWeight)")
+    converted: set[str] = set()
+    for node in quantizers:
+        scale, zero_point = node.input[1], node.input[2]
+        if scale not in converted:
+            value = numpy_helper.to_array(inits[scale])
+            inits[scale].CopyFrom(numpy_helper.from_array((value * (INT8_MAX / FP8_MAX)).astype(value.dtype), scale))
+        if zero_point not in converted:
+            dims = list(inits[zero_point].dims)
+            inits[zero_point].CopyFrom(helper.make_tensor(zero_point, TensorProto.FLOAT8E4M3FN, dims,
+                                                          bytes(int(np.prod(dims))), raw=True))
+        converted |= {scale, zero_point}
+    quantized = {n.output[0] for n in quantizers if n.op_type == "QuantizeLinear"}
+    kept = [v for v in model.graph.value_info if v.name not in quantized]  # they were typed INT8
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    return model
 
 
 def quantize(
@@ -370,9 +449,11 @@ def quantize(
     samples: int = DEFAULT_SAMPLES,
     ops: Sequence[str] = QUANTIZED_OPS,
     seed: int = 0,
+    precision: str = "int8",
     force: bool = False,
 ) -> QuantizeResult:
-    """Write a signed symmetric INT8 QDQ copy of the FP32 export ``onnx_in`` to ``onnx_out``.
+    """Write a signed symmetric INT8 (or, ``precision="fp8"``, FP8 E4M3) QDQ copy of the FP32 export
+    ``onnx_in`` to ``onnx_out``.
 
     ``calibration``: a folder of ``.npy``/``.npz`` files, one such file, or a list of feeds; without it
     ``samples`` images come from the zoo model's generator, else random inputs (with a warning).
@@ -383,19 +464,29 @@ def quantize(
     check_writable(onnx_out, force)
     if samples <= 0:
         raise InputError(f"samples must be positive, got {samples}")
+    if precision not in QUANT_PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(QUANT_PRECISIONS)}; got {precision!r}")
     meta = read_metadata(onnx_in)
     model = _load(onnx_in)
     _refuse_unquantizable(onnx_in, model, meta)
     inits = {t.name for t in model.graph.initializer}
     names = [v.name for v in model.graph.input if v.name not in inits]
     feeds, where = calibration_feeds(calibration, meta, names, metadata.profile_of(meta), samples, seed)
-    int8 = _run_quantizer(split_concat_convs(model)[0], feeds, ops)
-    summary = qdq_summary(int8)
-    if not summary.tensorrt_compatible:
-        raise ExportError(f"quantized {onnx_in} is not TensorRT-compatible (zero points {summary.zero_point_types}, "
-                          f"{summary.nonzero_zero_points} non-zero); nothing was written")
-    set_metadata(int8, {metadata.PRECISION: "int8", metadata.FP32_OPS: ",".join(FLOAT_OPS), CALIBRATION: where})
+    split = split_concat_convs(model)[0]
+    exclude = fp8_ineligible_convs(split) if precision == "fp8" else []
+    if not any(n.op_type in ops and n.name not in exclude for n in split.graph.node):
+        raise ExportError(f"{onnx_in} has no Conv TensorRT runs in FP8 (each has 16 or fewer input or output channels "
+                          "or a filter over 32 taps: NVIDIA's rule for FP8 convolutions); quantize it to INT8 instead")
+    qdq = _run_quantizer(split, feeds, ops, exclude, float_weights=precision == "fp8")
+    if precision == "fp8":
+        qdq = int8_to_fp8(qdq)
+    summary = qdq_summary(qdq)
+    if not summary.tensorrt_compatible or summary.precision != precision:
+        raise ExportError(f"quantized {onnx_in} is not a TensorRT-compatible {precision} graph (zero points "
+                          f"{sorted(summary.zero_point_types)}, {summary.nonzero_zero_points} non-zero, "
+                          f"{summary.per_channel_activations} per-channel activations); nothing was written")
+    set_metadata(qdq, {metadata.PRECISION: precision, metadata.FP32_OPS: ",".join(FLOAT_OPS), CALIBRATION: where})
     with atomic_output(onnx_out, force) as tmp:
-        onnx.save(int8, tmp)
-    log.debug("wrote INT8 QDQ graph %s (%s; calibration %s)", onnx_out, dict(summary.quantized), where)
-    return QuantizeResult(onnx_out, where, len(feeds), dict(summary.quantized), time.perf_counter() - start)
+        onnx.save(qdq, tmp)
+    log.debug("wrote %s QDQ graph %s (%s; calibration %s)", precision, onnx_out, dict(summary.quantized), where)
+    return QuantizeResult(onnx_out, precision, where, len(feeds), dict(summary.quantized), time.perf_counter() - start)

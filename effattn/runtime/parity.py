@@ -43,6 +43,12 @@ TOLERANCES = {
     # so these limits are loose; the task-level gate (>= 99 % argmax and <= 1 point IoU drop per class on
     # held-out task images) is tests/export/test_quantize.py's and the bench's.
     "int8": Tolerance(rel_l2=0.2, branch_rel_l2=5e-2, argmax_agreement=0.95),
+    # FP8 E4M3 QDQ (effattn quantize --precision fp8; on the CPU ONNX Runtime and OpenVINO emulate it, as TensorRT
+    # computes it on an FP8 GPU), measured 2026-11 on a 2-core EPYC: EA block with 32 channels (every Conv in FP8;
+    # 600 draws) output <= 3.9e-3, branch median 2.2e-2, max 3.4e-2 (three mantissa bits round each value by up
+    # to 6 %, where INT8's error is one step of the range); trained segmenter (the one Conv with more than 16
+    # channels in FP8, NVIDIA's rule) on noise, 180 draws: rel-L2 <= 3.8e-2, argmax >= 97.0 %. The INT8 limits hold.
+    "fp8": Tolerance(rel_l2=0.2, branch_rel_l2=5e-2, argmax_agreement=0.95),
 }
 
 

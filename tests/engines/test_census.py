@@ -125,3 +125,15 @@ def test_rtx_choice_made_at_first_import(rtx):
     env = {k: v for k, v in __import__("os").environ.items() if k != "POLYGRAPHY_USE_TENSORRT_RTX"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == str(rtx), out.stderr
+
+
+def test_census_counts_an_fp8_convolution_as_fp8():
+    """The inspector names FP8 tensors "FP8" (TensorRT's DataType.FP8); an FP8 convolution reading FP8 and writing
+    Float is an FP8 layer, as an INT8 one is an INT8 layer, and "FP8" is never read as FP32 ("float")."""
+    for name in ("FP8", "Row major linear FP8 format", "Float8E4M3"):
+        info = {"Layers": [_typed_layer("CaskConvolution", [name], ["Float"]), _typed_layer("Quantize", ["Float"], [name]),
+                           _typed_layer("Myelin", ["Float"], ["Float"])]}
+        layers = census(info)
+        assert layers == {"layers": 3, "fp8": 1, "reformat": 1, "fp32": 1}, name
+        assert precision_refusal("fp8", layers) is None
+    assert precision_refusal("fp8", {"layers": 3, "int8": 3}) == "runs 0 of 3 layers in FP8"

@@ -1,5 +1,6 @@
-"""The engine precision decision (one place, from the graph alone), the QDQ checks before a TensorRT INT8
-build, how each TensorRT version types the network, and the cache key: all without a GPU."""
+"""The engine precision decision (one place, from the graph alone), the QDQ checks before a TensorRT INT8 or
+FP8 build, the FP8 capability check, how each TensorRT version types the network, and the cache key: all
+without a GPU."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from effattn import metadata
 from effattn.engines.cache import EngineKey
-from effattn.engines.precision import (EnginePrecision, converted_graph, decide, engine_precision, graph_precision,
-                                       qdq_problems, read_graph_precision)
+from effattn.engines.precision import (EnginePrecision, capability_refusal, converted_graph, decide, engine_precision,
+                                       graph_precision, qdq_problems)
 from effattn.engines.tensorrt_build import NetworkTyping, network_typing, version_tuple
 from effattn.errors import BackendError
 from effattn.export import export_onnx, quantize, to_fp16
@@ -21,6 +22,7 @@ from effattn.models import EfficientAttention
 from effattn.shapes import ShapeProfile
 
 PROFILE = ShapeProfile.single("1x16x8x8", "1x16x16x16", "2x16x16x16")
+WIDE = ShapeProfile.single("1x32x8x8", "1x32x16x16", "2x32x16x16")
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +33,12 @@ def graphs(tmp_path_factory):
     fp32 = export_onnx(block, PROFILE, d / "block.onnx").path
     return {"dir": d, "fp32": fp32, "fp16": to_fp16(fp32, d / "block.fp16.onnx"),
             "bf16": to_bf16(fp32, d / "block.bf16.onnx"),
-            "int8": quantize(fp32, d / "block.int8.onnx", samples=4).path}
+            "int8": quantize(fp32, d / "block.int8.onnx", samples=4).path,
+            "fp8": quantize(export_onnx(EfficientAttention(32, 32, 2, 32).eval(), WIDE, d / "wide.onnx").path,
+                            d / "wide.fp8.onnx", samples=4, precision="fp8").path}  # FP8 Convs need > 16 channels
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8", "fp8"])
 def test_graph_precision_is_read_from_the_graph_and_agrees_with_the_metadata(graphs, precision):
     model = onnx.load(graphs[precision])
     assert graph_precision(model) == precision
@@ -57,6 +61,9 @@ def test_graph_precision_is_read_from_the_graph_and_agrees_with_the_metadata(gra
     ("bf16", None, False, EnginePrecision("bf16", "bf16")),
     ("int8", None, False, EnginePrecision("int8", "int8")),
     ("int8", "int8", True, EnginePrecision("int8", "int8", fp16_flag=True)),
+    ("fp8", None, False, EnginePrecision("fp8", "fp8")),
+    ("fp8", "auto", False, EnginePrecision("fp8", "fp8")),
+    ("fp8", "fp8", True, EnginePrecision("fp8", "fp8", fp16_flag=True)),
 ])
 def test_decision_table(graph, requested, fp16_flag, expected):
     assert decide(graph, requested, fp16_flag) == expected
@@ -69,7 +76,12 @@ def test_decision_table(graph, requested, fp16_flag, expected):
     ("int8", "fp32", False, r"the graph is int8; an FP32 engine needs the FP32 export"),
     ("int8", "fp16", False, r"the graph is int8, so its engine is int8: precision lives in the graph"),
     ("fp16", "bf16", False, r"For a bf16 engine build the FP32 export with precision='bf16'"),
-    ("fp32", "fp8", False, r"precision must be one of auto, fp32, fp16, bf16, int8; got 'fp8'"),
+    ("fp32", "fp8", False, r"an FP8 engine needs an FP8 QDQ graph and this one is fp32: quantize the FP32 export "
+                           r"first \('effattn quantize --precision fp8', calibrated\)"),
+    ("int8", "fp8", False, r"an FP8 engine needs an FP8 QDQ graph and this one is int8"),
+    ("fp8", "int8", False, r"an INT8 engine needs an INT8 QDQ graph and this one is fp8: .*'effattn quantize',"),
+    ("fp8", "fp16", False, r"the graph is fp8, so its engine is fp8"),
+    ("fp32", "fp4", False, r"precision must be one of auto, fp32, fp16, bf16, int8, fp8; got 'fp4'"),
     ("fp32", None, True, r"fp16_flag .* does not apply to a fp32 engine of a fp32 graph"),
     ("fp16", "fp16", True, r"does not apply to a fp16 engine of a fp16 graph"),
 ])
@@ -111,7 +123,7 @@ def test_asymmetric_or_unsigned_qdq_graphs_are_refused_before_tensorrt(graphs):
         t = _zero_points(model)[0]
         t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + np.int8(3), t.name))
 
-    with pytest.raises(BackendError, match=r"zero points of type uint8 \(TensorRT takes signed INT8 only.*"
+    with pytest.raises(BackendError, match=r"zero points of type uint8 \(TensorRT takes signed INT8 or FP8 E4M3.*"
                                            r"non-zero zero points \(asymmetric.*'effattn quantize'"):
         engine_precision(_edited(graphs, "uint8.onnx", unsigned))
     with pytest.raises(BackendError, match=r"not a QDQ graph TensorRT can build: [0-9]+ non-zero zero points"):
@@ -131,18 +143,58 @@ def test_a_qdq_graph_without_a_quantized_layer_is_refused():
                                    "(no quantized layer)"]
 
 
-def test_fp8_qdq_graphs_are_refused_by_name(tmp_path):
+def _qdq(zero_points: dict[str, onnx.TensorProto], activation_scale=np.float32(0.1)) -> onnx.ModelProto:
+    """x -> Q/DQ (zero point "zx") -> MatMul with a weight through Q/DQ (zero point "zw"): one quantized layer."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    inits = [numpy_helper.from_array(np.float32(0.1), "s"),
-             helper.make_tensor("z", TensorProto.FLOAT8E4M3FN, [], [0.0])]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
-             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 19)])
-    onnx.save(model, tmp_path / "fp8.onnx")
-    assert graph_precision(model) == "fp8"
-    with pytest.raises(BackendError, match="is an FP8 QDQ graph; effattn builds FP32, FP16, BF16 and INT8 engines"):
-        read_graph_precision(tmp_path / "fp8.onnx")
+    inits = [numpy_helper.from_array(np.asarray(activation_scale, np.float32), "sx"),
+             numpy_helper.from_array(np.float32(0.01), "sw"), numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+             *zero_points.values()]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["qx"]),
+             helper.make_node("DequantizeLinear", ["qx", "sx", "zx"], ["dx"]),
+             helper.make_node("QuantizeLinear", ["w", "sw", "zw"], ["qw"]),
+             helper.make_node("DequantizeLinear", ["qw", "sw", "zw"], ["dw"]),
+             helper.make_node("MatMul", ["dx", "dw"], ["y"])]
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 19)])
+
+
+def _zero(name: str, kind: int) -> onnx.TensorProto:
+    return helper.make_tensor(name, kind, [], bytes(1), raw=True)
+
+
+def test_fp8_qdq_graphs_are_checked_like_int8_ones():
+    """One TensorRT type per graph (signed INT8 or FP8 E4M3), and one scale per activation tensor."""
+    e4m3 = {"zx": _zero("zx", TensorProto.FLOAT8E4M3FN), "zw": _zero("zw", TensorProto.FLOAT8E4M3FN)}
+    assert graph_precision(_qdq(e4m3)) == "fp8" and qdq_problems(_qdq(e4m3)) == []
+    mixed = {"zx": _zero("zx", TensorProto.FLOAT8E4M3FN), "zw": _zero("zw", TensorProto.INT8)}
+    assert qdq_problems(_qdq(mixed)) == ["INT8 and FP8 quantizers mixed (float8_e4m3fn, int8); quantize the FP32 "
+                                         "export to one of them"]
+    e5m2 = {"zx": _zero("zx", TensorProto.FLOAT8E5M2), "zw": _zero("zw", TensorProto.FLOAT8E5M2)}
+    assert graph_precision(_qdq(e5m2)) == "fp8"
+    assert qdq_problems(_qdq(e5m2)) == ["zero points of type float8_e5m2 (TensorRT takes signed INT8 or FP8 E4M3; "
+                                        "a missing zero point means uint8)"]
+    per_channel = _qdq({"zx": helper.make_tensor("zx", TensorProto.FLOAT8E4M3FN, [4], bytes(4), raw=True),
+                        "zw": _zero("zw", TensorProto.FLOAT8E4M3FN)}, activation_scale=np.full(4, 0.1, np.float32))
+    per_channel.graph.node[0].attribute.append(helper.make_attribute("axis", 1))
+    assert qdq_problems(per_channel) == ["1 activation quantizers with per-channel scales (TensorRT takes one scale "
+                                         "per activation tensor)"]
+
+
+def test_the_fp8_file_of_effattn_quantize_passes_the_checks(graphs):
+    model = onnx.load(graphs["fp8"])
+    assert qdq_problems(model) == []
+    assert {t.data_type for t in _zero_points(model)} == {TensorProto.FLOAT8E4M3FN}
+
+
+@pytest.mark.parametrize("precision,capability,refused", [
+    ("fp8", "9.0", False), ("fp8", "8.9", False), ("fp8", "10.0", False), ("fp8", "12.0", False),
+    ("fp8", "8.6", True), ("fp8", "8.0", True), ("fp8", "7.5", True), ("int8", "7.5", False), ("bf16", "9.0", False)])
+def test_fp8_engines_need_fp8_tensor_cores(precision, capability, refused):
+    refusal = capability_refusal(precision, capability)
+    assert (refusal is not None) == refused
+    if refused:
+        assert refusal.startswith(f"FP8 engines need FP8 tensor cores (compute capability 8.9+: Ada, Hopper, "
+                                  f"Blackwell); this GPU is {capability}")
 
 
 def test_unreadable_files_are_one_line_errors(tmp_path):
@@ -165,6 +217,10 @@ INT8, FP16_FLAG = EnginePrecision("int8", "int8"), EnginePrecision("fp16", "fp32
     ("10.13.3.9", False, EnginePrecision("int8", "int8", fp16_flag=True), NetworkTyping(False, ("int8", "fp16"))),
     ("10.13.3.9", False, FP16_FLAG, NetworkTyping(False, ("fp16",))),
     ("1.7.1", True, EnginePrecision("bf16", "bf16"), NetworkTyping(True)),
+    ("11.4.0.106", False, EnginePrecision("fp8", "fp8"), NetworkTyping(True)),
+    ("10.13.3.9", False, EnginePrecision("fp8", "fp8"), NetworkTyping(True)),
+    ("10.8.0.43", False, EnginePrecision("fp8", "fp8"), NetworkTyping(False, ("fp8",))),  # the FP8 flag then
+    ("10.13.3.9", False, EnginePrecision("fp8", "fp8", fp16_flag=True), NetworkTyping(False, ("fp8", "fp16"))),
 ])
 def test_network_typing_per_tensorrt_version(version, rtx, decision, expected):
     assert network_typing(version, decision, rtx) == expected

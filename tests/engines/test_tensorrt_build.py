@@ -60,14 +60,20 @@ def test_engine_matches_eager(tmp_path, name, precision):
     assert report.passed, report
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["int8", "bf16"])
-def test_low_precision_engine_of_the_segmenter_matches_eager(tmp_path, precision):
-    """INT8 by explicit quantization (the QDQ graph of effattn quantize) and BF16 (the graph of to_bf16), built
-    strongly typed with the precision read from the graph: the inspector must show layers running in that
-    precision, parity with eager FP32 within the precision's tolerance, and (INT8) task-level argmax agreement
-    >= 99 % on held-out task images as on ONNX Runtime (tests/export/test_quantize.py)."""
+def _needs_fp8_tensor_cores():
     _needs_tensorrt()
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 engines need a GPU of compute capability 8.9+ (Ada, Hopper, Blackwell)")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["int8", "bf16", "fp8"])
+def test_low_precision_engine_of_the_segmenter_matches_eager(tmp_path, precision):
+    """INT8 and FP8 by explicit quantization (the QDQ graphs of effattn quantize) and BF16 (the graph of
+    to_bf16), built strongly typed with the precision read from the graph: the inspector must show layers
+    running in that precision, parity with eager FP32 within the precision's tolerance, and task-level argmax
+    agreement >= 99 % on held-out task images as on ONNX Runtime (tests/export/test_quantize.py)."""
+    _needs_fp8_tensor_cores() if precision == "fp8" else _needs_tensorrt()
     from effattn.engines import build_engine
     from effattn.export import export_onnx, quantize, to_bf16
     from effattn.models import load_model
@@ -77,8 +83,8 @@ def test_low_precision_engine_of_the_segmenter_matches_eager(tmp_path, precision
 
     source = load_model("ea_segnet_tiny", pretrained=True)
     fp32 = export_onnx(source, source.profile, tmp_path / "seg.onnx").path
-    path = (quantize(fp32, tmp_path / "seg.int8.onnx").path if precision == "int8"
-            else to_bf16(fp32, tmp_path / "seg.bf16.onnx"))
+    path = (to_bf16(fp32, tmp_path / "seg.bf16.onnx") if precision == "bf16"
+            else quantize(fp32, tmp_path / f"seg.{precision}.onnx", precision=precision).path)
     build = build_engine(path, cache_dir=tmp_path / "cache")  # no precision: the graph's own
     assert build.sidecar.key["precision"] == precision
     assert build.sidecar.layers.get(precision, 0) > 0, build.sidecar.layers
@@ -109,3 +115,20 @@ def test_an_int8_graph_is_not_built_as_anything_else(tmp_path):
         build_engine(int8, precision="fp16", cache_dir=tmp_path / "cache")
     with pytest.raises(BackendError, match="an INT8 engine needs an INT8 QDQ graph"):
         build_engine(fp32, precision="int8", cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.gpu
+def test_an_fp8_graph_is_refused_before_the_build_without_fp8_tensor_cores(tmp_path):
+    _needs_tensorrt()
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() >= (8, 9):
+        pytest.skip("this GPU has FP8 tensor cores (test_low_precision_engine_of_the_segmenter_matches_eager[fp8])")
+    from effattn.engines import build_engine
+    from effattn.export import export_onnx, quantize
+    from effattn.models import load_model
+
+    source = load_model("ea_segnet_tiny", pretrained=True)
+    fp32 = export_onnx(source, source.profile, tmp_path / "seg.onnx").path
+    fp8 = quantize(fp32, tmp_path / "seg.fp8.onnx", samples=4, precision="fp8").path
+    with pytest.raises(BackendError, match=r"FP8 engines need FP8 tensor cores \(compute capability 8.9\+"):
+        build_engine(fp8, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.plan"))
