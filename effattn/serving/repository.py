@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from google.protobuf.text_encoding import CEscape
 
 from .. import dtypes, metadata
 from ..engines.cache import Sidecar, sidecar_path
+from ..engines.onnxruntime_session import holds_float8
 from ..errors import BackendError, ConfigError, InputError, first_line
 from ..files import atomic_folder
 from ..names import check_model_name, name_from_file
@@ -45,6 +46,10 @@ class TritonOptions:
     trt_accelerator: bool = False  # onnxruntime platform: TensorRT execution accelerator
     fp16: bool = False  # with trt_accelerator: precision_mode FP16
     warmup: bool = True
+    #: onnxruntime platform: ONNX Runtime's basic graph optimizations only (``optimization { graph { level: -1 } }``,
+    #: the onnxruntime_backend README). Set for FP8 QDQ files: Triton cannot turn off the one rewrite that is
+    #: wrong for them (see ``effattn.engines.onnxruntime_session.FP8_UNSAFE_REWRITES``); basic level is right.
+    basic_graph_optimization: bool = False
 
 
 def _quote(text: str) -> str:
@@ -82,10 +87,12 @@ def config_dict(name: str, platform: str, inputs: Sequence[TensorConfig], output
         if options.preferred_batch_sizes:
             config["dynamic_batching"]["preferred_batch_size"] = list(options.preferred_batch_sizes)
     config["instance_group"] = [{"count": options.instances, "kind": options.kind}]
+    if platform == "onnxruntime" and options.basic_graph_optimization:
+        config["optimization"] = {"graph": {"level": -1}}
     if platform == "onnxruntime" and options.trt_accelerator:
         parameters = {"precision_mode": "FP16" if options.fp16 else "FP32", "max_workspace_size_bytes": "1073741824"}
-        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
-            {"name": "tensorrt", "parameters": parameters}]}}
+        config.setdefault("optimization", {})["execution_accelerators"] = {"gpu_execution_accelerator": [
+            {"name": "tensorrt", "parameters": parameters}]}
     if options.warmup and profile is not None:
         config["model_warmup"] = [_warmup(profile, max_batch)]
     return config
@@ -174,6 +181,8 @@ def write_repository(model_file: str | Path, repository: str | Path, name: str |
     suffix = model_file.suffix.lower()
     if suffix == ".onnx":
         platform, (inputs, outputs, profile) = "onnxruntime", _onnx_io(model_file)
+        if holds_float8(model_file):
+            options = replace(options, basic_graph_optimization=True)
     elif suffix in (".plan", ".engine"):
         platform, (inputs, outputs, profile) = "tensorrt", _plan_io(model_file)
     else:

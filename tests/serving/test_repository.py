@@ -191,3 +191,22 @@ def test_every_integer_width_effattn_serve_accepts_has_a_triton_type():
     tensors = [TensorConfig(name, np.dtype(dtype), [-1, 4]) for name, dtype in DATATYPES.items()]
     config = parse(model_config("m", "onnxruntime", tensors, tensors, None, TritonOptions()))
     assert [model_config_pb2.DataType.Name(t.data_type) for t in config.input] == [f"TYPE_{n}" for n in DATATYPES]
+
+
+def test_an_fp8_file_gets_basic_graph_optimization_only(tmp_path):
+    """Triton's ONNX Runtime backend cannot turn off the one rewrite that answers wrongly on FP8 QDQ graphs, so
+    their config asks for basic optimizations (level -1), where ONNX Runtime computes them right."""
+    from effattn.export import quantize
+
+    profile = ShapeProfile.single("1x32x8x8", "2x32x16x16", "4x32x16x16")
+    fp32 = export_onnx(EfficientAttention(32, 32, 2, 32), profile, tmp_path / "wide.onnx").path
+    fp8 = quantize(fp32, tmp_path / "wide.fp8.onnx", samples=2, precision="fp8").path
+    config = parse((write_repository(fp8, tmp_path / "repo") / "config.pbtxt").read_text())
+    assert config.optimization.graph.level == -1
+    plain = parse((write_repository(fp32, tmp_path / "repo32") / "config.pbtxt").read_text())
+    assert not plain.HasField("optimization")
+    both = parse(model_config("m", "onnxruntime", [TensorConfig("x", np.dtype("float32"), (-1, 4))],
+                              [TensorConfig("y", np.dtype("float32"), (-1, 4))], None,
+                              TritonOptions(basic_graph_optimization=True, trt_accelerator=True)))
+    assert both.optimization.graph.level == -1
+    assert both.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "tensorrt"
