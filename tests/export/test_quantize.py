@@ -304,3 +304,18 @@ def test_cli_quantize_and_its_errors(files, tmp_path, capsys):
     assert main(["quantize", str(files["dir"] / "seg.onnx"), "-o", str(fp8), "--samples", "4", "--precision", "fp8",
                  "-q"]) == 0
     assert "FP8 E4M3 QDQ, for GPUs of compute capability 8.9+; quantized: 1 Conv" in capsys.readouterr().out
+
+
+def test_fp8_leaves_float_what_tensorrt_has_no_fp8_kernel_for():
+    """NVIDIA's rule for FP8 Convs (more than 16 input and output channels, at most 32 filter taps) and the
+    classifier Gemm (a GEMV at batch 1), read off the graph by node name."""
+    from effattn.export.quantize import fp8_ineligible
+
+    weights = {"ok": (32, 32, 3, 3), "thin_in": (32, 3, 3, 3), "thin_out": (16, 32, 1, 1), "wide_kernel": (32, 32, 7, 7),
+               "grouped": (32, 1, 3, 3), "wide_1x1": (64, 32, 1, 1)}
+    nodes = [helper.make_node("Conv", ["x", f"w_{n}"], [f"y_{n}"], name=n) for n in weights]
+    nodes.append(helper.make_node("Gemm", ["f", "g"], ["z"], name="head"))
+    inits = [numpy_helper.from_array(np.zeros(shape, np.float32), f"w_{n}") for n, shape in weights.items()]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)], inits)
+    assert fp8_ineligible(helper.make_model(graph)) == ["thin_in", "thin_out", "wide_kernel", "grouped", "head"]
