@@ -1,5 +1,5 @@
 """ONNX Runtime's quantize_static (what `effattn quantize` uses) against OpenVINO's NNCF on our FP32 exports,
-and `effattn quantize --precision fp8` (the same calibration, scales mapped onto FP8 E4M3).
+and `effattn quantize --precision fp8` against NVIDIA ModelOpt's ONNX PTQ in FP8 mode.
 
     python benchmarks/compare_quantizers.py -o benchmarks/results/cpu-quantizers.json
 
@@ -7,7 +7,10 @@ For each quantizer: the trained ea_segnet_tiny's held-out argmax agreement and I
 (64 task images at 64 x 64 and 8 at 256 x 256, calibrated on 32 task images), whether the graph fits
 TensorRT's explicit quantization (signed INT8, zero points 0), quantization time, ea_resnet @ 224 latency
 of its graph on ONNX Runtime and OpenVINO (interleaved, same run), and the installed size of what each
-quantizer pulls in beyond effattn's own dependencies. NNCF is not an effattn dependency: pip install nncf.
+quantizer pulls in beyond effattn's own dependencies, and the ea_resnet graph's output error against eager
+FP32 on fresh noise. NNCF and ModelOpt are not effattn dependencies: pip install nncf / nvidia-modelopt
+(ModelOpt's ONNX extra pins an older onnxruntime-gpu; for this script its wheel, onnx-graphsurgeon,
+nvidia-ml-py and lief suffice, e.g. pip install --no-deps --target DIR and PYTHONPATH=DIR).
 The FP8 graph is for TensorRT on GPUs with FP8 tensor cores; on the CPU both runtimes emulate its
 quantizers, so its task scores are what a GPU engine should reproduce and its CPU times are no speed path.
 """
@@ -37,7 +40,11 @@ def installed_mib(*dists: str) -> float:
     """Installed size of distributions (their RECORD files), MiB."""
     total = 0
     for name in dists:
-        for f in md.distribution(name).files or []:
+        try:
+            files = md.distribution(name).files or []
+        except md.PackageNotFoundError:  # an optional dependency this install went without
+            continue
+        for f in files:
             path = f.locate()
             total += path.stat().st_size if path.is_file() else 0
     return round(total / 2**20, 1)
@@ -79,6 +86,40 @@ def properties(path: Path) -> dict:
             "tensorrt_compatible": s.tensorrt_compatible, "quantized_ops": dict(s.quantized)}
 
 
+def modelopt_fp8(src: Path, out: Path, feeds: list[dict]) -> Path:
+    """NVIDIA ModelOpt's ONNX PTQ in FP8 mode, max calibration on the CPU, the rest of the graph left FP32 (as
+    effattn's FP8 file leaves it; ModelOpt's default would make it FP16)."""
+    from modelopt.onnx.quantization import quantize as mo_quantize
+
+    data = np.concatenate([f["input"] for f in feeds])
+    shape = "x".join(map(str, feeds[0]["input"].shape))
+    mo_quantize(str(src), quantize_mode="fp8", calibration_data={"input": data}, calibration_method="max",
+                calibration_eps=["cpu"], output_path=str(out), high_precision_dtype="fp32",
+                calibration_shapes=f"input:{shape}")
+    return out
+
+
+#: name -> (quantize(src, out, feeds) -> path, what it installs beyond effattn's own dependencies)
+QUANTIZERS = {
+    "onnxruntime": (lambda src, out, feeds: quantize(src, out, calibration=feeds, force=True).path, ()),
+    "onnxruntime fp8": (lambda src, out, feeds: quantize(src, out, calibration=feeds, precision="fp8",
+                                                         force=True).path, ()),
+    "nncf": (nncf_quantize, ("nncf", "scipy", "scikit-learn", "rich", "pydot", "networkx", "joblib", "ninja",
+                             "psutil", "tabulate", "narwhals")),
+    "modelopt fp8": (modelopt_fp8, ("nvidia-modelopt", "onnx-graphsurgeon", "nvidia-ml-py", "pynvml", "lief")),
+}
+
+
+def output_error(path: Path, model: torch.nn.Module, inputs: list[np.ndarray]) -> float:
+    """Largest rel-L2 of the graph's output against eager FP32 over ``inputs`` (ONNX Runtime)."""
+    from effattn.runtime import load
+
+    with load(path, backend="onnxruntime") as runner, torch.inference_mode():
+        errors = [float(np.linalg.norm(got - ref) / np.linalg.norm(ref)) for x in inputs
+                  for got, ref in [(next(iter(runner.infer(x).values())), model(torch.from_numpy(x)).numpy())]]
+    return round(max(errors), 5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--output", type=Path, required=True)
@@ -87,6 +128,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     seg = load_model("ea_segnet_tiny", pretrained=True)
+    torch.manual_seed(0)  # ea_resnet has random weights: the same ones every run
     resnet = load_model("ea_resnet")
     seg_onnx = export_onnx(seg, seg.profile, args.work / "seg.onnx", force=True).path
     res_onnx = export_onnx(resnet, ShapeProfile.single("1x3x224x224"), args.work / "resnet.onnx", force=True).path
@@ -94,35 +136,25 @@ def main() -> None:
     seg_feeds = [{"input": shapes_batch(1, 64, 64, g)[0].numpy()} for _ in range(32)]
     rng = np.random.default_rng(0)
     res_feeds = [{"input": rng.standard_normal((1, 3, 224, 224), dtype=np.float32)} for _ in range(8)]
+    res_fresh = [rng.standard_normal((1, 3, 224, 224), dtype=np.float32) for _ in range(4)]
     results: dict = {"environment": environment(len(os.sched_getaffinity(0))) | {"cpu_flags": cpu_flags()},
                      "quantizers": {}}
     timed = {}
-    for name in ("onnxruntime", "onnxruntime fp8", "nncf"):
-        entry: dict = {}
+    for name, (run, installs) in QUANTIZERS.items():
+        slug = name.replace(" ", ".")
         t0 = time.perf_counter()
-        precision = "fp8" if name.endswith("fp8") else "int8"
-        if name.startswith("onnxruntime"):
-            seg_q = quantize(seg_onnx, args.work / f"seg.ort.{precision}.onnx", calibration=seg_feeds,
-                             precision=precision, force=True).path
-            entry["extra_install_mib"] = 0.0  # part of onnxruntime, already a core dependency
-        else:
-            try:
-                seg_q = nncf_quantize(seg_onnx, args.work / "seg.nncf.onnx", seg_feeds)
-            except ImportError:
-                results["quantizers"]["nncf"] = {"status": "not installed (pip install nncf)"}
-                continue
-            entry["extra_install_mib"] = installed_mib("nncf", "scipy", "scikit-learn", "rich", "pydot", "networkx",
-                                                       "joblib", "ninja", "psutil", "tabulate", "narwhals")
-        entry["quantize_seconds_seg_tiny"] = round(time.perf_counter() - t0, 2)
-        entry["graph"] = properties(seg_q)
-        entry["task_onnxruntime"] = task_scores(seg_q, seg.model, "onnxruntime")
-        entry["task_openvino"] = task_scores(seg_q, seg.model, "openvino")
-        res_q = args.work / f"resnet.{name.replace(' ', '.')}.onnx"
-        if name.startswith("onnxruntime"):
-            quantize(res_onnx, res_q, calibration=res_feeds, precision=precision, force=True)
-        else:
-            nncf_quantize(res_onnx, res_q, res_feeds)
-        timed[name] = res_q
+        try:
+            seg_q = run(seg_onnx, args.work / f"seg.{slug}.onnx", seg_feeds)
+        except ImportError as e:
+            results["quantizers"][name] = {"status": f"not installed ({e.name or e})"}
+            continue
+        entry: dict = {"extra_install_mib": installed_mib(*installs),
+                       "quantize_seconds_seg_tiny": round(time.perf_counter() - t0, 2), "graph": properties(seg_q),
+                       "task_onnxruntime": task_scores(seg_q, seg.model, "onnxruntime"),
+                       "task_openvino": task_scores(seg_q, seg.model, "openvino")}
+        timed[name] = run(res_onnx, args.work / f"resnet.{slug}.onnx", res_feeds)
+        entry["ea_resnet_graph"] = properties(timed[name])
+        entry["ea_resnet_output_rel_l2"] = output_error(timed[name], resnet.model, res_fresh)
         results["quantizers"][name] = entry
     results["ea_resnet_224_ms"] = time_graphs(timed, res_feeds[0])
     args.output.parent.mkdir(parents=True, exist_ok=True)
