@@ -148,9 +148,10 @@ def _quantize(add) -> None:
             "products kept in float - the form TensorRT's explicit quantization builds, and that ONNX Runtime "
             "and OpenVINO run. Calibration inputs: --calibration (a folder of .npy/.npz files or one .npz, batch "
             "axis first), else the zoo model's own sample images, else random inputs (with a warning). "
-            "--precision fp8 writes the same graph in FP8 E4M3 (scales amax/448, FP8 zero points, opset 19) for "
-            "TensorRT on GPUs with FP8 tensor cores (compute capability 8.9+: Ada, Hopper); CPUs run it for "
-            "parity checks only.\n\n"
+            "--precision fp8 writes the same graph in FP8 E4M3 (scales amax/448, FP8 zero points, opset 19; "
+            "Convs with 16 or fewer channels or filters over 32 taps, and the classifier Gemm, stay float as "
+            "in NVIDIA ModelOpt) for TensorRT on GPUs with FP8 tensor cores (compute capability 8.9+: Ada, Hopper, "
+            "Blackwell); CPUs run it for parity checks only.\n\n"
             "examples:\n  effattn quantize seg.onnx -o seg.int8.onnx\n"
             "  effattn quantize resnet.onnx -o resnet.int8.onnx --calibration images.npz\n"
             "  effattn quantize seg.onnx -o seg.fp8.onnx --precision fp8 && effattn build seg.fp8.onnx -o seg.fp8.plan")
