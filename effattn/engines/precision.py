@@ -25,12 +25,10 @@ from onnx import TensorProto
 from .. import metadata
 from ..errors import BackendError, first_line
 from ..export.precision import to_bf16, to_fp16
-from ..export.quantize import qdq_summary
+from ..export.quantize import ZERO_POINT_TYPES, qdq_summary
 
 #: What an engine can be built as. ``None`` (or ``"auto"``) asks for the graph's own precision.
 ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
-#: Engines built from QDQ graphs ('effattn quantize'), with the zero-point type each takes.
-QDQ_PRECISIONS = {"int8": "int8", "fp8": "float8_e4m3fn"}
 #: FP8 tensor cores: compute capability 8.9 (Ada) and later (Hopper 9.0, Blackwell 10.0+).
 FP8_CAPABILITY = (8, 9)
 #: FP32 graphs this module converts on the way (``effattn.export.to_fp16`` / ``to_bf16``).
@@ -80,7 +78,7 @@ def qdq_problems(model: onnx.ModelProto) -> list[str]:
     problems = []
     if not summary.quantized:
         problems.append("no op reads both its data and its weight through DequantizeLinear (no quantized layer)")
-    foreign = sorted(summary.zero_point_types - set(QDQ_PRECISIONS.values()))
+    foreign = sorted(summary.zero_point_types - set(ZERO_POINT_TYPES.values()))
     if foreign:
         problems.append(f"zero points of type {', '.join(foreign)} (TensorRT takes signed INT8 or FP8 E4M3; a "
                         "missing zero point means uint8)")
@@ -115,7 +113,7 @@ def read_graph_precision(onnx_path: Path, model: onnx.ModelProto | None = None) 
     if metadata.PRECISION in meta and (said := metadata.precision_of(meta)) != seen:
         raise BackendError(f"{onnx_path}: metadata {metadata.PRECISION} says {said} but the graph holds {seen} "
                            "tensors; re-export it instead of editing it")
-    if seen in QDQ_PRECISIONS and (problems := qdq_problems(model)):
+    if seen in ZERO_POINT_TYPES and (problems := qdq_problems(model)):
         raise BackendError(f"{onnx_path} is not a QDQ graph TensorRT can build: {'; '.join(problems)}. Write it "
                            "with 'effattn quantize' (signed symmetric INT8, or --precision fp8)")
     return seen
@@ -131,14 +129,14 @@ def decide(graph: str, requested: str | None, fp16_flag: bool = False) -> Engine
     want = graph if requested is None else AUTO.get(graph, graph) if requested == "auto" else requested
     if want not in ENGINE_PRECISIONS:
         raise BackendError(f"precision must be one of auto, {', '.join(ENGINE_PRECISIONS)}; got {requested!r}")
-    if fp16_flag and not (want == "fp16" and graph == "fp32" or want == graph and graph in QDQ_PRECISIONS):
+    if fp16_flag and not (want == "fp16" and graph == "fp32" or want == graph and graph in ZERO_POINT_TYPES):
         raise BackendError(f"fp16_flag builds an FP32 graph as FP16 or lets a QDQ graph's float layers run in "
                            f"FP16 (TensorRT 10 only); it does not apply to a {want} engine of a {graph} graph")
     if want == graph:
         return EnginePrecision(want, graph, fp16_flag=fp16_flag)
     if graph == "fp32" and want in CONVERTIBLE:
         return EnginePrecision(want, graph, convert=None if fp16_flag else want, fp16_flag=fp16_flag)
-    if want in QDQ_PRECISIONS:
+    if want in ZERO_POINT_TYPES:
         flag = "" if want == "int8" else " --precision fp8"
         raise BackendError(f"an {want.upper()} engine needs an {want.upper()} QDQ graph and this one is {graph}: "
                            f"quantize the FP32 export first ('effattn quantize{flag}', calibrated), then build that file")

@@ -60,7 +60,9 @@ log = logging.getLogger(__name__)
 QUANTIZED_OPS: tuple[str, ...] = ("Conv", "Gemm")
 #: What this stage writes: INT8 (every TensorRT GPU, and the fast path on x86 CPUs through OpenVINO) or FP8 E4M3
 #: (TensorRT on compute capability 8.9+; CPUs run it for parity only: ONNX Runtime and OpenVINO emulate it).
-QUANT_PRECISIONS = ("int8", "fp8")
+#: The zero-point type of each, the one TensorRT takes for it (signed INT8; FP8 E4M3, not E5M2 or the FNUZ kinds).
+ZERO_POINT_TYPES = {"int8": "int8", "fp8": "float8_e4m3fn"}
+QUANT_PRECISIONS = tuple(ZERO_POINT_TYPES)
 FP8_MAX = 448.0  # the largest finite float8e4m3fn
 INT8_MAX = 127.0  # symmetric INT8 (ONNX Runtime's symmetric range is -127..127)
 FP8_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take float8
@@ -80,7 +82,7 @@ class QuantizeResult:
     precision: str  # int8 or fp8
     calibration: str  # where the calibration data came from
     samples: int
-    quantized: dict[str, int] = field(default_factory=dict)  # op type -> nodes whose operands are both INT8
+    quantized: dict[str, int] = field(default_factory=dict)  # op type -> nodes whose operands are both quantized
     seconds: float = 0.0
 
 
@@ -98,7 +100,7 @@ class QdqSummary:
     @property
     def precision(self) -> str | None:
         """``int8`` or ``fp8`` when every zero point has that one TensorRT type, else None."""
-        return {frozenset({"int8"}): "int8", frozenset({"float8_e4m3fn"}): "fp8"}.get(frozenset(self.zero_point_types))
+        return next((p for p, t in ZERO_POINT_TYPES.items() if self.zero_point_types == {t}), None)
 
     @property
     def tensorrt_compatible(self) -> bool:

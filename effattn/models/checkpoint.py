@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import ModelError
 from ..shapes import ShapeProfile
-from .registry import build, get_entry
+from .registry import build
 from .weights import fit_weights, read_state_dict, weights_sha256
 
 @dataclass
