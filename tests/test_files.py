@@ -29,34 +29,47 @@ def test_existing_output_needs_force(tmp_path):
     assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_a_signal_during_export_leaves_no_partial_or_hidden_file(tmp_path, signum):
-    """The export is stopped by ``signum`` while its temporary file exists (the signal is sent from inside
-    the validation step, so the moment is exact): the process dies by that signal and the folder is empty.
-
-    The signal goes to the main thread (``pthread_kill``): ``os.kill`` on the own process lets the kernel hand
-    it to any thread (torch's and ONNX Runtime's workers too), and under load that thread ran the handler only
-    after the main thread had reached the ``raise`` below and exited (1 CI run in ~30). Python runs signal
-    handlers in the main thread whichever thread the kernel picks; this fixes the moment, not the behaviour."""
+def _export_signalled(tmp_path, signum: int, disposition: str) -> subprocess.CompletedProcess:
+    """An export that sends itself ``signum`` from inside its validation step, while its temporary file exists
+    (so the moment is exact), with the signal's disposition set first: ``SIG_DFL``, or ``SIG_IGN`` as nohup
+    leaves SIGHUP (and a child inherits it: a test run under nohup once saw SIGHUP ignored, by design)."""
     script = textwrap.dedent(f"""
-        import os, signal, sys, threading
+        import os, signal, sys
         import effattn.pipeline
         from effattn.cli import main
 
+        signal.signal({int(signum)}, signal.{disposition})
+        validate_export = effattn.pipeline.validate_export
+
         def validate(*args, **kwargs):
             assert any(p.name.startswith(".block.onnx.") for p in os.scandir({str(tmp_path)!r}))
-            assert threading.current_thread() is threading.main_thread()
-            signal.pthread_kill(threading.main_thread().ident, {int(signum)})
-            raise AssertionError("the signal did not stop the export")
+            os.kill(os.getpid(), {int(signum)})
+            if signal.getsignal({int(signum)}) is not signal.SIG_IGN:
+                raise AssertionError("the signal did not stop the export")
+            return validate_export(*args, **kwargs)
 
         effattn.pipeline.validate_export = validate
         sys.exit(main(["export", "efficient_attention", "-o", {str(tmp_path / "block.onnx")!r}, "-q",
                        "--arg", "in_channels=8", "--arg", "key_channels=4", "--arg", "value_channels=8",
                        "--min", "1x8x4x4", "--opt", "1x8x8x8", "--max", "2x8x8x8"]))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_during_export_leaves_no_partial_or_hidden_file(tmp_path, signum):
+    """Stopped by ``signum`` (default disposition) mid-export: the process dies by that signal, the folder is empty."""
+    done = _export_signalled(tmp_path, signum, "SIG_DFL")
     assert done.returncode == -signum, done.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_ignored_hangup_stays_ignored(tmp_path):
+    """Under nohup (SIGHUP ignored) a hangup does not stop the export: effattn turns only default-disposition
+    signals into its cleanup, so the file is written whole and nothing hidden is left beside it."""
+    done = _export_signalled(tmp_path, signal.SIGHUP, "SIG_IGN")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["block.onnx"]
 
 
 def test_a_folder_stopped_between_its_two_renames_keeps_the_old_one(tmp_path, monkeypatch):
