@@ -48,7 +48,7 @@ class TritonOptions:
     warmup: bool = True
     #: onnxruntime platform: ONNX Runtime's basic graph optimizations only (``optimization { graph { level: -1 } }``,
     #: the onnxruntime_backend README). Set for FP8 QDQ files: Triton cannot turn off the one rewrite that is
-    #: wrong for them (see ``effattn.engines.onnxruntime_session.FP8_UNSAFE_REWRITES``); basic level is right.
+    #: wrong for them (see ``effattn.engines.onnxruntime_session.UNSAFE_REWRITES``); basic level is right.
     basic_graph_optimization: bool = False
 
 

@@ -1,4 +1,5 @@
-"""ONNX Runtime sessions: the graph rewrite that is wrong for FP8 QDQ graphs is off for them, and only them."""
+"""ONNX Runtime sessions: the graph rewrite that is wrong for FP8 QDQ graphs is off, and FP8 files are told apart
+for runtimes that cannot turn it off alone (Triton)."""
 
 from __future__ import annotations
 
