@@ -479,14 +479,14 @@ def quantize(
     meta = read_metadata(onnx_in)
     model = _load(onnx_in)
     _refuse_unquantizable(onnx_in, model, meta)
-    inits = {t.name for t in model.graph.initializer}
-    names = [v.name for v in model.graph.input if v.name not in inits]
-    feeds, where = calibration_feeds(calibration, meta, names, metadata.profile_of(meta), samples, seed)
     split = split_concat_convs(model)[0]
     exclude = fp8_ineligible(split) if precision == "fp8" else []
     if not any(n.op_type in ops and n.name not in exclude for n in split.graph.node):
         raise ExportError(f"{onnx_in} has no Conv TensorRT runs in FP8 (each has 16 or fewer input or output channels "
                           "or a filter over 32 taps: NVIDIA's rule for FP8 convolutions); quantize it to INT8 instead")
+    inits = {t.name for t in model.graph.initializer}
+    names = [v.name for v in model.graph.input if v.name not in inits]
+    feeds, where = calibration_feeds(calibration, meta, names, metadata.profile_of(meta), samples, seed)
     qdq = _run_quantizer(split, feeds, ops, exclude, float_weights=precision == "fp8")
     if precision == "fp8":
         qdq = int8_to_fp8(qdq)
