@@ -15,6 +15,7 @@ import torch
 from ..engines import build_engine
 from ..errors import BackendError
 from ..export import export_onnx, quantize, to_fp16
+from ..export.quantize import QUANT_PRECISIONS
 from ..models import ModelSource
 from ..runtime import Runner, load
 from ..shapes import ShapeProfile
@@ -56,7 +57,7 @@ def precision_of(backend: str) -> str:
     """The graph a bench backend runs: ``fp16``/``int8``/``fp8`` files for ``*-fp16``/``*-int8``/``*-fp8``, else
     the FP32 one."""
     suffix = backend.rsplit("-", 1)[-1]
-    return suffix if suffix in ("fp16", "int8", "fp8") else "fp32"
+    return suffix if suffix == "fp16" or suffix in QUANT_PRECISIONS else "fp32"
 
 
 def runtime_backend(backend: str) -> str:
@@ -92,7 +93,7 @@ class Backends:
                                               force=True).path
         if precision == "fp16" and "fp16" not in self._files:
             self._files["fp16"] = to_fp16(self._files["fp32"], self.folder / f"{stem}.fp16.onnx", force=True)
-        if precision in ("int8", "fp8") and precision not in self._files:
+        if precision in QUANT_PRECISIONS and precision not in self._files:
             self._files[precision] = quantize(self._files["fp32"], self.folder / f"{stem}.{precision}.onnx",
                                               precision=precision, force=True).path
         return self._files[precision]
