@@ -45,7 +45,7 @@ from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from .. import metadata
 from ..errors import ExportError, InputError, ModelError, first_line
-from ..files import atomic_output, check_writable
+from ..files import MAX_ARRAY_BYTES, atomic_output, check_writable, read_arrays
 from ..metadata import read_metadata, set_metadata
 from ..models import get_entry
 from ..shapes import ShapeProfile, random_inputs
@@ -73,6 +73,9 @@ FLOAT_OPS: tuple[str, ...] = ("MatMul", "Softmax")
 #: consumer (so the residual Add and Shape ops read the float tensor, not its INT8 rounding).
 _PLACEMENT = {"OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS), "DedicatedQDQPair": True}
 DEFAULT_SAMPLES = 32
+#: The most calibration samples one run takes: MinMax ranges settle long before (32 is the default), and ONNX
+#: Runtime's calibrator keeps every sample's intermediate outputs in memory until it computes the ranges.
+MAX_SAMPLES = 4096
 CALIBRATION = "effattn.calibration"  # metadata key: where the activation ranges came from
 
 
@@ -134,7 +137,113 @@ def qdq_summary(model: onnx.ModelProto) -> QdqSummary:
     return QdqSummary(fed, types, nonzero, per_channel, unfed, per_channel_activations)
 
 
+#: The largest magnitude each zero-point type holds: scale x this must stay finite, or dequantizing overflows.
+_QUANT_MAX = {"int8": 128, "uint8": 255, "int16": 32768, "uint16": 65535, "int32": 2**31, "int4": 8, "uint4": 15,
+              "float8_e4m3fn": 448, "float8_e4m3fnuz": 240, "float8_e5m2": 57344, "float8_e5m2fnuz": 57344}
+
+
+def _constants(model: onnx.ModelProto, names: set[str], base_dir: str) -> dict[str, np.ndarray]:
+    """The values of the initializers and Constant nodes called ``names`` (external data read from ``base_dir``)."""
+    tensors = {t.name: t for t in model.graph.initializer if t.name in names}
+    tensors |= {n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant" and n.output[0] in names
+                for a in n.attribute if a.name == "value"}
+    try:
+        return {name: numpy_helper.to_array(t, base_dir) for name, t in tensors.items()}
+    except Exception as e:  # external data missing or outside the folder, malformed raw data
+        raise ExportError(f"cannot read the quantization parameters: {first_line(e)}") from None
+
+
+def _scale_problems(where: str, scale: np.ndarray, zero_type: str) -> list[str]:
+    if scale.dtype.name not in ("float32", "float16", "bfloat16"):
+        return [f"{where} has type {scale.dtype.name}; a scale is float32, float16 or bfloat16"]
+    values = scale.astype(np.float32).ravel()
+    finfo = np.finfo(np.float16 if scale.dtype == np.float16 else np.float32)
+    bad = ~(np.isfinite(values) & (values >= finfo.tiny))
+    if bad.any():
+        return [f"{where} is {float(values[bad][0]):g} ({int(bad.sum())} of {values.size} values): a scale must "
+                "be a finite, positive, normal float"]
+    if float(values.max()) * _QUANT_MAX.get(zero_type, 1) > finfo.max:
+        return [f"{where} is {float(values.max()):g}: times the {zero_type} range it overflows {scale.dtype.name}"]
+    return []
+
+
+def _axis_problems(where: str, node: onnx.NodeProto, scale: np.ndarray, dims: list[int] | None) -> list[str]:
+    """Scale shapes as ONNX defines them: a scalar (per tensor), 1-D along ``axis`` (per axis), or, with
+    ``block_size``, the input's rank (blocked)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("block_size", 0):
+        return [] if dims is None or scale.ndim == len(dims) else [f"{where} has rank {scale.ndim}; a blocked "
+                                                                    f"scale has the input's rank {len(dims)}"]
+    if scale.ndim > 1:
+        return [f"{where} has shape {scale.shape}; a scale is a scalar or 1-D (one value per channel)"]
+    if scale.ndim == 0 or scale.size == 1 or dims is None:
+        return []
+    axis = attrs.get("axis", 1)
+    if not -len(dims) <= axis < len(dims):
+        return [f"{where}: axis {axis} is outside the input's rank {len(dims)}"]
+    if dims[axis] > 0 and scale.size not in (1, dims[axis]):
+        return [f"{where} has {scale.size} values but axis {axis} of {node.input[0]!r} has {dims[axis]}"]
+    return []
+
+
+def qdq_problems_of_values(model: onnx.ModelProto, base_dir: str = "") -> list[str]:
+    """What is wrong with the scales and zero points of ``model``'s QuantizeLinear/DequantizeLinear nodes,
+    one line each, naming the node, the initializer and the value. Scales computed at run time cannot be
+    checked here and are not. A scale of 0, a negative, NaN, infinite or subnormal one, or one whose product
+    with the type's range overflows, makes every value it touches wrong; so does a zero point of a type ONNX
+    does not quantize to, a NaN float8 zero point, or a shape that disagrees with the scale or the axis."""
+    quantizers = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    wanted = {i for n in quantizers for i in n.input[1:3] if i}
+    values = _constants(model, wanted, base_dir)
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        if v.type.tensor_type.HasField("shape") and v.name not in shapes:
+            shapes[v.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
+    problems, seen = [], set()
+    for node in quantizers:
+        if tuple(node.input[1:3]) in seen:  # one scale and zero point often serve several Q/DQ pairs: say it once
+            continue
+        seen.add(tuple(node.input[1:3]))
+        scale = values.get(node.input[1])
+        zero = values.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        zero_type = "uint8" if zero is None else zero.dtype.name
+        where = f"{node.op_type} {node.name!r} scale {node.input[1]!r}"
+        if zero is not None and zero_type not in _QUANT_MAX:
+            problems.append(f"{node.op_type} {node.name!r} zero point {node.input[2]!r} has type {zero_type}, "
+                            f"not one ONNX quantizes to ({', '.join(_QUANT_MAX)})")
+        elif zero is not None and zero_type.startswith("float8") and not np.isfinite(zero.astype(np.float32)).all():
+            problems.append(f"{node.op_type} {node.name!r} zero point {node.input[2]!r} is not finite")
+        if scale is None:
+            continue
+        if zero is not None and zero.shape != scale.shape:
+            problems.append(f"{where} has shape {scale.shape} but zero point {node.input[2]!r} {zero.shape}")
+        problems += _scale_problems(where, scale, zero_type) + _axis_problems(where, node, scale,
+                                                                              shapes.get(node.input[0]))
+    return problems
+
+
+def check_qdq(model: onnx.ModelProto, source: str, base_dir: str = "") -> None:
+    """Refuse ``model`` (an :class:`ExportError` saying what ``source`` is) if any Q/DQ scale or zero point is
+    wrong (:func:`qdq_problems_of_values`): the one check quantize runs before it writes a file and every
+    command runs before it runs one."""
+    problems = qdq_problems_of_values(model, base_dir)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ExportError(f"{source} has invalid quantization parameters: {'; '.join(problems[:3])}{more}")
+
+
 # ------------------------------------------------------------------------------------------ calibration
+def _check_finite(value: np.ndarray, name: str, where: str) -> None:
+    """Refuse NaN or infinity in a calibration batch, naming the first bad sample: one gives a scale of inf or
+    NaN (ONNX Runtime's MinMax takes the range as it comes), and with it a file that answers garbage."""
+    bad = ~np.isfinite(value).reshape(len(value), -1).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise InputError(f"calibration input {name!r} from {where} holds NaN or infinity in sample {first} "
+                         f"({int(bad.sum())} of {len(value)} samples); calibrate on finite data")
+
+
 def _split(value: np.ndarray, name: str, where: str, profile: ShapeProfile | None) -> list[np.ndarray]:
     """One array (batch axis first) -> batch-1 items, checked against the input's profile."""
     if not np.issubdtype(value.dtype, np.floating):
@@ -143,17 +252,17 @@ def _split(value: np.ndarray, name: str, where: str, profile: ShapeProfile | Non
     if value.ndim != rank or not value.size:
         raise InputError(f"calibration input {name!r} from {where} has shape {value.shape}; expected rank {rank} "
                          "with the batch axis first")
+    _check_finite(value, name, where)
     items = [x[None] for x in value.astype(np.float32, copy=False)]
     if profile is not None and name in profile:
         profile[name].check(items[0].shape)
     return items
 
 
-def _read_npz_or_npy(path: Path, names: list[str], profile: ShapeProfile | None) -> list[dict[str, np.ndarray]]:
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise InputError(f"cannot read calibration file {path}: {first_line(e)}") from None
+def _read_npz_or_npy(path: Path, names: list[str], profile: ShapeProfile | None, max_bytes: int
+                     ) -> tuple[list[dict[str, np.ndarray]], int]:
+    """The batch-1 feeds of one file and the array bytes it held (counted against ``max_bytes``)."""
+    data = read_arrays(path, names, max_bytes)
     if isinstance(data, np.ndarray):
         if len(names) != 1:
             raise InputError(f"{path} holds one array but the model has inputs {names}; use .npz files keyed by name")
@@ -162,22 +271,30 @@ def _read_npz_or_npy(path: Path, names: list[str], profile: ShapeProfile | None)
     if missing:
         raise InputError(f"calibration file {path} lacks inputs {missing} (has {sorted(data)})")
     columns = {n: _split(np.asarray(data[n]), n, str(path), profile) for n in names}
-    return [dict(zip(names, row)) for row in zip(*columns.values())]
+    return [dict(zip(names, row)) for row in zip(*columns.values())], sum(a.nbytes for a in data.values())
 
 
 def read_calibration(source: str | Path, names: list[str], profile: ShapeProfile | None = None
                      ) -> list[dict[str, np.ndarray]]:
-    """Batch-1 feeds from a folder of ``.npy``/``.npz`` files or one ``.npz``/``.npy`` file (batch axis first)."""
+    """Batch-1 feeds from a folder of ``.npy``/``.npz`` files or one ``.npz``/``.npy`` file (batch axis first):
+    at most :data:`~effattn.files.MAX_ARRAY_BYTES` of array data and :data:`MAX_SAMPLES` samples in all,
+    regular files only (a FIFO or device among them is refused, never waited on)."""
     source = Path(source)
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.suffix in (".npy", ".npz"))
         if not files:
             raise InputError(f"calibration folder {source} holds no .npy or .npz files")
-    elif source.is_file():
-        files = [source]
     else:
-        raise InputError(f"calibration data {source} does not exist")
-    feeds = [feed for path in files for feed in _read_npz_or_npy(path, names, profile)]
+        files = [source]
+    feeds: list[dict[str, np.ndarray]] = []
+    budget = MAX_ARRAY_BYTES
+    for path in files:
+        more, size = _read_npz_or_npy(path, names, profile, budget)
+        feeds += more
+        budget -= size
+        if len(feeds) > MAX_SAMPLES:
+            raise InputError(f"calibration data {source} holds more than {MAX_SAMPLES} samples (the most one "
+                             "calibration uses); pass a subset")
     if not feeds:
         raise InputError(f"calibration data {source} holds no samples")
     return feeds
@@ -219,7 +336,11 @@ def calibration_feeds(calibration, meta: Mapping[str, str], names: list[str], pr
     if calibration is not None:
         if isinstance(calibration, (str, Path)):
             return read_calibration(calibration, names, profile), f"files: {Path(calibration).name}"
-        return [{k: np.asarray(v, np.float32) for k, v in feed.items()} for feed in calibration], "arrays"
+        feeds = [{k: np.asarray(v, np.float32) for k, v in feed.items()} for feed in calibration]
+        for k, feed in enumerate(feeds):
+            for name, value in feed.items():
+                _check_finite(np.atleast_1d(value), name, f"calibration feed {k}")
+        return feeds, "arrays"
     if profile is None:
         raise InputError("the file has no effattn shape profile: pass calibration data (--calibration)")
     feeds = zoo_samples(meta, profile, samples, seed)
@@ -228,6 +349,20 @@ def calibration_feeds(calibration, meta: Mapping[str, str], names: list[str], pr
     log.warning("calibrating on %d random normal inputs: real images have other activation ranges, so the "
                 "quantization scales may clip them or waste range; pass real inputs with --calibration", samples)
     return random_samples(profile, samples, seed), f"random normal x{samples}"
+
+
+def _refuse_constant(feeds: list[dict[str, np.ndarray]]) -> None:
+    """Refuse an input that holds one value in every sample. All zeros is a range of width 0: its scale would be
+    0, which ONNX Runtime replaces by 1.0 (``compute_scale_zp``), so real inputs round to a few levels. A
+    non-zero constant c gets a valid scale |c|/127, but only for that one value: every activation behind it is
+    calibrated on one point, and any other input is clipped to those ranges. Neither is calibration."""
+    for name in feeds[0]:
+        low = min(float(feed[name].min()) for feed in feeds)
+        high = max(float(feed[name].max()) for feed in feeds)
+        if low == high:
+            what = "0 everywhere (a range of width 0 gives scale 0)" if high == 0 else f"the constant {high:g}"
+            raise InputError(f"calibration input {name!r} is {what} in all {len(feeds)} samples: scales "
+                             "calibrated on one value clip every other input; calibrate on real inputs")
 
 
 class _Reader:
@@ -404,11 +539,12 @@ def _run_quantizer(src: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], ops
     inputs of one shape, where MinMax takes the profile's min, opt and max sizes. ``float_weights``: keep
     the weights in float behind a Q/DQ pair instead of storing them as INT8 (what the FP8 graph needs)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import load_tensors_data
 
     with tempfile.TemporaryDirectory(prefix="effattn-quantize-") as tmp, _quiet_quantizer():
-        out = Path(tmp) / "int8.onnx"
+        out, ranges = Path(tmp) / "int8.onnx", Path(tmp) / "ranges.json"
         try:
-            quantize_static(src, str(out), _Reader(feeds), quant_format=QuantFormat.QDQ,
+            quantize_static(src, str(out), _Reader(feeds), calibration_cache_path=ranges, quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                             op_types_to_quantize=list(ops), nodes_to_exclude=[*after_concat(src, ops), *exclude],
                             calibrate_method=CalibrationMethod.MinMax,
@@ -417,7 +553,25 @@ def _run_quantizer(src: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], ops
                                            **_PLACEMENT})
         except Exception as e:  # the quantizer and the calibration session raise many types
             raise ExportError(f"INT8 quantization failed: {first_line(e)}") from e
-        return onnx.load(str(out))
+        qdq = onnx.load(str(out))
+        _refuse_empty_ranges(qdq, load_tensors_data(ranges))
+        return qdq
+
+
+def _refuse_empty_ranges(qdq: onnx.ModelProto, ranges) -> None:
+    """Refuse an activation whose calibrated range is empty (0 everywhere on the calibration data, e.g. a ReLU
+    that never fired): ONNX Runtime writes scale 1.0 for it (``compute_scale_zp``), a valid-looking number that
+    rounds every real value of the tensor to a whole number. The ranges are those ``quantize_static`` used,
+    from its calibration cache (onnxruntime 1.32 ``quantize.py``, ``calibration_cache_path``)."""
+    inits = {t.name for t in qdq.graph.initializer}
+    for node in qdq.graph.node:
+        name = node.input[0] if node.op_type == "QuantizeLinear" else None
+        if name is None or name in inits or name not in ranges:
+            continue
+        low, high = (float(np.max(np.abs(v))) for v in ranges[name].range_value)
+        if max(low, high) < np.finfo(np.float32).tiny:
+            raise ExportError(f"tensor {name!r} (quantized by {node.name!r}) is 0 on all the calibration data, so "
+                              "it has no range to scale; calibrate on inputs that exercise it. Nothing was written")
 
 
 def int8_to_fp8(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -472,8 +626,8 @@ def quantize(
     start = time.perf_counter()
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
     check_writable(onnx_out, force)
-    if samples <= 0:
-        raise InputError(f"samples must be positive, got {samples}")
+    if not 0 < samples <= MAX_SAMPLES:
+        raise InputError(f"samples must be 1 to {MAX_SAMPLES}, got {samples}")
     if precision not in QUANT_PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(QUANT_PRECISIONS)}; got {precision!r}")
     meta = read_metadata(onnx_in)
@@ -487,6 +641,7 @@ def quantize(
     inits = {t.name for t in model.graph.initializer}
     names = [v.name for v in model.graph.input if v.name not in inits]
     feeds, where = calibration_feeds(calibration, meta, names, metadata.profile_of(meta), samples, seed)
+    _refuse_constant(feeds)
     qdq = _run_quantizer(split, feeds, ops, exclude, float_weights=precision == "fp8")
     if precision == "fp8":
         qdq = int8_to_fp8(qdq)
@@ -495,6 +650,7 @@ def quantize(
         raise ExportError(f"quantized {onnx_in} is not a TensorRT-compatible {precision} graph (zero points "
                           f"{sorted(summary.zero_point_types)}, {summary.nonzero_zero_points} non-zero, "
                           f"{summary.per_channel_activations} per-channel activations); nothing was written")
+    check_qdq(qdq, f"the {precision} graph calibrated on {where} (nothing was written; is the data in range?)")
     set_metadata(qdq, {metadata.PRECISION: precision, metadata.FP32_OPS: ",".join(FLOAT_OPS), CALIBRATION: where})
     with atomic_output(onnx_out, force) as tmp:
         onnx.save(qdq, tmp)
