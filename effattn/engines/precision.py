@@ -23,9 +23,10 @@ import onnx
 from onnx import TensorProto
 
 from .. import metadata
-from ..errors import BackendError, first_line
+from ..errors import BackendError, ExportError, InputError, first_line
 from ..export.precision import to_bf16, to_fp16
-from ..export.quantize import ZERO_POINT_TYPES, qdq_summary
+from ..export.quantize import ZERO_POINT_TYPES, check_qdq, qdq_summary
+from ..files import open_regular
 
 #: What an engine can be built as. ``None`` (or ``"auto"``) asks for the graph's own precision.
 ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
@@ -103,16 +104,44 @@ def _load(path: Path) -> onnx.ModelProto:
         raise BackendError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from None
 
 
-def read_graph_precision(onnx_path: Path, model: onnx.ModelProto | None = None) -> str:
-    """The graph's precision: its metadata, which must agree with :func:`graph_precision` (a file whose
-    metadata says fp32 but which holds Q/DQ nodes was edited by hand). Files without effattn metadata
-    are taken at the graph's word."""
-    model = model if model is not None else _load(onnx_path)
+def _read_model(path: Path) -> onnx.ModelProto:
+    """The graph at ``path`` without its external data (what the checks need, read from a regular file only:
+    a FIFO named .onnx must not block)."""
+    try:
+        with open_regular(path) as f:
+            return onnx.load_model_from_string(f.read())  # external data stays external
+    except InputError as e:
+        raise BackendError(str(e)) from None
+    except Exception as e:  # protobuf decode errors
+        raise BackendError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from None
+
+
+def check_onnx(onnx_path: str | Path, model: onnx.ModelProto | None = None) -> str:
+    """The graph's precision, after the checks every command runs before any backend runs (or builds, or
+    publishes) a file: its ``effattn.precision`` metadata, if any, agrees with the graph (the graph decides
+    what a file is: fp8 metadata on an FP32 graph would buy it FP8's loose parity tolerance), and a QDQ
+    graph's scales and zero points are valid (:func:`effattn.export.quantize.check_qdq`)."""
+    onnx_path = Path(onnx_path)
+    model = model if model is not None else _read_model(onnx_path)
     meta = {p.key: p.value for p in model.metadata_props}
     seen = graph_precision(model)
     if metadata.PRECISION in meta and (said := metadata.precision_of(meta)) != seen:
         raise BackendError(f"{onnx_path}: metadata {metadata.PRECISION} says {said} but the graph holds {seen} "
                            "tensors; re-export it instead of editing it")
+    if any(n.op_type in _QDQ for n in model.graph.node):
+        try:
+            check_qdq(model, str(onnx_path), str(onnx_path.parent))
+        except ExportError as e:
+            raise BackendError(str(e)) from None
+    return seen
+
+
+def read_graph_precision(onnx_path: Path, model: onnx.ModelProto | None = None) -> str:
+    """The graph's precision for a TensorRT build: :func:`check_onnx`, and a QDQ graph must be one TensorRT's
+    explicit quantization takes (:func:`qdq_problems`). Files without effattn metadata are taken at the
+    graph's word."""
+    model = model if model is not None else _load(onnx_path)
+    seen = check_onnx(onnx_path, model)
     if seen in ZERO_POINT_TYPES and (problems := qdq_problems(model)):
         raise BackendError(f"{onnx_path} is not a QDQ graph TensorRT can build: {'; '.join(problems)}. Write it "
                            "with 'effattn quantize' (signed symmetric INT8, or --precision fp8)")

@@ -11,6 +11,7 @@ from torch import nn
 
 from .. import metadata
 from ..engines.onnxruntime_session import available_devices
+from ..engines.precision import check_onnx
 from ..engines.tensorrt_build import build_engine, tensorrt_available
 from ..errors import BackendError, EffattnError
 from ..shapes import ShapeProfile
@@ -89,6 +90,7 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
         return _tensorrt_runner(path, rtx, **options)
     if path.suffix.lower() != ".onnx":
         raise BackendError(f"{path}: expected an .onnx file or a TensorRT .plan/.engine")
+    check_onnx(path)  # before any backend sees it: metadata against the graph, QDQ scales and zero points
     choice = choose_backend(path, backend, device, bool(rtx))
     if backend == "auto":
         log.info("backend auto: %s", choice.reason)

@@ -21,6 +21,7 @@ from google.protobuf.text_encoding import CEscape
 from .. import dtypes, metadata
 from ..engines.cache import Sidecar, sidecar_path
 from ..engines.onnxruntime_session import holds_float8
+from ..engines.precision import check_onnx
 from ..errors import BackendError, ConfigError, InputError, first_line
 from ..files import atomic_folder
 from ..names import check_model_name, name_from_file
@@ -180,6 +181,7 @@ def write_repository(model_file: str | Path, repository: str | Path, name: str |
         raise InputError(f"{model_file} does not exist")
     suffix = model_file.suffix.lower()
     if suffix == ".onnx":
+        check_onnx(model_file)  # as `run` does before any backend sees a file
         platform, (inputs, outputs, profile) = "onnxruntime", _onnx_io(model_file)
         if holds_float8(model_file):
             options = replace(options, basic_graph_optimization=True)
