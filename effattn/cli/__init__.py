@@ -159,8 +159,9 @@ def _quantize(add) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="the quantized .onnx file to write")
     p.add_argument("--precision", choices=("int8", "fp8"), default="int8",
                    help="int8 (default: every GPU, and OpenVINO's fast CPU path) or fp8 (E4M3, TensorRT on 8.9+ GPUs)")
-    p.add_argument("--calibration", type=Path, help="folder of .npy/.npz files or one .npz (keys: input names)")
-    p.add_argument("--samples", type=int, default=32, help="calibration images without --calibration (32)")
+    p.add_argument("--calibration", type=Path, help="folder of .npy/.npz files or one .npz (keys: input names); "
+                   "regular files only, at most 1 GiB of array data and 4096 samples in all, finite and not constant")
+    p.add_argument("--samples", type=int, default=32, help="calibration images without --calibration (32; at most 4096)")
     p.add_argument("--force", action="store_true", help="overwrite the output")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 

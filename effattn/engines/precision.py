@@ -104,25 +104,28 @@ def _load(path: Path) -> onnx.ModelProto:
         raise BackendError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from None
 
 
-def _read_model(path: Path) -> onnx.ModelProto:
-    """The graph at ``path`` without its external data (what the checks need, read from a regular file only:
-    a FIFO named .onnx must not block)."""
+def _read_model(path: Path) -> onnx.ModelProto | None:
+    """The graph at ``path`` without its external data (what the checks need), read from a regular file only
+    (a FIFO named .onnx must not block); None if it is no ONNX model: the loader then says so in its words."""
     try:
         with open_regular(path) as f:
             return onnx.load_model_from_string(f.read())  # external data stays external
     except InputError as e:
         raise BackendError(str(e)) from None
-    except Exception as e:  # protobuf decode errors
-        raise BackendError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from None
+    except Exception:  # protobuf decode errors
+        return None
 
 
-def check_onnx(onnx_path: str | Path, model: onnx.ModelProto | None = None) -> str:
+def check_onnx(onnx_path: str | Path, model: onnx.ModelProto | None = None) -> str | None:
     """The graph's precision, after the checks every command runs before any backend runs (or builds, or
     publishes) a file: its ``effattn.precision`` metadata, if any, agrees with the graph (the graph decides
     what a file is: fp8 metadata on an FP32 graph would buy it FP8's loose parity tolerance), and a QDQ
-    graph's scales and zero points are valid (:func:`effattn.export.quantize.check_qdq`)."""
+    graph's scales and zero points are valid (:func:`effattn.export.quantize.check_qdq`). None for a file
+    that does not parse as ONNX (nothing can run it; the backend's loader names the problem)."""
     onnx_path = Path(onnx_path)
     model = model if model is not None else _read_model(onnx_path)
+    if model is None:
+        return None
     meta = {p.key: p.value for p in model.metadata_props}
     seen = graph_precision(model)
     if metadata.PRECISION in meta and (said := metadata.precision_of(meta)) != seen:

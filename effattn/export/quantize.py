@@ -162,7 +162,7 @@ def _scale_problems(where: str, scale: np.ndarray, zero_type: str) -> list[str]:
     if bad.any():
         return [f"{where} is {float(values[bad][0]):g} ({int(bad.sum())} of {values.size} values): a scale must "
                 "be a finite, positive, normal float"]
-    if float(values.max()) * _QUANT_MAX.get(zero_type, 1) > finfo.max:
+    if float(values.max()) * _QUANT_MAX.get(zero_type, 1) > float(finfo.max):
         return [f"{where} is {float(values.max()):g}: times the {zero_type} range it overflows {scale.dtype.name}"]
     return []
 
@@ -360,9 +360,10 @@ def _refuse_constant(feeds: list[dict[str, np.ndarray]]) -> None:
         low = min(float(feed[name].min()) for feed in feeds)
         high = max(float(feed[name].max()) for feed in feeds)
         if low == high:
-            what = "0 everywhere (a range of width 0 gives scale 0)" if high == 0 else f"the constant {high:g}"
-            raise InputError(f"calibration input {name!r} is {what} in all {len(feeds)} samples: scales "
-                             "calibrated on one value clip every other input; calibrate on real inputs")
+            why = ("a range of width 0 has no scale (ONNX Runtime would write 1.0)" if high == 0 else
+                   "scales calibrated on one value clip every other input")
+            raise InputError(f"calibration input {name!r} is the constant {high:g} in all {len(feeds)} samples: "
+                             f"{why}; calibrate on real inputs")
 
 
 class _Reader:
