@@ -143,7 +143,8 @@ def open_regular(path: str | Path) -> BinaryIO:
 
 def _npy_size(f: BinaryIO, where: str, available: int, max_bytes: int) -> int:
     """The data bytes the ``.npy`` header at ``f``'s start declares, refused over ``max_bytes``, over what the
-    file holds (``available`` bytes in all), or for Python objects; ``f`` is left at its start."""
+    file holds (``available`` bytes in all), or for Python objects; ``f`` is left at its start. ``where``
+    names the array in messages."""
     version = np.lib.format.read_magic(f)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, _, dtype = read_header(f)
@@ -164,11 +165,11 @@ def _read_npz(f: BinaryIO, path: Path, names: Sequence[str] | None, max_bytes: i
         members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
         missing = [n for n in names or () if n not in members]
         if missing:
-            raise InputError(f"{path} lacks inputs {missing} (has {sorted(members)[:20]})")
+            raise InputError(f"it lacks inputs {missing} (has {sorted(members)[:20]})")
         arrays = {}
         for name in names if names is not None else list(members):
             with archive.open(members[name]) as member:  # reads stop at the declared size (zipfile)
-                max_bytes -= _npy_size(member, f"{path}[{name!r}]", members[name].file_size, max_bytes)
+                max_bytes -= _npy_size(member, f"array {name!r}", members[name].file_size, max_bytes)
                 arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
         return arrays
 
@@ -187,9 +188,7 @@ def read_arrays(path: str | Path, names: Sequence[str] | None = None, max_bytes:
                 f.seek(0)
                 return _read_npz(f, path, names, max_bytes)
             f.seek(0)
-            _npy_size(f, str(path), os.fstat(f.fileno()).st_size, max_bytes)
+            _npy_size(f, "the array", os.fstat(f.fileno()).st_size, max_bytes)
             return np.lib.format.read_array(f, allow_pickle=False)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-            if isinstance(e, InputError):
-                raise
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # InputError (a ValueError) included
             raise InputError(f"cannot read {path} as .npy/.npz: {first_line(e)}") from None

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import tempfile
-import zipfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from .engines.precision import EnginePrecision, converted_graph, engine_precisio
 from .engines.cache import Sidecar, sidecar_path
 from .errors import BackendError, ExportError, InputError, ParityError, first_line
 from .export import ExportResult, export_onnx, quantize, to_fp16
-from .files import atomic_output, check_writable
+from .files import atomic_output, check_writable, read_arrays
 from .models import ModelSource, get_entry, load_model, reference_from_metadata
 from .runtime import Choice, Report, Runner, choose_backend, compare, load, profile_inputs, random_inputs
 from .runtime.onnxruntime_runner import OnnxRuntimeRunner
@@ -212,15 +211,9 @@ def _time_beside_eager(reference: Runner, runners: Mapping[str, Runner], feed: d
 
 # ------------------------------------------------------------------------------------ files in, out
 def read_inputs(path: str | Path, input_names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Inputs from a ``.npy`` (a one-input model) or ``.npz`` (arrays by input name); never unpickles."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"input file {path} does not exist")
-    try:  # an .npz reads its arrays lazily: read them all here, where a truncated or lying file is caught
-        data = np.load(path, allow_pickle=False)
-        arrays = data if isinstance(data, np.ndarray) else dict(data.items())
-    except (ValueError, OSError, EOFError, MemoryError, zipfile.BadZipFile) as e:
-        raise InputError(f"cannot read {path} as .npy/.npz: {first_line(e)}") from None
+    """Inputs from a ``.npy`` (a one-input model) or ``.npz`` (arrays by input name), read bounded and never
+    unpickled (:func:`effattn.files.read_arrays`)."""
+    arrays = read_arrays(path)
     if isinstance(arrays, np.ndarray):
         if len(input_names) != 1:
             raise InputError(f"{path} holds one array but the model has inputs {list(input_names)}; use an .npz")

@@ -144,7 +144,7 @@ def test_zip_bomb_npz_is_refused_from_its_declared_size(tmp_path, monkeypatch):
     _conv_model(tmp_path / "m.onnx", "add")
     np.savez_compressed(tmp_path / "bomb.npz", x=np.zeros((4097, 32, 4, 4), np.float64))
     assert (tmp_path / "bomb.npz").stat().st_size < 100_000
-    with pytest.raises(InputError, match=r"bomb\.npz\['x'\] declares a float64 array of shape \(4097, 32, 4, 4\) "
+    with pytest.raises(InputError, match=r"cannot read .*bomb\.npz as \.npy/\.npz: array 'x' declares a float64 array of shape \(4097, 32, 4, 4\) "
                                          r"\(16781312 bytes\): over the 8388608 bytes left"):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=tmp_path / "bomb.npz")
     _assert_nothing_written(tmp_path, {"m.onnx", "bomb.npz"})
@@ -156,7 +156,7 @@ def test_npy_header_declaring_a_trillion_items_is_refused(tmp_path):
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
                                                  "shape": (10**12 // 512, 32, 4, 4)})
         f.write(b"\0" * 64)
-    with pytest.raises(InputError, match=r"huge\.npy declares a float32 array of shape .* over the"):
+    with pytest.raises(InputError, match=r"huge\.npy as \.npy/\.npz: the array declares a float32 array of shape .* over the"):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=tmp_path / "huge.npy")
 
 
@@ -165,14 +165,14 @@ def test_npy_header_declaring_more_than_the_file_holds_is_refused(tmp_path):
     with open(tmp_path / "short.npy", "wb") as f:
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (8, 32, 4, 4)})
         f.write(b"\0" * 64)
-    with pytest.raises(InputError, match=r"short\.npy declares 16384 bytes of array data but holds 64"):
+    with pytest.raises(InputError, match=r"short\.npy as \.npy/\.npz: the array declares 16384 bytes of array data but holds 64"):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=tmp_path / "short.npy")
 
 
 def test_pickled_calibration_is_never_loaded(tmp_path):
     _conv_model(tmp_path / "m.onnx", "add")
     np.save(tmp_path / "obj.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(InputError, match=r"obj\.npy holds Python objects"):
+    with pytest.raises(InputError, match=r"obj\.npy as \.npy/\.npz: the array holds Python objects"):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=tmp_path / "obj.npy")
 
 
@@ -328,5 +328,14 @@ def test_zip_member_lying_about_its_size_is_refused(tmp_path):
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (4, 32, 4, 4)})
     with zipfile.ZipFile(tmp_path / "lie.npz", "w") as z:
         z.writestr("x.npy", header.read_bytes() + b"\0" * 16)
-    with pytest.raises(InputError, match=r"lie\.npz\['x'\] declares 8192 bytes of array data but holds 16"):
+    with pytest.raises(InputError, match=r"lie\.npz as \.npy/\.npz: array 'x' declares 8192 bytes of array data but holds 16"):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=tmp_path / "lie.npz")
+
+
+def test_run_input_is_read_bounded_too(block, tmp_path):
+    """`run --input` reads through the same reader: a FIFO is refused at once (a deadline, not a hang, on old code)."""
+    os.mkfifo(tmp_path / "in.npy")
+    run = subprocess.run([sys.executable, "-m", "effattn", "run", str(block["good"]), "--input", str(tmp_path / "in.npy")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1].endswith("in.npy is a FIFO, not a regular file")
