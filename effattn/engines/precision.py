@@ -21,6 +21,7 @@ from pathlib import Path
 
 import onnx
 from onnx import TensorProto
+from onnx.external_data_helper import load_external_data_for_model
 
 from .. import metadata
 from ..errors import BackendError, ExportError, InputError, first_line
@@ -95,25 +96,29 @@ def qdq_problems(model: onnx.ModelProto) -> list[str]:
     return problems
 
 
-def _load(path: Path) -> onnx.ModelProto:
-    try:
-        return onnx.load(str(path))
-    except FileNotFoundError:
-        raise BackendError(f"{path} does not exist") from None
-    except Exception as e:  # protobuf decode errors, missing external data
-        raise BackendError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from None
-
-
-def _read_model(path: Path) -> onnx.ModelProto | None:
-    """The graph at ``path`` without its external data (what the checks need), read from a regular file only
-    (a FIFO named .onnx must not block); None if it is no ONNX model: the loader then says so in its words."""
+def _read_model(path: Path, external_data: bool = False) -> onnx.ModelProto | None:
+    """The graph at ``path``, read from a regular file only (a FIFO named .onnx must not block); its external
+    data stays external unless asked for. None if it is no ONNX model (protobuf cannot parse it)."""
     try:
         with open_regular(path) as f:
-            return onnx.load_model_from_string(f.read())  # external data stays external
+            model = onnx.load_model_from_string(f.read())
     except InputError as e:
         raise BackendError(str(e)) from None
     except Exception:  # protobuf decode errors
         return None
+    if external_data:
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except Exception as e:  # missing files, locations outside the model's folder
+            raise BackendError(f"{path}: cannot read its external data ({type(e).__name__}: {first_line(e)})") from None
+    return model
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    model = _read_model(path, external_data=True)
+    if model is None:
+        raise BackendError(f"{path} is not a readable ONNX model (protobuf cannot parse it)")
+    return model
 
 
 def check_onnx(onnx_path: str | Path, model: onnx.ModelProto | None = None) -> str | None:

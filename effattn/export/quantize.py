@@ -267,9 +267,6 @@ def _read_npz_or_npy(path: Path, names: list[str], profile: ShapeProfile | None,
         if len(names) != 1:
             raise InputError(f"{path} holds one array but the model has inputs {names}; use .npz files keyed by name")
         data = {names[0]: data}
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise InputError(f"calibration file {path} lacks inputs {missing} (has {sorted(data)})")
     columns = {n: _split(np.asarray(data[n]), n, str(path), profile) for n in names}
     return [dict(zip(names, row)) for row in zip(*columns.values())], sum(a.nbytes for a in data.values())
 
