@@ -121,7 +121,7 @@ class GrpcApi:
 
     async def ModelReady(self, request, context):
         model = self.server.models.get(request.name)
-        return self.pb.ModelReadyResponse(ready=model is not None and model.ready and self.server.ready())
+        return self.pb.ModelReadyResponse(ready=model is not None and self.server.model_ready(model))
 
     async def ServerMetadata(self, request, context):
         return self.pb.ServerMetadataResponse(name="effattn", version=__version__, extensions=EXTENSIONS)
