@@ -9,6 +9,7 @@ feed, queue it for the batcher, map every failure to a :class:`~.protocol.Reques
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import math
@@ -87,6 +88,44 @@ def listen(host: str, port: int, what: str = "port") -> socket.socket:
         busy = " (is another server running there?)" if e.errno == errno.EADDRINUSE else ""
         raise BackendError(f"cannot listen on {what} {host}:{port}: {e.strerror or e}{busy}") from None
     return sock
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS, Windows)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+class TrimmingBudget(ByteBudget):
+    """The byte budget, which also hands freed request memory back to the system once the server holds no request
+    bytes: glibc keeps freed blocks in its arenas (one per thread that allocated: gRPC's, the decoding threads'),
+    so big requests left the resting RSS up by about the budget (60 refused 32 MiB gRPC calls: 292 -> 712 MiB
+    at rest; ``malloc_trim(0)`` brought it back to 284 MiB). A trim waits ``TRIM_DELAY_S`` for the answers
+    to be sent and their buffers freed, and runs off the event loop."""
+
+    TRIM_AFTER = 64 * 2**20  # bytes taken since the last trim before the next is worth it
+    TRIM_DELAY_S = 0.5
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.passed, self.trims, self._timer, self._trim = 0, 0, None, _malloc_trim()
+
+    def take(self, n: int) -> None:
+        super().take(n)
+        self.passed += n
+
+    def give(self, n: int) -> None:
+        super().give(n)
+        if self.used == 0 and self.passed >= self.TRIM_AFTER and self._timer is None and self._trim is not None:
+            self._timer = asyncio.get_running_loop().call_later(self.TRIM_DELAY_S, self._idle)
+
+    def _idle(self) -> None:
+        self._timer = None
+        if self.used == 0:
+            self.passed, self.trims = 0, self.trims + 1
+            asyncio.get_running_loop().run_in_executor(None, self._trim, 0)
 
 
 @dataclass
@@ -178,7 +217,7 @@ class Server:
     def __init__(self, models: Mapping[str, Runner], options: ServeOptions | None = None) -> None:
         self.options = options or ServeOptions()
         self.metrics = Metrics.create()
-        self.budget = ByteBudget(self.options.max_inflight_bytes)
+        self.budget = TrimmingBudget(self.options.max_inflight_bytes)
         self.models = {name: serve_model(name, runner, self.options, self.metrics) for name, runner in models.items()}
         self.closing = False
         self.abandoned = 0  # engine calls left running at shutdown (their threads never returned)
