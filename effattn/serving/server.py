@@ -119,7 +119,10 @@ class TrimmingBudget(ByteBudget):
     def give(self, n: int) -> None:
         super().give(n)
         if self.used == 0 and self.passed >= self.TRIM_AFTER and self._timer is None and self._trim is not None:
-            self._timer = asyncio.get_running_loop().call_later(self.TRIM_DELAY_S, self._idle)
+            try:
+                self._timer = asyncio.get_running_loop().call_later(self.TRIM_DELAY_S, self._idle)
+            except RuntimeError:  # no event loop (a budget used outside a server): nothing to schedule on
+                pass
 
     def _idle(self) -> None:
         self._timer = None
