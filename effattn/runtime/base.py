@@ -131,6 +131,12 @@ class Runner(abc.ABC):
     def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
         """Run on a feed already checked by :meth:`check_feed`."""
 
+    def terminate(self, thread: int) -> bool:
+        """Ask the run that thread ``thread`` (a ``threading.get_ident()``) is in to stop with an error; False if
+        this backend cannot stop a run (the default) or that thread is in none. A server calls it for engine
+        calls that outlived their timeout, so a model that never finishes does not hold a worker forever."""
+        return False
+
     def warmup(self, iterations: int = 3) -> None:
         """Run a few times at the profile's opt shape so lazy allocations happen before timing."""
         if self.profile is None:

@@ -13,19 +13,25 @@ captures in the global mode (onnxruntime ``cuda_execution_provider.cc``: ``CUDAG
 every run of it happens on one worker thread of the runner's, and its captures hold the process's
 :data:`~.cudagraphs.CAPTURE_LOCK`. At most ``MAX_GRAPHS`` shapes are captured: ONNX Runtime frees a
 session's graphs only with the session, so further shapes run without one.
+
+Every run has its own ``RunOptions``, kept by the thread that called :meth:`infer`, so another thread can stop
+it (:meth:`OnnxRuntimeRunner.terminate`): ONNX Runtime checks ``RunOptions.terminate`` between nodes and in
+every iteration of a ``Loop`` subgraph, and the run then fails ("Exiting due to terminate flag").
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import dtypes, metadata
-from ..engines.onnxruntime_session import create_session
+from ..engines.onnxruntime_session import create_session, import_onnxruntime
 from ..errors import BackendError, InputError
 from .base import Runner, TensorSpec
 from .cudagraphs import CAPTURE_LOCK, ShapeKey, shape_key
@@ -90,6 +96,7 @@ class OnnxRuntimeRunner(Runner):
         self._output_shapes: dict[ShapeKey, list[tuple[int, ...]]] = {}
         self._graphs: dict[ShapeKey, tuple[int, dict, dict]] = {}  # shape -> (graph id, inputs, outputs)
         self._worker: ThreadPoolExecutor | None = None  # the one thread that runs a graph session
+        self._runs: dict[int, Any] = {}  # calling thread -> the options of the run it is in
         self.cuda_graph = False
         static = self.profile is not None and self.profile.static
         if wants_cuda_graph(device, cuda_graph, self.io_binding, static):
@@ -109,12 +116,31 @@ class OnnxRuntimeRunner(Runner):
             self.session = create_session(self.path, self.device, self.threads, spinning=False)
             self.spinning = False
 
+    # ------------------------------------------------------------------ stopping a run
+    @contextmanager
+    def _run_options(self):
+        """Fresh RunOptions for one run, findable by the calling thread while the run lasts."""
+        options, thread = import_onnxruntime().RunOptions(), threading.get_ident()
+        self._runs[thread] = options
+        try:
+            yield options
+        finally:
+            del self._runs[thread]
+
+    def terminate(self, thread: int) -> bool:
+        options = self._runs.get(thread)
+        if options is None:
+            return False
+        options.terminate = True  # read by the run's own thread between nodes (onnxruntime's RunOptions docs)
+        return True
+
     # ------------------------------------------------------------------ numpy in, numpy out
     def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
         if self.io_binding:
             return {k: v.cpu().numpy() for k, v in self._infer_torch(feed).items()}
         arrays = {k: v if isinstance(v, np.ndarray) else v.detach().cpu().numpy() for k, v in feed.items()}
-        values = self.session.run(list(self.outputs), arrays)
+        with self._run_options() as options:
+            values = self.session.run(list(self.outputs), arrays, options)
         return dict(zip(self.outputs, values))
 
     # ------------------------------------------------------------------ I/O binding (CUDA)
@@ -134,20 +160,21 @@ class OnnxRuntimeRunner(Runner):
         cast = {k: torch.as_tensor(v).to(device).contiguous() for k, v in feed.items()}
         if on_gpu:
             torch.cuda.current_stream().synchronize()  # ONNX Runtime runs on its own stream
-        if self._worker is not None:
-            return self._worker.submit(self._run_bound, cast, device).result()
-        return self._run_bound(cast, device)
+        with self._run_options() as options:
+            if self._worker is not None:
+                return self._worker.submit(self._run_bound, cast, device, options).result()
+            return self._run_bound(cast, device, options)
 
-    def _run_bound(self, cast: dict[str, Any], device) -> dict[str, Any]:
+    def _run_bound(self, cast: dict[str, Any], device, options) -> dict[str, Any]:
         key = shape_key(cast)
         if key not in self._output_shapes:
-            return self._first_run(cast, key)
+            return self._first_run(cast, key, options)
         entry = self._graphs.get(key)
         if entry is None and self.cuda_graph and len(self._graphs) < self.MAX_GRAPHS:
-            entry = self._new_graph(cast, key, device)
+            entry = self._new_graph(cast, key, device, options)
         if entry is None:
             outputs = self._empty_outputs(key, device)
-            self._run(self._bind(cast, outputs), -1)
+            self._run(self._bind(cast, outputs), -1, options)
             return outputs
         import torch
 
@@ -155,10 +182,10 @@ class OnnxRuntimeRunner(Runner):
         for name, value in cast.items():
             inputs[name].copy_(value)
         torch.cuda.current_stream().synchronize()
-        self._run(self._bind(inputs, outputs), graph_id)
+        self._run(self._bind(inputs, outputs), graph_id, options)
         return {name: out.clone() for name, out in outputs.items()}
 
-    def _first_run(self, feed: dict[str, Any], key: ShapeKey) -> dict[str, Any]:
+    def _first_run(self, feed: dict[str, Any], key: ShapeKey, options) -> dict[str, Any]:
         """Let ONNX Runtime allocate the outputs once to learn their shapes (no graph capture)."""
         import torch
 
@@ -166,7 +193,7 @@ class OnnxRuntimeRunner(Runner):
         binding = self._bind(feed, {})
         for name in self.outputs:
             binding.bind_output(name, *_ort_device(device))
-        self._run(binding, -1)
+        self._run(binding, -1, options)
         values = binding.copy_outputs_to_cpu()  # once per new input shape
         self._output_shapes[key] = [tuple(v.shape) for v in values]
         return {name: torch.from_numpy(v).to(device) for name, v in zip(self.outputs, values)}
@@ -177,7 +204,7 @@ class OnnxRuntimeRunner(Runner):
         return {name: torch.empty(shape, dtype=self._torch_dtype(name), device=device)
                 for name, shape in zip(self.outputs, self._output_shapes[key])}
 
-    def _new_graph(self, feed: dict[str, Any], key: ShapeKey, device) -> tuple[int, dict, dict]:
+    def _new_graph(self, feed: dict[str, Any], key: ShapeKey, device, options) -> tuple[int, dict, dict]:
         """Capture a graph for ``key``: the first run with a new id captures (id 0 is ONNX Runtime's own)."""
         import torch
 
@@ -185,7 +212,7 @@ class OnnxRuntimeRunner(Runner):
         outputs = self._empty_outputs(key, device)
         with CAPTURE_LOCK:
             torch.cuda.current_stream().synchronize()
-            self._run(self._bind(inputs, outputs), graph_id)
+            self._run(self._bind(inputs, outputs), graph_id, options)
         self._graphs[key] = (graph_id, inputs, outputs)
         return self._graphs[key]
 
@@ -198,15 +225,11 @@ class OnnxRuntimeRunner(Runner):
                                 y.data_ptr())
         return binding
 
-    def _run(self, binding, graph_id: int) -> None:
+    def _run(self, binding, graph_id: int, options) -> None:
         """Run a bound session and wait for its outputs: ONNX Runtime writes them on its own stream, and
         torch must not read them, or hand their memory to another request, before it is done (seen on an
         H100: 1 of 400 concurrent answers partly stale without the wait)."""
-        options = None
         if self.cuda_graph:
-            import onnxruntime as ort
-
-            options = ort.RunOptions()
             options.add_run_config_entry("gpu_graph_id", str(graph_id))  # -1: run without capture or replay
         self.session.run_with_iobinding(binding, options)
         binding.synchronize_outputs()

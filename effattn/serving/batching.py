@@ -10,12 +10,19 @@ a 503, not an ever-growing backlog. The engine call runs in a worker thread, out
 A worker is woken only when it has something to do: an idle worker by the first request that arrives,
 a worker gathering a batch only by the request that fills it (or by its delay running out), so
 requests that arrive while the engine runs, or that join a batch still short of full, wake nobody.
+
+An engine call that runs longer than ``stuck_after`` has outlived every request in it (each waits at most
+that long from its arrival): it counts as stuck (:attr:`DynamicBatcher.stuck`, the model is then not
+ready) and the batcher asks the runner to stop it (``terminate``: ONNX Runtime can, other backends cannot).
+:meth:`DynamicBatcher.stop` is bounded: what has not finished within its grace is stopped if it can be, its
+requests answered, and the rest abandoned (a thread stuck in an engine call cannot be killed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +49,15 @@ class _Request:
         self.enqueued = time.monotonic()
 
 
+class _Call:
+    """One engine call in progress: its requests, the thread it runs on (to stop it), whether it is stuck."""
+
+    __slots__ = ("batch", "thread", "stuck")
+
+    def __init__(self, batch: list[_Request]) -> None:
+        self.batch, self.thread, self.stuck = batch, None, False
+
+
 def _settle(waiter: asyncio.Future) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -56,7 +72,8 @@ class DynamicBatcher:
 
     def __init__(self, infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], max_batch_size: int = 8,
                  max_queue_delay: float = 0.002, max_queue: int = 64, workers: int = 1,
-                 on_batch: Callable[[int], None] | None = None, stats: ModelStats | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None, stats: ModelStats | None = None,
+                 stuck_after: float | None = None, terminate: Callable[[int], bool] | None = None) -> None:
         if max_batch_size < 1 or max_queue < 1 or workers < 1 or max_queue_delay < 0:
             raise ValueError("max_batch_size, max_queue and workers must be >= 1, max_queue_delay >= 0")
         self.infer = infer
@@ -66,6 +83,9 @@ class DynamicBatcher:
         self.workers = workers
         self.on_batch = on_batch
         self.stats = stats  # Triton's statistics: queue and compute durations, per batch size
+        self.stuck_after = stuck_after  # seconds after which an engine call counts as stuck
+        self.terminate = terminate  # asks the run on a thread (threading.get_ident()) to stop; False if it cannot
+        self._calls: set[_Call] = set()  # engine calls in progress
         self._pending: deque[_Request] = deque()
         self._waiters: list[tuple[asyncio.Future, Callable[[], bool]]] = []  # workers asleep, and what wakes each
         self._tasks: list[asyncio.Task] = []
@@ -76,17 +96,51 @@ class DynamicBatcher:
     def depth(self) -> int:
         return len(self._pending)
 
+    @property
+    def running(self) -> int:
+        """Engine calls in progress."""
+        return len(self._calls)
+
+    @property
+    def stuck(self) -> int:
+        """Engine calls in progress for longer than ``stuck_after``."""
+        return sum(call.stuck for call in self._calls)
+
     def start(self) -> None:
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="effattn-batch")
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
 
-    async def stop(self) -> None:
-        """Finish what is queued, then stop the workers."""
+    async def stop(self, grace: float | None = None) -> int:
+        """Finish what is queued within ``grace`` seconds (None: however long it takes), then stop the workers;
+        returns how many engine calls were abandoned (:meth:`_give_up`)."""
         self._closing = True
         self._wake()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        abandoned = 0
+        tasks = [t for t in self._tasks if not t.done()]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            if late:
+                abandoned = await self._give_up(late)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+        return abandoned
+
+    async def _give_up(self, workers: set[asyncio.Task]) -> int:
+        """Past the grace: refuse every request still waiting (503), ask running calls to stop, give them a
+        moment (a terminated run ends at its next node), then leave the workers; returns the calls still running."""
+        refusal = QueueFull("the server is shutting down")
+        for request in [*self._pending, *(r for call in self._calls for r in call.batch)]:
+            if not request.future.done():
+                request.future.set_exception(refusal)
+        self._pending.clear()
+        for call in self._calls:
+            if self.terminate is not None and call.thread is not None:
+                self.terminate(call.thread)
+        await asyncio.wait(workers, timeout=1.0)
+        running = len(self._calls)
+        for task in workers:
+            task.cancel()  # the task only: a thread inside an engine call runs on, abandoned
+        return running
 
     async def submit(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Queue one request (already validated) and wait for its own slice of the batch's outputs."""
@@ -196,7 +250,7 @@ class DynamicBatcher:
             self.on_batch(sum(r.items for r in batch))
         stacked = time.monotonic()
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, feed)
+            outputs = await self._call(batch, feed)
         except Exception as e:  # every request of the batch gets the error
             for r in batch:
                 if not r.future.done():
@@ -222,3 +276,28 @@ class DynamicBatcher:
         if self.stats is not None:
             ns = [int((b - a) * 1e9) for a, b in ((started, stacked), (stacked, inferred), (inferred, time.monotonic()))]
             self.stats.executed(total, [int((started - r.enqueued) * 1e9) for r in batch], ns)
+
+    async def _call(self, batch: list[_Request], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``infer(feed)`` on the batcher's thread, watched: past ``stuck_after`` it is stuck and asked to stop."""
+        call = _Call(batch)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.stuck_after, self._overdue, call) if self.stuck_after else None
+        self._calls.add(call)
+        try:
+            return await loop.run_in_executor(self._executor, self._infer_on_thread, call, feed)
+        finally:
+            self._calls.discard(call)
+            if timer is not None:
+                timer.cancel()
+            if call.stuck:
+                log.warning("a stuck engine call ended; the model is ready again")
+
+    def _infer_on_thread(self, call: _Call, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        call.thread = threading.get_ident()
+        return self.infer(feed)
+
+    def _overdue(self, call: _Call) -> None:
+        call.stuck = True
+        stopped = self.terminate is not None and call.thread is not None and self.terminate(call.thread)
+        log.warning("an engine call has run for over %g s (%d requests): the model is not ready until it ends; %s",
+                    self.stuck_after, len(call.batch), "asked it to stop" if stopped else "its backend cannot stop it")

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 import time
 from collections.abc import Mapping
@@ -101,6 +102,7 @@ class HttpApi:
     def __init__(self, server: Server) -> None:
         self.server, self.options = server, server.options
         self.grpc = None
+        self.stopping: asyncio.Task | None = None
         self.app = Starlette(routes=self.routes(), lifespan=self.lifespan,
                              exception_handlers={404: self.not_routed, 405: self.not_routed})
         self.app.state.server = server
@@ -118,10 +120,17 @@ class HttpApi:
         if self.options.grpc_port is not None:
             self.grpc = await start_grpc(self.server)
         yield
-        self.server.closing = True
-        if self.grpc is not None:
-            await self.grpc.stop(self.options.graceful_seconds)  # in-flight gRPC calls finish first
-        await self.server.stop()
+        await self.begin_shutdown()
+
+    def begin_shutdown(self) -> asyncio.Task:
+        """Stop gRPC and the models, each within ``graceful_seconds`` from now, while HTTP connections drain
+        (called when uvicorn's shutdown starts, and by the lifespan's end, which waits for it)."""
+        if self.stopping is None:
+            self.server.closing = True  # not ready from now on
+            grace = self.options.graceful_seconds
+            stops = [self.server.stop(grace)] + ([self.grpc.stop(grace)] if self.grpc is not None else [])
+            self.stopping = asyncio.ensure_future(asyncio.gather(*stops))
+        return self.stopping
 
     # ------------------------------------------------------------------------------- inference
     async def infer(self, receive, send, headers, name: str, version: str | None) -> None:
@@ -274,7 +283,8 @@ class HttpApi:
             model = self.model_of(request)
         except RequestError as e:
             return error(e.status, str(e))
-        return JSONResponse({"name": model.name, "ready": model.ready}, status_code=200 if model.ready else 503)
+        ok = self.server.model_ready(model)
+        return JSONResponse({"name": model.name, "ready": ok}, status_code=200 if ok else 503)
 
     async def prometheus(self, request: Request):
         return Response(self.server.prometheus(), media_type="text/plain; version=0.0.4")
@@ -358,10 +368,32 @@ def serve(models: Mapping[str, Runner], port: int = 8000, options: ServeOptions 
     # asyncio's loop even where uvloop is installed: uvloop measured no faster here, and under load it accepted
     # new connections late enough that a graceful shutdown refused some (tests/serving: graceful shutdown)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", http=guarded_protocol(),
-                            loop="asyncio", timeout_graceful_shutdown=options.graceful_seconds,
+                            loop="asyncio", timeout_graceful_shutdown=options.graceful_seconds + ANSWER_MARGIN_S,
                             limit_concurrency=options.max_connections, timeout_keep_alive=options.keep_alive_s)
     with sock:
-        uvicorn.Server(config).run(sockets=[sock])
+        try:
+            Uvicorn(config, app).run(sockets=[sock])
+        finally:
+            if app.server.abandoned:  # a thread stuck in an engine call would hold the interpreter's exit forever
+                logging.shutdown()
+                os._exit(1)
+
+
+#: Past the grace, requests still waiting get their 503 within this long, before uvicorn drops connections.
+ANSWER_MARGIN_S = 1.5
+
+
+class Uvicorn(uvicorn.Server):
+    """uvicorn's server, whose shutdown starts the app's own (:meth:`HttpApi.begin_shutdown`) at once, so models
+    and gRPC drain while HTTP connections do, and the whole takes ``graceful_seconds`` plus a margin."""
+
+    def __init__(self, config: uvicorn.Config, api: HttpApi) -> None:
+        super().__init__(config)
+        self.api = api
+
+    async def shutdown(self, sockets=None) -> None:
+        self.api.begin_shutdown()
+        await super().shutdown(sockets)
 
 
 def _raise_file_limit() -> None:

@@ -11,6 +11,8 @@ import pytest
 
 from effattn.serving.batching import DynamicBatcher, QueueFull
 
+from .support import until
+
 
 def _doubler(calls: list, delay: float = 0.001):
     def infer(feed):
@@ -53,9 +55,9 @@ def test_full_queue_refuses_at_once():
         batcher = DynamicBatcher(blocked, max_batch_size=1, max_queue_delay=0, max_queue=2)
         batcher.start()
         first = asyncio.create_task(batcher.submit({"x": np.zeros((1, 2))}))
-        await asyncio.sleep(0.05)  # the worker holds the first one
+        await until(lambda: batcher.running == 1, "the worker holds the first one")
         queued = [asyncio.create_task(batcher.submit({"x": np.zeros((1, 2))})) for _ in range(2)]
-        await asyncio.sleep(0.01)
+        await until(lambda: batcher.depth == 2, "two more wait in the queue")
         with pytest.raises(QueueFull, match="queue full"):
             await batcher.submit({"x": np.zeros((1, 2))})
         gate.set()
@@ -139,7 +141,8 @@ def test_a_short_batch_goes_when_its_delay_runs_out_and_stop_runs_what_is_queued
         slow = DynamicBatcher(_doubler(calls), max_batch_size=4, max_queue_delay=3600, max_queue=16)
         slow.start()
         waiting = [asyncio.create_task(slow.submit({"x": x * i})) for i in range(2)]
-        await asyncio.sleep(0.01)  # the worker is gathering, an hour to go
+        await until(lambda: slow.depth == 2 and len(slow._waiters) == 1 and not slow._waiters[0][0].done(),
+                    "the worker is gathering, an hour to go")
         await asyncio.wait_for(slow.stop(), 60)
         return short, await asyncio.gather(*waiting)
 

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,6 +32,8 @@ http_client = pytest.importorskip("tritonclient.http", reason="tests need triton
 grpc_client = pytest.importorskip("tritonclient.grpc", reason="tests need tritonclient[grpc] (the test extra)")
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from .support import metric as _metric, wait_for as _wait_for  # noqa: E402
 
 PROFILE = ShapeProfile.single("1x8x4x4", "2x8x8x8", "8x8x16x16")
 PAIR = ShapeProfile((InputProfile("a", (1, 4), (2, 4), (8, 4)), InputProfile("b", (1, 4), (2, 4), (8, 4))))
@@ -62,19 +63,6 @@ def server(files):
                         "--grpc-port", str(grpc_port), log=log) as (process, base):
         yield base, grpc_port, log
     assert "Traceback" not in log.read_text()
-
-
-def _metric(base: str, name: str, labels: str = "") -> float:
-    text = http("GET", base + "/metrics")[2].decode()
-    found = re.search(rf"^{name}{re.escape(labels)} (\S+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
-def _wait_for(condition, what: str, limit: float = 60.0) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, f"the server never reached: {what}"
-        time.sleep(0.05)
 
 
 def _post(base, body: bytes, headers: dict | None = None, model: str = "block"):

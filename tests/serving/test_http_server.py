@@ -25,11 +25,14 @@ from effattn.shapes import ShapeProfile
 
 from effattn.serving.launch import error_of, http, running_server
 
+from .support import loop_model, loop_request, metric, wait_for
+
 http_client = pytest.importorskip("tritonclient.http", reason="tests need tritonclient[http] (the test extra)")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 PROFILE = ShapeProfile.single("1x8x4x4", "2x8x16x16", "8x8x32x32")
 SLOW = ShapeProfile.single("1x16x8x8", "1x16x64x64", "1x16x64x64")  # dot-product: ~10-50 ms a call
+SLOW_TRIPS = 5_000_000  # a Loop request of ~4 s on an idle core (longer under load, as everything else)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,7 @@ def files(tmp_path_factory):
     torch.manual_seed(0)
     block = export_onnx(EfficientAttention(8, 4, 2, 8), PROFILE, folder / "block.onnx").path
     slow = export_onnx(DotProductAttention(16, 8, 2, 16), SLOW, folder / "slow.onnx").path
-    return {"block": block, "slow": slow}
+    return {"block": block, "slow": slow, "loop": loop_model(folder / "loop.onnx")}
 
 
 @pytest.fixture(scope="module")
@@ -173,49 +176,66 @@ def test_request_timeout_is_504(files):
         assert _infer(_client(base), x, model="slow").shape == x.shape
 
 
+def _post_loop(base: str, trips: int, x: float = 1.0):
+    return http("POST", base + "/v2/models/loop/infer", loop_request(trips, x), {"Content-Type": "application/json"},
+                timeout=300)
+
+
+def _loop_metric(base: str, name: str) -> float:
+    return metric(base, name, '{model="loop"}')
+
+
 def test_overload_answers_503_at_once_not_a_hang(files):
-    with running_server({"slow": files["slow"]}, "--max-queue", "2", "--max-batch-size", "1") as (_, base):
-        x = np.random.default_rng().standard_normal((1, 16, 64, 64), dtype=np.float32)
-        body = _json_request(x.shape, data=x.ravel().tolist())
+    """One slow request runs and two fill the queue (counted on the server's metrics): the next is refused with a
+    503 while they are still in the server, and they are all answered afterwards."""
+    with running_server({"loop": files["loop"]}, "--max-queue", "2") as (_, base):
+        answers = {}
 
-        def one(_):
-            t0 = time.perf_counter()
-            code, _, _ = http("POST", base + "/v2/models/slow/infer", body, {"Content-Type": "application/json"})
-            return code, time.perf_counter() - t0
+        def one(i: int, trips: int) -> None:
+            answers[i] = _post_loop(base, trips, float(i))
 
-        with ThreadPoolExecutor(24) as pool:
-            results = list(pool.map(one, range(24)))
-        codes = [c for c, _ in results]
-        assert set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) >= 2, codes
-        assert max(t for c, t in results if c == 503) < 5.0
-        _healthy_slow = http("GET", base + "/v2/models/slow/ready")[0]
-        assert _healthy_slow == 200
+        slow = threading.Thread(target=one, args=(0, SLOW_TRIPS))
+        slow.start()
+        wait_for(lambda: _loop_metric(base, "effattn_engine_calls") == 1, "the slow request runs")
+        queued = [threading.Thread(target=one, args=(i, i)) for i in (1, 2)]
+        for t in queued:
+            t.start()
+        wait_for(lambda: _loop_metric(base, "effattn_queue_depth") == 2, "two requests wait in the queue")
+        code, _, body = _post_loop(base, 1)
+        assert code == 503 and "queue full (2 requests waiting)" in error_of(body)
+        assert _loop_metric(base, "effattn_engine_calls") == 1, "the slow request ended before the refusal"
+        for t in [slow, *queued]:
+            t.join(300)
+        assert [(answers[i][0], json.loads(answers[i][2])["outputs"][0]["data"]) for i in range(3)] == \
+            [(200, [SLOW_TRIPS]), (200, [2.0]), (200, [4.0])]
+        assert http("GET", base + "/v2/models/loop/ready")[0] == 200
 
 
 def test_graceful_shutdown_loses_no_accepted_request(files):
-    with running_server({"slow": files["slow"]}, "--max-batch-size", "1") as (process, base):
-        x = np.random.default_rng().standard_normal((1, 16, 64, 64), dtype=np.float32)
-        body = _json_request(x.shape, data=x.ravel().tolist())
-        results, started = [], threading.Barrier(13)
+    """SIGTERM while twelve requests are in the server, one running and eleven queued (counted on its own
+    metrics, not assumed after a sleep): every one is answered, then the process ends."""
+    with running_server({"loop": files["loop"]}) as (process, base):
+        answers = {}
 
-        def one():
-            started.wait()
-            code = http("POST", base + "/v2/models/slow/infer", body, {"Content-Type": "application/json"})[0]
-            results.append((code, time.monotonic()))
+        def one(i: int, trips: int) -> None:
+            code, _, body = _post_loop(base, trips, float(i))
+            answers[i] = (code, json.loads(body)["outputs"][0]["data"] if code == 200 else body, time.monotonic())
 
-        threads = [threading.Thread(target=one) for _ in range(12)]
-        for t in threads:
+        threads = [threading.Thread(target=one, args=(0, SLOW_TRIPS))]
+        threads[0].start()
+        wait_for(lambda: _loop_metric(base, "effattn_engine_calls") == 1, "the slow request runs")
+        threads += [threading.Thread(target=one, args=(i, i)) for i in range(1, 12)]
+        for t in threads[1:]:
             t.start()
-        started.wait()
-        time.sleep(0.1)  # all twelve are in the server's queue or running (one at a time: ~20-50 ms each)
+        wait_for(lambda: _loop_metric(base, "effattn_queue_depth") == 11, "eleven requests wait in the queue")
         process.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
         for t in threads:
-            t.join(timeout=60)
-        assert [code for code, _ in results] == [200] * 12
-        assert any(done > stopped for _, done in results), "no request was still in flight at SIGTERM"
+            t.join(timeout=300)
+        assert [answers[i][:2] for i in range(12)] == [(200, [SLOW_TRIPS])] + [(200, [2.0 * i]) for i in range(1, 12)]
+        assert any(answers[i][2] > stopped for i in range(1, 12)), "no request was still in the server at SIGTERM"
         # uvicorn re-raises SIGTERM once its graceful shutdown is done: the conventional "ended by SIGTERM"
-        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
 
 
 def test_serve_cli_names_bad_model_arguments(files, tmp_path, capsys):
