@@ -184,7 +184,7 @@ def test_fifo_or_device_as_calibration_is_refused_without_blocking(tmp_path):
     folder = tmp_path / "calib"
     folder.mkdir()
     os.mkfifo(folder / "b.npy")
-    for source, kind in ((tmp_path / "a.npy", "a FIFO"), (folder, "a FIFO"), ("/dev/zero", "a device or socket")):
+    for source, kind in ((tmp_path / "a.npy", "a FIFO"), (folder, "a FIFO"), ("/dev/zero", "a character device")):
         run = subprocess.run([sys.executable, "-m", "effattn", "quantize", str(tmp_path / "m.onnx"), "-o",
                               str(tmp_path / "out.onnx"), "--calibration", str(source)],
                              capture_output=True, text=True, timeout=120)
