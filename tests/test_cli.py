@@ -423,3 +423,16 @@ def test_the_auto_backend_is_said_only_once_the_file_loaded(seg_onnx, tmp_path, 
     assert main(["run", str(tmp_path / "empty.onnx")]) == 2
     assert "is empty (0 bytes)" in _error_line(capsys) and "backend auto" not in caplog.text
     assert main(["run", str(seg_onnx)]) == 0 and "backend auto: " in caplog.text
+
+
+def test_an_unforeseen_fault_is_still_one_line(monkeypatch, capsys):
+    import effattn.cli.commands as commands
+
+    def out_of_memory(args):
+        raise MemoryError()
+
+    monkeypatch.setattr(commands, "cmd_models", out_of_memory)
+    assert main(["models"]) == 1
+    assert _error_line(capsys) == "effattn models: error: MemoryError: MemoryError (unexpected; --debug shows where)"
+    with pytest.raises(MemoryError):
+        main(["models", "--debug"])
