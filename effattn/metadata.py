@@ -218,14 +218,24 @@ def _external_files(path: Path, model: onnx.ModelProto) -> tuple[str, ...]:
                               f"{first_line(e)}") from None
         where = f"{path}: tensor {reprlib.repr(tensor.name)} keeps its data in {reprlib.repr(info.location)}"
         name = PurePosixPath(info.location.replace("\\", "/"))
-        if not info.location or name.is_absolute() or PureWindowsPath(info.location).drive or ".." in name.parts:
+        if (not info.location or "\0" in info.location or name.is_absolute() or PureWindowsPath(info.location).drive
+                or ".." in name.parts):
             raise ExportError(f"{where}; external data must be named relative to the model's folder, without '..'")
         target = (folder / name).resolve()
         if not target.is_relative_to(folder):
             raise ExportError(f"{where}, which leads out of the model's folder ({target})")
         target = require_file(target, f"the external data of {path}")
-        end = (info.offset or 0) + (info.length or 0)
+        end = (info.offset or 0) + (info.length if info.length is not None else _nbytes(tensor))
         if end > target.stat().st_size:
             raise ExportError(f"{where}, which holds {target.stat().st_size} bytes; the tensor needs {end}")
         files.add(str(name))
     return tuple(sorted(files))
+
+
+def _nbytes(tensor: onnx.TensorProto) -> int:
+    """The bytes a tensor's external data must hold when its entry gives no length (0 for types of no fixed size)."""
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError):
+        return 0
+    return math.prod(tensor.dims) * itemsize

@@ -256,6 +256,9 @@ def _hostile(tmp_path, case):
         "dotdot": (lambda: _graph_file(f, external="../outside.bin"), "relative to the model's folder"),
         "symlink-out": (lambda: _graph_file(f, external="w.bin"), "leads out of the model's folder"),
         "missing-data": (lambda: _graph_file(f, external="gone.bin"), "gone.bin does not exist"),
+        "nul-byte": (lambda: _graph_file(f, external="w\0.bin"), "relative to the model's folder"),
+        "short-data": (lambda: (models / "w.bin").write_bytes(bytes(8)) and _graph_file(f, external="w.bin"),
+                       "holds 8 bytes; the tensor needs 64"),
         "ghost-input": (lambda: _graph_file(f, profile=ghost), "names input 'ghost', which the model does not have"),
     }
     make, says = cases[case]
@@ -264,7 +267,7 @@ def _hostile(tmp_path, case):
 
 
 @pytest.mark.parametrize("case", ["empty", "custom-op", "opset-99", "ir-99", "2^40-dims", "absolute", "dotdot",
-                                  "symlink-out", "missing-data", "ghost-input"])
+                                  "symlink-out", "missing-data", "nul-byte", "short-data", "ghost-input"])
 def test_triton_refuses_what_run_refuses_and_writes_nothing(tmp_path, capsys, case):
     path, says = _hostile(tmp_path, case)
     for command in (["triton", str(path), "--repository", str(tmp_path / "repo")], ["run", str(path)]):
