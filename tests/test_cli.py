@@ -382,15 +382,19 @@ def test_a_backend_failure_while_running_is_one_line_naming_the_model(tmp_path, 
     assert line.startswith(f"effattn run: error: running {path} on onnxruntime-cpu failed: ") and "ConstantOfShape" in line
 
 
-def test_same_http_and_grpc_port_is_refused_before_any_model_loads(monkeypatch, tmp_path, capsys):
+def _free_port() -> str:
     import socket
 
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def test_same_http_and_grpc_port_is_refused_before_any_model_loads(monkeypatch, tmp_path, capsys):
     import effattn.cli.commands as commands
 
     monkeypatch.setattr(commands, "served_models", lambda *a: pytest.fail("models loaded before the ports were checked"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
+    port = _free_port()
     assert main(["serve", str(tmp_path / "m.onnx"), "--port", port, "--grpc-port", port]) == 2
     assert f"--port and --grpc-port are both {port}" in _error_line(capsys)
 
@@ -436,3 +440,12 @@ def test_an_unforeseen_fault_is_still_one_line(monkeypatch, capsys):
     assert _error_line(capsys) == "effattn models: error: MemoryError: MemoryError (unexpected; --debug shows where)"
     with pytest.raises(MemoryError):
         main(["models", "--debug"])
+
+
+def test_serve_checks_every_file_before_the_first_model_loads(seg_onnx, tmp_path, monkeypatch, capsys):
+    import effattn.cli.commands as commands
+
+    monkeypatch.setattr(commands, "load", lambda *a, **k: pytest.fail("a model loaded before every file was checked"))
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    assert main(["serve", str(seg_onnx), str(tmp_path / "empty.onnx"), "--port", _free_port()]) == 2
+    assert f"{tmp_path / 'empty.onnx'} is empty (0 bytes)" in _error_line(capsys)

@@ -24,7 +24,7 @@ from ..export import export_onnx, quantize
 from ..files import atomic_output, check_writable, require_file
 from ..models import create_model, get_entry, list_models, load_model
 from ..names import parse_model_spec
-from ..runtime import Runner, choose_backend, load, random_inputs
+from ..runtime import Runner, check_onnx, choose_backend, load, random_inputs
 from ..serving.grpc_server import check_grpc_port, require_grpc
 from ..serving.http_server import ServeOptions, listen, serve
 from ..serving.repository import TritonOptions, write_repository
@@ -292,7 +292,8 @@ def served_models(specs: Sequence[str], args) -> dict[str, Runner]:
     for name, path in named:
         if names.count(name) > 1:
             raise InputError(f"two models are named {name!r}; name them: NAME=FILE")
-        require_file(path, "an .onnx or .plan file to serve")
+        if require_file(path, "an .onnx or .plan file to serve").suffix.lower() == ".onnx":
+            check_onnx(path)  # as load() will, but for every file before the first one loads
     models = {}
     for name, path in named:
         if path.suffix.lower() == ".onnx":  # decided once here, so ONNX Runtime CPU sessions open non-spinning
