@@ -83,18 +83,18 @@ def _lstat_mode(path: Path) -> int | None:
         return None
 
 
-def require_file(path: str | Path, expected: str = "a file") -> Path:
-    """``path`` if it is a regular file (links followed), else :class:`InputError` saying what it is instead;
-    reading a device, a FIFO or a folder as a model or an input would block, never end, or fail obscurely."""
+def require_file(path: str | Path, expected: str = "a file", error: type[Exception] = InputError) -> Path:
+    """``path`` if it is a regular file (links followed), else ``error`` saying what it is instead; reading a
+    device, a FIFO or a folder as a model or an input would block, never end, or fail obscurely."""
     path = Path(path)
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise InputError(f"{path} does not exist; expected {expected}") from None
+        raise error(f"{path} does not exist; expected {expected}") from None
     except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror}") from None
+        raise error(f"cannot read {path}: {e.strerror}") from None
     if not stat.S_ISREG(mode):
-        raise InputError(f"{path} is {_kind(mode)}, not a regular file; expected {expected}")
+        raise error(f"{path} is {_kind(mode)}, not a regular file; expected {expected}")
     return path
 
 

@@ -117,7 +117,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 def _load(path: str | Path) -> onnx.ModelProto:
     """The model at ``path`` without its external data; a device, FIFO or folder is refused before it is read."""
-    path = require_file(path, "an .onnx file")
+    path = require_file(path, "an .onnx file", ExportError)
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
@@ -149,7 +149,7 @@ class OnnxFile:
 def check_onnx_file(path: str | Path) -> OnnxFile:
     """``path`` as an :class:`OnnxFile`, or :class:`ExportError` (:class:`ProfileError` for its profile) naming
     the first thing about it no runner should be handed."""
-    path = require_file(path, "an .onnx file")
+    path = require_file(path, "an .onnx file", ExportError)
     if path.stat().st_size == 0:
         raise ExportError(f"{path} is empty (0 bytes), not an ONNX model")
     model = _load(path)
@@ -224,7 +224,7 @@ def _external_files(path: Path, model: onnx.ModelProto) -> tuple[str, ...]:
         target = (folder / name).resolve()
         if not target.is_relative_to(folder):
             raise ExportError(f"{where}, which leads out of the model's folder ({target})")
-        target = require_file(target, f"the external data of {path}")
+        target = require_file(target, f"the external data of {path}", ExportError)
         end = (info.offset or 0) + (info.length if info.length is not None else _nbytes(tensor))
         if end > target.stat().st_size:
             raise ExportError(f"{where}, which holds {target.stat().st_size} bytes; the tensor needs {end}")
