@@ -19,12 +19,13 @@ from tqdm.auto import tqdm
 from .. import metadata, pipeline
 from ..bench.benchmark import check_plotting, plot, run_bench
 from ..engines import build_engine
+from ..engines.precision import check_onnx
 from ..errors import BackendError, ConfigError, EffattnError, InputError, ModelError, first_line
 from ..export import export_onnx, quantize
 from ..files import atomic_output, check_writable, require_file
 from ..models import create_model, get_entry, list_models, load_model
 from ..names import parse_model_spec
-from ..runtime import Runner, check_onnx, choose_backend, load, random_inputs
+from ..runtime import Runner, choose_backend, load, random_inputs
 from ..serving.grpc_server import check_grpc_port, require_grpc
 from ..serving.http_server import ServeOptions, listen, serve
 from ..serving.repository import TritonOptions, write_repository
