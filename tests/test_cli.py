@@ -402,9 +402,9 @@ def test_same_http_and_grpc_port_is_refused_before_any_model_loads(monkeypatch, 
 @pytest.mark.parametrize("argv,says", [
     (["serve", "/dev/zero"], "/dev/zero is a character device, not a regular file; expected an .onnx or .plan"),
     (["serve", "{tmp}"], "{tmp} is a folder, not a regular file; expected an .onnx or .plan"),
-    (["run", "{fifo}"], "{fifo} is a FIFO (named pipe), not a regular file; expected an .onnx file"),  # it hung
-    (["compare", "{fifo}"], "{fifo} is a FIFO (named pipe), not a regular file"),
-    (["run", "{seg}", "--input", "/dev/zero"], "/dev/zero is a character device, not a regular file; expected an input"),
+    (["run", "{fifo}"], "{fifo} is a FIFO, not a regular file; expected an .onnx file"),  # it hung
+    (["compare", "{fifo}"], "{fifo} is a FIFO, not a regular file"),
+    (["run", "{seg}", "--input", "/dev/zero"], "/dev/zero is a character device, not a regular file"),
     (["run", "{seg}", "--output", "{tmp}", "--force"], "{tmp} exists and is a folder; effattn replaces only regular"),
 ])
 def test_what_a_path_is_is_said_as_it_is(seg_onnx, tmp_path, capsys, argv, says):
