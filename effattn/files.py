@@ -4,6 +4,10 @@ Every file effattn writes goes through :func:`atomic_output`: the data goes to a
 file beside the target, which replaces the target in one rename only when everything succeeded. On
 an error, Ctrl-C, SIGTERM or SIGHUP the temporary file is removed; a signal is then delivered again
 with its previous handler, so the process ends as it would have, minus the partial file.
+
+Only regular files are ever replaced (and folders only when effattn wrote them): a rename onto a
+device node, a FIFO or a symbolic link would put a regular file in its place, so those are refused
+whatever ``--force`` says. Files read as input are checked the same way (:func:`require_file`).
 """
 
 from __future__ import annotations
@@ -63,9 +67,47 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(s, previous[s])
 
 
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _lstat_mode(path: Path) -> int | None:
+    """The mode of ``path`` itself (a link is not followed), None if nothing is there."""
+    try:
+        return path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+
+
+def require_file(path: str | Path, expected: str = "a file", error: type[Exception] = InputError) -> Path:
+    """``path`` if it is a regular file (links followed), else ``error`` saying what it is instead; reading a
+    device, a FIFO or a folder as a model or an input would block, never end, or fail obscurely."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise error(f"{path} does not exist; expected {expected}") from None
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise error(f"{path} is {_kind(mode)}, not a regular file; expected {expected}")
+    return path
+
+
 def check_writable(path: str | Path, force: bool) -> None:
-    """Refuse to replace an existing ``path`` unless ``force``; the message says how to allow it."""
-    if Path(path).exists() and not force:
+    """Refuse to replace an existing ``path`` unless ``force`` (the message says how to allow it), and refuse
+    anything there but a regular file even with it."""
+    mode = _lstat_mode(Path(path))
+    if mode is None:
+        return
+    if not stat.S_ISREG(mode):
+        raise FileExistsNoForceError(f"{path} exists and is {_kind(mode)}; effattn replaces only regular files: "
+                                     "choose another output or move it yourself")
+    if not force:
         raise FileExistsNoForceError(f"{path} exists; pass --force to overwrite it (force=True in Python)")
 
 
@@ -94,19 +136,16 @@ def atomic_folder(path: str | Path, force: bool = False, owned: str | None = Non
     """Like :func:`atomic_output` for a folder: fill the yielded hidden folder; it then replaces ``path``.
 
     With ``force`` an existing ``path`` is replaced only if it is a real folder (not a link) holding the file
-    ``owned`` - i.e. one this kind of command wrote - so nothing else is ever deleted."""
+    ``owned`` (a regular file) - i.e. one this kind of command wrote - so nothing else is ever deleted."""
     path = Path(path)
-    check_writable(path, force)
-    if path.is_symlink() or (path.exists() and not (path.is_dir() and (owned is None or (path / owned).is_file()))):
-        raise FileExistsNoForceError(f"{path} exists and is not a folder effattn wrote (no {owned}); "
-                                     "remove or rename it yourself")
+    _check_folder_writable(path, force, owned)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _signals_raise():
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         old = path.parent / f"{tmp.name}.old"
         try:
             yield tmp
-            check_writable(path, force)
+            _check_folder_writable(path, force, owned)
             if path.exists():
                 os.rename(path, old)
             os.rename(tmp, path)
@@ -115,6 +154,18 @@ def atomic_folder(path: str | Path, force: bool = False, owned: str | None = Non
                 os.rename(old, path)
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_folder_writable(path: Path, force: bool, owned: str | None) -> None:
+    mode = _lstat_mode(path)
+    if mode is None:
+        return
+    if not force:
+        raise FileExistsNoForceError(f"{path} exists; pass --force to overwrite it (force=True in Python)")
+    ours = owned is None or stat.S_ISREG(_lstat_mode(path / owned) or 0)
+    if not (stat.S_ISDIR(mode) and ours):
+        raise FileExistsNoForceError(f"{path} exists and is not a folder effattn wrote (no {owned}); "
+                                     "remove or rename it yourself")
 
 
 # ------------------------------------------------------------------------------------------ array files in
@@ -136,8 +187,7 @@ def open_regular(path: str | Path) -> BinaryIO:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
-        raise InputError(f"{path} is {kind}, not a regular file")
+        raise InputError(f"{path} is {_kind(mode)}, not a regular file")
     return os.fdopen(fd, "rb")
 
 

@@ -36,6 +36,18 @@ AXIS_NAMES: dict[int, tuple[str, ...]] = {
 }
 
 
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > 18:
+        raise ValueError(f"the number {reprlib.repr(text)} has {len(text.lstrip('-'))} digits")
+    return int(text)
+
+
+def read_json(text: str):
+    """``json.loads`` for text read from a file: an integer of over 18 digits is a ValueError naming it (Python's
+    own, past 4300 digits, tells the user to raise the interpreter's limit), like any other malformed JSON."""
+    return json.loads(text, parse_int=_json_int)
+
+
 def parse_shape(text: str | Sequence[int]) -> Shape:
     """``"1x3x64x64"`` (or ``"1,3,64,64"`` or a sequence) -> ``(1, 3, 64, 64)``."""
     if not isinstance(text, str):
@@ -43,9 +55,9 @@ def parse_shape(text: str | Sequence[int]) -> Shape:
             raise ProfileError(f"shape {reprlib.repr(text)} must be a list of integers")
         shape = tuple(int(d) for d in text)
     else:
-        parts = [p for p in re.split(r"[x,×\s]+", text.strip()) if p]
-        if not parts or not all(p.isdigit() for p in parts):
-            raise ProfileError(f"cannot read shape {text!r}: write it as NxCxHxW, e.g. 1x3x64x64")
+        parts = re.split(r"\s*[x,×]\s*|\s+", text.strip())  # "1x4x" has an empty last part: refused, not 1x4
+        if not all(re.fullmatch(r"[0-9]{1,18}", p) for p in parts):  # ASCII digits ('²'.isdigit() is True)
+            raise ProfileError(f"cannot read shape {reprlib.repr(text)}: write it as NxCxHxW, e.g. 1x3x64x64")
         shape = tuple(int(p) for p in parts)
     if any(d <= 0 for d in shape):
         raise ProfileError(f"shape {format_shape(shape)} has a non-positive dimension")
@@ -188,9 +200,9 @@ class ShapeProfile(Mapping[str, InputProfile]):
     @classmethod
     def from_json(cls, text: str) -> ShapeProfile:
         try:
-            return cls.from_dict(json.loads(text))
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise ProfileError(f"shape profile is not valid JSON: {reprlib.repr(str(e))}") from None
+            return cls.from_dict(read_json(text))
+        except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError, as are over-long integers
+            raise ProfileError(f"shape profile is not valid JSON: {e}") from None  # both messages are short
 
     def to_dict(self) -> dict[str, dict]:
         return {p.name: p.to_dict() for p in self.inputs}

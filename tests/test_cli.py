@@ -68,6 +68,7 @@ def test_run_with_input_file(seg_onnx, tmp_path, capsys):
     (["--shape", "1x3x200x200"], r"input 'input' axis 2 \(height\) is 200; it must be in \[32, 96\]"),
     (["--shape", "1x4x64x64"], r"axis 1 \(channels\) is 4, expected 3"),
     (["--shape", "1xax64"], "cannot read shape '1xax64'"),
+    (["--shape", "1x3x64x"], "cannot read shape '1x3x64x'"),  # was read as 1x3x64
 ])
 def test_run_bad_input_is_one_line(seg_onnx, capsys, argv, match):
     import re
@@ -198,6 +199,8 @@ def test_compare_never_runs_a_factory_the_file_names(seg_onnx, tmp_path, capsys)
     ({"model_args": "{"}, "effattn.model_args is not valid JSON"),
     ({"profile": json.dumps({"input": {"min": [1, 3, 32, 32], "opt": [1, 3, 64, 64],
                                        "max": [2**20, 3, 2**20, 2**20]}})}, "elements"),
+    ({"model_args": '{"a": ' + "9" * 4400 + "}"}, "effattn.model_args is not valid JSON (the number"),
+    ({"profile": '{"input": {"min": [' + "9" * 4400 + "]}}"}, "has 4400 digits"),  # past Python's int-string limit
 ])
 def test_compare_and_run_tampered_metadata_is_one_line(seg_onnx, tmp_path, capsys, meta, match):
     path = _tampered(seg_onnx, tmp_path, **meta)
@@ -254,7 +257,7 @@ def test_paths_that_cannot_be_written_and_bad_seeds_are_refused(seg_onnx, tmp_pa
         assert "\n" not in err and "a-file" in err and "Traceback" not in err, err
     with pytest.raises(SystemExit) as e:
         main(["run", str(seg_onnx), "--seed", "-1"])
-    assert e.value.code == 2 and "a seed is a non-negative integer" in capsys.readouterr().err
+    assert e.value.code == 2 and "--seed: expected an integer from 0 to" in capsys.readouterr().err
 
 
 def test_compare_runs_a_user_factory_only_when_named_or_trusted(tmp_path, capsys):
@@ -302,3 +305,147 @@ def test_build_onnxruntime_refusals_are_one_line_and_write_nothing(seg_onnx, tmp
         assert main(["build", str(seg_onnx), "-o", str(out), "--backend", "onnxruntime", "--precision", precision]) == 2
         assert says in _error_line(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------- numbers, files, messages
+HOSTILE_NUMBERS = ["nan", "inf", "-inf", "-1", "0", "1e300", "9" * 4400, "1x", "", "²"]
+
+
+def _numeric_options():
+    """(command, minimal argv, option string, its type) for every option of every subcommand that takes a number,
+    read off the parsers themselves, so an option added later is swept too."""
+    import argparse
+
+    from effattn import cli
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    numeric = (int, float, getattr(cli, "Number", int))
+    found = []
+    for command, parser in sub.choices.items():
+        argv = [command]
+        for action in parser._actions:
+            if action.required or (not action.option_strings and action.nargs in (None, "+")):
+                argv += [*action.option_strings[:1], "x"]
+        found += [(command, argv, a.option_strings[-1], a.type) for a in parser._actions
+                  if a.type in numeric or isinstance(a.type, numeric[-1])]
+    return found
+
+
+@pytest.mark.parametrize("command,argv,option,number", _numeric_options(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_numeric_option_refuses_what_is_out_of_range(capsys, command, argv, option, number):
+    from effattn.cli import Number, build_parser
+
+    assert isinstance(number, Number), f"{command} {option}: a plain {number} escapes the range check"
+    parser = build_parser()
+    for text in HOSTILE_NUMBERS + [str(number.lo), str(number.hi)]:
+        try:
+            value = getattr(parser.parse_args([*argv, f"{option}={text}"]), option.lstrip("-").replace("-", "_"))
+        except SystemExit as e:
+            line = capsys.readouterr().err.strip().splitlines()[-1]
+            assert e.code == 2 and f"argument {option}: expected {number}, got" in line, line
+            continue
+        value = value[0] if isinstance(value, list) else value
+        assert number.lo <= value <= number.hi, (option, text, value)
+        assert text in (str(number.lo), str(number.hi), "0"), f"{option} accepted {text!r}"
+
+
+@pytest.mark.parametrize("argv", [["bench", "--threads", "-1"], ["serve", "m.onnx", "--threads", "0"],
+                                  ["serve", "m.onnx", "--threads", "-1"], ["bench", "--seconds", "nan"],
+                                  ["bench", "--seconds", "-1"], ["bench", "--max-seconds", "-1"],
+                                  ["serve", "m.onnx", "--max-queue-delay-ms", "1e300"]])
+def test_the_reported_numbers_are_one_line_at_parse_time(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and f"argument {argv[-2]}: expected" in line and "Traceback" not in line, line
+
+
+def _tiny_graph(path, nodes, inputs, outputs, initializers=()):
+    import onnx
+    from onnx import helper
+
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, list(initializers)),
+                                opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_a_backend_failure_while_running_is_one_line_naming_the_model(tmp_path, capsys):
+    """ConstantOfShape asked for 2^46 floats: ONNX Runtime's allocation fails inside session.run."""
+    from onnx import TensorProto, helper
+
+    path = _tiny_graph(tmp_path / "cos.onnx", [helper.make_node("ConstantOfShape", ["s"], ["y"])],
+                       [helper.make_tensor_value_info("s", TensorProto.INT64, [1])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    np.save(tmp_path / "s.npy", np.array([2**46]))
+    assert main(["run", str(path), "--input", str(tmp_path / "s.npy")]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"effattn run: error: running {path} on onnxruntime-cpu failed: ") and "ConstantOfShape" in line
+
+
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def test_same_http_and_grpc_port_is_refused_before_any_model_loads(monkeypatch, tmp_path, capsys):
+    import effattn.cli.commands as commands
+
+    monkeypatch.setattr(commands, "served_models", lambda *a: pytest.fail("models loaded before the ports were checked"))
+    port = _free_port()
+    assert main(["serve", str(tmp_path / "m.onnx"), "--port", port, "--grpc-port", port]) == 2
+    assert f"--port and --grpc-port are both {port}" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["serve", "/dev/zero"], "/dev/zero is a character device, not a regular file; expected an .onnx or .plan"),
+    (["serve", "{tmp}"], "{tmp} is a folder, not a regular file; expected an .onnx or .plan"),
+    (["run", "{fifo}"], "{fifo} is a FIFO, not a regular file; expected an .onnx file"),  # it hung
+    (["compare", "{fifo}"], "{fifo} is a FIFO, not a regular file"),
+    (["run", "{seg}", "--input", "/dev/zero"], "/dev/zero is a character device, not a regular file"),
+    (["run", "{seg}", "--output", "{tmp}", "--force"], "{tmp} exists and is a folder; effattn replaces only regular"),
+])
+def test_what_a_path_is_is_said_as_it_is(seg_onnx, tmp_path, capsys, argv, says):
+    """Not 'does not exist' for a device or a folder, and the user's path, never a hidden temporary name."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe.onnx")
+    fill = {"tmp": str(tmp_path), "seg": str(seg_onnx), "fifo": str(tmp_path / "pipe.onnx")}
+    assert main([a.format(**fill) for a in argv]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"effattn {argv[0]}: error: {says.format(**fill)}"), line
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe.onnx"]
+
+
+def test_the_auto_backend_is_said_only_once_the_file_loaded(seg_onnx, tmp_path, capsys, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="effattn")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    assert main(["run", str(tmp_path / "empty.onnx")]) == 2
+    assert "is empty (0 bytes)" in _error_line(capsys) and "backend auto" not in caplog.text
+    assert main(["run", str(seg_onnx)]) == 0 and "backend auto: " in caplog.text
+
+
+def test_an_unforeseen_fault_is_still_one_line(monkeypatch, capsys):
+    import effattn.cli.commands as commands
+
+    def out_of_memory(args):
+        raise MemoryError()
+
+    monkeypatch.setattr(commands, "cmd_models", out_of_memory)
+    assert main(["models"]) == 1
+    assert _error_line(capsys) == "effattn models: error: MemoryError: MemoryError (unexpected; --debug shows where)"
+    with pytest.raises(MemoryError):
+        main(["models", "--debug"])
+
+
+def test_serve_checks_every_file_before_the_first_model_loads(seg_onnx, tmp_path, monkeypatch, capsys):
+    import effattn.cli.commands as commands
+
+    monkeypatch.setattr(commands, "load", lambda *a, **k: pytest.fail("a model loaded before every file was checked"))
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    assert main(["serve", str(seg_onnx), str(tmp_path / "empty.onnx"), "--port", _free_port()]) == 2
+    assert f"{tmp_path / 'empty.onnx'} is empty (0 bytes)" in _error_line(capsys)

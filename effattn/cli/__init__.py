@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import reprlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,11 +33,34 @@ Shapes are written NxCxHxW (NxCxL for sequences). Run 'effattn COMMAND --help' f
 
 
 # ------------------------------------------------------------------------------------------ parsers
-def _seed(text: str) -> int:
-    seed = int(text)
-    if seed < 0:
-        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, got {seed}")
-    return seed
+class Number:
+    """An argparse ``type``: an integer (or a finite float) from ``lo`` to ``hi``. Anything else - NaN, infinities,
+    a negative thread count, a 4400-digit integer, 1e300 ms - is refused while parsing, with the range in the
+    message, before any model loads. Every numeric option has one (tests/test_cli.py sweeps the parsers)."""
+
+    def __init__(self, kind: type, lo: float, hi: float) -> None:
+        self.kind, self.lo, self.hi = kind, lo, hi
+
+    def __call__(self, text: str):
+        try:
+            value = self.kind(text)
+        except ValueError:  # not a number, or an int past Python's digit limit
+            value = None
+        if value is None or not self.lo <= value <= self.hi:  # NaN compares false: refused too
+            raise argparse.ArgumentTypeError(f"expected {self}, got {reprlib.repr(text)}")
+        return value
+
+    def __str__(self) -> str:
+        return f"{'an integer' if self.kind is int else 'a number'} from {self.lo} to {self.hi}"
+
+
+SEED = Number(int, 0, 2**63 - 1)
+THREADS = Number(int, 1, 4096)
+COUNT = Number(int, 1, 65536)  # batch sizes, image sizes, samples
+SECONDS = Number(float, 0.001, 86400.0)
+PORT = Number(int, 1, 65535)
+INSTANCES = Number(int, 1, 1024)
+MIB = Number(float, 0.001, 2.0**20)
 
 
 def _shape_args(p: argparse.ArgumentParser) -> None:
@@ -83,7 +107,8 @@ def _export(add) -> None:
     _shape_args(p)
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                    help="torch.export-based (default) or the legacy TorchScript exporter as a fallback")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--opset", type=Number(int, 9, 99), default=18,
+                   help="ONNX opset (default 18; the exporter checks it against the installed onnx)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     p.add_argument("--no-validate", action="store_true", help="skip the parity check (not recommended)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
@@ -98,7 +123,7 @@ def _run(add) -> None:
     p.add_argument("onnx", type=Path, help="an .onnx file")
     p.add_argument("--input", type=Path, help=".npy (one input) or .npz (by input name)")
     p.add_argument("--shape", help="random input of this shape, e.g. 1x3x256x256")
-    p.add_argument("--seed", type=_seed, default=0, help="seed for random inputs")
+    p.add_argument("--seed", type=SEED, default=0, help="seed for random inputs")
     p.add_argument("--output", type=Path, help="save outputs to this .npz")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     _backend_args(p)
@@ -122,7 +147,7 @@ def _compare(add) -> None:
     p.set_defaults(model=None)
     p.add_argument("--trust-metadata", action="store_true", help="import and call a package.module:factory that "
                    "the file's metadata names (by default only zoo models, or the factory you name yourself)")
-    p.add_argument("--seed", type=_seed, default=None, help="seed for inputs (default: fresh each run)")
+    p.add_argument("--seed", type=SEED, default=None, help="seed for inputs (default: fresh each run)")
     _backend_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -136,8 +161,8 @@ def _demo(add) -> None:
     p.add_argument("--out", type=Path, default=Path("effattn-demo"), help="folder for the files (default ./effattn-demo)")
     p.add_argument("--force", action="store_true", help="overwrite files from an earlier demo")
     p.add_argument("--device", choices=("cpu", "cuda"), help="force the device")
-    p.add_argument("--seed", type=_seed, default=None, help="seed for inputs (default: fresh each run)")
-    p.add_argument("--seconds", type=float, default=1.0, help="timing per backend (default 1 s)")
+    p.add_argument("--seed", type=SEED, default=None, help="seed for inputs (default: fresh each run)")
+    p.add_argument("--seconds", type=SECONDS, default=1.0, help="timing per backend (default 1 s)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -161,7 +186,8 @@ def _quantize(add) -> None:
                    help="int8 (default: every GPU, and OpenVINO's fast CPU path) or fp8 (E4M3, TensorRT on 8.9+ GPUs)")
     p.add_argument("--calibration", type=Path, help="folder of .npy/.npz files or one .npz (keys: input names); "
                    "regular files only, at most 1 GiB of array data and 4096 samples in all, finite and not constant")
-    p.add_argument("--samples", type=int, default=32, help="calibration images without --calibration (32; at most 4096)")
+    p.add_argument("--samples", type=Number(int, 1, 4096), default=32,  # 4096: effattn.export.quantize.MAX_SAMPLES
+                   help="calibration images without --calibration (32; at most 4096)")
     p.add_argument("--force", action="store_true", help="overwrite the output")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -185,8 +211,9 @@ def _build(add) -> None:
                    "graph's own (FP16, BF16, or INT8/FP8 for a QDQ file from 'effattn quantize'); fp16/bf16 convert "
                    "an FP32 file; fp32 keeps it; int8/fp8 need a QDQ file of that type")
     p.add_argument("--fp16-flag", action="store_true", help="TensorRT 10 only: weakly typed build with the FP16 flag")
-    p.add_argument("--workspace", type=float, metavar="GIB", help="TensorRT workspace limit in GiB")
-    p.add_argument("--opt-level", type=int, default=3, choices=range(6), help="builder optimisation level 0-5 (3)")
+    p.add_argument("--workspace", type=Number(float, 0.001, 1024.0), metavar="GIB",
+                   help="TensorRT workspace limit in GiB")
+    p.add_argument("--opt-level", type=Number(int, 0, 5), default=3, help="builder optimisation level 0-5 (3)")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "effattn" / "engines")
     p.add_argument("--rtx", action="store_true", help="use TensorRT for RTX (tensorrt_rtx)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="ONNX Runtime: device the graph is optimised for")
@@ -218,15 +245,16 @@ def _bench(add) -> None:
                    help="zoo names or your own package.module:factory (default: the EA block and the tiny hosts)")
     p.add_argument("--shape", metavar="SHAPE", help="input of a package.module:factory model that has no "
                    "default_profile, e.g. 1x3x64x64 (its rank and channels; --sizes and --batch set the rest)")
-    p.add_argument("--sizes", nargs="+", type=int, default=[64, 128, 256], help="square input sizes (H = W)")
-    p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes (default 1)")
+    p.add_argument("--sizes", nargs="+", type=COUNT, default=[64, 128, 256], help="square input sizes (H = W)")
+    p.add_argument("--batch", nargs="+", type=COUNT, default=[1], help="batch sizes (default 1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--backends", nargs="+", default=None, metavar="BACKEND",
                    help="besides eager torch (default: onnxruntime on cpu; on cuda torch-fp16, torch-compile, "
                    "onnxruntime, onnxruntime-fp16, tensorrt-fp16)")
-    p.add_argument("--threads", type=int, default=None, help="threads for torch and ONNX Runtime (default: all cores)")
-    p.add_argument("--seconds", type=float, default=1.0, help="minimum timing per row (default 1)")
-    p.add_argument("--max-seconds", type=float, default=None, help="stop measuring after this long; the rest are "
+    p.add_argument("--threads", type=THREADS, default=None,
+                   help="threads for torch and ONNX Runtime (default: all cores)")
+    p.add_argument("--seconds", type=SECONDS, default=1.0, help="minimum timing per row (default 1)")
+    p.add_argument("--max-seconds", type=SECONDS, default=None, help="stop measuring after this long; the rest are "
                    "reported as skipped")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--no-startup", action="store_true", help="skip cold/warm start-up timing")
@@ -251,25 +279,28 @@ def _serve(add) -> None:
             "  logits = c.infer('seg', [x]).as_numpy('logits')")
     p.add_argument("models", nargs="+", metavar="[NAME=]FILE", help=".onnx or .plan files; NAME defaults to the file name")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, help="also serve KServe v2 gRPC here (Triton uses 8001; needs "
+    p.add_argument("--port", type=PORT, default=8000)
+    p.add_argument("--grpc-port", type=PORT, help="also serve KServe v2 gRPC here (Triton uses 8001; needs "
                    "tritonclient[grpc])")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "openvino", "tensorrt"), default="auto")
     p.add_argument("--device", choices=("cpu", "cuda"), help="force the ONNX Runtime device")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per model")
-    p.add_argument("--max-batch-size", type=int, default=8, help="items per engine call (capped by the profile)")
-    p.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="how long a request waits for others (2)")
-    p.add_argument("--max-queue", type=int, default=64, help="requests waiting per model before 503 (64)")
-    p.add_argument("--instances", type=int, default=1, help="engine calls in flight per model (1)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait before 504 (30)")
-    p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request body before 413 (64)")
-    p.add_argument("--max-inflight-mb", type=float, default=256.0,
+    p.add_argument("--threads", type=THREADS, default=None, help="ONNX Runtime intra-op threads per model")
+    p.add_argument("--max-batch-size", type=COUNT, default=8, help="items per engine call (capped by the profile)")
+    p.add_argument("--max-queue-delay-ms", type=Number(float, 0.0, 60000.0), default=2.0,
+                   help="how long a request waits for others (2)")
+    p.add_argument("--max-queue", type=Number(int, 1, 10**6), default=64,
+                   help="requests waiting per model before 503 (64)")
+    p.add_argument("--instances", type=INSTANCES, default=1, help="engine calls in flight per model (1)")
+    p.add_argument("--timeout", type=SECONDS, default=30.0, help="seconds a request may wait before 504 (30)")
+    p.add_argument("--max-request-mb", type=MIB, default=64.0, help="largest request body before 413 (64)")
+    p.add_argument("--max-inflight-mb", type=MIB, default=256.0,
                    help="request bytes held at once, HTTP and gRPC together, before 503 (256)")
-    p.add_argument("--max-connections", type=int, default=512,
+    p.add_argument("--max-connections", type=Number(int, 1, 10**6), default=512,
                    help="concurrent HTTP connections and gRPC calls before 503 (512)")
-    p.add_argument("--keep-alive-s", type=float, default=5.0,
+    p.add_argument("--keep-alive-s", type=Number(float, 0.001, 3600.0), default=5.0,
                    help="idle connections, and request heads not complete, are closed after this long (5)")
-    p.add_argument("--graceful-seconds", type=float, default=30.0, help="shutdown waits this long for in-flight requests")
+    p.add_argument("--graceful-seconds", type=Number(float, 0.0, 3600.0), default=30.0,
+                   help="shutdown waits this long for in-flight requests")
 
 
 def _triton(add) -> None:
@@ -285,10 +316,11 @@ def _triton(add) -> None:
     p.add_argument("model_file", type=Path, help=".onnx file from 'effattn export' or .plan from 'effattn build'")
     p.add_argument("--repository", type=Path, required=True, help="the model repository folder")
     p.add_argument("--name", help="model name in the repository (default: the file name)")
-    p.add_argument("--max-batch-size", type=int, default=8, help="0 turns batching off (default 8, capped by the profile)")
-    p.add_argument("--preferred-batch-sizes", type=int, nargs="*", default=[])
-    p.add_argument("--max-queue-delay-us", type=int, default=2000)
-    p.add_argument("--instances", type=int, default=1, help="instance_group count")
+    p.add_argument("--max-batch-size", type=Number(int, 0, 2**31 - 1), default=8,
+                   help="0 turns batching off (default 8, capped by the profile)")
+    p.add_argument("--preferred-batch-sizes", type=Number(int, 1, 2**31 - 1), nargs="*", default=[])
+    p.add_argument("--max-queue-delay-us", type=Number(int, 0, 3_600_000_000), default=2000)
+    p.add_argument("--instances", type=INSTANCES, default=1, help="instance_group count")
     p.add_argument("--kind", choices=("KIND_GPU", "KIND_CPU"), default="KIND_GPU")
     p.add_argument("--trt-accelerator", action="store_true", help="ONNX: run through Triton's TensorRT accelerator")
     p.add_argument("--fp16", action="store_true", help="with --trt-accelerator: precision_mode FP16")
@@ -342,6 +374,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except SystemExit as e:
         return int(e.code or 0)
+    except Exception as e:  # a fault effattn did not foresee (MemoryError, a library's own): still one line
+        if args.debug:
+            raise
+        print(f"effattn {args.command}: error: {type(e).__name__}: {first_line(e)} (unexpected; --debug shows where)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import json
 import logging
-import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,9 +19,10 @@ from tqdm.auto import tqdm
 from .. import metadata, pipeline
 from ..bench.benchmark import check_plotting, plot, run_bench
 from ..engines import build_engine
-from ..errors import ConfigError, InputError, ModelError
+from ..engines.precision import check_onnx
+from ..errors import BackendError, ConfigError, EffattnError, InputError, ModelError, first_line
 from ..export import export_onnx, quantize
-from ..files import atomic_output, check_writable
+from ..files import atomic_output, check_writable, require_file
 from ..models import create_model, get_entry, list_models, load_model
 from ..names import parse_model_spec
 from ..runtime import Runner, choose_backend, load, random_inputs
@@ -87,10 +87,8 @@ def _print_json(data) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-def mib(value: float, option: str) -> int:
-    """``--...-mb`` as bytes; NaN, infinities and non-positive sizes are refused."""
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{option} must be a positive number of MiB, got {value}")
+def mib(value: float) -> int:
+    """``--...-mb`` (checked by the parser: positive and finite) as bytes."""
     return int(value * 2**20)
 
 
@@ -154,7 +152,13 @@ def cmd_run(args) -> None:
     if args.output:
         check_writable(args.output, args.force)
     with load(args.onnx, backend=args.backend, device=args.device, **_rtx(args)) as runner:
-        outputs = runner.infer(_feed_for(args, runner))
+        feed = _feed_for(args, runner)
+        try:
+            outputs = runner.infer(feed)
+        except EffattnError:
+            raise
+        except Exception as e:  # the backend's own failure (an allocation of 2^46 floats, ...): say whose and what
+            raise BackendError(f"running {args.onnx} on {runner.backend} failed: {first_line(e)}") from None
         backend = runner.backend
     if args.output:  # through a file object: np.savez would add ".npz" to a name without it
         with atomic_output(args.output, args.force) as tmp, open(tmp, "wb") as f:
@@ -289,8 +293,8 @@ def served_models(specs: Sequence[str], args) -> dict[str, Runner]:
     for name, path in named:
         if names.count(name) > 1:
             raise InputError(f"two models are named {name!r}; name them: NAME=FILE")
-        if not path.is_file():
-            raise InputError(f"{path} does not exist")
+        if require_file(path, "an .onnx or .plan file to serve").suffix.lower() == ".onnx":
+            check_onnx(path)  # as load() will, but for every file before the first one loads
     models = {}
     for name, path in named:
         if path.suffix.lower() == ".onnx":  # decided once here, so ONNX Runtime CPU sessions open non-spinning
@@ -308,10 +312,12 @@ def cmd_serve(args) -> None:
         log.warning("binding %s: the server has no authentication; expose it only behind a proxy you trust", args.host)
     options = ServeOptions(max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
                            max_queue=args.max_queue, timeout_s=args.timeout, instances=args.instances,
-                           max_request_bytes=mib(args.max_request_mb, "--max-request-mb"), grpc_port=args.grpc_port,
+                           max_request_bytes=mib(args.max_request_mb), grpc_port=args.grpc_port,
                            host=args.host, graceful_seconds=args.graceful_seconds,
-                           max_inflight_bytes=mib(args.max_inflight_mb, "--max-inflight-mb"),
+                           max_inflight_bytes=mib(args.max_inflight_mb),
                            max_connections=args.max_connections, keep_alive_s=args.keep_alive_s)
+    if args.grpc_port == args.port:  # else the second bind fails once every model has loaded
+        raise ConfigError(f"--port and --grpc-port are both {args.port}; HTTP and gRPC need a port each")
     if args.grpc_port is not None:
         require_grpc()  # a missing grpc dependency is an error now, not after the models are loaded
         check_grpc_port(args.host, args.grpc_port)

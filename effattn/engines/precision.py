@@ -121,16 +121,18 @@ def _load(path: Path) -> onnx.ModelProto:
     return model
 
 
-def check_onnx(onnx_path: str | Path, model: onnx.ModelProto | None = None) -> str | None:
+def check_onnx(onnx_path: str | Path, model: onnx.ModelProto | None = None) -> str:
     """The graph's precision, after the checks every command runs before any backend runs (or builds, or
-    publishes) a file: its ``effattn.precision`` metadata, if any, agrees with the graph (the graph decides
-    what a file is: fp8 metadata on an FP32 graph would buy it FP8's loose parity tolerance), and a QDQ
-    graph's scales and zero points are valid (:func:`effattn.export.quantize.check_qdq`). None for a file
-    that does not parse as ONNX (nothing can run it; the backend's loader names the problem)."""
+    publishes) a file: the file itself (without ``model``: :func:`effattn.metadata.check_onnx_file`), its
+    ``effattn.precision`` metadata, if any, agrees with the graph (the graph decides what a file is: fp8
+    metadata on an FP32 graph would buy it FP8's loose parity tolerance), and a QDQ graph's scales and zero
+    points are valid (:func:`effattn.export.quantize.check_qdq`)."""
     onnx_path = Path(onnx_path)
-    model = model if model is not None else _read_model(onnx_path)
     if model is None:
-        return None
+        try:
+            model = metadata.check_onnx_file(onnx_path).model
+        except ExportError as e:
+            raise BackendError(str(e)) from None
     meta = {p.key: p.value for p in model.metadata_props}
     seen = graph_precision(model)
     if metadata.PRECISION in meta and (said := metadata.precision_of(meta)) != seen:

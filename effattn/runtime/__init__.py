@@ -90,10 +90,15 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
         return _tensorrt_runner(path, rtx, **options)
     if path.suffix.lower() != ".onnx":
         raise BackendError(f"{path}: expected an .onnx file or a TensorRT .plan/.engine")
-    check_onnx(path)  # before any backend sees it: metadata against the graph, QDQ scales and zero points
+    check_onnx(path)  # before any backend sees it: the file itself, metadata against the graph, QDQ scales
     choice = choose_backend(path, backend, device, bool(rtx))
-    if backend == "auto":
+    runner = _onnx_runner(path, choice, rtx, threads, **options)
+    if backend == "auto":  # said once the runner exists: never before an error about the file
         log.info("backend auto: %s", choice.reason)
+    return runner
+
+
+def _onnx_runner(path: Path, choice: Choice, rtx, threads: int | None, **options) -> Runner:
     if choice.backend == "tensorrt":
         # precision=None: the graph's own (engines.precision decides, from the metadata checked against the graph)
         return _tensorrt_runner(build_engine(path, rtx=bool(rtx)).plan, rtx, **options)
@@ -123,5 +128,5 @@ def _openvino_is_faster(path: Path) -> bool:
     return precision == "int8" and openvino_available()
 
 
-__all__ = ["BACKENDS", "Choice", "choose_backend", "Report", "Runner", "TOLERANCES", "TensorSpec", "Tolerance", "compare",
-           "load", "profile_inputs", "random_inputs"]
+__all__ = ["BACKENDS", "Choice", "choose_backend", "Report", "Runner", "TOLERANCES", "TensorSpec",
+           "Tolerance", "compare", "load", "profile_inputs", "random_inputs"]

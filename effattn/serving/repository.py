@@ -22,8 +22,9 @@ from .. import dtypes, metadata
 from ..engines.cache import Sidecar, sidecar_path
 from ..engines.onnxruntime_session import holds_float8
 from ..engines.precision import check_onnx
-from ..errors import BackendError, ConfigError, InputError, first_line
-from ..files import atomic_folder
+from ..errors import BackendError, ConfigError, InputError
+from ..files import atomic_folder, require_file
+from ..metadata import OnnxFile
 from ..names import check_model_name, name_from_file
 from ..shapes import ShapeProfile
 
@@ -174,15 +175,15 @@ def model_config(name: str, platform: str, inputs: Sequence[TensorConfig], outpu
 
 def write_repository(model_file: str | Path, repository: str | Path, name: str | None = None,
                      options: TritonOptions | None = None, force: bool = False) -> Path:
-    """Write ``repository/name/{config.pbtxt, 1/model.*}`` for an effattn ONNX file or TensorRT plan."""
+    """Write ``repository/name/{config.pbtxt, 1/model.*}`` for an effattn ONNX file (checked as ``effattn run``
+    checks it, its external data copied beside it) or a TensorRT plan."""
     options = options or TritonOptions()
-    model_file = Path(model_file)
-    if not model_file.is_file():
-        raise InputError(f"{model_file} does not exist")
-    suffix = model_file.suffix.lower()
+    model_file = require_file(model_file, "an .onnx file or a TensorRT .plan/.engine")
+    suffix, external = model_file.suffix.lower(), ()
     if suffix == ".onnx":
-        check_onnx(model_file)  # as `run` does before any backend sees a file
-        platform, (inputs, outputs, profile) = "onnxruntime", _onnx_io(model_file)
+        checked = metadata.check_onnx_file(model_file)
+        check_onnx(model_file, checked.model)  # and the rest of what `run` checks before any backend sees a file
+        platform, (inputs, outputs, profile), external = "onnxruntime", _onnx_io(checked), checked.external
         if holds_float8(model_file):
             options = replace(options, basic_graph_optimization=True)
     elif suffix in (".plan", ".engine"):
@@ -193,21 +194,22 @@ def write_repository(model_file: str | Path, repository: str | Path, name: str |
     folder = Path(repository) / name
     text = model_config(name, platform, inputs, outputs, profile, options)
     with atomic_folder(folder, force, owned="config.pbtxt") as tmp:
-        (tmp / "1").mkdir()
-        shutil.copyfile(model_file, tmp / "1" / PLATFORMS[platform][1])
+        version = tmp / "1"
+        version.mkdir()
+        shutil.copyfile(model_file, version / PLATFORMS[platform][1])
+        for data in external:  # where ONNX Runtime looks for them: relative to the model file
+            (version / data).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(model_file.parent / data, version / data)
         if platform == "tensorrt":
             sidecar = sidecar_path(model_file)
             if sidecar.exists():
-                shutil.copyfile(sidecar, tmp / "1" / (PLATFORMS[platform][1] + ".json"))
+                shutil.copyfile(sidecar, version / (PLATFORMS[platform][1] + ".json"))
         (tmp / "config.pbtxt").write_text(text)
     return folder
 
 
-def _onnx_io(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], ShapeProfile | None]:
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise InputError(f"{path} is not a readable ONNX file: {first_line(e)}") from None
+def _onnx_io(checked: OnnxFile) -> tuple[list[TensorConfig], list[TensorConfig], ShapeProfile | None]:
+    model = checked.model
 
     def tensors(values) -> list[TensorConfig]:
         out = []
@@ -219,7 +221,7 @@ def _onnx_io(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], ShapeP
 
     init = {i.name for i in model.graph.initializer}
     return (tensors([v for v in model.graph.input if v.name not in init]), tensors(model.graph.output),
-            metadata.profile_of(metadata.read_metadata(path)))
+            metadata.profile_of({p.key: p.value for p in model.metadata_props}))
 
 
 def _plan_io(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], ShapeProfile | None]:

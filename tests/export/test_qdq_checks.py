@@ -184,7 +184,7 @@ def test_fifo_or_device_as_calibration_is_refused_without_blocking(tmp_path):
     folder = tmp_path / "calib"
     folder.mkdir()
     os.mkfifo(folder / "b.npy")
-    for source, kind in ((tmp_path / "a.npy", "a FIFO"), (folder, "a FIFO"), ("/dev/zero", "a device or socket")):
+    for source, kind in ((tmp_path / "a.npy", "a FIFO"), (folder, "a FIFO"), ("/dev/zero", "a character device")):
         run = subprocess.run([sys.executable, "-m", "effattn", "quantize", str(tmp_path / "m.onnx"), "-o",
                               str(tmp_path / "out.onnx"), "--calibration", str(source)],
                              capture_output=True, text=True, timeout=120)
@@ -195,8 +195,11 @@ def test_fifo_or_device_as_calibration_is_refused_without_blocking(tmp_path):
 
 def test_samples_are_capped(tmp_path, capsys, monkeypatch):
     _conv_model(tmp_path / "m.onnx", "add")
-    assert main(["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx"), "--samples", "200000"]) == 2
-    assert "samples must be 1 to 4096, got 200000" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # the parser's range, as for every numeric option
+        main(["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx"), "--samples", "200000"])
+    assert e.value.code == 2 and "--samples: expected an integer from 1 to 4096, got '200000'" in capsys.readouterr().err
+    with pytest.raises(InputError, match="samples must be 1 to 4096, got 200000"):
+        quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", samples=200000)
     monkeypatch.setattr(quantize_module, "MAX_SAMPLES", 4)
     np.save(tmp_path / "five.npy", np.random.default_rng(0).standard_normal((5, 32, 4, 4)).astype(np.float32))
     with pytest.raises(InputError, match="holds more than 4 samples"):

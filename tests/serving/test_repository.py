@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from effattn.cli import main
-from effattn.errors import ConfigError, FileExistsNoForceError, InputError
+from effattn.errors import ConfigError, ExportError, FileExistsNoForceError, InputError
 from effattn.export import export_onnx
 from effattn.models import EfficientAttention
 from effattn.serving.repository import TensorConfig, TritonOptions, model_config, write_repository
@@ -99,7 +99,7 @@ def test_cli_refuses_to_overwrite_and_names_bad_files(onnx_file, tmp_path, capsy
     with pytest.raises(InputError, match="no sidecar"):
         (tmp_path / "m.plan").write_bytes(b"plan")
         write_repository(tmp_path / "m.plan", tmp_path / "r")
-    with pytest.raises(InputError, match="not a readable ONNX file"):
+    with pytest.raises(ExportError, match="is not an ONNX model"):
         (tmp_path / "bad.onnx").write_bytes(b"not onnx")
         write_repository(tmp_path / "bad.onnx", tmp_path / "r")
     with pytest.raises(FileExistsNoForceError):
@@ -210,3 +210,88 @@ def test_an_fp8_file_gets_basic_graph_optimization_only(tmp_path):
                               TritonOptions(basic_graph_optimization=True, trt_accelerator=True)))
     assert both.optimization.graph.level == -1
     assert both.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "tensorrt"
+
+
+def _graph_file(path, dims=("n", 4), domain="", opset=18, ir=None, external=None, profile=None):
+    """A one-node ONNX file x[dims] -> y written for the hostile cases: a MatMul by weights ``w`` kept in the file
+    or in ``external`` (a location relative to it), a custom-domain node, a chosen opset/IR or effattn profile."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(16, dtype=np.float32).reshape(4, 4), "w")
+    node = helper.make_node("Foo", ["x", "w"], ["y"], domain=domain) if domain else helper.make_node("MatMul", ["x", "w"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(dims))], initializer=[w])
+    opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(graph, opset_imports=opsets)
+    if ir is not None:
+        model.ir_version = ir
+    if profile is not None:
+        model.metadata_props.add(key="effattn.profile", value=profile)
+    if external is not None:
+        onnx.external_data_helper.set_external_data(model.graph.initializer[0], external)
+        model.graph.initializer[0].data_location = TensorProto.EXTERNAL
+        model.graph.initializer[0].ClearField("raw_data")
+    onnx.save(model, path)
+    return path
+
+
+def _hostile(tmp_path, case):
+    """``case`` -> (an ONNX file under tmp/models, what the refusal must say); tmp/outside.bin is someone's data."""
+    models = tmp_path / "models"
+    models.mkdir()
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(np.arange(16, dtype=np.float32).tobytes())
+    f = models / "m.onnx"
+    ghost = '{"x": {"min": [1, 4], "opt": [1, 4], "max": [2, 4]}, "ghost": {"min": [1], "opt": [1], "max": [1]}}'
+    if case == "symlink-out":
+        (models / "w.bin").symlink_to(outside)
+    cases = {
+        "empty": (lambda: f.write_bytes(b""), "is empty (0 bytes)"),
+        "custom-op": (lambda: _graph_file(f, domain="my.ops"), "custom domain 'my.ops'"),
+        "opset-99": (lambda: _graph_file(f, opset=99), "opset 99 of ai.onnx"),
+        "ir-99": (lambda: _graph_file(f, ir=99), "IR version 99"),
+        "2^40-dims": (lambda: _graph_file(f, dims=(2**40, 4)), "declared 1099511627776x4"),
+        "absolute": (lambda: _graph_file(f, external=str(outside)), "relative to the model's folder"),
+        "dotdot": (lambda: _graph_file(f, external="../outside.bin"), "relative to the model's folder"),
+        "symlink-out": (lambda: _graph_file(f, external="w.bin"), "leads out of the model's folder"),
+        "missing-data": (lambda: _graph_file(f, external="gone.bin"), "gone.bin does not exist"),
+        "nul-byte": (lambda: _graph_file(f, external="w\0.bin"), "relative to the model's folder"),
+        "short-data": (lambda: (models / "w.bin").write_bytes(bytes(8)) and _graph_file(f, external="w.bin"),
+                       "holds 8 bytes; the tensor needs 64"),
+        "ghost-input": (lambda: _graph_file(f, profile=ghost), "names input 'ghost', which the model does not have"),
+    }
+    make, says = cases[case]
+    make()
+    return f, says
+
+
+@pytest.mark.parametrize("case", ["empty", "custom-op", "opset-99", "ir-99", "2^40-dims", "absolute", "dotdot",
+                                  "symlink-out", "missing-data", "nul-byte", "short-data", "ghost-input"])
+def test_triton_refuses_what_run_refuses_and_writes_nothing(tmp_path, capsys, case):
+    path, says = _hostile(tmp_path, case)
+    for command in (["triton", str(path), "--repository", str(tmp_path / "repo")], ["run", str(path)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and says in err and "Traceback" not in err, err
+    assert not (tmp_path / "repo").exists()
+
+
+def test_triton_copies_the_external_data_the_model_reads(tmp_path):
+    """Only the files the model references, where ONNX Runtime looks for them; the repository's model answers as
+    the original does."""
+    import onnxruntime as ort
+
+    models = tmp_path / "models"
+    (models / "weights").mkdir(parents=True)
+    (models / "weights" / "w.bin").write_bytes(np.arange(16, dtype=np.float32).tobytes()[::-1])
+    (models / "unrelated.bin").write_bytes(b"not the model's")
+    path = _graph_file(models / "m.onnx", external="weights/w.bin")
+    folder = write_repository(path, tmp_path / "repo")
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
+        "1/model.onnx", "1/weights/w.bin", "config.pbtxt"]
+    x = {"x": np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)}
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    got = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    assert np.array_equal(got, want) and (folder / "1" / "weights" / "w.bin").read_bytes() == (
+        models / "weights" / "w.bin").read_bytes()
