@@ -145,15 +145,16 @@ class Metrics:
 
 def serve_model(name: str, runner: Runner, options: ServeOptions, metrics: Metrics) -> ServedModel:
     """``runner`` with its batcher and its Triton config: batching up to the limit :func:`.repository.batch_limit`
-    sets (none for a model without a shape profile: nothing says which batch sizes it takes). A runner that
-    can (ONNX Runtime on the CPU) stops spinning its idle threads: between engine calls the server's own
-    threads (HTTP, gRPC, batching) need the cores, and spinning threads took them (measured in the README)."""
+    sets from the graph (none for a model without a shape profile: nothing says which batch sizes it takes).
+    A runner that can (ONNX Runtime on the CPU) stops spinning its idle threads: between engine calls the
+    server's own threads (HTTP, gRPC, batching) need the cores, and spinning threads took them (README)."""
     check_model_name(name)
     quiet = getattr(runner, "stop_spinning", None)  # ONNX Runtime on the CPU: see the README's Serving
     if quiet is not None:
         quiet()
     requested = options.max_batch_size if runner.profile is not None else 1
-    max_batch = max(1, batch_limit(requested, runner_tensors(runner.inputs), runner.profile))
+    tensors = runner_tensors(runner.inputs) + runner_tensors(runner.outputs)
+    max_batch = max(1, batch_limit(requested, tensors, runner.profile))
     delay = options.max_queue_delay_ms / 1e3 if max_batch > 1 else 0.0
     stats = ModelStats()
     batch = metrics.batch.labels(name)
@@ -240,6 +241,7 @@ class Server:
         ``timeout_s`` (from Triton's per-request ``timeout``) can only shorten the server's own timeout."""
         try:
             feed = model.runner.check_feed(feed)
+            check_dimensions(feed, model.runner.inputs)
         except InputError as e:
             raise RequestError(400, str(e)) from None
         limit = min(self.options.timeout_s, timeout_s) if timeout_s else self.options.timeout_s
@@ -252,6 +254,23 @@ class Server:
             raise RequestError(504, f"request timed out after {limit:g} s waiting for model {model.name!r}") from None
         except InputError as e:  # the request's fault; anything else from the engine is the server's (500)
             raise RequestError(400, str(e)) from None
+
+
+def check_dimensions(feed: Mapping[str, np.ndarray], specs: Mapping) -> None:
+    """InputError naming both inputs when a symbolic dimension of the graph has two sizes in one request
+    (as Triton refuses inputs whose batch sizes differ): the graph says they are one size, and a batch
+    would stack one request's rows against another's."""
+    seen: dict[str, tuple[str, int, int]] = {}
+    for name, spec in specs.items():
+        for axis, dim in enumerate(spec.shape or ()):
+            if not isinstance(dim, str):
+                continue
+            size = feed[name].shape[axis]
+            first, first_axis, first_size = seen.setdefault(dim, (name, axis, size))
+            if size != first_size:
+                raise InputError(f"inputs {first!r} and {name!r} disagree on dimension {dim!r}: {first_size} in "
+                                 f"{first!r} (axis {first_axis}), {size} in {name!r} (axis {axis}); the model's "
+                                 "graph says they are the same size")
 
 
 class deadline:

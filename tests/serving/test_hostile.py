@@ -131,21 +131,26 @@ def _pair_body(a_rows: int, b_rows: int, start: float = 0.0) -> tuple[bytes, np.
     return body.encode(), a, b
 
 
-def test_multi_input_batch_sizes_must_agree_and_batches_never_mix(server):
+def test_inputs_with_their_own_batch_dimensions_run_alone_and_are_answered_whole(server):
+    """The exporter names the pair's first axes a_batch and b_batch: nothing in the graph says they are one
+    batch, so the server never stacks its requests, and a request whose inputs differ in size is answered
+    whole (ONNX Runtime's answer), never cut to the first input's size."""
     base, grpc_port, _ = server
-    body, _, _ = _pair_body(1, 2)
+    body, a, b = _pair_body(1, 2)
     code, _, answer = _post(base, body, model="pair")
-    assert code == 400 and "the inputs disagree on the batch size (axis 0): {'a': 1, 'b': 2}" in error_of(answer)
+    assert code == 200, answer
+    out = {o["name"]: np.array(o["data"], np.float32).reshape(o["shape"]) for o in json.loads(answer)["outputs"]}
+    np.testing.assert_array_equal(out["a2"], a * 2)
+    np.testing.assert_array_equal(out["b3"], b * 3)
     grpc = grpc_client.InferenceServerClient(f"127.0.0.1:{grpc_port}")
     tensors = []
     for name, rows in (("a", 2), ("b", 3)):
         tensors.append(grpc_client.InferInput(name, [rows, 4], "FP32"))
-        tensors[-1].set_data_from_numpy(np.zeros((rows, 4), np.float32))
-    with pytest.raises(InferenceServerException, match="disagree on the batch size") as e:
-        grpc.infer("pair", tensors)
-    assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+        tensors[-1].set_data_from_numpy(np.ones((rows, 4), np.float32))
+    result = grpc.infer("pair", tensors)
+    assert result.as_numpy("a2").shape == (2, 4) and result.as_numpy("b3").shape == (3, 4)
 
-    def one(i):  # well-formed requests of 1, 2 and 3 rows, sent together so the batcher stacks them
+    def one(i):  # well-formed requests of 1, 2 and 3 rows, sent together: each still runs alone
         body, a, b = _pair_body(1 + i % 3, 1 + i % 3, start=100.0 * i)
         code, _, answer = _post(base, body, model="pair")
         out = {o["name"]: np.array(o["data"], np.float32).reshape(o["shape"]) for o in json.loads(answer)["outputs"]}
@@ -156,6 +161,8 @@ def test_multi_input_batch_sizes_must_agree_and_batches_never_mix(server):
             assert code == 200
             np.testing.assert_array_equal(out["a2"], a * 2)
             np.testing.assert_array_equal(out["b3"], b * 3)
+    calls = _metric(base, "effattn_batch_size_count", '{model="pair"}')
+    assert calls >= 26 and _metric(base, "effattn_batch_size_sum", '{model="pair"}') == calls  # one request a call
 
 
 def _grpc_request(*inputs, raw=None):

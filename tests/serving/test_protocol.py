@@ -40,16 +40,21 @@ def test_raw_and_value_tensors_are_checked():
     assert values_tensor("x", [1, 2], [1, 2], np.dtype(np.float32), 2).dtype == np.float32
 
 
-@pytest.mark.parametrize("requested,dims,batch,limit", [
-    (8, [-1, 3], (1, 4), 4),  # clamped to the profile
-    (8, [-1, 3], (1, 16), 8),
-    (8, [1, 3], (1, 1), 0),  # a fixed batch axis: no batching
-    (0, [-1, 3], (1, 16), 0),
-    (8, [-1, 3], None, 8),  # no profile: as asked
+@pytest.mark.parametrize("requested,dims,out,batch,limit", [
+    (8, ["n", 3], ["n", 3], (1, 4), 4),  # clamped to the profile
+    (8, ["n", 3], ["n", 3], (1, 16), 8),
+    (8, [1, 3], [1, 3], (1, 1), 0),  # a fixed batch axis: no batching
+    (0, ["n", 3], ["n", 3], (1, 16), 0),
+    (8, ["n", 3], ["n", 3], None, 8),  # no profile: as asked
+    (8, ["n", 3], [3, "n"], None, 0),  # a Transpose: the output's first axis is not the batch
+    (8, ["n", 3], [], None, 0),  # a scalar output (a reduction over everything)
+    (8, ["n", 3], ["m", 3], None, 0),  # another dimension: nothing says it is the batch
+    (8, [-1, 3], [-1, 3], None, 0),  # unnamed dynamic axes: nothing says they are one
 ])
-def test_batch_limit_is_the_one_clamp(requested, dims, batch, limit):
+def test_batch_limit_is_the_one_clamp_and_batching_comes_from_the_graph(requested, dims, out, batch, limit):
     profile = None if batch is None else ShapeProfile.single(f"{batch[0]}x3", f"{batch[0]}x3", f"{batch[1]}x3")
-    assert batch_limit(requested, [TensorConfig("input", np.dtype(np.float32), dims)], profile) == limit
+    tensors = [TensorConfig("input", np.dtype(np.float32), dims), TensorConfig("output", np.dtype(np.float32), out)]
+    assert batch_limit(requested, tensors, profile) == limit
 
 
 def test_a_response_head_leaves_with_its_body():
