@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import math
+import reprlib
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -191,10 +192,15 @@ class Server:
             model.runner.close()
 
     def model(self, name: str, version: str | None = None) -> ServedModel:
-        """The served model ``name`` (at ``version``, if given), or a 404 naming the models served."""
+        """The served model ``name`` (at ``version``, if given), or a 404 naming the models served (400 for a
+        name no model may have)."""
         model = self.models.get(name)
         if model is None or (version and version != model.version):
-            raise RequestError(404, f"unknown model {name!r}" + (f" version {version}" if version else "")
+            try:
+                check_model_name(name)  # a name no model could have (100 KB of it) is refused, not echoed whole
+            except ConfigError as e:
+                raise RequestError(400, str(e)) from None
+            raise RequestError(404, f"unknown model {name!r}" + (f" version {version[:40]}" if version else "")
                                + f"; serving {sorted(self.models)}")
         return model
 
@@ -204,7 +210,8 @@ class Server:
             return {"model_stats": [m.stats.json(m.name, m.version) for m in self.models.values()]}
         model = self.models.get(name)
         if model is None or (version and version != model.version):
-            raise RequestError(400, f"requested model {name!r}" + (f" version {version}" if version else "")
+            raise RequestError(400, f"requested model {reprlib.repr(name)}"
+                               + (f" version {version[:40]}" if version else "")
                                + f" is not available; serving {sorted(self.models)}")
         return {"model_stats": [model.stats.json(model.name, model.version)]}
 

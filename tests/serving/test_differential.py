@@ -9,6 +9,7 @@ several sent at once over HTTP or gRPC so the batcher stacks them for the models
 
 from __future__ import annotations
 
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -176,6 +177,32 @@ def test_every_answer_is_onnx_runtimes_or_a_4xx(served, data, model, transport, 
         for name, want in expected.items():
             assert got[name].dtype == want.dtype and got[name].shape == want.shape, (name, got[name], want)
             assert got[name].tobytes() == want.tobytes(), (name, got[name], want)
+
+
+@pytest.mark.parametrize("model,datatype,values,match", [
+    ("int32", "INT32", [2**40, 2**32 + 1, -1, 3000000000], "1099511627776 is out of the range of INT32"),  # was wrapped
+    ("int32", "INT32", [1, 2, 3, 2.5], "not a list of INT32 numbers"),
+    ("int8", "INT8", [1, 2, 3, 128], "128 is out of the range of INT8"),
+    ("fp16", "FP16", [1.0, 2.0, 3.0, 65520.0], "65520.0 is out of the range of FP16"),  # rounds to inf; 65504 is max
+])
+def test_json_values_outside_the_type_are_refused_never_wrapped(served, model, datatype, values, match):
+    base, grpc_port, _ = served
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": datatype, "data": values}]}).encode()
+    code, _, answer = http("POST", f"{base}/v2/models/{model}/infer", body)
+    assert code == 400 and match in json.loads(answer)["error"], answer
+
+
+def test_grpc_typed_contents_outside_the_type_are_refused_never_wrapped(served):
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    _, grpc_port, _ = served
+    request = service_pb2.ModelInferRequest(model_name="int8")
+    request.inputs.add(name="x", datatype="INT8", shape=[1, 4]).contents.int_contents.extend([1, 2, 3, -129])
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        with pytest.raises(grpc.RpcError) as e:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "-129 is out of the range of INT8" in e.value.details()
 
 
 def _metric(base: str, name: str, labels: str) -> float:
