@@ -84,7 +84,7 @@ def infer_response(pb, request, model: ServedModel, outputs: dict[str, np.ndarra
     """The ModelInferResponse with the ``wanted`` outputs, as raw contents."""
     response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
     for name in wanted:
-        value = np.ascontiguousarray(outputs[name])
+        value = np.asarray(outputs[name], order="C")  # ascontiguousarray makes a scalar 1-d
         response.outputs.add(name=name, datatype=datatype_of(value.dtype), shape=list(value.shape))
         response.raw_output_contents.append(value.tobytes())
     return response

@@ -186,11 +186,19 @@ def tensor_header(name: Any, shape: Any, datatype: Any, runner: Runner, max_byte
 
 
 def raw_tensor(name: str, shape, dtype: np.dtype, count: int, data, where: str = "data") -> np.ndarray:
-    """A tensor over raw little-endian bytes (no copy), which must be exactly ``count`` items long."""
+    """A tensor over raw little-endian bytes, which must be exactly ``count`` items long: no copy, unless
+    the bytes sit off numpy's alignment (:data:`ALIGNMENT`; a binary tensor follows a JSON head of any length)."""
     if len(data) != count * dtype.itemsize:
         raise RequestError(400, f"input {name!r}: {len(data)} bytes of {where} for shape {list(shape)} of "
                                 f"{datatype_of(dtype)} ({count * dtype.itemsize} bytes)")
-    return np.frombuffer(data, dtype, count).reshape(shape)
+    array = np.frombuffer(data, dtype, count).reshape(shape)
+    return array.copy() if array.ctypes.data % ALIGNMENT else array
+
+
+#: The alignment numpy gives every array it allocates. ONNX Runtime's CPU kernels take another path over
+#: data off it: a ReduceSum of [0, 33554320, 268435488, 17] is 301989824 aligned, 301989856 at offset 4,
+#: so a tensor read in place from a request body could answer other bits than the same array in `effattn run`.
+ALIGNMENT = 16
 
 
 #: Which kinds of values (numpy dtype kinds) an input of each kind accepts: no strings, no floats into ints.
@@ -313,7 +321,7 @@ def encode_outputs(request: dict, outputs: Mapping[str, np.ndarray], chosen: lis
     ``json`` and tritonclient read)."""
     tensors, blobs = [], []
     for output, binary in chosen:
-        value = np.ascontiguousarray(outputs[output])
+        value = np.asarray(outputs[output], order="C")  # ascontiguousarray makes a scalar 1-d
         entry = {"name": output, "datatype": datatype_of(value.dtype), "shape": list(value.shape)}
         if binary:
             entry["parameters"] = {"binary_data_size": value.nbytes}

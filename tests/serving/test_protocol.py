@@ -41,6 +41,18 @@ def test_raw_and_value_tensors_are_checked():
     assert values_tensor("x", [1, 2], [1, 2], np.dtype(np.float32), 2).dtype == np.float32
 
 
+def test_raw_tensors_off_numpys_alignment_are_copied_onto_it():
+    """ONNX Runtime answers other bits for data off 16-byte alignment (a binary tensor after a JSON head)."""
+    x = np.array([0.0, 33554320.0, 268435488.0, 17.0], np.float32)
+    body = np.zeros(64, np.uint8)
+    start = (-body.ctypes.data) % 16
+    for offset in (0, 4, 8):
+        body[start + offset:start + offset + 16] = x.view(np.uint8)
+        got = raw_tensor("x", [1, 4], np.dtype(np.float32), 4, memoryview(body)[start + offset:start + offset + 16])
+        assert got.ctypes.data % 16 == 0 and got.tobytes() == x.tobytes()
+        assert (got.base is not None) == (offset == 0)  # in place when aligned: no copy
+
+
 @pytest.mark.parametrize("datatype", ["INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"])
 def test_integer_values_outside_the_type_are_refused_never_wrapped(datatype):
     dtype = DATATYPES[datatype]
