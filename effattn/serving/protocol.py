@@ -28,6 +28,9 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 #: KServe datatype -> numpy dtype of every type numpy can hold (what the server can receive and send).
 DATATYPES = {row.kserve: np.dtype(row.numpy) for row in dtypes.TABLE if row.numpy is not None}
 
+#: The most dimensions a tensor may have (numpy's limit; more was a 500 from numpy).
+MAX_RANK = 64
+
 #: Bodies larger than this are decompressed, parsed and decoded in a worker thread, off the event loop.
 OFF_LOOP_BYTES = 64 * 1024
 
@@ -170,6 +173,9 @@ def tensor_header(name: Any, shape: Any, datatype: Any, runner: Runner, max_byte
     if not isinstance(shape, (list, tuple)) or not all(is_int(d) and d >= 0 for d in shape):
         raise RequestError(400, f"input {name!r}: 'shape' must be a list of non-negative integers, got "
                                 f"{str(shape)[:100]}")
+    if len(shape) > MAX_RANK:
+        raise RequestError(400, f"input {name!r}: 'shape' has {len(shape)} dimensions; an array has at most "
+                                f"{MAX_RANK}")
     try:
         expected = datatype_of(runner.inputs[name].dtype)
     except InputError as e:

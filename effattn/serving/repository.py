@@ -3,9 +3,10 @@
 Layout (Triton's): ``REPO/NAME/config.pbtxt`` and ``REPO/NAME/1/model.onnx`` (or ``model.plan``).
 Dims come from the graph: a model is batched only when every input and every output has the same
 symbolic first axis (:func:`batch_dimension`); then that axis becomes ``max_batch_size`` (at most the
-profile's largest batch) and is left out of ``dims``; every other dynamic axis is -1. A TensorRT plan only runs on the GPU
-model and TensorRT version it was built with, so the ONNX platform (optionally with the TensorRT
-execution accelerator) is the portable choice; a plan's sidecar is copied with it as the record.
+profile's largest batch) and is left out of ``dims``; every other dynamic axis is -1. A TensorRT plan
+only runs on the GPU model and TensorRT version it was built with, so the ONNX platform (optionally with
+the TensorRT execution accelerator) is the portable choice; a plan's sidecar is copied with it as the
+record. A plan's sidecar names no axes, so a plan is not batched (max_batch_size 0).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ _KSERVE = {F32: "FP32", F16: "FP16", I32: "INT32", I8: "INT8"}
 
 def _write(folder, name: str) -> str:
     inputs, outputs, nodes, _ = GRAPHS[name]
-    axes = [helper.make_tensor("axis0", TensorProto.INT64, [1], [0]), helper.make_tensor("axis1", TensorProto.INT64, [1], [1])]
+    axes = [helper.make_tensor(f"axis{i}", TensorProto.INT64, [1], [i]) for i in (0, 1)]
     graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info(*i) for i in inputs],
                               [helper.make_tensor_value_info(*o) for o in outputs], initializer=axes)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -169,7 +169,9 @@ def _disagree(feed: dict[str, np.ndarray]) -> bool:
 def test_every_answer_is_onnx_runtimes_or_a_4xx(served, model, data, transport, binary, count):
     base, grpc_port, sessions = served
     feeds = [data.draw(requests(model), label=f"request {i}") for i in range(count)]
-    send = (lambda f: _http(base, model, f, binary)) if transport == "http" else (lambda f: _grpc(grpc_port, model, f, binary))
+    def send(feed):
+        return _http(base, model, feed, binary) if transport == "http" else _grpc(grpc_port, model, feed, binary)
+
     with ThreadPoolExecutor(count) as pool:  # sent at once: the batcher may stack them
         answers = list(pool.map(send, feeds))
     for feed, (status, got) in zip(feeds, answers):
@@ -206,7 +208,8 @@ def test_grpc_typed_contents_outside_the_type_are_refused_never_wrapped(served):
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         with pytest.raises(grpc.RpcError) as e:
             service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "-129 is out of the range of INT8" in e.value.details()
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "-129 is out of the range of INT8" in e.value.details()
 
 
 def _metric(base: str, name: str, labels: str) -> float:

@@ -119,6 +119,7 @@ def _body(*inputs, **request) -> bytes:
     (_body(_input(shape=[2**62, 2**62, 0], data=[])), "more than a request may hold"),
     (_body(_input(data=[1] * 127 + [float("nan")])).replace(b"NaN", b"1" * 5000), "Exceeds the limit"),
     (_body(outputs=[{"name": "output"}] * 10000), "output 'output' is requested twice"),
+    (_body(_input(shape=[1] * 10000, data=[1.0])), "'shape' has 10000 dimensions; an array has at most 64"),
 ])
 def test_wrong_json_types_anywhere_are_400(server, body, match):
     base, _, _ = server
