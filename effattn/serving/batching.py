@@ -2,7 +2,9 @@
 
 A request waits at most ``max_queue_delay`` for others to join it; requests join a batch only if
 every input has the same non-batch shape (different shapes are never mixed: they wait for the next
-batch), and the batch never exceeds ``max_batch_size`` items. The queue is bounded: when it is
+batch), and the batch never exceeds ``max_batch_size`` items. With ``max_batch_size`` 1 (a model whose
+graph has no batch axis: :func:`.repository.batch_dimension`) each request runs alone and gets its
+outputs whole, whatever their shapes. The queue is bounded: when it is
 full :meth:`DynamicBatcher.submit` raises :class:`QueueFull` at once, so overload is answered with
 a 503, not an ever-growing backlog. The engine call runs in a worker thread, outside the event loop
 (one thread of the batcher's own per worker, so a batch costs one hop there and one back).
@@ -30,7 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import BackendError, InputError
+from ..errors import BackendError
 from .stats import ModelStats
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,8 @@ def _signature(feed: dict[str, np.ndarray]) -> tuple:
 
 
 class DynamicBatcher:
-    """Batch ``infer(feed) -> outputs`` calls; every input and output has the batch on axis 0."""
+    """Batch ``infer(feed) -> outputs`` calls; with ``max_batch_size`` > 1 every input and output has the batch
+    on axis 0."""
 
     def __init__(self, infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], max_batch_size: int = 8,
                  max_queue_delay: float = 0.002, max_queue: int = 64, workers: int = 1,
@@ -148,15 +151,8 @@ class DynamicBatcher:
             raise QueueFull("the server is shutting down")
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"queue full ({self.max_queue} requests waiting)")
-        if len(feed) == 1:
-            value = next(iter(feed.values()))
-            items = value.shape[0]
-        else:
-            sizes = {name: value.shape[0] for name, value in feed.items()}
-            items = next(iter(sizes.values()))
-            if self.max_batch_size > 1 and len(set(sizes.values())) > 1:  # stacking them would mix requests up
-                raise InputError(f"the inputs disagree on the batch size (axis 0): {sizes}; every input of a "
-                                 "request must have the same batch size")
+        # batched, every input holds the request's items on axis 0 (the caller checked they agree); else one run
+        items = next(iter(feed.values())).shape[0] if self.max_batch_size > 1 else 1
         request = _Request(feed, asyncio.get_running_loop().create_future(), items, _signature(feed))
         self._pending.append(request)
         if self._waiters:
@@ -258,8 +254,13 @@ class DynamicBatcher:
             return
         inferred = time.monotonic()
         total = sum(r.items for r in batch)
-        lost = [f"{name} {value.shape}" for name, value in outputs.items() if len(batch) > 1 and
-                (np.ndim(value) == 0 or value.shape[0] != total)]
+        if len(batch) == 1:  # a request alone gets its outputs as the engine gave them, never cut
+            if not batch[0].future.done():
+                batch[0].future.set_result(outputs)
+            self._executed(batch, total, started, stacked, inferred)
+            return
+        lost = [f"{name} {value.shape}" for name, value in outputs.items()
+                if np.ndim(value) == 0 or value.shape[0] != total]
         if lost:  # splitting would hand each request someone else's answer: refuse the whole batch
             error = BackendError(f"the model's outputs {', '.join(lost)} do not keep the batch axis (axis 0, {total} "
                                "items), so batched requests cannot be told apart; serve it with --max-batch-size 1")
@@ -273,6 +274,9 @@ class DynamicBatcher:
             start += r.items
             if not r.future.done():
                 r.future.set_result(part)
+        self._executed(batch, total, started, stacked, inferred)
+
+    def _executed(self, batch: list[_Request], total: int, started: float, stacked: float, inferred: float) -> None:
         if self.stats is not None:
             ns = [int((b - a) * 1e9) for a, b in ((started, stacked), (stacked, inferred), (inferred, time.monotonic()))]
             self.stats.executed(total, [int((started - r.enqueued) * 1e9) for r in batch], ns)

@@ -18,8 +18,8 @@ from google.protobuf import json_format
 
 from .. import __version__
 from ..errors import BackendError
-from .protocol import (EXTENSIONS, OFF_LOOP_BYTES, UNSUPPORTED, RequestError, datatype_of, raw_tensor,
-                       tensor_header, values_tensor)
+from .protocol import (EXTENSIONS, OFF_LOOP_BYTES, UNSUPPORTED, RequestError, check_output, datatype_of,
+                       raw_tensor, tensor_header, values_tensor)
 from .server import ServedModel, Server, listen
 
 log = logging.getLogger(__name__)
@@ -129,15 +129,19 @@ def _timeout(request) -> float | None:
     return value / 1e6 if value > 0 else None
 
 
-def infer_response(pb, request, model: ServedModel, outputs: dict[str, np.ndarray]):
-    """The ModelInferResponse with the outputs the request names (all by default), as raw contents."""
-    wanted = [o.name for o in request.outputs] or list(outputs)
-    unknown = [n for n in wanted if n not in outputs]
-    if unknown:
-        raise RequestError(400, f"unknown outputs {unknown}; the model's outputs are {list(outputs)}")
+def wanted_outputs(request, model: ServedModel) -> list[str]:
+    """The outputs the request names (all by default), each known and asked once."""
+    seen: set[str] = set()
+    for output in request.outputs:
+        check_output(output.name, model.runner.outputs, seen)
+    return [o.name for o in request.outputs] or list(model.runner.outputs)
+
+
+def infer_response(pb, request, model: ServedModel, outputs: dict[str, np.ndarray], wanted: list[str]):
+    """The ModelInferResponse with the ``wanted`` outputs, as raw contents."""
     response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
     for name in wanted:
-        value = np.ascontiguousarray(outputs[name])
+        value = np.asarray(outputs[name], order="C")  # ascontiguousarray makes a scalar 1-d
         response.outputs.add(name=name, datatype=datatype_of(value.dtype), shape=list(value.shape))
         response.raw_output_contents.append(value.tobytes())
     return response
@@ -282,8 +286,9 @@ async def model_infer(pb, server: Server, data: bytes, call: dict):
         model = server.model(request.model_name, request.model_version)
         args = (request, model, server.options.max_request_bytes, raw)
         feed = await asyncio.to_thread(decode_grpc_inputs, *args) if big else decode_grpc_inputs(*args)
+        wanted = wanted_outputs(request, model)  # before the model runs: a bad list costs no run
         outputs = await server.infer(model, feed, _timeout(request))
-        return infer_response(pb, request, model, outputs)
+        return infer_response(pb, request, model, outputs, wanted)
     finally:
         server.budget.give(size)
 

@@ -55,8 +55,8 @@ from .. import __version__
 from ..runtime.base import Runner
 from .grpc_server import start_grpc
 from .protocol import (EXTENSIONS, HEADER_LENGTH, OFF_LOOP_BYTES, UNSUPPORTED, RequestError, decode_inputs,
-                       decompress, encode_outputs, parameters, parse_infer_request, timeout_parameter,
-                       wanted_outputs)
+                       decompress, encode_outputs, header_size, load_json, parameters, parse_infer_request,
+                       timeout_parameter, wanted_outputs)
 from .server import ServedModel, Server, ServeOptions, deadline, listen
 
 __all__ = ["HttpApi", "ServeOptions", "create_app", "listen", "serve"]
@@ -168,12 +168,12 @@ class HttpApi:
                 held.append(len(inflated))
             body = inflated
         header_length = headers.get(HEADER_LENGTH.lower())
-        json_size = int(header_length) if header_length and header_length.isdigit() else len(body)
+        json_size = header_size(HEADER_LENGTH, header_length) if header_length is not None else len(body)
         payload, feed = await off_loop(min(json_size, len(body)), _decode, model, body, header_length,
                                        self.options.max_request_bytes)
         timeout = timeout_parameter(parameters(payload, "the request").get("timeout"))
+        chosen = wanted_outputs(payload, model.runner.outputs)  # before the model runs: a bad list costs no run
         outputs = await self.server.infer(model, feed, timeout)
-        chosen = wanted_outputs(payload, outputs)
         json_size = sum(outputs[n].nbytes for n, binary in chosen if not binary)
         content, response_headers = await off_loop(json_size, encode_outputs, payload, outputs, chosen,
                                                    model.name, model.version)
@@ -183,7 +183,7 @@ class HttpApi:
         """The body, or 413 once it passes the limit, 503 if the server holds too many bytes already, 408 if
         it arrives slower than the timeout. A refused body is still read (and dropped, never kept), so the
         client, still sending, gets the answer. ``held`` collects the bytes taken from the in-flight budget."""
-        refusal = self.admit(int(declared), held) if declared.isdigit() else None
+        refusal = self.admit(header_size("Content-Length", declared), held) if declared else None
         limit, chunks, total = self.options.max_request_bytes, [], 0
         try:
             with deadline(self.options.timeout_s):
@@ -262,11 +262,10 @@ class HttpApi:
 
     async def index(self, request: Request) -> list:
         body = await small_body(request)
-        try:
-            ready_only = bool(body.strip()) and json.loads(body).get("ready") is True
-        except (ValueError, AttributeError):
-            raise RequestError(400, "the repository index request must be empty or a JSON object") from None
-        return self.server.index(ready_only)
+        query = load_json(body, "the repository index request") if body.strip() else {}
+        if not isinstance(query, dict):
+            raise RequestError(400, "the repository index request must be empty or a JSON object")
+        return self.server.index(query.get("ready") is True)
 
     async def live(self, request: Request):
         return JSONResponse({"live": True})
@@ -439,7 +438,37 @@ class HeadDeadline:
         self.timeout_keep_alive_task = self.loop.call_at(self._head_deadline, self.timeout_keep_alive_handler)
 
 
-class GuardedH11Protocol(HeadDeadline, H11Protocol):
+#: The most bytes a request head (request line and headers) may take, as common servers cap it (64 KiB).
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class HeadLimit:
+    """A cap on each request head, mixed into uvicorn's HTTP protocols: httptools buffers a head without
+    limit (a 39 MiB header was accepted), so a head that passes :data:`MAX_HEAD_BYTES` is answered 431 and
+    its connection closed, unparsed. Head bytes are those that arrive while :meth:`head_open` holds, up to
+    the blank line that ends the head."""
+
+    _head_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        if self.head_open():
+            end = data.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end + 4
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse_head()
+                return
+        super().data_received(data)
+        if not self.head_open():
+            self._head_bytes = 0
+
+    def _refuse_head(self) -> None:
+        body = error_body(f"the request head (request line and headers) is over {MAX_HEAD_BYTES} bytes")
+        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                             b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.transport.close()
+
+
+class GuardedH11Protocol(HeadLimit, HeadDeadline, H11Protocol):
     def head_open(self) -> bool:
         return self.conn.their_state is h11.IDLE
 
@@ -482,7 +511,7 @@ def guarded_protocol() -> type:
     except ImportError:
         return GuardedH11Protocol
 
-    class GuardedHttpToolsProtocol(HeadDeadline, HttpToolsProtocol):
+    class GuardedHttpToolsProtocol(HeadLimit, HeadDeadline, HttpToolsProtocol):
         """Heads parsed against answers sent: equal while the connection waits for (the rest of) a head."""
 
         _heads = _answers = 0

@@ -28,6 +28,9 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 #: KServe datatype -> numpy dtype of every type numpy can hold (what the server can receive and send).
 DATATYPES = {row.kserve: np.dtype(row.numpy) for row in dtypes.TABLE if row.numpy is not None}
 
+#: The most dimensions a tensor may have (numpy's limit; more was a 500 from numpy).
+MAX_RANK = 64
+
 #: Bodies larger than this are decompressed, parsed and decoded in a worker thread, off the event loop.
 OFF_LOOP_BYTES = 64 * 1024
 
@@ -95,27 +98,44 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise RequestError(413, f"the {encoding} request body inflates to over {limit} bytes (--max-request-mb)")
     if not inflater.eof:
         raise RequestError(400, f"the {encoding} request body is truncated")
+    if inflater.unused_data:  # a second gzip member or garbage: one stream is one request, nothing is skipped
+        raise RequestError(400, f"the {encoding} request body has {len(inflater.unused_data)} bytes after its "
+                                "compressed stream (several members or trailing data); send one stream")
     return data
+
+
+#: The most digits a size header may have (2**64 has 20): more is no size this server could hold.
+_SIZE_DIGITS = 20
+
+
+def header_size(name: str, text: str) -> int:
+    """A size header's value: ASCII digits only (``str.isdigit`` also takes '²' and other scripts' digits)."""
+    if not (text.isascii() and text.isdigit() and len(text) <= _SIZE_DIGITS):
+        raise RequestError(400, f"{name} must be a number of bytes, got {text[:40]!r}")
+    return int(text)
+
+
+def load_json(data, what: str):
+    """``data`` parsed as JSON, or 400 naming ``what``: bad UTF-8 or syntax, integers of more than Python's
+    4300 digits, nesting too deep for the parser."""
+    try:
+        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+    except RecursionError:
+        raise RequestError(400, f"malformed JSON in {what}: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, the int digits limit
+        raise RequestError(400, f"malformed JSON in {what}: {str(e)[:200]}") from None
 
 
 def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     """The JSON part and the binary part of an infer request body (binary tensor data extension)."""
     if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise RequestError(400, f"{HEADER_LENGTH} must be an integer, got {header_length[:40]!r}") from None
-        if not 0 <= n <= len(body):
+        n = header_size(HEADER_LENGTH, header_length)
+        if n > len(body):
             raise RequestError(400, f"{HEADER_LENGTH} is {n} but the body has only {len(body)} bytes")
         head, binary = memoryview(body)[:n], memoryview(body)[n:]  # views: the tensors are not copied
     else:
         head, binary = body, b""
-    try:
-        request = json.loads(bytes(head) if isinstance(head, memoryview) else head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RequestError(400, f"malformed JSON in the request: {e}") from None
-    except RecursionError:
-        raise RequestError(400, "malformed JSON in the request: nested too deeply") from None
+    request = load_json(head, "the request")
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise RequestError(400, "the request must be a JSON object with a non-empty 'inputs' list")
     parameters(request, "the request")
@@ -153,6 +173,9 @@ def tensor_header(name: Any, shape: Any, datatype: Any, runner: Runner, max_byte
     if not isinstance(shape, (list, tuple)) or not all(is_int(d) and d >= 0 for d in shape):
         raise RequestError(400, f"input {name!r}: 'shape' must be a list of non-negative integers, got "
                                 f"{str(shape)[:100]}")
+    if len(shape) > MAX_RANK:
+        raise RequestError(400, f"input {name!r}: 'shape' has {len(shape)} dimensions; an array has at most "
+                                f"{MAX_RANK}")
     try:
         expected = datatype_of(runner.inputs[name].dtype)
     except InputError as e:
@@ -161,38 +184,78 @@ def tensor_header(name: Any, shape: Any, datatype: Any, runner: Runner, max_byte
         raise RequestError(400, f"input {name!r} has datatype {str(datatype)[:20]!r}; the model takes {expected}")
     dtype = DATATYPES[expected]
     count = math.prod(int(d) for d in shape)  # Python ints: no overflow
-    if count * dtype.itemsize > max_bytes:
-        raise RequestError(400, f"input {name!r}: shape {list(shape)} of {expected} is {count * dtype.itemsize} "
-                                f"bytes, more than a request may hold ({max_bytes})")
+    span = math.prod(max(int(d), 1) for d in shape)  # [10**30, 0] holds nothing, yet no array can have that shape
+    if span * dtype.itemsize > max_bytes:
+        raise RequestError(400, f"input {name!r}: shape {str(list(shape))[:100]} of {expected} spans "
+                                f"{span * dtype.itemsize} bytes, more than a request may hold ({max_bytes})")
     return dtype, count
 
 
 def raw_tensor(name: str, shape, dtype: np.dtype, count: int, data, where: str = "data") -> np.ndarray:
-    """A tensor over raw little-endian bytes (no copy), which must be exactly ``count`` items long."""
+    """A tensor over raw little-endian bytes, which must be exactly ``count`` items long: no copy, unless
+    the bytes sit off numpy's alignment (:data:`ALIGNMENT`; a binary tensor follows a JSON head of any length)."""
     if len(data) != count * dtype.itemsize:
         raise RequestError(400, f"input {name!r}: {len(data)} bytes of {where} for shape {list(shape)} of "
                                 f"{datatype_of(dtype)} ({count * dtype.itemsize} bytes)")
-    return np.frombuffer(data, dtype, count).reshape(shape)
+    array = np.frombuffer(data, dtype, count).reshape(shape)
+    return array.copy() if array.ctypes.data % ALIGNMENT else array
+
+
+#: The alignment numpy gives every array it allocates. ONNX Runtime's CPU kernels take another path over
+#: data off it: a ReduceSum of [0, 33554320, 268435488, 17] is 301989824 aligned, 301989856 at offset 4,
+#: so a tensor read in place from a request body could answer other bits than the same array in `effattn run`.
+ALIGNMENT = 16
 
 
 #: Which kinds of values (numpy dtype kinds) an input of each kind accepts: no strings, no floats into ints.
 _VALUE_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
 
 
+
 def values_tensor(name: str, shape, values: Any, dtype: np.dtype, count: int) -> np.ndarray:
-    """A tensor from a list of values (JSON ``data``, gRPC typed contents), checked for kind and count
-    (no strings, no floats into integer inputs, nothing ragged)."""
+    """A tensor from a list of values (JSON ``data``, gRPC typed contents), checked for kind, range and count
+    (no strings, no floats into integer inputs, nothing ragged, nothing the type would wrap or overflow)."""
     try:
         array = np.asarray(values)
     except (TypeError, ValueError) as e:  # ragged nesting
         raise RequestError(400, f"input {name!r}: 'data' is not a list of {datatype_of(dtype)} numbers "
                                 f"(ragged nesting: {e})") from None
+    if dtype.kind in "iu" and array.dtype.kind in "fO" and array.size:
+        exact = np.asarray(values, dtype=object)  # numpy made ints float64 (0 beside 2**63) or objects (2**64)
+        if all(is_int(v) for v in exact.flat):
+            info = np.iinfo(dtype)
+            _check_range(name, next((v for v in exact.flat if not info.min <= v <= info.max), None), dtype)
+            array = exact.astype(dtype)
+    _check_range(name, unrepresentable(array, dtype), dtype)
     if array.dtype.kind not in _VALUE_KINDS[dtype.kind] and array.size:
         raise RequestError(400, f"input {name!r}: 'data' is not a list of {datatype_of(dtype)} numbers (it holds "
                                 f"{array.dtype.name} values)")
     if array.size != count:
         raise RequestError(400, f"input {name!r}: 'data' has {array.size} elements, shape needs {count}")
     return array.astype(dtype, copy=False).reshape(shape)
+
+
+def _check_range(name: str, bad: Any, dtype: np.dtype) -> None:
+    if bad is not None:
+        raise RequestError(400, f"input {name!r}: {str(bad)[:40]} is out of the range of {datatype_of(dtype)}; "
+                                "values are never wrapped or rounded to infinity")
+
+
+def unrepresentable(array: np.ndarray, dtype: np.dtype) -> Any:
+    """The first number in ``array`` that ``dtype`` cannot hold (an integer it would wrap, a finite number it
+    would make infinite, a boolean other than 0 and 1), or None."""
+    flat = array.reshape(-1)
+    if dtype.kind in "iu" and array.dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        bad = flat[(flat < info.min) | (flat > info.max)]
+    elif dtype.kind == "b" and array.dtype.kind in "iu":
+        bad = flat[(flat != 0) & (flat != 1)]
+    elif dtype.kind == "f" and array.dtype.kind in "iuf" and array.dtype != dtype:
+        with np.errstate(over="ignore"):
+            bad = flat[np.isinf(flat.astype(dtype)) & np.isfinite(flat)]
+    else:
+        return None
+    return bad[0].item() if bad.size else None
 
 
 def decode_inputs(request: dict, binary, runner: Runner, max_bytes: int = 2**62) -> dict[str, np.ndarray]:
@@ -233,18 +296,27 @@ def wanted_outputs(request: dict, outputs: Mapping[str, np.ndarray]) -> list[tup
         wanted = [{"name": n} for n in outputs]
     elif not isinstance(wanted, list):
         raise RequestError(400, "'outputs' must be a list")
-    chosen = []
+    chosen, seen = [], set()
     for i, spec in enumerate(wanted):
         if not isinstance(spec, dict):
             raise RequestError(400, f"outputs[{i}] must be an object with a 'name'")
         name = spec.get("name")
-        if not isinstance(name, str) or name not in outputs:
-            raise RequestError(400, f"unknown output {str(name)[:100]!r}; the model's outputs are {list(outputs)}")
+        check_output(name, outputs, seen)
         binary = parameters(spec, f"output {name!r}").get("binary_data", default_binary)
         if not isinstance(binary, bool):
             raise RequestError(400, f"output {name!r}: binary_data must be true or false")
         chosen.append((name, binary))
     return chosen
+
+
+def check_output(name: Any, outputs: Mapping, seen: set) -> None:
+    """400 for a requested output the model lacks, or one in ``seen`` (the names asked before; ``name`` joins
+    them): each output is answered once (HTTP and gRPC)."""
+    if not isinstance(name, str) or name not in outputs:
+        raise RequestError(400, f"unknown output {str(name)[:100]!r}; the model's outputs are {list(outputs)}")
+    if name in seen:
+        raise RequestError(400, f"output {name!r} is requested twice; ask for each output once")
+    seen.add(name)
 
 
 def encode_outputs(request: dict, outputs: Mapping[str, np.ndarray], chosen: list[tuple[str, bool]], name: str,
@@ -255,7 +327,7 @@ def encode_outputs(request: dict, outputs: Mapping[str, np.ndarray], chosen: lis
     ``json`` and tritonclient read)."""
     tensors, blobs = [], []
     for output, binary in chosen:
-        value = np.ascontiguousarray(outputs[output])
+        value = np.asarray(outputs[output], order="C")  # ascontiguousarray makes a scalar 1-d
         entry = {"name": output, "datatype": datatype_of(value.dtype), "shape": list(value.shape)}
         if binary:
             entry["parameters"] = {"binary_data_size": value.nbytes}

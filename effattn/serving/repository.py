@@ -1,10 +1,12 @@
 """``effattn triton``: a Triton Inference Server model repository for an exported model or engine.
 
 Layout (Triton's): ``REPO/NAME/config.pbtxt`` and ``REPO/NAME/1/model.onnx`` (or ``model.plan``).
-Dims come from the file's ShapeProfile: with batching on, the batch axis becomes ``max_batch_size``
-and is left out of ``dims``; every other dynamic axis is -1. A TensorRT plan only runs on the GPU
-model and TensorRT version it was built with, so the ONNX platform (optionally with the TensorRT
-execution accelerator) is the portable choice; a plan's sidecar is copied with it as the record.
+Dims come from the graph: a model is batched only when every input and every output has the same
+symbolic first axis (:func:`batch_dimension`); then that axis becomes ``max_batch_size`` (at most the
+profile's largest batch) and is left out of ``dims``; every other dynamic axis is -1. A TensorRT plan
+only runs on the GPU model and TensorRT version it was built with, so the ONNX platform (optionally with
+the TensorRT execution accelerator) is the portable choice; a plan's sidecar is copied with it as the
+record. A plan's sidecar names no axes, so a plan is not batched (max_batch_size 0).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("te
 class TensorConfig:
     name: str
     dtype: np.dtype
-    dims: list[int]  # full shape, -1 for dynamic axes (batch included)
+    dims: list[int | str]  # full shape: sizes, the graph's names of symbolic axes, -1 for unnamed dynamic axes
 
 
 @dataclass
@@ -81,7 +83,7 @@ def config_dict(name: str, platform: str, inputs: Sequence[TensorConfig], output
     if options.max_batch_size < 0 or options.instances < 1 or options.max_queue_delay_us < 0:
         raise ConfigError(f"need max_batch_size >= 0, instances >= 1 and max_queue_delay_us >= 0; got "
                           f"{options.max_batch_size}, {options.instances} and {options.max_queue_delay_us}")
-    max_batch = _max_batch(inputs, profile, options)
+    max_batch = _max_batch(inputs, outputs, profile, options)
     config = {"name": check_model_name(name), "platform": PLATFORMS[platform][0], "max_batch_size": max_batch,
               "input": [_tensor(t, max_batch) for t in inputs], "output": [_tensor(t, max_batch) for t in outputs]}
     if max_batch:
@@ -100,17 +102,26 @@ def config_dict(name: str, platform: str, inputs: Sequence[TensorConfig], output
     return config
 
 
-def batch_limit(requested: int, inputs: Sequence[TensorConfig], profile: ShapeProfile | None) -> int:
-    """Triton's ``max_batch_size`` for ``requested``: 0 (no batch axis) unless every input's first axis is
-    dynamic, and never above the profile's largest batch. The one place the limit meets the profile:
-    ``effattn triton`` writes it and ``effattn serve`` batches up to it."""
-    if requested <= 0 or not all(t.dims and t.dims[0] == -1 for t in inputs):
+def batch_dimension(tensors: Sequence[TensorConfig]) -> str | None:
+    """The symbolic first axis every tensor (inputs and outputs) shares, or None: only then does axis 0 hold
+    one item per request, so requests may be stacked on it and the outputs split back (a Transpose, a
+    reduction over axis 0, a scalar or an unnamed axis would hand each request someone else's answer)."""
+    names = {t.dims[0] if t.dims and isinstance(t.dims[0], str) else None for t in tensors}
+    return names.pop() if len(names) == 1 and None not in names else None
+
+
+def batch_limit(requested: int, tensors: Sequence[TensorConfig], profile: ShapeProfile | None) -> int:
+    """Triton's ``max_batch_size`` for ``requested``: 0 (no batch axis) unless the graph has one
+    (:func:`batch_dimension` of every input and output), and never above the profile's largest batch.
+    The one place the limit meets the profile: ``effattn triton`` writes it and ``effattn serve`` batches up to it."""
+    if requested <= 0 or batch_dimension(tensors) is None:
         return 0
     return min(requested, profile.batch_range[1]) if profile is not None else requested
 
 
-def _max_batch(inputs: Sequence[TensorConfig], profile: ShapeProfile | None, options: TritonOptions) -> int:
-    max_batch = batch_limit(options.max_batch_size, inputs, profile)
+def _max_batch(inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig], profile: ShapeProfile | None,
+               options: TritonOptions) -> int:
+    max_batch = batch_limit(options.max_batch_size, [*inputs, *outputs], profile)
     for size in options.preferred_batch_sizes:
         if not 1 <= size <= max_batch:
             raise InputError(f"preferred batch size {size} is outside 1..max_batch_size ({max_batch})")
@@ -118,7 +129,8 @@ def _max_batch(inputs: Sequence[TensorConfig], profile: ShapeProfile | None, opt
 
 
 def _tensor(t: TensorConfig, max_batch: int) -> dict:
-    return {"name": t.name, "data_type": _type_of(t.name, t.dtype), "dims": list(t.dims[1:] if max_batch else t.dims)}
+    dims = [d if isinstance(d, int) else -1 for d in (t.dims[1:] if max_batch else t.dims)]
+    return {"name": t.name, "data_type": _type_of(t.name, t.dtype), "dims": dims}
 
 
 def _warmup(profile: ShapeProfile, max_batch: int) -> dict:
@@ -215,7 +227,7 @@ def _onnx_io(checked: OnnxFile) -> tuple[list[TensorConfig], list[TensorConfig],
         out = []
         for v in values:
             t = v.type.tensor_type
-            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or -1 for d in t.shape.dim]
             out.append(TensorConfig(v.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)), dims))
         return out
 
@@ -249,8 +261,8 @@ def _sidecar_io(sidecar) -> tuple[list[TensorConfig], list[TensorConfig], ShapeP
 
 
 def runner_tensors(specs) -> list[TensorConfig]:
-    """A runner's input or output specs as TensorConfigs (-1 for every axis that is not a fixed size)."""
-    return [TensorConfig(s.name, np.dtype(s.dtype), [d if isinstance(d, int) else -1 for d in (s.shape or ())])
+    """A runner's input or output specs as TensorConfigs (names of symbolic axes kept, -1 for unnamed ones)."""
+    return [TensorConfig(s.name, np.dtype(s.dtype), [d if isinstance(d, (int, str)) else -1 for d in (s.shape or ())])
             for s in specs.values()]
 
 

@@ -13,6 +13,7 @@ import ctypes
 import errno
 import logging
 import math
+import reprlib
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -195,15 +196,16 @@ class Metrics:
 
 def serve_model(name: str, runner: Runner, options: ServeOptions, metrics: Metrics) -> ServedModel:
     """``runner`` with its batcher and its Triton config: batching up to the limit :func:`.repository.batch_limit`
-    sets (none for a model without a shape profile: nothing says which batch sizes it takes). A runner that
-    can (ONNX Runtime on the CPU) stops spinning its idle threads: between engine calls the server's own
-    threads (HTTP, gRPC, batching) need the cores, and spinning threads took them (measured in the README)."""
+    sets from the graph (none for a model without a shape profile: nothing says which batch sizes it takes).
+    A runner that can (ONNX Runtime on the CPU) stops spinning its idle threads: between engine calls the
+    server's own threads (HTTP, gRPC, batching) need the cores, and spinning threads took them (README)."""
     check_model_name(name)
     quiet = getattr(runner, "stop_spinning", None)  # ONNX Runtime on the CPU: see the README's Serving
     if quiet is not None:
         quiet()
     requested = options.max_batch_size if runner.profile is not None else 1
-    max_batch = max(1, batch_limit(requested, runner_tensors(runner.inputs), runner.profile))
+    tensors = runner_tensors(runner.inputs) + runner_tensors(runner.outputs)
+    max_batch = max(1, batch_limit(requested, tensors, runner.profile))
     delay = options.max_queue_delay_ms / 1e3 if max_batch > 1 else 0.0
     stats = ModelStats()
     batch = metrics.batch.labels(name)
@@ -253,10 +255,15 @@ class Server:
         self.abandoned = sum(left)
 
     def model(self, name: str, version: str | None = None) -> ServedModel:
-        """The served model ``name`` (at ``version``, if given), or a 404 naming the models served."""
+        """The served model ``name`` (at ``version``, if given), or a 404 naming the models served (400 for a
+        name no model may have)."""
         model = self.models.get(name)
         if model is None or (version and version != model.version):
-            raise RequestError(404, f"unknown model {name!r}" + (f" version {version}" if version else "")
+            try:
+                check_model_name(name)  # a name no model could have (100 KB of it) is refused, not echoed whole
+            except ConfigError as e:
+                raise RequestError(400, str(e)) from None
+            raise RequestError(404, f"unknown model {name!r}" + (f" version {version[:40]}" if version else "")
                                + f"; serving {sorted(self.models)}")
         return model
 
@@ -266,7 +273,8 @@ class Server:
             return {"model_stats": [m.stats.json(m.name, m.version) for m in self.models.values()]}
         model = self.models.get(name)
         if model is None or (version and version != model.version):
-            raise RequestError(400, f"requested model {name!r}" + (f" version {version}" if version else "")
+            raise RequestError(400, f"requested model {reprlib.repr(name)}"
+                               + (f" version {version[:40]}" if version else "")
                                + f" is not available; serving {sorted(self.models)}")
         return {"model_stats": [model.stats.json(model.name, model.version)]}
 
@@ -304,6 +312,7 @@ class Server:
         ``timeout_s`` (from Triton's per-request ``timeout``) can only shorten the server's own timeout."""
         try:
             feed = model.runner.check_feed(feed)
+            check_dimensions(feed, model.runner.inputs)
         except InputError as e:
             raise RequestError(400, str(e)) from None
         limit = min(self.options.timeout_s, timeout_s) if timeout_s else self.options.timeout_s
@@ -316,6 +325,23 @@ class Server:
             raise RequestError(504, f"request timed out after {limit:g} s waiting for model {model.name!r}") from None
         except InputError as e:  # the request's fault; anything else from the engine is the server's (500)
             raise RequestError(400, str(e)) from None
+
+
+def check_dimensions(feed: Mapping[str, np.ndarray], specs: Mapping) -> None:
+    """InputError naming both inputs when a symbolic dimension of the graph has two sizes in one request
+    (as Triton refuses inputs whose batch sizes differ): the graph says they are one size, and a batch
+    would stack one request's rows against another's."""
+    seen: dict[str, tuple[str, int, int]] = {}
+    for name, spec in specs.items():
+        for axis, dim in enumerate(spec.shape or ()):
+            if not isinstance(dim, str):
+                continue
+            size = feed[name].shape[axis]
+            first, first_axis, first_size = seen.setdefault(dim, (name, axis, size))
+            if size != first_size:
+                raise InputError(f"inputs {first!r} and {name!r} disagree on dimension {dim!r}: {first_size} in "
+                                 f"{first!r} (axis {first_axis}), {size} in {name!r} (axis {axis}); the model's "
+                                 "graph says they are the same size")
 
 
 class deadline:

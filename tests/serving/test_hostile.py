@@ -103,12 +103,49 @@ def _body(*inputs, **request) -> bytes:
     (b'{"inputs": [{"name": "input", "shape": [1, 8, 4, 4], "datatype": "FP32", "data": '
      + b"[" * 50_000 + b"]" * 50_000 + b"}]}", "nested too deeply"),
     (b"[" * 100_000, "nested too deeply"),
+    (_body(_input(shape=[10**30, 0], data=[])), r"shape \[1000000000000000000000000000000, 0\] of FP32 spans"),
+    (_body(_input(shape=[2**62, 2**62, 0], data=[])), "more than a request may hold"),
+    (_body(_input(data=[1] * 127 + [float("nan")])).replace(b"NaN", b"1" * 5000), "Exceeds the limit"),
+    (_body(outputs=[{"name": "output"}] * 10000), "output 'output' is requested twice"),
+    (_body(_input(shape=[1] * 10000, data=[1.0])), "'shape' has 10000 dimensions; an array has at most 64"),
 ])
 def test_wrong_json_types_anywhere_are_400(server, body, match):
     base, _, _ = server
     code, _, answer = _post(base, body)
     assert code == 400 and re.search(match, error_of(answer)), (code, answer[:300])
     assert _metric(base, "effattn_requests_total", '{code="500",model="block"}') == 0
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "1" * 5000, "-5"])
+def test_the_json_length_header_is_ascii_digits(server, length):
+    """'²'.isdigit() is true, and int() of 5000 digits raises: both were 500s."""
+    base, _, _ = server
+    code, _, answer = _post(base, _body(), {"Inference-Header-Content-Length": length})
+    assert code == 400 and "Inference-Header-Content-Length must be a number of bytes" in error_of(answer), answer
+    assert _metric(base, "effattn_requests_total", '{code="500",model="block"}') == 0
+
+
+@pytest.mark.parametrize("body", [gzip.compress(_body()) + gzip.compress(_body()), gzip.compress(_body()) + b"junk"],
+                         ids=["two-members", "trailing-garbage"])
+def test_a_gzip_body_is_one_stream(server, body):
+    base, _, _ = server
+    code, _, answer = _post(base, body, {"Content-Encoding": "gzip"})
+    assert code == 400 and "bytes after its compressed stream" in error_of(answer), answer
+
+
+def test_a_request_head_is_capped_at_64_kib(server):
+    base, _, _ = server
+    with _raw(base) as s:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (100 * 1024) + b"\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ") and "request head" in json.loads(body)["error"], answer[:300]
+    with _raw(base) as s:  # a big head under the cap is still served
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " + b"a" * 60_000
+                  + b"\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
 
 
 def _pair_body(a_rows: int, b_rows: int, start: float = 0.0) -> tuple[bytes, np.ndarray, np.ndarray]:
@@ -119,21 +156,26 @@ def _pair_body(a_rows: int, b_rows: int, start: float = 0.0) -> tuple[bytes, np.
     return body.encode(), a, b
 
 
-def test_multi_input_batch_sizes_must_agree_and_batches_never_mix(server):
+def test_inputs_with_their_own_batch_dimensions_run_alone_and_are_answered_whole(server):
+    """The exporter names the pair's first axes a_batch and b_batch: nothing in the graph says they are one
+    batch, so the server never stacks its requests, and a request whose inputs differ in size is answered
+    whole (ONNX Runtime's answer), never cut to the first input's size."""
     base, grpc_port, _ = server
-    body, _, _ = _pair_body(1, 2)
+    body, a, b = _pair_body(1, 2)
     code, _, answer = _post(base, body, model="pair")
-    assert code == 400 and "the inputs disagree on the batch size (axis 0): {'a': 1, 'b': 2}" in error_of(answer)
+    assert code == 200, answer
+    out = {o["name"]: np.array(o["data"], np.float32).reshape(o["shape"]) for o in json.loads(answer)["outputs"]}
+    np.testing.assert_array_equal(out["a2"], a * 2)
+    np.testing.assert_array_equal(out["b3"], b * 3)
     grpc = grpc_client.InferenceServerClient(f"127.0.0.1:{grpc_port}")
     tensors = []
     for name, rows in (("a", 2), ("b", 3)):
         tensors.append(grpc_client.InferInput(name, [rows, 4], "FP32"))
-        tensors[-1].set_data_from_numpy(np.zeros((rows, 4), np.float32))
-    with pytest.raises(InferenceServerException, match="disagree on the batch size") as e:
-        grpc.infer("pair", tensors)
-    assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+        tensors[-1].set_data_from_numpy(np.ones((rows, 4), np.float32))
+    result = grpc.infer("pair", tensors)
+    assert result.as_numpy("a2").shape == (2, 4) and result.as_numpy("b3").shape == (3, 4)
 
-    def one(i):  # well-formed requests of 1, 2 and 3 rows, sent together so the batcher stacks them
+    def one(i):  # well-formed requests of 1, 2 and 3 rows, sent together: each still runs alone
         body, a, b = _pair_body(1 + i % 3, 1 + i % 3, start=100.0 * i)
         code, _, answer = _post(base, body, model="pair")
         out = {o["name"]: np.array(o["data"], np.float32).reshape(o["shape"]) for o in json.loads(answer)["outputs"]}
@@ -144,10 +186,14 @@ def test_multi_input_batch_sizes_must_agree_and_batches_never_mix(server):
             assert code == 200
             np.testing.assert_array_equal(out["a2"], a * 2)
             np.testing.assert_array_equal(out["b3"], b * 3)
+    calls = _metric(base, "effattn_batch_size_count", '{model="pair"}')
+    assert calls >= 26 and _metric(base, "effattn_batch_size_sum", '{model="pair"}') == calls  # one request a call
 
 
-def _grpc_request(*inputs, raw=None):
-    request = service_pb2.ModelInferRequest(model_name="block")
+def _grpc_request(*inputs, raw=None, model="block", outputs=()):
+    request = service_pb2.ModelInferRequest(model_name=model)
+    for name in outputs:
+        request.outputs.add(name=name)
     for name, shape in inputs:
         request.inputs.add(name=name, datatype="FP32", shape=shape)
     request.raw_input_contents.extend(raw if raw is not None else [b"\0" * 512] * len(inputs))
@@ -160,6 +206,8 @@ def _grpc_request(*inputs, raw=None):
     (_grpc_request(("input", [2**32, 2**32, 1, 1])), "more than a request may hold"),  # np.prod wraps to 0
     (_grpc_request(("input", [-1, 8, 4, 4])), "non-negative integers"),
     (_grpc_request(("input", [1, 8, 4, 4]), raw=[]), "0 values for shape"),
+    (_grpc_request(("input", [1, 8, 4, 4]), outputs=["output"] * 10000), "output 'output' is requested twice"),
+    (_grpc_request(("input", [1, 8, 4, 4]), model="m" * 100_000), r"^model name 'm+\.\.\.m+' is not allowed"),
 ])
 def test_grpc_malformed_requests_are_invalid_argument(server, request_, match):
     import grpc
@@ -169,6 +217,7 @@ def test_grpc_malformed_requests_are_invalid_argument(server, request_, match):
         with pytest.raises(grpc.RpcError) as e:
             service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request_, timeout=60)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and re.search(match, e.value.details())
+    assert len(e.value.details()) < 1000  # nothing of the request is echoed whole
     assert _metric(base, "effattn_requests_total", '{code="500",model="block"}') == 0
 
 

@@ -60,8 +60,8 @@ def test_trt_accelerator_fp16_and_no_batching(onnx_file, tmp_path):
 
 
 def test_plan_config_from_a_sidecar_record():
-    inputs = [TensorConfig("input", np.dtype(np.float32), [-1, 8, -1, -1])]
-    outputs = [TensorConfig("output", np.dtype(np.float16), [-1, 8, -1, -1])]
+    inputs = [TensorConfig("input", np.dtype(np.float32), ["batch", 8, -1, -1])]
+    outputs = [TensorConfig("output", np.dtype(np.float16), ["batch", 8, -1, -1])]
     config = parse(model_config("block", "tensorrt", inputs, outputs, PROFILE, TritonOptions()))
     assert config.platform == "tensorrt_plan" and config.output[0].data_type == model_config_pb2.TYPE_FP16
     with pytest.raises(InputError, match="runs on the GPU only"):
@@ -158,8 +158,8 @@ def test_a_file_named_without_a_usable_name_needs_one(onnx_file, sandbox, capsys
 
 def test_tensor_names_from_the_file_are_escaped_in_the_config():
     odd = 'in"put\n} max_batch_size: 99 {\\'
-    inputs = [TensorConfig(odd, np.dtype(np.float32), [-1, 8, -1, -1])]
-    outputs = [TensorConfig("out", np.dtype(np.float32), [-1, 8, -1, -1])]
+    inputs = [TensorConfig(odd, np.dtype(np.float32), ["batch", 8, -1, -1])]
+    outputs = [TensorConfig("out", np.dtype(np.float32), ["batch", 8, -1, -1])]
     profile = ShapeProfile.single("1x8x4x4", "2x8x16x16", "4x8x32x32", name=odd)
     config = parse(model_config("m", "onnxruntime", inputs, outputs, profile, TritonOptions()))
     assert config.input[0].name == odd and config.max_batch_size == 4 and odd in config.model_warmup[0].inputs
@@ -167,7 +167,7 @@ def test_tensor_names_from_the_file_are_escaped_in_the_config():
 
 @pytest.mark.parametrize("option", [{"max_batch_size": -1}, {"instances": 0}, {"max_queue_delay_us": -5}])
 def test_bad_triton_options_are_one_line(option):
-    inputs = [TensorConfig("input", np.dtype(np.float32), [-1, 8, -1, -1])]
+    inputs = [TensorConfig("input", np.dtype(np.float32), ["batch", 8, -1, -1])]
     with pytest.raises(ConfigError, match="need max_batch_size >= 0"):
         model_config("m", "onnxruntime", inputs, inputs, PROFILE, TritonOptions(**option))
 
@@ -179,7 +179,7 @@ def test_config_pbtxt_and_config_json_come_from_one_dict(options):
 
     from effattn.serving.repository import config_dict, to_pbtxt
 
-    inputs = [TensorConfig("input", np.dtype(np.float32), [-1, 8, -1, -1])]
+    inputs = [TensorConfig("input", np.dtype(np.float32), ["batch", 8, -1, -1])]
     config = config_dict("m", "onnxruntime", inputs, inputs, PROFILE, options)
     assert parse(to_pbtxt(config)) == json_format.ParseDict(config, model_config_pb2.ModelConfig())
     assert to_pbtxt(config) == model_config("m", "onnxruntime", inputs, inputs, PROFILE, options)
@@ -188,7 +188,7 @@ def test_config_pbtxt_and_config_json_come_from_one_dict(options):
 def test_every_integer_width_effattn_serve_accepts_has_a_triton_type():
     from effattn.serving.protocol import DATATYPES
 
-    tensors = [TensorConfig(name, np.dtype(dtype), [-1, 4]) for name, dtype in DATATYPES.items()]
+    tensors = [TensorConfig(name, np.dtype(dtype), ["batch", 4]) for name, dtype in DATATYPES.items()]
     config = parse(model_config("m", "onnxruntime", tensors, tensors, None, TritonOptions()))
     assert [model_config_pb2.DataType.Name(t.data_type) for t in config.input] == [f"TYPE_{n}" for n in DATATYPES]
 
@@ -205,8 +205,8 @@ def test_an_fp8_file_gets_basic_graph_optimization_only(tmp_path):
     assert config.optimization.graph.level == -1
     plain = parse((write_repository(fp32, tmp_path / "repo32") / "config.pbtxt").read_text())
     assert not plain.HasField("optimization")
-    both = parse(model_config("m", "onnxruntime", [TensorConfig("x", np.dtype("float32"), (-1, 4))],
-                              [TensorConfig("y", np.dtype("float32"), (-1, 4))], None,
+    both = parse(model_config("m", "onnxruntime", [TensorConfig("x", np.dtype("float32"), ("batch", 4))],
+                              [TensorConfig("y", np.dtype("float32"), ("batch", 4))], None,
                               TritonOptions(basic_graph_optimization=True, trt_accelerator=True)))
     assert both.optimization.graph.level == -1
     assert both.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "tensorrt"
