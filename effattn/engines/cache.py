@@ -83,6 +83,14 @@ class Sidecar:
     def write(self, path: Path) -> None:
         _atomic_write(path, (json.dumps(asdict(self), indent=2) + "\n").encode())
 
+    @staticmethod
+    def named_shape(tensor: dict) -> list[int | str | None]:
+        """One ``io`` entry's shape: fixed sizes, the ONNX graph's name for a dynamic axis (``axes``, recorded
+        at build time), None for a dynamic axis without one (sidecars written before names were kept)."""
+        axes = tensor.get("axes") or []
+        return [d if d >= 0 else (axes[i] if i < len(axes) and isinstance(axes[i], str) else None)
+                for i, d in enumerate(tensor["shape"])]
+
 
 def sidecar_path(plan: Path) -> Path:
     return plan.with_name(plan.name + ".json")

@@ -45,6 +45,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 from tqdm.auto import tqdm
 
 from .. import metadata
@@ -312,10 +313,18 @@ def _create_config(trt, loaders, profiles: list[ShapeProfile], key: EngineKey, t
     return loaders.CreateConfig(**kwargs)
 
 
-def _io_of(engine) -> list[dict]:
+def graph_axes(model: onnx.ModelProto) -> dict[str, list[str | None]]:
+    """Each graph input's and output's axis names (None where an axis has none). An engine reports -1 for
+    a dynamic axis and loses its name; the sidecar keeps it, so a server can see which outputs share the
+    inputs' batch axis (see :func:`effattn.serving.repository.batch_dimension`)."""
+    return {v.name: [d.dim_param or None for d in v.type.tensor_type.shape.dim]
+            for v in [*model.graph.input, *model.graph.output]}
+
+
+def _io_of(engine, axes: Mapping[str, list[str | None]]) -> list[dict]:
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     return [{"name": n, "mode": engine.get_tensor_mode(n).name, "dtype": engine.get_tensor_dtype(n).name,
-             "shape": list(engine.get_tensor_shape(n))} for n in names]
+             "shape": list(engine.get_tensor_shape(n)), "axes": axes.get(n, [])} for n in names]
 
 
 def _build(trt, onnx_path: Path, profiles: list[ShapeProfile], key: EngineKey, typing: NetworkTyping,
@@ -339,4 +348,5 @@ def _build(trt, onnx_path: Path, profiles: list[ShapeProfile], key: EngineKey, t
         if bar is not None:
             bar.close()
     engine = loaders.EngineFromBytes(bytes(plan_bytes))()
-    return cache.store(key, bytes(plan_bytes), io=_io_of(engine), layers=layer_precisions(trt, engine), metadata=meta)
+    axes = graph_axes(onnx.load(str(onnx_path), load_external_data=False))
+    return cache.store(key, bytes(plan_bytes), io=_io_of(engine, axes), layers=layer_precisions(trt, engine), metadata=meta)

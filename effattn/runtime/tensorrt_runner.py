@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import io_dtypes  # noqa: F401 (the runner's I/O types, re-exported)
-from ..engines.cache import plan_backend, verify_plan
+from ..engines.cache import Sidecar, plan_backend, verify_plan
 from ..engines.tensorrt_build import gpu_identity, import_tensorrt
 from ..errors import BackendError, InputError
 from ..shapes import InputProfile
@@ -72,6 +72,7 @@ class TensorRTRunner(Runner):
         trt, engine, torch = self.trt, self.engine, self.torch
         inputs, outputs = [], []
         self._dtypes = {}
+        named = {t["name"]: Sidecar.named_shape(t) for t in self.sidecar.io}  # the ONNX graph's axis names
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             device_dtype, host_dtype = io_dtypes(engine.get_tensor_dtype(name).name, name)
@@ -79,10 +80,11 @@ class TensorRTRunner(Runner):
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 lo, opt, hi = (tuple(s) for s in engine.get_tensor_profile_shape(name, 0))
                 profile = InputProfile(name, lo, opt, hi, host_dtype)
-                inputs.append(TensorSpec(name, np.dtype(host_dtype), profile.symbolic_shape, profile))
+                shape = tuple(_named(profile.symbolic_shape, named.get(name)))
+                inputs.append(TensorSpec(name, np.dtype(host_dtype), shape, profile))
             else:
                 shape = tuple(d if d >= 0 else None for d in engine.get_tensor_shape(name))
-                outputs.append(TensorSpec(name, np.dtype(host_dtype), shape))
+                outputs.append(TensorSpec(name, np.dtype(host_dtype), tuple(_named(shape, named.get(name)))))
         return inputs, outputs
 
     def _new_slot(self, cuda_graph: bool | None) -> _Slot:
@@ -151,3 +153,11 @@ class TensorRTRunner(Runner):
         self._all_slots = []
         self._slots = queue.Queue()
         self.engine = self.runtime = None
+
+
+def _named(shape, graph_shape: list | None) -> list:
+    """``shape`` with each dynamic axis (a name or None) named as the ONNX graph names it, where the sidecar
+    recorded that (the engine itself keeps no axis names)."""
+    if not graph_shape or len(graph_shape) != len(shape):
+        return list(shape)
+    return [g if not isinstance(d, int) and isinstance(g, str) else d for d, g in zip(shape, graph_shape)]

@@ -6,7 +6,8 @@ symbolic first axis (:func:`batch_dimension`); then that axis becomes ``max_batc
 profile's largest batch) and is left out of ``dims``; every other dynamic axis is -1. A TensorRT plan
 only runs on the GPU model and TensorRT version it was built with, so the ONNX platform (optionally with
 the TensorRT execution accelerator) is the portable choice; a plan's sidecar is copied with it as the
-record. A plan's sidecar names no axes, so a plan is not batched (max_batch_size 0).
+record. A plan is batched by the axis names its sidecar recorded from the ONNX graph (none
+recorded, as in sidecars from before: not batched).
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ def _sidecar_io(sidecar) -> tuple[list[TensorConfig], list[TensorConfig], ShapeP
         if device_dtype == "bfloat16":
             raise InputError(f"engine tensor {t['name']!r} is BF16, which effattn's Triton configs do not express yet")
         tensors[t["mode"]].append(TensorConfig(t["name"], np.dtype(host_dtype),
-                                               [d if d >= 0 else -1 for d in t["shape"]]))
+                                               [-1 if d is None else d for d in Sidecar.named_shape(t)]))
     return tensors["INPUT"], tensors["OUTPUT"], profile
 
 

@@ -90,6 +90,35 @@ def test_plan_io_types_from_the_sidecar_are_mapped_or_refused_by_name():
         _sidecar_io(sidecar("BF16"))
 
 
+def test_a_plan_is_batched_by_the_axis_names_its_sidecar_recorded(onnx_file):
+    """The engine reports -1 for dynamic axes; the builder records the ONNX graph's names beside them
+    (graph_axes), and only a plan whose inputs and outputs share the named first axis is batched."""
+    from types import SimpleNamespace
+
+    import onnx
+
+    from effattn.engines.tensorrt_build import graph_axes
+    from effattn.serving.repository import _max_batch, _sidecar_io
+
+    axes = graph_axes(onnx.load(str(onnx_file)))
+    assert axes["input"][0] == axes["output"][0] and isinstance(axes["input"][0], str)
+
+    def max_batch(input_axes, output_axes):
+        io = [{"name": "input", "mode": "INPUT", "dtype": "FLOAT", "shape": [-1, 8, -1, -1], "axes": input_axes},
+              {"name": "output", "mode": "OUTPUT", "dtype": "FLOAT", "shape": [-1, 8, -1, -1], "axes": output_axes}]
+        inputs, outputs, profile = _sidecar_io(SimpleNamespace(key={"profiles": [PROFILE.to_json()]}, io=io))
+        return _max_batch(inputs, outputs, profile, TritonOptions())
+
+    assert max_batch(axes["input"], axes["output"]) == min(8, PROFILE.batch_range[1]) > 0
+    assert max_batch(None, None) == 0  # a sidecar from before names were kept: never batched
+    assert max_batch(["n", None, "h", "w"], ["w", None, "h", "n"]) == 0  # an output whose first axis is another
+
+    from effattn.runtime.tensorrt_runner import _named  # the TensorRT runner's specs, named the same way
+
+    assert _named(("batch", 8, None, None), ["n", None, "h", None]) == ["n", 8, "h", None]
+    assert _named((None, 8), None) == [None, 8] and _named((None, 8), ["n"]) == [None, 8]  # no names, or a rank mismatch
+
+
 def test_cli_refuses_to_overwrite_and_names_bad_files(onnx_file, tmp_path, capsys):
     assert main(["triton", str(onnx_file), "--repository", str(tmp_path)]) == 0
     assert "tritonserver --model-repository" in capsys.readouterr().out
