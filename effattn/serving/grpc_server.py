@@ -52,6 +52,10 @@ def decode_grpc_inputs(request, model: ServedModel, max_bytes: int = 2**62, raw=
         dtype, count = tensor_header(name, shape, tensor.datatype, model.runner, max_bytes)
         if name in feed:
             raise RequestError(400, f"input {name!r} is given twice")
+        given = [f.name for f, _ in tensor.contents.ListFields()]  # typed contents fields that hold values
+        if raw and given or len(given) > 1:
+            raise RequestError(400, f"input {name!r} has {' and '.join(given + ['raw_input_contents'] * bool(raw))}; "
+                                    "send its values once")
         if raw:
             feed[name] = raw_tensor(name, shape, dtype, count, raw[i])
             continue
@@ -133,7 +137,7 @@ def wanted_outputs(request, model: ServedModel) -> list[str]:
     """The outputs the request names (all by default), each known and asked once."""
     seen: set[str] = set()
     for output in request.outputs:
-        check_output(output.name, model.runner.outputs, seen)
+        check_output(output.name, model.runner.outputs, seen, output.parameters)
     return [o.name for o in request.outputs] or list(model.runner.outputs)
 
 

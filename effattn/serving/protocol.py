@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -269,9 +270,14 @@ def decode_inputs(request: dict, binary, runner: Runner, max_bytes: int = 2**62)
         if name in feed:
             raise RequestError(400, f"input {name!r} is given twice")
         size = parameters(tensor, f"input {name!r}").get("binary_data_size")
+        if size is not None and tensor.get("data") is not None:
+            raise RequestError(400, f"input {name!r} has both 'data' and a binary_data_size parameter; send one")
         if size is not None:
-            if not is_int(size) or size != count * dtype.itemsize:
-                raise RequestError(400, f"input {name!r}: binary_data_size {str(size)[:40]} does not match shape "
+            if not is_int(size):
+                raise RequestError(400, f"input {name!r}: binary_data_size must be an integer number of bytes, "
+                                        f"got {reprlib.repr(size)}")
+            if size != count * dtype.itemsize:
+                raise RequestError(400, f"input {name!r}: binary_data_size {size} does not match shape "
                                         f"{shape} ({count * dtype.itemsize} bytes)")
             if offset + size > len(binary):
                 raise RequestError(400, f"input {name!r}: truncated binary payload ({len(binary) - offset} of "
@@ -301,19 +307,31 @@ def wanted_outputs(request: dict, outputs: Mapping[str, np.ndarray]) -> list[tup
         if not isinstance(spec, dict):
             raise RequestError(400, f"outputs[{i}] must be an object with a 'name'")
         name = spec.get("name")
-        check_output(name, outputs, seen)
-        binary = parameters(spec, f"output {name!r}").get("binary_data", default_binary)
+        params = parameters(spec, f"output {str(name)[:100]!r}")
+        check_output(name, outputs, seen, params)
+        binary = params.get("binary_data", default_binary)
         if not isinstance(binary, bool):
             raise RequestError(400, f"output {name!r}: binary_data must be true or false")
         chosen.append((name, binary))
     return chosen
 
 
-def check_output(name: Any, outputs: Mapping, seen: set) -> None:
-    """400 for a requested output the model lacks, or one in ``seen`` (the names asked before; ``name`` joins
-    them): each output is answered once (HTTP and gRPC)."""
+#: Output parameters of protocol extensions the server does not implement: answering the plain tensor instead
+#: (tritonclient's ``class_count``, an output written to a shared-memory region) would be a wrong answer.
+UNANSWERED_OUTPUT_PARAMETERS = {"classification": "the classification extension is not supported; ask for the "
+                                                  "tensor and take its top k",
+                                "shared_memory_region": UNSUPPORTED["shared_memory"][1]}
+
+
+def check_output(name: Any, outputs: Mapping, seen: set, params: Mapping | tuple = ()) -> None:
+    """400 for a requested output the model lacks, one in ``seen`` (the names asked before; ``name`` joins
+    them: each output is answered once), or one whose ``params`` ask for an extension the server lacks
+    (HTTP and gRPC)."""
     if not isinstance(name, str) or name not in outputs:
         raise RequestError(400, f"unknown output {str(name)[:100]!r}; the model's outputs are {list(outputs)}")
+    for key, why in UNANSWERED_OUTPUT_PARAMETERS.items():
+        if key in params:
+            raise RequestError(400, f"output {name!r}: {why}")
     if name in seen:
         raise RequestError(400, f"output {name!r} is requested twice; ask for each output once")
     seen.add(name)

@@ -106,9 +106,11 @@ def config_dict(name: str, platform: str, inputs: Sequence[TensorConfig], output
 def batch_dimension(tensors: Sequence[TensorConfig]) -> str | None:
     """The symbolic first axis every tensor (inputs and outputs) shares, or None: only then does axis 0 hold
     one item per request, so requests may be stacked on it and the outputs split back (a Transpose, a
-    reduction over axis 0, a scalar or an unnamed axis would hand each request someone else's answer)."""
+    reduction over axis 0, a scalar or an unnamed axis would hand each request someone else's answer). The name
+    must appear on no other axis: ``y[n, n] = x[n, n] @ x^T`` holds a request's rows and every request's columns."""
     names = {t.dims[0] if t.dims and isinstance(t.dims[0], str) else None for t in tensors}
-    return names.pop() if len(names) == 1 and None not in names else None
+    name = names.pop() if len(names) == 1 and None not in names else None
+    return None if any(name in t.dims[1:] for t in tensors) else name
 
 
 def batch_limit(requested: int, tensors: Sequence[TensorConfig], profile: ShapeProfile | None) -> int:

@@ -46,6 +46,8 @@ GRAPHS = {
                [helper.make_node("Add", ["a", "b"], ["y"]), helper.make_node("Sub", ["a", "b"], ["z"])], True),
     "two_dims": ([("a", F32, ["n", 4]), ("b", F32, ["m", 4])], [("y", F32, ["n", 4]), ("z", F32, ["m", 4])],
                  [helper.make_node("Neg", ["a"], ["y"]), helper.make_node("Abs", ["b"], ["z"])], False),
+    "gram": ([("x", F32, ["n", "n"])], [("y", F32, ["n", "n"])],  # x x^T: a request's rows, every request's columns
+             [helper.make_node("Transpose", ["x"], ["t"]), helper.make_node("MatMul", ["x", "t"], ["y"])], False),
     "int32": ([("x", I32, ["n", 4])], [("y", I32, ["n", 4])], [helper.make_node("Add", ["x", "x"], ["y"])], True),
     "int8": ([("x", I8, ["n", 4])], [("y", I32, ["n", 4]), ("t", I8, [4, "n"])],
              [helper.make_node("Cast", ["x"], ["y"], to=I32), helper.make_node("Transpose", ["x"], ["t"])], False),

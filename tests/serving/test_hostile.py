@@ -88,8 +88,13 @@ def _body(*inputs, **request) -> bytes:
     (_body(_input(shape=[2**40, 2**40, 4, 4], data=[])), "more than a request may hold"),
     (_body(_input(shape=[2**64, 2**64, 2**64, 2**64], data=[])), "more than a request may hold"),
     (_body(_input(datatype=5)), "has datatype '5'"),
-    (_body(_input(data=None, parameters={"binary_data_size": "512"})), "binary_data_size 512 does not match"),
-    (_body(_input(data=None, parameters={"binary_data_size": 512.0})), "binary_data_size 512.0 does not match"),
+    (_body(_input(data=None, parameters={"binary_data_size": "512"})),
+     "binary_data_size must be an integer number of bytes, got '512'"),
+    (_body(_input(data=None, parameters={"binary_data_size": 512.0})), "binary_data_size must be an integer"),
+    (_body(_input(parameters={"binary_data_size": 512})), "has both 'data' and a binary_data_size parameter"),
+    (_body(outputs=[{"name": "output", "parameters": {"classification": 2}}]),
+     "the classification extension is not supported"),
+    (_body(outputs=[{"name": "output", "parameters": {"shared_memory_region": "r"}}]), "shared memory is not supported"),
     (_body(_input(data=[[1.0, 2.0], [3.0]])), "not a list of FP32 numbers"),
     (_body(_input(data=[True] * 128)), r"not a list of FP32 numbers \(it holds bool values\)"),
     (_body(_input(data=[2**70] * 128)), r"not a list of FP32 numbers \(it holds object values\)"),
@@ -200,8 +205,21 @@ def _grpc_request(*inputs, raw=None, model="block", outputs=()):
     return request
 
 
+def _grpc_with(request, change):
+    change(request)
+    return request
+
+
 @pytest.mark.parametrize("request_,match", [
     (_grpc_request(("input", [1, 8, 4, 4]), ("input", [1, 8, 4, 4])), "input 'input' is given twice"),
+    (_grpc_with(_grpc_request(("input", [1, 8, 4, 4])), lambda r: r.inputs[0].contents.fp32_contents.extend([1.0] * 128)),
+     "input 'input' has fp32_contents and raw_input_contents; send its values once"),
+    (_grpc_with(_grpc_request(("input", [1, 8, 4, 4]), raw=[]), lambda r: (
+        r.inputs[0].contents.fp32_contents.extend([1.0] * 128), r.inputs[0].contents.int_contents.extend([1] * 128))),
+     "has int_contents and fp32_contents|has fp32_contents and int_contents"),
+    (_grpc_with(_grpc_request(("input", [1, 8, 4, 4]), outputs=["output"]),  # tritonclient's class_count=2
+                lambda r: r.outputs[0].parameters["classification"].CopyFrom(service_pb2.InferParameter(int64_param=2))),
+     "output 'output': the classification extension is not supported"),
     (_grpc_request(("input", [2**62, 2**62, 4, 4])), "more than a request may hold"),
     (_grpc_request(("input", [2**32, 2**32, 1, 1])), "more than a request may hold"),  # np.prod wraps to 0
     (_grpc_request(("input", [-1, 8, 4, 4])), "non-negative integers"),

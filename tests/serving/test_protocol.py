@@ -111,6 +111,7 @@ def test_a_compressed_body_is_one_stream():
     (8, ["n", 3], [], None, 0),  # a scalar output (a reduction over everything)
     (8, ["n", 3], ["m", 3], None, 0),  # another dimension: nothing says it is the batch
     (8, [-1, 3], [-1, 3], None, 0),  # unnamed dynamic axes: nothing says they are one
+    (8, ["n", "n"], ["n", "n"], None, 0),  # the batch name on another axis too: x x^T mixes requests
 ])
 def test_batch_limit_is_the_one_clamp_and_batching_comes_from_the_graph(requested, dims, out, batch, limit):
     profile = None if batch is None else ShapeProfile.single(f"{batch[0]}x3", f"{batch[0]}x3", f"{batch[1]}x3")
