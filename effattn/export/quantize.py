@@ -237,11 +237,12 @@ def check_qdq(model: onnx.ModelProto, source: str, base_dir: str = "") -> None:
 def _check_finite(value: np.ndarray, name: str, where: str) -> None:
     """Refuse NaN or infinity in a calibration batch, naming the first bad sample: one gives a scale of inf or
     NaN (ONNX Runtime's MinMax takes the range as it comes), and with it a file that answers garbage."""
-    bad = ~np.isfinite(value).reshape(len(value), -1).all(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):  # finite as the model reads it: float64 1e300 is inf in FP32
+        bad = ~np.isfinite(value.astype(np.float32)).reshape(len(value), -1).all(axis=1)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
-        raise InputError(f"calibration input {name!r} from {where} holds NaN or infinity in sample {first} "
-                         f"({int(bad.sum())} of {len(value)} samples); calibrate on finite data")
+        raise InputError(f"calibration input {name!r} from {where} holds NaN or infinity (as float32) in sample "
+                         f"{first} ({int(bad.sum())} of {len(value)} samples); calibrate on finite data")
 
 
 def _split(value: np.ndarray, name: str, where: str, profile: ShapeProfile | None) -> list[np.ndarray]:
@@ -566,10 +567,11 @@ def _refuse_empty_ranges(qdq: onnx.ModelProto, ranges) -> None:
         name = node.input[0] if node.op_type == "QuantizeLinear" else None
         if name is None or name in inits or name not in ranges:
             continue
-        low, high = (float(np.max(np.abs(v))) for v in ranges[name].range_value)
-        if max(low, high) < np.finfo(np.float32).tiny:
-            raise ExportError(f"tensor {name!r} (quantized by {node.name!r}) is 0 on all the calibration data, so "
-                              "it has no range to scale; calibrate on inputs that exercise it. Nothing was written")
+        amax = max(float(np.max(np.abs(v))) for v in ranges[name].range_value)
+        if amax / 127 < np.finfo(np.float32).tiny:  # ONNX Runtime's test: a scale (range / 254) below tiny -> 1.0
+            size = "0" if amax == 0 else f"at most {amax:.3g}"
+            raise ExportError(f"tensor {name!r} (quantized by {node.name!r}) is {size} on all the calibration data, "
+                              "too small a range to scale; calibrate on inputs that exercise it. Nothing was written")
 
 
 def int8_to_fp8(model: onnx.ModelProto) -> onnx.ModelProto:

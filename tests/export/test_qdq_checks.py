@@ -79,7 +79,7 @@ def test_nan_or_inf_calibration_file_is_refused_naming_file_and_sample(tmp_path,
     data = np.random.default_rng(0).standard_normal((5, 32, 4, 4)).astype(np.float32)
     data[3, 7, 1, 2] = value
     np.save(tmp_path / "calib.npy", data)
-    with pytest.raises(InputError, match=r"'x' from .*calib\.npy holds NaN or infinity in sample 3 \(1 of 5"):
+    with pytest.raises(InputError, match=r"'x' from .*calib\.npy holds NaN or infinity \(as float32\) in sample 3 \(1 of 5"):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=tmp_path / "calib.npy", precision=precision)
     _assert_nothing_written(tmp_path, {"m.onnx", "calib.npy"})
 
@@ -112,6 +112,26 @@ def test_activation_with_an_empty_range_is_refused(tmp_path, precision):
     with pytest.raises(ExportError, match=r"tensor 'h' \(quantized by .*\) is 0 on all the calibration data"):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=feeds, precision=precision)
     _assert_nothing_written(tmp_path, {"m.onnx"})
+
+
+def test_a_range_too_small_for_a_normal_scale_is_refused(tmp_path):
+    """Data around 1e-38: range / 254 is below float32's smallest normal, and ONNX Runtime writes scale 1.0,
+    which rounds every value of the tensor to 0 (found by a hostile review)."""
+    _conv_model(tmp_path / "m.onnx", "add")
+    feeds = _feeds(np.random.default_rng(0).standard_normal((4, 32, 4, 4)).astype(np.float32) * 1e-38)
+    with pytest.raises(ExportError, match=r"is at most [0-9.e-]+ on all the calibration data, too small a range"):
+        quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=feeds)
+    _assert_nothing_written(tmp_path, {"m.onnx"})
+
+
+def test_float64_data_that_is_infinite_in_float32_is_refused_naming_the_sample(tmp_path):
+    _conv_model(tmp_path / "m.onnx", "add")
+    data = np.random.default_rng(0).standard_normal((3, 32, 4, 4))
+    data[1, 0, 0, 0] = 1e300
+    np.save(tmp_path / "calib.npy", data)
+    with pytest.raises(InputError, match=r"holds NaN or infinity \(as float32\) in sample 1 \(1 of 3"):
+        quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=tmp_path / "calib.npy")
+    _assert_nothing_written(tmp_path, {"m.onnx", "calib.npy"})
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
