@@ -110,9 +110,14 @@ def set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
         proto.metadata_props.add(key=key, value=str(value))
 
 
+def get_metadata(proto: onnx.ModelProto) -> dict[str, str]:
+    """The ``metadata_props`` of a loaded model, as a dict."""
+    return {p.key: p.value for p in proto.metadata_props}
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The ``metadata_props`` of an ONNX file (weights are not loaded)."""
-    return {p.key: p.value for p in _load(path).metadata_props}
+    return get_metadata(_load(path))
 
 
 def _load(path: str | Path) -> onnx.ModelProto:
@@ -156,7 +161,7 @@ def check_onnx_file(path: str | Path) -> OnnxFile:
     _check_versions(path, model)
     _check_dims(path, model)
     checked = OnnxFile(path, model, _external_files(path, model))
-    profile_of({p.key: p.value for p in model.metadata_props}, checked.inputs)
+    profile_of(get_metadata(model), checked.inputs)
     return checked
 
 

@@ -96,28 +96,20 @@ def qdq_problems(model: onnx.ModelProto) -> list[str]:
     return problems
 
 
-def _read_model(path: Path, external_data: bool = False) -> onnx.ModelProto | None:
-    """The graph at ``path``, read from a regular file only (a FIFO named .onnx must not block); its external
-    data stays external unless asked for. None if it is no ONNX model (protobuf cannot parse it)."""
+def _load(path: Path) -> onnx.ModelProto:
+    """The graph at ``path`` with its external data, read from a regular file only (a FIFO named .onnx must
+    not block)."""
     try:
         with open_regular(path) as f:
             model = onnx.load_model_from_string(f.read())
     except InputError as e:
         raise BackendError(str(e)) from None
     except Exception:  # protobuf decode errors
-        return None
-    if external_data:
-        try:
-            load_external_data_for_model(model, str(path.parent))
-        except Exception as e:  # missing files, locations outside the model's folder
-            raise BackendError(f"{path}: cannot read its external data ({type(e).__name__}: {first_line(e)})") from None
-    return model
-
-
-def _load(path: Path) -> onnx.ModelProto:
-    model = _read_model(path, external_data=True)
-    if model is None:
-        raise BackendError(f"{path} is not a readable ONNX model (protobuf cannot parse it)")
+        raise BackendError(f"{path} is not a readable ONNX model (protobuf cannot parse it)") from None
+    try:
+        load_external_data_for_model(model, str(path.parent))
+    except Exception as e:  # missing files, locations outside the model's folder
+        raise BackendError(f"{path}: cannot read its external data ({type(e).__name__}: {first_line(e)})") from None
     return model
 
 
@@ -133,7 +125,7 @@ def check_onnx(onnx_path: str | Path, model: onnx.ModelProto | None = None) -> s
             model = metadata.check_onnx_file(onnx_path).model
         except ExportError as e:
             raise BackendError(str(e)) from None
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta = metadata.get_metadata(model)
     seen = graph_precision(model)
     if metadata.PRECISION in meta and (said := metadata.precision_of(meta)) != seen:
         raise BackendError(f"{onnx_path}: metadata {metadata.PRECISION} says {said} but the graph holds {seen} "

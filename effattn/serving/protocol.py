@@ -212,7 +212,6 @@ ALIGNMENT = 16
 _VALUE_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
 
 
-
 def values_tensor(name: str, shape, values: Any, dtype: np.dtype, count: int) -> np.ndarray:
     """A tensor from a list of values (JSON ``data``, gRPC typed contents), checked for kind, range and count
     (no strings, no floats into integer inputs, nothing ragged, nothing the type would wrap or overflow)."""

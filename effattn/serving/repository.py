@@ -236,7 +236,7 @@ def _onnx_io(checked: OnnxFile) -> tuple[list[TensorConfig], list[TensorConfig],
 
     init = {i.name for i in model.graph.initializer}
     return (tensors([v for v in model.graph.input if v.name not in init]), tensors(model.graph.output),
-            metadata.profile_of({p.key: p.value for p in model.metadata_props}))
+            metadata.profile_of(metadata.get_metadata(model)))
 
 
 def _plan_io(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], ShapeProfile | None]:
