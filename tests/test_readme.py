@@ -1,9 +1,15 @@
-"""The README's set-up commands are what CI runs, word for word."""
+"""The README and docs/ are tested as written: CI runs the README's set-up commands word for word, the
+code blocks run, the command lines parse, and every link resolves."""
 
 import re
+import shlex
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [ROOT / "README.md", *DOCS, *sorted((ROOT / "benchmarks" / "results").glob("*.md"))]
 
 
 def test_ci_runs_the_readme_commands_verbatim():
@@ -16,17 +22,14 @@ def test_ci_runs_the_readme_commands_verbatim():
 
 
 def test_the_serving_client_example_works_as_written(tmp_path):
-    """Export and serve as the README says, then run its client code word for word (address aside)."""
+    """Export and serve as docs/serving.md says, then run its client code word for word (address aside)."""
     import subprocess
     import sys
-
-    import pytest
 
     pytest.importorskip("tritonclient.http", reason="the client example needs tritonclient[http] (test extra)")
     from effattn.serving.launch import running_server
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Serving")[1]
+    section = (ROOT / "docs" / "serving.md").read_text()
     commands = re.findall(r"```bash\n(.*?)```", section, re.S)[0].strip().splitlines()
     export = commands[0].split("#")[0].split()
     assert export[:2] == ["effattn", "export"] and commands[1].split("#")[0].split() == ["effattn", "serve", "seg.onnx"]
@@ -76,3 +79,65 @@ def test_the_python_api_examples_run_as_written_for_a_zoo_model_and_a_user_model
         assert run.returncode == 0, run.stderr[-2000:]
         assert printed in run.stdout and "FAIL" not in run.stdout, run.stdout
     assert (tmp_path / "seg.onnx").is_file() and (tmp_path / "mine.onnx").is_file()
+
+
+def test_the_readme_is_a_front_door_of_at_most_200_lines():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move the detail to a docs/ page"
+
+
+def _links(page: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # links, not code
+    return re.findall(r"\]\(([^)\s]+)\)", text)
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.*)$", text, re.M)}
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    assert DOCS, "no docs/*.md pages"
+    linked = {(ROOT / link.split("#")[0]).resolve() for link in _links(ROOT / "README.md")}
+    assert [p.name for p in DOCS if p.resolve() not in linked] == []
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(page):
+    broken = []
+    for link in _links(page):
+        if re.match(r"[a-z]+:", link):
+            continue  # http(s), mailto: not checked offline
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.exists():
+            broken.append(link)
+        elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
+            broken.append(link)
+    assert broken == []
+
+
+def _cli_examples(page: Path) -> list[str]:
+    """Every ``effattn ...`` command in a page's bash blocks (continuations joined, comments dropped)."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("&&"):
+                words = shlex.split(part, comments=True)
+                if words[:1] == ["effattn"]:
+                    commands.append(words[1:])
+    return commands
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *DOCS], ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_command_lines_shown_parse(page):
+    """Each example is a valid command line of today's CLI (parsed, not run)."""
+    from effattn.cli import build_parser
+
+    parser = build_parser()
+    for words in _cli_examples(page):
+        try:
+            parser.parse_args(words)
+        except SystemExit:
+            pytest.fail(f"{page.name}: 'effattn {shlex.join(words)}' does not parse")
