@@ -141,3 +141,22 @@ def test_the_command_lines_shown_parse(page):
             parser.parse_args(words)
         except SystemExit:
             pytest.fail(f"{page.name}: 'effattn {shlex.join(words)}' does not parse")
+
+
+def test_the_precision_example_runs_as_written(tmp_path):
+    """docs/precision.md's Python block, word for word, on an export of the trained segmenter."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("openvino", reason="the example runs INT8 and BF16 on OpenVINO (cpu extra)")
+    from effattn.runtime.openvino_runner import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("the example asks OpenVINO for BF16, which this CPU lacks")
+    code = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "precision.md").read_text(), re.S)[0]
+    export = ["effattn", "export", "ea_segnet_tiny", "--pretrained", "-o", "seg.onnx", "-q"]
+    subprocess.run([sys.executable, "-m", *export], cwd=tmp_path, check=True)
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().endswith("(1, 3, 64, 64)"), run.stdout
+    assert (tmp_path / "seg.int8.onnx").is_file()
