@@ -23,7 +23,7 @@ def test_the_serving_client_example_works_as_written(tmp_path):
     import pytest
 
     pytest.importorskip("tritonclient.http", reason="the client example needs tritonclient[http] (test extra)")
-    from effattn.serving.launch import running_server
+    from tests.harness import running_server
 
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Serving")[1]

@@ -26,7 +26,7 @@ from effattn.export import export_onnx
 from effattn.models import EfficientAttention
 from effattn.shapes import InputProfile, ShapeProfile
 
-from effattn.serving.launch import error_of, free_port, http, running_server
+from tests.harness import error_of, free_port, http, running_server
 
 http_client = pytest.importorskip("tritonclient.http", reason="tests need tritonclient[http] (the test extra)")
 grpc_client = pytest.importorskip("tritonclient.grpc", reason="tests need tritonclient[grpc] (the test extra)")
