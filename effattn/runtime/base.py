@@ -137,6 +137,11 @@ class Runner(abc.ABC):
         calls that outlived their timeout, so a model that never finishes does not hold a worker forever."""
         return False
 
+    def stop_spinning(self) -> None:
+        """Let the backend's idle threads sleep between runs instead of spinning for the next one; a no-op for
+        backends whose threads do not spin (the default). A server calls it for every model it serves: between
+        engine calls its own threads (HTTP, gRPC, batching) need the cores."""
+
     def warmup(self, iterations: int = 3) -> None:
         """Run a few times at the profile's opt shape so lazy allocations happen before timing."""
         if self.profile is None:

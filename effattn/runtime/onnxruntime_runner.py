@@ -111,7 +111,7 @@ class OnnxRuntimeRunner(Runner):
 
     def stop_spinning(self) -> None:
         """Reopen the session with sleeping idle threads (``spinning=False``), if it spins; CPU sessions only
-        (a graph session keeps its captured graphs). For a server, whose own threads need the cores."""
+        (a graph session keeps its captured graphs)."""
         if self.spinning and self.device == "cpu":
             self.session = create_session(self.path, self.device, self.threads, spinning=False)
             self.spinning = False

@@ -197,12 +197,11 @@ class Metrics:
 def serve_model(name: str, runner: Runner, options: ServeOptions, metrics: Metrics) -> ServedModel:
     """``runner`` with its batcher and its Triton config: batching up to the limit :func:`.repository.batch_limit`
     sets from the graph (none for a model without a shape profile: nothing says which batch sizes it takes).
-    A runner that can (ONNX Runtime on the CPU) stops spinning its idle threads: between engine calls the
-    server's own threads (HTTP, gRPC, batching) need the cores, and spinning threads took them (README)."""
+    The runner's idle threads stop spinning (:meth:`Runner.stop_spinning`: ONNX Runtime on the CPU): between
+    engine calls the server's own threads (HTTP, gRPC, batching) need the cores, and spinning threads took them
+    (README)."""
     check_model_name(name)
-    quiet = getattr(runner, "stop_spinning", None)  # ONNX Runtime on the CPU: see the README's Serving
-    if quiet is not None:
-        quiet()
+    runner.stop_spinning()
     requested = options.max_batch_size if runner.profile is not None else 1
     tensors = runner_tensors(runner.inputs) + runner_tensors(runner.outputs)
     max_batch = max(1, batch_limit(requested, tensors, runner.profile))
