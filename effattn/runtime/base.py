@@ -66,8 +66,8 @@ class Runner(abc.ABC):
 
     @property
     def profile(self) -> ShapeProfile | None:
-        profiles = [s.profile for s in self.inputs.values()]
-        return ShapeProfile(tuple(profiles)) if all(profiles) else None
+        profiles = [s.profile for s in self.inputs.values() if s.profile is not None]
+        return ShapeProfile(tuple(profiles)) if len(profiles) == len(self.inputs) else None
 
     def infer(self, feed: Mapping[str, Any] | Any) -> dict[str, np.ndarray]:
         """Outputs by name for ``feed`` (numpy arrays or torch tensors; a bare array if one input)."""
@@ -100,17 +100,18 @@ class Runner(abc.ABC):
                     f"convert it first (e.g. x.astype(np.{np.dtype(spec.dtype).name}))"
                 )
             shape = tuple(value.shape)
-            if len(shape) != len(spec.shape):
+            expected = spec.shape if spec.shape is not None else shape  # None: any shape
+            if len(shape) != len(expected):
                 raise InputError(
                     f"input {name!r} has rank {len(shape)} (shape {format_shape(shape)}), expected rank "
-                    f"{len(spec.shape)} like {format_shape(spec.shape)}"
+                    f"{len(expected)} like {format_shape(expected)}"
                 )
-            for axis, (size, want) in enumerate(zip(shape, spec.shape)):
+            for axis, (size, want) in enumerate(zip(shape, expected)):
                 if isinstance(want, int) and size != want:
                     axis_name = spec.profile.axis_names[axis] if spec.profile else f"axis {axis}"
                     raise InputError(
                         f"input {name!r} axis {axis} ({axis_name}) is {size}, expected {want} "
-                        f"(shape {format_shape(shape)}, model takes {format_shape(spec.shape)})"
+                        f"(shape {format_shape(shape)}, model takes {format_shape(expected)})"
                     )
                 if size <= 0:
                     raise InputError(f"input {name!r} has an empty axis {axis} (shape {format_shape(shape)})")

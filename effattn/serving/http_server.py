@@ -81,7 +81,7 @@ class HttpApi:
     def __init__(self, server: Server) -> None:
         self.server, self.options = server, server.options
         self.grpc = None
-        self.stopping: asyncio.Task | None = None
+        self.stopping: asyncio.Future | None = None
         self.app = Starlette(routes=self.routes(), lifespan=self.lifespan,
                              exception_handlers={404: self.not_routed, 405: self.not_routed})
         self.app.state.server = server
@@ -101,19 +101,20 @@ class HttpApi:
         yield
         await self.begin_shutdown()
 
-    def begin_shutdown(self) -> asyncio.Task:
+    def begin_shutdown(self) -> asyncio.Future:
         """Stop gRPC and the models, each within ``graceful_seconds`` from now, while HTTP connections drain
         (called when uvicorn's shutdown starts, and by the lifespan's end, which waits for it)."""
-        if self.stopping is None:
+        stopping = self.stopping
+        if stopping is None:
             self.server.closing = True  # not ready from now on
             grace = self.options.graceful_seconds
             stops = [self.server.stop(grace)] + ([self.grpc.stop(grace)] if self.grpc is not None else [])
-            self.stopping = asyncio.ensure_future(asyncio.gather(*stops))
-        return self.stopping
+            stopping = self.stopping = asyncio.ensure_future(asyncio.gather(*stops))
+        return stopping
 
     # ------------------------------------------------------------------------------- inference
     async def infer(self, receive, send, headers, name: str, version: str | None) -> None:
-        start, held = time.perf_counter(), []
+        start, held = time.perf_counter(), list[int]()
         try:
             body, response_headers = await self.answer(receive, headers, name, version, held)
             status = 200
@@ -345,9 +346,11 @@ def serve(models: Mapping[str, Runner], port: int = 8000, options: ServeOptions 
     app = create_app(models, options)
     # asyncio's loop even where uvloop is installed: uvloop measured no faster here, and under load it accepted
     # new connections late enough that a graceful shutdown refused some (tests/serving: graceful shutdown)
+    # uvicorn's hints say int seconds for both timeouts; it waits with asyncio, which takes fractions too
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", http=guarded_protocol(),
-                            loop="asyncio", timeout_graceful_shutdown=options.graceful_seconds + ANSWER_MARGIN_S,
-                            limit_concurrency=options.max_connections, timeout_keep_alive=options.keep_alive_s)
+                            loop="asyncio", limit_concurrency=options.max_connections,
+                            timeout_graceful_shutdown=options.graceful_seconds + ANSWER_MARGIN_S,  # type: ignore[arg-type]
+                            timeout_keep_alive=options.keep_alive_s)  # type: ignore[arg-type]
     with sock:
         try:
             Uvicorn(config, app).run(sockets=[sock])

@@ -10,7 +10,7 @@ import json
 import reprlib
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -82,8 +82,10 @@ def load_json(data, what: str):
         raise RequestError(400, f"malformed JSON in {what}: {str(e)[:200]}") from None
 
 
-def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, bytes | memoryview]:
     """The JSON part and the binary part of an infer request body (binary tensor data extension)."""
+    head: bytes | memoryview
+    binary: bytes | memoryview
     if header_length is not None:
         n = header_size(HEADER_LENGTH, header_length)
         if n > len(body):
@@ -103,11 +105,12 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, b
 # ------------------------------------------------------------------------------ input tensors
 def decode_inputs(request: dict, binary, runner: Runner, max_bytes: int = 2**62) -> dict[str, np.ndarray]:
     """Input tensors of an HTTP request by name, each checked against its declared shape and the model's datatype."""
-    feed, offset = {}, 0
+    feed: dict[str, np.ndarray] = {}
+    offset = 0
     for i, tensor in enumerate(request["inputs"]):
         if not isinstance(tensor, dict):
             raise RequestError(400, f"inputs[{i}] must be an object with name, shape, datatype")
-        name, shape = tensor.get("name"), tensor.get("shape")
+        name, shape = cast(str, tensor.get("name")), tensor.get("shape")  # tensor_header refuses a non-str name
         dtype, count = tensor_header(name, shape, tensor.get("datatype"), runner, max_bytes)
         if name in feed:
             raise RequestError(400, f"input {name!r} is given twice")
@@ -143,19 +146,20 @@ def read_infer_request(body: bytes, header_length: str | None, runner: Runner,
 
 
 # ------------------------------------------------------------------------------ responses
-def wanted_outputs(request: dict, outputs: Mapping[str, np.ndarray]) -> list[tuple[str, bool]]:
-    """(name, binary?) of each output the request asks for (all, by default)."""
+def wanted_outputs(request: dict, outputs: Mapping[str, object]) -> list[tuple[str, bool]]:
+    """(name, binary?) of each output the request asks for (all of ``outputs``, by name, by default)."""
     default_binary = parameters(request, "the request").get("binary_data_output", False)
     wanted = request.get("outputs")
     if wanted is None:
         wanted = [{"name": n} for n in outputs]
     elif not isinstance(wanted, list):
         raise RequestError(400, "'outputs' must be a list")
-    chosen, seen = [], set()
+    chosen: list[tuple[str, bool]] = []
+    seen: set[str] = set()
     for i, spec in enumerate(wanted):
         if not isinstance(spec, dict):
             raise RequestError(400, f"outputs[{i}] must be an object with a 'name'")
-        name = spec.get("name")
+        name = cast(str, spec.get("name"))  # check_output refuses a non-str name
         params = parameters(spec, f"output {str(name)[:100]!r}")
         check_output(name, outputs, seen, params)
         binary = params.get("binary_data", default_binary)
@@ -171,13 +175,14 @@ def encode_outputs(request: dict, outputs: Mapping[str, np.ndarray], chosen: lis
 
     Non-finite values in JSON outputs are written as ``NaN``/``Infinity``/``-Infinity`` (what Python's
     ``json`` and tritonclient read)."""
-    tensors, blobs = [], []
+    tensors: list[dict[str, Any]] = []
+    blobs: list[memoryview] = []
     for output, binary in chosen:
         value = np.asarray(outputs[output], order="C")  # ascontiguousarray makes a scalar 1-d
-        entry = {"name": output, "datatype": datatype_of(value.dtype), "shape": list(value.shape)}
+        entry: dict[str, Any] = {"name": output, "datatype": datatype_of(value.dtype), "shape": list(value.shape)}
         if binary:
             entry["parameters"] = {"binary_data_size": value.nbytes}
-            blobs.append(value.reshape(-1).view(np.uint8))  # no copy: joined once, below
+            blobs.append(value.reshape(-1).view(np.uint8).data)  # a view, no copy: joined once, below
         else:
             entry["data"] = value.reshape(-1).tolist()
         tensors.append(entry)

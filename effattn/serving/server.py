@@ -111,7 +111,8 @@ class TrimmingBudget(ByteBudget):
 
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
-        self.passed, self.trims, self._timer, self._trim = 0, 0, None, _malloc_trim()
+        self.passed, self.trims, self._trim = 0, 0, _malloc_trim()
+        self._timer: asyncio.TimerHandle | None = None
 
     def take(self, n: int) -> None:
         super().take(n)
@@ -351,7 +352,10 @@ class deadline:
         self.seconds = seconds
 
     def __enter__(self) -> deadline:
-        self.task, self.fired = asyncio.current_task(), False
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("deadline() is for a block inside an asyncio task")
+        self.task, self.fired = task, False
         self.handle = self.task.get_loop().call_later(self.seconds, self._fire)
         return self
 
@@ -359,10 +363,9 @@ class deadline:
         self.fired = True
         self.task.cancel()
 
-    def __exit__(self, kind, exc, tb) -> bool:
+    def __exit__(self, kind, exc, tb) -> None:  # None: exceptions go on
         self.handle.cancel()
         if self.fired and kind is asyncio.CancelledError:  # our cancel, not one from outside
             if hasattr(self.task, "uncancel"):
                 self.task.uncancel()
             raise TimeoutError from None
-        return False

@@ -6,6 +6,9 @@ one, naming it (tests/serving/test_uvicorn_guard.py checks the installed uvicorn
 
 from __future__ import annotations
 
+import asyncio
+from typing import TYPE_CHECKING, Any
+
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -54,14 +57,33 @@ def _checked(protocol: type) -> type:
     return protocol
 
 
-class HeadDeadline:
+if TYPE_CHECKING:
+    class _Connection:
+        """What the mixins below use of the uvicorn protocol they are mixed into (for type checkers only)."""
+
+        loop: asyncio.AbstractEventLoop
+        transport: asyncio.Transport
+        timeout_keep_alive: int
+        timeout_keep_alive_task: asyncio.TimerHandle | None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
+        def data_received(self, data: bytes) -> None: ...
+        def on_response_complete(self) -> None: ...
+        def timeout_keep_alive_handler(self) -> None: ...
+        def _unset_keepalive_if_required(self) -> None: ...
+        def head_open(self) -> bool: ...
+else:
+    _Connection = object
+
+
+class HeadDeadline(_Connection):
     """A deadline on each request's head, mixed into uvicorn's HTTP protocols: a connection that stays idle,
     or sends its request line and headers slowly, is closed ``timeout_keep_alive`` seconds after it opened
     (or after its last answer). uvicorn alone times only the idle gap after an answer, and any byte resets it.
 
     A protocol class says whether the head is still open (:meth:`head_open`); the rest is shared."""
 
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._head_deadline = self.loop.time() + self.timeout_keep_alive
         self._arm()
@@ -82,7 +104,7 @@ class HeadDeadline:
         self.timeout_keep_alive_task = self.loop.call_at(self._head_deadline, self.timeout_keep_alive_handler)
 
 
-class HeadLimit:
+class HeadLimit(_Connection):
     """A cap on each request head, mixed into uvicorn's HTTP protocols: httptools buffers a head without
     limit (a 39 MiB header was accepted), so a head that passes :data:`MAX_HEAD_BYTES` is answered 431 and
     its connection closed, unparsed. Head bytes are those that arrive while :meth:`head_open` holds, up to
@@ -118,10 +140,11 @@ class HeadWithBody:
     head and body leave in one send (one packet and one wake-up for the client, not two); a head with
     no body in that turn is written at its end. Everything else is the connection's own transport."""
 
-    def __init__(self, transport, loop) -> None:
-        self._transport, self._loop, self._head = transport, loop, None
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._loop = transport, loop
+        self._head: bytes | None = None
 
-    def write(self, data) -> None:
+    def write(self, data: bytes) -> None:
         if self._head is not None:
             head, self._head = self._head, None
             self._transport.write(head + data)
@@ -140,7 +163,7 @@ class HeadWithBody:
         self.flush()
         self._transport.close()
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
 
@@ -163,7 +186,7 @@ def guarded_protocol() -> type:
             cycle = self.cycle
             super().on_headers_complete()
             if self.cycle is not cycle:  # a new request: its answer goes out through a coalescing transport
-                self.cycle.transport = HeadWithBody(self.transport, self.loop)
+                self.cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
         def on_response_complete(self) -> None:
             self._answers += 1
