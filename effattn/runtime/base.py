@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import InputError
 from ..shapes import InputProfile, ShapeProfile, format_shape, random_inputs
@@ -36,19 +37,11 @@ class TensorSpec:
 def _dtype_of(value: Any) -> np.dtype:
     if isinstance(value, np.ndarray):
         return value.dtype
-    import torch
-
     return torch.empty((), dtype=value.dtype).numpy().dtype
 
 
 def _is_tensor(value: Any) -> bool:
-    if isinstance(value, np.ndarray):
-        return True
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        return False
-    return isinstance(value, torch.Tensor)
+    return isinstance(value, (np.ndarray, torch.Tensor))
 
 
 class Runner(abc.ABC):
@@ -124,8 +117,6 @@ class Runner(abc.ABC):
         return self._infer_torch(self.check_feed(feed))
 
     def _infer_torch(self, feed: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
         return {name: torch.from_numpy(value) for name, value in self._infer(feed).items()}
 
     @abc.abstractmethod
