@@ -162,5 +162,5 @@ def _openvino_is_faster(path: Path) -> bool:
     return precision == "int8" and openvino_available()
 
 
-__all__ = ["BACKENDS", "RUNNER_OPTIONS", "Choice", "choose_backend", "Report", "Runner", "TOLERANCES", "TensorSpec",
-           "Tolerance", "compare", "load", "profile_inputs", "random_inputs"]
+__all__ = ["BACKENDS", "RUNNER_OPTIONS", "TOLERANCES", "Choice", "Report", "Runner", "TensorSpec", "Tolerance",
+           "choose_backend", "compare", "load", "profile_inputs", "random_inputs"]

@@ -35,7 +35,6 @@ uvicorn parses HTTP with httptools where it is installed (a dependency), else wi
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket

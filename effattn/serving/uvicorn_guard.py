@@ -7,6 +7,7 @@ one, naming it (tests/serving/test_uvicorn_guard.py checks the installed uvicorn
 from __future__ import annotations
 
 import asyncio
+from importlib.metadata import PackageNotFoundError, requires
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -16,7 +17,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from ..errors import BackendError
 from .http_wire import error_body
 
-__all__ = ["ATTRIBUTES", "METHODS", "HeadWithBody", "MAX_HEAD_BYTES", "guarded_protocol", "missing_internals"]
+__all__ = ["ATTRIBUTES", "MAX_HEAD_BYTES", "METHODS", "HeadWithBody", "guarded_protocol", "missing_internals"]
 
 #: The most bytes a request head (request line and headers) may take, as common servers cap it (64 KiB).
 MAX_HEAD_BYTES = 64 * 1024
@@ -31,6 +32,7 @@ ATTRIBUTES = {"H11Protocol": ("loop", "transport", "timeout_keep_alive", "timeou
               "HttpToolsProtocol": ("loop", "transport", "timeout_keep_alive", "timeout_keep_alive_task", "cycle",
                                     "cycle.transport")}
 
+
 def missing_internals(protocol: type) -> list[str]:
     """``protocol``'s missing :data:`METHODS`, as ``Class.name`` (attributes are set per connection, so only a
     live connection shows them: the tests check those)."""
@@ -40,8 +42,6 @@ def missing_internals(protocol: type) -> list[str]:
 
 def tested_uvicorn() -> str:
     """The uvicorn requirement effattn is installed with (pyproject.toml's bound: the releases tested)."""
-    from importlib.metadata import PackageNotFoundError, requires
-
     try:
         found = [r.split(";")[0].strip() for r in requires("effattn") or () if r.startswith("uvicorn")]
     except PackageNotFoundError:  # pragma: no cover - run from a source tree that was never installed
