@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effattn.serving.launch import running_server  # noqa: E402
+from tests.harness import running_server  # noqa: E402
 
 
 def load(base: str, clients: int, seconds: float, image: np.ndarray) -> dict:

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effattn.serving.launch import running_server  # noqa: E402
+from tests.harness import running_server  # noqa: E402
 
 LUA = """
 local f = io.open("{body}", "rb")

@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from effattn.serving.launch import free_port, http, running_server  # noqa: E402
+from tests.harness import free_port, http, running_server  # noqa: E402
 
 WHEEL = "nvidia-pytriton==0.7.0"
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from serve_wrk import request_files, wrk  # noqa: E402
 from triton_conformance import WHEEL, export_seg, install_triton, start_triton, write_repository  # noqa: E402
 
-from effattn.serving.launch import running_server  # noqa: E402
+from tests.harness import running_server  # noqa: E402
 
 
 def rounds(bases: dict[str, str], script: Path, connections: list[int], seconds: float, count: int) -> dict:

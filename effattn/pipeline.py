@@ -101,11 +101,11 @@ class Parity:
 
 
 def compare_file(onnx_path: str | Path, reference: ModelSource, backend: str = "auto", device: str | None = None,
-                 seed: int | None = None, **options) -> Parity:
+                 seed: int | None = None, rtx: bool | None = None) -> Parity:
     """Run ``onnx_path`` on a backend and eager ``reference`` on the same fresh inputs (random at min/opt/max,
     plus task images for trained weights), against the tolerances of the graph's (or runner's) precision."""
     meta = metadata.read_metadata(onnx_path)
-    with load(onnx_path, backend=backend, device=device, **options) as runner:
+    with load(onnx_path, backend=backend, device=device, rtx=rtx) as runner:
         profile = runner.profile or reference.profile
         if profile is None:
             raise InputError("neither the file nor the model has a shape profile")

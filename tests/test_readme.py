@@ -27,7 +27,7 @@ def test_the_serving_client_example_works_as_written(tmp_path):
     import sys
 
     pytest.importorskip("tritonclient.http", reason="the client example needs tritonclient[http] (test extra)")
-    from effattn.serving.launch import running_server
+    from tests.harness import running_server
 
     section = (ROOT / "docs" / "serving.md").read_text()
     commands = re.findall(r"```bash\n(.*?)```", section, re.S)[0].strip().splitlines()

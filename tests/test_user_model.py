@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from effattn.cli import main
-from effattn.serving.launch import http, running_server
+from tests.harness import http, running_server
 
 NETS = '''
 from torch import nn

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -110,7 +111,7 @@ class Backends:
         path = self.onnx(precision)
         if kind == "tensorrt":
             path = build_engine(path, precision=precision, cache_dir=self.folder / "engines", progress=False).plan
-        options = {"precision": "fp32"} if backend == "openvino-fp32" else {}
+        options: dict[str, Any] = {"precision": "fp32"} if backend == "openvino-fp32" else {}
         if backend in ("openvino", "openvino-dynamic-int8"):
             options["static_shapes"] = False
         return load(path, backend=kind, device=self.device, threads=self.threads, **options)

@@ -214,7 +214,7 @@ def _build(add) -> None:
     p.add_argument("--workspace", type=Number(float, 0.001, 1024.0), metavar="GIB",
                    help="TensorRT workspace limit in GiB")
     p.add_argument("--opt-level", type=Number(int, 0, 5), default=3, help="builder optimisation level 0-5 (3)")
-    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "effattn" / "engines")
+    p.add_argument("--cache-dir", type=Path, help="engine cache (default: ~/.cache/effattn/engines)")
     p.add_argument("--rtx", action="store_true", help="use TensorRT for RTX (tensorrt_rtx)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="ONNX Runtime: device the graph is optimised for")
     p.add_argument("--force", action="store_true", help="overwrite the output")

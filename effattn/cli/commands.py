@@ -25,7 +25,7 @@ from ..export import export_onnx, quantize
 from ..files import atomic_output, check_writable, require_file
 from ..models import create_model, get_entry, list_models, load_model
 from ..names import parse_model_spec
-from ..runtime import Runner, choose_backend, load, random_inputs
+from ..runtime import Runner, load, random_inputs
 from ..serving.grpc_server import check_grpc_port, require_grpc
 from ..serving.http_server import ServeOptions, listen, serve
 from ..serving.repository import TritonOptions, write_repository
@@ -92,9 +92,9 @@ def mib(value: float) -> int:
     return int(value * 2**20)
 
 
-def _rtx(args) -> dict:
-    """``rtx=True`` for the TensorRT runners when --rtx was given (otherwise each plan's sidecar decides)."""
-    return {"rtx": True} if getattr(args, "rtx", False) else {}
+def _rtx(args) -> bool | None:
+    """``rtx=True`` for the TensorRT runners when --rtx was given (None: each plan's sidecar decides)."""
+    return True if getattr(args, "rtx", False) else None
 
 
 # ----------------------------------------------------------------------------------------- commands
@@ -151,7 +151,7 @@ def _feed_for(args, runner: Runner) -> dict:
 def cmd_run(args) -> None:
     if args.output:
         check_writable(args.output, args.force)
-    with load(args.onnx, backend=args.backend, device=args.device, **_rtx(args)) as runner:
+    with load(args.onnx, backend=args.backend, device=args.device, rtx=_rtx(args)) as runner:
         feed = _feed_for(args, runner)
         try:
             outputs = runner.infer(feed)
@@ -181,7 +181,7 @@ def cmd_compare(args) -> None:
     reference = pipeline.reference_for(meta, args.model, args.checkpoint, args.pretrained, model_args(args.arg),
                                        trust_metadata=args.trust_metadata)
     parity = pipeline.compare_file(args.onnx, reference, backend=args.backend, device=args.device, seed=args.seed,
-                                   **_rtx(args))
+                                   rtx=_rtx(args))
     if args.json:
         _print_json(parity.report.to_dict())
     else:
@@ -286,8 +286,7 @@ def cmd_bench(args) -> None:
 
 def served_models(specs: Sequence[str], args) -> dict[str, Runner]:
     """``[NAME=]FILE`` specs -> runners, names defaulting to the file name before its first dot; every name and
-    file is checked before the first model loads. ONNX Runtime CPU sessions open with sleeping idle threads
-    (the server's own threads need the cores between engine calls; see the README's Serving)."""
+    file is checked before the first model loads."""
     named = [parse_model_spec(spec) for spec in specs]
     names = [name for name, _ in named]
     for name, path in named:
@@ -296,13 +295,8 @@ def served_models(specs: Sequence[str], args) -> dict[str, Runner]:
         if require_file(path, "an .onnx or .plan file to serve").suffix.lower() == ".onnx":
             check_onnx(path)  # as load() will, but for every file before the first one loads
     models = {}
-    for name, path in named:
-        if path.suffix.lower() == ".onnx":  # decided once here, so ONNX Runtime CPU sessions open non-spinning
-            choice = choose_backend(path, args.backend, args.device)
-            quiet = {"spinning": False} if choice.backend == "onnxruntime" and choice.device == "cpu" else {}
-            models[name] = load(path, backend=choice.backend, device=choice.device, threads=args.threads, **quiet)
-        else:
-            models[name] = load(path, backend=args.backend, device=args.device, threads=args.threads)
+    for name, path in named:  # their threads stop spinning when served (Runner.stop_spinning, called by the server)
+        models[name] = load(path, backend=args.backend, device=args.device, threads=args.threads)
         log.info("serving %s from %s on %s", name, path, models[name].backend)
     return models
 

@@ -235,7 +235,7 @@ def build_engine(
     precision: str | None = None,
     *,
     output: str | Path | None = None,
-    cache_dir: str | Path = Path.home() / ".cache" / "effattn" / "engines",
+    cache_dir: str | Path | None = None,
     workspace_gib: float | None = None,
     optimization_level: int = 3,
     fp16_flag: bool = False,
@@ -249,7 +249,8 @@ def build_engine(
     converts it first (into the cache); anything the graph cannot give is refused (see
     :func:`.precision.engine_precision`, which the CLI calls to say what will be built). ``fp16_flag=True``
     builds the FP32 (or INT8) graph weakly typed with the FP16 flag (TensorRT 10 only). ``profiles`` default
-    to the file's own shape profile. ``output`` copies the plan (and sidecar) there.
+    to the file's own shape profile. ``output`` copies the plan (and sidecar) there. ``cache_dir``: the engine
+    cache (None: ``~/.cache/effattn/engines``).
     """
     start = time.perf_counter()
     onnx_path = Path(onnx_path)
@@ -263,7 +264,7 @@ def build_engine(
     if refusal := capability_refusal(decision.precision, capability):
         raise BackendError(f"{onnx_path}: {refusal}")
     typing = network_typing(str(trt.__version__), decision, rtx)
-    cache = EngineCache(cache_dir)
+    cache = EngineCache(Path.home() / ".cache" / "effattn" / "engines" if cache_dir is None else cache_dir)
     source = (onnx_path if decision.convert is None else
               converted_graph(decision, onnx_path, scratch_path(cache.root, onnx_path, decision.convert)))
     meta = read_metadata(source)

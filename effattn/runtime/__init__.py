@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
 from .. import metadata
@@ -63,52 +65,84 @@ def choose_backend(path: str | Path, backend: str = "auto", device: str | None =
     return Choice("onnxruntime", device, f"ONNX Runtime on {device}{why}")
 
 
+#: The runner options each backend takes: :func:`load` refuses any other, by name.
+RUNNER_OPTIONS = {
+    "tensorrt": ("cuda_graph", "contexts"),
+    "onnxruntime": ("cuda_graph", "io_binding", "spinning"),
+    "openvino": ("precision", "static_shapes"),
+    "torch": ("cuda_graph", "output_names", "dtype", "compile"),
+}
+
+
 def load(source: str | Path | nn.Module, backend: str = "auto", device: str | None = None,
-         profile: ShapeProfile | None = None, threads: int | None = None, **options) -> Runner:
+         profile: ShapeProfile | None = None, threads: int | None = None, *, rtx: bool | None = None,
+         cuda_graph: bool | None = None, contexts: int | None = None, io_binding: bool | None = None,
+         spinning: bool | None = None, precision: str | None = None, static_shapes: bool | None = None,
+         output_names: list[str] | None = None, dtype: torch.dtype | None = None,
+         compile: bool | None = None) -> Runner:
     """A Runner for an ONNX file or TensorRT plan (or an ``nn.Module`` for the eager reference).
 
     ``backend="auto"`` picks as :func:`choose_backend` says and logs which it picked; TensorRT builds the
     engine through the engine cache, in the graph's own precision. ``device`` forces ``cpu`` or ``cuda``.
-    ``.plan``/``.engine`` files go to TensorRT. ``options`` go to the runner: ``cuda_graph`` (all GPU
-    runners), ``contexts`` and ``rtx`` (TensorRT; ``rtx=True`` builds and runs with TensorRT for RTX, a
-    plan's sidecar otherwise says which), ``io_binding`` (ONNX Runtime), ``precision`` (OpenVINO:
-    ``auto``, BF16 where the CPU has it, or ``fp32``/``bf16``).
+    ``.plan``/``.engine`` files go to TensorRT. ``threads``: CPU threads, where the backend has them;
+    ``profile``: the inputs of an ``nn.Module`` (the torch backend); ``rtx=True``: TensorRT for RTX (a plan's
+    sidecar says otherwise). The rest are runner options, None meaning the runner's default; each backend
+    takes those :data:`RUNNER_OPTIONS` names (see its runner), and any other is a :class:`BackendError`:
+    ``cuda_graph`` (TensorRT, ONNX Runtime, torch), ``contexts`` (TensorRT), ``io_binding`` and ``spinning``
+    (ONNX Runtime), ``precision`` (OpenVINO: ``auto``, BF16 where the CPU has it, or ``fp32``/``bf16``) and
+    ``static_shapes`` (OpenVINO), ``output_names``, ``dtype`` and ``compile`` (torch).
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    rtx = options.pop("rtx", None)
+    options = _given(cuda_graph=cuda_graph, contexts=contexts, io_binding=io_binding, spinning=spinning,
+                     precision=precision, static_shapes=static_shapes, output_names=output_names, dtype=dtype,
+                     compile=compile)
     if isinstance(source, nn.Module) or backend == "torch":
         if not isinstance(source, nn.Module):
             raise BackendError("backend 'torch' runs an nn.Module; load the model with effattn.models.load_model")
         if profile is None:
             raise BackendError("the torch backend needs a ShapeProfile to know its inputs")
-        return TorchRunner(source, profile, device=device or "cpu", **options)
+        if rtx:
+            raise BackendError("rtx=True (--rtx) is for TensorRT; backend 'torch' is not")
+        return TorchRunner(source, profile, device=device or "cpu", **_taken("torch", options))
     path = Path(source)
     if path.suffix.lower() in (".plan", ".engine"):
         if backend not in ("auto", "tensorrt"):
             raise BackendError(f"{path} is a TensorRT engine; only the tensorrt backend runs it")
-        return _tensorrt_runner(path, rtx, **options)
+        return TensorRTRunner(path, rtx=rtx, **_taken("tensorrt", options))
     if path.suffix.lower() != ".onnx":
         raise BackendError(f"{path}: expected an .onnx file or a TensorRT .plan/.engine")
     check_onnx(path)  # before any backend sees it: the file itself, metadata against the graph, QDQ scales
     choice = choose_backend(path, backend, device, bool(rtx))
-    runner = _onnx_runner(path, choice, rtx, threads, **options)
+    runner = _onnx_runner(path, choice, rtx, threads, _taken(choice.backend, options))
     if backend == "auto":  # said once the runner exists: never before an error about the file
         log.info("backend auto: %s", choice.reason)
     return runner
 
 
-def _onnx_runner(path: Path, choice: Choice, rtx, threads: int | None, **options) -> Runner:
+def _given(**options: Any) -> dict[str, Any]:
+    """The options given a value (None: the runner's own default)."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _taken(backend: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options``, each checked to be one ``backend``'s runner takes."""
+    takes = RUNNER_OPTIONS[backend]
+    for name, value in options.items():
+        if name not in takes:
+            raise BackendError(f"the {backend} backend does not take {name}={value!r}; its options are "
+                               f"{', '.join(takes)}")
+    return options
+
+
+def _onnx_runner(path: Path, choice: Choice, rtx: bool | None, threads: int | None,
+                 options: dict[str, Any]) -> Runner:
     if choice.backend == "tensorrt":
         # precision=None: the graph's own (engines.precision decides, from the metadata checked against the graph)
-        return _tensorrt_runner(build_engine(path, rtx=bool(rtx)).plan, rtx, **options)
+        return TensorRTRunner(build_engine(path, rtx=bool(rtx)).plan, rtx=rtx, **options)
     if choice.backend == "openvino":
         return OpenVINORunner(path, threads=threads, **options)
     return OnnxRuntimeRunner(path, device=choice.device, threads=threads, **options)
-
-
-def _tensorrt_runner(plan: Path, rtx, **options) -> Runner:
-    return TensorRTRunner(plan, rtx=rtx, **options)
 
 
 def _float32_file(path: Path) -> bool:
@@ -128,5 +162,5 @@ def _openvino_is_faster(path: Path) -> bool:
     return precision == "int8" and openvino_available()
 
 
-__all__ = ["BACKENDS", "Choice", "choose_backend", "Report", "Runner", "TOLERANCES", "TensorSpec",
-           "Tolerance", "compare", "load", "profile_inputs", "random_inputs"]
+__all__ = ["BACKENDS", "RUNNER_OPTIONS", "TOLERANCES", "Choice", "Report", "Runner", "TensorSpec", "Tolerance",
+           "choose_backend", "compare", "load", "profile_inputs", "random_inputs"]

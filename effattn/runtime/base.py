@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import InputError
 from ..shapes import InputProfile, ShapeProfile, format_shape, random_inputs
@@ -36,19 +37,11 @@ class TensorSpec:
 def _dtype_of(value: Any) -> np.dtype:
     if isinstance(value, np.ndarray):
         return value.dtype
-    import torch
-
     return torch.empty((), dtype=value.dtype).numpy().dtype
 
 
 def _is_tensor(value: Any) -> bool:
-    if isinstance(value, np.ndarray):
-        return True
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        return False
-    return isinstance(value, torch.Tensor)
+    return isinstance(value, (np.ndarray, torch.Tensor))
 
 
 class Runner(abc.ABC):
@@ -66,8 +59,8 @@ class Runner(abc.ABC):
 
     @property
     def profile(self) -> ShapeProfile | None:
-        profiles = [s.profile for s in self.inputs.values()]
-        return ShapeProfile(tuple(profiles)) if all(profiles) else None
+        profiles = [s.profile for s in self.inputs.values() if s.profile is not None]
+        return ShapeProfile(tuple(profiles)) if len(profiles) == len(self.inputs) else None
 
     def infer(self, feed: Mapping[str, Any] | Any) -> dict[str, np.ndarray]:
         """Outputs by name for ``feed`` (numpy arrays or torch tensors; a bare array if one input)."""
@@ -100,17 +93,18 @@ class Runner(abc.ABC):
                     f"convert it first (e.g. x.astype(np.{np.dtype(spec.dtype).name}))"
                 )
             shape = tuple(value.shape)
-            if len(shape) != len(spec.shape):
+            expected = spec.shape if spec.shape is not None else shape  # None: any shape
+            if len(shape) != len(expected):
                 raise InputError(
                     f"input {name!r} has rank {len(shape)} (shape {format_shape(shape)}), expected rank "
-                    f"{len(spec.shape)} like {format_shape(spec.shape)}"
+                    f"{len(expected)} like {format_shape(expected)}"
                 )
-            for axis, (size, want) in enumerate(zip(shape, spec.shape)):
+            for axis, (size, want) in enumerate(zip(shape, expected)):
                 if isinstance(want, int) and size != want:
                     axis_name = spec.profile.axis_names[axis] if spec.profile else f"axis {axis}"
                     raise InputError(
                         f"input {name!r} axis {axis} ({axis_name}) is {size}, expected {want} "
-                        f"(shape {format_shape(shape)}, model takes {format_shape(spec.shape)})"
+                        f"(shape {format_shape(shape)}, model takes {format_shape(expected)})"
                     )
                 if size <= 0:
                     raise InputError(f"input {name!r} has an empty axis {axis} (shape {format_shape(shape)})")
@@ -123,8 +117,6 @@ class Runner(abc.ABC):
         return self._infer_torch(self.check_feed(feed))
 
     def _infer_torch(self, feed: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
         return {name: torch.from_numpy(value) for name, value in self._infer(feed).items()}
 
     @abc.abstractmethod
@@ -136,6 +128,11 @@ class Runner(abc.ABC):
         this backend cannot stop a run (the default) or that thread is in none. A server calls it for engine
         calls that outlived their timeout, so a model that never finishes does not hold a worker forever."""
         return False
+
+    def stop_spinning(self) -> None:
+        """Let the backend's idle threads sleep between runs instead of spinning for the next one; a no-op for
+        backends whose threads do not spin (the default). A server calls it for every model it serves: between
+        engine calls its own threads (HTTP, gRPC, batching) need the cores."""
 
     def warmup(self, iterations: int = 3) -> None:
         """Run a few times at the profile's opt shape so lazy allocations happen before timing."""

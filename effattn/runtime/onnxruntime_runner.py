@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .. import dtypes, metadata
 from ..engines.onnxruntime_session import create_session, import_onnxruntime
@@ -111,7 +112,7 @@ class OnnxRuntimeRunner(Runner):
 
     def stop_spinning(self) -> None:
         """Reopen the session with sleeping idle threads (``spinning=False``), if it spins; CPU sessions only
-        (a graph session keeps its captured graphs). For a server, whose own threads need the cores."""
+        (a graph session keeps its captured graphs)."""
         if self.spinning and self.device == "cpu":
             self.session = create_session(self.path, self.device, self.threads, spinning=False)
             self.spinning = False
@@ -145,16 +146,12 @@ class OnnxRuntimeRunner(Runner):
 
     # ------------------------------------------------------------------ I/O binding (CUDA)
     def _torch_dtype(self, name: str):
-        import torch
-
         spec = self.inputs.get(name) or self.outputs[name]
         return torch.from_numpy(np.empty(0, spec.dtype)).dtype
 
     def _infer_torch(self, feed: dict[str, Any]) -> dict[str, Any]:
         if not self.io_binding:
             return super()._infer_torch(feed)
-        import torch
-
         on_gpu = self.device != "cpu"
         device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
         cast = {k: torch.as_tensor(v).to(device).contiguous() for k, v in feed.items()}
@@ -176,8 +173,6 @@ class OnnxRuntimeRunner(Runner):
             outputs = self._empty_outputs(key, device)
             self._run(self._bind(cast, outputs), -1, options)
             return outputs
-        import torch
-
         graph_id, inputs, outputs = entry
         for name, value in cast.items():
             inputs[name].copy_(value)
@@ -187,8 +182,6 @@ class OnnxRuntimeRunner(Runner):
 
     def _first_run(self, feed: dict[str, Any], key: ShapeKey, options) -> dict[str, Any]:
         """Let ONNX Runtime allocate the outputs once to learn their shapes (no graph capture)."""
-        import torch
-
         device = next(iter(feed.values())).device
         binding = self._bind(feed, {})
         for name in self.outputs:
@@ -199,15 +192,11 @@ class OnnxRuntimeRunner(Runner):
         return {name: torch.from_numpy(v).to(device) for name, v in zip(self.outputs, values)}
 
     def _empty_outputs(self, key: ShapeKey, device) -> dict[str, Any]:
-        import torch
-
         return {name: torch.empty(shape, dtype=self._torch_dtype(name), device=device)
                 for name, shape in zip(self.outputs, self._output_shapes[key])}
 
     def _new_graph(self, feed: dict[str, Any], key: ShapeKey, device, options) -> tuple[int, dict, dict]:
         """Capture a graph for ``key``: the first run with a new id captures (id 0 is ONNX Runtime's own)."""
-        import torch
-
         graph_id, inputs = len(self._graphs) + 1, {k: v.clone() for k, v in feed.items()}
         outputs = self._empty_outputs(key, device)
         with CAPTURE_LOCK:

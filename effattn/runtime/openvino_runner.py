@@ -100,12 +100,12 @@ class OpenVINORunner(Runner):
         self.precision, self.hint = choose_precision(metadata.precision_of(self.metadata), precision)
         self.backend = "openvino-cpu" + ("" if self.precision == "fp32" else f"-{self.precision}")
         self.static_shapes = static_shapes
-        self._config = {"INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY"}
+        self._config: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
         self.model = self._read()
         self.compiled = None if static_shapes else self._compile(self.model)
-        ports = self.model if static_shapes else self.compiled
+        ports = self.model if self.compiled is None else self.compiled
         profile = metadata.profile_of(self.metadata)
         inputs = [self._spec(port, profile) for port in ports.inputs]
         super().__init__(inputs, [self._spec(port, None) for port in ports.outputs])
@@ -113,7 +113,7 @@ class OpenVINORunner(Runner):
         self._static: OrderedDict = OrderedDict()  # shapes -> (compiled model, its request pool)
         self._lock = threading.Lock()
         if static_shapes and self.profile is not None:  # compile errors at load, and the load time honest
-            self._static_compiled(tuple(self.inputs[name].profile.opt for name in self.inputs))
+            self._static_compiled(tuple(p.opt for p in self.profile.inputs))
 
     def _read(self):
         try:

@@ -13,7 +13,7 @@ import queue
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class TensorRTRunner(Runner):
             rtx = plan_backend(self.plan) == "tensorrt_rtx"
         self.rtx = rtx
         self.trt = trt = import_tensorrt(rtx)
-        gpu_name, capability = gpu_identity()
+        gpu_name, capability = cast(tuple[str, str], gpu_identity())  # required: raises without a GPU
         self.sidecar = verify_plan(self.plan, backend="tensorrt_rtx" if rtx else "tensorrt",
                                    backend_version=str(trt.__version__), gpu_name=gpu_name,
                                    compute_capability=capability)
@@ -90,12 +90,13 @@ class TensorRTRunner(Runner):
     def _new_slot(self, cuda_graph: bool | None) -> _Slot:
         """An execution context and its stream. TensorRT-RTX compiles kernels lazily, so a manual stream
         capture is unsafe there: its own CUDA-graph strategy (runtime config) captures instead."""
+        static = self.profile is not None and self.profile.static  # an engine's inputs always have a profile
         if self.rtx:
             context = self.engine.create_execution_context(self._rtx_runtime_config(cuda_graph))
-            policy = GraphPolicy(False, static_profile=self.profile.static)
+            policy = GraphPolicy(False, static_profile=static)
         else:
             context = self.engine.create_execution_context()
-            policy = GraphPolicy(cuda_graph, static_profile=self.profile.static)
+            policy = GraphPolicy(cuda_graph, static_profile=static)
         if context is None:
             raise BackendError(f"TensorRT could not create an execution context for {self.plan} (GPU memory?)")
         return _Slot(context, self.torch.cuda.Stream(), ShapeGraphs(policy, exclusive=True))

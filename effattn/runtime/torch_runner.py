@@ -91,4 +91,5 @@ class TorchRunner(Runner):
         return {name: to_numpy(v.float() if v.is_floating_point() else v) for name, v in self._infer_torch(feed).items()}
 
     def close(self) -> None:
-        self.model = self._call = self._graphs = None
+        self._graphs = None
+        self.model = self._call = None  # type: ignore[assignment]  # closed: nothing runs after close()

@@ -57,7 +57,8 @@ class _Call:
     __slots__ = ("batch", "thread", "stuck")
 
     def __init__(self, batch: list[_Request]) -> None:
-        self.batch, self.thread, self.stuck = batch, None, False
+        self.batch, self.stuck = batch, False
+        self.thread: int | None = None
 
 
 def _settle(waiter: asyncio.Future) -> None:

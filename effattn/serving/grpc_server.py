@@ -252,7 +252,7 @@ class GrpcApi:
         except Exception as e:  # an engine failure must not take the server down
             log.exception("inference on %s failed", call["model"])
             status, message = 500, f"inference failed: {type(e).__name__}: {e}"
-        data = None
+        del data  # the request's bytes go before the answer is sent (see above)
         self.server.answered(call["model"], status, time.perf_counter() - start)
         if status != 200:
             await context.abort(code or self.codes.get(status, self.internal), message)

@@ -1,9 +1,9 @@
 """``effattn serve``: a KServe v2 / Open Inference Protocol server over HTTP (Starlette + uvicorn).
 
 It speaks the protocol Triton speaks, including the binary tensor data extension, so client code
-written with ``tritonclient.http`` runs unchanged against this server and against Triton. The
-protocol itself (decoding and checking tensors, datatypes, errors) is :mod:`.protocol`, shared with
-the gRPC front end; the models, batchers, byte budget and metrics are one :class:`~.server.Server`.
+written with ``tritonclient.http`` runs unchanged against this server and against Triton. The HTTP wire
+format is :mod:`.http_wire`, the checks shared with the gRPC front end :mod:`.protocol`, the limits uvicorn
+lacks :mod:`.uvicorn_guard`; the models, batchers, byte budget and metrics are one :class:`~.server.Server`.
 Every bad request is answered with a status and a one-line ``{"error": ...}`` and the server goes on serving:
 
 - 400: malformed JSON, unknown tensor name, wrong datatype/shape, truncated binary payload
@@ -35,7 +35,6 @@ uvicorn parses HTTP with httptools where it is installed (a dependency), else wi
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -43,21 +42,20 @@ import time
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 
-import h11
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import __version__
 from ..runtime.base import Runner
 from .grpc_server import start_grpc
-from .protocol import (EXTENSIONS, HEADER_LENGTH, OFF_LOOP_BYTES, UNSUPPORTED, RequestError, decode_inputs,
-                       decompress, encode_outputs, header_size, load_json, parameters, parse_infer_request,
-                       timeout_parameter, wanted_outputs)
+from .http_wire import (HEADER_LENGTH, decompress, encode_outputs, error_body, header_size, infer_target, load_json,
+                        read_infer_request, wanted_outputs)
+from .protocol import EXTENSIONS, OFF_LOOP_BYTES, UNSUPPORTED, RequestError, parameters, timeout_parameter
 from .server import ServedModel, Server, ServeOptions, deadline, listen
+from .uvicorn_guard import guarded_protocol
 
 __all__ = ["HttpApi", "ServeOptions", "create_app", "listen", "serve"]
 
@@ -71,26 +69,6 @@ class ClientGone(Exception):
     """The client hung up before its request body arrived."""
 
 
-def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}, ensure_ascii=False).encode()
-
-
-def infer_target(path: str) -> tuple[str, str | None] | None:
-    """(model, version) of an infer path, ``/v2/models/NAME[/versions/V]/infer``; None for any other path."""
-    parts = path.split("/")
-    if len(parts) == 5 and parts[4] == "infer" and parts[1] == "v2" and parts[2] == "models" and parts[3]:
-        return parts[3], None
-    if len(parts) == 7 and parts[6] == "infer" and parts[4] == "versions" and parts[1] == "v2" \
-            and parts[2] == "models" and parts[3] and parts[5]:
-        return parts[3], parts[5]
-    return None
-
-
-def _decode(model: ServedModel, body: bytes, header_length: str | None, max_bytes: int):
-    payload, binary = parse_infer_request(body, header_length)
-    return payload, decode_inputs(payload, binary, model.runner, max_bytes)
-
-
 async def off_loop(size: int, fn, *args):
     """``fn(*args)``, in a worker thread when the data is big enough to stall the event loop."""
     return await asyncio.to_thread(fn, *args) if size > OFF_LOOP_BYTES else fn(*args)
@@ -102,7 +80,7 @@ class HttpApi:
     def __init__(self, server: Server) -> None:
         self.server, self.options = server, server.options
         self.grpc = None
-        self.stopping: asyncio.Task | None = None
+        self.stopping: asyncio.Future | None = None
         self.app = Starlette(routes=self.routes(), lifespan=self.lifespan,
                              exception_handlers={404: self.not_routed, 405: self.not_routed})
         self.app.state.server = server
@@ -122,19 +100,20 @@ class HttpApi:
         yield
         await self.begin_shutdown()
 
-    def begin_shutdown(self) -> asyncio.Task:
+    def begin_shutdown(self) -> asyncio.Future:
         """Stop gRPC and the models, each within ``graceful_seconds`` from now, while HTTP connections drain
         (called when uvicorn's shutdown starts, and by the lifespan's end, which waits for it)."""
-        if self.stopping is None:
+        stopping = self.stopping
+        if stopping is None:
             self.server.closing = True  # not ready from now on
             grace = self.options.graceful_seconds
             stops = [self.server.stop(grace)] + ([self.grpc.stop(grace)] if self.grpc is not None else [])
-            self.stopping = asyncio.ensure_future(asyncio.gather(*stops))
-        return self.stopping
+            stopping = self.stopping = asyncio.ensure_future(asyncio.gather(*stops))
+        return stopping
 
     # ------------------------------------------------------------------------------- inference
     async def infer(self, receive, send, headers, name: str, version: str | None) -> None:
-        start, held = time.perf_counter(), []
+        start, held = time.perf_counter(), list[int]()
         try:
             body, response_headers = await self.answer(receive, headers, name, version, held)
             status = 200
@@ -169,8 +148,8 @@ class HttpApi:
             body = inflated
         header_length = headers.get(HEADER_LENGTH.lower())
         json_size = header_size(HEADER_LENGTH, header_length) if header_length is not None else len(body)
-        payload, feed = await off_loop(min(json_size, len(body)), _decode, model, body, header_length,
-                                       self.options.max_request_bytes)
+        payload, feed = await off_loop(min(json_size, len(body)), read_infer_request, body, header_length,
+                                       model.runner, self.options.max_request_bytes)
         timeout = timeout_parameter(parameters(payload, "the request").get("timeout"))
         chosen = wanted_outputs(payload, model.runner.outputs)  # before the model runs: a bad list costs no run
         outputs = await self.server.infer(model, feed, timeout)
@@ -366,9 +345,11 @@ def serve(models: Mapping[str, Runner], port: int = 8000, options: ServeOptions 
     app = create_app(models, options)
     # asyncio's loop even where uvloop is installed: uvloop measured no faster here, and under load it accepted
     # new connections late enough that a graceful shutdown refused some (tests/serving: graceful shutdown)
+    # uvicorn's hints say int seconds for both timeouts; it waits with asyncio, which takes fractions too
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", http=guarded_protocol(),
-                            loop="asyncio", timeout_graceful_shutdown=options.graceful_seconds + ANSWER_MARGIN_S,
-                            limit_concurrency=options.max_connections, timeout_keep_alive=options.keep_alive_s)
+                            loop="asyncio", limit_concurrency=options.max_connections,
+                            timeout_graceful_shutdown=options.graceful_seconds + ANSWER_MARGIN_S,  # type: ignore[arg-type]
+                            timeout_keep_alive=options.keep_alive_s)  # type: ignore[arg-type]
     with sock:
         try:
             Uvicorn(config, app).run(sockets=[sock])
@@ -408,126 +389,3 @@ def _raise_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (ValueError, OSError):
             log.info("could not raise the open-file limit from %d to %d", soft, hard)
-
-
-class HeadDeadline:
-    """A deadline on each request's head, mixed into uvicorn's HTTP protocols: a connection that stays idle,
-    or sends its request line and headers slowly, is closed ``timeout_keep_alive`` seconds after it opened
-    (or after its last answer). uvicorn alone times only the idle gap after an answer, and any byte resets it.
-
-    A protocol class says whether the head is still open (:meth:`head_open`); the rest is shared."""
-
-    def connection_made(self, transport) -> None:
-        super().connection_made(transport)
-        self._head_deadline = self.loop.time() + self.timeout_keep_alive
-        self._arm()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._head_deadline = self.loop.time() + self.timeout_keep_alive
-        if self.head_open() and not self.transport.is_closing():
-            self._arm()
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)  # cancels the timer on any byte
-        if self.head_open() and not self.transport.is_closing():
-            self._arm()  # the request head is not complete yet: the deadline still holds
-
-    def _arm(self) -> None:
-        self._unset_keepalive_if_required()
-        self.timeout_keep_alive_task = self.loop.call_at(self._head_deadline, self.timeout_keep_alive_handler)
-
-
-#: The most bytes a request head (request line and headers) may take, as common servers cap it (64 KiB).
-MAX_HEAD_BYTES = 64 * 1024
-
-
-class HeadLimit:
-    """A cap on each request head, mixed into uvicorn's HTTP protocols: httptools buffers a head without
-    limit (a 39 MiB header was accepted), so a head that passes :data:`MAX_HEAD_BYTES` is answered 431 and
-    its connection closed, unparsed. Head bytes are those that arrive while :meth:`head_open` holds, up to
-    the blank line that ends the head."""
-
-    _head_bytes = 0
-
-    def data_received(self, data: bytes) -> None:
-        if self.head_open():
-            end = data.find(b"\r\n\r\n")
-            self._head_bytes += len(data) if end < 0 else end + 4
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse_head()
-                return
-        super().data_received(data)
-        if not self.head_open():
-            self._head_bytes = 0
-
-    def _refuse_head(self) -> None:
-        body = error_body(f"the request head (request line and headers) is over {MAX_HEAD_BYTES} bytes")
-        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                             b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        self.transport.close()
-
-
-class GuardedH11Protocol(HeadLimit, HeadDeadline, H11Protocol):
-    def head_open(self) -> bool:
-        return self.conn.their_state is h11.IDLE
-
-
-class HeadWithBody:
-    """A response's transport that holds its head until the body's first write in the same loop turn, so
-    head and body leave in one send (one packet and one wake-up for the client, not two); a head with
-    no body in that turn is written at its end. Everything else is the connection's own transport."""
-
-    def __init__(self, transport, loop) -> None:
-        self._transport, self._loop, self._head = transport, loop, None
-
-    def write(self, data) -> None:
-        if self._head is not None:
-            head, self._head = self._head, None
-            self._transport.write(head + data)
-        elif data[:5] == b"HTTP/":
-            self._head = data
-            self._loop.call_soon(self.flush)
-        else:
-            self._transport.write(data)
-
-    def flush(self) -> None:
-        if self._head is not None:
-            head, self._head = self._head, None
-            self._transport.write(head)
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def __getattr__(self, name: str):
-        return getattr(self._transport, name)
-
-
-def guarded_protocol() -> type:
-    """uvicorn's httptools protocol with the head deadline where httptools is installed, else its h11 one."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:
-        return GuardedH11Protocol
-
-    class GuardedHttpToolsProtocol(HeadLimit, HeadDeadline, HttpToolsProtocol):
-        """Heads parsed against answers sent: equal while the connection waits for (the rest of) a head."""
-
-        _heads = _answers = 0
-
-        def on_headers_complete(self) -> None:
-            self._heads += 1
-            cycle = self.cycle
-            super().on_headers_complete()
-            if self.cycle is not cycle:  # a new request: its answer goes out through a coalescing transport
-                self.cycle.transport = HeadWithBody(self.transport, self.loop)
-
-        def on_response_complete(self) -> None:
-            self._answers += 1
-            super().on_response_complete()
-
-        def head_open(self) -> bool:
-            return self._heads == self._answers
-
-    return GuardedHttpToolsProtocol

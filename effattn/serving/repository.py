@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -85,7 +86,8 @@ def config_dict(name: str, platform: str, inputs: Sequence[TensorConfig], output
         raise ConfigError(f"need max_batch_size >= 0, instances >= 1 and max_queue_delay_us >= 0; got "
                           f"{options.max_batch_size}, {options.instances} and {options.max_queue_delay_us}")
     max_batch = _max_batch(inputs, outputs, profile, options)
-    config = {"name": check_model_name(name), "platform": PLATFORMS[platform][0], "max_batch_size": max_batch,
+    config: dict[str, Any] = {"name": check_model_name(name), "platform": PLATFORMS[platform][0],
+                              "max_batch_size": max_batch,
               "input": [_tensor(t, max_batch) for t in inputs], "output": [_tensor(t, max_batch) for t in outputs]}
     if max_batch:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": options.max_queue_delay_us}
@@ -194,7 +196,7 @@ def write_repository(model_file: str | Path, repository: str | Path, name: str |
     checks it, its external data copied beside it) or a TensorRT plan."""
     options = options or TritonOptions()
     model_file = require_file(model_file, "an .onnx file or a TensorRT .plan/.engine")
-    suffix, external = model_file.suffix.lower(), ()
+    suffix, external = model_file.suffix.lower(), tuple[str, ...]()
     if suffix == ".onnx":
         checked = metadata.check_onnx_file(model_file)
         check_onnx(model_file, checked.model)  # and the rest of what `run` checks before any backend sees a file
@@ -253,7 +255,7 @@ def _sidecar_io(sidecar) -> tuple[list[TensorConfig], list[TensorConfig], ShapeP
     Types map as the TensorRT runner maps them; one it cannot feed is refused by name, never taken as FP32."""
     profiles = sidecar.key.get("profiles") or ()
     profile = ShapeProfile.from_json(profiles[0]) if profiles else None
-    tensors = {"INPUT": [], "OUTPUT": []}
+    tensors: dict[str, list[TensorConfig]] = {"INPUT": [], "OUTPUT": []}
     for t in sidecar.io:
         device_dtype, host_dtype = dtypes.io_dtypes(t["dtype"], t["name"])
         if device_dtype == "bfloat16":

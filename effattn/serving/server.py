@@ -111,7 +111,8 @@ class TrimmingBudget(ByteBudget):
 
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
-        self.passed, self.trims, self._timer, self._trim = 0, 0, None, _malloc_trim()
+        self.passed, self.trims, self._trim = 0, 0, _malloc_trim()
+        self._timer: asyncio.TimerHandle | None = None
 
     def take(self, n: int) -> None:
         super().take(n)
@@ -197,12 +198,11 @@ class Metrics:
 def serve_model(name: str, runner: Runner, options: ServeOptions, metrics: Metrics) -> ServedModel:
     """``runner`` with its batcher and its Triton config: batching up to the limit :func:`.repository.batch_limit`
     sets from the graph (none for a model without a shape profile: nothing says which batch sizes it takes).
-    A runner that can (ONNX Runtime on the CPU) stops spinning its idle threads: between engine calls the
-    server's own threads (HTTP, gRPC, batching) need the cores, and spinning threads took them (README)."""
+    The runner's idle threads stop spinning (:meth:`Runner.stop_spinning`: ONNX Runtime on the CPU): between
+    engine calls the server's own threads (HTTP, gRPC, batching) need the cores, and spinning threads took them
+    (README)."""
     check_model_name(name)
-    quiet = getattr(runner, "stop_spinning", None)  # ONNX Runtime on the CPU: see the README's Serving
-    if quiet is not None:
-        quiet()
+    runner.stop_spinning()
     requested = options.max_batch_size if runner.profile is not None else 1
     tensors = runner_tensors(runner.inputs) + runner_tensors(runner.outputs)
     max_batch = max(1, batch_limit(requested, tensors, runner.profile))
@@ -352,7 +352,10 @@ class deadline:
         self.seconds = seconds
 
     def __enter__(self) -> deadline:
-        self.task, self.fired = asyncio.current_task(), False
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("deadline() is for a block inside an asyncio task")
+        self.task, self.fired = task, False
         self.handle = self.task.get_loop().call_later(self.seconds, self._fire)
         return self
 
@@ -360,10 +363,9 @@ class deadline:
         self.fired = True
         self.task.cancel()
 
-    def __exit__(self, kind, exc, tb) -> bool:
+    def __exit__(self, kind, exc, tb) -> None:  # None: exceptions go on
         self.handle.cancel()
         if self.fired and kind is asyncio.CancelledError:  # our cancel, not one from outside
             if hasattr(self.task, "uncancel"):
                 self.task.uncancel()
             raise TimeoutError from None
-        return False

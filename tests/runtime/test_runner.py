@@ -86,6 +86,38 @@ def test_load_refuses_unknown_backends_and_foreign_files(tmp_path, onnx_path):
         load(EfficientAttention(8), backend="torch")
 
 
+def test_load_refuses_an_option_the_backend_does_not_take_by_name(onnx_path):
+    with pytest.raises(BackendError, match=r"the onnxruntime backend does not take contexts=3; its options are "
+                                           r"cuda_graph, io_binding, spinning"):
+        load(onnx_path, backend="onnxruntime", device="cpu", contexts=3)
+    with pytest.raises(BackendError, match=r"the torch backend does not take static_shapes=False"):
+        load(EfficientAttention(8, 4, 2, 8), backend="torch", profile=PROFILE, static_shapes=False)
+    with pytest.raises(BackendError, match=r"rtx=True \(--rtx\) is for TensorRT; backend 'torch' is not"):
+        load(EfficientAttention(8, 4, 2, 8), backend="torch", profile=PROFILE, rtx=True)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'io_bindings'"):  # a typo is Python's error
+        load(onnx_path, io_bindings=True)
+    with load(onnx_path, backend="onnxruntime", device="cpu", io_binding=True, spinning=False) as runner:
+        assert runner.io_binding and not runner.spinning  # options a backend takes reach its runner
+
+
+def test_load_options_are_the_runners_own_keywords():
+    """RUNNER_OPTIONS names only keywords of each backend's runner (so load can pass them on unchanged)."""
+    import inspect
+
+    from effattn.runtime import RUNNER_OPTIONS
+    from effattn.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from effattn.runtime.openvino_runner import OpenVINORunner
+    from effattn.runtime.tensorrt_runner import TensorRTRunner
+
+    runners = {"tensorrt": TensorRTRunner, "onnxruntime": OnnxRuntimeRunner, "openvino": OpenVINORunner,
+               "torch": TorchRunner}
+    assert set(RUNNER_OPTIONS) == set(runners)
+    for backend, options in RUNNER_OPTIONS.items():
+        keywords = inspect.signature(runners[backend]).parameters
+        assert set(options) <= set(keywords), backend
+        assert set(options) <= set(inspect.signature(load).parameters), backend
+
+
 @pytest.mark.skipif("cuda" in available_devices(), reason="this onnxruntime has the CUDA provider")
 def test_forcing_cuda_without_the_provider_says_what_to_install(onnx_path):
     with pytest.raises(BackendError, match=r"CUDAExecutionProvider is not in this onnxruntime build.*effattn\[gpu\]"):

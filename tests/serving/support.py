@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-from effattn.serving.launch import http
+from tests.harness import http
 
 FOREVER = 10**12
 

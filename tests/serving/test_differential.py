@@ -20,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from effattn.metadata import PROFILE
-from effattn.serving.launch import free_port, http, running_server
+from tests.harness import free_port, http, running_server
 from effattn.shapes import InputProfile, ShapeProfile
 
 hypothesis = pytest.importorskip("hypothesis", reason="the differential test needs hypothesis (the test extra)")

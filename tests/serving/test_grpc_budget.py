@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from effattn.serving.launch import free_port, running_server
+from tests.harness import free_port, running_server
 from effattn.serving.server import ServeOptions, TrimmingBudget
 
 from .support import FOREVER, loop_model, metric, until, wait_for

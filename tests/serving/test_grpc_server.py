@@ -11,7 +11,7 @@ from effattn.models import EfficientAttention
 from effattn.runtime import load
 from effattn.shapes import ShapeProfile
 
-from effattn.serving.launch import free_port, http, running_server
+from tests.harness import free_port, http, running_server
 
 grpc_client = pytest.importorskip("tritonclient.grpc", reason="tests need tritonclient[grpc] (the test extra)")
 from tritonclient.utils import InferenceServerException  # noqa: E402

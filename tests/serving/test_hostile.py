@@ -26,7 +26,7 @@ from effattn.export import export_onnx
 from effattn.models import EfficientAttention
 from effattn.shapes import InputProfile, ShapeProfile
 
-from effattn.serving.launch import error_of, free_port, http, running_server
+from tests.harness import error_of, free_port, http, running_server
 
 http_client = pytest.importorskip("tritonclient.http", reason="tests need tritonclient[http] (the test extra)")
 grpc_client = pytest.importorskip("tritonclient.grpc", reason="tests need tritonclient[grpc] (the test extra)")
@@ -388,13 +388,13 @@ def test_big_bodies_are_parsed_off_the_event_loop(files, monkeypatch):
     import uvicorn
 
     from effattn.runtime import load
-    from effattn.serving import http_server as serve_module
-
     from effattn.serving import grpc_server as serve_grpc
+    from effattn.serving import http_server as serve_module
+    from effattn.serving import http_wire
 
     seen, seen_grpc = [], []
-    parse, decode_grpc = serve_module.parse_infer_request, serve_grpc.decode_grpc_inputs
-    monkeypatch.setattr(serve_module, "parse_infer_request",
+    parse, decode_grpc = http_wire.parse_infer_request, serve_grpc.decode_grpc_inputs
+    monkeypatch.setattr(http_wire, "parse_infer_request",
                         lambda *a: seen.append(threading.current_thread()) or parse(*a))
     monkeypatch.setattr(serve_grpc, "decode_grpc_inputs",
                         lambda *a: seen_grpc.append(threading.current_thread()) or decode_grpc(*a))

@@ -23,7 +23,7 @@ from effattn.models import DotProductAttention, EfficientAttention
 from effattn.runtime import load
 from effattn.shapes import ShapeProfile
 
-from effattn.serving.launch import error_of, http, running_server
+from tests.harness import error_of, http, running_server
 
 from .support import loop_model, loop_request, metric, wait_for
 

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from effattn import dtypes
-from effattn.serving.http_server import infer_target
-from effattn.serving.protocol import (DATATYPES, RequestError, datatype_of, decompress, header_size, raw_tensor,
-                                     values_tensor)
+from effattn.serving.http_wire import decompress, header_size, infer_target
+from effattn.serving.protocol import DATATYPES, RequestError, datatype_of, raw_tensor, values_tensor
 from effattn.serving.repository import TensorConfig, batch_limit
 from effattn.shapes import ShapeProfile
 
@@ -122,7 +121,7 @@ def test_batch_limit_is_the_one_clamp_and_batching_comes_from_the_graph(requeste
 def test_a_response_head_leaves_with_its_body():
     import asyncio
 
-    from effattn.serving.http_server import HeadWithBody
+    from effattn.serving.uvicorn_guard import HeadWithBody
 
     class Transport:
         def __init__(self):

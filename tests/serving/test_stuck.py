@@ -15,7 +15,7 @@ import pytest
 
 from effattn.runtime import load
 from effattn.runtime.base import Runner, TensorSpec
-from effattn.serving.launch import error_of, free_port, http, running_server
+from tests.harness import error_of, free_port, http, running_server
 from effattn.serving.protocol import RequestError
 from effattn.serving.server import Server, ServeOptions
 

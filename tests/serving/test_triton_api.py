@@ -17,7 +17,7 @@ from effattn.models import EfficientAttention
 from effattn.serving.repository import TritonOptions, write_repository
 from effattn.shapes import ShapeProfile
 
-from effattn.serving.launch import error_of, free_port, http, running_server
+from tests.harness import error_of, free_port, http, running_server
 
 http_client = pytest.importorskip("tritonclient.http", reason="tests need tritonclient[http] (the test extra)")
 grpc_client = pytest.importorskip("tritonclient.grpc", reason="tests need tritonclient[grpc] (the test extra)")

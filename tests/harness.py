@@ -1,4 +1,5 @@
-"""Start ``effattn serve`` in a subprocess on 127.0.0.1 and a free port; used by tests and the load benchmark."""
+"""Start ``effattn serve`` in a subprocess on 127.0.0.1 and a free port, and plain HTTP calls to it: a harness for
+the tests and the serving benchmarks (benchmarks/serve_*.py, triton_*.py), not part of the package."""
 
 from __future__ import annotations
 
