@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import metadata, pipeline
+from .. import metadata, pipeline, precisions
 from ..bench.benchmark import check_plotting, plot, run_bench
 from ..engines import build_engine
 from ..engines.precision import check_onnx
@@ -233,7 +233,7 @@ def cmd_quantize(args) -> None:
         return _print_json({"path": str(result.path), "precision": result.precision, "calibration": result.calibration,
                             "samples": result.samples, "quantized": result.quantized, "seconds": result.seconds})
     ops = ", ".join(f"{n} {op}" for op, n in result.quantized.items())
-    kind = "INT8 QDQ, signed symmetric" if result.precision == "int8" else "FP8 E4M3 QDQ, for GPUs of compute capability 8.9+"
+    kind = precisions.get(result.precision).description
     print(f"wrote {result.path} ({kind}; quantized: {ops}; calibration: {result.calibration}, "
           f"{result.samples} samples; {result.seconds:.1f}s)")
 
