@@ -53,7 +53,7 @@ def profile_of(meta: Mapping[str, str], inputs: Collection[str] | None = None) -
     ghosts = [name for name in profile or () if inputs is not None and name not in inputs]
     if ghosts:
         raise ProfileError(f"metadata {PROFILE} names input {reprlib.repr(ghosts[0])}, which the model does not have "
-                           f"(its inputs: {reprlib.repr(list(inputs))})")
+                           f"(its inputs: {reprlib.repr(list(inputs or ()))})")
     return profile
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .errors import InputError
 
-__all__ = ["CALIBRATION_SAMPLES", "DEFAULT_QUANTIZED", "MAX_CALIBRATION_SAMPLES", "Precision", "TABLE", "Tolerance",
+__all__ = ["CALIBRATION_SAMPLES", "DEFAULT_QUANTIZED", "MAX_CALIBRATION_SAMPLES", "TABLE", "Precision", "Tolerance",
            "by_zero_point_type", "converted", "get", "names", "quantized"]
 
 

@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,7 +289,8 @@ def _measure_rows(rows: list[BenchRow], runners: dict, feed: dict, min_seconds: 
     """Time the runners interleaved (:func:`.timing.measure_interleaved`; on CUDA device tensors between
     CUDA events, host copies timed apart), then probe each one's peak memory."""
     budget = max(min(10 * min_seconds, (deadline - time.monotonic()) / len(runners)), 0.05)
-    calls = {backend: timed_call(runner, feed, device) for backend, runner in runners.items()}
+    calls: dict[str, Callable[[], Any]] = {backend: timed_call(runner, feed, device)
+                                           for backend, runner in runners.items()}
     stats = measure_interleaved(calls, min_seconds=min(min_seconds, budget), max_seconds=budget,
                                 clock=clock_for(device))
     for row in rows:

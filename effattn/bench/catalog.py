@@ -5,12 +5,13 @@ Plain data, so ``effattn bench --help`` lists them without importing torch; :mod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BackendError
 
-__all__ = ["BACKENDS", "BenchBackend", "DEFAULT_BACKENDS", "EAGER", "check_backends", "get"]
+__all__ = ["BACKENDS", "DEFAULT_BACKENDS", "EAGER", "BenchBackend", "check_backends", "get"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def get(name: str) -> BenchBackend:
     return BACKENDS[name]
 
 
-def check_backends(backends: list[str] | tuple[str, ...] | None, device: str) -> list[str]:
+def check_backends(backends: Sequence[str] | None, device: str) -> list[str]:
     """The backends to time besides eager (default: the device's set), each known and able to run on ``device``."""
     names = [b for b in (DEFAULT_BACKENDS[device] if backends is None else backends) if b != EAGER]
     for name in names:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-from onnx import TensorProto
 from onnx.external_data_helper import load_external_data_for_model
 
 from .. import dtypes, metadata, precisions
@@ -65,8 +64,8 @@ def graph_precision(model: onnx.ModelProto) -> str:
     if any(n.op_type in _QDQ for n in model.graph.node):
         types = qdq_summary(model).zero_point_types
         return "fp8" if any(t.startswith("float8") for t in types) else "int8"  # every float8 kind reads as FP8
-    types = _float_types(model)
-    return next((name for t, name in _FLOAT_TYPES.items() if t in types), "fp32")
+    elements = _float_types(model)
+    return next((name for t, name in _FLOAT_TYPES.items() if t in elements), "fp32")
 
 
 def qdq_problems(model: onnx.ModelProto) -> list[str]:

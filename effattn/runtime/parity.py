@@ -19,7 +19,6 @@ from ..precisions import Tolerance
 from ..shapes import ShapeProfile, format_shape, profile_inputs, random_inputs  # noqa: F401 (re-exported)
 from .base import Runner
 
-
 #: DESIGN.md's defaults, relative to eager FP32: each precision's tolerance row (effattn.precisions).
 TOLERANCES: dict[str, Tolerance] = {p.name: p.tolerance for p in precisions.TABLE}
 

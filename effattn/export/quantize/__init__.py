@@ -29,8 +29,8 @@ from ... import metadata, precisions
 from ...errors import ExportError, InputError, first_line
 from ...files import atomic_output, check_writable
 from ...metadata import read_metadata, set_metadata
-from .calibration import (DEFAULT_SAMPLES, MAX_SAMPLES, _Reader, _refuse_constant, calibration_feeds,
-                          random_samples, read_calibration, zoo_samples)
+from .calibration import (DEFAULT_SAMPLES, MAX_SAMPLES, _Reader, _refuse_constant, calibration_feeds, random_samples,
+                          read_calibration, zoo_samples)
 from .fp8 import FP8_MAX, FP8_OPSET, INT8_MAX, fp8_ineligible, int8_to_fp8
 from .qdq import FLOAT_OPS, QUANTIZED_OPS, QdqSummary, check_qdq, qdq_problems_of_values, qdq_summary
 from .rewrites import after_concat, split_concat_convs

@@ -134,9 +134,9 @@ def calibration_feeds(calibration, meta: Mapping[str, str], names: list[str], pr
         return feeds, "arrays"
     if profile is None:
         raise InputError("the file has no effattn shape profile: pass calibration data (--calibration)")
-    feeds = zoo_samples(meta, profile, samples, seed)
-    if feeds is not None:
-        return feeds, f"zoo samples: {meta[metadata.MODEL]} x{samples}"
+    zoo = zoo_samples(meta, profile, samples, seed)
+    if zoo is not None:
+        return zoo, f"zoo samples: {meta[metadata.MODEL]} x{samples}"
     log.warning("calibrating on %d random normal inputs: real images have other activation ranges, so the "
                 "quantization scales may clip them or waste range; pass real inputs with --calibration", samples)
     return random_samples(profile, samples, seed), f"random normal x{samples}"

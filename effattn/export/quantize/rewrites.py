@@ -62,10 +62,11 @@ def split_concat_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
             continue
         channels = _channels(model) if channels is None else channels
         weight = numpy_helper.to_array(inits[node.input[1]])
-        sizes = [channels.get(i) for i in concat.input]
-        if sizes.count(None) == 1:  # e.g. a Resize's output: the Conv's weight gives the rest
-            sizes[sizes.index(None)] = weight.shape[1] - sum(c for c in sizes if c is not None)
-        if None in sizes or sum(sizes) != weight.shape[1] or min(sizes) <= 0 or weight.ndim < 3:
+        known = [channels.get(i) for i in concat.input]
+        if known.count(None) == 1:  # e.g. a Resize's output: the Conv's weight gives the rest
+            known[known.index(None)] = weight.shape[1] - sum(c for c in known if c is not None)
+        sizes = [c for c in known if c is not None]
+        if len(sizes) < len(known) or sum(sizes) != weight.shape[1] or min(sizes) <= 0 or weight.ndim < 3:
             nodes.append(node)
             continue
         offsets = np.cumsum([0, *sizes])
