@@ -38,6 +38,15 @@ def test_every_reader_takes_the_table():
     assert WEIGHT_BYTES == {p.name: p.weight_bytes for p in precisions.TABLE}
 
 
+def test_each_made_precision_has_its_conversion():
+    """A row made by "convert" has a converter, one made by "quantize" a quantize recipe: nothing more to add."""
+    from effattn.export.precision import CONVERTERS
+    from effattn.export.quantize import RECIPES
+
+    assert tuple(CONVERTERS) == precisions.converted()
+    assert tuple(RECIPES) == precisions.quantized()
+
+
 def _choices(command: str, option: str) -> tuple:
     from effattn.cli import build_parser
 

@@ -32,6 +32,14 @@ from ..files import open_regular
 _FLOAT_TYPES = {dtypes.lookup("torch", p.element).onnx: p.name for p in reversed(precisions.TABLE)
                 if p.made_by == "convert"}
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
+#: A QDQ graph is the last-listed quantized precision any of its zero points belongs to (FP8 wins over INT8);
+#: zero points of no family (uint8: no zero point) read as the default quantized precision.
+_QDQ_ORDER = [p for p in reversed(precisions.TABLE) if p.quantized]
+
+
+def _family(row: precisions.Precision) -> str:
+    """The zero-point types a precision's graphs are recognised by: every ``float8`` kind is FP8, ``int8`` INT8."""
+    return (row.zero_point_type or row.element).split("_")[0]
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,8 @@ def graph_precision(model: onnx.ModelProto) -> str:
     zero points' type), else ``bf16``/``fp16`` where any tensor has that type, else ``fp32``."""
     if any(n.op_type in _QDQ for n in model.graph.node):
         types = qdq_summary(model).zero_point_types
-        return "fp8" if any(t.startswith("float8") for t in types) else "int8"  # every float8 kind reads as FP8
+        return next((p.name for p in _QDQ_ORDER if any(t.startswith(_family(p)) for t in types)),
+                    precisions.DEFAULT_QUANTIZED)
     elements = _float_types(model)
     return next((name for t, name in _FLOAT_TYPES.items() if t in elements), "fp32")
 

@@ -18,7 +18,7 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +36,9 @@ from .qdq import FLOAT_OPS, QUANTIZED_OPS, QdqSummary, check_qdq, qdq_problems_o
 from .rewrites import after_concat, split_concat_convs
 
 __all__ = ["CALIBRATION", "DEFAULT_SAMPLES", "FLOAT_OPS", "FP8_MAX", "FP8_OPSET", "INT8_MAX", "MAX_SAMPLES",
-           "QUANTIZED_OPS", "QdqSummary", "QuantizeResult", "after_concat", "calibration_feeds", "check_qdq",
-           "fp8_ineligible", "int8_to_fp8", "qdq_problems_of_values", "qdq_summary", "quantize", "random_samples",
-           "read_calibration", "split_concat_convs", "zoo_samples"]
+           "QUANTIZED_OPS", "RECIPES", "QdqSummary", "QuantizeResult", "Recipe", "after_concat", "calibration_feeds",
+           "check_qdq", "fp8_ineligible", "int8_to_fp8", "qdq_problems_of_values", "qdq_summary", "quantize",
+           "random_samples", "read_calibration", "split_concat_convs", "zoo_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,29 @@ log = logging.getLogger(__name__)
 #: consumer (so the residual Add and Shape ops read the float tensor, not its INT8 rounding).
 _PLACEMENT = {"OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS), "DedicatedQDQPair": True}
 CALIBRATION = "effattn.calibration"  # metadata key: where the activation ranges came from
+
+
+def _nothing(model: onnx.ModelProto) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How :func:`quantize` makes one quantized precision from the INT8 pass (the conversion its row needs)."""
+
+    keep_float: Callable[[onnx.ModelProto], list[str]] = _nothing  # names of nodes of ``ops`` left in float
+    float_weights: bool = False  # weights stay float behind a Q/DQ pair instead of stored quantized
+    finish: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None  # the pass after calibration
+    none_left: str = ""  # the refusal when keep_float leaves no node of ``ops``
+
+
+#: One recipe per quantized precision of :mod:`effattn.precisions` (tests check the two agree).
+RECIPES: dict[str, Recipe] = {
+    "int8": Recipe(),
+    "fp8": Recipe(fp8_ineligible, float_weights=True, finish=int8_to_fp8,
+                  none_left="has no Conv TensorRT runs in FP8 (each has 16 or fewer input or output channels or a "
+                            "filter over 32 taps: NVIDIA's rule for FP8 convolutions); quantize it to INT8 instead"),
+}
 
 
 @dataclass
@@ -76,12 +99,11 @@ def _refuse_unquantizable(path: Path, model: onnx.ModelProto, meta: Mapping[str,
             raise ExportError(f"{path}: input {value.name!r} is not float32; calibration needs float32 inputs")
 
 
-def _refuse_nothing_to_quantize(path: Path, model: onnx.ModelProto, ops: Sequence[str], precision: str) -> None:
-    """The refusal when no node of ``ops`` would be quantized: for FP8, because NVIDIA's rule keeps each eligible
-    Conv float; otherwise because the graph has none of ``ops`` (custom ``ops`` the graph does not hold)."""
-    if precision == "fp8" and any(n.op_type in ops for n in model.graph.node):
-        raise ExportError(f"{path} has no Conv TensorRT runs in FP8 (each has 16 or fewer input or output channels "
-                          "or a filter over 32 taps: NVIDIA's rule for FP8 convolutions); quantize it to INT8 instead")
+def _refuse_nothing_to_quantize(path: Path, model: onnx.ModelProto, ops: Sequence[str], recipe: Recipe) -> None:
+    """The refusal when no node of ``ops`` would be quantized: the recipe's (FP8: NVIDIA's rule keeps each Conv
+    float) where the graph holds some of ``ops``; otherwise the graph has none of them (custom ``ops``)."""
+    if recipe.none_left and any(n.op_type in ops for n in model.graph.node):
+        raise ExportError(f"{path} {recipe.none_left}")
     raise ExportError(f"{path} has no {' or '.join(ops) or 'op'} node to quantize (ops: "
                       f"{', '.join(sorted({n.op_type for n in model.graph.node})) or 'none'})")
 
@@ -181,17 +203,17 @@ def quantize(
     meta = read_metadata(onnx_in)
     model = _load(onnx_in)
     _refuse_unquantizable(onnx_in, model, meta)
-    split = split_concat_convs(model)[0]
-    exclude = fp8_ineligible(split) if precision == "fp8" else []
+    split, recipe = split_concat_convs(model)[0], RECIPES[precision]
+    exclude = recipe.keep_float(split)
     if not any(n.op_type in ops and n.name not in exclude for n in split.graph.node):
-        _refuse_nothing_to_quantize(onnx_in, split, ops, precision)
+        _refuse_nothing_to_quantize(onnx_in, split, ops, recipe)
     inits = {t.name for t in model.graph.initializer}
     names = [v.name for v in model.graph.input if v.name not in inits]
     feeds, where = calibration_feeds(calibration, meta, names, metadata.profile_of(meta), samples, seed)
     _refuse_constant(feeds)
-    qdq = _run_quantizer(split, feeds, ops, exclude, float_weights=precision == "fp8")
-    if precision == "fp8":
-        qdq = int8_to_fp8(qdq)
+    qdq = _run_quantizer(split, feeds, ops, exclude, float_weights=recipe.float_weights)
+    if recipe.finish is not None:
+        qdq = recipe.finish(qdq)
     summary = qdq_summary(qdq)
     if not summary.tensorrt_compatible or summary.precision != precision:
         raise ExportError(f"quantized {onnx_in} is not a TensorRT-compatible {precision} graph (zero points "
