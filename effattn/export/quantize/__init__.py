@@ -1,13 +1,7 @@
 """The INT8 (and FP8) stage: an explicitly quantized (QDQ) ONNX graph that TensorRT, ONNX Runtime and OpenVINO run.
 
-TensorRT builds explicit-quantization networks from QDQ graphs only with *signed, symmetric* INT8
-(zero point 0) for activations as well as weights, and keeps biases in float; ONNX Runtime's
-``quantize_static`` defaults (unsigned activations with zero points, INT32 biases) do not fit it.
-So :func:`quantize` asks ONNX Runtime's quantizer for exactly that: QInt8 activations and weights, both
-symmetric, per-channel weights, float biases, QDQ format. Before the file is written the graph is
-checked for those properties; a graph that breaks one is an error, not a file. The parts:
-:mod:`.calibration` (the data), :mod:`.qdq` (inspection, which engines import), :mod:`.rewrites` (graph
-surgery) and :mod:`.fp8` (the FP8 E4M3 form).
+:func:`quantize` orchestrates; :mod:`.calibration` (the data), :mod:`.qdq` (inspection, which engines import),
+:mod:`.rewrites` (graph surgery) and :mod:`.fp8` (the FP8 E4M3 form) do the work.
 """
 
 from __future__ import annotations
@@ -188,6 +182,13 @@ def quantize(
 ) -> QuantizeResult:
     """Write a signed symmetric INT8 (or, ``precision="fp8"``, FP8 E4M3) QDQ copy of the FP32 export
     ``onnx_in`` to ``onnx_out``.
+
+    TensorRT builds explicit-quantization networks from QDQ graphs only with *signed, symmetric* INT8 (zero
+    point 0) for activations as well as weights, and keeps biases in float; ONNX Runtime's ``quantize_static``
+    defaults (unsigned activations with zero points, INT32 biases) do not fit it. So this asks ONNX Runtime's
+    quantizer for exactly that: QInt8 activations and weights, both symmetric, per-channel weights, float
+    biases, QDQ format. Before the file is written the graph is checked for those properties; a graph that
+    breaks one is an error, not a file. Each quantized precision follows its :data:`RECIPES` entry.
 
     ``calibration``: a folder of ``.npy``/``.npz`` files, one such file, or a list of feeds; without it
     ``samples`` images come from the zoo model's generator, else random inputs (with a warning).

@@ -1,14 +1,7 @@
 """FP8 E4M3: the INT8 QDQ graph with another code, for TensorRT on compute capability 8.9+ (Ada, Hopper).
 
-The INT8 pass runs with the weights left in float behind a Q/DQ pair (TensorRT quantizes them with that
-scale), then every scale amax/127 becomes amax/448 - the same max-calibrated range, mapped onto E4M3's largest
-finite value instead of 127 - and the zero points become FP8 zeros (opset 19, the first whose Q/DQ take
-float8). Convs too small for TensorRT's FP8 kernels and the classifier Gemm stay float (:func:`fp8_ineligible`).
-NVIDIA ModelOpt's ONNX PTQ makes its FP8 graphs from an INT8 max calibration too (nvidia-modelopt 0.47.0
-``onnx/quantization/fp8.py`` ``int8_to_fp8``) but multiplies the scales by 448/127, which maps amax onto
-36 (127**2/448) instead of 448; on the trained ea_segnet_tiny at 256 x 256 that doubled the IoU drop
-(1.41 vs 0.77 points; 3.70 vs 0.75 with every Conv in FP8), so this stage maps amax onto 448. ONNX
-Runtime's own FP8 mode accepts only its "Distribution" calibration.
+The INT8 pass runs with the weights float behind Q/DQ pairs; :func:`int8_to_fp8` then rescales it, and
+:func:`fp8_ineligible` names the nodes that stay float.
 """
 
 from __future__ import annotations
@@ -50,7 +43,15 @@ def fp8_ineligible(model: onnx.ModelProto) -> list[str]:
 
 def int8_to_fp8(model: onnx.ModelProto) -> onnx.ModelProto:
     """The FP8 E4M3 form of a max-calibrated symmetric INT8 QDQ graph whose weights are float behind Q/DQ
-    pairs: each scale (amax / 127) becomes amax / 448, each zero point an FP8 zero, the opset 19."""
+    pairs: each scale (amax / 127) becomes amax / 448, each zero point an FP8 zero, the opset 19.
+
+    The weights stay float because TensorRT quantizes them with their Q/DQ scale. amax maps onto 448, E4M3's
+    largest finite value: NVIDIA ModelOpt's ONNX PTQ makes its FP8 graphs from an INT8 max calibration too
+    (nvidia-modelopt 0.47.0 ``onnx/quantization/fp8.py`` ``int8_to_fp8``) but multiplies the scales by 448/127,
+    which maps amax onto 36 (127**2/448); on the trained ea_segnet_tiny at 256 x 256 that doubled the IoU drop
+    (1.41 vs 0.77 points; 3.70 vs 0.75 with every Conv in FP8). ONNX Runtime's own FP8 mode accepts only its
+    "Distribution" calibration. Opset 19 is the first whose Q/DQ take float8.
+    """
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), FP8_OPSET)
     if opset < FP8_OPSET:
         try:
