@@ -22,19 +22,17 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import onnx
 from onnx.external_data_helper import ExternalDataInfo
 
+from . import precisions
 from .errors import ExportError, MetadataError, ProfileError, first_line
 from .files import require_file
 from .shapes import MAX_ELEMENTS, ShapeProfile, format_shape, read_json
 
-PREFIX = "effattn."
 VERSION, MODEL, TASK, PROFILE = "effattn.version", "effattn.model", "effattn.task", "effattn.profile"
 CHECKPOINT_SHA256, EXPORTER, RESIDUAL, PRECISION = (
     "effattn.checkpoint_sha256", "effattn.exporter", "effattn.residual", "effattn.precision")
 MODEL_ARGS = "effattn.model_args"  # JSON keyword arguments of the factory
 FP32_OPS = "effattn.fp32_ops"  # ops the precision stage kept in FP32
 
-#: Graph precisions the toolkit writes (and has parity tolerances for: effattn.runtime.parity.TOLERANCES).
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 #: The longest metadata value read (a profile of many inputs is a few KiB).
 MAX_VALUE_CHARS = 64 * 1024
 _SCALARS = (str, int, float, bool, type(None))
@@ -55,15 +53,16 @@ def profile_of(meta: Mapping[str, str], inputs: Collection[str] | None = None) -
     ghosts = [name for name in profile or () if inputs is not None and name not in inputs]
     if ghosts:
         raise ProfileError(f"metadata {PROFILE} names input {reprlib.repr(ghosts[0])}, which the model does not have "
-                           f"(its inputs: {reprlib.repr(list(inputs))})")
+                           f"(its inputs: {reprlib.repr(list(inputs or ()))})")
     return profile
 
 
 def precision_of(meta: Mapping[str, str]) -> str:
     """The graph's precision (``fp32`` when unrecorded); anything else effattn never writes is refused."""
     value = _text(meta, PRECISION) or "fp32"
-    if value not in PRECISIONS:
-        raise MetadataError(f"metadata {PRECISION} is {reprlib.repr(value)}; expected one of {', '.join(PRECISIONS)}")
+    if value not in precisions.names():
+        raise MetadataError(f"metadata {PRECISION} is {reprlib.repr(value)}; expected one of "
+                            f"{', '.join(precisions.names())}")
     return value
 
 

@@ -7,7 +7,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "effattn"
-RANK = {"errors": 0, "shapes": 0, "metadata": 0, "dtypes": 0, "files": 0, "names": 0, "models": 1, "export": 2,
+RANK = {"errors": 0, "shapes": 0, "metadata": 0, "dtypes": 0, "files": 0, "names": 0, "precisions": 0, "models": 1,
+        "export": 2,
         "engines": 3, "runtime": 4, "serving": 5, "bench": 5, "pipeline": 6, "cli": 7, "__main__": 7}
 #: (module, imported) pairs allowed inside a function, each for a reason.
 LAZY = {("effattn.cli", "effattn.cli.commands")}  # `effattn --help` answers without loading torch

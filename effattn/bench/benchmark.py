@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,18 +34,18 @@ from ..models import DotProductAttention, DotProductAttention1d, ModelSource, ge
 from ..runtime import Runner
 from ..runtime.torch_runner import pin_fp32
 from ..shapes import InputProfile, ShapeProfile, format_shape, parse_shape, random_inputs
-from .backends import BACKENDS, DEFAULT_BACKENDS, EAGER, WARM_MEANS, Backends, check_backends, precision_of, runtime_backend
+from .backends import BACKENDS, DEFAULT_BACKENDS, EAGER, WARM_MEANS, Backends, check_backends
 from .contention import LoadCheck
 from .machine import cpu_flags, environment, measure_bandwidth
 from .memory import available_bytes
 from .plotting import check_plotting, plot
 from .results import SCHEMA, BenchResults, BenchRow, StartRow, growth_exponent
-from .roofline import floor_ms, measure_peaks, model_cost, precision_of_row
+from .roofline import arithmetic_of, floor_ms, measure_peaks, model_cost
 from .timing import clock_for, host_copy_seconds, measure_interleaved, timed_call
 
 __all__ = ["BACKENDS", "DEFAULT_BACKENDS", "EAGER", "SCHEMA", "BenchResults", "BenchRow", "LoadCheck", "StartRow",
            "attention_map_bytes", "bench_profile", "check_plotting", "cpu_flags", "environment", "growth_exponent",
-           "load_source", "measure_bandwidth", "plot", "precision_of", "run_bench"]
+           "load_source", "measure_bandwidth", "plot", "run_bench"]
 
 
 def bench_profile(base: InputProfile, sizes: Sequence[int], batches: Sequence[int] | int) -> ShapeProfile:
@@ -236,7 +236,7 @@ def _set_floors(run: _Run, made: Backends, row: BenchRow, runner: Runner | str |
     if cost is not None and isinstance(runner, Runner):
         flops, out_elements, params = cost
         row.roofline_ms = floor_ms(flops, 4 * (elements + out_elements), params,
-                                   precision_of_row(row.backend, runner), run.bandwidth, run.peaks)
+                                   arithmetic_of(BACKENDS[row.backend], runner), run.bandwidth, run.peaks)
 
 
 def _why_not_run(run: _Run, runner: Runner | str | None, need: int) -> str | None:
@@ -266,12 +266,12 @@ def _start(made: Backends, backend: str, results: BenchResults, timed: bool) -> 
     if not timed:
         return made.make(backend)
     feed = random_inputs(made.profile, "min", seed=0)
-    made.onnx(precision_of(backend))  # export and quantization time are not start-up time
+    made.onnx(BACKENDS[backend].graph or "fp32")  # export and quantization time are not start-up time
     t0 = time.perf_counter()
     runner = made.make(backend)
     runner.infer(feed)
     cold = time.perf_counter() - t0
-    kind = runtime_backend(backend)
+    kind = BACKENDS[backend].runtime
     warm = None
     if kind != "torch":
         t0 = time.perf_counter()
@@ -289,7 +289,8 @@ def _measure_rows(rows: list[BenchRow], runners: dict, feed: dict, min_seconds: 
     """Time the runners interleaved (:func:`.timing.measure_interleaved`; on CUDA device tensors between
     CUDA events, host copies timed apart), then probe each one's peak memory."""
     budget = max(min(10 * min_seconds, (deadline - time.monotonic()) / len(runners)), 0.05)
-    calls = {backend: timed_call(runner, feed, device) for backend, runner in runners.items()}
+    calls: dict[str, Callable[[], Any]] = {backend: timed_call(runner, feed, device)
+                                           for backend, runner in runners.items()}
     stats = measure_interleaved(calls, min_seconds=min(min_seconds, budget), max_seconds=budget,
                                 clock=clock_for(device))
     for row in rows:

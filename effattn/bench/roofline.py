@@ -17,8 +17,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-#: bytes per weight at each precision (FP16 and BF16 store 2, INT8 and FP8 1)
-WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "fp8": 1}
+from .. import precisions
+from .catalog import BenchBackend
+
+#: bytes per weight at each precision (FP16 and BF16 store 2, INT8 and FP8 1): the precisions table's
+WEIGHT_BYTES = {p.name: p.weight_bytes for p in precisions.TABLE}
 
 
 def model_cost(model: nn.Module, shape: Sequence[int]) -> tuple[float, int]:
@@ -60,13 +63,10 @@ def _timed(run) -> float:
     return time.perf_counter() - t0
 
 
-def precision_of_row(backend: str, runner) -> str:
-    """The arithmetic a bench row runs: the runner's own report (OpenVINO), else the backend's suffix."""
+def arithmetic_of(backend: BenchBackend, runner) -> str:
+    """The arithmetic a bench row runs: the runner's own report (OpenVINO), else the backend's precision."""
     reported = getattr(runner, "precision", None)
-    if reported in WEIGHT_BYTES:
-        return reported
-    suffix = backend.rsplit("-", 1)[-1]
-    return suffix if suffix in WEIGHT_BYTES else "fp32"
+    return reported if reported in WEIGHT_BYTES else backend.precision
 
 
 def floor_ms(flops: float, io_bytes: float, params: int, precision: str, bandwidth_gb_s: float,

@@ -10,10 +10,12 @@ import argparse
 import logging
 import reprlib
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, precisions
+from ..bench import catalog
 from ..errors import EffattnError, first_line
 
 EPILOG = """\
@@ -79,8 +81,16 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="keyword argument for the model factory, e.g. --arg num_classes=19 (repeatable)")
 
 
+#: ``--backend`` of run, compare and serve: effattn.runtime.load's backends for an ONNX file or plan.
+BACKEND_CHOICES = ("auto", "onnxruntime", "openvino", "tensorrt")
+#: ``build --precision``: what an engine can be built as (auto: the graph's own, an FP32 export as FP16).
+BUILD_PRECISIONS = ("auto", *precisions.names())
+#: ``quantize --precision``: the QDQ graphs quantize writes.
+QUANTIZE_PRECISIONS = precisions.quantized()
+
+
 def _backend_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "openvino", "tensorrt"), default="auto",
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                    help="auto (default): TensorRT if installed with a GPU, else ONNX Runtime on CUDA if present, "
                         "else on the CPU OpenVINO for INT8 files and ONNX Runtime for the rest; a .plan always "
                         "runs on TensorRT")
@@ -182,12 +192,15 @@ def _quantize(add) -> None:
             "  effattn quantize seg.onnx -o seg.fp8.onnx --precision fp8 && effattn build seg.fp8.onnx -o seg.fp8.plan")
     p.add_argument("onnx", type=Path, help="an FP32 .onnx file written by 'effattn export'")
     p.add_argument("-o", "--output", type=Path, required=True, help="the quantized .onnx file to write")
-    p.add_argument("--precision", choices=("int8", "fp8"), default="int8",
+    p.add_argument("--precision", choices=QUANTIZE_PRECISIONS, default=precisions.DEFAULT_QUANTIZED,
                    help="int8 (default: every GPU, and OpenVINO's fast CPU path) or fp8 (E4M3, TensorRT on 8.9+ GPUs)")
     p.add_argument("--calibration", type=Path, help="folder of .npy/.npz files or one .npz (keys: input names); "
-                   "regular files only, at most 1 GiB of array data and 4096 samples in all, finite and not constant")
-    p.add_argument("--samples", type=Number(int, 1, 4096), default=32,  # 4096: effattn.export.quantize.MAX_SAMPLES
-                   help="calibration images without --calibration (32; at most 4096)")
+                   f"regular files only, at most 1 GiB of array data and {precisions.MAX_CALIBRATION_SAMPLES} samples "
+                   "in all, finite and not constant")
+    p.add_argument("--samples", type=Number(int, 1, precisions.MAX_CALIBRATION_SAMPLES),
+                   default=precisions.CALIBRATION_SAMPLES,
+                   help=f"calibration images without --calibration ({precisions.CALIBRATION_SAMPLES}; at most "
+                   f"{precisions.MAX_CALIBRATION_SAMPLES})")
     p.add_argument("--force", action="store_true", help="overwrite the output")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -206,7 +219,7 @@ def _build(add) -> None:
     p.add_argument("onnx", type=Path, help="an .onnx file written by 'effattn export'")
     p.add_argument("-o", "--output", type=Path, required=True, help="the engine (.plan) or optimised .onnx to write")
     p.add_argument("--backend", choices=("tensorrt", "onnxruntime"), default="tensorrt")
-    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8", "fp8"), default="auto",
+    p.add_argument("--precision", choices=BUILD_PRECISIONS, default="auto",
                    help="auto (default): FP16 for an FP32 export (converted to the FP16 graph first), else the "
                    "graph's own (FP16, BF16, or INT8/FP8 for a QDQ file from 'effattn quantize'); fp16/bf16 convert "
                    "an FP32 file; fp32 keeps it; int8/fp8 need a QDQ file of that type")
@@ -229,6 +242,12 @@ def _inspect(add) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _bench_backends() -> str:
+    """Every bench backend with the devices it runs on, wrapped for --help."""
+    listed = ", ".join(f"{b.name} ({'/'.join(b.devices)})" for b in catalog.BACKENDS.values())
+    return textwrap.fill(f"backends: {listed}", width=110, break_on_hyphens=False)
+
+
 def _bench(add) -> None:
     p = add("bench", "latency, throughput and memory of every backend vs eager PyTorch",
             "Export each model once with a profile spanning the sizes and batches, then time eager PyTorch FP32 "
@@ -237,7 +256,7 @@ def _bench(add) -> None:
             "run, and start-up time cold and with caches warm. With the EA block and the dot-product block in "
             "one run it also fits growth exponents (time and memory vs positions) and finds the crossover; "
             "dot-product sizes that cannot fit in memory are reported, not run.\n\n"
-            "backends: torch-fp16 and tensorrt[-fp16] (cuda), torch-compile, onnxruntime[-fp16]\n\nexamples:\n"
+            f"{_bench_backends()}\n\nexamples:\n"
             "  effattn bench --models efficient_attention ea_segnet_tiny --sizes 64 128 256 -o cpu.json --plot cpu.png\n"
             "  effattn bench --models efficient_attention dot_product_attention --sizes 32 64 128 256 512 --max-seconds 600\n"
             "  effattn bench --device cuda --batch 8 --sizes 128 --backends torch-fp16 tensorrt-fp16")
@@ -249,8 +268,8 @@ def _bench(add) -> None:
     p.add_argument("--batch", nargs="+", type=COUNT, default=[1], help="batch sizes (default 1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--backends", nargs="+", default=None, metavar="BACKEND",
-                   help="besides eager torch (default: onnxruntime on cpu; on cuda torch-fp16, torch-compile, "
-                   "onnxruntime, onnxruntime-fp16, tensorrt-fp16)")
+                   help="besides eager torch (default: " + "; ".join(
+                       f"on {device} {', '.join(names)}" for device, names in catalog.DEFAULT_BACKENDS.items()) + ")")
     p.add_argument("--threads", type=THREADS, default=None,
                    help="threads for torch and ONNX Runtime (default: all cores)")
     p.add_argument("--seconds", type=SECONDS, default=1.0, help="minimum timing per row (default 1)")
@@ -282,7 +301,7 @@ def _serve(add) -> None:
     p.add_argument("--port", type=PORT, default=8000)
     p.add_argument("--grpc-port", type=PORT, help="also serve KServe v2 gRPC here (Triton uses 8001; needs "
                    "tritonclient[grpc])")
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "openvino", "tensorrt"), default="auto")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     p.add_argument("--device", choices=("cpu", "cuda"), help="force the ONNX Runtime device")
     p.add_argument("--threads", type=THREADS, default=None, help="ONNX Runtime intra-op threads per model")
     p.add_argument("--max-batch-size", type=COUNT, default=8, help="items per engine call (capped by the profile)")

@@ -12,11 +12,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import metadata, pipeline
+from .. import metadata, pipeline, precisions
 from ..bench.benchmark import check_plotting, plot, run_bench
 from ..engines import build_engine
 from ..engines.precision import check_onnx
@@ -43,7 +44,7 @@ def _progress_bar(total: int, desc: str, quiet: bool):
 
 def _step_callback(bar) -> Callable[[str], None]:
     """A ``progress`` callback that advances ``bar`` as each named step starts."""
-    started = []
+    started: list[str] = []
 
     def step(name: str) -> None:
         if started:
@@ -99,7 +100,7 @@ def _rtx(args) -> bool | None:
 
 # ----------------------------------------------------------------------------------------- commands
 def cmd_models(args) -> None:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in list_models(args.pattern):
         entry = get_entry(name)
         params = sum(p.numel() for p in create_model(name).parameters())
@@ -162,10 +163,10 @@ def cmd_run(args) -> None:
         backend = runner.backend
     if args.output:  # through a file object: np.savez would add ".npz" to a name without it
         with atomic_output(args.output, args.force) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **outputs)
-    summary = {name: {"shape": list(v.shape), "dtype": v.dtype.name, "mean": float(v.mean()),
-                      "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
-               for name, v in outputs.items()}
+            np.savez(f, **outputs)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
+    summary: dict[str, dict[str, Any]] = {
+        name: {"shape": list(v.shape), "dtype": v.dtype.name, "mean": float(v.mean()), "std": float(v.std()),
+               "min": float(v.min()), "max": float(v.max())} for name, v in outputs.items()}
     if args.json:
         return _print_json({"backend": backend, "outputs": summary})
     print(f"backend: {backend}")
@@ -217,7 +218,7 @@ def _print_demo(result: pipeline.Demo) -> None:
     print(f"\nparity vs eager PyTorch FP32 over {result.inputs} inputs (random and task images at min/opt/max "
           "shapes; each precision's tolerances from the table in effattn.runtime.parity):")
     print("\n\n".join(str(r) for r in result.reports))
-    shape = "x".join(map(str, next(iter(source.profile.values())).opt))
+    shape = "x".join(map(str, next(iter(cast(ShapeProfile, source.profile).values())).opt))  # zoo: has one
     print(f"\nlatency at {shape} (ms, after warm-up, same run):")
     print(f"{'backend':<26}{'median':>9}{'p90':>9}{'speedup':>9}")
     for name, t in result.latency.items():
@@ -233,7 +234,7 @@ def cmd_quantize(args) -> None:
         return _print_json({"path": str(result.path), "precision": result.precision, "calibration": result.calibration,
                             "samples": result.samples, "quantized": result.quantized, "seconds": result.seconds})
     ops = ", ".join(f"{n} {op}" for op, n in result.quantized.items())
-    kind = "INT8 QDQ, signed symmetric" if result.precision == "int8" else "FP8 E4M3 QDQ, for GPUs of compute capability 8.9+"
+    kind = precisions.get(result.precision).description
     print(f"wrote {result.path} ({kind}; quantized: {ops}; calibration: {result.calibration}, "
           f"{result.samples} samples; {result.seconds:.1f}s)")
 

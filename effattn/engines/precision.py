@@ -20,23 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-from onnx import TensorProto
 from onnx.external_data_helper import load_external_data_for_model
 
-from .. import metadata
+from .. import dtypes, metadata, precisions
 from ..errors import BackendError, ExportError, InputError, first_line
-from ..export.precision import to_bf16, to_fp16
-from ..export.quantize import ZERO_POINT_TYPES, check_qdq, qdq_summary
+from ..export.precision import CONVERTERS
+from ..export.quantize.qdq import check_qdq, qdq_summary
 from ..files import open_regular
 
-#: What an engine can be built as. ``None`` (or ``"auto"``) asks for the graph's own precision.
-ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
-#: FP8 tensor cores: compute capability 8.9 (Ada) and later (Hopper 9.0, Blackwell 10.0+).
-FP8_CAPABILITY = (8, 9)
-#: FP32 graphs this module converts on the way (``effattn.export.to_fp16`` / ``to_bf16``).
-CONVERTIBLE = ("fp16", "bf16")
-_FLOAT_TYPES = {TensorProto.BFLOAT16: "bf16", TensorProto.FLOAT16: "fp16"}
+#: The ONNX element type of each converted (float) precision, narrowest mantissa first: BF16 before FP16.
+_FLOAT_TYPES = {dtypes.lookup("torch", p.element).onnx: p.name for p in reversed(precisions.TABLE)
+                if p.made_by == "convert"}
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
+#: A QDQ graph is the last-listed quantized precision any of its zero points belongs to (FP8 wins over INT8);
+#: zero points of no family (uint8: no zero point) read as the default quantized precision.
+_QDQ_ORDER = [p for p in reversed(precisions.TABLE) if p.quantized]
+
+
+def _family(row: precisions.Precision) -> str:
+    """The zero-point types a precision's graphs are recognised by: every ``float8`` kind is FP8, ``int8`` INT8."""
+    return (row.zero_point_type or row.element).split("_")[0]
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,10 @@ def graph_precision(model: onnx.ModelProto) -> str:
     zero points' type), else ``bf16``/``fp16`` where any tensor has that type, else ``fp32``."""
     if any(n.op_type in _QDQ for n in model.graph.node):
         types = qdq_summary(model).zero_point_types
-        return "fp8" if any(t.startswith("float8") for t in types) else "int8"
-    types = _float_types(model)
-    return next((name for t, name in _FLOAT_TYPES.items() if t in types), "fp32")
+        return next((p.name for p in _QDQ_ORDER if any(t.startswith(_family(p)) for t in types)),
+                    precisions.DEFAULT_QUANTIZED)
+    elements = _float_types(model)
+    return next((name for t, name in _FLOAT_TYPES.items() if t in elements), "fp32")
 
 
 def qdq_problems(model: onnx.ModelProto) -> list[str]:
@@ -80,7 +84,7 @@ def qdq_problems(model: onnx.ModelProto) -> list[str]:
     problems = []
     if not summary.quantized:
         problems.append("no op reads both its data and its weight through DequantizeLinear (no quantized layer)")
-    foreign = sorted(summary.zero_point_types - set(ZERO_POINT_TYPES.values()))
+    foreign = sorted(summary.zero_point_types - {p.zero_point_type for p in precisions.TABLE if p.quantized})
     if foreign:
         problems.append(f"zero points of type {', '.join(foreign)} (TensorRT takes signed INT8 or FP8 E4M3; a "
                         "missing zero point means uint8)")
@@ -144,7 +148,7 @@ def read_graph_precision(onnx_path: Path, model: onnx.ModelProto | None = None) 
     graph's word."""
     model = model if model is not None else _load(onnx_path)
     seen = check_onnx(onnx_path, model)
-    if seen in ZERO_POINT_TYPES and (problems := qdq_problems(model)):
+    if precisions.get(seen).quantized and (problems := qdq_problems(model)):
         raise BackendError(f"{onnx_path} is not a QDQ graph TensorRT can build: {'; '.join(problems)}. Write it "
                            "with 'effattn quantize' (signed symmetric INT8, or --precision fp8)")
     return seen
@@ -158,17 +162,18 @@ AUTO = {"fp32": "fp16"}
 def decide(graph: str, requested: str | None, fp16_flag: bool = False) -> EnginePrecision:
     """The decision table (pure): ``requested`` None takes the graph's precision, "auto" as :data:`AUTO` says."""
     want = graph if requested is None else AUTO.get(graph, graph) if requested == "auto" else requested
-    if want not in ENGINE_PRECISIONS:
-        raise BackendError(f"precision must be one of auto, {', '.join(ENGINE_PRECISIONS)}; got {requested!r}")
-    if fp16_flag and not (want == "fp16" and graph == "fp32" or want == graph and graph in ZERO_POINT_TYPES):
+    if want not in precisions.names():
+        raise BackendError(f"precision must be one of auto, {', '.join(precisions.names())}; got {requested!r}")
+    quantized = precisions.get(want).quantized
+    if fp16_flag and not (want == "fp16" and graph == "fp32" or want == graph and quantized):
         raise BackendError(f"fp16_flag builds an FP32 graph as FP16 or lets a QDQ graph's float layers run in "
                            f"FP16 (TensorRT 10 only); it does not apply to a {want} engine of a {graph} graph")
     if want == graph:
         return EnginePrecision(want, graph, fp16_flag=fp16_flag)
-    if graph == "fp32" and want in CONVERTIBLE:
+    if graph == "fp32" and want in precisions.converted():
         return EnginePrecision(want, graph, convert=None if fp16_flag else want, fp16_flag=fp16_flag)
-    if want in ZERO_POINT_TYPES:
-        flag = "" if want == "int8" else " --precision fp8"
+    if quantized:
+        flag = "" if want == precisions.DEFAULT_QUANTIZED else f" --precision {want}"
         raise BackendError(f"an {want.upper()} engine needs an {want.upper()} QDQ graph and this one is {graph}: "
                            f"quantize the FP32 export first ('effattn quantize{flag}', calibrated), then build that file")
     if want == "fp32":
@@ -190,21 +195,30 @@ def converted_graph(decision: EnginePrecision, onnx_path: str | Path, out: str |
     (replacing it) when the decision converts an FP32 graph."""
     if decision.convert is None:
         return Path(onnx_path)
-    convert = {"fp16": to_fp16, "bf16": to_bf16}[decision.convert]
-    return convert(onnx_path, out, force=True)
+    return CONVERTERS[decision.convert](onnx_path, out, force=True)
+
+
+#: GPU generations from each compute capability on, for the refusal's message.
+_GENERATIONS = {(8, 9): "Ada, Hopper, Blackwell", (9, 0): "Hopper, Blackwell", (10, 0): "Blackwell"}
 
 
 def capability_refusal(precision: str, capability: str) -> str | None:
     """Why this GPU (compute capability "9.0") cannot run a ``precision`` engine, or None. TensorRT builds FP8
     layers only where FP8 tensor cores are (8.9+); elsewhere it would fail deep in the build or fall back."""
     have = tuple(int(x) for x in capability.split(".")[:2])
-    if precision == "fp8" and have < FP8_CAPABILITY:
-        return (f"FP8 engines need FP8 tensor cores (compute capability {'.'.join(map(str, FP8_CAPABILITY))}+: Ada, "
-                f"Hopper, Blackwell); this GPU is {capability}. Build the INT8 file ('effattn quantize') instead")
+    row = precisions.get(precision)
+    if row.min_capability is not None and have < row.min_capability:
+        need = ".".join(map(str, row.min_capability))
+        gpus = f": {_GENERATIONS[row.min_capability]}" if row.min_capability in _GENERATIONS else ""
+        return (f"{row.label} engines need {row.hardware} (compute capability {need}+{gpus}); this GPU is "
+                f"{capability}. Build the {precisions.get(precisions.DEFAULT_QUANTIZED).label} file "
+                "('effattn quantize') instead")
     return None
 
 
 # ------------------------------------------------------------------------------------------ the census
+#: Census words are matched quantized precisions first, then the narrowest floats, FP32's generic "float" last.
+_CENSUS_ORDER = sorted(precisions.TABLE, key=lambda p: (not p.quantized, p.weight_bytes))
 #: Layer types that only move or convert data: a Reformat from FP32 to INT8 is not an INT8 layer.
 _DATA_MOVEMENT = ("reformat", "quantize", "dequantize")
 
@@ -219,10 +233,9 @@ def _tensor_type(tensor: Mapping) -> str | None:
     text = str(tensor.get("Datatype") or tensor.get("Format/Datatype") or "").lower()
     if not text or "n/a" in text or "not available" in text:
         return None
-    for kind, words in (("bf16", ("bfloat16", "bf16")), ("fp16", ("half", "fp16")), ("fp8", ("fp8", "float8", "e4m3")),
-                        ("int8", ("int8",)), ("fp32", ("float", "fp32"))):
-        if any(w in text for w in words):
-            return kind
+    for row in _CENSUS_ORDER:
+        if any(w in text for w in row.census_words):
+            return row.name
     return "other"
 
 
@@ -237,8 +250,7 @@ def _layer_kind(layer: Mapping) -> str | None:
         return None
     if str(layer.get("LayerType", "")).lower().endswith(_DATA_MOVEMENT):
         return "reformat"
-    order = ("fp8", "int8", "fp16", "bf16", "fp32")
-    return next((k for k in order if k in outs or (k in ("fp8", "int8") and k in ins)), "other")
+    return next((p.name for p in _CENSUS_ORDER if p.name in outs or (p.quantized and p.name in ins)), "other")
 
 
 def census(info: Mapping) -> dict:
@@ -256,7 +268,3 @@ def precision_refusal(precision: str, layers: Mapping) -> str | None:
     if precision == "fp32" or not layers.get("layers") or "formats" in layers or "error" in layers:
         return None
     return None if layers.get(precision) else f"runs 0 of {layers['layers']} layers in {precision.upper()}"
-
-
-def fp16_refusal(layers: Mapping) -> str | None:
-    return precision_refusal("fp16", layers)

@@ -48,9 +48,8 @@ from pathlib import Path
 import onnx
 from tqdm.auto import tqdm
 
-from .. import metadata
+from .. import metadata, precisions
 from ..errors import BackendError, first_line
-from ..export.quantize import ZERO_POINT_TYPES
 from ..files import check_writable
 from ..metadata import read_metadata
 from ..shapes import ShapeProfile
@@ -210,7 +209,7 @@ def network_typing(version: str, decision: EnginePrecision, rtx: bool = False) -
     if have < (10, 0):
         raise BackendError(f"TensorRT {version} is too old: effattn builds engines with TensorRT 10 or 11")
     flags = ("fp16",) if decision.fp16_flag else ()
-    if decision.precision in ZERO_POINT_TYPES and (flags or have < (10, 12)):
+    if precisions.get(decision.precision).quantized and (flags or have < (10, 12)):
         return NetworkTyping(False, (decision.precision, *flags))
     return NetworkTyping(not flags, flags)
 

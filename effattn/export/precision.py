@@ -175,3 +175,7 @@ def to_bf16(
             raise ExportError(f"cannot move {onnx_in} from opset {opset} to {BF16_OPSET} for BF16: {first_line(e)}") from e
     bf16 = _fp16_to_bf16(_half(model, onnx_in, fp32_ops))
     return _write(bf16, onnx_out, force, "bf16", fp32_ops, onnx_in)
+
+
+#: The conversion that makes each ``made_by="convert"`` precision of :mod:`effattn.precisions` from the FP32 graph.
+CONVERTERS = {"fp16": to_fp16, "bf16": to_bf16}

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import metadata
+from .. import metadata, precisions
 from ..errors import BackendError, first_line
 from .base import Runner, TensorSpec
 
@@ -72,7 +72,7 @@ def choose_precision(file_precision: str, asked: str | None = None) -> tuple[str
             raise BackendError("the file is fp16; BF16 applies to FP32 and INT8 graphs")
         return "fp16", "f32"
     bf16 = asked == "bf16" or (asked == "auto" and cpu_has_bf16())
-    if file_precision in ("int8", "fp8"):  # FP8 QDQ: OpenVINO emulates the quantizers, for parity only
+    if precisions.get(file_precision).quantized:  # FP8 QDQ: OpenVINO emulates the quantizers, for parity only
         return file_precision, "bf16" if bf16 else "f32"
     return ("bf16", "bf16") if bf16 else ("fp32", "f32")
 

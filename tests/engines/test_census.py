@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from effattn.engines.precision import census, fp16_refusal, precision_refusal
+from effattn.engines.precision import census, precision_refusal
 from effattn.engines.tensorrt_build import scratch_path
 
 DATA = Path(__file__).parent / "data"
@@ -32,7 +32,7 @@ def _layer(*types: str, key: str = "Format/Datatype") -> dict:
 def test_census_of_a_dynamic_engine_without_context_is_unknown_and_never_refused():
     layers = census(_load("inspector_trt8_dynamic_no_context.json"))
     assert layers == {"layers": 3, "formats": "unknown"}
-    assert fp16_refusal(layers) is None  # before the fix: "runs 0 of 3 layers in FP16", engine refused
+    assert precision_refusal("fp16", layers) is None  # before the fix: "runs 0 of 3 layers in FP16", engine refused
 
 
 def test_census_reads_real_tensorrt10_formats():
@@ -77,10 +77,10 @@ def test_census_classifies_the_fp16_spellings_tensorrt_uses():
 
 
 def test_only_a_known_zero_fp16_census_is_refused():
-    assert fp16_refusal({"layers": 5, "fp32": 5}) == "runs 0 of 5 layers in FP16"
-    assert fp16_refusal({"layers": 5, "fp32": 4, "fp16": 1}) is None
-    assert fp16_refusal({"layers": 5, "formats": "unknown"}) is None
-    assert fp16_refusal({"error": "inspector unavailable"}) is None
+    assert precision_refusal("fp16", {"layers": 5, "fp32": 5}) == "runs 0 of 5 layers in FP16"
+    assert precision_refusal("fp16", {"layers": 5, "fp32": 4, "fp16": 1}) is None
+    assert precision_refusal("fp16", {"layers": 5, "formats": "unknown"}) is None
+    assert precision_refusal("fp16", {"error": "inspector unavailable"}) is None
 
 
 def test_scratch_files_are_named_by_content_and_precision(tmp_path):

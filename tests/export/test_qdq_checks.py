@@ -23,7 +23,7 @@ from effattn.models import load_model
 from effattn.runtime import load
 from effattn.shapes import ShapeProfile
 
-quantize_module = importlib.import_module("effattn.export.quantize")  # the module, not the function of that name
+calibration_module = importlib.import_module("effattn.export.quantize.calibration")  # where the limits are read
 BAD_SCALES = {"zero": 0.0, "negative": -0.5, "nan": float("nan"), "inf": float("inf"), "subnormal": 1e-40}
 
 
@@ -160,7 +160,7 @@ def test_good_calibration_still_quantizes(tmp_path):
 def test_zip_bomb_npz_is_refused_from_its_declared_size(tmp_path, monkeypatch):
     """A deflated .npz of zeros declaring more than the limit (1 GiB; 8 MiB here, so the test stays small) is
     refused from its headers, before a byte is inflated."""
-    monkeypatch.setattr(quantize_module, "MAX_ARRAY_BYTES", 8 * 2**20)
+    monkeypatch.setattr(calibration_module, "MAX_ARRAY_BYTES", 8 * 2**20)
     _conv_model(tmp_path / "m.onnx", "add")
     np.savez_compressed(tmp_path / "bomb.npz", x=np.zeros((4097, 32, 4, 4), np.float64))
     assert (tmp_path / "bomb.npz").stat().st_size < 100_000
@@ -220,7 +220,7 @@ def test_samples_are_capped(tmp_path, capsys, monkeypatch):
     assert e.value.code == 2 and "--samples: expected an integer from 1 to 4096, got '200000'" in capsys.readouterr().err
     with pytest.raises(InputError, match="samples must be 1 to 4096, got 200000"):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", samples=200000)
-    monkeypatch.setattr(quantize_module, "MAX_SAMPLES", 4)
+    monkeypatch.setattr(calibration_module, "MAX_SAMPLES", 4)
     np.save(tmp_path / "five.npy", np.random.default_rng(0).standard_normal((5, 32, 4, 4)).astype(np.float32))
     with pytest.raises(InputError, match="holds more than 4 samples"):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=tmp_path / "five.npy", samples=4)
@@ -233,7 +233,7 @@ def test_limits_are_stated_in_help(capsys):
     with pytest.raises(SystemExit):
         main(["quantize", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert f"at most {quantize_module.MAX_SAMPLES}" in text
+    assert f"at most {calibration_module.MAX_SAMPLES}" in text
     assert f"at most {MAX_ARRAY_BYTES // 2**30} GiB of array data" in text
 
 

@@ -281,6 +281,8 @@ def test_unquantizable_files_are_refused_in_one_line(files, tmp_path):
         assert "\n" not in str(info.value)
     with pytest.raises(ExportError, match=r"block.onnx has no Conv TensorRT runs in FP8 \(each has 16 or fewer"):
         quantize(files["dir"] / "block.onnx", tmp_path / "out.onnx", samples=2, precision="fp8")
+    with pytest.raises(ExportError, match=r"block.onnx has no Gemm node to quantize \(ops: .*Conv"):  # not FP8's
+        quantize(files["dir"] / "block.onnx", tmp_path / "out.onnx", samples=2, ops=("Gemm",))
     assert not (tmp_path / "out.onnx").exists()
     with pytest.raises(InputError, match="precision must be one of int8, fp8; got 'fp4'"):
         quantize(files["dir"] / "block.onnx", tmp_path / "out.onnx", precision="fp4")
