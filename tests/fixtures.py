@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from effattn.export import export_onnx
-from effattn.models import EfficientAttention, ModelSource, get_entry, load_model
+from effattn.models import DotProductAttention, EfficientAttention, ModelSource, get_entry, load_model
 from effattn.shapes import ShapeProfile
 
 
@@ -59,6 +59,9 @@ ONNX_MODELS: dict[str, FixtureModel] = {
                                 "export: four heads, matched to eager at many shapes"),
     "ea32": FixtureModel(_ea(32, 32, 2, 32), ShapeProfile.single("1x32x8x8", "2x32x16x16", "2x32x32x32"),
                          "FP8: NVIDIA's FP8 Convs need more than 16 channels, so every Conv is FP8"),
+    "dot16_slow": FixtureModel(lambda: DotProductAttention(16, 8, 2, 16),
+                               ShapeProfile.single("1x16x8x8", "1x16x64x64", "1x16x64x64"),
+                               "a slow model for servers' queues and timeouts (dot-product: ~10-50 ms a call)"),
     "ea64": FixtureModel(lambda: load_model("efficient_attention"),
                          ShapeProfile.single("1x64x16x16", "2x64x64x64", "2x64x160x160"),
                          "FP16: the zoo block up to 25,600 positions"),
