@@ -96,7 +96,8 @@ class BenchResults:
         for r in self.rows:
             if r.model == model and r.backend == backend and r.stats and (batch is None or r.shape[0] == batch):
                 value = r.stats.median_ms if what == "time" else (r.peak_device_mib or r.peak_host_mib)
-                out.append((r.positions, value))
+                if value is not None:  # memory not measured on this row: no point, rather than a None to plot
+                    out.append((r.positions, value))
         return sorted(out)
 
     def scaling(self) -> list[dict]:

@@ -127,7 +127,7 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if cuda_graph and device == "cpu":
         raise BackendError("CUDA graphs need device 'cuda' or 'tensorrt', not 'cpu'")
-    providers = [(provider, provider_options(device, cache_dir, cuda_graph))]
+    providers: list[str | tuple[str, dict]] = [(provider, provider_options(device, cache_dir, cuda_graph))]
     providers += [] if device == "cpu" else ["CPUExecutionProvider"]
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers,
@@ -185,7 +185,7 @@ def provider_options(device: str, cache_dir: str | Path | None = None, cuda_grap
     Ampere and later) is turned off, so an FP32 graph is not silently lowered.
     """
     if device == "tensorrt":
-        options = {"trt_fp16_enable": False, "trt_engine_cache_enable": cache_dir is not None,
+        options: dict[str, bool | str] = {"trt_fp16_enable": False, "trt_engine_cache_enable": cache_dir is not None,
                    "trt_timing_cache_enable": cache_dir is not None, "trt_cuda_graph_enable": cuda_graph}
         if cache_dir is not None:
             options |= {"trt_engine_cache_path": str(cache_dir), "trt_timing_cache_path": str(cache_dir)}

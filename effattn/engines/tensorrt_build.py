@@ -44,6 +44,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 import onnx
 from tqdm.auto import tqdm
@@ -82,6 +83,12 @@ def tensorrt_available(rtx: bool = False) -> bool:
 
 def major_version(trt) -> int:
     return int(str(trt.__version__).split(".")[0])
+
+
+@overload
+def gpu_identity(device: int = 0, required: Literal[True] = True) -> tuple[str, str]: ...
+@overload
+def gpu_identity(device: int = 0, *, required: bool) -> tuple[str, str] | None: ...
 
 
 def gpu_identity(device: int = 0, required: bool = True) -> tuple[str, str] | None:
