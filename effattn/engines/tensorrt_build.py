@@ -81,10 +81,6 @@ def tensorrt_available(rtx: bool = False) -> bool:
     return gpu_identity(required=False) is not None
 
 
-def major_version(trt) -> int:
-    return int(str(trt.__version__).split(".")[0])
-
-
 @overload
 def gpu_identity(device: int = 0, required: Literal[True] = True) -> tuple[str, str]: ...
 @overload
