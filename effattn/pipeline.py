@@ -26,9 +26,9 @@ from . import metadata
 from .bench.contention import LoadCheck
 from .bench.timing import LatencyStats, measure_interleaved
 from .engines import available_devices, optimize_model
+from .engines.cache import Sidecar, sidecar_path
 from .engines.onnxruntime_session import default_threads
 from .engines.precision import EnginePrecision, converted_graph, engine_precision
-from .engines.cache import Sidecar, sidecar_path
 from .errors import BackendError, ExportError, InputError, ParityError, first_line
 from .export import ExportResult, export_onnx, quantize, to_fp16
 from .files import atomic_output, check_writable, read_arrays

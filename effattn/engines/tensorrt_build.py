@@ -55,9 +55,8 @@ from ..export.quantize import ZERO_POINT_TYPES
 from ..files import check_writable
 from ..metadata import read_metadata
 from ..shapes import ShapeProfile
-from .cache import EngineCache, EngineKey, Sidecar, sidecar_path
-from .precision import (EnginePrecision, capability_refusal, census, converted_graph, engine_precision,
-                        precision_refusal)
+from .cache import DEFAULT_CACHE_DIR, EngineCache, EngineKey, Sidecar, sidecar_path
+from .precision import EnginePrecision, capability_refusal, census, converted_graph, engine_precision, precision_refusal
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ def polygraphy_loaders(rtx: bool):
                 os.environ[RTX_SWITCH] = before
     from polygraphy import config
 
-    if config.USE_TENSORRT_RTX != rtx:
+    if rtx != config.USE_TENSORRT_RTX:
         have, want = ("TensorRT-RTX", "TensorRT") if config.USE_TENSORRT_RTX else ("TensorRT", "TensorRT-RTX")
         raise BackendError(f"Polygraphy in this process is bound to {have} (chosen when it was first imported; "
                            f"{RTX_SWITCH}); build {want} engines in another process")
@@ -238,7 +237,7 @@ def build_engine(
     precision: str | None = None,
     *,
     output: str | Path | None = None,
-    cache_dir: str | Path = Path.home() / ".cache" / "effattn" / "engines",
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
     workspace_gib: float | None = None,
     optimization_level: int = 3,
     fp16_flag: bool = False,
@@ -312,7 +311,7 @@ def _create_config(trt, loaders, profiles: list[ShapeProfile], key: EngineKey, t
                   progress_monitor=monitor, profiling_verbosity=trt.ProfilingVerbosity.DETAILED)
     if options["workspace_gib"]:
         kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(options["workspace_gib"] * 2**30)}
-    kwargs.update({flag: True for flag in typing.flags})  # CreateConfig(int8=True, fp8=True, fp16=True)
+    kwargs.update(dict.fromkeys(typing.flags, True))  # CreateConfig(int8=True, fp8=True, fp16=True)
     return loaders.CreateConfig(**kwargs)
 
 
@@ -352,4 +351,5 @@ def _build(trt, onnx_path: Path, profiles: list[ShapeProfile], key: EngineKey, t
             bar.close()
     engine = loaders.EngineFromBytes(bytes(plan_bytes))()
     axes = graph_axes(onnx.load(str(onnx_path), load_external_data=False))
-    return cache.store(key, bytes(plan_bytes), io=_io_of(engine, axes), layers=layer_precisions(trt, engine), metadata=meta)
+    return cache.store(key, bytes(plan_bytes), io=_io_of(engine, axes), layers=layer_precisions(trt, engine),
+                       metadata=meta)

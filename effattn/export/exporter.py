@@ -185,7 +185,7 @@ class _Steps:
         return time.perf_counter() - self.start
 
     def durations(self) -> dict[str, float]:
-        marks = list(self.starts.items()) + [("done", time.perf_counter())]
+        marks = [*self.starts.items(), ("done", time.perf_counter())]
         return {name: marks[i + 1][1] - t for i, (name, t) in enumerate(marks[:-1])}
 
 

@@ -118,7 +118,7 @@ class _DotProductRule:
 
     def attend(self, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         scores = queries.transpose(-1, -2) @ keys  # (N, h, n_query, n_key): quadratic in n
-        if self.normalization == "softmax":
+        if self.normalization == "softmax":  # noqa: SIM108 (each branch's comment names its form)
             weights = scores.softmax(dim=-1)  # embedded-Gaussian non-local block
         else:
             weights = scores / keys.shape[-1]

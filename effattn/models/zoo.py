@@ -7,8 +7,8 @@ from torch import nn
 from ..shapes import ShapeProfile
 from .attention import DotProductAttention, EfficientAttention, EfficientAttention1d, Normalization
 from .hosts import EAResNet, EASegNet
-from .synthetic import images as synthetic_images
 from .registry import register_model
+from .synthetic import images as synthetic_images
 
 _block = ShapeProfile.single("1x64x16x16", "2x64x64x64", "8x64x128x128")
 
