@@ -17,6 +17,7 @@ from effattn.shapes import ShapeProfile
 from tests.conftest import rel_l2
 from tests.fixtures import ONNX_MODELS
 
+
 @pytest.fixture(scope="module")
 def block_onnx(tmp_path_factory):
     """Exported here, not taken from onnx_models: export_verified is what this module tests."""
