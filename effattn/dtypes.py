@@ -88,4 +88,6 @@ def io_dtypes(trt_dtype_name: str, tensor: str) -> tuple[str, str]:
         row = lookup("tensorrt", trt_dtype_name, f"engine tensor {tensor!r}")
     except InputError as e:
         raise BackendError(str(e)) from None
+    if row.torch is None:  # a row TensorRT names but torch cannot hold (none today): refused, not fed as None
+        raise BackendError(f"engine tensor {tensor!r} has TensorRT type {trt_dtype_name}, which torch has no dtype for")
     return row.torch, numpy_dtype(row).name

@@ -7,10 +7,11 @@ prints ``str(error)`` on one line and exits non-zero; nothing below a library bo
 from __future__ import annotations
 
 
-def first_line(error: BaseException) -> str:
-    """The first non-empty line of ``error``'s message (its type name if it has none): library exceptions
-    often carry pages of context, and a one-line message must not fail on an empty one."""
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+def first_line(error: BaseException | str) -> str:
+    """The first non-empty line of ``error``'s message (an exception's type name if it has none): library
+    exceptions often carry pages of context, and a one-line message must not fail on an empty one."""
+    fallback = "" if isinstance(error, str) else type(error).__name__
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), fallback)
 
 
 class EffattnError(Exception):

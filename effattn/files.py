@@ -23,7 +23,7 @@ import threading
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import numpy as np
 
@@ -191,7 +191,7 @@ def open_regular(path: str | Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def _npy_size(f: BinaryIO, where: str, available: int, max_bytes: int) -> int:
+def _npy_size(f: IO[bytes], where: str, available: int, max_bytes: int) -> int:
     """The data bytes the ``.npy`` header at ``f``'s start declares, refused over ``max_bytes``, over what the
     file holds (``available`` bytes in all), or for Python objects; ``f`` is left at its start. ``where``
     names the array in messages."""

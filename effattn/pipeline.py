@@ -10,6 +10,7 @@ describing a file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import tempfile
@@ -25,9 +26,9 @@ from . import metadata
 from .bench.contention import LoadCheck
 from .bench.timing import LatencyStats, measure_interleaved
 from .engines import available_devices, optimize_model
+from .engines.cache import Sidecar, sidecar_path
 from .engines.onnxruntime_session import default_threads
 from .engines.precision import EnginePrecision, converted_graph, engine_precision
-from .engines.cache import Sidecar, sidecar_path
 from .errors import BackendError, ExportError, InputError, ParityError, first_line
 from .export import ExportResult, export_onnx, quantize, to_fp16
 from .files import atomic_output, check_writable, read_arrays
@@ -54,6 +55,8 @@ def validate_export(module, path: str | Path, profile: ShapeProfile | None = Non
     ``profile``, by default the file's own)."""
     with OnnxRuntimeRunner(path, device="cpu") as candidate:
         profile = profile or candidate.profile
+        if profile is None:
+            raise ExportError(f"{path} records no shape range for every input; give a profile to validate it at")
         reference = TorchRunner(module, profile, output_names=list(candidate.outputs))
         residuals = metadata.residuals_of(candidate.metadata, candidate.inputs, candidate.outputs)
         return compare(reference, {"onnxruntime-cpu": candidate}, profile_inputs(profile, seed), residuals=residuals)
@@ -171,19 +174,20 @@ def demo(model: str = "ea_segnet_tiny", out: str | Path = "effattn-demo", device
     for path in paths.values():
         check_writable(path, force)
     source = load_model(model, pretrained=get_entry(model).pretrained is not None)
+    profile = get_entry(model).profile  # a zoo model's own (load_model gives it to the source)
     exported = export_verified(source, paths["fp32"], seed=seed, force=force, progress=progress)
     _write_low_precision(paths, force, progress)
-    feeds = profile_inputs(source.profile, seed) + source.task_inputs(source.profile, seed)
+    feeds = profile_inputs(profile, seed) + source.task_inputs(profile, seed)
     choices = {p: choose_backend(paths[p], device=device) for p in precisions}  # said once, by the caller
     with contextlib.ExitStack() as stack:
         runners = {p: stack.enter_context(load(paths[p], backend=c.backend, device=c.device))
                    for p, c in choices.items()}
-        reference = TorchRunner(source.model, source.profile, output_names=list(runners["fp32"].outputs))
+        reference = TorchRunner(source.model, profile, output_names=list(runners["fp32"].outputs))
         reports = [compare(reference, r, feeds, precision=p,  # residuals from the file: not every runner has them
                            residuals=metadata.residuals_of(metadata.read_metadata(paths[p]), r.inputs, r.outputs))
                    for p, r in runners.items()]
         check = LoadCheck(os.cpu_count() or 1, threads=default_threads()).start()
-        latency = _time_beside_eager(reference, runners, random_inputs(source.profile, "opt", seed), seconds)
+        latency = _time_beside_eager(reference, runners, random_inputs(profile, "opt", seed), seconds)
         check.stop()
     return Demo(source, exported, paths, choices, reports, latency, len(feeds), check.warnings())
 
@@ -201,12 +205,12 @@ def _time_beside_eager(reference: Runner, runners: Mapping[str, Runner], feed: d
     timed = {"eager PyTorch fp32": reference}
     for precision, runner in runners.items():
         timed[runner.backend if runner.backend.endswith(precision) else f"{runner.backend} {precision}"] = runner
-    timings = measure_interleaved({name: (lambda r=r: r.infer(feed)) for name, r in timed.items()},
+    timings = measure_interleaved({name: functools.partial(r.infer, feed) for name, r in timed.items()},
                                   min_seconds=seconds, max_seconds=4 * seconds)
     failed = {name: e for name, e in timings.items() if isinstance(e, BaseException)}
     if failed:
         raise BackendError("timing failed: " + "; ".join(f"{name}: {first_line(e)}" for name, e in failed.items()))
-    return timings
+    return {name: t for name, t in timings.items() if isinstance(t, LatencyStats)}
 
 
 # ------------------------------------------------------------------------------------ files in, out

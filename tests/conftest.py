@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tests.fixtures import OnnxModels
+
 
 class LoopEfficientAttention(nn.Module):
     """The reference's layout and math, one head at a time (a Python loop, as the original code does).
@@ -69,6 +71,12 @@ def rng(request):
     seed = int(os.environ.get("EFFATTN_SEED") or np.random.SeedSequence().entropy % 2**32)
     request.node.user_properties.append(("seed", seed))
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def onnx_models(tmp_path_factory) -> OnnxModels:
+    """The shared networks of tests/fixtures.py, each exported once per session on first use."""
+    return OnnxModels(tmp_path_factory.mktemp("onnx_models"))
 
 
 @pytest.hookimpl(hookwrapper=True)

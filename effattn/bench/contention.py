@@ -72,8 +72,9 @@ class LoadCheck:
         return self
 
     def warnings(self) -> list[str]:
-        return [w for w in (self._busy("before", self.load_before, 0), self._busy("after", self.load_after, self.threads),
-                            *self._unsteady()) if w]
+        checks = (self._busy("before", self.load_before, 0), self._busy("after", self.load_after, self.threads),
+                  *self._unsteady())
+        return [w for w in checks if w]
 
     def _busy(self, when: str, load: LoadReading | None, own: int) -> str | None:
         if load is None or (load[0] - own) / max(self.cores, 1) <= BUSY_LOAD_PER_CORE:

@@ -89,9 +89,9 @@ def measure_bandwidth(device: str = "cpu", mib: int = 256) -> float:
             torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t0)
     else:
-        src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
+        host_src, host_dst = np.ones(n, np.float32), np.empty(n, np.float32)
         for _ in range(6):
             t0 = time.perf_counter()
-            np.copyto(dst, src)
+            np.copyto(host_dst, host_src)
             best = min(best, time.perf_counter() - t0)
     return 2 * n * 4 / best / 1e9

@@ -8,6 +8,7 @@ growth is read from ``cudaMemGetInfo``; the larger of the two is reported.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import subprocess
@@ -51,10 +52,8 @@ def available_bytes() -> int | None:
 def _trim_heap() -> None:
     """Give freed heap back to the OS first (glibc ``malloc_trim``): otherwise memory a runner freed while
     loading (the parsed model, for one) is reused by the run without raising RSS, and the peak reads low."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: measure as is
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: measure as is
-        pass
 
 
 @dataclass

@@ -39,7 +39,8 @@ def plot(results: BenchResults, path: str | Path, title: str | None = None) -> P
             _draw(axes[row][col], results, panel, lines, what,
                   legend=row == 0 and (col == 0 or panel == "EA vs dot-product"))
     env = results.environment
-    fig.suptitle(title or f"effattn bench: {env.get('gpu') or env.get('cpu')}, {env.get('threads')} threads", fontsize=10)
+    machine = env.get("gpu") or env.get("cpu")
+    fig.suptitle(title or f"effattn bench: {machine}, {env.get('threads')} threads", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

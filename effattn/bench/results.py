@@ -45,10 +45,12 @@ class BenchRow:
                 "status": self.status, "speedup_vs_eager": r(self.speedup_vs_eager),
                 "throughput_per_s": r(self.throughput, 2), "peak_host_mib": r(self.peak_host_mib, 2),
                 "peak_device_mib": r(self.peak_device_mib, 2), "bandwidth_floor_ms": r(self.floor_ms),
-                "times_bandwidth_floor": r(self.stats.median_ms / self.floor_ms, 2) if self.stats and self.floor_ms else None,
+                "times_bandwidth_floor": (r(self.stats.median_ms / self.floor_ms, 2)
+                                          if self.stats and self.floor_ms else None),
                 "host_copy_ms": r(self.host_copy_ms),
                 "roofline_floor_ms": r(self.roofline_ms),
-                "times_roofline_floor": r(self.stats.median_ms / self.roofline_ms, 2) if self.stats and self.roofline_ms else None,
+                "times_roofline_floor": (r(self.stats.median_ms / self.roofline_ms, 2)
+                                         if self.stats and self.roofline_ms else None),
                 **(self.stats.to_dict() if self.stats else {})}
 
 
@@ -96,7 +98,8 @@ class BenchResults:
         for r in self.rows:
             if r.model == model and r.backend == backend and r.stats and (batch is None or r.shape[0] == batch):
                 value = r.stats.median_ms if what == "time" else (r.peak_device_mib or r.peak_host_mib)
-                out.append((r.positions, value))
+                if value is not None:  # memory not measured on this row: no point, rather than a None to plot
+                    out.append((r.positions, value))
         return sorted(out)
 
     def scaling(self) -> list[dict]:

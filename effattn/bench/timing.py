@@ -91,8 +91,11 @@ def measure(fn: Callable[[], object], warmup_s: float = 0.2, min_runs: int = 10,
             min_seconds: float = 1.0, max_seconds: float = 10.0) -> LatencyStats:
     """Time ``fn`` after ``warmup_s`` of warm-up calls (trtexec's convention: 200 ms) until ``min_runs``
     and ``min_seconds`` are both reached, stopping at ``max_runs`` or ``max_seconds``."""
-    return measure_interleaved({"fn": fn}, rounds=1, warmup_s=warmup_s, min_runs=min_runs, max_runs=max_runs,
-                               min_seconds=min_seconds, max_seconds=max_seconds, catch=False)["fn"]
+    stats = measure_interleaved({"fn": fn}, rounds=1, warmup_s=warmup_s, min_runs=min_runs, max_runs=max_runs,
+                                min_seconds=min_seconds, max_seconds=max_seconds, catch=False)["fn"]
+    if isinstance(stats, BaseException):  # not reached: with catch=False the failure propagates
+        raise stats
+    return stats
 
 
 def measure_interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 5, warmup_s: float = 0.2,

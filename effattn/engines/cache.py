@@ -23,6 +23,8 @@ from ..files import atomic_output
 log = logging.getLogger(__name__)
 
 SIDECAR_SCHEMA = "effattn.engine/1"
+#: where build_engine keeps engines unless told otherwise
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "effattn" / "engines"
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,8 @@ class Sidecar:
             return cls(**data)
         except FileNotFoundError:
             raise BackendError(f"{path} is missing: effattn loads an engine only with the sidecar written when it "
-                               "was built (it records the TensorRT version and GPU); rebuild with 'effattn build'") from None
+                               "was built (it records the TensorRT version and GPU); "
+                               "rebuild with 'effattn build'") from None
         except (ValueError, TypeError) as e:
             raise BackendError(f"{path} is not an effattn engine sidecar ({e}); rebuild with 'effattn build'") from None
 

@@ -12,6 +12,7 @@ own TensorRT path takes TensorRT 10 or 11.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -59,10 +60,8 @@ def conflicting_installs() -> list[str]:
 
     names = []
     for name in ("onnxruntime", "onnxruntime-gpu"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             names.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            pass
     return names if len(names) > 1 else []
 
 
@@ -127,14 +126,15 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if cuda_graph and device == "cpu":
         raise BackendError("CUDA graphs need device 'cuda' or 'tensorrt', not 'cpu'")
-    providers = [(provider, provider_options(device, cache_dir, cuda_graph))]
+    providers: list[str | tuple[str, dict]] = [(provider, provider_options(device, cache_dir, cuda_graph))]
     providers += [] if device == "cpu" else ["CPUExecutionProvider"]
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers,
                                        disabled_optimizers=list(UNSAFE_REWRITES))
     except Exception as e:  # onnxruntime raises its own pybind exception types
         first = first_line(e)
-        raise BackendError(f"ONNX Runtime cannot load {path}: {first}. Is it an ONNX model written by effattn export?") from None
+        raise BackendError(f"ONNX Runtime cannot load {path}: {first}. "
+                           "Is it an ONNX model written by effattn export?") from None
     if session.get_providers()[0] != provider:
         raise BackendError(
             f"ONNX Runtime fell back from {provider} to {session.get_providers()[0]} for {path}: "
@@ -185,11 +185,12 @@ def provider_options(device: str, cache_dir: str | Path | None = None, cuda_grap
     Ampere and later) is turned off, so an FP32 graph is not silently lowered.
     """
     if device == "tensorrt":
-        options = {"trt_fp16_enable": False, "trt_engine_cache_enable": cache_dir is not None,
+        options: dict[str, bool | str] = {"trt_fp16_enable": False, "trt_engine_cache_enable": cache_dir is not None,
                    "trt_timing_cache_enable": cache_dir is not None, "trt_cuda_graph_enable": cuda_graph}
         if cache_dir is not None:
             options |= {"trt_engine_cache_path": str(cache_dir), "trt_timing_cache_path": str(cache_dir)}
         return options
     if device == "cuda":
-        return {"cudnn_conv_algo_search": "EXHAUSTIVE", "use_tf32": "0"} | ({"enable_cuda_graph": "1"} if cuda_graph else {})
+        graphs = {"enable_cuda_graph": "1"} if cuda_graph else {}
+        return {"cudnn_conv_algo_search": "EXHAUSTIVE", "use_tf32": "0"} | graphs
     return {}

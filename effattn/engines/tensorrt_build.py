@@ -44,6 +44,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 import onnx
 from tqdm.auto import tqdm
@@ -53,9 +54,8 @@ from ..errors import BackendError, first_line
 from ..files import check_writable
 from ..metadata import read_metadata
 from ..shapes import ShapeProfile
-from .cache import EngineCache, EngineKey, Sidecar, sidecar_path
-from .precision import (EnginePrecision, capability_refusal, census, converted_graph, engine_precision,
-                        precision_refusal)
+from .cache import DEFAULT_CACHE_DIR, EngineCache, EngineKey, Sidecar, sidecar_path
+from .precision import EnginePrecision, capability_refusal, census, converted_graph, engine_precision, precision_refusal
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,10 @@ def tensorrt_available(rtx: bool = False) -> bool:
     return gpu_identity(required=False) is not None
 
 
-def major_version(trt) -> int:
-    return int(str(trt.__version__).split(".")[0])
+@overload
+def gpu_identity(device: int = 0, required: Literal[True] = True) -> tuple[str, str]: ...
+@overload
+def gpu_identity(device: int = 0, *, required: bool) -> tuple[str, str] | None: ...
 
 
 def gpu_identity(device: int = 0, required: bool = True) -> tuple[str, str] | None:
@@ -126,7 +128,7 @@ def polygraphy_loaders(rtx: bool):
                 os.environ[RTX_SWITCH] = before
     from polygraphy import config
 
-    if config.USE_TENSORRT_RTX != rtx:
+    if rtx != config.USE_TENSORRT_RTX:
         have, want = ("TensorRT-RTX", "TensorRT") if config.USE_TENSORRT_RTX else ("TensorRT", "TensorRT-RTX")
         raise BackendError(f"Polygraphy in this process is bound to {have} (chosen when it was first imported; "
                            f"{RTX_SWITCH}); build {want} engines in another process")
@@ -263,7 +265,7 @@ def build_engine(
     if refusal := capability_refusal(decision.precision, capability):
         raise BackendError(f"{onnx_path}: {refusal}")
     typing = network_typing(str(trt.__version__), decision, rtx)
-    cache = EngineCache(Path.home() / ".cache" / "effattn" / "engines" if cache_dir is None else cache_dir)
+    cache = EngineCache(DEFAULT_CACHE_DIR if cache_dir is None else cache_dir)
     source = (onnx_path if decision.convert is None else
               converted_graph(decision, onnx_path, scratch_path(cache.root, onnx_path, decision.convert)))
     meta = read_metadata(source)
@@ -309,7 +311,7 @@ def _create_config(trt, loaders, profiles: list[ShapeProfile], key: EngineKey, t
                   progress_monitor=monitor, profiling_verbosity=trt.ProfilingVerbosity.DETAILED)
     if options["workspace_gib"]:
         kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(options["workspace_gib"] * 2**30)}
-    kwargs.update({flag: True for flag in typing.flags})  # CreateConfig(int8=True, fp8=True, fp16=True)
+    kwargs.update(dict.fromkeys(typing.flags, True))  # CreateConfig(int8=True, fp8=True, fp16=True)
     return loaders.CreateConfig(**kwargs)
 
 
@@ -349,4 +351,5 @@ def _build(trt, onnx_path: Path, profiles: list[ShapeProfile], key: EngineKey, t
             bar.close()
     engine = loaders.EngineFromBytes(bytes(plan_bytes))()
     axes = graph_axes(onnx.load(str(onnx_path), load_external_data=False))
-    return cache.store(key, bytes(plan_bytes), io=_io_of(engine, axes), layers=layer_precisions(trt, engine), metadata=meta)
+    return cache.store(key, bytes(plan_bytes), io=_io_of(engine, axes), layers=layer_precisions(trt, engine),
+                       metadata=meta)

@@ -90,6 +90,8 @@ def _trace(model: nn.Module, profile: ShapeProfile, exporter: str, opset: int, o
             )
             program = torch.onnx.export(model, example, dynamo=True, input_names=names, output_names=outputs,
                                         dynamic_shapes=dynamic, opset_version=opset, verbose=False)
+            if program is None:  # torch returns one when dynamo=True; the caller adds the TorchScript hint
+                raise ExportError("torch.onnx.export(dynamo=True) returned no ONNX program")
             return program.model_proto
         buffer = io.BytesIO()
         first = profile.inputs[0]
@@ -99,7 +101,8 @@ def _trace(model: nn.Module, profile: ShapeProfile, exporter: str, opset: int, o
         results = results if isinstance(results, (tuple, list)) else (results,)
         for out, value in zip(outputs, results):  # batch, and the spatial axes where the rank is kept
             axes[out] = {i: n for i, n in first.dynamic_axes.items() if i == 0 or value.dim() == first.rank}
-        torch.onnx.export(model, example, buffer, dynamo=False, input_names=names, output_names=outputs,
+        torch.onnx.export(model, example, buffer,  # type: ignore[arg-type]  # file-like: torch annotates paths only
+                          dynamo=False, input_names=names, output_names=outputs,
                           dynamic_axes=axes, opset_version=min(opset, 17))
         return onnx.load_from_string(buffer.getvalue())
 
@@ -170,7 +173,8 @@ class _Steps:
     """Start times of named steps, each announced to ``progress`` as it starts."""
 
     def __init__(self, progress: Callable[[str], None] | None) -> None:
-        self.progress, self.starts, self.start = progress, {}, time.perf_counter()
+        self.progress, self.start = progress, time.perf_counter()
+        self.starts: dict[str, float] = {}
 
     def __call__(self, name: str) -> None:
         self.starts[name] = time.perf_counter()
@@ -181,7 +185,7 @@ class _Steps:
         return time.perf_counter() - self.start
 
     def durations(self) -> dict[str, float]:
-        marks = list(self.starts.items()) + [("done", time.perf_counter())]
+        marks = [*self.starts.items(), ("done", time.perf_counter())]
         return {name: marks[i + 1][1] - t for i, (name, t) in enumerate(marks[:-1])}
 
 

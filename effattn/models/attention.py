@@ -100,6 +100,8 @@ class _AttentionBlock(nn.Module):
 
 
 class _EfficientRule:
+    normalization: Normalization  # set by _AttentionBlock.__init__
+
     def attend(self, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         if self.normalization == "softmax":
             keys = keys.softmax(dim=-1)  # over positions
@@ -112,9 +114,11 @@ class _EfficientRule:
 
 
 class _DotProductRule:
+    normalization: Normalization  # set by _AttentionBlock.__init__
+
     def attend(self, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         scores = queries.transpose(-1, -2) @ keys  # (N, h, n_query, n_key): quadratic in n
-        if self.normalization == "softmax":
+        if self.normalization == "softmax":  # noqa: SIM108 (each branch's comment names its form)
             weights = scores.softmax(dim=-1)  # embedded-Gaussian non-local block
         else:
             weights = scores / keys.shape[-1]

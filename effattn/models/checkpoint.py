@@ -20,6 +20,7 @@ from ..shapes import ShapeProfile
 from .registry import build
 from .weights import fit_weights, read_state_dict, weights_sha256
 
+
 @dataclass
 class ModelSource:
     """A loaded model and where it came from: exports record this in the ONNX metadata."""

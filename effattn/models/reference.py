@@ -52,7 +52,8 @@ def reference_from_metadata(meta: Mapping[str, str], checkpoint: str | Path | No
     source = load_model(name, checkpoint=checkpoint, **kwargs)
     # the weights' hash; files exported before it recorded the checkpoint file's hash, still accepted
     if want != source.checkpoint_sha256 and want != sha256_file(checkpoint):
-        raise ModelError(f"checkpoint {checkpoint} (sha256 {source.checkpoint_sha256[:12]}…) is not the one the "
+        got = source.checkpoint_sha256 or "none"
+        raise ModelError(f"checkpoint {checkpoint} (sha256 {got[:12]}…) is not the one the "
                          f"file was exported from (sha256 {want[:12]}…)")
     return source
 

@@ -39,6 +39,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    state: object  # whatever the file holds, checked below
     try:
         if path.suffix == ".safetensors":
             state = load_file(str(path))
@@ -54,7 +55,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise CheckpointError(f"checkpoint {path} holds no state_dict (a mapping of names to tensors)")
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
         state = {k[len("module."):]: v for k, v in state.items()}

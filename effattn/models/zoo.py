@@ -5,31 +5,31 @@ from __future__ import annotations
 from torch import nn
 
 from ..shapes import ShapeProfile
-from .attention import DotProductAttention, EfficientAttention, EfficientAttention1d
+from .attention import DotProductAttention, EfficientAttention, EfficientAttention1d, Normalization
 from .hosts import EAResNet, EASegNet
-from .synthetic import images as synthetic_images
 from .registry import register_model
+from .synthetic import images as synthetic_images
 
 _block = ShapeProfile.single("1x64x16x16", "2x64x64x64", "8x64x128x128")
 
 
 @register_model(_block, task="block")
 def efficient_attention(in_channels: int = 64, key_channels: int = 32, head_count: int = 4,
-                        value_channels: int = 64, normalization: str = "softmax") -> nn.Module:
+                        value_channels: int = 64, normalization: Normalization = "softmax") -> nn.Module:
     """EfficientAttention block, 64 channels, 4 heads (NCHW)."""
     return EfficientAttention(in_channels, key_channels, head_count, value_channels, normalization)
 
 
 @register_model(ShapeProfile.single("1x64x64", "2x64x1024", "8x64x4096"), task="block")
 def efficient_attention_1d(in_channels: int = 64, key_channels: int = 32, head_count: int = 4,
-                           value_channels: int = 64, normalization: str = "softmax") -> nn.Module:
+                           value_channels: int = 64, normalization: Normalization = "softmax") -> nn.Module:
     """EfficientAttention1d block for (N, C, L) sequences, 64 channels, 4 heads."""
     return EfficientAttention1d(in_channels, key_channels, head_count, value_channels, normalization)
 
 
 @register_model(ShapeProfile.single("1x64x8x8", "1x64x32x32", "2x64x48x48"), task="block")
 def dot_product_attention(in_channels: int = 64, key_channels: int = 32, head_count: int = 4,
-                          value_channels: int = 64, normalization: str = "softmax") -> nn.Module:
+                          value_channels: int = 64, normalization: Normalization = "softmax") -> nn.Module:
     """Dot-product (non-local) block with EA's parameters: the quadratic baseline."""
     return DotProductAttention(in_channels, key_channels, head_count, value_channels, normalization)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from effattn import metadata
@@ -16,26 +15,18 @@ from effattn.engines.precision import (EnginePrecision, capability_refusal, conv
                                        graph_precision, qdq_problems)
 from effattn.engines.tensorrt_build import NetworkTyping, network_typing, version_tuple
 from effattn.errors import BackendError
-from effattn.export import export_onnx, quantize, to_fp16
+from effattn.export import quantize, to_fp16
 from effattn.export.precision import to_bf16
-from effattn.models import EfficientAttention
-from effattn.shapes import ShapeProfile
-
-PROFILE = ShapeProfile.single("1x16x8x8", "1x16x16x16", "2x16x16x16")
-WIDE = ShapeProfile.single("1x32x8x8", "1x32x16x16", "2x32x16x16")
-
 
 @pytest.fixture(scope="module")
-def graphs(tmp_path_factory):
+def graphs(tmp_path_factory, onnx_models):
     d = tmp_path_factory.mktemp("engine-precision")
-    torch.manual_seed(0)
-    block = EfficientAttention(16, 8, 2, 16).eval()
-    fp32 = export_onnx(block, PROFILE, d / "block.onnx").path
+    fp32 = onnx_models["ea16_quant"].path
     return {"dir": d, "fp32": fp32, "fp16": to_fp16(fp32, d / "block.fp16.onnx"),
             "bf16": to_bf16(fp32, d / "block.bf16.onnx"),
             "int8": quantize(fp32, d / "block.int8.onnx", samples=4).path,
-            "fp8": quantize(export_onnx(EfficientAttention(32, 32, 2, 32).eval(), WIDE, d / "wide.onnx").path,
-                            d / "wide.fp8.onnx", samples=4, precision="fp8").path}  # FP8 Convs need > 16 channels
+            "fp8": quantize(onnx_models["ea32"].path,  # FP8 Convs need > 16 channels
+                            d / "wide.fp8.onnx", samples=4, precision="fp8").path}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8", "fp8"])

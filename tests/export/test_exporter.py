@@ -15,23 +15,23 @@ from effattn.runtime import load
 from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
 from tests.conftest import rel_l2
-
-BLOCK_PROFILE = ShapeProfile.single("1x16x4x4", "2x16x16x16", "4x16x48x48")
+from tests.fixtures import ONNX_MODELS
 
 
 @pytest.fixture(scope="module")
 def block_onnx(tmp_path_factory):
-    block = EfficientAttention(16, 8, 4, 16).eval()
+    """Exported here, not taken from onnx_models: export_verified is what this module tests."""
+    row = ONNX_MODELS["ea16_4heads"]
+    block = row.build()
     path = tmp_path_factory.mktemp("block") / "block.onnx"
-    result = export_verified(block, path, BLOCK_PROFILE)
+    result = export_verified(block, path, row.profile)
     return block, path, result
 
 
 @pytest.fixture(scope="module")
-def trained_seg_onnx(tmp_path_factory):
-    source = load_model("ea_segnet_tiny", pretrained=True)
-    path = tmp_path_factory.mktemp("seg") / "seg.onnx"
-    return source, path, export_onnx(source, source.profile, path)
+def trained_seg_onnx(onnx_models):
+    seg = onnx_models["seg"]
+    return seg.source, seg.path
 
 
 def test_export_writes_checked_graph_with_dynamic_axes(block_onnx):
@@ -71,7 +71,7 @@ def test_node_count_does_not_grow_with_heads(exporter, tmp_path):
 
 
 def test_metadata_describes_the_file(trained_seg_onnx):
-    source, path, _ = trained_seg_onnx
+    source, path = trained_seg_onnx
     meta = read_metadata(path)
     assert meta[metadata.MODEL] == "ea_segnet_tiny"
     assert meta[metadata.TASK] == "segmentation"
@@ -82,7 +82,7 @@ def test_metadata_describes_the_file(trained_seg_onnx):
 
 
 def test_trained_segmenter_argmax_agrees_on_task_images(trained_seg_onnx):
-    source, path, _ = trained_seg_onnx
+    source, path = trained_seg_onnx
     feeds = source.task_inputs(source.profile)
     assert len(feeds) == 3
     from effattn.runtime import compare

@@ -8,26 +8,19 @@ import torch
 
 from effattn import metadata
 from effattn.errors import ExportError, FileExistsNoForceError
-from effattn.export import export_onnx, read_metadata, to_fp16
+from effattn.export import read_metadata, to_fp16
 from effattn.export import to_bf16
 from effattn.export.precision import _float_outputs, bf16_tensor
-from effattn.models import load_model
 from effattn.runtime import compare, load, random_inputs
 from effattn.runtime.torch_runner import TorchRunner
-from effattn.shapes import ShapeProfile
-
-BLOCK_PROFILE = ShapeProfile.single("1x64x16x16", "2x64x64x64", "2x64x160x160")  # up to 25,600 positions
-
 
 @pytest.fixture(scope="module")
-def graphs(tmp_path_factory):
+def graphs(tmp_path_factory, onnx_models):
     d = tmp_path_factory.mktemp("fp16")
-    seg = load_model("ea_segnet_tiny", pretrained=True)
-    block = load_model("efficient_attention")
-    export_onnx(seg, seg.profile, d / "seg.onnx")
-    export_onnx(block, BLOCK_PROFILE, d / "block.onnx")
-    return {"seg": (seg, seg.profile, to_fp16(d / "seg.onnx", d / "seg.fp16.onnx")),
-            "block": (block, BLOCK_PROFILE, to_fp16(d / "block.onnx", d / "block.fp16.onnx"))}
+    seg, block = onnx_models["seg"], onnx_models["ea64"]  # the block up to 25,600 positions
+    return {"dir": d, "seg_fp32": seg.path, "block_fp32": block.path,
+            "seg": (seg.source, seg.profile, to_fp16(seg.path, d / "seg.fp16.onnx")),
+            "block": (block.source, block.profile, to_fp16(block.path, d / "block.fp16.onnx"))}
 
 
 def _report(source, profile, path, scale=1.0):
@@ -106,16 +99,13 @@ def test_refuses_overwrite_and_double_conversion(graphs, tmp_path):
     target = tmp_path / "taken.onnx"
     target.write_bytes(b"mine")
     with pytest.raises(FileExistsNoForceError):
-        to_fp16(fp16.with_name("block.onnx"), target)
+        to_fp16(graphs["block_fp32"], target)
     assert target.read_bytes() == b"mine"
 
 
-def test_external_data_outside_the_files_folder_is_one_line(tmp_path):
+def test_external_data_outside_the_files_folder_is_one_line(onnx_models, tmp_path):
     """A file whose weights point at ../../etc/hostname: refused with the reason, nothing read."""
-    from effattn.models import EfficientAttention
-
-    exported = export_onnx(EfficientAttention(8, 4, 2, 8), ShapeProfile.single("1x8x4x4"), tmp_path / "b.onnx")
-    proto = onnx.load(str(exported.path))
+    proto = onnx.load(str(onnx_models["ea8"].path))
     weight = proto.graph.initializer[0]
     weight.ClearField("raw_data")
     weight.data_location = onnx.TensorProto.EXTERNAL
@@ -148,8 +138,8 @@ def test_fp16_numerics_on_onnxruntime_cuda(graphs, name):
 # ------------------------------------------------------------------------------------------ BF16
 @pytest.fixture(scope="module")
 def bf16(graphs):
-    seg_fp32 = graphs["seg"][2].with_name("seg.onnx")
-    return seg_fp32, to_bf16(seg_fp32, seg_fp32.with_name("seg.bf16.onnx"))
+    seg_fp32 = graphs["seg_fp32"]
+    return seg_fp32, to_bf16(seg_fp32, graphs["dir"] / "seg.bf16.onnx")
 
 
 def test_bf16_graph_has_fp32_io_bf16_weights_and_opset_22(bf16):

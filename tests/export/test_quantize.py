@@ -3,6 +3,7 @@ and task-level agreement of the trained segmenter with eager FP32 on ONNX Runtim
 
 import importlib.util
 import logging
+import re
 
 import numpy as np
 import onnx
@@ -12,33 +13,27 @@ from onnx import helper, numpy_helper
 
 from effattn import metadata
 from effattn.errors import ExportError, FileExistsNoForceError, InputError
-from effattn.export import export_onnx, qdq_summary, quantize, read_metadata, to_fp16
-from effattn.models import EfficientAttention, load_model
+from effattn.export import qdq_summary, quantize, read_metadata, to_fp16
 from effattn.models.synthetic import CLASSES, shapes_batch
 from effattn.runtime import TOLERANCES, compare, load, profile_inputs
 from effattn.runtime.torch_runner import TorchRunner
-from effattn.shapes import ShapeProfile
+from tests.fixtures import ONNX_MODELS
 
-BLOCK_PROFILE = ShapeProfile.single("1x16x8x8", "2x16x16x16", "2x16x32x32")
+BLOCK_PROFILE = ONNX_MODELS["ea16_quant"].profile
 #: FP8 convolutions need more than 16 channels (NVIDIA's rule): a 32-channel block has every Conv in FP8
-WIDE_PROFILE = ShapeProfile.single("1x32x8x8", "2x32x16x16", "2x32x32x32")
+WIDE_PROFILE = ONNX_MODELS["ea32"].profile
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, onnx_models):
     d = tmp_path_factory.mktemp("int8")
-    seg = load_model("ea_segnet_tiny", pretrained=True)
-    export_onnx(seg, seg.profile, d / "seg.onnx")
-    torch.manual_seed(0)
-    block = EfficientAttention(16, 8, 2, 16).eval()
-    export_onnx(block, BLOCK_PROFILE, d / "block.onnx")
-    wide = EfficientAttention(32, 32, 2, 32).eval()
-    export_onnx(wide, WIDE_PROFILE, d / "wide.onnx")
-    return {"dir": d, "seg": seg, "block": block, "wide": wide,
-            "seg_int8": quantize(d / "seg.onnx", d / "seg.int8.onnx"),
-            "block_int8": quantize(d / "block.onnx", d / "block.int8.onnx"),
-            "seg_fp8": quantize(d / "seg.onnx", d / "seg.fp8.onnx", precision="fp8"),
-            "wide_fp8": quantize(d / "wide.onnx", d / "wide.fp8.onnx", precision="fp8")}
+    seg, block, wide = onnx_models["seg"], onnx_models["ea16_quant"], onnx_models["ea32"]
+    return {"dir": d, "seg": seg.source, "block": block.source, "wide": wide.source,
+            "seg_fp32": seg.path, "block_fp32": block.path, "wide_fp32": wide.path,
+            "seg_int8": quantize(seg.path, d / "seg.int8.onnx"),
+            "block_int8": quantize(block.path, d / "block.int8.onnx"),
+            "seg_fp8": quantize(seg.path, d / "seg.fp8.onnx", precision="fp8"),
+            "wide_fp8": quantize(wide.path, d / "wide.fp8.onnx", precision="fp8")}
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -86,7 +81,7 @@ def test_split_concat_convs_computes_the_same(files):
 
     from effattn.export.quantize import split_concat_convs
 
-    model = onnx.load(files["dir"] / "seg.onnx")
+    model = onnx.load(files["seg_fp32"])
     split, names = split_concat_convs(model)
     assert len(names) == 1 and not any(n.op_type == "Conv" and n.name == names[0] for n in split.graph.node)
     x = np.random.default_rng(0).standard_normal((2, 3, 48, 80)).astype(np.float32)
@@ -149,9 +144,9 @@ def test_fp8_scales_map_the_calibrated_range_onto_448(files, tmp_path):
     largest calibrated value lands on E4M3's largest finite value, as INT8's lands on 127."""
     x = np.random.default_rng().standard_normal((5, 32, 8, 8), dtype=np.float32)
     feeds = [{"input": x[i:i + 1]} for i in range(len(x))]
-    fp8 = quantize(files["dir"] / "wide.onnx", tmp_path / "w.fp8.onnx", calibration=feeds, precision="fp8")
+    fp8 = quantize(files["wide_fp32"], tmp_path / "w.fp8.onnx", calibration=feeds, precision="fp8")
     assert _input_scale(fp8.path) == pytest.approx(np.abs(x).max() / 448, rel=1e-5)
-    fp32 = {t.name: numpy_helper.to_array(t) for t in onnx.load(files["dir"] / "wide.onnx").graph.initializer}
+    fp32 = {t.name: numpy_helper.to_array(t) for t in onnx.load(files["wide_fp32"]).graph.initializer}
     model = onnx.load(fp8.path)
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     weights = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in fp32]
@@ -220,7 +215,7 @@ def test_calibration_sources(files, caplog):
     assert files["seg_int8"].calibration == "zoo samples: ea_segnet_tiny x32"
     assert files["block_int8"].calibration == "random normal x32"
     with caplog.at_level(logging.WARNING, logger="effattn"):
-        quantize(files["dir"] / "block.onnx", files["dir"] / "again.int8.onnx", samples=2, force=True)
+        quantize(files["block_fp32"], files["dir"] / "again.int8.onnx", samples=2, force=True)
     assert "random normal inputs" in caplog.text and "pass real inputs with --calibration" in caplog.text
 
 
@@ -232,10 +227,10 @@ def test_calibration_files_set_the_scales(files, tmp_path):
     folder.mkdir()
     np.save(folder / "a.npy", x[:4])
     np.save(folder / "b.npy", x[4:])
-    small = quantize(files["dir"] / "block.onnx", tmp_path / "small.onnx", calibration=folder)
+    small = quantize(files["block_fp32"], tmp_path / "small.onnx", calibration=folder)
     assert small.samples == 6 and small.calibration == "files: calib"
     np.savez(tmp_path / "big.npz", input=x * 10)
-    big = quantize(files["dir"] / "block.onnx", tmp_path / "big.onnx", calibration=tmp_path / "big.npz")
+    big = quantize(files["block_fp32"], tmp_path / "big.onnx", calibration=tmp_path / "big.npz")
     assert big.samples == 6
     assert _input_scale(big.path) == pytest.approx(10 * _input_scale(small.path), rel=1e-5)
     assert _input_scale(small.path) == pytest.approx(np.abs(x).max() / 127, rel=1e-5)
@@ -250,20 +245,20 @@ def test_calibration_files_set_the_scales(files, tmp_path):
 def test_bad_calibration_data_is_refused(files, tmp_path, content, match):
     np.savez(tmp_path / "bad.npz", **content)
     with pytest.raises(InputError, match=match):
-        quantize(files["dir"] / "block.onnx", tmp_path / "out.onnx", calibration=tmp_path / "bad.npz")
+        quantize(files["block_fp32"], tmp_path / "out.onnx", calibration=tmp_path / "bad.npz")
     assert not (tmp_path / "out.onnx").exists()
 
 
 def test_missing_or_empty_calibration_is_refused(files, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
-        quantize(files["dir"] / "block.onnx", tmp_path / "out.onnx", calibration=tmp_path / "nothing")
+        quantize(files["block_fp32"], tmp_path / "out.onnx", calibration=tmp_path / "nothing")
     with pytest.raises(InputError, match="holds no .npy or .npz files"):
-        quantize(files["dir"] / "block.onnx", tmp_path / "out.onnx", calibration=tmp_path)
+        quantize(files["block_fp32"], tmp_path / "out.onnx", calibration=tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ refusals
 def test_unquantizable_files_are_refused_in_one_line(files, tmp_path):
-    fp16 = to_fp16(files["dir"] / "block.onnx", tmp_path / "block.fp16.onnx")
+    fp16 = to_fp16(files["block_fp32"], tmp_path / "block.fp16.onnx")
     add = helper.make_model(helper.make_graph(
         [helper.make_node("Add", ["x", "x"], ["y"])], "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
@@ -279,17 +274,18 @@ def test_unquantizable_files_are_refused_in_one_line(files, tmp_path):
         with pytest.raises(ExportError, match=match) as info:
             quantize(path, tmp_path / "out.onnx", calibration=[{"x": np.zeros((1, 4), np.float32)}])
         assert "\n" not in str(info.value)
-    with pytest.raises(ExportError, match=r"block.onnx has no Conv TensorRT runs in FP8 \(each has 16 or fewer"):
-        quantize(files["dir"] / "block.onnx", tmp_path / "out.onnx", samples=2, precision="fp8")
-    with pytest.raises(ExportError, match=r"block.onnx has no Gemm node to quantize \(ops: .*Conv"):  # not FP8's
-        quantize(files["dir"] / "block.onnx", tmp_path / "out.onnx", samples=2, ops=("Gemm",))
+    name = re.escape(files["block_fp32"].name)
+    with pytest.raises(ExportError, match=name + r" has no Conv TensorRT runs in FP8 \(each has 16 or fewer"):
+        quantize(files["block_fp32"], tmp_path / "out.onnx", samples=2, precision="fp8")
+    with pytest.raises(ExportError, match=name + r" has no Gemm node to quantize \(ops: .*Conv"):  # not FP8's
+        quantize(files["block_fp32"], tmp_path / "out.onnx", samples=2, ops=("Gemm",))
     assert not (tmp_path / "out.onnx").exists()
     with pytest.raises(InputError, match="precision must be one of int8, fp8; got 'fp4'"):
-        quantize(files["dir"] / "block.onnx", tmp_path / "out.onnx", precision="fp4")
+        quantize(files["block_fp32"], tmp_path / "out.onnx", precision="fp4")
     target = tmp_path / "taken.onnx"
     target.write_bytes(b"mine")
     with pytest.raises(FileExistsNoForceError):
-        quantize(files["dir"] / "block.onnx", target)
+        quantize(files["block_fp32"], target)
     assert target.read_bytes() == b"mine"
 
 
@@ -297,13 +293,13 @@ def test_cli_quantize_and_its_errors(files, tmp_path, capsys):
     from effattn.cli import main
 
     out = tmp_path / "cli.int8.onnx"
-    assert main(["quantize", str(files["dir"] / "seg.onnx"), "-o", str(out), "--samples", "4", "-q"]) == 0
+    assert main(["quantize", str(files["seg_fp32"]), "-o", str(out), "--samples", "4", "-q"]) == 0
     assert "INT8 QDQ, signed symmetric; quantized: 11 Conv" in capsys.readouterr().out
     assert main(["quantize", str(out), "-o", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"effattn quantize: error: {out} is already int8; quantize the FP32 export instead"
     fp8 = tmp_path / "cli.fp8.onnx"
-    assert main(["quantize", str(files["dir"] / "seg.onnx"), "-o", str(fp8), "--samples", "4", "--precision", "fp8",
+    assert main(["quantize", str(files["seg_fp32"]), "-o", str(fp8), "--samples", "4", "--precision", "fp8",
                  "-q"]) == 0
     assert "FP8 E4M3 QDQ, for GPUs of compute capability 8.9+; quantized: 1 Conv" in capsys.readouterr().out
 

@@ -17,29 +17,26 @@ import torch
 
 from effattn.engines import available_devices
 from effattn.export import export_onnx
-from effattn.models import EfficientAttention
 from effattn.runtime import TOLERANCES
 from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
 
 from tests.conftest import rel_l2
+from tests.fixtures import ONNX_MODELS
 
 THREADS, REQUESTS = 8, 50
-PROFILE = ShapeProfile.single("1x16x4x4", "2x16x12x12", "4x16x16x16")
+PROFILE = ONNX_MODELS["ea16"].profile
 SHAPES = [(1, 16, 8, 8), (2, 16, 12, 12), (3, 16, 6, 10), (4, 16, 16, 16)]
 
 
 @pytest.fixture(scope="module")
-def block():
-    torch.manual_seed(0)
-    return EfficientAttention(16, 8, 2, 16).eval()
+def block(onnx_models):
+    return onnx_models["ea16"].fresh()  # GPU tests move it to CUDA
 
 
 @pytest.fixture(scope="module")
-def onnx_path(tmp_path_factory, block):
-    path = tmp_path_factory.mktemp("concurrency") / "block.onnx"
-    export_onnx(block, PROFILE, path)
-    return path
+def onnx_path(onnx_models):
+    return onnx_models["ea16"].path
 
 
 def _requests(block, count: int, shapes=SHAPES):

@@ -10,25 +10,22 @@ pytest.importorskip("openvino", reason="openvino is not installed (it comes with
 
 from effattn import metadata
 from effattn.errors import BackendError
-from effattn.export import export_onnx, quantize
-from effattn.models import EfficientAttention, load_model
+from effattn.export import quantize
 from effattn.runtime import TOLERANCES, choose_backend, compare, load, profile_inputs
 from effattn.runtime.openvino_runner import OpenVINORunner, choose_precision, cpu_has_bf16
 from effattn.runtime.torch_runner import TorchRunner
-from effattn.shapes import ShapeProfile
+from tests.fixtures import ONNX_MODELS
 
-PROFILE = ShapeProfile.single("1x16x4x4", "2x16x16x16", "3x16x32x24")
+PROFILE = ONNX_MODELS["ea16"].profile
 needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no BF16 arithmetic (AVX512-BF16 or AMX)")
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, onnx_models):
     d = tmp_path_factory.mktemp("openvino")
-    torch.manual_seed(0)
-    block = EfficientAttention(16, 8, 2, 16).eval()
-    export_onnx(block, PROFILE, d / "block.onnx")
-    return {"dir": d, "block": block, "fp32": d / "block.onnx",
-            "int8": quantize(d / "block.onnx", d / "block.int8.onnx").path}
+    block = onnx_models["ea16"]
+    return {"block": block.source, "fp32": block.path,
+            "int8": quantize(block.path, d / "block.int8.onnx").path}
 
 
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
@@ -101,13 +98,11 @@ def test_refusals(files, tmp_path):
         load(files["fp32"], backend="openvino", device="cuda")
 
 
-def test_cli_compare_on_openvino_uses_the_runners_precision(tmp_path, capsys):
+def test_cli_compare_on_openvino_uses_the_runners_precision(onnx_models, capsys):
     """``effattn compare --backend openvino`` on an FP32 file checks BF16 numerics against BF16 limits."""
     from effattn.cli import main
 
-    seg = load_model("ea_segnet_tiny", pretrained=True)
-    export_onnx(seg, ShapeProfile.single("1x3x32x32", "1x3x48x48", "2x3x64x64"), tmp_path / "seg.onnx")
-    assert main(["compare", str(tmp_path / "seg.onnx"), "--backend", "openvino"]) == 0
+    assert main(["compare", str(onnx_models["seg_small"].path), "--backend", "openvino"]) == 0
     out = capsys.readouterr().out
     backend = "openvino-cpu-bf16" if cpu_has_bf16() else "openvino-cpu"
     assert backend in out and "argmax agreement" in out
@@ -126,7 +121,7 @@ def test_static_shapes_compile_per_shape_and_match_the_dynamic_compile(files):
         for feed in feeds:  # min, opt, max: three shapes, two kept
             a, b = static.infer(feed)["output"], dynamic.infer(feed)["output"]
             assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b)
-        assert list(static._static) == [((2, 16, 16, 16),), ((3, 16, 32, 24),)]
+        assert list(static._static) == [((2, 16, 16, 16),), ((4, 16, 32, 24),)]
         with pytest.raises(Exception, match="input"):
             static.infer(np.zeros((1, 16, 64, 64), np.float32))  # outside the profile: refused before compiling
         assert len(static._static) == 2

@@ -6,20 +6,17 @@ import torch
 
 from effattn.engines import available_devices
 from effattn.errors import BackendError, InputError
-from effattn.export import export_onnx
 from effattn.models import EfficientAttention
 from effattn.runtime import load, random_inputs
 from effattn.runtime.torch_runner import TorchRunner
-from effattn.shapes import ShapeProfile
+from tests.fixtures import ONNX_MODELS
 
-PROFILE = ShapeProfile.single("1x8x4x4", "2x8x16x16", "4x8x32x32")
+PROFILE = ONNX_MODELS["ea8"].profile
 
 
 @pytest.fixture(scope="module")
-def onnx_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("runner") / "block.onnx"
-    export_onnx(EfficientAttention(8, 4, 2, 8), PROFILE, path)
-    return path
+def onnx_path(onnx_models):
+    return onnx_models["ea8"].path
 
 
 @pytest.fixture(scope="module", params=["onnxruntime", "openvino", "torch"])
@@ -134,15 +131,13 @@ def test_warmup_and_close(onnx_path):
 
 
 @pytest.mark.gpu
-def test_onnxruntime_cuda_matches_eager(onnx_path):
+def test_onnxruntime_cuda_matches_eager(onnx_models):
     if "cuda" not in available_devices():
         pytest.skip("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu on a CUDA machine)")
-    block = EfficientAttention(8, 4, 2, 8)
+    block = onnx_models["ea8"].fresh()
     from effattn.runtime import compare
 
-    path = onnx_path.parent / "cuda_block.onnx"
-    export_onnx(block, PROFILE, path, force=True)
-    with load(path, device="cuda") as runner:
+    with load(onnx_models["ea8"].path, device="cuda") as runner:
         report = compare(TorchRunner(block, PROFILE), runner, [random_inputs(PROFILE, w) for w in ("min", "opt", "max")],
                          residuals={"output": "input"})
     assert report.passed, report

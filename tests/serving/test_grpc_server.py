@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from effattn.export import export_onnx
-from effattn.models import EfficientAttention
 from effattn.runtime import load
-from effattn.shapes import ShapeProfile
+from tests.fixtures import ONNX_MODELS
 
 from tests.harness import free_port, http, running_server
 
 grpc_client = pytest.importorskip("tritonclient.grpc", reason="tests need tritonclient[grpc] (the test extra)")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-PROFILE = ShapeProfile.single("1x8x4x4", "2x8x16x16", "8x8x32x32")
+PROFILE = ONNX_MODELS["ea8_batch8"].profile
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    torch.manual_seed(0)
-    path = export_onnx(EfficientAttention(8, 4, 2, 8), PROFILE, tmp_path_factory.mktemp("grpc") / "block.onnx").path
+def server(onnx_models):
+    path = onnx_models["ea8_batch8"].path
     port = free_port()
     with running_server({"block": path}, "--grpc-port", str(port)) as (_, base):
         yield path, base, grpc_client.InferenceServerClient(f"127.0.0.1:{port}")

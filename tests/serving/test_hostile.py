@@ -19,12 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from effattn.export import export_onnx
-from effattn.models import EfficientAttention
 from effattn.shapes import InputProfile, ShapeProfile
+from tests.fixtures import ONNX_MODELS
 
 from tests.harness import error_of, free_port, http, running_server
 
@@ -35,7 +34,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from .support import metric as _metric, wait_for as _wait_for  # noqa: E402
 
-PROFILE = ShapeProfile.single("1x8x4x4", "2x8x8x8", "8x8x16x16")
+PROFILE = ONNX_MODELS["ea8_small"].profile
 PAIR = ShapeProfile((InputProfile("a", (1, 4), (2, 4), (8, 4)), InputProfile("b", (1, 4), (2, 4), (8, 4))))
 
 
@@ -47,10 +46,9 @@ class Pair(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, onnx_models):
     folder = tmp_path_factory.mktemp("hostile")
-    torch.manual_seed(0)
-    block = export_onnx(EfficientAttention(8, 4, 2, 8), PROFILE, folder / "block.onnx").path
+    block = onnx_models["ea8_small"].path
     pair = export_onnx(Pair(), PAIR, folder / "pair.onnx", output_names=["a2", "b3"]).path
     return {"block": block, "pair": pair, "folder": folder}
 

@@ -16,12 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 
-from effattn.export import export_onnx
-from effattn.models import DotProductAttention, EfficientAttention
 from effattn.runtime import load
-from effattn.shapes import ShapeProfile
+from tests.fixtures import ONNX_MODELS
 
 from tests.harness import error_of, http, running_server
 
@@ -30,18 +27,15 @@ from .support import loop_model, loop_request, metric, wait_for
 http_client = pytest.importorskip("tritonclient.http", reason="tests need tritonclient[http] (the test extra)")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-PROFILE = ShapeProfile.single("1x8x4x4", "2x8x16x16", "8x8x32x32")
-SLOW = ShapeProfile.single("1x16x8x8", "1x16x64x64", "1x16x64x64")  # dot-product: ~10-50 ms a call
+PROFILE = ONNX_MODELS["ea8_batch8"].profile
 SLOW_TRIPS = 5_000_000  # a Loop request of ~4 s on an idle core (longer under load, as everything else)
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, onnx_models):
     folder = tmp_path_factory.mktemp("serve")
-    torch.manual_seed(0)
-    block = export_onnx(EfficientAttention(8, 4, 2, 8), PROFILE, folder / "block.onnx").path
-    slow = export_onnx(DotProductAttention(16, 8, 2, 16), SLOW, folder / "slow.onnx").path
-    return {"block": block, "slow": slow, "loop": loop_model(folder / "loop.onnx")}
+    return {"block": onnx_models["ea8_batch8"].path, "slow": onnx_models["dot16_slow"].path,
+            "loop": loop_model(folder / "loop.onnx")}
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
 from effattn.cli import main
 from effattn.errors import ConfigError, ExportError, FileExistsNoForceError, InputError
-from effattn.export import export_onnx
-from effattn.models import EfficientAttention
 from effattn.serving.repository import TensorConfig, TritonOptions, model_config, write_repository
 from effattn.shapes import ShapeProfile
+from tests.fixtures import ONNX_MODELS
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                                        reason="tests need tritonclient[grpc] (the test extra) for Triton's ModelConfig")
 from google.protobuf import text_format  # noqa: E402
 
-PROFILE = ShapeProfile.single("1x8x4x4", "2x8x16x16", "4x8x32x32")
+PROFILE = ONNX_MODELS["ea8"].profile
 
 
 def parse(text: str):
@@ -24,8 +25,11 @@ def parse(text: str):
 
 
 @pytest.fixture(scope="module")
-def onnx_file(tmp_path_factory):
-    return export_onnx(EfficientAttention(8, 4, 2, 8), PROFILE, tmp_path_factory.mktemp("triton") / "block.onnx").path
+def onnx_file(onnx_models, tmp_path_factory):
+    """The table's ea8 file as block.onnx: a repository and its model are named after the file."""
+    path = tmp_path_factory.mktemp("triton") / "block.onnx"
+    shutil.copyfile(onnx_models["ea8"].path, path)
+    return path
 
 
 def test_the_validator_rejects_a_typo():
@@ -222,13 +226,12 @@ def test_every_integer_width_effattn_serve_accepts_has_a_triton_type():
     assert [model_config_pb2.DataType.Name(t.data_type) for t in config.input] == [f"TYPE_{n}" for n in DATATYPES]
 
 
-def test_an_fp8_file_gets_basic_graph_optimization_only(tmp_path):
+def test_an_fp8_file_gets_basic_graph_optimization_only(onnx_models, tmp_path):
     """Triton's ONNX Runtime backend cannot turn off the one rewrite that answers wrongly on FP8 QDQ graphs, so
     their config asks for basic optimizations (level -1), where ONNX Runtime computes them right."""
     from effattn.export import quantize
 
-    profile = ShapeProfile.single("1x32x8x8", "2x32x16x16", "4x32x16x16")
-    fp32 = export_onnx(EfficientAttention(32, 32, 2, 32), profile, tmp_path / "wide.onnx").path
+    fp32 = onnx_models["ea32"].path
     fp8 = quantize(fp32, tmp_path / "wide.fp8.onnx", samples=2, precision="fp8").path
     config = parse((write_repository(fp8, tmp_path / "repo") / "config.pbtxt").read_text())
     assert config.optimization.graph.level == -1

@@ -10,12 +10,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from effattn.export import export_onnx
-from effattn.models import EfficientAttention
 from effattn.serving.repository import TritonOptions, write_repository
-from effattn.shapes import ShapeProfile
+from tests.fixtures import ONNX_MODELS
 
 from tests.harness import error_of, free_port, http, running_server
 
@@ -25,13 +22,12 @@ from google.protobuf import json_format, text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-PROFILE = ShapeProfile.single("1x8x4x4", "2x8x16x16", "8x8x32x32")
+PROFILE = ONNX_MODELS["ea8_batch8"].profile
 
 
 @pytest.fixture(scope="module")
-def onnx_file(tmp_path_factory):
-    torch.manual_seed(0)
-    return export_onnx(EfficientAttention(8, 4, 2, 8), PROFILE, tmp_path_factory.mktemp("api") / "block.onnx").path
+def onnx_file(onnx_models):
+    return onnx_models["ea8_batch8"].path
 
 
 @pytest.fixture(scope="module")
