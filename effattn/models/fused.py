@@ -46,7 +46,10 @@ class _Layout:
     rank: int  # 4 for NCHW blocks, 3 for (N, C, L)
 
 
-def _weights(conv: nn.Module) -> tuple[Tensor, Tensor]:
+Conv = nn.Conv1d | nn.Conv2d
+
+
+def _weights(conv: Conv) -> tuple[Tensor, Tensor]:
     weight = conv.weight.reshape(conv.weight.shape[0], -1).contiguous()
     bias = conv.bias if conv.bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype,
                                                                 device=weight.device)
@@ -70,7 +73,7 @@ def efficient_attention_math(x: Tensor, block: nn.Module, layout: _Layout) -> Te
     else:
         keys = keys / flat.shape[2]
     attended = (keys @ values.transpose(-1, -2)).transpose(-1, -2) @ queries
-    weight, bias = _weights(block.reprojection)
+    weight, bias = _weights(getattr(block, "reprojection"))  # noqa: B009  (any candidate module)
     branch = torch.einsum("cv,nvp->ncp", weight, attended.reshape(n, -1, flat.shape[2])) + bias[:, None]
     return (branch + flat).reshape(x.shape)
 
@@ -78,13 +81,19 @@ def efficient_attention_math(x: Tensor, block: nn.Module, layout: _Layout) -> Te
 class FusedEfficientAttention(nn.Module):
     """An Efficient-Attention block whose forward runs the fused kernel (same parameters, same names)."""
 
+    keys: Conv
+    queries: Conv
+    values: Conv
+    reprojection: Conv
+    original: nn.Module
+
     def __init__(self, original: nn.Module, layout: _Layout) -> None:
         super().__init__()
         for name in _PROJECTIONS:
             setattr(self, name, getattr(original, name))
         self.head_count = layout.head_count
-        self.key_channels = original.keys.out_channels
-        self.value_channels = original.values.out_channels
+        self.key_channels = self.keys.out_channels
+        self.value_channels = self.values.out_channels
         self.layout = layout
         # The original block (sharing these convs) stays reachable for the fallback, outside the registry
         # of submodules, so the state_dict keeps its names.
@@ -96,7 +105,7 @@ class FusedEfficientAttention(nn.Module):
     def _kernel_takes(self, x: Tensor) -> bool:
         weight = self.keys.weight
         training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-        return (not training and x.dim() == self.layout.rank and x.shape[1] == weight.shape[1]
+        return bool(not training and x.dim() == self.layout.rank and x.shape[1] == weight.shape[1]
                 and x.dtype == weight.dtype and x.dtype in KERNEL_DTYPES and x.device == weight.device and kernel_runs_on(x.device))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -109,7 +118,7 @@ class FusedEfficientAttention(nn.Module):
                                    _weights(self.reprojection), self.head_count, self.layout.softmax)
 
 
-def _is_pointwise(conv: object, kind: type[nn.Module]) -> bool:
+def _is_pointwise(conv: object, kind: type[Conv]) -> bool:
     return (isinstance(conv, kind) and all(k == 1 for k in conv.kernel_size) and all(s == 1 for s in conv.stride)
             and all(p == 0 for p in conv.padding) and conv.groups == 1)
 
@@ -118,9 +127,10 @@ def describe(module: nn.Module) -> _Layout | str:
     """The block's layout if it looks like Efficient Attention, else why it does not (a log line)."""
     if isinstance(module, (EfficientAttention, EfficientAttention1d)):
         return _Layout(module.head_count, module.normalization == "softmax", module.rank)
-    convs = [getattr(module, name, None) for name in _PROJECTIONS]
-    kind = nn.Conv2d if isinstance(convs[0], nn.Conv2d) else nn.Conv1d
-    if not all(_is_pointwise(conv, kind) for conv in convs):
+    found = [getattr(module, name, None) for name in _PROJECTIONS]
+    kind: type[Conv] = nn.Conv2d if isinstance(found[0], nn.Conv2d) else nn.Conv1d
+    convs = [conv for conv in found if isinstance(conv, (nn.Conv1d, nn.Conv2d)) and _is_pointwise(conv, kind)]
+    if len(convs) != len(_PROJECTIONS):
         return "its keys/queries/values/reprojection are not all 1x1 convolutions of one kind"
     heads = getattr(module, "head_count", None)
     if not isinstance(heads, int) or heads <= 0:
@@ -139,7 +149,7 @@ def _mismatch(module: nn.Module, layout: _Layout, compute: Callable[[Tensor, nn.
     """Run the block and the fused computation on one small random input; why they differ, if they do."""
     parameter = next(module.parameters())
     probe = copy.deepcopy(module).float()
-    channels = module.keys.in_channels
+    channels = getattr(module, "keys").in_channels  # noqa: B009  (a candidate's conv, checked by describe)
     spatial = (5, 7) if layout.rank == 4 else (13,)
     x = torch.randn(2, channels, *spatial, generator=torch.Generator().manual_seed(0)).to(parameter.device)
     with torch.no_grad():

@@ -232,12 +232,13 @@ def efficient_attention(x: torch.Tensor, keys: Projection, queries: Projection, 
         splits = split_count(batch * groups, n, block_n, x.device)
     split = math.ceil(math.ceil(n / splits) / block_n) * block_n
     ieee = x.dtype == torch.float32
-    f32 = {"device": x.device, "dtype": torch.float32}
-    m = torch.empty(batch * groups * splits * kp, **f32)
-    total = torch.empty(batch * groups * splits * kp, **f32)
-    ctx = torch.empty(batch * groups * splits * kp * vp, **f32)
+    def scratch(size: int) -> torch.Tensor:
+        return torch.empty(size, device=x.device, dtype=torch.float32)
+
+    m, total = scratch(batch * groups * splits * kp), scratch(batch * groups * splits * kp)
+    ctx = scratch(batch * groups * splits * kp * vp)
     fold_k = _padded(key_channels)
-    fold = torch.zeros(batch * channels * fold_k, **f32)
+    fold = scratch(batch * channels * fold_k).zero_()
     _context_kernel[(batch, splits, groups)](
         x3, keys[0], keys[1], values[0], values[1], m, total, ctx, channels, n, group_k, group_v, split, splits,
         KP=kp, VP=vp, BLOCK_C=block_c, BLOCK_N=block_n, SOFTMAX=softmax, IEEE=ieee)

@@ -13,7 +13,7 @@ import queue
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class TensorRTRunner(Runner):
             rtx = plan_backend(self.plan) == "tensorrt_rtx"
         self.rtx = rtx
         self.trt = trt = import_tensorrt(rtx)
-        gpu_name, capability = cast(tuple[str, str], gpu_identity())  # required: raises without a GPU
+        gpu_name, capability = gpu_identity()  # required: raises without a GPU
         self.sidecar = verify_plan(self.plan, backend="tensorrt_rtx" if rtx else "tensorrt",
                                    backend_version=str(trt.__version__), gpu_name=gpu_name,
                                    compute_capability=capability)
