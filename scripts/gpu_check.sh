@@ -9,7 +9,7 @@
 # call, in order, with --stage, and the last one with the full check. Without them the check still
 # runs: what needs onnxruntime-gpu or TensorRT is reported as skipped, with the reason.
 # Results go to $OUT (the lent machine's folder that comes back), else ./gpu-check-out:
-#   env.txt, pytest.log, junit.xml, bench.json, bench.txt, bench.png, bench-int8.json, bench-int8.txt, summary.txt
+#   env.txt, fused-tests.log, fused-{block,segnet,resnet}.{json,txt}, pytest.log, junit.xml, bench.json, bench.txt, bench.png, bench-int8.json, bench-int8.txt, summary.txt
 # (bench-int8 has an FP8 row too on GPUs of compute capability 8.9+: Ada, Hopper, Blackwell)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -98,6 +98,21 @@ EOF
 if [ "$DRY" = 1 ]; then echo "+ nvidia-smi; versions of torch, onnxruntime (providers), tensorrt, polygraphy > $OUT/env.txt"
 else envinfo 2>&1 | tee "$OUT/env.txt"; fi
 
+echo "== fused kernel first (needs nothing carried): its tests on CUDA, then every torch row (at most ${BENCH_SECONDS}s each)"
+if [ "$DRY" = 1 ]; then echo "+ $PY -m pytest tests/models/test_fused.py -rs -p no:cacheprovider > $OUT/fused-tests.log"
+else $PY -m pytest tests/models/test_fused.py -rs -p no:cacheprovider 2>&1 | tee "$OUT/fused-tests.log" | tail -5; fi
+fused_rc=${PIPESTATUS[0]}
+TORCH_ROWS=(torch-fp16 torch-compile torch-compile-fp16 torch-fused torch-fused-fp16)
+fused_bench() {  # name, then the bench's model and size arguments
+  local name=$1; shift
+  local cmd=($PY -m effattn bench --device cuda "$@" --batch 8 --seconds 0.3 --max-seconds "$BENCH_SECONDS"
+             --no-memory --backends "${TORCH_ROWS[@]}" -o "$OUT/$name.json" --force)
+  if [ "$DRY" = 1 ]; then echo "+ ${cmd[*]} > $OUT/$name.txt"; else "${cmd[@]}" 2>&1 | tee "$OUT/$name.txt"; fi
+}
+fused_bench fused-block --models efficient_attention --sizes 128 256
+fused_bench fused-segnet --models ea_segnet --sizes 512
+fused_bench fused-resnet --models ea_resnet --sizes 224
+
 echo "== tests: every GPU test, and the CPU tests whose paths change when CUDA is present (serving aside);"
 echo "   TensorRT INT8, FP8 (QDQ graphs; FP8 on 8.9+ GPUs) and BF16 engines vs eager: tests/engines/test_tensorrt_build.py::test_low_precision_engine_of_the_segmenter_matches_eager"
 TESTS=(tests/runtime tests/engines tests/export tests/bench tests/test_cli.py tests/test_gpu_check.py)
@@ -132,7 +147,7 @@ if [ "$DRY" = 1 ]; then echo "+ ${lowprec[*]} > $OUT/bench-int8.txt"
 else "${lowprec[@]}" 2>&1 | tee "$OUT/bench-int8.txt"; fi
 lowprec_rc=${PIPESTATUS[0]}
 
-summary="tests exit $tests_rc, bench exit $bench_rc, int8 bench exit $lowprec_rc; $(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$OUT/pytest.log" 2>/dev/null | tail -1)"
+summary="fused tests exit $fused_rc, tests exit $tests_rc, bench exit $bench_rc, int8 bench exit $lowprec_rc; $(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$OUT/pytest.log" 2>/dev/null | tail -1)"
 echo "== $summary"
 [ "$DRY" = 1 ] || echo "$summary" > "$OUT/summary.txt"
 [ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ] && [ "$lowprec_rc" = 0 ]

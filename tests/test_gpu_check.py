@@ -12,6 +12,11 @@ def test_gpu_check_dry_run_prints_every_step_and_runs_none(tmp_path):
                          text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     out = run.stdout
+    fused = out.index("-m pytest tests/models/test_fused.py")
+    assert fused < out.index("-m pytest tests/runtime")  # the steps that need nothing carried come first
+    for step in ("--models efficient_attention --sizes 128 256", "--models ea_segnet --sizes 512",
+                 "--backends torch-fp16 torch-compile torch-compile-fp16 torch-fused torch-fused-fp16"):
+        assert step in out[fused:], step
     for step in ("pip install -q --no-index --no-deps", "-m pytest tests/runtime tests/engines", "--junitxml", "-m effattn bench --device cuda",
                  "torch-compile onnxruntime onnxruntime-fp16", f"{tmp_path / 'out'}/bench.json",
                  "test_low_precision_engine_of_the_segmenter_matches_eager", "--backends tensorrt-fp16 tensorrt-int8 tensorrt-fp8",

@@ -58,7 +58,7 @@ class Backends:
         if record.graph is None:  # eager PyTorch, in the record's dtype
             dtype = getattr(torch, precisions.get(record.precision).element)
             return load(self.source.model, backend="torch", device=self.device, profile=self.profile,
-                        output_names=self.output_names, dtype=dtype, compile=record.options.get("compile", False))
+                        output_names=self.output_names, dtype=dtype, **record.options)
         path = self.onnx(record.graph)
         if record.runtime == "tensorrt":
             path = build_engine(path, precision=record.graph, cache_dir=self.folder / "engines", progress=False).plan

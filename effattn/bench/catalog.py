@@ -38,6 +38,12 @@ _ROWS = (
     BenchBackend("torch", "torch", "fp32", _BOTH, "eager PyTorch FP32: the baseline, always measured"),
     BenchBackend("torch-fp16", "torch", "fp16", _CUDA, "eager PyTorch in FP16", _CUDA),
     BenchBackend("torch-compile", "torch", "fp32", _BOTH, "torch.compile (inductor), FP32", _CUDA, {"compile": True}),
+    BenchBackend("torch-compile-fp16", "torch", "fp16", _CUDA, "torch.compile in FP16, mode max-autotune: what a "
+                 "PyTorch user would try", options={"compile": "max-autotune"}),
+    BenchBackend("torch-fused", "torch", "fp32", _CUDA, "eager PyTorch FP32 with the fused Efficient-Attention kernel "
+                 "(effattn.models.fuse)", options={"fused": True}),
+    BenchBackend("torch-fused-fp16", "torch", "fp16", _CUDA, "eager PyTorch FP16 with the fused Efficient-Attention "
+                 "kernel", _CUDA, {"fused": True}),
     BenchBackend("onnxruntime", "onnxruntime", "fp32", _BOTH, "ONNX Runtime, the FP32 graph", _BOTH),
     BenchBackend("onnxruntime-fp16", "onnxruntime", "fp16", _BOTH, "ONNX Runtime, the FP16 graph (FP32 I/O)", _CUDA),
     BenchBackend("tensorrt", "tensorrt", "fp32", _CUDA, "TensorRT engine of the FP32 graph"),

@@ -70,7 +70,7 @@ RUNNER_OPTIONS = {
     "tensorrt": ("cuda_graph", "contexts"),
     "onnxruntime": ("cuda_graph", "io_binding", "spinning"),
     "openvino": ("precision", "static_shapes"),
-    "torch": ("cuda_graph", "output_names", "dtype", "compile"),
+    "torch": ("cuda_graph", "output_names", "dtype", "compile", "fused"),
 }
 
 
@@ -79,7 +79,7 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
          cuda_graph: bool | None = None, contexts: int | None = None, io_binding: bool | None = None,
          spinning: bool | None = None, precision: str | None = None, static_shapes: bool | None = None,
          output_names: list[str] | None = None, dtype: torch.dtype | None = None,
-         compile: bool | None = None) -> Runner:
+         compile: bool | str | None = None, fused: bool | None = None) -> Runner:
     """A Runner for an ONNX file or TensorRT plan (or an ``nn.Module`` for the eager reference).
 
     ``backend="auto"`` picks as :func:`choose_backend` says and logs which it picked; TensorRT builds the
@@ -90,13 +90,14 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
     takes those :data:`RUNNER_OPTIONS` names (see its runner), and any other is a :class:`BackendError`:
     ``cuda_graph`` (TensorRT, ONNX Runtime, torch), ``contexts`` (TensorRT), ``io_binding`` and ``spinning``
     (ONNX Runtime), ``precision`` (OpenVINO: ``auto``, BF16 where the CPU has it, or ``fp32``/``bf16``) and
-    ``static_shapes`` (OpenVINO), ``output_names``, ``dtype`` and ``compile`` (torch).
+    ``static_shapes`` (OpenVINO), ``output_names``, ``dtype``, ``compile`` (True or a ``torch.compile`` mode)
+    and ``fused`` (the fused Efficient-Attention kernel) (torch).
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     options = _given(cuda_graph=cuda_graph, contexts=contexts, io_binding=io_binding, spinning=spinning,
                      precision=precision, static_shapes=static_shapes, output_names=output_names, dtype=dtype,
-                     compile=compile)
+                     compile=compile, fused=fused)
     if isinstance(source, nn.Module) or backend == "torch":
         if not isinstance(source, nn.Module):
             raise BackendError("backend 'torch' runs an nn.Module; load the model with effattn.models.load_model")

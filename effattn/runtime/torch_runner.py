@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import BackendError
+from ..models import fuse
 from ..shapes import ShapeProfile
 from .base import Runner, TensorSpec
 from .cudagraphs import GraphPolicy, ShapeGraphs
@@ -52,19 +53,26 @@ class TorchRunner(Runner):
 
     def __init__(self, model: nn.Module, profile: ShapeProfile, output_names: list[str] | None = None,
                  device: str = "cpu", dtype: torch.dtype = torch.float32, cuda_graph: bool | None = False,
-                 compile: bool = False) -> None:
+                 compile: bool | str = False, fused: bool = False) -> None:
         """``cuda_graph`` (CUDA only): True, False (default: the plain eager reference), or None to capture
-        repeated shapes; ``compile``: run ``torch.compile(model)`` instead of the eager module."""
+        repeated shapes; ``compile``: run ``torch.compile(model)`` instead of the eager module (a string: its
+        ``mode``, e.g. ``"max-autotune"``); ``fused``: its Efficient-Attention blocks on the fused Triton kernel
+        (:func:`effattn.models.fuse`)."""
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError("torch backend on cuda asked for, but torch sees no CUDA device")
         self.device = torch.device(device)
         self.dtype = dtype
         if self.device.type == "cuda" and dtype == torch.float32:
             pin_fp32()
+        if compile and fused:
+            raise BackendError("compile and fused are two ways to run the model: pick one")
         suffix = ("" if dtype == torch.float32 else f"-{str(dtype)[6:]}") + ("-compile" if compile else "")
-        self.backend = f"torch-{self.device.type}{suffix}"
+        self.backend = f"torch-{self.device.type}{suffix}{'-fused' if fused else ''}"
         self.model = _converted(model, self.device, dtype)
-        self._call = torch.compile(self.model) if compile else self.model
+        if fused:
+            self.model = fuse(self.model)  # a copy: the module given is never changed
+        mode = compile if isinstance(compile, str) else None
+        self._call = torch.compile(self.model, mode=mode) if compile else self.model
         inputs = [TensorSpec(p.name, np.dtype(p.dtype), p.symbolic_shape, p) for p in profile.inputs]
         names = output_names or ["output"]
         super().__init__(inputs, [TensorSpec(n, np.dtype(np.float32), None) for n in names])

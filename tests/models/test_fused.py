@@ -13,6 +13,7 @@ from effattn.errors import ModelError
 from effattn.models import EfficientAttention, EfficientAttention1d, create_model
 from effattn.models.fused import FusedEfficientAttention, fuse, kernel_runs_on
 from effattn.runtime.parity import TOLERANCES
+from effattn.shapes import ShapeProfile
 from tests.conftest import LoopEfficientAttention
 
 triton = pytest.importorskip("triton", reason="the fused kernel needs the `triton` package (Linux; the test extra)")
@@ -182,3 +183,23 @@ def test_without_the_interpreter_the_cpu_runs_the_blocks_own_forward(monkeypatch
     x = torch.randn(1, 16, 5, 5)
     with torch.no_grad():
         assert torch.equal(fused(x), model(x))  # bit for bit: the same forward, not the kernel
+
+
+def test_the_torch_runner_runs_the_fused_network():
+    """`load(model, backend="torch", fused=True)`: what `effattn bench`'s torch-fused rows run."""
+    from effattn.errors import BackendError
+    from effattn.runtime import load
+
+    source = create_model("ea_segnet_tiny", pretrained=True)
+    profile = ShapeProfile.single("1x3x32x32", "1x3x48x48", "2x3x64x64")
+    x = torch.rand(2, 3, 40, 56)
+    with load(source, backend="torch", device=DEVICE.type, profile=profile, output_names=["logits"]) as eager, \
+            load(source, backend="torch", device=DEVICE.type, profile=profile, output_names=["logits"],
+                 fused=True) as fused:
+        assert fused.backend.endswith("-fused")
+        assert isinstance(fused.model.attention, FusedEfficientAttention)
+        expected, got = eager.infer({"input": x})["logits"], fused.infer({"input": x})["logits"]
+    assert relative_l2(torch.from_numpy(got), torch.from_numpy(expected)) <= 1e-5
+    assert not isinstance(source.attention, FusedEfficientAttention)  # the module given is left as it was
+    with pytest.raises(BackendError, match="compile and fused are two ways"):
+        load(source, backend="torch", profile=profile, fused=True, compile=True)
