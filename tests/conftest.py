@@ -12,6 +12,12 @@ from torch.nn import functional as F
 
 from tests.fixtures import OnnxModels
 
+# Triton kernels run through Triton's interpreter on the CPU when no CUDA device exists. Set here, before any
+# test imports triton (torch.compile does): a triton imported first would leave nested @triton.jit helpers
+# compiled-only, and the interpreted kernels calling them fail.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 class LoopEfficientAttention(nn.Module):
     """The reference's layout and math, one head at a time (a Python loop, as the original code does).
