@@ -11,7 +11,10 @@ RANK = {"errors": 0, "shapes": 0, "metadata": 0, "dtypes": 0, "files": 0, "names
         "export": 2,
         "engines": 3, "runtime": 4, "serving": 5, "bench": 5, "pipeline": 6, "cli": 7, "__main__": 7}
 #: (module, imported) pairs allowed inside a function, each for a reason.
-LAZY = {("effattn.cli", "effattn.cli.commands")}  # `effattn --help` answers without loading torch
+LAZY = {
+    ("effattn.cli", "effattn.cli.commands"),  # `effattn --help` answers without loading torch
+    ("effattn.models.fused", "effattn.models.fused_kernel"),  # the kernel imports triton: optional, on first use
+}
 
 
 def _modules() -> dict[str, Path]:
