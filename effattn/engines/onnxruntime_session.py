@@ -1,14 +1,6 @@
 """ONNX Runtime sessions as engines: the CPU, CUDA and TensorRT execution providers.
-
-ONNX Runtime silently falls back to the CPU when a GPU provider fails to load its libraries; a
-session made here checks which provider it really got and refuses the silent fallback.
-
-Packaging: ``onnxruntime`` (CPU) and ``onnxruntime-gpu`` both install the one ``onnxruntime`` package
-folder, so effattn depends on neither directly: the ``cpu`` extra brings the first, the ``gpu`` extra
-the second (and TensorRT), and a machine holding both is named as the problem. onnxruntime-gpu 1.31's
-TensorRT provider links ``libnvinfer.so.10`` (TensorRT 10, read off the wheel with readelf); effattn's
-own TensorRT path takes TensorRT 10 or 11.
-"""
+A session checks which provider it really got and refuses ONNX Runtime's silent CPU fallback. Packaging
+(``onnxruntime`` or ``onnxruntime-gpu``, never both): docs/decisions.md."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""The precision stage: an FP16 (or BF16) ONNX graph with FP32 inputs and outputs.
-
-TensorRT >= 10.12 prefers strongly typed networks and TensorRT 11 builds nothing else (its
-``BuilderFlag.FP16`` is gone), so FP16 is a property of the graph: the tensors' types say what
-runs in half precision. The same file runs on ONNX Runtime's CPU provider, which is how FP16
-numerics are tested without a GPU. The conversion is onnxconverter-common's ``float16`` pass
-(casts at the edges, weights stored in FP16); ops named in ``op_block_list`` stay FP32.
-"""
+"""The precision stage: an FP16 (or BF16) ONNX graph with FP32 inputs and outputs, so precision is a
+property of the file every backend builds. FP16 is onnxconverter-common's ``float16`` pass; ops named in
+``op_block_list`` stay FP32. Why: docs/precision.md#fp16-the-precision-lives-in-the-graph."""
 
 from __future__ import annotations
 

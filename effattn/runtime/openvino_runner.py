@@ -1,13 +1,7 @@
-"""A Runner over OpenVINO on the CPU, reading the same ONNX files as ONNX Runtime.
-
-OpenVINO runs an INT8 QDQ graph with its own INT8 kernels (VNNI/AMX), several times faster than ONNX
-Runtime's CPU QDQ path on the machines measured (benchmarks/results/), and runs float graphs in BF16
-where the CPU has BF16 arithmetic (the float ops of an INT8 graph too). The precision is chosen from the
-file and the CPU (see :func:`choose_precision`) and reported as ``runner.precision``, so parity checks
-apply the matching tolerance. The graph is compiled for each input shape it meets (a bounded cache, like
-a CUDA-graph cache): static-shape compiles ran faster than one dynamic-shape compile or level. An
-``InferRequest`` is not thread-safe: each call borrows one from its compiled model's pool.
-"""
+"""A Runner over OpenVINO on the CPU, reading the same ONNX files: INT8 QDQ graphs on its INT8 kernels,
+float ops in BF16 where the CPU has it (:func:`choose_precision`; ``runner.precision`` says which), compiled
+per input shape (a bounded cache). An ``InferRequest`` is not thread-safe: each call borrows one from its
+compiled model's pool. See docs/precision.md#bf16 and #openvino-static-shapes."""
 
 from __future__ import annotations
 

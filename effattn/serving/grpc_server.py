@@ -1,11 +1,6 @@
-"""The KServe v2 gRPC front end of ``effattn serve`` (``--grpc-port``), beside the HTTP one.
-
-Same :class:`~.server.Server` as HTTP: the same models, batchers, checks (:mod:`.protocol`), byte
-budget and metrics; only the wire format differs. The service definition is Triton's
-``inference.GRPCInferenceService``, generated code that ships in ``tritonclient[grpc]``, so
-``tritonclient.grpc`` clients work unchanged. Statuses map as Triton's do: 400 -> INVALID_ARGUMENT,
-404 -> NOT_FOUND, 503 -> UNAVAILABLE, 504 -> DEADLINE_EXCEEDED.
-"""
+"""The KServe v2 gRPC front end of ``effattn serve`` (``--grpc-port``): Triton's ``GRPCInferenceService``
+(from ``tritonclient[grpc]``) over the same :class:`~.server.Server` as HTTP; only the wire format differs.
+Status mapping: docs/serving.md#how-the-server-is-built."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
 """What ``effattn serve`` is apart from its transports: options, served models, metrics, and one :class:`Server`.
-
-The HTTP front end (:mod:`.http_server`) and the gRPC one (:mod:`.grpc_server`) both hold the same
-:class:`Server`: the same models and batchers, one byte budget for requests in flight, one set of
-Prometheus metrics, one "closing" flag, and the same inference path (:meth:`Server.infer`: check the
-feed, queue it for the batcher, map every failure to a :class:`~.protocol.RequestError`).
-"""
+HTTP and gRPC hold the same :class:`Server`: models, batchers, byte budget, metrics, a "closing" flag and one
+inference path (:meth:`Server.infer`)."""
 
 from __future__ import annotations
 
