@@ -219,7 +219,7 @@ def _tensor_type(tensor: Mapping) -> str | None:
 
     TensorRT <= 10 writes one ``"Format/Datatype"`` string ("Row major linear FP16 format", "Half",
     "N/A due to dynamic shapes"); TensorRT 11 splits it into ``"Datatype"`` ("Half", "BFloat16", ...)
-    and ``"Format"`` (polygraphy 0.53.6 ``tools/inspect/subtool/model/extractors/_trt.py``).
+    and ``"Format"`` (Polygraphy's ``tools/inspect/subtool/model/extractors/_trt.py``).
     """
     text = str(tensor.get("Datatype") or tensor.get("Format/Datatype") or "").lower()
     if not text or "n/a" in text or "not available" in text:

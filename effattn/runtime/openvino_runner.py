@@ -51,8 +51,8 @@ def choose_precision(file_precision: str, asked: str | None = None) -> tuple[str
     """(the precision the runner reports, OpenVINO's inference hint for the graph's float ops).
 
     ``auto`` uses BF16 where the CPU has it (OpenVINO's own default there): an FP32 file then runs in
-    BF16, an INT8 file runs its float ops (the attention softmaxes and products, the resizes) in BF16 - measured
-    2.6x faster than FP32 float ops on ea_segnet @ 256 at the same argmax agreement. ``fp32`` keeps
+    BF16, an INT8 file runs its float ops (the attention softmaxes and products, the resizes) in BF16 (faster at the
+    same argmax agreement: docs/decisions.md#openvino-bf16-float-ops-and-static-shapes). ``fp32`` keeps
     every float op FP32 (an INT8 file then computes exactly what ONNX Runtime computes). FP16 files run
     their FP16 weights with FP32 arithmetic.
     """
@@ -80,10 +80,8 @@ class OpenVINORunner(Runner):
         """``precision``: ``auto`` (default, see :func:`choose_precision`), ``fp32`` or ``bf16``;
         ``threads``: inference threads (default: OpenVINO's, every core); ``static_shapes``: compile the
         graph for each input shape it meets (at most :attr:`STATIC_CACHE` kept, inputs still checked
-        against the profile): 4-6 % faster than OpenVINO's dynamic-shape compile of the same file on
-        ea_segnet @ 256, level on ea_resnet @ 224 (benchmarks/results/cpu-lowprec-*.json); each new shape
-        costs one compile (50-240 ms there) and the memory of one compiled model. ``False``: one
-        dynamic-shape compile for every shape."""
+        against the profile; each new shape costs one compile and the memory of one compiled model;
+        docs/precision.md#openvino-static-shapes). ``False``: one dynamic-shape compile for every shape."""
         self.path = Path(path)
         if not self.path.is_file():
             raise BackendError(f"ONNX file {self.path} does not exist")

@@ -314,8 +314,7 @@ def serve(models: Mapping[str, Runner], port: int = 8000, options: ServeOptions 
     sock = sock or listen(options.host, port, "HTTP port")
     _raise_file_limit()
     app = create_app(models, options)
-    # asyncio's loop even where uvloop is installed: uvloop measured no faster here, and under load it accepted
-    # new connections late enough that a graceful shutdown refused some (tests/serving: graceful shutdown)
+    # asyncio's loop even where uvloop is installed: why, docs/decisions.md#serving
     # uvicorn's hints say int seconds for both timeouts; it waits with asyncio, which takes fractions too
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", http=guarded_protocol(),
                             loop="asyncio", limit_concurrency=options.max_connections,

@@ -128,10 +128,9 @@ def _quiet_quantizer():
 
 def _run_quantizer(src: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], ops: Sequence[str],
                    exclude: Sequence[str] = (), float_weights: bool = False) -> onnx.ModelProto:
-    """ONNX Runtime's quantize_static with TensorRT's rules. MinMax calibration: percentile and entropy
-    measured no better on the trained segmenter (argmax 99.78 / 99.77 % vs 99.77 %) and need calibration
-    inputs of one shape, where MinMax takes the profile's min, opt and max sizes. ``float_weights``: keep
-    the weights in float behind a Q/DQ pair instead of storing them as INT8 (what the FP8 graph needs)."""
+    """ONNX Runtime's quantize_static with TensorRT's rules and MinMax calibration, which takes the profile's
+    min, opt and max sizes (why MinMax: docs/decisions.md#calibration-minmax). ``float_weights``: keep the
+    weights in float behind a Q/DQ pair instead of storing them as INT8 (what the FP8 graph needs)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import load_tensors_data
 
