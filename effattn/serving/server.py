@@ -196,7 +196,7 @@ def serve_model(name: str, runner: Runner, options: ServeOptions, metrics: Metri
     sets from the graph (none for a model without a shape profile: nothing says which batch sizes it takes).
     The runner's idle threads stop spinning (:meth:`Runner.stop_spinning`: ONNX Runtime on the CPU): between
     engine calls the server's own threads (HTTP, gRPC, batching) need the cores, and spinning threads took them
-    (README)."""
+    (docs/benchmarks.md#serving)."""
     check_model_name(name)
     runner.stop_spinning()
     requested = options.max_batch_size if runner.profile is not None else 1
