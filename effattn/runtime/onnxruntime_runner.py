@@ -200,8 +200,8 @@ class OnnxRuntimeRunner(Runner):
 
     def _run(self, binding, graph_id: int, options) -> None:
         """Run a bound session and wait for its outputs: ONNX Runtime writes them on its own stream, and
-        torch must not read them, or hand their memory to another request, before it is done (seen on an
-        H100: 1 of 400 concurrent answers partly stale without the wait)."""
+        torch must not read them, or hand their memory to another request, before it is done (stale answers
+        were seen on a GPU without the wait: docs/gpu-tensorrt.md#open-items)."""
         if self.cuda_graph:
             options.add_run_config_entry("gpu_graph_id", str(graph_id))  # -1: run without capture or replay
         self.session.run_with_iobinding(binding, options)

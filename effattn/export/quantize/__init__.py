@@ -155,7 +155,7 @@ def _refuse_empty_ranges(qdq: onnx.ModelProto, ranges) -> None:
     """Refuse an activation whose calibrated range is empty (0 everywhere on the calibration data, e.g. a ReLU
     that never fired): ONNX Runtime writes scale 1.0 for it (``compute_scale_zp``), a valid-looking number that
     rounds every real value of the tensor to a whole number. The ranges are those ``quantize_static`` used,
-    from its calibration cache (onnxruntime 1.32 ``quantize.py``, ``calibration_cache_path``)."""
+    from its calibration cache (onnxruntime's ``quantize.py``, ``calibration_cache_path``)."""
     inits = {t.name for t in qdq.graph.initializer}
     for node in qdq.graph.node:
         name = node.input[0] if node.op_type == "QuantizeLinear" else None
