@@ -1,4 +1,4 @@
-"""Markdown tables from ``effattn bench -o`` JSON files, for the README (numbers are never typed by hand).
+"""Markdown tables from ``effattn bench -o`` JSON files, for docs/benchmarks.md (numbers are never typed by hand).
 
     python benchmarks/tables.py benchmarks/results/cpu-hosts.json [--backend onnxruntime]
 """

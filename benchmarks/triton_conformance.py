@@ -176,7 +176,7 @@ def _fp64(module):
     return tensor
 
 
-#: Differences the README lists: (call, what differs).
+#: Differences docs/serving.md lists ("Checked against a real Triton"): (call, what differs).
 DOCUMENTED = {
     "get_server_metadata": "name/version/extensions: effattn lists only the extensions it implements",
     "get_model_metadata": "effattn adds each input's profile (min/opt/max) as parameters; platform names differ",
@@ -185,7 +185,7 @@ DOCUMENTED = {
 }
 
 
-#: Route answers that differ from Triton's on purpose (listed in the README).
+#: Route answers that differ from Triton's on purpose (listed in docs/serving.md).
 BY_DESIGN = {"POST /v2/models/seg/infer": "malformed JSON is the client's fault: 400 (Triton: 500)",
              "GET /v2/trace/setting": "tracing is not implemented: 400 with a JSON error (Triton 2.51: 200, on)",
              "GET /v2/logging": "log settings are not implemented: 400 with a JSON error (Triton 2.51: 200, on)"}

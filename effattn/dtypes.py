@@ -1,11 +1,6 @@
-"""One table of tensor element types and their names in every library effattn talks to.
-
-numpy dtype, KServe v2 datatype (``FP32``), Triton config type (``TYPE_FP32``), ONNX ``TensorProto``
-element type, ONNX Runtime type string (``tensor(float)``), TensorRT ``DataType`` name and torch dtype
-name. Polygraphy's ``DataType`` maps most of these but not the KServe/Triton names, and its TensorRT
-side imports ``tensorrt``; this table is plain data, so every layer (serving included) can read it.
-Types numpy has no dtype for (BF16, FP8, INT4, FP4) appear only where a runner can convert them.
-"""
+"""One table of tensor element types and their names in numpy, KServe, Triton, ONNX, ONNX Runtime,
+TensorRT and torch; plain data, so every layer can read it. Types numpy has no dtype for (BF16, FP8, INT4,
+FP4) appear only where a runner can convert them. See docs/architecture.md#ground-floor."""
 
 from __future__ import annotations
 

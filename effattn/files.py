@@ -1,14 +1,6 @@
-"""Writing output files whole or not at all, even when the process is told to stop; reading array files bounded.
-
-Every file effattn writes goes through :func:`atomic_output`: the data goes to a hidden temporary
-file beside the target, which replaces the target in one rename only when everything succeeded. On
-an error, Ctrl-C, SIGTERM or SIGHUP the temporary file is removed; a signal is then delivered again
-with its previous handler, so the process ends as it would have, minus the partial file.
-
-Only regular files are ever replaced (and folders only when effattn wrote them): a rename onto a
-device node, a FIFO or a symbolic link would put a regular file in its place, so those are refused
-whatever ``--force`` says. Files read as input are checked the same way (:func:`require_file`).
-"""
+"""Writing output files whole or not at all: a hidden temporary file renamed into place, removed on error
+or signal (:func:`atomic_output`). Only regular files are ever replaced; input files are checked the same
+way (:func:`require_file`) and array files are read bounded. See docs/architecture.md#ground-floor."""
 
 from __future__ import annotations
 

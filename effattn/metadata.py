@@ -1,15 +1,7 @@
-"""The ``effattn.*`` keys written into ONNX ``metadata_props`` and read back by runners and tools.
-
-They make a file self-describing: which model and checkpoint it came from, its shape profile (so a
-runner validates inputs without being told), and which output is a residual of which input (so
-parity checks can measure the attention branch). A file comes from elsewhere, so every reader here
-checks what it reads and raises :class:`MetadataError` (or :class:`ProfileError`) on one line.
-
-:func:`check_onnx_file` is what every command checks before it trusts an ONNX file at all (``run``,
-``compare`` and ``serve`` through ``effattn.runtime.load``, and ``triton``): a regular file that parses,
-in IR and opset versions and operator domains ONNX Runtime knows, with tensor dims a runner could
-allocate, whose external data stays inside its folder, and whose profile names only its inputs.
-"""
+"""The ``effattn.*`` keys in ONNX ``metadata_props``: model, checkpoint, shape profile, residual outputs.
+A file comes from elsewhere, so every reader checks what it reads and raises :class:`MetadataError` (or
+:class:`ProfileError`); :func:`check_onnx_file` is what every command checks before it trusts an ONNX file.
+See docs/architecture.md#ground-floor and #trust-and-errors."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""What chains the stages: the jobs a user asks for, each one function over models -> export -> engines -> runtime.
-
-Stages never call later stages; this module does, once, for the CLI and for Python users alike:
-verified export (export, then parity against eager PyTorch before the file takes its place), the
-eager reference rebuilt from a file (under the trust rule of :mod:`effattn.models.reference`),
-parity of a file, an ONNX Runtime build in a given precision, the demo, reading input files and
-describing a file.
-"""
+"""What chains the stages (models -> export -> engines -> runtime) for the CLI and Python users: verified
+export, the eager reference rebuilt from a file (under :mod:`effattn.models.reference`'s trust rule), parity
+of a file, ONNX Runtime builds, the demo, reading inputs and describing a file."""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ class Precision:
 
 
 _CPU, _CUDA = "cpu", "cuda"
-#: The rows, FP32 first. The measurements behind each tolerance row are in docs/ and the tests that check them.
+#: The rows, FP32 first. The measurements behind each tolerance row: docs/precision.md#tolerances.
 TABLE: tuple[Precision, ...] = (
     Precision("fp32", "float32", "export", 4, Tolerance(rel_l2=1e-5, branch_rel_l2=1e-5, argmax_agreement=0.999),
               ("float", "fp32"),
@@ -67,30 +67,18 @@ TABLE: tuple[Precision, ...] = (
               (("onnxruntime", _CPU), ("onnxruntime", _CUDA), ("openvino", _CPU), ("tensorrt", _CUDA),
                ("torch", _CUDA)),
               "FP16 graph with FP32 inputs and outputs"),
-    # OpenVINO BF16 (8-bit mantissa), measured 2026-11 on a 2-core EPYC: EA block output 1.6e-4, branch 2.0e-3;
-    # trained ea_segnet_tiny logits 4.4e-3 on task images and 8.3e-3 on noise, argmax 99.9 % / 99.6 %.
-    # The same limits hold the BF16 graph (effattn.export.to_bf16) on TensorRT: unmeasured on a GPU yet; on the
-    # CPU its BF16 weights with FP32 math give 5.7e-3 on the segmenter (tests/export/test_precision.py).
+    # BF16: an 8-bit mantissa; the same limits hold the BF16 graph (effattn.export.to_bf16) on TensorRT.
     Precision("bf16", "bfloat16", "convert", 2, Tolerance(rel_l2=2e-2, branch_rel_l2=1e-2, argmax_agreement=0.995),
               ("bfloat16", "bf16"),
               (("openvino", _CPU), ("tensorrt", _CUDA), ("torch", _CPU)),
               "BF16 graph with FP32 inputs and outputs"),
-    # INT8 QDQ (effattn quantize), same runs, ONNX Runtime and OpenVINO alike: EA block (16 ch, random
-    # weights, 32 noise calibration samples, 150 fresh draws at min/opt/max) output <= 6.1e-3, branch median
-    # 5.1e-3 (noise at 1x16x8x8, 3000 draws: p99 1.7e-2, 3 above 5e-2 where a draw exceeds the calibrated range
-    # and is clipped); trained segmenter on task images rel-L2 3.2-3.6e-2, argmax 99.0-99.3 %. Parity mixes in
-    # noise inputs, which lie outside the calibrated ranges (rel-L2 8-9e-2, argmax 96.4-96.6 %), so these limits
-    # are loose; the task-level gate (>= 99 % argmax and <= 1 point IoU drop per class on held-out task images)
-    # is tests/export/test_quantize.py's and the bench's.
+    # INT8 and FP8: loose, because parity mixes in noise inputs outside the calibrated ranges; the task-level
+    # gate (>= 99 % argmax, <= 1 point IoU drop per class on held-out task images) is tests/export/test_quantize.py's.
     Precision("int8", "int8", "quantize", 1, Tolerance(rel_l2=0.2, branch_rel_l2=5e-2, argmax_agreement=0.95),
               ("int8",),
               (("onnxruntime", _CPU), ("onnxruntime", _CUDA), ("openvino", _CPU), ("tensorrt", _CUDA)),
               "INT8 QDQ, signed symmetric"),
-    # FP8 E4M3 QDQ (effattn quantize --precision fp8; on the CPU ONNX Runtime and OpenVINO emulate it, as TensorRT
-    # computes it on an FP8 GPU), measured 2026-11 on a 2-core EPYC: EA block with 32 channels (every Conv in FP8;
-    # 600 draws) output <= 3.9e-3, branch median 2.2e-2, max 3.4e-2 (three mantissa bits round each value by up
-    # to 6 %, where INT8's error is one step of the range); trained segmenter (the one Conv with more than 16
-    # channels in FP8, NVIDIA's rule) on noise, 180 draws: rel-L2 <= 3.8e-2, argmax >= 97.0 %. The INT8 limits hold.
+    # FP8 E4M3: on the CPU ONNX Runtime and OpenVINO emulate it (for parity), as TensorRT computes it on an FP8 GPU.
     Precision("fp8", "float8_e4m3fn", "quantize", 1, Tolerance(rel_l2=0.2, branch_rel_l2=5e-2, argmax_agreement=0.95),
               ("fp8", "float8", "e4m3"),
               (("onnxruntime", _CPU), ("openvino", _CPU), ("tensorrt", _CUDA)),

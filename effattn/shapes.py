@@ -1,10 +1,6 @@
 """Shape profiles: the one source of dynamic axes, engine profiles and run-time input checks.
-
-A :class:`ShapeProfile` maps each input name to an :class:`InputProfile` with a ``min``, ``opt`` and
-``max`` shape. An axis whose ``min`` differs from its ``max`` is dynamic and carries a name
-(``batch``, ``height``, ``width`` for images, ``length`` for sequences); the rest are static. The
-ONNX exporter, the TensorRT builder, Triton configs and every runner read the same object.
-"""
+A :class:`ShapeProfile` maps each input to an :class:`InputProfile` of min/opt/max shapes; axes that vary
+are dynamic and named (``batch``, ``height``, ``width``, ``length``)."""
 
 from __future__ import annotations
 

@@ -40,4 +40,4 @@ done
 for part in "$root"/part*; do printf 'parts %d\nsha256 %s\n' "$n" "$sha" > "$part/manifest"; done
 rm -rf "$root/dl" "$root/stored" "$root/bundle.tar.xz"
 du -sh "$root"/part*
-echo "carry each of .gpuwheels/part01..part$(printf '%02d' "$n") in one call, in order (README: GPU check)"
+echo "carry each of .gpuwheels/part01..part$(printf '%02d' "$n") in one call, in order (docs/gpu-tensorrt.md: GPU check)"

@@ -1,16 +1,6 @@
-"""``effattn bench``: every backend against eager PyTorch FP32, measured side by side in one run.
-
-For each model the file is exported once with a profile spanning every size and batch; then at each
-(batch, size) eager FP32 (the baseline every row's ratio is taken against) and each backend are
-timed *interleaved*, round by round, so a noisy shared machine slows them alike: median/p90/p99
-after warm-up, throughput, and peak memory measured afterwards in a fresh process (so the memory
-probe never disturbs the timing). Start-up (runner creation + first answer) is
-timed cold and with caches warm. Dot-product attention is not run where its n x n maps cannot fit:
-the row says so instead of the process dying. The whole run respects ``max_seconds``.
-
-The scaling study reads the rows: growth exponents of time and memory in positions (log-log fit),
-and the crossover size from which EfficientAttention beats dot-product attention.
-"""
+"""``effattn bench``: every backend timed interleaved with eager PyTorch FP32 in one run (median/p90/p99,
+throughput, peak memory in a fresh process, start-up cold and warm), plus the scaling study's growth
+exponents and crossover. See docs/benchmarks.md#how-the-bench-measures."""
 
 from __future__ import annotations
 

@@ -1,17 +1,6 @@
-"""Is the machine busy enough with other work that a bench's timings cannot be trusted?
-
-Interleaved timing (:func:`.timing.measure_interleaved`) keeps ratios honest against slow drifts, not
-against a machine whose cores are taken by others: there a row can read "674x" with nothing to say it
-is noise. Two readings, each taken before and after the run, decide it:
-
-* the 1-minute load average against the cores (``os.getloadavg``): more runnable work than cores
-  means every timed call queued behind other processes for part of its time;
-* a fixed single-threaded calibration loop: the same work each time, so a spread between its
-  repetitions, or a change from before the run to after it, is the machine, not the model.
-
-Both readings are injectable (:class:`LoadCheck`'s ``read_load`` and ``calibrate``), so the verdict is
-tested without loading a machine.
-"""
+"""Is the machine too busy for a bench's timings to be trusted? Compares the 1-minute load average with
+the cores and times a fixed calibration loop, before and after a run; both readings are injectable
+(:class:`LoadCheck`'s ``read_load`` and ``calibrate``) for tests. Why: docs/benchmarks.md#how-the-bench-measures."""
 
 from __future__ import annotations
 

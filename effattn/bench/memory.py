@@ -1,10 +1,6 @@
 """Peak memory of a piece of work: host RSS above where it started, and CUDA memory on GPUs.
-
-On Linux the kernel keeps the process's RSS high-water mark (``VmHWM``) and lets a process reset
-it to the current RSS (``echo 5 > /proc/self/clear_refs``), so the peak is exact, not sampled.
-On the device, PyTorch's allocator peak covers torch and TensorRT buffers; ONNX Runtime's arena
-growth is read from ``cudaMemGetInfo``; the larger of the two is reported.
-"""
+Host: the kernel's RSS high-water mark (``VmHWM``), reset first; device: the larger of torch's allocator
+peak and ``cudaMemGetInfo`` growth. See docs/benchmarks.md#how-the-bench-measures."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""Roofline floors for the bench: how far a measured latency is from what this machine could do at all.
-
-A row's floor is max(bytes moved / copy bandwidth, FLOPs / peak FLOP/s at the row's precision), both
-measured in the same run: the bandwidth by a large copy, the peaks by a large matmul per precision
-(torch's oneDNN kernels; ``torch._int_mm`` for INT8). Those matmuls are what a framework reaches on this
-CPU, not the silicon's limit: a runtime with better kernels can run below its "floor" (ratio < 1), and
-the bench reports that rather than hiding it.
-"""
+"""Roofline floors: max(bytes / copy bandwidth, FLOPs / matmul peak at the row's precision), both measured
+in the same run (a large copy, a large torch matmul), so a runtime with better kernels than torch's can come
+in below its floor (ratio < 1). See docs/benchmarks.md#how-the-bench-measures."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
 """Latency measurement shared by ``effattn demo`` and ``effattn bench``: warm up, then time calls.
-
-What is timed is chosen per device (:func:`timed_call`, :func:`clock_for`): on the CPU, ``infer`` on
-numpy arrays with the wall clock; on CUDA, ``infer_torch`` on tensors already on the device, between
-two CUDA events, so a sample is the model's own time -- not pageable host<->device copies and input
-conversion, which a bench reports apart (:func:`host_copy_seconds`).
-"""
+CPU: wall clock around ``infer``; CUDA: CUDA events around ``infer_torch`` on device tensors
+(:func:`timed_call`, :func:`clock_for`), host copies reported apart (:func:`host_copy_seconds`)."""
 
 from __future__ import annotations
 

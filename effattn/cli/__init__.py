@@ -183,10 +183,8 @@ def _quantize(add) -> None:
             "products kept in float - the form TensorRT's explicit quantization builds, and that ONNX Runtime "
             "and OpenVINO run. Calibration inputs: --calibration (a folder of .npy/.npz files or one .npz, batch "
             "axis first), else the zoo model's own sample images, else random inputs (with a warning). "
-            "--precision fp8 writes the same graph in FP8 E4M3 (scales amax/448, FP8 zero points, opset 19; "
-            "Convs with 16 or fewer channels or filters over 32 taps, and the classifier Gemm, stay float as "
-            "in NVIDIA ModelOpt) for TensorRT on GPUs with FP8 tensor cores (compute capability 8.9+: Ada, Hopper, "
-            "Blackwell); CPUs run it for parity checks only.\n\n"
+            "--precision fp8 writes the same graph in FP8 E4M3 for TensorRT on GPUs with FP8 tensor cores "
+            "(compute capability 8.9+); CPUs run it for parity checks only. Details: docs/precision.md.\n\n"
             "examples:\n  effattn quantize seg.onnx -o seg.int8.onnx\n"
             "  effattn quantize resnet.onnx -o resnet.int8.onnx --calibration images.npz\n"
             "  effattn quantize seg.onnx -o seg.fp8.onnx --precision fp8 && effattn build seg.fp8.onnx -o seg.fp8.plan")
@@ -208,13 +206,12 @@ def _quantize(add) -> None:
 def _build(add) -> None:
     p = add("build", "ONNX -> TensorRT engine (or ONNX Runtime's optimised graph)",
             "Build an engine from an exported ONNX file. TensorRT: precision is the graph's (strongly typed "
-            "networks, the only way on TensorRT 11, which has no FP16/INT8 builder flags): an FP32 export is "
+            "networks; see docs/precision.md): an FP32 export is "
             "converted to the FP16 graph first, an INT8 (FP8) QDQ file from 'effattn quantize' builds an INT8 "
             "(FP8) engine (explicit quantization; FP8 needs compute capability 8.9+), a BF16 graph a BF16 one. "
             "Engines go through the engine cache (keyed by the ONNX bytes, precision, profiles, builder options, "
             "TensorRT version and GPU), with a shared timing cache beside it. ONNX Runtime: save the optimised "
-            "graph (fused, constant-folded) to inspect or ship. On the zoo models it did not shorten session "
-            "start-up (measured: 40 ms either way for ea_resnet, where weight pre-packing dominates).\n\nexamples:\n  effattn build seg.onnx -o seg.plan\n"
+            "graph (fused, constant-folded) to inspect or ship.\n\nexamples:\n  effattn build seg.onnx -o seg.plan\n"
             "  effattn build seg.onnx -o seg.ort.onnx --backend onnxruntime --precision fp32")
     p.add_argument("onnx", type=Path, help="an .onnx file written by 'effattn export'")
     p.add_argument("-o", "--output", type=Path, required=True, help="the engine (.plan) or optimised .onnx to write")

@@ -1,11 +1,6 @@
-"""The engine cache: a built engine is reused only for exactly what it was built from and for.
-
-An engine is tied to the ONNX bytes, precision, profiles and builder options it was built with,
-and to the TensorRT version and GPU (name and compute capability) that built it. The key hashes
-all of them; the JSON sidecar beside each plan records them, plus the plan's size and sha256, so a
-stale, foreign, truncated or corrupt plan is detected before TensorRT ever sees it. Plans stay raw
-(trtexec and Triton load them as they are).
-"""
+"""The engine cache: a plan is reused only for the exact ONNX bytes, precision, profiles, builder options,
+TensorRT version and GPU it was built for; a JSON sidecar beside the raw plan records them with its size and
+sha256, so a stale, foreign or corrupt plan is caught first. See docs/gpu-tensorrt.md#the-engine-cache."""
 
 from __future__ import annotations
 

@@ -1,14 +1,6 @@
 """ONNX Runtime sessions as engines: the CPU, CUDA and TensorRT execution providers.
-
-ONNX Runtime silently falls back to the CPU when a GPU provider fails to load its libraries; a
-session made here checks which provider it really got and refuses the silent fallback.
-
-Packaging: ``onnxruntime`` (CPU) and ``onnxruntime-gpu`` both install the one ``onnxruntime`` package
-folder, so effattn depends on neither directly: the ``cpu`` extra brings the first, the ``gpu`` extra
-the second (and TensorRT), and a machine holding both is named as the problem. onnxruntime-gpu 1.31's
-TensorRT provider links ``libnvinfer.so.10`` (TensorRT 10, read off the wheel with readelf); effattn's
-own TensorRT path takes TensorRT 10 or 11.
-"""
+A session checks which provider it really got and refuses ONNX Runtime's silent CPU fallback. Packaging
+(``onnxruntime`` or ``onnxruntime-gpu``, never both): docs/decisions.md."""
 
 from __future__ import annotations
 
@@ -23,15 +15,9 @@ from ..errors import BackendError, first_line
 
 log = logging.getLogger(__name__)
 
-#: ONNX Runtime graph rewrites every effattn session turns off. ReluQuantRewrite (onnxruntime 1.32) drops a Relu
-#: in front of a float8 QuantizeLinear whose zero point is 0, as it may for uint8 (whose lowest value, 0, is
-#: what the Relu clamps to), so negative values come back: the trained ea_segnet_tiny FP8 graph's logits came
-#: out with rel-L2 15.2 against eager FP32, 4.4e-2 with the rewrite off (minimal case:
-#: tests/engines/test_onnxruntime_session.py). Off for every graph, not only FP8 ones: telling them apart
-#: means parsing the file first (85 ms on top of a 236 ms session start for ea_resnet), and the rewrite
-#: bought nothing measurable elsewhere (ea_resnet in ONNX Runtime's own uint8 QDQ form, whose quantizer
-#: already drops such Relus: the same outputs, 33.7 vs 34.7 ms; effattn's INT8 graphs have zero points of 0,
-#: which it never matched).
+#: ONNX Runtime graph rewrites every effattn session turns off. ReluQuantRewrite drops a Relu in front of a
+#: float8 QuantizeLinear whose zero point is 0, so negative values come back; off for every graph, not only
+#: FP8 ones (docs/decisions.md#onnx-runtimes-reluquantrewrite-is-off).
 UNSAFE_REWRITES = ("ReluQuantRewrite",)
 _FLOAT8 = {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ, onnx.TensorProto.FLOAT8E5M2,
            onnx.TensorProto.FLOAT8E5M2FNUZ}
@@ -154,10 +140,8 @@ def _preload_cuda_libraries(ort) -> None:
 
 
 def optimize_model(path: str | Path, output: str | Path, device: str = "cpu") -> Path:
-    """Save ONNX Runtime's optimised graph (fused, constant-folded), to inspect or to ship.
-
-    Measured on the zoo: no shorter session start-up (weight pre-packing dominates it, and the
-    saved graph is re-optimised at load time anyway).
+    """Save ONNX Runtime's optimised graph (fused, constant-folded), to inspect or to ship (it does not
+    shorten start-up: docs/decisions.md).
 
     Uses the extended level: the "all" level adds layout changes tied to the machine that made them.
     """

@@ -1,16 +1,7 @@
-"""Which precision a TensorRT engine is built in: decided from the ONNX graph alone, in this one place.
-
-Precision is a property of the graph (TensorRT 11 builds strongly typed networks only and removed
-``BuilderFlag.FP16``/``INT8``/``BF16``; TensorRT 10.12 deprecated them: tensorrt-cu12-bindings 10.13.3
-docstrings, "Deprecated in TensorRT 10.12. Superseded by strong typing"). So the file says what the
-engine will be: its ``effattn.precision`` metadata, checked against what the graph really holds (Q/DQ
-nodes, FP16 or BF16 tensors). A request can only ask for what the graph gives, or for the one
-conversion this toolkit does on the way (an FP32 graph to its FP16 or BF16 form); anything else is
-refused with the step that would make it possible.
-
-After a build, the engine inspector's layer census says whether the layers really ran in that
-precision; :func:`precision_refusal` refuses an engine where none did.
-"""
+"""Which precision an engine is built in: decided from the ONNX graph alone, in this one place.
+A request gets what the graph gives or the one conversion effattn makes (FP32 -> FP16/BF16); anything else
+is refused with the step that would make it possible. :func:`precision_refusal` refuses an engine whose
+layer census shows none in its precision. See docs/architecture.md#engines-and-runtime."""
 
 from __future__ import annotations
 
@@ -228,7 +219,7 @@ def _tensor_type(tensor: Mapping) -> str | None:
 
     TensorRT <= 10 writes one ``"Format/Datatype"`` string ("Row major linear FP16 format", "Half",
     "N/A due to dynamic shapes"); TensorRT 11 splits it into ``"Datatype"`` ("Half", "BFloat16", ...)
-    and ``"Format"`` (polygraphy 0.53.6 ``tools/inspect/subtool/model/extractors/_trt.py``).
+    and ``"Format"`` (Polygraphy's ``tools/inspect/subtool/model/extractors/_trt.py``).
     """
     text = str(tensor.get("Datatype") or tensor.get("Format/Datatype") or "").lower()
     if not text or "n/a" in text or "not available" in text:

@@ -1,34 +1,7 @@
-"""TensorRT engines through Polygraphy's loaders, for TensorRT 10 and 11 (and TensorRT for RTX).
-
-Precision lives in the ONNX graph and is decided in one place (:mod:`.precision`): an FP32, FP16
-(``effattn.export.to_fp16``), BF16 (``to_bf16``) or INT8/FP8 QDQ (``effattn.export.quantize``) graph is
-built as a strongly typed network, the only kind TensorRT 11 builds (it removed ``BuilderFlag.FP16``,
-``INT8`` and ``BF16``) and the kind TensorRT >= 10.12 prefers (10.13 bindings: the precision flags are
-"Deprecated in TensorRT 10.12. Superseded by strong typing"). An INT8 QDQ graph is built by explicit
-quantization: its Q/DQ nodes set the INT8 layers, no calibrator. On TensorRT 10 before 10.12 a QDQ
-network is built weakly typed with the INT8 builder flag instead, as the explicit-quantization docs of
-those releases describe (Polygraphy 0.53.6 ``backend/trt/config.py`` ``CreateConfig(int8=True)``: a
-network with Q/DQ layers needs no calibrator); the weakly typed FP16 flag stays an option on TensorRT 10
-(``fp16_flag=True``). An FP8 QDQ graph is built the same way (FP8 flag on TensorRT 10 before 10.12,
-Polygraphy ``CreateConfig(fp8=True)``, ``config.py:572``), and only on a GPU with FP8 tensor cores
-(compute capability 8.9+), refused before the build elsewhere. After each build the engine inspector
-counts the layers that really run in the engine's precision: an "FP16/BF16/INT8/FP8 engine" with none is
-refused.
-
-References: TensorRT Python API (``IBuilderConfig``, ``IProgressMonitor``, ``IEngineInspector``,
-``ICudaEngine.get_tensor_profile_shape``), docs.nvidia.com/deeplearning/tensorrt/latest/
-inference-library/python-api-docs.html and the TensorRT 11 migration guide (strong typing only);
-Polygraphy ``backend/trt/loader.py`` and ``config.py`` (``NetworkFromOnnxPath(strongly_typed=)``,
-``CreateConfig(profiles=, load_timing_cache=, memory_pool_limits=, builder_optimization_level=,
-progress_monitor=, int8=, fp16=)``, ``EngineBytesFromNetwork(save_timing_cache=)``); ``POLYGRAPHY_USE_TENSORRT_RTX=1``
-selects TensorRT for RTX. Checked against the packages themselves: polygraphy 0.53.6 (``config.py:61``
-reads the RTX switch once; ``backend/trt/loader.py:802-831`` and ``config.py:319-344`` load and merge
-the timing cache under its own file lock; ``loader.py:143-149`` ORs in ``STRONGLY_TYPED``; ``config.py:566-610``
-sets the precision flags and skips calibration for Q/DQ networks), tensorrt-cu13-bindings 11.4
-(``EngineInspector.execution_context``, ``IProgressMonitor``, no ``BuilderFlag.INT8``), tensorrt-cu12-bindings
-10.13.3 (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, ``BuilderFlag.INT8``/``FP16`` deprecated in 10.12),
-NvInferRuntime.h (IEngineInspector: without a context, formats of a dynamic-shape engine are not shown).
-"""
+"""TensorRT engines (10 and 11, and TensorRT for RTX) through Polygraphy's loaders, built strongly typed
+from the graph's own precision (:mod:`.precision` decides it). After each build the inspector's census must
+show layers in that precision, or the engine is refused. Rules: docs/gpu-tensorrt.md#how-engines-are-built;
+sources: docs/decisions.md#tensorrt-and-polygraphy-sources."""
 
 from __future__ import annotations
 

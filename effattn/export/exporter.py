@@ -1,10 +1,6 @@
 """PyTorch -> ONNX: dynamic batch/height/width, checked, simplified and self-describing.
-
-The file is written only after it passed ``onnx.checker``, shape inference and the caller's
-``verify`` hook (``effattn.pipeline.export_verified`` passes a parity run of ONNX Runtime against
-eager PyTorch: running a backend is a later stage's job); an existing file is never replaced
-unless ``force=True``.
-"""
+Written only after ``onnx.checker``, shape inference and the caller's ``verify`` hook (the pipeline passes a
+parity run); never over an existing file without ``force=True``."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""The precision stage: an FP16 (or BF16) ONNX graph with FP32 inputs and outputs.
-
-TensorRT >= 10.12 prefers strongly typed networks and TensorRT 11 builds nothing else (its
-``BuilderFlag.FP16`` is gone), so FP16 is a property of the graph: the tensors' types say what
-runs in half precision. The same file runs on ONNX Runtime's CPU provider, which is how FP16
-numerics are tested without a GPU. The conversion is onnxconverter-common's ``float16`` pass
-(casts at the edges, weights stored in FP16); ops named in ``op_block_list`` stay FP32.
-"""
+"""The precision stage: an FP16 (or BF16) ONNX graph with FP32 inputs and outputs, so precision is a
+property of the file every backend builds. FP16 is onnxconverter-common's ``float16`` pass; ops named in
+``op_block_list`` stay FP32. Why: docs/precision.md#fp16-the-precision-lives-in-the-graph."""
 
 from __future__ import annotations
 
@@ -26,12 +21,9 @@ from ..metadata import read_metadata, set_metadata
 
 log = logging.getLogger(__name__)
 
-#: Ops kept in FP32 on top of onnxconverter-common's own list (which holds Resize, TopK, Min/Max, ...).
-#: Empty by measurement (ONNX Runtime CPU, 2026-11, tests/export/test_precision.py checks the limits):
-#: attention-branch rel-L2 of the EA block vs eager FP32 is 2.0e-4 with Softmax in FP16 and 2.0e-4 with
-#: it kept in FP32; with inputs x100, 1.9e-3 vs 4.4e-3 - FP16 Softmax stays finite (max-subtracted,
-#: outputs in [0, 1]). Trained ea_segnet_tiny: argmax agreement 99.98% either way; ea_resnet_tiny's
-#: global mean: 3.1e-4 either way. Pass ``fp32_ops=("Softmax",)`` where a backend's FP16 softmax is worse.
+#: Ops kept in FP32 on top of onnxconverter-common's own list (which holds Resize, TopK, Min/Max, ...): none,
+#: by measurement (docs/decisions.md#fp16-no-op-is-kept-in-fp32-by-default). Pass ``fp32_ops=("Softmax",)``
+#: where a backend's FP16 softmax is worse.
 DEFAULT_FP32_OPS: tuple[str, ...] = ()
 #: The first ONNX opset whose Conv (and MaxPool, AveragePool, ConvTranspose) accept bfloat16.
 BF16_OPSET = 22

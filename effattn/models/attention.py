@@ -1,13 +1,6 @@
 """Efficient Attention (Shen et al., WACV 2021) and the dot-product (non-local) block it replaces.
-
-Efficient Attention normalises keys over positions and queries over channels, aggregates keys
-with values into a small per-head context (``d_k x d_v``) and lets every query read it: memory and
-compute grow linearly with the number of positions ``n`` instead of quadratically.
-
-Parameter names (``keys``, ``queries``, ``values``, ``reprojection``) and the math match the
-reference implementation, so its checkpoints load with ``strict=True``. All heads are computed in
-one batched reshape: the exported graph has the same nodes for 1 head or 16.
-"""
+Parameter names (``keys``, ``queries``, ``values``, ``reprojection``) match the reference implementation, so
+its checkpoints load with ``strict=True``; all heads are one batched reshape. See docs/architecture.md#models."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
 """Efficient Attention in two streaming passes (Triton): keys' softmax and context, then queries.
-
-Pass 1 reads the input once per split of positions: key/value projections, an online softmax over
-positions and each head's d_k x d_v context. A per-batch combine merges the splits and folds the
-context into the reprojection. Pass 2 reads the input again: query projection, per-head channel
-softmax, one product with the folded matrix, bias and residual.
-"""
+What each pass reads and computes: docs/architecture.md#models."""
 
 from __future__ import annotations
 

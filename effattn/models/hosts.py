@@ -1,13 +1,6 @@
-"""Host networks that carry Efficient Attention blocks, built here so effattn needs no timm/torchvision.
-
-* :class:`EAResNet` - a ResNet-style classifier with an EA block after chosen residual stages
-  (as the paper inserts EA after res3/res4 of a backbone).
-* :class:`EASegNet` - a small encoder-decoder for dense prediction that applies EA at high
-  resolution (stride 2 or 4), where a dot-product block's n x n map would not fit.
-
-Both take NCHW float32 images of any size the convolutions allow and return logits named by
-their task: ``(N, classes)`` for the classifier, ``(N, classes, H, W)`` for segmentation.
-"""
+"""Host networks for Efficient Attention blocks, so effattn needs no timm/torchvision: :class:`EAResNet`
+(classifier, EA after chosen residual stages) and :class:`EASegNet` (encoder-decoder with EA at stride 2
+or 4). NCHW float32 in, logits out. See docs/architecture.md#models."""
 
 from __future__ import annotations
 

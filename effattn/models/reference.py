@@ -1,10 +1,6 @@
 """The eager model an ONNX file was exported from, rebuilt from the file's metadata - safely.
-
-An ONNX file comes from elsewhere, so its metadata is data: it may name a zoo model (whose arguments
-are checked and whose size is measured on the ``meta`` device before anything is allocated), but a
-``package.module:factory`` is imported and called only when the caller names that same factory too
-(``allow``) or opts in with ``trust_metadata=True``. Nothing is imported before that decision.
-"""
+A ``package.module:factory`` named by a file is imported only when the caller names it too (``allow``) or
+passes ``trust_metadata=True``; zoo arguments are checked first. See docs/architecture.md#trust-and-errors."""
 
 from __future__ import annotations
 

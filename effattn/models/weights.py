@@ -1,10 +1,6 @@
 """State dicts from files: read safely, loaded strictly, hashed by their tensors.
-
-Checkpoints are read with ``torch.load(weights_only=True)`` or safetensors, never unrestricted
-pickle. A checkpoint that does not fit the model is refused with the offending keys named. The hash
-recorded in an export is over the tensors (names, dtypes, shapes, bytes), not the file, so the same
-weights saved as ``.pt`` or ``.safetensors`` are recognised as the same.
-"""
+``torch.load(weights_only=True)`` or safetensors, never unrestricted pickle; a checkpoint that does not fit
+is refused with its keys named; the hash is over the tensors, not the file."""
 
 from __future__ import annotations
 

@@ -40,8 +40,9 @@ class Choice:
 
 def choose_backend(path: str | Path, backend: str = "auto", device: str | None = None, rtx: bool = False) -> Choice:
     """The backend ``load`` picks for an ONNX file: TensorRT when ``tensorrt`` and a GPU are present, else ONNX
-    Runtime on CUDA when its provider is, else on the CPU OpenVINO for INT8 graphs (when installed, measured
-    faster) and ONNX Runtime for the rest. An explicit ``backend``/``device`` is checked, not second-guessed."""
+    Runtime on CUDA when its provider is, else on the CPU OpenVINO for INT8 graphs (when installed; why:
+    docs/precision.md#which-backend-auto-picks-on-a-cpu) and ONNX Runtime for the rest. An explicit
+    ``backend``/``device`` is checked, not second-guessed."""
     if backend not in BACKENDS or backend == "torch":
         raise BackendError(f"unknown backend {backend!r} for a file; choose one of auto, tensorrt, onnxruntime, openvino")
     if backend == "tensorrt" or (backend == "auto" and device is None and tensorrt_available(rtx)):
@@ -154,7 +155,7 @@ def _float32_file(path: Path) -> bool:
 
 
 def _openvino_is_faster(path: Path) -> bool:
-    """On the CPU, OpenVINO wins for INT8 graphs (measured, benchmarks/results/cpu-lowprec-*.json); FP32 and FP16
+    """On the CPU, OpenVINO wins for INT8 graphs (docs/precision.md#which-backend-auto-picks-on-a-cpu); FP32 and FP16
     files stay on ONNX Runtime, which runs them in their own precision (OpenVINO's default would be BF16)."""
     try:
         precision = metadata.precision_of(metadata.read_metadata(path))

@@ -1,23 +1,7 @@
 """CUDA graphs for fixed shapes: capture one call, replay it while the input shapes stay the same.
-
-Launch overhead dominates small attention blocks on a GPU (tens of kernels of a few microseconds
-each); a replayed graph is one launch. The rules, from the TensorRT and PyTorch documentation:
-
-- run once outside the capture so lazy allocations (workspace, cuBLAS handles) happen first;
-- capture on a non-default stream, and replay with the same buffers: inputs are copied into the
-  captured input tensors, outputs are read from the captured output tensors;
-- a graph is only valid for the shapes it was captured with: a new shape means a new capture, or
-  plain execution;
-- one capture at a time in a process: ``torch.cuda.graph`` synchronises the device and empties the
-  caching allocator on entry, and a capture in the global mode makes other threads' unsafe CUDA calls
-  fail. Every capture (ours and ONNX Runtime's) and every graph teardown holds :data:`CAPTURE_LOCK`,
-  and captures use ``capture_error_mode="thread_local"`` so threads running already-captured graphs
-  or plain work are not disturbed.
-
-:class:`GraphPolicy` decides *when* to capture (``auto``: at once for a static profile, otherwise
-once a shape has repeated, so a stream of ever-changing shapes never pays for captures it won't
-replay); :class:`ShapeGraphs` holds the captured graphs per shape for one execution context.
-"""
+One capture at a time per process (:data:`CAPTURE_LOCK`, ``capture_error_mode="thread_local"``);
+:class:`GraphPolicy` decides when to capture, :class:`ShapeGraphs` holds the graphs per shape for one
+execution context. Rules: docs/gpu-tensorrt.md#cuda-graphs."""
 
 from __future__ import annotations
 

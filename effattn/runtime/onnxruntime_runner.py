@@ -1,23 +1,7 @@
 """A Runner over an ONNX Runtime session (CPU by default; CUDA when asked or chosen by ``auto``).
-
-On the CPU, ``session.run`` is thread-safe and takes numpy arrays. On CUDA the runner goes through
-I/O binding: torch CUDA tensors are bound by address (no host round trip) and outputs are written
-into torch CUDA tensors, so :meth:`infer_torch` never leaves the device. Output shapes are learnt
-from the first run at each input shape. (``io_binding=True`` takes the same path on the CPU, with
-torch CPU tensors: that is how the binding logic is tested on machines without a GPU.)
-
-With ``cuda_graph`` the CUDA provider captures one graph per input shape (run option
-``gpu_graph_id``) over fixed input/output buffers. Such a session needs I/O binding (a replay reads
-the captured buffers, not the feeds given to ``session.run``), keeps its graphs per thread and
-captures in the global mode (onnxruntime ``cuda_execution_provider.cc``: ``CUDAGraphManager``), so
-every run of it happens on one worker thread of the runner's, and its captures hold the process's
-:data:`~.cudagraphs.CAPTURE_LOCK`. At most ``MAX_GRAPHS`` shapes are captured: ONNX Runtime frees a
-session's graphs only with the session, so further shapes run without one.
-
-Every run has its own ``RunOptions``, kept by the thread that called :meth:`infer`, so another thread can stop
-it (:meth:`OnnxRuntimeRunner.terminate`): ONNX Runtime checks ``RunOptions.terminate`` between nodes and in
-every iteration of a ``Loop`` subgraph, and the run then fails ("Exiting due to terminate flag").
-"""
+On CUDA it binds torch tensors by address (I/O binding) and can replay the provider's CUDA graphs (at most
+``MAX_GRAPHS`` shapes, on one worker thread, under :data:`~.cudagraphs.CAPTURE_LOCK`); every run can be
+stopped from another thread (:meth:`OnnxRuntimeRunner.terminate`). See docs/gpu-tensorrt.md#onnx-runtime-on-cuda."""
 
 from __future__ import annotations
 
@@ -216,8 +200,8 @@ class OnnxRuntimeRunner(Runner):
 
     def _run(self, binding, graph_id: int, options) -> None:
         """Run a bound session and wait for its outputs: ONNX Runtime writes them on its own stream, and
-        torch must not read them, or hand their memory to another request, before it is done (seen on an
-        H100: 1 of 400 concurrent answers partly stale without the wait)."""
+        torch must not read them, or hand their memory to another request, before it is done (stale answers
+        were seen on a GPU without the wait: docs/gpu-tensorrt.md#open-items)."""
         if self.cuda_graph:
             options.add_run_config_entry("gpu_graph_id", str(graph_id))  # -1: run without capture or replay
         self.session.run_with_iobinding(binding, options)

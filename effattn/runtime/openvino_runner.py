@@ -1,13 +1,7 @@
-"""A Runner over OpenVINO on the CPU, reading the same ONNX files as ONNX Runtime.
-
-OpenVINO runs an INT8 QDQ graph with its own INT8 kernels (VNNI/AMX), several times faster than ONNX
-Runtime's CPU QDQ path on the machines measured (benchmarks/results/), and runs float graphs in BF16
-where the CPU has BF16 arithmetic (the float ops of an INT8 graph too). The precision is chosen from the
-file and the CPU (see :func:`choose_precision`) and reported as ``runner.precision``, so parity checks
-apply the matching tolerance. The graph is compiled for each input shape it meets (a bounded cache, like
-a CUDA-graph cache): static-shape compiles ran faster than one dynamic-shape compile or level. An
-``InferRequest`` is not thread-safe: each call borrows one from its compiled model's pool.
-"""
+"""A Runner over OpenVINO on the CPU, reading the same ONNX files: INT8 QDQ graphs on its INT8 kernels,
+float ops in BF16 where the CPU has it (:func:`choose_precision`; ``runner.precision`` says which), compiled
+per input shape (a bounded cache). An ``InferRequest`` is not thread-safe: each call borrows one from its
+compiled model's pool. See docs/precision.md#bf16 and #openvino-static-shapes."""
 
 from __future__ import annotations
 
@@ -57,8 +51,8 @@ def choose_precision(file_precision: str, asked: str | None = None) -> tuple[str
     """(the precision the runner reports, OpenVINO's inference hint for the graph's float ops).
 
     ``auto`` uses BF16 where the CPU has it (OpenVINO's own default there): an FP32 file then runs in
-    BF16, an INT8 file runs its float ops (the attention softmaxes and products, the resizes) in BF16 - measured
-    2.6x faster than FP32 float ops on ea_segnet @ 256 at the same argmax agreement. ``fp32`` keeps
+    BF16, an INT8 file runs its float ops (the attention softmaxes and products, the resizes) in BF16 (faster at the
+    same argmax agreement: docs/decisions.md#openvino-bf16-float-ops-and-static-shapes). ``fp32`` keeps
     every float op FP32 (an INT8 file then computes exactly what ONNX Runtime computes). FP16 files run
     their FP16 weights with FP32 arithmetic.
     """
@@ -86,10 +80,8 @@ class OpenVINORunner(Runner):
         """``precision``: ``auto`` (default, see :func:`choose_precision`), ``fp32`` or ``bf16``;
         ``threads``: inference threads (default: OpenVINO's, every core); ``static_shapes``: compile the
         graph for each input shape it meets (at most :attr:`STATIC_CACHE` kept, inputs still checked
-        against the profile): 4-6 % faster than OpenVINO's dynamic-shape compile of the same file on
-        ea_segnet @ 256, level on ea_resnet @ 224 (benchmarks/results/cpu-lowprec-*.json); each new shape
-        costs one compile (50-240 ms there) and the memory of one compiled model. ``False``: one
-        dynamic-shape compile for every shape."""
+        against the profile; each new shape costs one compile and the memory of one compiled model;
+        docs/precision.md#openvino-static-shapes). ``False``: one dynamic-shape compile for every shape."""
         self.path = Path(path)
         if not self.path.is_file():
             raise BackendError(f"ONNX file {self.path} does not exist")

@@ -1,11 +1,6 @@
-"""A Runner over a serialized TensorRT engine (TensorRT 10/11 tensor-name API), torch CUDA tensors as buffers.
-
-Inputs that are already CUDA tensors of the engine's dtype are bound as they are (no host copy).
-An execution context is not thread-safe, so the runner keeps a small pool of (context, stream)
-slots: each call takes a free slot, and as many threads run at once as there are slots. Each slot
-captures CUDA graphs of ``execute_async_v3`` for repeated shapes (see :mod:`.cudagraphs`). The plan
-is loaded only after its sidecar proves it was built by this TensorRT on this GPU.
-"""
+"""A Runner over a serialized TensorRT engine (tensor-name API), torch CUDA tensors as buffers.
+A pool of (context, stream) slots, each replaying CUDA graphs for repeated shapes (:mod:`.cudagraphs`); the
+plan loads only after its sidecar matches this TensorRT and GPU. See docs/gpu-tensorrt.md#the-tensorrt-runner."""
 
 from __future__ import annotations
 

@@ -1,24 +1,7 @@
-"""Dynamic batching: requests that arrive close together run as one engine call.
-
-A request waits at most ``max_queue_delay`` for others to join it; requests join a batch only if
-every input has the same non-batch shape (different shapes are never mixed: they wait for the next
-batch), and the batch never exceeds ``max_batch_size`` items. With ``max_batch_size`` 1 (a model whose
-graph has no batch axis: :func:`.repository.batch_dimension`) each request runs alone and gets its
-outputs whole, whatever their shapes. The queue is bounded: when it is
-full :meth:`DynamicBatcher.submit` raises :class:`QueueFull` at once, so overload is answered with
-a 503, not an ever-growing backlog. The engine call runs in a worker thread, outside the event loop
-(one thread of the batcher's own per worker, so a batch costs one hop there and one back).
-
-A worker is woken only when it has something to do: an idle worker by the first request that arrives,
-a worker gathering a batch only by the request that fills it (or by its delay running out), so
-requests that arrive while the engine runs, or that join a batch still short of full, wake nobody.
-
-An engine call that runs longer than ``stuck_after`` has outlived every request in it (each waits at most
-that long from its arrival): it counts as stuck (:attr:`DynamicBatcher.stuck`, the model is then not
-ready) and the batcher asks the runner to stop it (``terminate``: ONNX Runtime can, other backends cannot).
-:meth:`DynamicBatcher.stop` is bounded: what has not finished within its grace is stopped if it can be, its
-requests answered, and the rest abandoned (a thread stuck in an engine call cannot be killed).
-"""
+"""Dynamic batching: requests that arrive within a delay and share their non-batch shapes run as one engine
+call, in the batcher's own worker threads. The queue is bounded (:class:`QueueFull` -> 503); a stuck engine
+call is stopped if the runner can, and :meth:`DynamicBatcher.stop` is bounded.
+Rules: docs/serving.md#dynamic-batching-in-detail."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""The KServe v2 gRPC front end of ``effattn serve`` (``--grpc-port``), beside the HTTP one.
-
-Same :class:`~.server.Server` as HTTP: the same models, batchers, checks (:mod:`.protocol`), byte
-budget and metrics; only the wire format differs. The service definition is Triton's
-``inference.GRPCInferenceService``, generated code that ships in ``tritonclient[grpc]``, so
-``tritonclient.grpc`` clients work unchanged. Statuses map as Triton's do: 400 -> INVALID_ARGUMENT,
-404 -> NOT_FOUND, 503 -> UNAVAILABLE, 504 -> DEADLINE_EXCEEDED.
-"""
+"""The KServe v2 gRPC front end of ``effattn serve`` (``--grpc-port``): Triton's ``GRPCInferenceService``
+(from ``tritonclient[grpc]``) over the same :class:`~.server.Server` as HTTP; only the wire format differs.
+Status mapping: docs/serving.md#how-the-server-is-built."""
 
 from __future__ import annotations
 
@@ -242,7 +237,7 @@ class GrpcApi:
     async def ModelInfer(self, data: bytes, context):
         """One call, as the serialized request (see :func:`start_grpc`). grpc keeps an abort's exception, whose
         traceback holds this frame, in a cycle with the call: ``data`` is dropped first, or each refused request
-        stays in memory until the garbage collector runs (measured: 60 refused 32 MiB calls kept 2.6 GiB)."""
+        stays in memory until the garbage collector runs (docs/decisions.md#serving)."""
         start, call, code = time.perf_counter(), {"model": ""}, None
         try:
             response, status, message = await model_infer(self.pb, self.server, data, call), 200, ""

@@ -1,36 +1,7 @@
-"""``effattn serve``: a KServe v2 / Open Inference Protocol server over HTTP (Starlette + uvicorn).
-
-It speaks the protocol Triton speaks, including the binary tensor data extension, so client code
-written with ``tritonclient.http`` runs unchanged against this server and against Triton. The HTTP wire
-format is :mod:`.http_wire`, the checks shared with the gRPC front end :mod:`.protocol`, the limits uvicorn
-lacks :mod:`.uvicorn_guard`; the models, batchers, byte budget and metrics are one :class:`~.server.Server`.
-Every bad request is answered with a status and a one-line ``{"error": ...}`` and the server goes on serving:
-
-- 400: malformed JSON, unknown tensor name, wrong datatype/shape, truncated binary payload
-  (and every input check of :meth:`Runner.check_feed`: out-of-profile sizes, ranks, ...);
-- 404: unknown model; 413: request body over the limit; 503: queue full or shutting down;
-- 504: the request waited longer than its timeout; 408: its body arrived too slowly;
-- 415: a ``Content-Encoding`` other than gzip, deflate or identity.
-
-Resources are bounded: request bytes in flight (``--max-inflight-mb``, 503 beyond), connections
-(``--max-connections``, 503 beyond), idle or half-sent connections (closed after ``--keep-alive-s``),
-and big request bodies are parsed off the event loop, so health checks answer while a big JSON body is
-decoded. A client that hangs up is counted as ``499`` and not logged as an error. JSON replies write
-non-finite outputs as ``NaN``, ``Infinity`` and ``-Infinity`` (what Python's ``json`` and tritonclient
-read; strict JSON has no such tokens, so strict parsers should ask for binary outputs).
-
-Inference requests take a short path: plain ASGI, no router, no request or response objects
-(:class:`HttpApi`); every other route is a Starlette route. Triton's management endpoints too: the
-model's ``ModelConfig`` as JSON (``/v2/models/NAME/config``, the dict :func:`.repository.config_dict`
-builds for ``effattn triton``), statistics in Triton's schema (``/v2/models[/NAME]/stats``, :mod:`.stats`,
-fed by the batcher) and ``POST /v2/repository/index``; extensions it lacks (model load/unload, shared
-memory, trace, logging) get the status Triton gives without them (:data:`.protocol.UNSUPPORTED`), and
-unknown routes and methods a JSON 404/405.
-
-Prometheus text at ``/metrics``: requests by model and status, latency histogram, batch sizes.
-With ``grpc_port`` the same models are served over KServe v2 gRPC too (:mod:`.grpc_server`).
-uvicorn parses HTTP with httptools where it is installed (a dependency), else with h11.
-"""
+"""``effattn serve`` over HTTP (Starlette + uvicorn): KServe v2 / Open Inference Protocol, binary tensor data
+included, so ``tritonclient.http`` code runs unchanged here and against Triton. The wire format is
+:mod:`.http_wire`, the shared checks :mod:`.protocol`, the limits uvicorn lacks :mod:`.uvicorn_guard`; models,
+batchers and metrics are one :class:`~.server.Server`. Statuses, limits and endpoints: docs/serving.md."""
 
 from __future__ import annotations
 
@@ -343,8 +314,7 @@ def serve(models: Mapping[str, Runner], port: int = 8000, options: ServeOptions 
     sock = sock or listen(options.host, port, "HTTP port")
     _raise_file_limit()
     app = create_app(models, options)
-    # asyncio's loop even where uvloop is installed: uvloop measured no faster here, and under load it accepted
-    # new connections late enough that a graceful shutdown refused some (tests/serving: graceful shutdown)
+    # asyncio's loop even where uvloop is installed: why, docs/decisions.md#serving
     # uvicorn's hints say int seconds for both timeouts; it waits with asyncio, which takes fractions too
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", http=guarded_protocol(),
                             loop="asyncio", limit_concurrency=options.max_connections,

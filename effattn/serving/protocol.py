@@ -1,10 +1,7 @@
 """The KServe v2 / Open Inference Protocol without a transport: what the HTTP and gRPC front ends share.
-
-Datatypes (from :mod:`effattn.dtypes`), request errors with their HTTP status (gRPC maps it to its code),
-the byte budget of requests in flight, the extensions implemented and those answered as Triton answers
-without them, and the checks every input tensor goes through (:func:`tensor_header`, then
-:func:`raw_tensor` or :func:`values_tensor`). The HTTP wire format is :mod:`.http_wire`.
-"""
+Datatypes, request errors with their status, the byte budget, the extensions, and the checks every input
+tensor goes through (:func:`tensor_header`, then :func:`raw_tensor` or :func:`values_tensor`).
+The HTTP wire format is :mod:`.http_wire`."""
 
 from __future__ import annotations
 

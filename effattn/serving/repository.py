@@ -1,14 +1,7 @@
-"""``effattn triton``: a Triton Inference Server model repository for an exported model or engine.
-
-Layout (Triton's): ``REPO/NAME/config.pbtxt`` and ``REPO/NAME/1/model.onnx`` (or ``model.plan``).
-Dims come from the graph: a model is batched only when every input and every output has the same
-symbolic first axis (:func:`batch_dimension`); then that axis becomes ``max_batch_size`` (at most the
-profile's largest batch) and is left out of ``dims``; every other dynamic axis is -1. A TensorRT plan
-only runs on the GPU model and TensorRT version it was built with, so the ONNX platform (optionally with
-the TensorRT execution accelerator) is the portable choice; a plan's sidecar is copied with it as the
-record. A plan is batched by the axis names its sidecar recorded from the ONNX graph (none
-recorded, as in sidecars from before: not batched).
-"""
+"""``effattn triton``: a Triton model repository (``REPO/NAME/config.pbtxt``, ``REPO/NAME/1/model.onnx`` or
+``model.plan``) from one config dict, shared with ``effattn serve``. A model is batched only when every input
+and output shares a symbolic first axis (:func:`batch_dimension`); ``max_batch_size`` is decided once here.
+See docs/serving.md#on-triton-inference-server."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
 """What ``effattn serve`` is apart from its transports: options, served models, metrics, and one :class:`Server`.
-
-The HTTP front end (:mod:`.http_server`) and the gRPC one (:mod:`.grpc_server`) both hold the same
-:class:`Server`: the same models and batchers, one byte budget for requests in flight, one set of
-Prometheus metrics, one "closing" flag, and the same inference path (:meth:`Server.infer`: check the
-feed, queue it for the batcher, map every failure to a :class:`~.protocol.RequestError`).
-"""
+HTTP and gRPC hold the same :class:`Server`: models, batchers, byte budget, metrics, a "closing" flag and one
+inference path (:meth:`Server.infer`)."""
 
 from __future__ import annotations
 
@@ -200,7 +196,7 @@ def serve_model(name: str, runner: Runner, options: ServeOptions, metrics: Metri
     sets from the graph (none for a model without a shape profile: nothing says which batch sizes it takes).
     The runner's idle threads stop spinning (:meth:`Runner.stop_spinning`: ONNX Runtime on the CPU): between
     engine calls the server's own threads (HTTP, gRPC, batching) need the cores, and spinning threads took them
-    (README)."""
+    (docs/benchmarks.md#serving)."""
     check_model_name(name)
     runner.stop_spinning()
     requested = options.max_batch_size if runner.profile is not None else 1

@@ -1,11 +1,6 @@
-"""Per-model inference statistics in Triton's schema (``GET /v2/models/NAME/stats``, gRPC ModelStatistics).
-
-The batcher reports each engine call (:meth:`ModelStats.executed`); the front ends report each answered
-request (:meth:`ModelStats.answered`). As in Triton, every request of a batch is charged the batch's
-compute durations, ``batch_stats`` counts engine calls per batch size, ``inference_count`` counts items
-(batch size summed) and ``execution_count`` engine calls. Durations are nanoseconds. Everything runs
-on the server's event loop, so there is no lock.
-"""
+"""Per-model inference statistics in Triton's schema (``GET /v2/models/NAME/stats``, gRPC ModelStatistics),
+fed by the batcher (:meth:`ModelStats.executed`) and the front ends (:meth:`ModelStats.answered`). Everything
+runs on the server's event loop, so there is no lock. Counting rules: docs/serving.md#statistics."""
 
 from __future__ import annotations
 

@@ -128,10 +128,9 @@ def _quiet_quantizer():
 
 def _run_quantizer(src: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], ops: Sequence[str],
                    exclude: Sequence[str] = (), float_weights: bool = False) -> onnx.ModelProto:
-    """ONNX Runtime's quantize_static with TensorRT's rules. MinMax calibration: percentile and entropy
-    measured no better on the trained segmenter (argmax 99.78 / 99.77 % vs 99.77 %) and need calibration
-    inputs of one shape, where MinMax takes the profile's min, opt and max sizes. ``float_weights``: keep
-    the weights in float behind a Q/DQ pair instead of storing them as INT8 (what the FP8 graph needs)."""
+    """ONNX Runtime's quantize_static with TensorRT's rules and MinMax calibration, which takes the profile's
+    min, opt and max sizes (why MinMax: docs/decisions.md#calibration-minmax). ``float_weights``: keep the
+    weights in float behind a Q/DQ pair instead of storing them as INT8 (what the FP8 graph needs)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import load_tensors_data
 
@@ -156,7 +155,7 @@ def _refuse_empty_ranges(qdq: onnx.ModelProto, ranges) -> None:
     """Refuse an activation whose calibrated range is empty (0 everywhere on the calibration data, e.g. a ReLU
     that never fired): ONNX Runtime writes scale 1.0 for it (``compute_scale_zp``), a valid-looking number that
     rounds every real value of the tensor to a whole number. The ranges are those ``quantize_static`` used,
-    from its calibration cache (onnxruntime 1.32 ``quantize.py``, ``calibration_cache_path``)."""
+    from its calibration cache (onnxruntime's ``quantize.py``, ``calibration_cache_path``)."""
     inits = {t.name for t in qdq.graph.initializer}
     for node in qdq.graph.node:
         name = node.input[0] if node.op_type == "QuantizeLinear" else None

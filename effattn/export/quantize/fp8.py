@@ -21,15 +21,9 @@ def fp8_ineligible(model: onnx.ModelProto) -> list[str]:
     """Names of the Conv and Gemm nodes that stay float in an FP8 graph.
 
     Convs with 16 or fewer input or output channels, or more than 32 filter taps (a 7x7 kernel): NVIDIA
-    ModelOpt's rule for TensorRT's FP8 convolutions (nvidia-modelopt 0.47.0 ``onnx/quantization/graph_utils.py``
-    ``find_nodes_from_convs_to_exclude``, ``_MIN_CHANNELS_FP8 = 16``): FP8 kernels are slower than FP16 ones
-    for small channel counts, and large filters have none. It also keeps accuracy: with every Conv of the
-    trained ea_segnet_tiny in FP8 (the 3-channel stem and 3-class classifier too) argmax agreement at
-    256 x 256 was 98.7 %, under the 99 % gate; with the rule 99.6 %.
-
-    Every Gemm: in these networks it is the classifier head, a GEMV at batch 1 that tensor cores do not
-    speed up and that ModelOpt leaves float too (``enable_gemv_detection_for_trt``). Measured on ea_resnet
-    @ 224: output rel-L2 3.7e-2 with it in FP8, 2.1e-2 without.
+    ModelOpt's rule for TensorRT's FP8 convolutions, which are slower than FP16 ones there. Every Gemm: here
+    the classifier head, a GEMV at batch 1 that tensor cores do not speed up. Sources and measurements:
+    docs/decisions.md#fp8-which-convs-which-scale.
     """
     inits = {t.name: t for t in model.graph.initializer}
 
@@ -46,11 +40,8 @@ def int8_to_fp8(model: onnx.ModelProto) -> onnx.ModelProto:
     pairs: each scale (amax / 127) becomes amax / 448, each zero point an FP8 zero, the opset 19.
 
     The weights stay float because TensorRT quantizes them with their Q/DQ scale. amax maps onto 448, E4M3's
-    largest finite value: NVIDIA ModelOpt's ONNX PTQ makes its FP8 graphs from an INT8 max calibration too
-    (nvidia-modelopt 0.47.0 ``onnx/quantization/fp8.py`` ``int8_to_fp8``) but multiplies the scales by 448/127,
-    which maps amax onto 36 (127**2/448); on the trained ea_segnet_tiny at 256 x 256 that doubled the IoU drop
-    (1.41 vs 0.77 points; 3.70 vs 0.75 with every Conv in FP8). ONNX Runtime's own FP8 mode accepts only its
-    "Distribution" calibration. Opset 19 is the first whose Q/DQ take float8.
+    largest finite value, not onto 36 as ModelOpt's scaling does (docs/decisions.md#fp8-which-convs-which-scale).
+    Opset 19 is the first whose Q/DQ take float8.
     """
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), FP8_OPSET)
     if opset < FP8_OPSET:

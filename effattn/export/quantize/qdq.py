@@ -15,11 +15,8 @@ from onnx import helper, numpy_helper
 from ... import precisions
 from ...errors import ExportError, first_line
 
-#: Op types that get INT8 inputs. Measured (2026-11, 2-core EPYC, trained ea_segnet_tiny on 64 held-out
-#: task images, MinMax calibration on 32 task images): Conv only -> argmax agreement 99.77 % vs eager FP32;
-#: Conv + the attention MatMuls -> 99.77 % but a larger IoU drop (up to 0.14 points) and no speed gain
-#: (OpenVINO on ea_resnet@224 35.3 vs 37.9 ms); ONNX Runtime's default op set, which quantizes the
-#: Softmax too -> 69.5 %. So the attention softmaxes and context products stay in float.
+#: Op types that get INT8 inputs; the attention softmaxes and context products stay in float
+#: (docs/decisions.md#what-stays-in-float).
 QUANTIZED_OPS: tuple[str, ...] = ("Conv", "Gemm")
 #: Ops that must never be quantized (the attention core); listed in the file's metadata.
 FLOAT_OPS: tuple[str, ...] = ("MatMul", "Softmax")

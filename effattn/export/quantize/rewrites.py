@@ -13,10 +13,8 @@ from onnx import helper, numpy_helper
 def after_concat(model: onnx.ModelProto, ops: Sequence[str]) -> list[str]:
     """Names of the ``ops`` nodes that read a Concat's output: they stay float.
 
-    OpenVINO moves the quantizer of a Concat's output onto its inputs; on ea_segnet_tiny (skip features
-    concatenated with upsampled ReLU features) that cost 2-4 points of argmax agreement (97.6 % vs 99.7 %
-    at 128 px, 94.9 % vs 99.3 % at 8x256 px) while ONNX Runtime ran the same graph as written. Keeping the
-    one Conv after the Concat in float gives both runtimes 99.3-99.9 %. :func:`split_concat_convs` runs
+    OpenVINO moves the quantizer of a Concat's output onto its inputs, which cost points of argmax agreement
+    that ONNX Runtime did not lose (docs/decisions.md#what-stays-in-float). :func:`split_concat_convs` runs
     first, so only Convs it cannot split (grouped, unknown channel counts) are left here.
     """
     concat_outputs = {o for n in model.graph.node if n.op_type == "Concat" for o in n.output}
@@ -39,10 +37,9 @@ def split_concat_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
     summed: ``Conv(Concat(a, b), W) == Conv(a, W[:, :Ca]) + Conv(b, W[:, Ca:])`` (bias on the first).
 
     Each of those Convs reads one tensor, so each gets its own INT8 scale and no quantizer sits on a
-    Concat. OpenVINO moves a Concat's quantizer onto its inputs, and on ea_segnet_tiny (attention output
-    concatenated with upsampled ReLU features) that cost 2-4 points of argmax agreement even with one
-    scale shared by both inputs; with the split that Conv runs in INT8 at the same agreement as the rest
-    (it was 40 % of ea_segnet's OpenVINO INT8 time @ 256 in BF16). Returns the new model and the names of
+    Concat: OpenVINO moves a Concat's quantizer onto its inputs and lost agreement there, even with one scale
+    shared by both inputs; with the split that Conv runs in INT8 at the same agreement as the rest
+    (docs/precision.md#a-conv-that-reads-a-concat-is-split). Returns the new model and the names of
     the Convs split; Convs whose split is not known (grouped, channel counts not inferable) are left as
     they are (and stay float: :func:`after_concat`).
     """
