@@ -42,11 +42,25 @@ def running_server(models: dict[str, Path], *args: str, startup_timeout: float =
 
     ``log``: write the server's stderr to this file (to read while it runs) instead of a pipe."""
     port = free_port()
-    command = [sys.executable, "-m", "effattn", "serve", *(f"{n}={p}" for n, p in models.items()),
-               "--port", str(port), "--device", "cpu", "--threads", "1", "-q", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "effattn",
+        "serve",
+        *(f"{n}={p}" for n, p in models.items()),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "-q",
+        *args,
+    ]
     stderr = open(log, "w") if log is not None else subprocess.PIPE
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                               env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"}
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + startup_timeout
     try:

@@ -36,10 +36,13 @@ def _not_a_regular_file(tmp_path, kind):
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "data").write_bytes(b"someone's")
     out = tmp_path / "out"
-    {"fifo": lambda: os.mkfifo(out), "folder": out.mkdir,
-     "dangling link": lambda: out.symlink_to(tmp_path / "nowhere"),
-     "link to a file": lambda: out.symlink_to(tmp_path / "elsewhere" / "data"),
-     "link to a folder": lambda: out.symlink_to(tmp_path / "elsewhere")}[kind]()
+    {
+        "fifo": lambda: os.mkfifo(out),
+        "folder": out.mkdir,
+        "dangling link": lambda: out.symlink_to(tmp_path / "nowhere"),
+        "link to a file": lambda: out.symlink_to(tmp_path / "elsewhere" / "data"),
+        "link to a folder": lambda: out.symlink_to(tmp_path / "elsewhere"),
+    }[kind]()
     return out
 
 
@@ -49,9 +52,16 @@ def _state(root):
     return {str(p): (os.lstat(p).st_mode, os.readlink(p) if p.is_symlink() else None) for p in root.rglob("*")}
 
 
-@pytest.mark.parametrize("kind,says", [("fifo", "is a FIFO"), ("folder", "is a folder"),
-                                       ("dangling link", "is a symbolic link"), ("link to a file", "is a symbolic link"),
-                                       ("link to a folder", "is a symbolic link")])
+@pytest.mark.parametrize(
+    "kind,says",
+    [
+        ("fifo", "is a FIFO"),
+        ("folder", "is a folder"),
+        ("dangling link", "is a symbolic link"),
+        ("link to a file", "is a symbolic link"),
+        ("link to a folder", "is a symbolic link"),
+    ],
+)
 def test_force_replaces_only_regular_files(tmp_path, kind, says):
     """A rename puts a regular file in place of a FIFO, a device or a link (as root, ``--output /dev/null --force``
     would replace /dev/null): refused even with force, with the user's path in the message, nothing changed."""
@@ -76,12 +86,19 @@ def test_a_folder_is_replaced_only_if_its_own_file_is_a_regular_file(tmp_path):
         with atomic_folder(tmp_path / "model", force=True, owned="config.pbtxt") as tmp:
             (tmp / "config.pbtxt").write_text("new")
     assert (tmp_path / "model" / "config.pbtxt").is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == [
-        "model", "theirs.txt"]
+        "model",
+        "theirs.txt",
+    ]
 
 
-@pytest.mark.parametrize("path,says", [("/dev/zero", "/dev/zero is a character device, not a regular file"),
-                                       ("/", "/ is a folder, not a regular file"),
-                                       ("/nonexistent-effattn", "/nonexistent-effattn does not exist")])
+@pytest.mark.parametrize(
+    "path,says",
+    [
+        ("/dev/zero", "/dev/zero is a character device, not a regular file"),
+        ("/", "/ is a folder, not a regular file"),
+        ("/nonexistent-effattn", "/nonexistent-effattn does not exist"),
+    ],
+)
 def test_inputs_must_be_regular_files(path, says):
     with pytest.raises(InputError, match=f"^{says}; expected an .onnx file$"):
         require_file(path, "an .onnx file")

@@ -7,16 +7,33 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "effattn"
-RANK = {"errors": 0, "shapes": 0, "metadata": 0, "dtypes": 0, "files": 0, "names": 0, "precisions": 0, "models": 1,
-        "export": 2,
-        "engines": 3, "runtime": 4, "serving": 5, "bench": 5, "pipeline": 6, "cli": 7, "__main__": 7}
+RANK = {
+    "errors": 0,
+    "shapes": 0,
+    "metadata": 0,
+    "dtypes": 0,
+    "files": 0,
+    "names": 0,
+    "precisions": 0,
+    "models": 1,
+    "export": 2,
+    "engines": 3,
+    "runtime": 4,
+    "serving": 5,
+    "bench": 5,
+    "pipeline": 6,
+    "cli": 7,
+    "__main__": 7,
+}
 #: (module, imported) pairs allowed inside a function, each for a reason.
 LAZY = {("effattn.cli", "effattn.cli.commands")}  # `effattn --help` answers without loading torch
 
 
 def _modules() -> dict[str, Path]:
-    return {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
-            for p in PACKAGE.rglob("*.py")}
+    return {
+        ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in PACKAGE.rglob("*.py")
+    }
 
 
 def _imports(module: str, path: Path) -> list[tuple[str, bool]]:
@@ -30,8 +47,10 @@ def _imports(module: str, path: Path) -> list[tuple[str, bool]]:
         if isinstance(node, ast.ImportFrom):
             base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else [])) if node.level else node.module
-            found += [(f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target, id(node) in inner)
-                      for a in node.names]
+            found += [
+                (f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target, id(node) in inner)
+                for a in node.names
+            ]
         elif isinstance(node, ast.Import):
             found += [(a.name, id(node) in inner) for a in node.names]
     return [(name, lazy) for name, lazy in found if name and name.split(".")[0] == "effattn"]
@@ -51,8 +70,12 @@ def test_every_part_has_a_rank():
 
 
 def test_no_stage_imports_a_later_stage():
-    back = [f"{m} -> {d}" for m, deps in _graph().items() for d in deps
-            if _part(m) in RANK and _part(d) in RANK and RANK[_part(d)] > RANK[_part(m)]]
+    back = [
+        f"{m} -> {d}"
+        for m, deps in _graph().items()
+        for d in deps
+        if _part(m) in RANK and _part(d) in RANK and RANK[_part(d)] > RANK[_part(m)]
+    ]
     assert back == []
 
 

@@ -10,18 +10,21 @@ from effattn.errors import MetadataError, ProfileError
 GOOD = {"input": {"min": [1, 3, 8, 8], "opt": [1, 3, 16, 16], "max": [2, 3, 32, 32]}}
 
 
-@pytest.mark.parametrize("text,match", [
-    ("{", "not valid JSON"),
-    ("[" * 30_000 + "]" * 30_000, "not valid JSON"),  # nesting deeper than the parser's recursion limit
-    ("[1, 2]", "malformed shape profile"),
-    (json.dumps({"input": 5}), "malformed shape profile"),
-    (json.dumps({"input": {"min": [1], "opt": [1]}}), "malformed shape profile"),
-    (json.dumps({"input": {"min": [True], "opt": [1], "max": [1]}}), "must be a list of integers"),
-    (json.dumps({"input": {"min": [1] * 9, "opt": [1] * 9, "max": [1] * 9}}), "rank 9"),
-    (json.dumps({"input": {"min": [1, 1], "opt": [1, 1], "max": [2**40, 2**40]}}), "over 268435456 elements"),
-    (json.dumps({"input": dict(GOOD["input"], dtype="object")}), "has dtype 'object'"),
-    (json.dumps({f"input{i}": GOOD["input"] for i in range(3000)}), "characters long"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("{", "not valid JSON"),
+        ("[" * 30_000 + "]" * 30_000, "not valid JSON"),  # nesting deeper than the parser's recursion limit
+        ("[1, 2]", "malformed shape profile"),
+        (json.dumps({"input": 5}), "malformed shape profile"),
+        (json.dumps({"input": {"min": [1], "opt": [1]}}), "malformed shape profile"),
+        (json.dumps({"input": {"min": [True], "opt": [1], "max": [1]}}), "must be a list of integers"),
+        (json.dumps({"input": {"min": [1] * 9, "opt": [1] * 9, "max": [1] * 9}}), "rank 9"),
+        (json.dumps({"input": {"min": [1, 1], "opt": [1, 1], "max": [2**40, 2**40]}}), "over 268435456 elements"),
+        (json.dumps({"input": dict(GOOD["input"], dtype="object")}), "has dtype 'object'"),
+        (json.dumps({f"input{i}": GOOD["input"] for i in range(3000)}), "characters long"),
+    ],
+)
 def test_tampered_profiles_are_one_line(text, match):
     with pytest.raises((ProfileError, MetadataError), match=match) as e:
         metadata.profile_of({metadata.PROFILE: text})

@@ -35,6 +35,9 @@ def test_peaks_and_row_precisions():
         precision = "bf16"
 
     assert arithmetic_of(BACKENDS["openvino"], Reports()) == "bf16"
-    assert [arithmetic_of(BACKENDS[b], None) for b in ("onnxruntime-int8", "torch-bf16", "onnxruntime")] == \
-        ["int8", "bf16", "fp32"]
+    assert [arithmetic_of(BACKENDS[b], None) for b in ("onnxruntime-int8", "torch-bf16", "onnxruntime")] == [
+        "int8",
+        "bf16",
+        "fp32",
+    ]
     assert WEIGHT_BYTES == {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "fp8": 1}

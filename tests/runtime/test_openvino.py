@@ -24,8 +24,7 @@ needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no BF16
 def files(tmp_path_factory, onnx_models):
     d = tmp_path_factory.mktemp("openvino")
     block = onnx_models["ea16"]
-    return {"block": block.source, "fp32": block.path,
-            "int8": quantize(block.path, d / "block.int8.onnx").path}
+    return {"block": block.source, "fp32": block.path, "int8": quantize(block.path, d / "block.int8.onnx").path}
 
 
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
@@ -34,8 +33,13 @@ def test_parity_at_the_precision_it_reports(files, precision):
     with OpenVINORunner(files["fp32"], precision=precision) as runner:
         assert runner.precision == precision and runner.profile == PROFILE
         assert runner.inputs["input"].shape == ("batch", 16, "height", "width")
-        report = compare(TorchRunner(files["block"], PROFILE), runner, profile_inputs(PROFILE),
-                         precision=runner.precision, residuals=metadata.residuals_of(runner.metadata))
+        report = compare(
+            TorchRunner(files["block"], PROFILE),
+            runner,
+            profile_inputs(PROFILE),
+            precision=runner.precision,
+            residuals=metadata.residuals_of(runner.metadata),
+        )
     assert report.passed, report
     branch = next(r for r in report.rows if r.metric == "branch")
     if precision == "bf16":  # really BF16, not FP32 under another name
@@ -76,8 +80,10 @@ def test_int8_on_openvino_matches_onnxruntime_on_the_same_graph(files):
     """Both runtimes run the one QDQ graph (OpenVINO's float ops kept FP32 here): their answers agree far
     more closely than either with eager FP32."""
     feed = profile_inputs(PROFILE)[1]
-    with load(files["int8"], backend="openvino", precision="fp32") as ov, \
-            load(files["int8"], backend="onnxruntime") as ort:
+    with (
+        load(files["int8"], backend="openvino", precision="fp32") as ov,
+        load(files["int8"], backend="onnxruntime") as ort,
+    ):
         a, b = ov.infer(feed)["output"], ort.infer(feed)["output"]
     with torch.inference_mode():
         eager = files["block"](torch.from_numpy(feed["input"])).numpy()
@@ -114,8 +120,10 @@ def test_static_shapes_compile_per_shape_and_match_the_dynamic_compile(files):
     STATIC_CACHE of them (least recently used goes) and computes what the dynamic-shape compile computes;
     inputs are still checked against the profile."""
     feeds = profile_inputs(PROFILE, seed=3)
-    with OpenVINORunner(files["fp32"], precision="fp32") as static, \
-            OpenVINORunner(files["fp32"], precision="fp32", static_shapes=False) as dynamic:
+    with (
+        OpenVINORunner(files["fp32"], precision="fp32") as static,
+        OpenVINORunner(files["fp32"], precision="fp32", static_shapes=False) as dynamic,
+    ):
         assert list(static._static) == [((2, 16, 16, 16),)] and dynamic.compiled is not None
         static.STATIC_CACHE = 2
         for feed in feeds:  # min, opt, max: three shapes, two kept
