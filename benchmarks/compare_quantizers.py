@@ -28,11 +28,11 @@ import numpy as np
 import onnx
 import torch
 
+from effattn.bench.benchmark import cpu_flags, environment
+from effattn.bench.timing import measure_interleaved
 from effattn.export import export_onnx, qdq_summary, quantize
 from effattn.models import load_model
 from effattn.models.synthetic import CLASSES, shapes_batch
-from effattn.bench.benchmark import cpu_flags, environment
-from effattn.bench.timing import measure_interleaved
 from effattn.shapes import ShapeProfile
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from effattn.bench.timing import clock_for, measure_interleaved, timed_call
 from effattn.export import export_onnx, to_fp16
 from effattn.models import load_model
 from effattn.runtime import compare, random_inputs
 from effattn.runtime.onnxruntime_runner import OnnxRuntimeRunner
-from effattn.bench.timing import clock_for, measure_interleaved, timed_call
 from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
 

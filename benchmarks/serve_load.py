@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness import running_server  # noqa: E402
+from tests.harness import running_server
 
 
 def load(base: str, clients: int, seconds: float, image: np.ndarray) -> dict:
@@ -85,9 +85,9 @@ def main() -> None:
     if 2 * args.seconds > 30:
         parser.error("the benchmark is bounded: 2 x --seconds must be at most 30")
 
+    from effattn.bench.benchmark import environment
     from effattn.export import export_onnx
     from effattn.models import load_model
-    from effattn.bench.benchmark import environment
     from effattn.shapes import ShapeProfile
 
     source = load_model("ea_segnet_tiny", pretrained=True)

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness import running_server  # noqa: E402
+from tests.harness import running_server
 
 LUA = """
 local f = io.open("{body}", "rb")
@@ -135,9 +135,9 @@ def main() -> None:
     if shutil.which("wrk") is None:
         parser.error("needs wrk, a compiled HTTP load generator: apt-get install wrk")
 
+    from effattn.bench.benchmark import environment
     from effattn.export import export_onnx
     from effattn.models import load_model
-    from effattn.bench.benchmark import environment
     from effattn.shapes import ShapeProfile
 
     source = load_model("ea_segnet_tiny", pretrained=True)

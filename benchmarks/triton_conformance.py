@@ -296,8 +296,8 @@ def raw(base: str, method: str, path: str, body: bytes | None) -> dict:
 
 
 def run(args) -> dict:
-    from effattn.models import load_model
     from effattn.bench.benchmark import environment
+    from effattn.models import load_model
 
     wheel_dir = install_triton(args.cache)
     source = load_model("ea_segnet_tiny", pretrained=True)

@@ -27,10 +27,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serve_wrk import request_files, wrk  # noqa: E402
-from triton_conformance import WHEEL, export_seg, install_triton, start_triton, write_repository  # noqa: E402
+from serve_wrk import request_files, wrk
+from triton_conformance import WHEEL, export_seg, install_triton, start_triton, write_repository
 
-from tests.harness import running_server  # noqa: E402
+from tests.harness import running_server
 
 
 def rounds(bases: dict[str, str], script: Path, connections: list[int], seconds: float, count: int) -> dict:
@@ -107,8 +107,8 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     wheel_dir = install_triton(args.cache)
 
-    from effattn.models import load_model
     from effattn.bench.benchmark import environment
+    from effattn.models import load_model
 
     image = (
         load_model("ea_segnet_tiny", pretrained=True)

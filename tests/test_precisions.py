@@ -42,8 +42,8 @@ def test_every_reader_takes_the_table():
     from effattn.bench.roofline import WEIGHT_BYTES
     from effattn.runtime import TOLERANCES
 
-    assert TOLERANCES == {p.name: p.tolerance for p in precisions.TABLE}
-    assert WEIGHT_BYTES == {p.name: p.weight_bytes for p in precisions.TABLE}
+    assert {p.name: p.tolerance for p in precisions.TABLE} == TOLERANCES
+    assert {p.name: p.weight_bytes for p in precisions.TABLE} == WEIGHT_BYTES
 
 
 def test_each_made_precision_has_its_conversion():

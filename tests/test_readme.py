@@ -119,9 +119,7 @@ def test_every_relative_link_resolves(page):
             continue  # http(s), mailto: not checked offline
         path, _, anchor = link.partition("#")
         target = (page.parent / path).resolve() if path else page
-        if not target.exists():
-            broken.append(link)
-        elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
+        if not target.exists() or (anchor and target.suffix == ".md" and anchor not in _anchors(target)):
             broken.append(link)
     assert broken == []
 

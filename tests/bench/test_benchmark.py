@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from effattn.errors import BackendError, InputError, ModelError
 from effattn.bench import benchmark as bench
 from effattn.bench.benchmark import BenchResults, BenchRow, attention_map_bytes, growth_exponent, run_bench
 from effattn.bench.timing import LatencyStats
+from effattn.errors import BackendError, InputError, ModelError
 from effattn.models import load_model
 from effattn.shapes import ShapeProfile
 

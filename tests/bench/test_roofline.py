@@ -3,9 +3,9 @@
 import pytest
 from torch import nn
 
-from effattn.models import DotProductAttention
 from effattn.bench.catalog import BACKENDS
 from effattn.bench.roofline import WEIGHT_BYTES, arithmetic_of, floor_ms, measure_peaks, model_cost
+from effattn.models import DotProductAttention
 
 
 def test_model_cost_counts_two_flops_per_multiply_add_without_running():

@@ -10,7 +10,7 @@ from effattn.errors import BackendError
 
 
 def test_modules_import_without_tensorrt():
-    import effattn.engines.tensorrt_build  # noqa: F401
+    import effattn.engines.tensorrt_build
     import effattn.runtime.tensorrt_runner  # noqa: F401
 
 

@@ -3,13 +3,12 @@
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 import torch
+from onnx import helper
 
 from effattn import metadata
 from effattn.errors import ExportError, FileExistsNoForceError
-from effattn.export import read_metadata, to_fp16
-from effattn.export import to_bf16
+from effattn.export import read_metadata, to_bf16, to_fp16
 from effattn.export.precision import _float_outputs, bf16_tensor
 from effattn.runtime import compare, load, random_inputs
 from effattn.runtime.torch_runner import TorchRunner

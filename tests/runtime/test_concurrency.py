@@ -20,7 +20,6 @@ from effattn.export import export_onnx
 from effattn.runtime import TOLERANCES
 from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
-
 from tests.conftest import rel_l2
 from tests.fixtures import ONNX_MODELS
 

@@ -63,9 +63,8 @@ def test_precision_from_the_file_and_the_cpu(files):
 
 
 def test_auto_on_the_cpu_picks_openvino_for_int8_and_onnxruntime_for_fp32(files, caplog):
-    with caplog.at_level("INFO", logger="effattn"):
-        with load(files["int8"], device="cpu") as runner:
-            assert runner.backend == "openvino-cpu-int8"
+    with caplog.at_level("INFO", logger="effattn"), load(files["int8"], device="cpu") as runner:
+        assert runner.backend == "openvino-cpu-int8"
     assert "backend auto: OpenVINO (INT8 graph" in caplog.text
     with load(files["fp32"], device="cpu") as runner:
         assert runner.backend == "onnxruntime-cpu"  # FP32 stays FP32: OpenVINO's default would be BF16

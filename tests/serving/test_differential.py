@@ -20,13 +20,14 @@ import pytest
 from onnx import TensorProto, helper
 
 from effattn.metadata import PROFILE
-from tests.harness import free_port, http, running_server
 from effattn.shapes import InputProfile, ShapeProfile
+from tests.harness import free_port, http, running_server
 
 hypothesis = pytest.importorskip("hypothesis", reason="the differential test needs hypothesis (the test extra)")
 http_client = pytest.importorskip("tritonclient.http", reason="tests need tritonclient[http] (the test extra)")
 grpc_client = pytest.importorskip("tritonclient.grpc", reason="tests need tritonclient[grpc] (the test extra)")
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 F32, F16, I32, I8 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT32, TensorProto.INT8
@@ -281,9 +282,8 @@ def test_grpc_typed_contents_outside_the_type_are_refused_never_wrapped(served):
     _, grpc_port, _ = served
     request = service_pb2.ModelInferRequest(model_name="int8")
     request.inputs.add(name="x", datatype="INT8", shape=[1, 4]).contents.int_contents.extend([1, 2, 3, -129])
-    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-        with pytest.raises(grpc.RpcError) as e:
-            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel, pytest.raises(grpc.RpcError) as e:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "-129 is out of the range of INT8" in e.value.details()
 

@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from tests.harness import free_port, running_server
 from effattn.serving.server import ServeOptions, TrimmingBudget
+from tests.harness import free_port, running_server
 
 from .support import FOREVER, loop_model, metric, until, wait_for
 

@@ -7,7 +7,6 @@ import pytest
 
 from effattn.runtime import load
 from tests.fixtures import ONNX_MODELS
-
 from tests.harness import free_port, http, running_server
 
 grpc_client = pytest.importorskip("tritonclient.grpc", reason="tests need tritonclient[grpc] (the test extra)")

@@ -24,15 +24,14 @@ from torch import nn
 from effattn.export import export_onnx
 from effattn.shapes import InputProfile, ShapeProfile
 from tests.fixtures import ONNX_MODELS
-
 from tests.harness import error_of, free_port, http, running_server
 
 http_client = pytest.importorskip("tritonclient.http", reason="tests need tritonclient[http] (the test extra)")
 grpc_client = pytest.importorskip("tritonclient.grpc", reason="tests need tritonclient[grpc] (the test extra)")
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from .support import metric as _metric, wait_for as _wait_for  # noqa: E402
+from .support import metric as _metric  # noqa: E402
+from .support import wait_for as _wait_for
 
 PROFILE = ONNX_MODELS["ea8_small"].profile
 PAIR = ShapeProfile((InputProfile("a", (1, 4), (2, 4), (8, 4)), InputProfile("b", (1, 4), (2, 4), (8, 4))))
@@ -286,9 +285,8 @@ def test_grpc_malformed_requests_are_invalid_argument(server, request_, match):
     import grpc
 
     base, grpc_port, _ = server
-    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-        with pytest.raises(grpc.RpcError) as e:
-            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request_, timeout=60)
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel, pytest.raises(grpc.RpcError) as e:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request_, timeout=60)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and re.search(match, e.value.details())
     assert len(e.value.details()) < 1000  # nothing of the request is echoed whole
     assert _metric(base, "effattn_requests_total", '{code="500",model="block"}') == 0

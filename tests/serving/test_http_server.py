@@ -19,7 +19,6 @@ import pytest
 
 from effattn.runtime import load
 from tests.fixtures import ONNX_MODELS
-
 from tests.harness import error_of, http, running_server
 
 from .support import loop_model, loop_request, metric, wait_for
@@ -293,7 +292,7 @@ def test_serve_cli_names_bad_model_arguments(files, tmp_path, capsys):
 
 def test_served_onnx_runtime_sessions_do_not_spin(files):
     """A server's own threads need the cores between engine calls: its ONNX Runtime threads sleep when idle."""
-    from effattn.serving.server import Server, ServeOptions
+    from effattn.serving.server import ServeOptions, Server
 
     runner = load(files["block"], device="cpu", threads=1)
     assert runner.spinning  # ONNX Runtime's default, for every other use of a runner

@@ -13,7 +13,6 @@ import pytest
 
 from effattn.serving.repository import TritonOptions, write_repository
 from tests.fixtures import ONNX_MODELS
-
 from tests.harness import error_of, free_port, http, running_server
 
 http_client = pytest.importorskip("tritonclient.http", reason="tests need tritonclient[http] (the test extra)")
