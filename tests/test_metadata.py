@@ -40,7 +40,7 @@ def test_unknown_precision_is_refused(value):
     if value == "":
         assert metadata.precision_of({metadata.PRECISION: value}) == "fp32"  # unrecorded: the export default
         return
-    with pytest.raises(MetadataError, match="effattn.precision is"):
+    with pytest.raises(MetadataError, match=r"effattn\.precision is"):
         metadata.precision_of({metadata.PRECISION: value})
 
 
@@ -54,5 +54,5 @@ def test_residuals_must_name_the_models_own_tensors():
 
 @pytest.mark.parametrize("text", ["{", "[1]", '{"a b": 1}', '{"x": {"y": 1}}', '{"x": [[1]]}', "[" * 10**5])
 def test_model_args_must_be_plain_keyword_arguments(text):
-    with pytest.raises(MetadataError, match="effattn.model_args"):
+    with pytest.raises(MetadataError, match=r"effattn\.model_args"):
         metadata.model_args_of({metadata.MODEL_ARGS: text})

@@ -123,7 +123,7 @@ def test_external_data_outside_the_files_folder_is_one_line(onnx_models, tmp_pat
     weight.data_location = onnx.TensorProto.EXTERNAL
     weight.external_data.add(key="location", value="../../../../etc/hostname")
     onnx.save(proto, tmp_path / "ext.onnx")
-    with pytest.raises(ExportError, match="cannot load .*ext.onnx: .*points outside the directory"):
+    with pytest.raises(ExportError, match=r"cannot load .*ext\.onnx: .*points outside the directory"):
         to_fp16(tmp_path / "ext.onnx", tmp_path / "ext.fp16.onnx")
     assert not (tmp_path / "ext.fp16.onnx").exists()
 

@@ -278,7 +278,7 @@ def test_bad_calibration_data_is_refused(files, tmp_path, content, match):
 def test_missing_or_empty_calibration_is_refused(files, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         quantize(files["block_fp32"], tmp_path / "out.onnx", calibration=tmp_path / "nothing")
-    with pytest.raises(InputError, match="holds no .npy or .npz files"):
+    with pytest.raises(InputError, match=r"holds no \.npy or \.npz files"):
         quantize(files["block_fp32"], tmp_path / "out.onnx", calibration=tmp_path)
 
 

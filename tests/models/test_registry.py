@@ -83,7 +83,7 @@ def test_an_error_inside_a_users_factory_says_it_is_the_factorys(tmp_path, monke
 
 
 def test_bad_factory_arguments_name_them():
-    with pytest.raises(ModelError, match="does not take the arguments {'channels': 3}"):
+    with pytest.raises(ModelError, match=r"does not take the arguments \{'channels': 3\}"):
         create_model("ea_segnet_tiny", channels=3)
 
 

@@ -96,7 +96,7 @@ def test_refusals(files, tmp_path):
         OpenVINORunner(tmp_path / "missing.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x07garbage" * 50)
-    with pytest.raises(BackendError, match="junk.onnx is not an ONNX model") as info:  # before any backend
+    with pytest.raises(BackendError, match=r"junk\.onnx is not an ONNX model") as info:  # before any backend
         load(junk, backend="openvino")
     assert "\n" not in str(info.value)
     with pytest.raises(BackendError, match="the openvino backend runs on the CPU, not cuda"):

@@ -79,17 +79,17 @@ def test_bad_inputs_are_refused_with_a_clear_message(runner, feed, match):
 def test_load_refuses_unknown_backends_and_foreign_files(tmp_path, onnx_path):
     with pytest.raises(BackendError, match="unknown backend 'tensorrtx'"):
         load(onnx_path, backend="tensorrtx")
-    with pytest.raises(BackendError, match="expected an .onnx file or a TensorRT .plan/.engine"):
+    with pytest.raises(BackendError, match=r"expected an \.onnx file or a TensorRT \.plan/\.engine"):
         load(tmp_path / "model.txt")
     with pytest.raises(BackendError, match="does not exist"):
         load(tmp_path / "missing.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x07garbage" * 50)
-    with pytest.raises(BackendError, match="junk.onnx is not an ONNX model"):  # refused before any backend
+    with pytest.raises(BackendError, match=r"junk\.onnx is not an ONNX model"):  # refused before any backend
         load(junk)
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(onnx_path.read_bytes()[:300])
-    with pytest.raises(BackendError, match="truncated.onnx is not an ONNX model"):
+    with pytest.raises(BackendError, match=r"truncated\.onnx is not an ONNX model"):
         load(truncated)
     with pytest.raises(BackendError, match="needs a ShapeProfile"):
         load(EfficientAttention(8), backend="torch")

@@ -27,7 +27,7 @@ hypothesis = pytest.importorskip("hypothesis", reason="the differential test nee
 http_client = pytest.importorskip("tritonclient.http", reason="tests need tritonclient[http] (the test extra)")
 grpc_client = pytest.importorskip("tritonclient.grpc", reason="tests need tritonclient[grpc] (the test extra)")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis import strategies as st
+from hypothesis import strategies as st  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 F32, F16, I32, I8 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT32, TensorProto.INT8

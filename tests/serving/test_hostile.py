@@ -31,7 +31,7 @@ grpc_client = pytest.importorskip("tritonclient.grpc", reason="tests need triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 
 from .support import metric as _metric  # noqa: E402
-from .support import wait_for as _wait_for
+from .support import wait_for as _wait_for  # noqa: E402
 
 PROFILE = ONNX_MODELS["ea8_small"].profile
 PAIR = ShapeProfile((InputProfile("a", (1, 4), (2, 4), (8, 4)), InputProfile("b", (1, 4), (2, 4), (8, 4))))

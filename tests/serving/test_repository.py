@@ -75,7 +75,7 @@ def test_plan_config_from_a_sidecar_record():
     assert config.platform == "tensorrt_plan" and config.output[0].data_type == model_config_pb2.TYPE_FP16
     with pytest.raises(InputError, match="runs on the GPU only"):
         model_config("b", "tensorrt", inputs, outputs, PROFILE, TritonOptions(kind="KIND_CPU"))
-    with pytest.raises(InputError, match="preferred batch size 16 is outside 1..max_batch_size"):
+    with pytest.raises(InputError, match=r"preferred batch size 16 is outside 1\.\.max_batch_size"):
         model_config("b", "onnxruntime", inputs, outputs, PROFILE, TritonOptions(preferred_batch_sizes=[16]))
 
 
