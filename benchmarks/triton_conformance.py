@@ -287,7 +287,7 @@ def raw_routes(base: str) -> list[tuple[str, str, bytes | None]]:
 
 
 def raw(base: str, method: str, path: str, body: bytes | None) -> dict:
-    code, headers, content = http(method, base + path, body)
+    code, _, content = http(method, base + path, body)
     try:
         error = json.loads(content).get("error") if content else None
     except (ValueError, AttributeError):

@@ -67,9 +67,11 @@ def test_force_replaces_only_regular_files(tmp_path, kind, says):
     would replace /dev/null): refused even with force, with the user's path in the message, nothing changed."""
     out = _not_a_regular_file(tmp_path, kind)
     before = _state(tmp_path)
-    with pytest.raises(FileExistsNoForceError, match=f"{out} exists and {says}.*; effattn replaces only regular"):
-        with atomic_output(out, force=True) as tmp:
-            tmp.write_bytes(b"new")
+    with (
+        pytest.raises(FileExistsNoForceError, match=f"{out} exists and {says}.*; effattn replaces only regular"),
+        atomic_output(out, force=True) as tmp,
+    ):
+        tmp.write_bytes(b"new")
     assert _state(tmp_path) == before and (tmp_path / "elsewhere" / "data").read_bytes() == b"someone's"
 
 
@@ -82,9 +84,11 @@ def test_a_folder_is_replaced_only_if_its_own_file_is_a_regular_file(tmp_path):
     (tmp_path / "theirs.txt").write_text("not effattn's")
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.pbtxt").symlink_to(tmp_path / "theirs.txt")
-    with pytest.raises(FileExistsNoForceError, match="is not a folder effattn wrote"):
-        with atomic_folder(tmp_path / "model", force=True, owned="config.pbtxt") as tmp:
-            (tmp / "config.pbtxt").write_text("new")
+    with (
+        pytest.raises(FileExistsNoForceError, match="is not a folder effattn wrote"),
+        atomic_folder(tmp_path / "model", force=True, owned="config.pbtxt") as tmp,
+    ):
+        (tmp / "config.pbtxt").write_text("new")
     assert (tmp_path / "model" / "config.pbtxt").is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == [
         "model",
         "theirs.txt",

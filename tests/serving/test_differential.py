@@ -269,7 +269,7 @@ def test_every_answer_is_onnx_runtimes_or_a_4xx(served, model, data, transport, 
     ],
 )
 def test_json_values_outside_the_type_are_refused_never_wrapped(served, model, datatype, values, match):
-    base, grpc_port, _ = served
+    base, _, _ = served
     body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": datatype, "data": values}]}).encode()
     code, _, answer = http("POST", f"{base}/v2/models/{model}/infer", body)
     assert code == 400 and match in json.loads(answer)["error"], answer

@@ -68,7 +68,7 @@ def server(files):
         "--grpc-port",
         str(grpc_port),
         log=log,
-    ) as (process, base):
+    ) as (_, base):
         yield base, grpc_port, log
     assert "Traceback" not in log.read_text()
 
@@ -406,7 +406,7 @@ def test_the_connection_limit_keeps_the_server_answering(files):
         held = [_raw(base) for _ in range(3)]
         for s in held:
             s.sendall(b"GET /v2/health/live HTTP/1.1\r\n")  # half-sent heads: they hold their connections
-        code, _, answer = http("GET", base + "/v2/health/live")
+        code, _, _ = http("GET", base + "/v2/health/live")
         assert code == 503
         for s in held:
             s.close()

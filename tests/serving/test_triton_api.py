@@ -174,7 +174,7 @@ def test_grpc_errors_have_tritons_codes(server, call, status, message):
 
 def test_a_request_that_times_out_counts_as_a_failure(server):
     """A 504 is the server's side (the model was too slow): Triton's fail counter, not success."""
-    base, http_c, _ = server
+    _, http_c, _ = server
     before = http_c.get_inference_statistics("block")["model_stats"][0]["inference_stats"]["fail"]["count"]
     with pytest.raises(InferenceServerException, match="timed out"):
         tensor = http_client.InferInput("input", [8, 8, 32, 32], "FP32")
