@@ -111,24 +111,25 @@ def start_triton(wheel_dir: Path, cache: Path, repository: Path, log: Path) -> t
         "LD_LIBRARY_PATH": str(wheel_dir / "nvidia_pytriton.libs"),
         "PATH": f"{cache / 'env' / 'venv' / 'bin'}:{os.environ['PATH']}",
     }
-    process = subprocess.Popen(
-        [
-            str(server / "bin" / "tritonserver"),
-            "--model-repository",
-            str(repository),
-            "--backend-directory",
-            str(server / "backends"),
-            "--http-port",
-            str(http_port),
-            "--grpc-port",
-            str(grpc_port),
-            "--metrics-port",
-            str(free_port()),
-        ],
-        stdout=open(log, "w"),
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    with open(log, "w") as out:  # the server holds its own descriptor; ours closes once it has started
+        process = subprocess.Popen(
+            [
+                str(server / "bin" / "tritonserver"),
+                "--model-repository",
+                str(repository),
+                "--backend-directory",
+                str(server / "backends"),
+                "--http-port",
+                str(http_port),
+                "--grpc-port",
+                str(grpc_port),
+                "--metrics-port",
+                str(free_port()),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
