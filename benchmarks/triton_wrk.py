@@ -155,8 +155,9 @@ def main() -> None:
     results["summary"] = summary(results["runs"])
     for c, row in results["summary"].items():
         print(
-            f"{c:>3} connections: effattn {row['effattn']['requests_per_s']:.0f} req/s p99 {row['effattn']['p99_ms']:.1f}"
-            f" ms | triton {row['triton']['requests_per_s']:.0f} req/s p99 {row['triton']['p99_ms']:.1f} ms | "
+            f"{c:>3} connections: effattn {row['effattn']['requests_per_s']:.0f} req/s "
+            f"p99 {row['effattn']['p99_ms']:.1f} ms | triton {row['triton']['requests_per_s']:.0f} req/s "
+            f"p99 {row['triton']['p99_ms']:.1f} ms | "
             f"ratio {row['throughput_ratio']:.2f}x"
         )
     if args.output:

@@ -49,7 +49,8 @@ def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
 
 def test_qdq_graph_has_tensorrt_properties(files):
     """Signed INT8 zero points that are all 0, per-channel INT8 weights into every Conv (the one after the
-    Concat split into one Conv per Concat input), float biases, and no Q/DQ anywhere near the attention softmaxes and context products."""
+    Concat split into one Conv per Concat input), float biases, and no Q/DQ anywhere near the attention softmaxes
+    and context products."""
     model = onnx.load(files["seg_int8"].path)
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     producer = _producers(model)
@@ -204,9 +205,10 @@ def test_trained_segmenter_agrees_with_eager(files, backend, precision):
 @pytest.mark.parametrize("block,precision", [("block", "int8"), ("wide", "fp8")])
 def test_block_within_its_tolerance(files, block, precision):
     """Random weights, fresh random inputs at min/opt/max: the output within TOLERANCES[precision] on every draw,
-    the attention branch on the median draw (FP8, 32 channels, 600 draws: branch median 2.2e-2, max 3.4e-2). Noise gives the branch a heavy tail at the smallest size (64
-    positions: 3 of 3000 draws above 5e-2, median 5e-3, p99 1.7e-2, after calibrating at every size), so a
-    bound on each single draw would fail about once in 1000 runs; a broken quantization moves the median."""
+    the attention branch on the median draw (FP8, 32 channels, 600 draws: branch median 2.2e-2, max 3.4e-2).
+    Noise gives the branch a heavy tail at the smallest size (64 positions: 3 of 3000 draws above 5e-2, median
+    5e-3, p99 1.7e-2, after calibrating at every size), so a bound on each single draw would fail about once in
+    1000 runs; a broken quantization moves the median."""
     draws = [feed for _ in range(3) for feed in profile_inputs(BLOCK_PROFILE)]
     profile = BLOCK_PROFILE if block == "block" else WIDE_PROFILE
     draws = [feed for _ in range(3) for feed in profile_inputs(profile)]
