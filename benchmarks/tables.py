@@ -34,11 +34,11 @@ def rows_table(data: dict, backends: list[str]) -> str:
 
 def scaling_table(data: dict) -> str:
     lines = ["| model | backend | time exponent | memory exponent | fitted sizes |", "|---|---|---:|---:|---|"]
-    for s in data["scaling"]["exponents"]:
-        lines.append(
-            f"| {s['model']} | {s['backend']} | {s['time_exponent']} | {s['memory_exponent']} | "
-            f"{', '.join(map(str, s['fit_sizes']))} |"
-        )
+    lines += [
+        f"| {s['model']} | {s['backend']} | {s['time_exponent']} | {s['memory_exponent']} | "
+        f"{', '.join(map(str, s['fit_sizes']))} |"
+        for s in data["scaling"]["exponents"]
+    ]
     return "\n".join(lines)
 
 

@@ -439,7 +439,7 @@ def test_every_numeric_option_refuses_what_is_out_of_range(capsys, command, argv
 
     assert isinstance(number, Number), f"{command} {option}: a plain {number} escapes the range check"
     parser = build_parser()
-    for text in HOSTILE_NUMBERS + [str(number.lo), str(number.hi)]:
+    for text in [*HOSTILE_NUMBERS, str(number.lo), str(number.hi)]:
         try:
             value = getattr(parser.parse_args([*argv, f"{option}={text}"]), option.lstrip("-").replace("-", "_"))
         except SystemExit as e:

@@ -4,6 +4,7 @@ used to be hidden). Ranks follow the pipeline: core < models < export < engines 
 < pipeline < cli."""
 
 import ast
+import itertools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "effattn"
@@ -90,13 +91,13 @@ def test_no_file_level_import_cycles():
                 break
             if node not in seen:
                 seen.add(node)
-                stack += [(d, trail + [d]) for d in graph.get(node, ())]
+                stack += [(d, [*trail, d]) for d in graph.get(node, ())]
     # a package's __init__ re-exporting its own modules is not a cycle of files importing each other
     assert [c for c in cycles if not _is_reexport(c.split(" -> "))] == []
 
 
 def _is_reexport(trail: list[str]) -> bool:
-    return any(b.startswith(a + ".") or a.startswith(b + ".") for a, b in zip(trail, trail[1:]))
+    return any(b.startswith(a + ".") or a.startswith(b + ".") for a, b in itertools.pairwise(trail))
 
 
 def test_toolkit_modules_are_imported_at_the_top():

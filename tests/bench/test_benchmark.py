@@ -34,10 +34,11 @@ def test_scaling_fits_from_64_and_finds_the_crossover():
         n = size * size
         rows.append(_row("efficient_attention", "onnxruntime", size, 0.01 * n, 0.001 * n))
         rows.append(_row("dot_product_attention", "onnxruntime", size, 1e-6 * n * n, 1e-5 * n * n))
-    rows[-2:] = rows[-2:-1] + [
+    rows[-2:] = [
+        *rows[-2:-1],
         BenchRow(
             "dot_product_attention", "onnxruntime", "cpu", [1, 64, 256, 256], status="out of memory (not run): ..."
-        )
+        ),
     ]
     # at 32 px dot-product is faster (1e-6 n^2 < 0.01 n for n < 1e4): the crossover is 128 px
     results = BenchResults(rows)

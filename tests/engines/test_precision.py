@@ -167,7 +167,7 @@ def test_a_qdq_graph_without_a_quantized_layer_is_refused():
     ]
 
 
-def _qdq(zero_points: dict[str, onnx.TensorProto], activation_scale=np.float32(0.1)) -> onnx.ModelProto:
+def _qdq(zero_points: dict[str, onnx.TensorProto], activation_scale: float | np.ndarray = 0.1) -> onnx.ModelProto:
     """x -> Q/DQ (zero point "zx") -> MatMul with a weight through Q/DQ (zero point "zw"): one quantized layer."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
