@@ -28,11 +28,11 @@ import numpy as np
 import onnx
 import torch
 
+from effattn.bench.benchmark import cpu_flags, environment
+from effattn.bench.timing import measure_interleaved
 from effattn.export import export_onnx, qdq_summary, quantize
 from effattn.models import load_model
 from effattn.models.synthetic import CLASSES, shapes_batch
-from effattn.bench.benchmark import cpu_flags, environment
-from effattn.bench.timing import measure_interleaved
 from effattn.shapes import ShapeProfile
 
 
@@ -54,8 +54,13 @@ def nncf_quantize(src: Path, out: Path, feeds: list[dict]) -> Path:
     """NNCF's ONNX PTQ with the same choices as effattn's: performance (symmetric) preset, attention in float."""
     import nncf
 
-    model = nncf.quantize(onnx.load(src), nncf.Dataset(feeds), preset=nncf.QuantizationPreset.PERFORMANCE,
-                          subset_size=len(feeds), ignored_scope=nncf.IgnoredScope(types=["MatMul", "Softmax"]))
+    model = nncf.quantize(
+        onnx.load(src),
+        nncf.Dataset(feeds),
+        preset=nncf.QuantizationPreset.PERFORMANCE,
+        subset_size=len(feeds),
+        ignored_scope=nncf.IgnoredScope(types=["MatMul", "Softmax"]),
+    )
     onnx.save(model, out)
     return out
 
@@ -71,19 +76,30 @@ def task_scores(path: Path, model: torch.nn.Module, runtime: str) -> dict:
         for x, y in sets:
             with torch.inference_mode():
                 ref = model(x).argmax(1).numpy()
-            got = np.concatenate([runner.infer(x[i:i + 8].numpy())["logits"] for i in range(0, len(x), 8)]).argmax(1)
-            iou = [[((p == c) & (y.numpy() == c)).sum() / max(((p == c) | (y.numpy() == c)).sum(), 1)
-                    for c in range(len(CLASSES))] for p in (ref, got)]
-            out[f"{x.shape[2]}px"] = {"argmax_agreement": round(float((got == ref).mean()), 5),
-                                      "max_iou_drop_points": round(100 * float(max(np.subtract(*iou))), 3)}
+            got = np.concatenate([runner.infer(x[i : i + 8].numpy())["logits"] for i in range(0, len(x), 8)]).argmax(1)
+            iou = [
+                [
+                    ((p == c) & (y.numpy() == c)).sum() / max(((p == c) | (y.numpy() == c)).sum(), 1)
+                    for c in range(len(CLASSES))
+                ]
+                for p in (ref, got)
+            ]
+            out[f"{x.shape[2]}px"] = {
+                "argmax_agreement": round(float((got == ref).mean()), 5),
+                "max_iou_drop_points": round(100 * float(max(np.subtract(*iou))), 3),
+            }
     return out
 
 
 def properties(path: Path) -> dict:
     s = qdq_summary(onnx.load(path))
-    return {"precision": s.precision, "zero_point_types": sorted(s.zero_point_types),
-            "nonzero_zero_points": s.nonzero_zero_points,
-            "tensorrt_compatible": s.tensorrt_compatible, "quantized_ops": dict(s.quantized)}
+    return {
+        "precision": s.precision,
+        "zero_point_types": sorted(s.zero_point_types),
+        "nonzero_zero_points": s.nonzero_zero_points,
+        "tensorrt_compatible": s.tensorrt_compatible,
+        "quantized_ops": dict(s.quantized),
+    }
 
 
 def modelopt_fp8(src: Path, out: Path, feeds: list[dict]) -> Path:
@@ -93,19 +109,42 @@ def modelopt_fp8(src: Path, out: Path, feeds: list[dict]) -> Path:
 
     data = np.concatenate([f["input"] for f in feeds])
     shape = "x".join(map(str, feeds[0]["input"].shape))
-    mo_quantize(str(src), quantize_mode="fp8", calibration_data={"input": data}, calibration_method="max",
-                calibration_eps=["cpu"], output_path=str(out), high_precision_dtype="fp32",
-                calibration_shapes=f"input:{shape}")
+    mo_quantize(
+        str(src),
+        quantize_mode="fp8",
+        calibration_data={"input": data},
+        calibration_method="max",
+        calibration_eps=["cpu"],
+        output_path=str(out),
+        high_precision_dtype="fp32",
+        calibration_shapes=f"input:{shape}",
+    )
     return out
 
 
 #: name -> (quantize(src, out, feeds) -> path, what it installs beyond effattn's own dependencies)
 QUANTIZERS = {
     "onnxruntime": (lambda src, out, feeds: quantize(src, out, calibration=feeds, force=True).path, ()),
-    "onnxruntime fp8": (lambda src, out, feeds: quantize(src, out, calibration=feeds, precision="fp8",
-                                                         force=True).path, ()),
-    "nncf": (nncf_quantize, ("nncf", "scipy", "scikit-learn", "rich", "pydot", "networkx", "joblib", "ninja",
-                             "psutil", "tabulate", "narwhals")),
+    "onnxruntime fp8": (
+        lambda src, out, feeds: quantize(src, out, calibration=feeds, precision="fp8", force=True).path,
+        (),
+    ),
+    "nncf": (
+        nncf_quantize,
+        (
+            "nncf",
+            "scipy",
+            "scikit-learn",
+            "rich",
+            "pydot",
+            "networkx",
+            "joblib",
+            "ninja",
+            "psutil",
+            "tabulate",
+            "narwhals",
+        ),
+    ),
     "modelopt fp8": (modelopt_fp8, ("nvidia-modelopt", "onnx-graphsurgeon", "nvidia-ml-py", "pynvml", "lief")),
 }
 
@@ -115,8 +154,11 @@ def output_error(path: Path, model: torch.nn.Module, inputs: list[np.ndarray]) -
     from effattn.runtime import load
 
     with load(path, backend="onnxruntime") as runner, torch.inference_mode():
-        errors = [float(np.linalg.norm(got - ref) / np.linalg.norm(ref)) for x in inputs
-                  for got, ref in [(next(iter(runner.infer(x).values())), model(torch.from_numpy(x)).numpy())]]
+        errors = [
+            float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+            for x in inputs
+            for got, ref in [(next(iter(runner.infer(x).values())), model(torch.from_numpy(x)).numpy())]
+        ]
     return round(max(errors), 5)
 
 
@@ -137,8 +179,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     res_feeds = [{"input": rng.standard_normal((1, 3, 224, 224), dtype=np.float32)} for _ in range(8)]
     res_fresh = [rng.standard_normal((1, 3, 224, 224), dtype=np.float32) for _ in range(4)]
-    results: dict = {"environment": environment(len(os.sched_getaffinity(0))) | {"cpu_flags": cpu_flags()},
-                     "quantizers": {}}
+    results: dict = {
+        "environment": environment(len(os.sched_getaffinity(0))) | {"cpu_flags": cpu_flags()},
+        "quantizers": {},
+    }
     timed = {}
     for name, (run, installs) in QUANTIZERS.items():
         slug = name.replace(" ", ".")
@@ -148,10 +192,13 @@ def main() -> None:
         except ImportError as e:
             results["quantizers"][name] = {"status": f"not installed ({e.name or e})"}
             continue
-        entry: dict = {"extra_install_mib": installed_mib(*installs),
-                       "quantize_seconds_seg_tiny": round(time.perf_counter() - t0, 2), "graph": properties(seg_q),
-                       "task_onnxruntime": task_scores(seg_q, seg.model, "onnxruntime"),
-                       "task_openvino": task_scores(seg_q, seg.model, "openvino")}
+        entry: dict = {
+            "extra_install_mib": installed_mib(*installs),
+            "quantize_seconds_seg_tiny": round(time.perf_counter() - t0, 2),
+            "graph": properties(seg_q),
+            "task_onnxruntime": task_scores(seg_q, seg.model, "onnxruntime"),
+            "task_openvino": task_scores(seg_q, seg.model, "openvino"),
+        }
         timed[name] = run(res_onnx, args.work / f"resnet.{slug}.onnx", res_feeds)
         entry["ea_resnet_graph"] = properties(timed[name])
         entry["ea_resnet_output_rel_l2"] = output_error(timed[name], resnet.model, res_fresh)
@@ -171,8 +218,9 @@ def time_graphs(graphs: dict[str, Path], feed: dict) -> dict:
     for name, path in graphs.items():
         runners[f"{name} graph on onnxruntime"] = OnnxRuntimeRunner(path)
         runners[f"{name} graph on openvino"] = OpenVINORunner(path, precision="fp32")
-    stats = measure_interleaved({k: (lambda r=r: r._infer(feed)) for k, r in runners.items()},
-                                min_seconds=3.0, max_seconds=10.0)
+    stats = measure_interleaved(
+        {k: (lambda r=r: r._infer(feed)) for k, r in runners.items()}, min_seconds=3.0, max_seconds=10.0
+    )
     return {k: round(v.median_ms, 2) if not isinstance(v, BaseException) else f"error: {v}" for k, v in stats.items()}
 
 

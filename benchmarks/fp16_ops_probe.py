@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from effattn.bench.timing import clock_for, measure_interleaved, timed_call
 from effattn.export import export_onnx, to_fp16
 from effattn.models import load_model
 from effattn.runtime import compare, random_inputs
 from effattn.runtime.onnxruntime_runner import OnnxRuntimeRunner
-from effattn.bench.timing import clock_for, measure_interleaved, timed_call
 from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
 
@@ -36,16 +36,28 @@ def probe(device: str, draws: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(source, PROFILE, Path(tmp) / "block.onnx").path
         reference = TorchRunner(source.model, PROFILE, ["output"], device=device)
-        runners = {name: OnnxRuntimeRunner(to_fp16(fp32, Path(tmp) / f"{name}.onnx", fp32_ops=ops), device=device)
-                   for name, ops in CANDIDATES.items()}
+        runners = {
+            name: OnnxRuntimeRunner(to_fp16(fp32, Path(tmp) / f"{name}.onnx", fp32_ops=ops), device=device)
+            for name, ops in CANDIDATES.items()
+        }
         for name, runner in runners.items():
             for scale in (1.0, 100.0):
-                feeds = [{k: v * np.float32(scale) for k, v in random_inputs(PROFILE, w).items()}
-                         for _ in range(draws) for w in ("min", "opt", "max")]
+                feeds = [
+                    {k: v * np.float32(scale) for k, v in random_inputs(PROFILE, w).items()}
+                    for _ in range(draws)
+                    for w in ("min", "opt", "max")
+                ]
                 report = compare(reference, runner, feeds, precision="fp16", residuals={"output": "input"})
                 rows = {r.metric: r.value for r in report.rows}
-                out["rows"].append({"fp32_ops": name, "scale": scale, "branch_rel_l2": rows["branch"],
-                                    "output_rel_l2": rows["output"], "passed": report.passed})
+                out["rows"].append(
+                    {
+                        "fp32_ops": name,
+                        "scale": scale,
+                        "branch_rel_l2": rows["branch"],
+                        "output_rel_l2": rows["output"],
+                        "passed": report.passed,
+                    }
+                )
         feed = random_inputs(PROFILE, "max", seed=0)
         calls = {name: timed_call(r, feed, device) for name, r in runners.items()}
         stats = measure_interleaved(calls, min_seconds=1.0, max_seconds=3.0, clock=clock_for(device))

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness import running_server  # noqa: E402
+from tests.harness import running_server
 
 
 def load(base: str, clients: int, seconds: float, image: np.ndarray) -> dict:
@@ -55,9 +55,14 @@ def load(base: str, clients: int, seconds: float, image: np.ndarray) -> dict:
         t.join()
     elapsed = time.perf_counter() - start
     ms = np.asarray(latencies) * 1e3
-    return {"requests": len(latencies), "errors": len(errors), "first_errors": errors[:3],
-            "requests_per_s": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "requests_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+    }
 
 
 def batch_sizes(base: str) -> dict:
@@ -80,28 +85,42 @@ def main() -> None:
     if 2 * args.seconds > 30:
         parser.error("the benchmark is bounded: 2 x --seconds must be at most 30")
 
+    from effattn.bench.benchmark import environment
     from effattn.export import export_onnx
     from effattn.models import load_model
-    from effattn.bench.benchmark import environment
     from effattn.shapes import ShapeProfile
 
     source = load_model("ea_segnet_tiny", pretrained=True)
     image = source.samples(1, 64, 64, __import__("torch").Generator().manual_seed(0)).numpy()
-    results = {"schema": "effattn.serve-load/1", "environment": environment(args.threads),
-               "command": "python " + " ".join(sys.argv), "model": "ea_segnet_tiny 1x3x64x64, onnxruntime cpu",
-               "clients": args.clients, "seconds": args.seconds, "runs": {}}
+    results = {
+        "schema": "effattn.serve-load/1",
+        "environment": environment(args.threads),
+        "command": "python " + " ".join(sys.argv),
+        "model": "ea_segnet_tiny 1x3x64x64, onnxruntime cpu",
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "runs": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(source, ShapeProfile.single("1x3x64x64", "8x3x64x64", "16x3x64x64"),
-                           Path(tmp) / "seg.onnx").path
-        configs = {"no batching": ["--max-batch-size", "1", "--max-queue-delay-ms", "0"],
-                   "dynamic batching (max 16, 2 ms)": ["--max-batch-size", "16", "--max-queue-delay-ms", "2"]}
+        path = export_onnx(
+            source, ShapeProfile.single("1x3x64x64", "8x3x64x64", "16x3x64x64"), Path(tmp) / "seg.onnx"
+        ).path
+        configs = {
+            "no batching": ["--max-batch-size", "1", "--max-queue-delay-ms", "0"],
+            "dynamic batching (max 16, 2 ms)": ["--max-batch-size", "16", "--max-queue-delay-ms", "2"],
+        }
         for label, flags in configs.items():
-            with running_server({"seg": path}, *flags, "--threads", str(args.threads), "--max-queue", "256") as (_, base):
+            with running_server({"seg": path}, *flags, "--threads", str(args.threads), "--max-queue", "256") as (
+                _,
+                base,
+            ):
                 run = load(base, args.clients, args.seconds, image)
                 run |= batch_sizes(base)
             results["runs"][label] = run
-            print(f"{label:<34} {run['requests_per_s']:>8.1f} req/s  p50 {run['p50_ms']:>7.2f} ms  "
-                  f"p99 {run['p99_ms']:>7.2f} ms  mean batch {run['mean_batch']}  errors {run['errors']}")
+            print(
+                f"{label:<34} {run['requests_per_s']:>8.1f} req/s  p50 {run['p50_ms']:>7.2f} ms  "
+                f"p99 {run['p99_ms']:>7.2f} ms  mean batch {run['mean_batch']}  errors {run['errors']}"
+            )
     a, b = results["runs"].values()
     results["throughput_ratio_batching_vs_none"] = round(b["requests_per_s"] / a["requests_per_s"], 2)
     print(f"dynamic batching: {results['throughput_ratio_batching_vs_none']}x the requests/s")

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness import running_server  # noqa: E402
+from tests.harness import running_server
 
 LUA = """
 local f = io.open("{body}", "rb")
@@ -41,9 +41,19 @@ wrk.headers["Inference-Header-Content-Length"] = "{header_length}"
 
 def request_files(folder: Path, image: np.ndarray) -> Path:
     """A wrk script posting ``image`` as binary tensor data, asking for binary outputs."""
-    head = json.dumps({"inputs": [{"name": "input", "shape": list(image.shape), "datatype": "FP32",
-                                   "parameters": {"binary_data_size": image.nbytes}}],
-                       "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(image.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": image.nbytes},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
     (folder / "body.bin").write_bytes(head + image.tobytes())
     script = folder / "post.lua"
     script.write_text(LUA.format(body=folder / "body.bin", header_length=len(head)))
@@ -64,8 +74,12 @@ def engine(path: Path, image: np.ndarray, batch: int, threads: int, seconds: flo
             runner.infer(feed)
             times.append(time.perf_counter() - t0)
     ms = np.asarray(times) * 1e3
-    return {"images_per_s": round(batch * len(times) / (ms.sum() / 1e3), 1), "batch": batch,
-            "batch_p50_ms": round(float(np.median(ms)), 2), "batch_p99_ms": round(float(np.percentile(ms, 99)), 2)}
+    return {
+        "images_per_s": round(batch * len(times) / (ms.sum() / 1e3), 1),
+        "batch": batch,
+        "batch_p50_ms": round(float(np.median(ms)), 2),
+        "batch_p99_ms": round(float(np.percentile(ms, 99)), 2),
+    }
 
 
 def _ms(text: str) -> float:
@@ -74,14 +88,31 @@ def _ms(text: str) -> float:
 
 
 def wrk(base: str, script: Path, connections: int, seconds: float) -> dict:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script),
-                          base + "/v2/models/seg/infer"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--latency",
+            "-s",
+            str(script),
+            base + "/v2/models/seg/infer",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)$", out, re.M)
-    return {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": _ms(pct["50"]), "p99_ms": _ms(pct["99"]), "non_2xx": int(bad.group(1)) if bad else 0,
-            "socket_errors": errors.group(1) if errors else None}
+    return {
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": _ms(pct["50"]),
+        "p99_ms": _ms(pct["99"]),
+        "non_2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": errors.group(1) if errors else None,
+    }
 
 
 def mean_batch(base: str) -> float | None:
@@ -104,27 +135,44 @@ def main() -> None:
     if shutil.which("wrk") is None:
         parser.error("needs wrk, a compiled HTTP load generator: apt-get install wrk")
 
+    from effattn.bench.benchmark import environment
     from effattn.export import export_onnx
     from effattn.models import load_model
-    from effattn.bench.benchmark import environment
     from effattn.shapes import ShapeProfile
 
     source = load_model("ea_segnet_tiny", pretrained=True)
     image = source.samples(1, 64, 64, __import__("torch").Generator().manual_seed(0)).numpy()
-    results = {"schema": "effattn.serve-wrk/1", "environment": environment(args.threads),
-               "command": "python " + " ".join(sys.argv), "model": "ea_segnet_tiny 1x3x64x64, onnxruntime cpu",
-               "load": f"wrk -t1 -c{args.connections} -d{args.seconds:g}s, binary tensor data in and out",
-               "load_average_before": os.getloadavg(), "runs": {}}
+    results = {
+        "schema": "effattn.serve-wrk/1",
+        "environment": environment(args.threads),
+        "command": "python " + " ".join(sys.argv),
+        "model": "ea_segnet_tiny 1x3x64x64, onnxruntime cpu",
+        "load": f"wrk -t1 -c{args.connections} -d{args.seconds:g}s, binary tensor data in and out",
+        "load_average_before": os.getloadavg(),
+        "runs": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(source, ShapeProfile.single("1x3x64x64", f"{args.batch}x3x64x64",
-                                                       f"{args.batch}x3x64x64"), Path(tmp) / "seg.onnx").path
+        path = export_onnx(
+            source,
+            ShapeProfile.single("1x3x64x64", f"{args.batch}x3x64x64", f"{args.batch}x3x64x64"),
+            Path(tmp) / "seg.onnx",
+        ).path
         script = request_files(Path(tmp), image)
         before = engine(path, image, args.batch, args.threads, args.seconds / 2)
-        configs = {"no batching": ["--max-batch-size", "1", "--max-queue-delay-ms", "0"],
-                   f"dynamic batching (max {args.batch}, 2 ms)": ["--max-batch-size", str(args.batch),
-                                                                  "--max-queue-delay-ms", "2"]}
+        configs = {
+            "no batching": ["--max-batch-size", "1", "--max-queue-delay-ms", "0"],
+            f"dynamic batching (max {args.batch}, 2 ms)": [
+                "--max-batch-size",
+                str(args.batch),
+                "--max-queue-delay-ms",
+                "2",
+            ],
+        }
         for label, flags in configs.items():
-            with running_server({"seg": path}, *flags, "--threads", str(args.threads), "--max-queue", "256") as (_, base):
+            with running_server({"seg": path}, *flags, "--threads", str(args.threads), "--max-queue", "256") as (
+                _,
+                base,
+            ):
                 wrk(base, script, args.connections, 2)  # warm-up
                 run = wrk(base, script, args.connections, args.seconds) | {"mean_batch": mean_batch(base)}
             results["runs"][label] = run
@@ -135,9 +183,11 @@ def main() -> None:
     for label, run in results["runs"].items():
         run["fraction_of_engine"] = round(run["requests_per_s"] / ref, 3)
         run["p99_vs_engine_batch_p50"] = round(run["p99_ms"] / before["batch_p50_ms"], 2)
-        print(f"{label:<32} {run['requests_per_s']:>8.1f} req/s = {run['fraction_of_engine']:.0%} of the engine; "
-              f"p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms; mean batch {run['mean_batch']}; "
-              f"non-2xx {run['non_2xx']}")
+        print(
+            f"{label:<32} {run['requests_per_s']:>8.1f} req/s = {run['fraction_of_engine']:.0%} of the engine; "
+            f"p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms; mean batch {run['mean_batch']}; "
+            f"non-2xx {run['non_2xx']}"
+        )
     print(f"engine alone: {ref:.1f} images/s at batch {args.batch} (p50 {before['batch_p50_ms']} ms a batch)")
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")

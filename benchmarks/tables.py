@@ -1,6 +1,6 @@
 """Markdown tables from ``effattn bench -o`` JSON files, for docs/benchmarks.md (numbers are never typed by hand).
 
-    python benchmarks/tables.py benchmarks/results/cpu-hosts.json [--backend onnxruntime]
+python benchmarks/tables.py benchmarks/results/cpu-hosts.json [--backend onnxruntime]
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ def rows_table(data: dict, backends: list[str]) -> str:
         by = {r["backend"]: r for r in rows if r["model"] == model and tuple(r["shape"]) == shape}
         eager = by.get("torch", {})
         if not any(r.get("median_ms") for r in by.values()):  # not run on any backend: say why, once
-            lines.append(f"| {model} | {'x'.join(map(str, shape))} | {eager.get('status', '-')} |"
-                         + " |" * (2 * len(backends)))
+            lines.append(
+                f"| {model} | {'x'.join(map(str, shape))} | {eager.get('status', '-')} |" + " |" * (2 * len(backends))
+            )
             continue
         cells = [model, "x".join(map(str, shape)), _ms(eager)]
         for b in backends:
@@ -33,9 +34,11 @@ def rows_table(data: dict, backends: list[str]) -> str:
 
 def scaling_table(data: dict) -> str:
     lines = ["| model | backend | time exponent | memory exponent | fitted sizes |", "|---|---|---:|---:|---|"]
-    for s in data["scaling"]["exponents"]:
-        lines.append(f"| {s['model']} | {s['backend']} | {s['time_exponent']} | {s['memory_exponent']} | "
-                     f"{', '.join(map(str, s['fit_sizes']))} |")
+    lines += [
+        f"| {s['model']} | {s['backend']} | {s['time_exponent']} | {s['memory_exponent']} | "
+        f"{', '.join(map(str, s['fit_sizes']))} |"
+        for s in data["scaling"]["exponents"]
+    ]
     return "\n".join(lines)
 
 
@@ -54,8 +57,10 @@ def main() -> None:
         print()
         print(scaling_table(data))
     env = data["environment"]
-    print(f"\n{env['cpu']}, {env['threads']} threads, torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
-          f"{env['date'][:10]}; `{env.get('command')}`")
+    print(
+        f"\n{env['cpu']}, {env['threads']} threads, torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
+        f"{env['date'][:10]}; `{env.get('command')}`"
+    )
 
 
 if __name__ == "__main__":

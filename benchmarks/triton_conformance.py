@@ -52,8 +52,20 @@ def install_triton(cache: Path) -> Path:
     if not (env / "site" / "numpy").exists():
         import onnxruntime
 
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(env / "site"),
-                        "numpy<2", f"onnxruntime=={onnxruntime.__version__}"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--target",
+                str(env / "site"),
+                "numpy<2",
+                f"onnxruntime=={onnxruntime.__version__}",
+            ],
+            check=True,
+        )
     if not (env / "pyvenv.cfg").exists():
         base = getattr(sys, "_base_executable", sys.executable)
         subprocess.run([base, "-m", "venv", "--without-pip", str(env / "venv")], check=True)
@@ -67,8 +79,12 @@ def install_triton(cache: Path) -> Path:
 def export_seg(folder: Path) -> Path:
     """The trained ``ea_segnet_tiny`` at its default profile, exported by the CLI in a process of its own."""
     onnx = folder / "seg.onnx"
-    subprocess.run([sys.executable, "-m", "effattn", "export", "ea_segnet_tiny", "--pretrained", "-o", str(onnx)],
-                   check=True, stdout=subprocess.DEVNULL, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    subprocess.run(
+        [sys.executable, "-m", "effattn", "export", "ea_segnet_tiny", "--pretrained", "-o", str(onnx)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+    )
     return onnx
 
 
@@ -91,12 +107,29 @@ def write_repository(onnx: Path, folder: Path, name: str, max_batch: int, thread
 def start_triton(wheel_dir: Path, cache: Path, repository: Path, log: Path) -> tuple[subprocess.Popen, int, int]:
     server = wheel_dir / "pytriton" / "tritonserver"
     http_port, grpc_port = free_port(), free_port()
-    env = os.environ | {"LD_LIBRARY_PATH": str(wheel_dir / "nvidia_pytriton.libs"),
-                        "PATH": f"{cache / 'env' / 'venv' / 'bin'}:{os.environ['PATH']}"}
-    process = subprocess.Popen([str(server / "bin" / "tritonserver"), "--model-repository", str(repository),
-                                "--backend-directory", str(server / "backends"), "--http-port", str(http_port),
-                                "--grpc-port", str(grpc_port), "--metrics-port", str(free_port())],
-                               stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+    env = os.environ | {
+        "LD_LIBRARY_PATH": str(wheel_dir / "nvidia_pytriton.libs"),
+        "PATH": f"{cache / 'env' / 'venv' / 'bin'}:{os.environ['PATH']}",
+    }
+    with open(log, "w") as out:  # the server holds its own descriptor; ours closes once it has started
+        process = subprocess.Popen(
+            [
+                str(server / "bin" / "tritonserver"),
+                "--model-repository",
+                str(repository),
+                "--backend-directory",
+                str(server / "backends"),
+                "--http-port",
+                str(http_port),
+                "--grpc-port",
+                str(grpc_port),
+                "--metrics-port",
+                str(free_port()),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -145,28 +178,38 @@ def calls(image: np.ndarray, kind: str) -> dict:
             tensor = module.InferInput("input", list(x.shape), "FP32")
             tensor.set_data_from_numpy(x, **({"binary_data": binary} if kind == "http" else {}))
             return c.infer("seg", [tensor], **kw)
+
         return run
 
     odd = np.ascontiguousarray(np.repeat(image, 3, axis=0)[:, :, :48, :40])
-    table = {"server_live": lambda c: c.is_server_live(), "model_ready": lambda c: c.is_model_ready("seg"),
-             "model_ready(nope)": lambda c: c.is_model_ready("nope"),
-             "get_server_metadata": lambda c: c.get_server_metadata(**grpc),
-             "get_model_metadata": lambda c: c.get_model_metadata("seg", **grpc),
-             "get_model_config": lambda c: c.get_model_config("seg", **grpc),
-             "get_model_config(version 2)": lambda c: c.get_model_config("seg", "2"),
-             "get_model_config(nope)": lambda c: c.get_model_config("nope"),
-             "infer batch 1": infer(image), "infer batch 2": infer(np.repeat(image, 2, axis=0)),
-             "infer odd size 3x3x48x40": infer(odd)}
+    table = {
+        "server_live": lambda c: c.is_server_live(),
+        "model_ready": lambda c: c.is_model_ready("seg"),
+        "model_ready(nope)": lambda c: c.is_model_ready("nope"),
+        "get_server_metadata": lambda c: c.get_server_metadata(**grpc),
+        "get_model_metadata": lambda c: c.get_model_metadata("seg", **grpc),
+        "get_model_config": lambda c: c.get_model_config("seg", **grpc),
+        "get_model_config(version 2)": lambda c: c.get_model_config("seg", "2"),
+        "get_model_config(nope)": lambda c: c.get_model_config("nope"),
+        "infer batch 1": infer(image),
+        "infer batch 2": infer(np.repeat(image, 2, axis=0)),
+        "infer odd size 3x3x48x40": infer(odd),
+    }
     if kind == "http":
-        table |= {"infer json": infer(image, binary=False),
-                  "infer gzip request": infer(image, request_compression_algorithm="gzip"),
-                  "infer gzip response": infer(image, response_compression_algorithm="gzip")}
-    table |= {"infer FP64 (wrong datatype)": lambda c: c.infer("seg", [_fp64(module)]),
-              "get_model_repository_index": lambda c: c.get_model_repository_index(**grpc),
-              "load_model": lambda c: c.load_model("seg"), "unload_model": lambda c: c.unload_model("seg"),
-              "get_system_shared_memory_status": lambda c: c.get_system_shared_memory_status(**grpc),
-              "get_inference_statistics(nope)": lambda c: c.get_inference_statistics("nope"),
-              "get_inference_statistics": lambda c: c.get_inference_statistics("seg", **grpc)}
+        table |= {
+            "infer json": infer(image, binary=False),
+            "infer gzip request": infer(image, request_compression_algorithm="gzip"),
+            "infer gzip response": infer(image, response_compression_algorithm="gzip"),
+        }
+    table |= {
+        "infer FP64 (wrong datatype)": lambda c: c.infer("seg", [_fp64(module)]),
+        "get_model_repository_index": lambda c: c.get_model_repository_index(**grpc),
+        "load_model": lambda c: c.load_model("seg"),
+        "unload_model": lambda c: c.unload_model("seg"),
+        "get_system_shared_memory_status": lambda c: c.get_system_shared_memory_status(**grpc),
+        "get_inference_statistics(nope)": lambda c: c.get_inference_statistics("nope"),
+        "get_inference_statistics": lambda c: c.get_inference_statistics("seg", **grpc),
+    }
     return table
 
 
@@ -186,9 +229,11 @@ DOCUMENTED = {
 
 
 #: Route answers that differ from Triton's on purpose (listed in docs/serving.md).
-BY_DESIGN = {"POST /v2/models/seg/infer": "malformed JSON is the client's fault: 400 (Triton: 500)",
-             "GET /v2/trace/setting": "tracing is not implemented: 400 with a JSON error (Triton 2.51: 200, on)",
-             "GET /v2/logging": "log settings are not implemented: 400 with a JSON error (Triton 2.51: 200, on)"}
+BY_DESIGN = {
+    "POST /v2/models/seg/infer": "malformed JSON is the client's fault: 400 (Triton: 500)",
+    "GET /v2/trace/setting": "tracing is not implemented: 400 with a JSON error (Triton 2.51: 200, on)",
+    "GET /v2/logging": "log settings are not implemented: 400 with a JSON error (Triton 2.51: 200, on)",
+}
 
 
 def compare(name: str, triton: dict, effattn: dict) -> dict:
@@ -220,19 +265,30 @@ def _counts(stats: dict) -> dict:
     s = stats["model_stats"][0]
     count = {k: int(v.get("count", 0)) for k, v in s["inference_stats"].items()}
     batches = {str(b["batch_size"]): int(b["compute_infer"].get("count", 0)) for b in s.get("batch_stats", [])}
-    return {"inference_count": int(s.get("inference_count", 0)), "execution_count": int(s.get("execution_count", 0)),
-            **count, "batch_stats": batches}
+    return {
+        "inference_count": int(s.get("inference_count", 0)),
+        "execution_count": int(s.get("execution_count", 0)),
+        **count,
+        "batch_stats": batches,
+    }
 
 
 def raw_routes(base: str) -> list[tuple[str, str, bytes | None]]:
-    return [("GET", "/nowhere", None), ("GET", "/v2/models/seg/infer", None), ("DELETE", "/v2/models/seg", None),
-            ("GET", "/v2/repository/index", None), ("POST", "/v2/models/seg/infer", b"{not json"),
-            ("GET", "/v2/models/nope/stats", None), ("GET", "/v2/trace/setting", None), ("GET", "/v2/logging", None),
-            ("POST", "/v2/systemsharedmemory/region/r/register", b"{}")]
+    return [
+        ("GET", "/nowhere", None),
+        ("GET", "/v2/models/seg/infer", None),
+        ("DELETE", "/v2/models/seg", None),
+        ("GET", "/v2/repository/index", None),
+        ("POST", "/v2/models/seg/infer", b"{not json"),
+        ("GET", "/v2/models/nope/stats", None),
+        ("GET", "/v2/trace/setting", None),
+        ("GET", "/v2/logging", None),
+        ("POST", "/v2/systemsharedmemory/region/r/register", b"{}"),
+    ]
 
 
 def raw(base: str, method: str, path: str, body: bytes | None) -> dict:
-    code, headers, content = http(method, base + path, body)
+    code, _, content = http(method, base + path, body)
     try:
         error = json.loads(content).get("error") if content else None
     except (ValueError, AttributeError):
@@ -241,15 +297,21 @@ def raw(base: str, method: str, path: str, body: bytes | None) -> dict:
 
 
 def run(args) -> dict:
-    from effattn.models import load_model
     from effattn.bench.benchmark import environment
+    from effattn.models import load_model
 
     wheel_dir = install_triton(args.cache)
     source = load_model("ea_segnet_tiny", pretrained=True)
     image = source.samples(1, 64, 64, __import__("torch").Generator().manual_seed(0)).numpy()
-    results = {"schema": "effattn.triton-conformance/1", "environment": environment(1),
-               "command": "python " + " ".join(sys.argv), "triton": f"tritonserver 2.51 from {WHEEL}, Python backend "
-               "running the ONNX file on ONNX Runtime (benchmarks/triton_python_backend/model.py)", "calls": [], "routes": []}
+    results = {
+        "schema": "effattn.triton-conformance/1",
+        "environment": environment(1),
+        "command": "python " + " ".join(sys.argv),
+        "triton": f"tritonserver 2.51 from {WHEEL}, Python backend "
+        "running the ONNX file on ONNX Runtime (benchmarks/triton_python_backend/model.py)",
+        "calls": [],
+        "routes": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         onnx = export_seg(tmp)  # in a process of its own: here torch.export failed on this model
@@ -261,8 +323,10 @@ def run(args) -> dict:
         grpc_port = free_port()
         try:
             with running_server({"seg": onnx}, "--grpc-port", str(grpc_port)) as (_, base):
-                servers = {"triton": (f"127.0.0.1:{t_http}", f"127.0.0.1:{t_grpc}"),
-                           "effattn": (base.removeprefix("http://"), f"127.0.0.1:{grpc_port}")}
+                servers = {
+                    "triton": (f"127.0.0.1:{t_http}", f"127.0.0.1:{t_grpc}"),
+                    "effattn": (base.removeprefix("http://"), f"127.0.0.1:{grpc_port}"),
+                }
                 for kind, module, i in (("http", http_client, 0), ("grpc", grpc_client, 1)):
                     clients = {s: module.InferenceServerClient(urls[i]) for s, urls in servers.items()}
                     for name, call in calls(image, kind).items():
@@ -270,18 +334,22 @@ def run(args) -> dict:
                         results["calls"].append({"protocol": kind, **compare(name, got["triton"], got["effattn"])})
                 for method, path, body in raw_routes(base):
                     got = {s: raw("http://" + urls[0], method, path, body) for s, urls in servers.items()}
-                    results["routes"].append({"route": f"{method} {path}", **got,
-                                              "match": got["triton"] == got["effattn"]})
+                    results["routes"].append(
+                        {"route": f"{method} {path}", **got, "match": got["triton"] == got["effattn"]}
+                    )
         finally:
             triton.terminate()
             triton.wait(timeout=60)
     for row in results["routes"]:
         if not row["match"] and row["route"] in BY_DESIGN:
             row["by_design"] = BY_DESIGN[row["route"]]
-    results["summary"] = {"calls": len(results["calls"]), "calls_matching": sum(r["match"] for r in results["calls"]),
-                          "routes": len(results["routes"]),
-                          "routes_matching": sum(r["match"] for r in results["routes"]),
-                          "routes_differing_by_design": sum("by_design" in r for r in results["routes"])}
+    results["summary"] = {
+        "calls": len(results["calls"]),
+        "calls_matching": sum(r["match"] for r in results["calls"]),
+        "routes": len(results["routes"]),
+        "routes_matching": sum(r["match"] for r in results["routes"]),
+        "routes_differing_by_design": sum("by_design" in r for r in results["routes"]),
+    }
     return results
 
 

@@ -27,10 +27,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serve_wrk import request_files, wrk  # noqa: E402
-from triton_conformance import WHEEL, export_seg, install_triton, start_triton, write_repository  # noqa: E402
+from serve_wrk import request_files, wrk
+from triton_conformance import WHEEL, export_seg, install_triton, start_triton, write_repository
 
-from tests.harness import running_server  # noqa: E402
+from tests.harness import running_server
 
 
 def rounds(bases: dict[str, str], script: Path, connections: list[int], seconds: float, count: int) -> dict:
@@ -51,8 +51,19 @@ def lscpu() -> dict:
     except (OSError, subprocess.SubprocessError):
         return {}
     fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    keep = ("Model name", "Vendor ID", "CPU family", "Model", "Stepping", "CPU(s)", "Thread(s) per core",
-            "Hypervisor vendor", "L2 cache", "L3 cache", "Flags")
+    keep = (
+        "Model name",
+        "Vendor ID",
+        "CPU family",
+        "Model",
+        "Stepping",
+        "CPU(s)",
+        "Thread(s) per core",
+        "Hypervisor vendor",
+        "L2 cache",
+        "L3 cache",
+        "Flags",
+    )
     return {k: fields[k].strip() for k in keep if k in fields}
 
 
@@ -69,8 +80,13 @@ def summary(runs: dict) -> dict:
     """Median requests/s and p99 per server and connection count, and effattn ÷ Triton."""
     out = {}
     for c in runs["effattn"]:
-        row = {name: {"requests_per_s": float(np.median([r["requests_per_s"] for r in runs[name][c]])),
-                      "p99_ms": float(np.median([r["p99_ms"] for r in runs[name][c]]))} for name in runs}
+        row = {
+            name: {
+                "requests_per_s": float(np.median([r["requests_per_s"] for r in runs[name][c]])),
+                "p99_ms": float(np.median([r["p99_ms"] for r in runs[name][c]])),
+            }
+            for name in runs
+        }
         row["throughput_ratio"] = round(row["effattn"]["requests_per_s"] / row["triton"]["requests_per_s"], 3)
         row["p99_ratio"] = round(row["effattn"]["p99_ms"] / row["triton"]["p99_ms"], 3)
         out[str(c)] = row
@@ -91,18 +107,25 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     wheel_dir = install_triton(args.cache)
 
-    from effattn.models import load_model
     from effattn.bench.benchmark import environment
+    from effattn.models import load_model
 
-    image = load_model("ea_segnet_tiny", pretrained=True).samples(
-        1, 64, 64, __import__("torch").Generator().manual_seed(0)).numpy()
-    results = {"schema": "effattn.serve-vs-triton/1", "environment": environment(args.threads),
-               "command": "python " + " ".join(sys.argv), "model": "ea_segnet_tiny 1x3x64x64, onnxruntime cpu",
-               "triton": f"tritonserver 2.51 from {WHEEL}, Python backend on ONNX Runtime, max batch 8, 2 ms delay",
-               "effattn": f"effattn serve --max-batch-size 8 --max-queue-delay-ms 2 ({http_parser()})",
-               "lscpu": lscpu(),
-               "load": f"wrk -t1 -d{args.seconds:g}s, binary tensor data in and out, {args.rounds} interleaved rounds",
-               "load_average_before": os.getloadavg()}
+    image = (
+        load_model("ea_segnet_tiny", pretrained=True)
+        .samples(1, 64, 64, __import__("torch").Generator().manual_seed(0))
+        .numpy()
+    )
+    results = {
+        "schema": "effattn.serve-vs-triton/1",
+        "environment": environment(args.threads),
+        "command": "python " + " ".join(sys.argv),
+        "model": "ea_segnet_tiny 1x3x64x64, onnxruntime cpu",
+        "triton": f"tritonserver 2.51 from {WHEEL}, Python backend on ONNX Runtime, max batch 8, 2 ms delay",
+        "effattn": f"effattn serve --max-batch-size 8 --max-queue-delay-ms 2 ({http_parser()})",
+        "lscpu": lscpu(),
+        "load": f"wrk -t1 -d{args.seconds:g}s, binary tensor data in and out, {args.rounds} interleaved rounds",
+        "load_average_before": os.getloadavg(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         onnx = export_seg(tmp)
@@ -110,8 +133,17 @@ def main() -> None:
         script = request_files(tmp, image)
         triton, t_http, _ = start_triton(wheel_dir, args.cache, tmp / "repo", tmp / "triton.log")
         try:
-            with running_server({"seg": onnx}, "--max-batch-size", "8", "--max-queue-delay-ms", "2",
-                                "--threads", str(args.threads), "--max-queue", "256") as (_, base):
+            with running_server(
+                {"seg": onnx},
+                "--max-batch-size",
+                "8",
+                "--max-queue-delay-ms",
+                "2",
+                "--threads",
+                str(args.threads),
+                "--max-queue",
+                "256",
+            ) as (_, base):
                 bases = {"effattn": base, "triton": f"http://127.0.0.1:{t_http}"}
                 for b in bases.values():
                     wrk(b, script, max(args.connections), 2)  # warm-up
@@ -122,9 +154,12 @@ def main() -> None:
     results["load_average_after"] = os.getloadavg()
     results["summary"] = summary(results["runs"])
     for c, row in results["summary"].items():
-        print(f"{c:>3} connections: effattn {row['effattn']['requests_per_s']:.0f} req/s p99 {row['effattn']['p99_ms']:.1f}"
-              f" ms | triton {row['triton']['requests_per_s']:.0f} req/s p99 {row['triton']['p99_ms']:.1f} ms | "
-              f"ratio {row['throughput_ratio']:.2f}x")
+        print(
+            f"{c:>3} connections: effattn {row['effattn']['requests_per_s']:.0f} req/s "
+            f"p99 {row['effattn']['p99_ms']:.1f} ms | triton {row['triton']['requests_per_s']:.0f} req/s "
+            f"p99 {row['triton']['p99_ms']:.1f} ms | "
+            f"ratio {row['throughput_ratio']:.2f}x"
+        )
     if args.output:
         args.output.write_text(json.dumps(results, indent=1) + "\n")
 

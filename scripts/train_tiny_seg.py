@@ -62,12 +62,18 @@ def main() -> None:
         if step % 100 == 0:
             print(f"step {step:4d}  loss {loss.item():.4f}  {time.perf_counter() - start:.0f}s", flush=True)
     accuracy, iou = evaluate(model)
-    print(f"held-out pixel accuracy {accuracy:.4f}; IoU " +
-          ", ".join(f"{c} {v:.3f}" for c, v in zip(CLASSES, iou)) + f"; trained in {time.perf_counter() - start:.0f}s")
+    print(
+        f"held-out pixel accuracy {accuracy:.4f}; IoU "
+        + ", ".join(f"{c} {v:.3f}" for c, v in zip(CLASSES, iou))
+        + f"; trained in {time.perf_counter() - start:.0f}s"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.eval().state_dict().items()}
-    save_file(state, str(args.out), metadata={"task": "synthetic shapes", "steps": str(args.steps),
-                                               "pixel_accuracy": f"{accuracy:.4f}"})
+    save_file(
+        state,
+        str(args.out),
+        metadata={"task": "synthetic shapes", "steps": str(args.steps), "pixel_accuracy": f"{accuracy:.4f}"},
+    )
     print(f"saved {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")
 
 

@@ -41,9 +41,9 @@ class LoopEfficientAttention(nn.Module):
         dk, dv = self.key_channels // self.head_count, self.value_channels // self.head_count
         heads = []
         for i in range(self.head_count):
-            k = F.softmax(k_all[:, i * dk:(i + 1) * dk], dim=2)  # over positions
-            q = F.softmax(q_all[:, i * dk:(i + 1) * dk], dim=1)  # over channels
-            v = v_all[:, i * dv:(i + 1) * dv]
+            k = F.softmax(k_all[:, i * dk : (i + 1) * dk], dim=2)  # over positions
+            q = F.softmax(q_all[:, i * dk : (i + 1) * dk], dim=1)  # over channels
+            v = v_all[:, i * dv : (i + 1) * dv]
             context = torch.bmm(k, v.transpose(1, 2))  # dk x dv
             heads.append(torch.bmm(context.transpose(1, 2), q).reshape(n, dv, h, w))
         return self.reprojection(torch.cat(heads, dim=1)) + x
@@ -58,7 +58,7 @@ def dot_product_reference(block, x, normalization):
     dk, dv = block.key_channels // block.head_count, block.value_channels // block.head_count
     outs = []
     for i in range(block.head_count):
-        qi, ki, vi = q[:, i * dk:(i + 1) * dk], k[:, i * dk:(i + 1) * dk], v[:, i * dv:(i + 1) * dv]
+        qi, ki, vi = q[:, i * dk : (i + 1) * dk], k[:, i * dk : (i + 1) * dk], v[:, i * dv : (i + 1) * dv]
         scores = torch.einsum("nci,ncj->nij", qi, ki)  # query position i, key position j
         weights = scores.softmax(-1) if normalization == "softmax" else scores / (h * w)
         outs.append(torch.einsum("nij,ncj->nci", weights, vi))

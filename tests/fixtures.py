@@ -45,30 +45,57 @@ def _seg() -> ModelSource:
 
 #: The table: name -> network and profile. A test that needs another shape adds a row here.
 ONNX_MODELS: dict[str, FixtureModel] = {
-    "ea8": FixtureModel(_ea(8, 4, 2, 8), ShapeProfile.single("1x8x4x4", "2x8x16x16", "4x8x32x32"),
-                        "runner input checks (batch in [1, 4], height in [4, 32]), Triton repositories"),
-    "ea8_batch8": FixtureModel(_ea(8, 4, 2, 8), ShapeProfile.single("1x8x4x4", "2x8x16x16", "8x8x32x32"),
-                               "servers that batch up to 8 requests"),
-    "ea8_small": FixtureModel(_ea(8, 4, 2, 8), ShapeProfile.single("1x8x4x4", "2x8x8x8", "8x8x16x16"),
-                              "hostile requests against small size limits"),
-    "ea16": FixtureModel(_ea(16, 8, 2, 16), ShapeProfile.single("1x16x4x4", "2x16x16x16", "4x16x32x24"),
-                         "runners: parity at min/opt/max (a non-square max), threads at several shapes"),
-    "ea16_quant": FixtureModel(_ea(16, 8, 2, 16), ShapeProfile.single("1x16x8x8", "2x16x16x16", "2x16x32x32"),
-                               "INT8: the sizes its tolerances were measured at (64 positions and up)"),
-    "ea16_4heads": FixtureModel(_ea(16, 8, 4, 16), ShapeProfile.single("1x16x4x4", "2x16x16x16", "4x16x48x48"),
-                                "export: four heads, matched to eager at many shapes"),
-    "ea32": FixtureModel(_ea(32, 32, 2, 32), ShapeProfile.single("1x32x8x8", "2x32x16x16", "2x32x32x32"),
-                         "FP8: NVIDIA's FP8 Convs need more than 16 channels, so every Conv is FP8"),
-    "dot16_slow": FixtureModel(lambda: DotProductAttention(16, 8, 2, 16),
-                               ShapeProfile.single("1x16x8x8", "1x16x64x64", "1x16x64x64"),
-                               "a slow model for servers' queues and timeouts (dot-product: ~10-50 ms a call)"),
-    "ea64": FixtureModel(lambda: load_model("efficient_attention"),
-                         ShapeProfile.single("1x64x16x16", "2x64x64x64", "2x64x160x160"),
-                         "FP16: the zoo block up to 25,600 positions"),
-    "seg": FixtureModel(_seg, get_entry("ea_segnet_tiny").profile,
-                        "the trained segmenter at its own profile (task-level agreement)"),
-    "seg_small": FixtureModel(_seg, ShapeProfile.single("1x3x32x32", "1x3x48x48", "2x3x64x64"),
-                              "the trained segmenter, small: a quick `effattn compare`"),
+    "ea8": FixtureModel(
+        _ea(8, 4, 2, 8),
+        ShapeProfile.single("1x8x4x4", "2x8x16x16", "4x8x32x32"),
+        "runner input checks (batch in [1, 4], height in [4, 32]), Triton repositories",
+    ),
+    "ea8_batch8": FixtureModel(
+        _ea(8, 4, 2, 8), ShapeProfile.single("1x8x4x4", "2x8x16x16", "8x8x32x32"), "servers that batch up to 8 requests"
+    ),
+    "ea8_small": FixtureModel(
+        _ea(8, 4, 2, 8),
+        ShapeProfile.single("1x8x4x4", "2x8x8x8", "8x8x16x16"),
+        "hostile requests against small size limits",
+    ),
+    "ea16": FixtureModel(
+        _ea(16, 8, 2, 16),
+        ShapeProfile.single("1x16x4x4", "2x16x16x16", "4x16x32x24"),
+        "runners: parity at min/opt/max (a non-square max), threads at several shapes",
+    ),
+    "ea16_quant": FixtureModel(
+        _ea(16, 8, 2, 16),
+        ShapeProfile.single("1x16x8x8", "2x16x16x16", "2x16x32x32"),
+        "INT8: the sizes its tolerances were measured at (64 positions and up)",
+    ),
+    "ea16_4heads": FixtureModel(
+        _ea(16, 8, 4, 16),
+        ShapeProfile.single("1x16x4x4", "2x16x16x16", "4x16x48x48"),
+        "export: four heads, matched to eager at many shapes",
+    ),
+    "ea32": FixtureModel(
+        _ea(32, 32, 2, 32),
+        ShapeProfile.single("1x32x8x8", "2x32x16x16", "2x32x32x32"),
+        "FP8: NVIDIA's FP8 Convs need more than 16 channels, so every Conv is FP8",
+    ),
+    "dot16_slow": FixtureModel(
+        lambda: DotProductAttention(16, 8, 2, 16),
+        ShapeProfile.single("1x16x8x8", "1x16x64x64", "1x16x64x64"),
+        "a slow model for servers' queues and timeouts (dot-product: ~10-50 ms a call)",
+    ),
+    "ea64": FixtureModel(
+        lambda: load_model("efficient_attention"),
+        ShapeProfile.single("1x64x16x16", "2x64x64x64", "2x64x160x160"),
+        "FP16: the zoo block up to 25,600 positions",
+    ),
+    "seg": FixtureModel(
+        _seg, get_entry("ea_segnet_tiny").profile, "the trained segmenter at its own profile (task-level agreement)"
+    ),
+    "seg_small": FixtureModel(
+        _seg,
+        ShapeProfile.single("1x3x32x32", "1x3x48x48", "2x3x64x64"),
+        "the trained segmenter, small: a quick `effattn compare`",
+    ),
 }
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 
@@ -42,11 +42,26 @@ def running_server(models: dict[str, Path], *args: str, startup_timeout: float =
 
     ``log``: write the server's stderr to this file (to read while it runs) instead of a pipe."""
     port = free_port()
-    command = [sys.executable, "-m", "effattn", "serve", *(f"{n}={p}" for n, p in models.items()),
-               "--port", str(port), "--device", "cpu", "--threads", "1", "-q", *args]
-    stderr = open(log, "w") if log is not None else subprocess.PIPE
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                               env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "effattn",
+        "serve",
+        *(f"{n}={p}" for n, p in models.items()),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "-q",
+        *args,
+    ]
+    # the server holds its own descriptor of the log; ours closes once it has started
+    with open(log, "w") if log is not None else nullcontext(subprocess.PIPE) as stderr:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"}
+        )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + startup_timeout
     try:
@@ -72,4 +87,5 @@ def running_server(models: dict[str, Path], *args: str, startup_timeout: float =
                 process.kill()
                 process.wait()
         process.stdout.close()
-        (process.stderr or stderr).close()
+        if process.stderr is not None:
+            process.stderr.close()

@@ -13,8 +13,25 @@ from effattn.cli import main
 @pytest.fixture(scope="module")
 def seg_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "seg.onnx"
-    assert main(["export", "ea_segnet_tiny", "--pretrained", "-o", str(path), "-q",
-                 "--min", "1x3x32x32", "--opt", "1x3x64x64", "--max", "2x3x96x96"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "ea_segnet_tiny",
+                "--pretrained",
+                "-o",
+                str(path),
+                "-q",
+                "--min",
+                "1x3x32x32",
+                "--opt",
+                "1x3x64x64",
+                "--max",
+                "2x3x96x96",
+            ]
+        )
+        == 0
+    )
     return path
 
 
@@ -64,12 +81,15 @@ def test_run_with_input_file(seg_onnx, tmp_path, capsys):
     assert "logits: float32[1x3x32x48]" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--shape", "1x3x200x200"], r"input 'input' axis 2 \(height\) is 200; it must be in \[32, 96\]"),
-    (["--shape", "1x4x64x64"], r"axis 1 \(channels\) is 4, expected 3"),
-    (["--shape", "1xax64"], "cannot read shape '1xax64'"),
-    (["--shape", "1x3x64x"], "cannot read shape '1x3x64x'"),  # was read as 1x3x64
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--shape", "1x3x200x200"], r"input 'input' axis 2 \(height\) is 200; it must be in \[32, 96\]"),
+        (["--shape", "1x4x64x64"], r"axis 1 \(channels\) is 4, expected 3"),
+        (["--shape", "1xax64"], "cannot read shape '1xax64'"),
+        (["--shape", "1x3x64x"], "cannot read shape '1x3x64x'"),  # was read as 1x3x64
+    ],
+)
 def test_run_bad_input_is_one_line(seg_onnx, capsys, argv, match):
     import re
 
@@ -101,8 +121,24 @@ def test_compare_rebuilds_the_reference_from_metadata(seg_onnx, capsys):
 
 def test_compare_refuses_random_weights(tmp_path, capsys):
     path = tmp_path / "rand.onnx"
-    assert main(["export", "efficient_attention", "-o", str(path), "-q", "--max", "2x64x32x32",
-                 "--opt", "1x64x16x16", "--min", "1x64x8x8"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "efficient_attention",
+                "-o",
+                str(path),
+                "-q",
+                "--max",
+                "2x64x32x32",
+                "--opt",
+                "1x64x16x16",
+                "--min",
+                "1x64x8x8",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["compare", str(path)]) == 2
     assert "exported with random weights" in _error_line(capsys)
@@ -115,7 +151,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "parity vs eager PyTorch" in text and "PASS" in text and "FAIL" not in text
     # the FP16 graph, checked at FP16 tolerance, on whichever backend auto picked (the CPU here)
     assert re.search(r"(onnxruntime-(cpu|cuda)|tensorrt) fp16", text) and "<= 1e-02" in text
-    assert "speedup" in text and (out / "ea_segnet_tiny.onnx").is_file() and (out / "ea_segnet_tiny.fp16.onnx").is_file()
+    assert (
+        "speedup" in text and (out / "ea_segnet_tiny.onnx").is_file() and (out / "ea_segnet_tiny.fp16.onnx").is_file()
+    )
     int8 = "openvino-cpu-int8" if importlib.util.find_spec("openvino") else "onnxruntime-cpu int8"
     assert int8 in text and ">= 95.0%" in text and (out / "ea_segnet_tiny.int8.onnx").is_file()
     assert main(["demo", "--out", str(out), "--seconds", "0.1", "-q"]) == 2  # no silent overwrite
@@ -124,14 +162,37 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 
 def test_bench_json_and_plot(tmp_path, capsys):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    assert main(["bench", "--models", "efficient_attention", "--sizes", "8", "16", "--seconds", "0.02",
-                 "--no-memory", "--no-startup", "-q", "-o", str(out), "--plot", str(png)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--models",
+                "efficient_attention",
+                "--sizes",
+                "8",
+                "16",
+                "--seconds",
+                "0.02",
+                "--no-memory",
+                "--no-startup",
+                "-q",
+                "-o",
+                str(out),
+                "--plot",
+                str(png),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert data["schema"] == "effattn.bench/2"
     rows = data["rows"]
     assert [(r["backend"], r["shape"]) for r in rows] == [
-        ("torch", [1, 64, 8, 8]), ("onnxruntime", [1, 64, 8, 8]),
-        ("torch", [1, 64, 16, 16]), ("onnxruntime", [1, 64, 16, 16])]
+        ("torch", [1, 64, 8, 8]),
+        ("onnxruntime", [1, 64, 8, 8]),
+        ("torch", [1, 64, 16, 16]),
+        ("onnxruntime", [1, 64, 16, 16]),
+    ]
     assert rows[0]["speedup_vs_eager"] == 1.0
     assert png.stat().st_size > 1000
     printed = capsys.readouterr().out
@@ -185,23 +246,37 @@ def test_compare_never_runs_a_factory_the_file_names(seg_onnx, tmp_path, capsys)
     checkpoint.write_bytes(b"anything")
     from effattn.models import sha256_file
 
-    path = _tampered(seg_onnx, tmp_path, model="os:system", model_args=json.dumps({"command": f"touch {marker}"}),
-                     checkpoint_sha256=sha256_file(checkpoint))
+    path = _tampered(
+        seg_onnx,
+        tmp_path,
+        model="os:system",
+        model_args=json.dumps({"command": f"touch {marker}"}),
+        checkpoint_sha256=sha256_file(checkpoint),
+    )
     assert main(["compare", str(path), "--checkpoint", str(checkpoint)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "metadata names the factory 'os:system'" in err and "--trust-metadata" in err
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("meta,match", [
-    ({"precision": "int3"}, "effattn.precision is 'int3'"),
-    ({"residual": "logits=nope"}, "effattn.residual names"),
-    ({"model_args": "{"}, "effattn.model_args is not valid JSON"),
-    ({"profile": json.dumps({"input": {"min": [1, 3, 32, 32], "opt": [1, 3, 64, 64],
-                                       "max": [2**20, 3, 2**20, 2**20]}})}, "elements"),
-    ({"model_args": '{"a": ' + "9" * 4400 + "}"}, "effattn.model_args is not valid JSON (the number"),
-    ({"profile": '{"input": {"min": [' + "9" * 4400 + "]}}"}, "has 4400 digits"),  # past Python's int-string limit
-])
+@pytest.mark.parametrize(
+    "meta,match",
+    [
+        ({"precision": "int3"}, "effattn.precision is 'int3'"),
+        ({"residual": "logits=nope"}, "effattn.residual names"),
+        ({"model_args": "{"}, "effattn.model_args is not valid JSON"),
+        (
+            {
+                "profile": json.dumps(
+                    {"input": {"min": [1, 3, 32, 32], "opt": [1, 3, 64, 64], "max": [2**20, 3, 2**20, 2**20]}}
+                )
+            },
+            "elements",
+        ),
+        ({"model_args": '{"a": ' + "9" * 4400 + "}"}, "effattn.model_args is not valid JSON (the number"),
+        ({"profile": '{"input": {"min": [' + "9" * 4400 + "]}}"}, "has 4400 digits"),  # past Python's int-string limit
+    ],
+)
 def test_compare_and_run_tampered_metadata_is_one_line(seg_onnx, tmp_path, capsys, meta, match):
     path = _tampered(seg_onnx, tmp_path, **meta)
     for command in (["compare", str(path)], ["run", str(path)]):
@@ -250,8 +325,10 @@ def test_run_input_files_that_lie_are_one_line(seg_onnx, tmp_path, capsys):
 
 def test_paths_that_cannot_be_written_and_bad_seeds_are_refused(seg_onnx, tmp_path, capsys):
     (tmp_path / "a-file").write_text("in the way")
-    for argv in (["triton", str(seg_onnx), "--repository", str(tmp_path / "a-file")],
-                 ["run", str(seg_onnx), "--output", str(tmp_path / "a-file" / "out.npz")]):
+    for argv in (
+        ["triton", str(seg_onnx), "--repository", str(tmp_path / "a-file")],
+        ["run", str(seg_onnx), "--output", str(tmp_path / "a-file" / "out.npz")],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "a-file" in err and "Traceback" not in err, err
@@ -267,8 +344,28 @@ def test_compare_runs_a_user_factory_only_when_named_or_trusted(tmp_path, capsys
 
     checkpoint, path = tmp_path / "user.safetensors", tmp_path / "user.onnx"
     save_file(make_user_model(channels=4).state_dict(), checkpoint)
-    assert main(["export", "tests.conftest:make_user_model", "--arg", "channels=4", "--checkpoint", str(checkpoint),
-                 "-o", str(path), "-q", "--min", "1x3x8x8", "--opt", "1x3x8x8", "--max", "2x3x8x8"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "tests.conftest:make_user_model",
+                "--arg",
+                "channels=4",
+                "--checkpoint",
+                str(checkpoint),
+                "-o",
+                str(path),
+                "-q",
+                "--min",
+                "1x3x8x8",
+                "--opt",
+                "1x3x8x8",
+                "--max",
+                "2x3x8x8",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["compare", str(path), "--checkpoint", str(checkpoint)]) == 2
     assert "names the factory 'tests.conftest:make_user_model'" in _error_line(capsys)
@@ -326,18 +423,23 @@ def _numeric_options():
         for action in parser._actions:
             if action.required or (not action.option_strings and action.nargs in (None, "+")):
                 argv += [*action.option_strings[:1], "x"]
-        found += [(command, argv, a.option_strings[-1], a.type) for a in parser._actions
-                  if a.type in numeric or isinstance(a.type, numeric[-1])]
+        found += [
+            (command, argv, a.option_strings[-1], a.type)
+            for a in parser._actions
+            if a.type in numeric or isinstance(a.type, numeric[-1])
+        ]
     return found
 
 
-@pytest.mark.parametrize("command,argv,option,number", _numeric_options(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "command,argv,option,number", _numeric_options(), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_every_numeric_option_refuses_what_is_out_of_range(capsys, command, argv, option, number):
     from effattn.cli import Number, build_parser
 
     assert isinstance(number, Number), f"{command} {option}: a plain {number} escapes the range check"
     parser = build_parser()
-    for text in HOSTILE_NUMBERS + [str(number.lo), str(number.hi)]:
+    for text in [*HOSTILE_NUMBERS, str(number.lo), str(number.hi)]:
         try:
             value = getattr(parser.parse_args([*argv, f"{option}={text}"]), option.lstrip("-").replace("-", "_"))
         except SystemExit as e:
@@ -349,10 +451,18 @@ def test_every_numeric_option_refuses_what_is_out_of_range(capsys, command, argv
         assert text in (str(number.lo), str(number.hi), "0"), f"{option} accepted {text!r}"
 
 
-@pytest.mark.parametrize("argv", [["bench", "--threads", "-1"], ["serve", "m.onnx", "--threads", "0"],
-                                  ["serve", "m.onnx", "--threads", "-1"], ["bench", "--seconds", "nan"],
-                                  ["bench", "--seconds", "-1"], ["bench", "--max-seconds", "-1"],
-                                  ["serve", "m.onnx", "--max-queue-delay-ms", "1e300"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "--threads", "-1"],
+        ["serve", "m.onnx", "--threads", "0"],
+        ["serve", "m.onnx", "--threads", "-1"],
+        ["bench", "--seconds", "nan"],
+        ["bench", "--seconds", "-1"],
+        ["bench", "--max-seconds", "-1"],
+        ["serve", "m.onnx", "--max-queue-delay-ms", "1e300"],
+    ],
+)
 def test_the_reported_numbers_are_one_line_at_parse_time(capsys, argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -364,8 +474,13 @@ def _tiny_graph(path, nodes, inputs, outputs, initializers=()):
     import onnx
     from onnx import helper
 
-    onnx.save(helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, list(initializers)),
-                                opset_imports=[helper.make_opsetid("", 18)]), path)
+    onnx.save(
+        helper.make_model(
+            helper.make_graph(nodes, "g", inputs, outputs, list(initializers)),
+            opset_imports=[helper.make_opsetid("", 18)],
+        ),
+        path,
+    )
     return path
 
 
@@ -373,13 +488,18 @@ def test_a_backend_failure_while_running_is_one_line_naming_the_model(tmp_path, 
     """ConstantOfShape asked for 2^46 floats: ONNX Runtime's allocation fails inside session.run."""
     from onnx import TensorProto, helper
 
-    path = _tiny_graph(tmp_path / "cos.onnx", [helper.make_node("ConstantOfShape", ["s"], ["y"])],
-                       [helper.make_tensor_value_info("s", TensorProto.INT64, [1])],
-                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = _tiny_graph(
+        tmp_path / "cos.onnx",
+        [helper.make_node("ConstantOfShape", ["s"], ["y"])],
+        [helper.make_tensor_value_info("s", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     np.save(tmp_path / "s.npy", np.array([2**46]))
     assert main(["run", str(path), "--input", str(tmp_path / "s.npy")]) == 2
     line = _error_line(capsys)
-    assert line.startswith(f"effattn run: error: running {path} on onnxruntime-cpu failed: ") and "ConstantOfShape" in line
+    assert (
+        line.startswith(f"effattn run: error: running {path} on onnxruntime-cpu failed: ") and "ConstantOfShape" in line
+    )
 
 
 def _free_port() -> str:
@@ -393,20 +513,28 @@ def _free_port() -> str:
 def test_same_http_and_grpc_port_is_refused_before_any_model_loads(monkeypatch, tmp_path, capsys):
     import effattn.cli.commands as commands
 
-    monkeypatch.setattr(commands, "served_models", lambda *a: pytest.fail("models loaded before the ports were checked"))
+    monkeypatch.setattr(
+        commands, "served_models", lambda *a: pytest.fail("models loaded before the ports were checked")
+    )
     port = _free_port()
     assert main(["serve", str(tmp_path / "m.onnx"), "--port", port, "--grpc-port", port]) == 2
     assert f"--port and --grpc-port are both {port}" in _error_line(capsys)
 
 
-@pytest.mark.parametrize("argv,says", [
-    (["serve", "/dev/zero"], "/dev/zero is a character device, not a regular file; expected an .onnx or .plan"),
-    (["serve", "{tmp}"], "{tmp} is a folder, not a regular file; expected an .onnx or .plan"),
-    (["run", "{fifo}"], "{fifo} is a FIFO, not a regular file; expected an .onnx file"),  # it hung
-    (["compare", "{fifo}"], "{fifo} is a FIFO, not a regular file"),
-    (["run", "{seg}", "--input", "/dev/zero"], "/dev/zero is a character device, not a regular file"),
-    (["run", "{seg}", "--output", "{tmp}", "--force"], "{tmp} exists and is a folder; effattn replaces only regular"),
-])
+@pytest.mark.parametrize(
+    "argv,says",
+    [
+        (["serve", "/dev/zero"], "/dev/zero is a character device, not a regular file; expected an .onnx or .plan"),
+        (["serve", "{tmp}"], "{tmp} is a folder, not a regular file; expected an .onnx or .plan"),
+        (["run", "{fifo}"], "{fifo} is a FIFO, not a regular file; expected an .onnx file"),  # it hung
+        (["compare", "{fifo}"], "{fifo} is a FIFO, not a regular file"),
+        (["run", "{seg}", "--input", "/dev/zero"], "/dev/zero is a character device, not a regular file"),
+        (
+            ["run", "{seg}", "--output", "{tmp}", "--force"],
+            "{tmp} exists and is a folder; effattn replaces only regular",
+        ),
+    ],
+)
 def test_what_a_path_is_is_said_as_it_is(seg_onnx, tmp_path, capsys, argv, says):
     """Not 'does not exist' for a device or a folder, and the user's path, never a hidden temporary name."""
     import os

@@ -18,8 +18,11 @@ def test_every_name_of_a_row_finds_that_row():
 
 
 def test_unknown_types_are_refused_by_name():
-    with pytest.raises(InputError, match=r"ONNX tensor 'x' has ONNX Runtime type tensor\(float8e4m3fn\), which "
-                                         r"effattn cannot feed or read \(supported: tensor\(float\)"):
+    with pytest.raises(
+        InputError,
+        match=r"ONNX tensor 'x' has ONNX Runtime type tensor\(float8e4m3fn\), which "
+        r"effattn cannot feed or read \(supported: tensor\(float\)",
+    ):
         dtypes.lookup("ort", "tensor(float8e4m3fn)", "ONNX tensor 'x'")
     with pytest.raises(InputError, match="has numpy type complex64"):
         dtypes.of_numpy(np.complex64)

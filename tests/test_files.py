@@ -36,10 +36,13 @@ def _not_a_regular_file(tmp_path, kind):
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "data").write_bytes(b"someone's")
     out = tmp_path / "out"
-    {"fifo": lambda: os.mkfifo(out), "folder": out.mkdir,
-     "dangling link": lambda: out.symlink_to(tmp_path / "nowhere"),
-     "link to a file": lambda: out.symlink_to(tmp_path / "elsewhere" / "data"),
-     "link to a folder": lambda: out.symlink_to(tmp_path / "elsewhere")}[kind]()
+    {
+        "fifo": lambda: os.mkfifo(out),
+        "folder": out.mkdir,
+        "dangling link": lambda: out.symlink_to(tmp_path / "nowhere"),
+        "link to a file": lambda: out.symlink_to(tmp_path / "elsewhere" / "data"),
+        "link to a folder": lambda: out.symlink_to(tmp_path / "elsewhere"),
+    }[kind]()
     return out
 
 
@@ -49,17 +52,26 @@ def _state(root):
     return {str(p): (os.lstat(p).st_mode, os.readlink(p) if p.is_symlink() else None) for p in root.rglob("*")}
 
 
-@pytest.mark.parametrize("kind,says", [("fifo", "is a FIFO"), ("folder", "is a folder"),
-                                       ("dangling link", "is a symbolic link"), ("link to a file", "is a symbolic link"),
-                                       ("link to a folder", "is a symbolic link")])
+@pytest.mark.parametrize(
+    "kind,says",
+    [
+        ("fifo", "is a FIFO"),
+        ("folder", "is a folder"),
+        ("dangling link", "is a symbolic link"),
+        ("link to a file", "is a symbolic link"),
+        ("link to a folder", "is a symbolic link"),
+    ],
+)
 def test_force_replaces_only_regular_files(tmp_path, kind, says):
     """A rename puts a regular file in place of a FIFO, a device or a link (as root, ``--output /dev/null --force``
     would replace /dev/null): refused even with force, with the user's path in the message, nothing changed."""
     out = _not_a_regular_file(tmp_path, kind)
     before = _state(tmp_path)
-    with pytest.raises(FileExistsNoForceError, match=f"{out} exists and {says}.*; effattn replaces only regular"):
-        with atomic_output(out, force=True) as tmp:
-            tmp.write_bytes(b"new")
+    with (
+        pytest.raises(FileExistsNoForceError, match=f"{out} exists and {says}.*; effattn replaces only regular"),
+        atomic_output(out, force=True) as tmp,
+    ):
+        tmp.write_bytes(b"new")
     assert _state(tmp_path) == before and (tmp_path / "elsewhere" / "data").read_bytes() == b"someone's"
 
 
@@ -72,16 +84,25 @@ def test_a_folder_is_replaced_only_if_its_own_file_is_a_regular_file(tmp_path):
     (tmp_path / "theirs.txt").write_text("not effattn's")
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.pbtxt").symlink_to(tmp_path / "theirs.txt")
-    with pytest.raises(FileExistsNoForceError, match="is not a folder effattn wrote"):
-        with atomic_folder(tmp_path / "model", force=True, owned="config.pbtxt") as tmp:
-            (tmp / "config.pbtxt").write_text("new")
+    with (
+        pytest.raises(FileExistsNoForceError, match="is not a folder effattn wrote"),
+        atomic_folder(tmp_path / "model", force=True, owned="config.pbtxt") as tmp,
+    ):
+        (tmp / "config.pbtxt").write_text("new")
     assert (tmp_path / "model" / "config.pbtxt").is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == [
-        "model", "theirs.txt"]
+        "model",
+        "theirs.txt",
+    ]
 
 
-@pytest.mark.parametrize("path,says", [("/dev/zero", "/dev/zero is a character device, not a regular file"),
-                                       ("/", "/ is a folder, not a regular file"),
-                                       ("/nonexistent-effattn", "/nonexistent-effattn does not exist")])
+@pytest.mark.parametrize(
+    "path,says",
+    [
+        ("/dev/zero", "/dev/zero is a character device, not a regular file"),
+        ("/", "/ is a folder, not a regular file"),
+        ("/nonexistent-effattn", "/nonexistent-effattn does not exist"),
+    ],
+)
 def test_inputs_must_be_regular_files(path, says):
     with pytest.raises(InputError, match=f"^{says}; expected an .onnx file$"):
         require_file(path, "an .onnx file")

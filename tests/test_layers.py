@@ -4,12 +4,28 @@ used to be hidden). Ranks follow the pipeline: core < models < export < engines 
 < pipeline < cli."""
 
 import ast
+import itertools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "effattn"
-RANK = {"errors": 0, "shapes": 0, "metadata": 0, "dtypes": 0, "files": 0, "names": 0, "precisions": 0, "models": 1,
-        "export": 2,
-        "engines": 3, "runtime": 4, "serving": 5, "bench": 5, "pipeline": 6, "cli": 7, "__main__": 7}
+RANK = {
+    "errors": 0,
+    "shapes": 0,
+    "metadata": 0,
+    "dtypes": 0,
+    "files": 0,
+    "names": 0,
+    "precisions": 0,
+    "models": 1,
+    "export": 2,
+    "engines": 3,
+    "runtime": 4,
+    "serving": 5,
+    "bench": 5,
+    "pipeline": 6,
+    "cli": 7,
+    "__main__": 7,
+}
 #: (module, imported) pairs allowed inside a function, each for a reason.
 LAZY = {
     ("effattn.cli", "effattn.cli.commands"),  # `effattn --help` answers without loading torch
@@ -18,8 +34,10 @@ LAZY = {
 
 
 def _modules() -> dict[str, Path]:
-    return {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
-            for p in PACKAGE.rglob("*.py")}
+    return {
+        ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in PACKAGE.rglob("*.py")
+    }
 
 
 def _imports(module: str, path: Path) -> list[tuple[str, bool]]:
@@ -33,8 +51,10 @@ def _imports(module: str, path: Path) -> list[tuple[str, bool]]:
         if isinstance(node, ast.ImportFrom):
             base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else [])) if node.level else node.module
-            found += [(f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target, id(node) in inner)
-                      for a in node.names]
+            found += [
+                (f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target, id(node) in inner)
+                for a in node.names
+            ]
         elif isinstance(node, ast.Import):
             found += [(a.name, id(node) in inner) for a in node.names]
     return [(name, lazy) for name, lazy in found if name and name.split(".")[0] == "effattn"]
@@ -54,8 +74,12 @@ def test_every_part_has_a_rank():
 
 
 def test_no_stage_imports_a_later_stage():
-    back = [f"{m} -> {d}" for m, deps in _graph().items() for d in deps
-            if _part(m) in RANK and _part(d) in RANK and RANK[_part(d)] > RANK[_part(m)]]
+    back = [
+        f"{m} -> {d}"
+        for m, deps in _graph().items()
+        for d in deps
+        if _part(m) in RANK and _part(d) in RANK and RANK[_part(d)] > RANK[_part(m)]
+    ]
     assert back == []
 
 
@@ -70,13 +94,13 @@ def test_no_file_level_import_cycles():
                 break
             if node not in seen:
                 seen.add(node)
-                stack += [(d, trail + [d]) for d in graph.get(node, ())]
+                stack += [(d, [*trail, d]) for d in graph.get(node, ())]
     # a package's __init__ re-exporting its own modules is not a cycle of files importing each other
     assert [c for c in cycles if not _is_reexport(c.split(" -> "))] == []
 
 
 def _is_reexport(trail: list[str]) -> bool:
-    return any(b.startswith(a + ".") or a.startswith(b + ".") for a, b in zip(trail, trail[1:]))
+    return any(b.startswith(a + ".") or a.startswith(b + ".") for a, b in itertools.pairwise(trail))
 
 
 def test_toolkit_modules_are_imported_at_the_top():

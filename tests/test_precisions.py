@@ -14,8 +14,13 @@ def test_the_table_is_the_one_list_of_precisions():
     assert precisions.names() == ("fp32", "fp16", "bf16", "int8", "fp8")
     assert precisions.quantized() == ("int8", "fp8")
     assert precisions.converted() == ("fp16", "bf16")
-    assert [precisions.get(n).zero_point_type for n in precisions.names()] == [None, None, None, "int8",
-                                                                               "float8_e4m3fn"]
+    assert [precisions.get(n).zero_point_type for n in precisions.names()] == [
+        None,
+        None,
+        None,
+        "int8",
+        "float8_e4m3fn",
+    ]
     assert precisions.by_zero_point_type("float8_e4m3fn").name == "fp8"
     assert precisions.by_zero_point_type("float8_e5m2") is None  # TensorRT takes E4M3 only
     assert precisions.get("fp8").min_capability == (8, 9) and precisions.get("int8").min_capability is None
@@ -23,8 +28,11 @@ def test_the_table_is_the_one_list_of_precisions():
 
 
 def test_an_unknown_precision_names_the_known_ones_and_the_nearest():
-    with pytest.raises(InputError, match=r"unknown precision 'fp61' \(did you mean 'fp16'\?\); effattn knows fp32, "
-                                         r"fp16, bf16, int8, fp8"):
+    with pytest.raises(
+        InputError,
+        match=r"unknown precision 'fp61' \(did you mean 'fp16'\?\); effattn knows fp32, "
+        r"fp16, bf16, int8, fp8",
+    ):
         precisions.get("fp61")
     with pytest.raises(InputError, match=r"unknown precision 'auto'; effattn knows"):
         precisions.get("auto")
@@ -34,8 +42,8 @@ def test_every_reader_takes_the_table():
     from effattn.bench.roofline import WEIGHT_BYTES
     from effattn.runtime import TOLERANCES
 
-    assert TOLERANCES == {p.name: p.tolerance for p in precisions.TABLE}
-    assert WEIGHT_BYTES == {p.name: p.weight_bytes for p in precisions.TABLE}
+    assert {p.name: p.tolerance for p in precisions.TABLE} == TOLERANCES
+    assert {p.name: p.weight_bytes for p in precisions.TABLE} == WEIGHT_BYTES
 
 
 def test_each_made_precision_has_its_conversion():
@@ -76,7 +84,9 @@ def test_bench_backends_run_a_precision_where_its_row_says_it_runs():
 
 def test_the_cli_parsers_import_nothing_heavy():
     """``effattn --help`` answers at once: the parsers (with their choices from the table) load no torch or onnx."""
-    code = ("import sys, effattn.cli; effattn.cli.build_parser(); "
-            "print(sorted(m for m in ('torch', 'onnx', 'numpy', 'onnxruntime') if m in sys.modules))")
+    code = (
+        "import sys, effattn.cli; effattn.cli.build_parser(); "
+        "print(sorted(m for m in ('torch', 'onnx', 'numpy', 'onnxruntime') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -17,7 +17,11 @@ def test_ci_runs_the_readme_commands_verbatim():
     blocks = re.findall(r"```bash\n(.*?)```", readme.split("## The command line")[0], re.S)
     commands = [line for block in blocks for line in block.strip().splitlines()]
     assert len(commands) == 2, commands
-    ci = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    ci = [
+        line
+        for line in (ROOT / ".ci/run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd "))
+    ]
     assert ci == commands
 
 
@@ -37,20 +41,24 @@ def test_the_serving_client_example_works_as_written(tmp_path):
     code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
     assert '"127.0.0.1:8000"' in code
     with running_server({"seg": tmp_path / "seg.onnx"}) as (_, base):
-        run = subprocess.run([sys.executable, "-c", code.replace("127.0.0.1:8000", base.removeprefix("http://"))],
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, "-c", code.replace("127.0.0.1:8000", base.removeprefix("http://"))],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "(1, 3, 64, 64) [-1, 3, -1, -1]"
 
 
-USER_PACKAGE = '''
+USER_PACKAGE = """
 from torch import nn
 from effattn.models import EfficientAttention
 
 
 def build(channels: int = 8):
     return nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), EfficientAttention(channels, 4, 2, channels))
-'''
+"""
 
 
 def test_the_python_api_examples_run_as_written_for_a_zoo_model_and_a_user_model(tmp_path):
@@ -111,9 +119,7 @@ def test_every_relative_link_resolves(page):
             continue  # http(s), mailto: not checked offline
         path, _, anchor = link.partition("#")
         target = (page.parent / path).resolve() if path else page
-        if not target.exists():
-            broken.append(link)
-        elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
+        if not target.exists() or (anchor and target.suffix == ".md" and anchor not in _anchors(target)):
             broken.append(link)
     assert broken == []
 

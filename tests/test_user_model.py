@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from effattn.cli import main
 from tests.harness import http, running_server
 
-NETS = '''
+NETS = """
 from torch import nn
 from effattn.models import EfficientAttention
 
@@ -28,7 +28,7 @@ class Net(nn.Module):
 
 def build(width: int = 8):
     return Net(width)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +44,49 @@ def user_model(tmp_path_factory):
         torch.save(model.state_dict(), folder / "w.pt")
         save_file(model.state_dict(), str(folder / "w.safetensors"))  # the same weights, the other format
         onnx = folder / "mine.onnx"
-        assert main(["export", "user_nets:build", "--arg", "width=8", "--checkpoint", str(folder / "w.pt"),
-                     "-o", str(onnx), "--min", "1x3x16x16", "--opt", "1x3x32x32", "--max", "2x3x48x48", "-q"]) == 0
+        assert (
+            main(
+                [
+                    "export",
+                    "user_nets:build",
+                    "--arg",
+                    "width=8",
+                    "--checkpoint",
+                    str(folder / "w.pt"),
+                    "-o",
+                    str(onnx),
+                    "--min",
+                    "1x3x16x16",
+                    "--opt",
+                    "1x3x32x32",
+                    "--max",
+                    "2x3x48x48",
+                    "-q",
+                ]
+            )
+            == 0
+        )
         yield folder, onnx, model, mp
 
 
 def test_compare_accepts_the_same_weights_in_another_format(user_model, capsys):
     folder, onnx, _, _ = user_model
     capsys.readouterr()
-    assert main(["compare", str(onnx), "user_nets:build", "--arg", "width=8",
-                 "--checkpoint", str(folder / "w.safetensors"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(onnx),
+                "user_nets:build",
+                "--arg",
+                "width=8",
+                "--checkpoint",
+                str(folder / "w.safetensors"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] and {r["metric"] for r in report["rows"]} >= {"output", "argmax"}
 
@@ -72,18 +105,39 @@ def test_run_at_a_shape_inside_the_profile_matches_eager(user_model, capsys, rng
 
 def test_bench_times_a_user_factory(user_model, capsys):
     capsys.readouterr()
-    assert main(["bench", "--models", "user_nets:build", "--shape", "1x3x16x16", "--sizes", "16", "24",
-                 "--seconds", "0.02", "--no-memory", "--no-startup", "-q", "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--models",
+                "user_nets:build",
+                "--shape",
+                "1x3x16x16",
+                "--sizes",
+                "16",
+                "24",
+                "--seconds",
+                "0.02",
+                "--no-memory",
+                "--no-startup",
+                "-q",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [(r["model"], r["backend"], r["shape"]) for r in rows] == [
-        ("user_nets:build", backend, [1, 3, size, size]) for size in (16, 24) for backend in ("torch", "onnxruntime")]
+        ("user_nets:build", backend, [1, 3, size, size]) for size in (16, 24) for backend in ("torch", "onnxruntime")
+    ]
 
 
 def test_serve_answers_like_eager(user_model, rng):
     _, onnx, model, _ = user_model
     x = rng.standard_normal((1, 3, 20, 28), dtype=np.float32)
-    body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                                   "data": x.ravel().tolist()}]}).encode()
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    ).encode()
     with running_server({"mine": onnx}) as (_, base):
         status, _, answer = http("POST", f"{base}/v2/models/mine/infer", body, {"Content-Type": "application/json"})
     assert status == 200, answer

@@ -38,7 +38,9 @@ class TritonPythonModel:
         results = self.session.run(self.outputs, batch)
         responses, start = [], 0
         for size in sizes:
-            tensors = [pb.Tensor(n, np.ascontiguousarray(v[start:start + size])) for n, v in zip(self.outputs, results)]
+            tensors = [
+                pb.Tensor(n, np.ascontiguousarray(v[start : start + size])) for n, v in zip(self.outputs, results)
+            ]
             responses.append(pb.InferenceResponse(output_tensors=tensors))
             start += size
         return responses

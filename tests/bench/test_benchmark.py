@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from effattn.errors import BackendError, InputError, ModelError
 from effattn.bench import benchmark as bench
 from effattn.bench.benchmark import BenchResults, BenchRow, attention_map_bytes, growth_exponent, run_bench
 from effattn.bench.timing import LatencyStats
+from effattn.errors import BackendError, InputError, ModelError
 from effattn.models import load_model
 from effattn.shapes import ShapeProfile
 
@@ -34,8 +34,12 @@ def test_scaling_fits_from_64_and_finds_the_crossover():
         n = size * size
         rows.append(_row("efficient_attention", "onnxruntime", size, 0.01 * n, 0.001 * n))
         rows.append(_row("dot_product_attention", "onnxruntime", size, 1e-6 * n * n, 1e-5 * n * n))
-    rows[-2:] = rows[-2:-1] + [BenchRow("dot_product_attention", "onnxruntime", "cpu", [1, 64, 256, 256],
-                                        status="out of memory (not run): ...")]
+    rows[-2:] = [
+        *rows[-2:-1],
+        BenchRow(
+            "dot_product_attention", "onnxruntime", "cpu", [1, 64, 256, 256], status="out of memory (not run): ..."
+        ),
+    ]
     # at 32 px dot-product is faster (1e-6 n^2 < 0.01 n for n < 1e4): the crossover is 128 px
     results = BenchResults(rows)
     exps = {s["model"]: s for s in results.scaling()}
@@ -67,8 +71,15 @@ def test_attention_map_bytes_counts_the_n_by_n_maps():
 
 def test_dot_product_too_big_is_reported_not_run(monkeypatch):
     monkeypatch.setattr(bench, "available_bytes", lambda: 1_000_000)
-    results = run_bench(["dot_product_attention"], [8, 32], backends=["onnxruntime"], min_seconds=0.01,
-                        memory=False, startup=False, quiet=True)
+    results = run_bench(
+        ["dot_product_attention"],
+        [8, 32],
+        backends=["onnxruntime"],
+        min_seconds=0.01,
+        memory=False,
+        startup=False,
+        quiet=True,
+    )
     by = {(r.shape[2], r.backend): r for r in results.rows}
     assert by[(8, "torch")].stats is not None  # 8x8: 2*4*4*64^2 bytes fit in 0.5 MB
     assert by[(32, "torch")].stats is None and "need 32.0 MiB, 1.0 MiB available" in by[(32, "torch")].status
@@ -76,8 +87,16 @@ def test_dot_product_too_big_is_reported_not_run(monkeypatch):
 
 
 def test_max_seconds_bounds_the_run():
-    results = run_bench(["efficient_attention"], [8, 16, 24], backends=["onnxruntime"], min_seconds=0.05,
-                        max_seconds=0.0, memory=False, startup=False, quiet=True)
+    results = run_bench(
+        ["efficient_attention"],
+        [8, 16, 24],
+        backends=["onnxruntime"],
+        min_seconds=0.05,
+        max_seconds=0.0,
+        memory=False,
+        startup=False,
+        quiet=True,
+    )
     assert len(results.rows) == 6 and all(r.status.startswith("skipped") for r in results.rows)
 
 
@@ -91,8 +110,14 @@ def test_unknown_or_misplaced_backend_is_refused():
 def test_full_run_schema_memory_startup_and_plot(tmp_path, monkeypatch):
     assert bench.measure_bandwidth("cpu", mib=16) > 0
     monkeypatch.setattr(bench, "measure_bandwidth", lambda device: 12.5)  # GB/s, so the floors are known exactly
-    results = run_bench(["efficient_attention"], [16, 64], batches=[1, 2], backends=["onnxruntime", "onnxruntime-fp16"],
-                        min_seconds=0.01, quiet=True)
+    results = run_bench(
+        ["efficient_attention"],
+        [16, 64],
+        batches=[1, 2],
+        backends=["onnxruntime", "onnxruntime-fp16"],
+        min_seconds=0.01,
+        quiet=True,
+    )
     data = results.to_dict()
     assert data["schema"] == "effattn.bench/2"
     assert {"cpu", "threads", "torch", "onnxruntime", "command"} <= set(data["environment"])
@@ -118,6 +143,7 @@ def test_full_run_schema_memory_startup_and_plot(tmp_path, monkeypatch):
     assert {s["backend"] for s in data["startup"]} == {"onnxruntime", "onnxruntime-fp16"}
     assert all(s["cold_ms"] > 0 and s["warm_ms"] > 0 for s in data["startup"])
     again = BenchResults.from_dict(json.loads(json.dumps(data)))
+
     def key(rows):
         return [(r["model"], r["backend"], r["shape"], r["status"], r["median_ms"], r["peak_host_mib"]) for r in rows]
 
@@ -141,10 +167,16 @@ def test_low_precision_backends_run_their_own_graphs(caplog):
     """onnxruntime-int8 / openvino-int8 run the INT8 QDQ file, openvino the FP32 one at OpenVINO's default,
     torch-bf16 a BF16 copy (the FP32 baseline stays FP32); the environment names the CPU flags and load."""
     pytest.importorskip("openvino", reason="openvino is not installed (the 'cpu' extra)")
-    backends = ["onnxruntime-int8", "openvino", "openvino-static", "openvino-fp32", "openvino-int8",
-                "openvino-dynamic-int8", "torch-bf16"]
-    results = run_bench(["efficient_attention"], [8], backends=backends, min_seconds=0.01, memory=False,
-                        quiet=True)
+    backends = [
+        "onnxruntime-int8",
+        "openvino",
+        "openvino-static",
+        "openvino-fp32",
+        "openvino-int8",
+        "openvino-dynamic-int8",
+        "torch-bf16",
+    ]
+    results = run_bench(["efficient_attention"], [8], backends=backends, min_seconds=0.01, memory=False, quiet=True)
     rows = {r.backend: r for r in results.rows}
     assert set(rows) == {"torch", *backends} and all(r.status == "ok" for r in rows.values()), results.table()
     assert rows["torch"].speedup_vs_eager == 1.0
@@ -160,8 +192,14 @@ def test_openvino_rows_compile_as_they_say(monkeypatch, tmp_path):
 
     calls = {}
     monkeypatch.setattr(bench_backends, "load", lambda path, backend, **options: calls.setdefault(path.name, options))
-    made = bench_backends.Backends(load_model("efficient_attention"), ShapeProfile.single("1x64x8x8", "1x64x8x8",
-                                   "1x64x8x8"), tmp_path, "cpu", 2, ["output"])
+    made = bench_backends.Backends(
+        load_model("efficient_attention"),
+        ShapeProfile.single("1x64x8x8", "1x64x8x8", "1x64x8x8"),
+        tmp_path,
+        "cpu",
+        2,
+        ["output"],
+    )
     monkeypatch.setattr(made, "onnx", lambda precision: tmp_path / f"{precision}.onnx")
     for backend in ("openvino", "openvino-static", "openvino-fp32", "openvino-int8", "openvino-dynamic-int8"):
         calls.clear()
@@ -172,9 +210,18 @@ def test_openvino_rows_compile_as_they_say(monkeypatch, tmp_path):
 
 
 def test_the_graph_a_backend_runs():
-    assert [bench.BACKENDS[b].graph for b in ("onnxruntime", "onnxruntime-fp16", "openvino-int8", "openvino-fp32",
-                                              "torch-bf16", "openvino-static", "openvino-dynamic-int8")
-            ] == ["fp32", "fp16", "int8", "fp32", None, "fp32", "int8"]
+    assert [
+        bench.BACKENDS[b].graph
+        for b in (
+            "onnxruntime",
+            "onnxruntime-fp16",
+            "openvino-int8",
+            "openvino-fp32",
+            "torch-bf16",
+            "openvino-static",
+            "openvino-dynamic-int8",
+        )
+    ] == ["fp32", "fp16", "int8", "fp32", None, "fp32", "int8"]
 
 
 USER_MODELS = """
@@ -216,13 +263,21 @@ def user_models(tmp_path, monkeypatch):
 def test_user_factories_are_benchmarked(user_models):
     """package.module:factory runs like a zoo name: its default_profile, else the input shape given; the
     memory probe (a child process) imports it too."""
-    results = run_bench([f"{user_models}:with_profile", f"{user_models}:without_profile"], [8], batches=[2],
-                        backends=["onnxruntime"], min_seconds=0.01, input_shape="1x2x4x4", startup=False,
-                        quiet=True)
+    results = run_bench(
+        [f"{user_models}:with_profile", f"{user_models}:without_profile"],
+        [8],
+        batches=[2],
+        backends=["onnxruntime"],
+        min_seconds=0.01,
+        input_shape="1x2x4x4",
+        startup=False,
+        quiet=True,
+    )
     rows = {(r.model.split(":")[1], r.backend): r for r in results.rows}
     assert set(rows) == {(m, b) for m in ("with_profile", "without_profile") for b in ("torch", "onnxruntime")}
-    assert all(r.status == "ok" and r.stats.runs > 0 and r.peak_host_mib is not None for r in rows.values()), \
+    assert all(r.status == "ok" and r.stats.runs > 0 and r.peak_host_mib is not None for r in rows.values()), (
         results.table()
+    )
     assert rows["with_profile", "onnxruntime"].shape == [2, 3, 8, 8]  # channels from the model's profile
     assert rows["without_profile", "onnxruntime"].shape == [2, 2, 8, 8]  # channels from input_shape
     assert rows["with_profile", "torch"].speedup_vs_eager == 1.0
@@ -252,8 +307,9 @@ def test_runners_come_from_the_one_runtime_dispatch(monkeypatch):
 
     real_load = backends.load
     monkeypatch.setattr(backends, "load", recording_load)
-    results = run_bench(["efficient_attention"], [8], backends=["onnxruntime"], threads=1, min_seconds=0.01,
-                        memory=False, quiet=True)
+    results = run_bench(
+        ["efficient_attention"], [8], backends=["onnxruntime"], threads=1, min_seconds=0.01, memory=False, quiet=True
+    )
     assert all(r.status == "ok" for r in results.rows)
     # eager (torch's threads are process-wide, set by run_bench); onnxruntime cold and warm start-up
     assert calls == [("torch", "cpu", None, torch.float32, None)] + [("onnxruntime", "cpu", 1, None, None)] * 2

@@ -29,8 +29,10 @@ def test_calibration_spread_and_drift_are_named():
     steady, slow, noisy = [0.004] * 7, [0.010] * 7, [0.004] * 3 + [0.010] * 4
     quiet = [(0.0, 0.0, 0.0)] * 2
     (drift,) = _check(quiet, [steady, slow]).start().stop().warnings()
-    assert drift == ("machine changed during the run: a fixed calibration loop took 10.00 ms after it vs 4.00 ms "
-                     "before (other work or a clock change)")
+    assert drift == (
+        "machine changed during the run: a fixed calibration loop took 10.00 ms after it vs 4.00 ms "
+        "before (other work or a clock change)"
+    )
     (spread,) = _check(quiet, [noisy, noisy]).start().stop().warnings()[:1]
     assert spread.startswith("timing unsteady before the run: a fixed calibration loop's median was 2.5x")
 
@@ -42,11 +44,18 @@ def test_no_load_average_is_no_warning():
 
 def test_bench_results_carry_the_warning_in_json_and_table():
     check = _check([(7.5, 6.0, 5.0)] * 2)
-    results = run_bench(["efficient_attention"], [8], backends=[], min_seconds=0.01, memory=False, startup=False,
-                        quiet=True, load_check=check)
+    results = run_bench(
+        ["efficient_attention"],
+        [8],
+        backends=[],
+        min_seconds=0.01,
+        memory=False,
+        startup=False,
+        quiet=True,
+        load_check=check,
+    )
     data = results.to_dict()
-    assert [w.split(":")[0] for w in data["warnings"]] == ["machine busy before the run",
-                                                           "machine busy after the run"]
+    assert [w.split(":")[0] for w in data["warnings"]] == ["machine busy before the run", "machine busy after the run"]
     assert data["environment"]["load_average_end"] == [7.5, 6.0, 5.0]
     assert data["environment"]["calibration_ms"] == {"before": 4.0, "after": 4.0}
     assert results.table().splitlines()[-2].startswith("WARNING: machine busy before the run: load average 7.5")

@@ -3,9 +3,9 @@
 import pytest
 from torch import nn
 
-from effattn.models import DotProductAttention
 from effattn.bench.catalog import BACKENDS
 from effattn.bench.roofline import WEIGHT_BYTES, arithmetic_of, floor_ms, measure_peaks, model_cost
+from effattn.models import DotProductAttention
 
 
 def test_model_cost_counts_two_flops_per_multiply_add_without_running():
@@ -35,6 +35,9 @@ def test_peaks_and_row_precisions():
         precision = "bf16"
 
     assert arithmetic_of(BACKENDS["openvino"], Reports()) == "bf16"
-    assert [arithmetic_of(BACKENDS[b], None) for b in ("onnxruntime-int8", "torch-bf16", "onnxruntime")] == \
-        ["int8", "bf16", "fp32"]
+    assert [arithmetic_of(BACKENDS[b], None) for b in ("onnxruntime-int8", "torch-bf16", "onnxruntime")] == [
+        "int8",
+        "bf16",
+        "fp32",
+    ]
     assert WEIGHT_BYTES == {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "fp8": 1}

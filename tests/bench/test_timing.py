@@ -30,13 +30,15 @@ def test_interleaved_gives_each_callable_its_runs_and_drops_the_failing_one():
         def fn():
             calls[name] += 1
             order.append(name)
+
         return fn
 
     def broken():
         raise MemoryError("out of memory")
 
-    out = measure_interleaved({"a": make("a"), "b": make("b"), "c": broken}, rounds=5, warmup_s=0.0,
-                              min_runs=10, min_seconds=0.0)
+    out = measure_interleaved(
+        {"a": make("a"), "b": make("b"), "c": broken}, rounds=5, warmup_s=0.0, min_runs=10, min_seconds=0.0
+    )
     assert out["a"].runs == 10 and out["b"].runs == 10
     assert isinstance(out["c"], MemoryError)
     timed = order[2:]  # after one warm-up call each, a and b alternate in blocks of two

@@ -12,17 +12,32 @@ HERE = dict(backend="tensorrt", backend_version="10.13.0", gpu_name="NVIDIA H100
 
 
 def key(**change):
-    fields = dict(onnx_bytes=b"graph", precision="fp16", profiles=['{"input":1}'],
-                  builder_options={"optimization_level": 3, "workspace_gib": None}) | HERE
+    fields = (
+        dict(
+            onnx_bytes=b"graph",
+            precision="fp16",
+            profiles=['{"input":1}'],
+            builder_options={"optimization_level": 3, "workspace_gib": None},
+        )
+        | HERE
+    )
     fields.update(change)
     return EngineKey.create(**fields)
 
 
-@pytest.mark.parametrize("change", [
-    dict(onnx_bytes=b"graph2"), dict(precision="fp32"), dict(profiles=['{"input":2}']),
-    dict(builder_options={"optimization_level": 5, "workspace_gib": None}), dict(backend_version="11.0.0"),
-    dict(gpu_name="NVIDIA A100"), dict(compute_capability="8.0"), dict(backend="tensorrt_rtx"),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(onnx_bytes=b"graph2"),
+        dict(precision="fp32"),
+        dict(profiles=['{"input":2}']),
+        dict(builder_options={"optimization_level": 5, "workspace_gib": None}),
+        dict(backend_version="11.0.0"),
+        dict(gpu_name="NVIDIA A100"),
+        dict(compute_capability="8.0"),
+        dict(backend="tensorrt_rtx"),
+    ],
+)
 def test_every_ingredient_changes_the_key(change):
     assert key(**change).digest != key().digest
 
@@ -46,12 +61,15 @@ def test_store_then_hit(tmp_path, caplog):
     assert cache.lookup(key(precision="fp32")) is None  # a different key, another file
 
 
-@pytest.mark.parametrize("damage,match", [
-    (lambda p: p.write_bytes(p.read_bytes()[:10]), "truncated"),
-    (lambda p: p.write_bytes(b"X" * 400), "corrupt"),
-    (lambda p: sidecar_path(p).unlink(), "sidecar written when it was built"),
-    (lambda p: sidecar_path(p).write_text("{not json"), "not an effattn engine sidecar"),
-])
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:10]), "truncated"),
+        (lambda p: p.write_bytes(b"X" * 400), "corrupt"),
+        (lambda p: sidecar_path(p).unlink(), "sidecar written when it was built"),
+        (lambda p: sidecar_path(p).write_text("{not json"), "not an effattn engine sidecar"),
+    ],
+)
 def test_damaged_entries_are_rebuilt_not_loaded(tmp_path, caplog, damage, match):
     cache = EngineCache(tmp_path)
     plan = cache.store(key(), b"PLAN" * 100)

@@ -41,15 +41,25 @@ def test_census_reads_real_tensorrt10_formats():
 
 
 def _typed_layer(kind: str, inputs: list[str], outputs: list[str]) -> dict:
-    return {"Name": "l", "LayerType": kind, "Inputs": [{"Name": "i", "Datatype": t} for t in inputs],
-            "Outputs": [{"Name": "o", "Datatype": t} for t in outputs]}
+    return {
+        "Name": "l",
+        "LayerType": kind,
+        "Inputs": [{"Name": "i", "Datatype": t} for t in inputs],
+        "Outputs": [{"Name": "o", "Datatype": t} for t in outputs],
+    }
 
 
 def test_census_counts_an_int8_convolution_with_a_float_output_as_int8():
     """effattn's QDQ graphs quantize Conv inputs only (no Q on outputs): TensorRT's fused INT8 convolution reads
     Int8 and writes Float. Q/DQ and Reformat layers only convert, so an engine of those alone has no INT8 layer."""
-    info = {"Layers": [_typed_layer("CaskConvolution", ["Int8"], ["Float"]), _typed_layer("Reformat", ["Float"], ["Int8"]),
-                       _typed_layer("Dequantize", ["Int8"], ["Float"]), _typed_layer("Myelin", ["Float"], ["Float"])]}
+    info = {
+        "Layers": [
+            _typed_layer("CaskConvolution", ["Int8"], ["Float"]),
+            _typed_layer("Reformat", ["Float"], ["Int8"]),
+            _typed_layer("Dequantize", ["Int8"], ["Float"]),
+            _typed_layer("Myelin", ["Float"], ["Float"]),
+        ]
+    }
     layers = census(info)
     assert layers == {"layers": 4, "int8": 1, "reformat": 2, "fp32": 1}
     assert precision_refusal("int8", layers) is None
@@ -70,9 +80,18 @@ def test_census_reads_tensorrt11_datatype_keys():
 
 
 def test_census_classifies_the_fp16_spellings_tensorrt_uses():
-    info = {"Layers": [_layer("Row major linear FP16 format"), _layer("Channel major FP16 format where channel % 4 == 0"),
-                       _layer("Half"), _layer("Half", key="Datatype"), _layer("BFloat16", key="Datatype"),
-                       _layer("Row major linear FP32"), _layer("Float"), "a layer name only"]}
+    info = {
+        "Layers": [
+            _layer("Row major linear FP16 format"),
+            _layer("Channel major FP16 format where channel % 4 == 0"),
+            _layer("Half"),
+            _layer("Half", key="Datatype"),
+            _layer("BFloat16", key="Datatype"),
+            _layer("Row major linear FP32"),
+            _layer("Float"),
+            "a layer name only",
+        ]
+    }
     assert census(info) == {"layers": 7, "fp16": 4, "bf16": 1, "fp32": 2}
 
 
@@ -118,10 +137,12 @@ def test_polygraphy_is_bound_to_one_tensorrt_before_its_first_import():
 
 @pytest.mark.parametrize("rtx", [True, False])
 def test_rtx_choice_made_at_first_import(rtx):
-    code = ("from effattn.engines.tensorrt_build import polygraphy_loaders\n"
-            f"polygraphy_loaders(rtx={rtx})\n"
-            "from polygraphy import config\n"
-            "print(config.USE_TENSORRT_RTX)\n")
+    code = (
+        "from effattn.engines.tensorrt_build import polygraphy_loaders\n"
+        f"polygraphy_loaders(rtx={rtx})\n"
+        "from polygraphy import config\n"
+        "print(config.USE_TENSORRT_RTX)\n"
+    )
     env = {k: v for k, v in __import__("os").environ.items() if k != "POLYGRAPHY_USE_TENSORRT_RTX"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == str(rtx), out.stderr
@@ -131,8 +152,13 @@ def test_census_counts_an_fp8_convolution_as_fp8():
     """The inspector names FP8 tensors "FP8" (TensorRT's DataType.FP8); an FP8 convolution reading FP8 and writing
     Float is an FP8 layer, as an INT8 one is an INT8 layer, and "FP8" is never read as FP32 ("float")."""
     for name in ("FP8", "Row major linear FP8 format", "Float8E4M3"):
-        info = {"Layers": [_typed_layer("CaskConvolution", [name], ["Float"]), _typed_layer("Quantize", ["Float"], [name]),
-                           _typed_layer("Myelin", ["Float"], ["Float"])]}
+        info = {
+            "Layers": [
+                _typed_layer("CaskConvolution", [name], ["Float"]),
+                _typed_layer("Quantize", ["Float"], [name]),
+                _typed_layer("Myelin", ["Float"], ["Float"]),
+            ]
+        }
         layers = census(info)
         assert layers == {"layers": 3, "fp8": 1, "reformat": 1, "fp32": 1}, name
         assert precision_refusal("fp8", layers) is None

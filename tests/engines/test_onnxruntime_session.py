@@ -14,12 +14,22 @@ from effattn.engines.onnxruntime_session import create_session, holds_float8
 def _relu_then_quantize(path, zero_point_type: int):
     """x -> Relu -> QuantizeLinear -> DequantizeLinear: the smallest graph where onnxruntime 1.32's
     ReluQuantRewrite drops the Relu of an FP8 graph (the negative half of x came back)."""
-    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"]),
-             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
-    inits = [numpy_helper.from_array(np.array(4 / 448, np.float32), "s"),
-             helper.make_tensor("z", zero_point_type, [], bytes(1), raw=True)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [9])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [9])], inits)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(4 / 448, np.float32), "s"),
+        helper.make_tensor("z", zero_point_type, [], bytes(1), raw=True),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [9])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), path)
     return path
 

@@ -11,22 +11,38 @@ from onnx import TensorProto, helper, numpy_helper
 
 from effattn import metadata
 from effattn.engines.cache import EngineKey
-from effattn.engines.precision import (EnginePrecision, capability_refusal, converted_graph, decide, engine_precision,
-                                       graph_precision, qdq_problems)
+from effattn.engines.precision import (
+    EnginePrecision,
+    capability_refusal,
+    converted_graph,
+    decide,
+    engine_precision,
+    graph_precision,
+    qdq_problems,
+)
 from effattn.engines.tensorrt_build import NetworkTyping, network_typing, version_tuple
 from effattn.errors import BackendError
 from effattn.export import quantize, to_fp16
 from effattn.export.precision import to_bf16
 
+
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory, onnx_models):
     d = tmp_path_factory.mktemp("engine-precision")
     fp32 = onnx_models["ea16_quant"].path
-    return {"dir": d, "fp32": fp32, "fp16": to_fp16(fp32, d / "block.fp16.onnx"),
-            "bf16": to_bf16(fp32, d / "block.bf16.onnx"),
-            "int8": quantize(fp32, d / "block.int8.onnx", samples=4).path,
-            "fp8": quantize(onnx_models["ea32"].path,  # FP8 Convs need > 16 channels
-                            d / "wide.fp8.onnx", samples=4, precision="fp8").path}
+    return {
+        "dir": d,
+        "fp32": fp32,
+        "fp16": to_fp16(fp32, d / "block.fp16.onnx"),
+        "bf16": to_bf16(fp32, d / "block.bf16.onnx"),
+        "int8": quantize(fp32, d / "block.int8.onnx", samples=4).path,
+        "fp8": quantize(
+            onnx_models["ea32"].path,  # FP8 Convs need > 16 channels
+            d / "wide.fp8.onnx",
+            samples=4,
+            precision="fp8",
+        ).path,
+    }
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8", "fp8"])
@@ -37,45 +53,56 @@ def test_graph_precision_is_read_from_the_graph_and_agrees_with_the_metadata(gra
     assert engine_precision(graphs[precision]) == EnginePrecision(precision, precision)
 
 
-@pytest.mark.parametrize("graph,requested,fp16_flag,expected", [
-    ("fp32", None, False, EnginePrecision("fp32", "fp32")),
-    ("fp32", "auto", False, EnginePrecision("fp16", "fp32", convert="fp16")),  # the engine users ship
-    ("fp32", "auto", True, EnginePrecision("fp16", "fp32", fp16_flag=True)),
-    ("fp16", "auto", False, EnginePrecision("fp16", "fp16")),
-    ("int8", "auto", False, EnginePrecision("int8", "int8")),
-    ("bf16", "auto", False, EnginePrecision("bf16", "bf16")),
-    ("fp32", "fp16", False, EnginePrecision("fp16", "fp32", convert="fp16")),
-    ("fp32", "bf16", False, EnginePrecision("bf16", "fp32", convert="bf16")),
-    ("fp32", "fp16", True, EnginePrecision("fp16", "fp32", fp16_flag=True)),
-    ("fp16", None, False, EnginePrecision("fp16", "fp16")),
-    ("fp16", "fp16", False, EnginePrecision("fp16", "fp16")),
-    ("bf16", None, False, EnginePrecision("bf16", "bf16")),
-    ("int8", None, False, EnginePrecision("int8", "int8")),
-    ("int8", "int8", True, EnginePrecision("int8", "int8", fp16_flag=True)),
-    ("fp8", None, False, EnginePrecision("fp8", "fp8")),
-    ("fp8", "auto", False, EnginePrecision("fp8", "fp8")),
-    ("fp8", "fp8", True, EnginePrecision("fp8", "fp8", fp16_flag=True)),
-])
+@pytest.mark.parametrize(
+    "graph,requested,fp16_flag,expected",
+    [
+        ("fp32", None, False, EnginePrecision("fp32", "fp32")),
+        ("fp32", "auto", False, EnginePrecision("fp16", "fp32", convert="fp16")),  # the engine users ship
+        ("fp32", "auto", True, EnginePrecision("fp16", "fp32", fp16_flag=True)),
+        ("fp16", "auto", False, EnginePrecision("fp16", "fp16")),
+        ("int8", "auto", False, EnginePrecision("int8", "int8")),
+        ("bf16", "auto", False, EnginePrecision("bf16", "bf16")),
+        ("fp32", "fp16", False, EnginePrecision("fp16", "fp32", convert="fp16")),
+        ("fp32", "bf16", False, EnginePrecision("bf16", "fp32", convert="bf16")),
+        ("fp32", "fp16", True, EnginePrecision("fp16", "fp32", fp16_flag=True)),
+        ("fp16", None, False, EnginePrecision("fp16", "fp16")),
+        ("fp16", "fp16", False, EnginePrecision("fp16", "fp16")),
+        ("bf16", None, False, EnginePrecision("bf16", "bf16")),
+        ("int8", None, False, EnginePrecision("int8", "int8")),
+        ("int8", "int8", True, EnginePrecision("int8", "int8", fp16_flag=True)),
+        ("fp8", None, False, EnginePrecision("fp8", "fp8")),
+        ("fp8", "auto", False, EnginePrecision("fp8", "fp8")),
+        ("fp8", "fp8", True, EnginePrecision("fp8", "fp8", fp16_flag=True)),
+    ],
+)
 def test_decision_table(graph, requested, fp16_flag, expected):
     assert decide(graph, requested, fp16_flag) == expected
 
 
-@pytest.mark.parametrize("graph,requested,fp16_flag,match", [
-    ("fp32", "int8", False, r"INT8 engine needs an INT8 QDQ graph and this one is fp32: quantize the FP32 export"),
-    ("fp16", "int8", False, r"this one is fp16"),
-    ("fp16", "fp32", False, r"the graph is fp16; an FP32 engine needs the FP32 export"),
-    ("int8", "fp32", False, r"the graph is int8; an FP32 engine needs the FP32 export"),
-    ("int8", "fp16", False, r"the graph is int8, so its engine is int8: precision lives in the graph"),
-    ("fp16", "bf16", False, r"For a bf16 engine build the FP32 export with precision='bf16'"),
-    ("fp32", "fp8", False, r"an FP8 engine needs an FP8 QDQ graph and this one is fp32: quantize the FP32 export "
-                           r"first \('effattn quantize --precision fp8', calibrated\)"),
-    ("int8", "fp8", False, r"an FP8 engine needs an FP8 QDQ graph and this one is int8"),
-    ("fp8", "int8", False, r"an INT8 engine needs an INT8 QDQ graph and this one is fp8: .*'effattn quantize',"),
-    ("fp8", "fp16", False, r"the graph is fp8, so its engine is fp8"),
-    ("fp32", "fp4", False, r"precision must be one of auto, fp32, fp16, bf16, int8, fp8; got 'fp4'"),
-    ("fp32", None, True, r"fp16_flag .* does not apply to a fp32 engine of a fp32 graph"),
-    ("fp16", "fp16", True, r"does not apply to a fp16 engine of a fp16 graph"),
-])
+@pytest.mark.parametrize(
+    "graph,requested,fp16_flag,match",
+    [
+        ("fp32", "int8", False, r"INT8 engine needs an INT8 QDQ graph and this one is fp32: quantize the FP32 export"),
+        ("fp16", "int8", False, r"this one is fp16"),
+        ("fp16", "fp32", False, r"the graph is fp16; an FP32 engine needs the FP32 export"),
+        ("int8", "fp32", False, r"the graph is int8; an FP32 engine needs the FP32 export"),
+        ("int8", "fp16", False, r"the graph is int8, so its engine is int8: precision lives in the graph"),
+        ("fp16", "bf16", False, r"For a bf16 engine build the FP32 export with precision='bf16'"),
+        (
+            "fp32",
+            "fp8",
+            False,
+            r"an FP8 engine needs an FP8 QDQ graph and this one is fp32: quantize the FP32 export "
+            r"first \('effattn quantize --precision fp8', calibrated\)",
+        ),
+        ("int8", "fp8", False, r"an FP8 engine needs an FP8 QDQ graph and this one is int8"),
+        ("fp8", "int8", False, r"an INT8 engine needs an INT8 QDQ graph and this one is fp8: .*'effattn quantize',"),
+        ("fp8", "fp16", False, r"the graph is fp8, so its engine is fp8"),
+        ("fp32", "fp4", False, r"precision must be one of auto, fp32, fp16, bf16, int8, fp8; got 'fp4'"),
+        ("fp32", None, True, r"fp16_flag .* does not apply to a fp32 engine of a fp32 graph"),
+        ("fp16", "fp16", True, r"does not apply to a fp16 engine of a fp16 graph"),
+    ],
+)
 def test_decision_refusals_say_what_to_do(graph, requested, fp16_flag, match):
     with pytest.raises(BackendError, match=match):
         decide(graph, requested, fp16_flag)
@@ -114,8 +141,11 @@ def test_asymmetric_or_unsigned_qdq_graphs_are_refused_before_tensorrt(graphs):
         t = _zero_points(model)[0]
         t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + np.int8(3), t.name))
 
-    with pytest.raises(BackendError, match=r"zero points of type uint8 \(TensorRT takes signed INT8 or FP8 E4M3.*"
-                                           r"non-zero zero points \(asymmetric.*'effattn quantize'"):
+    with pytest.raises(
+        BackendError,
+        match=r"zero points of type uint8 \(TensorRT takes signed INT8 or FP8 E4M3.*"
+        r"non-zero zero points \(asymmetric.*'effattn quantize'",
+    ):
         engine_precision(_edited(graphs, "uint8.onnx", unsigned))
     with pytest.raises(BackendError, match=r"not a QDQ graph TensorRT can build: [0-9]+ non-zero zero points"):
         engine_precision(_edited(graphs, "asym.onnx", shifted))
@@ -126,27 +156,37 @@ def test_a_qdq_graph_without_a_quantized_layer_is_refused():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     inits = [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.int8(0), "z")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
-             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+    ]
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits))
     assert graph_precision(model) == "int8"
-    assert qdq_problems(model) == ["no op reads both its data and its weight through DequantizeLinear "
-                                   "(no quantized layer)"]
+    assert qdq_problems(model) == [
+        "no op reads both its data and its weight through DequantizeLinear (no quantized layer)"
+    ]
 
 
-def _qdq(zero_points: dict[str, onnx.TensorProto], activation_scale=np.float32(0.1)) -> onnx.ModelProto:
+def _qdq(zero_points: dict[str, onnx.TensorProto], activation_scale: float | np.ndarray = 0.1) -> onnx.ModelProto:
     """x -> Q/DQ (zero point "zx") -> MatMul with a weight through Q/DQ (zero point "zw"): one quantized layer."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    inits = [numpy_helper.from_array(np.asarray(activation_scale, np.float32), "sx"),
-             numpy_helper.from_array(np.float32(0.01), "sw"), numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
-             *zero_points.values()]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["qx"]),
-             helper.make_node("DequantizeLinear", ["qx", "sx", "zx"], ["dx"]),
-             helper.make_node("QuantizeLinear", ["w", "sw", "zw"], ["qw"]),
-             helper.make_node("DequantizeLinear", ["qw", "sw", "zw"], ["dw"]),
-             helper.make_node("MatMul", ["dx", "dw"], ["y"])]
-    return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 19)])
+    inits = [
+        numpy_helper.from_array(np.asarray(activation_scale, np.float32), "sx"),
+        numpy_helper.from_array(np.float32(0.01), "sw"),
+        numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+        *zero_points.values(),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["qx"]),
+        helper.make_node("DequantizeLinear", ["qx", "sx", "zx"], ["dx"]),
+        helper.make_node("QuantizeLinear", ["w", "sw", "zw"], ["qw"]),
+        helper.make_node("DequantizeLinear", ["qw", "sw", "zw"], ["dw"]),
+        helper.make_node("MatMul", ["dx", "dw"], ["y"]),
+    ]
+    return helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 19)]
+    )
 
 
 def _zero(name: str, kind: int) -> onnx.TensorProto:
@@ -158,17 +198,25 @@ def test_fp8_qdq_graphs_are_checked_like_int8_ones():
     e4m3 = {"zx": _zero("zx", TensorProto.FLOAT8E4M3FN), "zw": _zero("zw", TensorProto.FLOAT8E4M3FN)}
     assert graph_precision(_qdq(e4m3)) == "fp8" and qdq_problems(_qdq(e4m3)) == []
     mixed = {"zx": _zero("zx", TensorProto.FLOAT8E4M3FN), "zw": _zero("zw", TensorProto.INT8)}
-    assert qdq_problems(_qdq(mixed)) == ["INT8 and FP8 quantizers mixed (float8_e4m3fn, int8); quantize the FP32 "
-                                         "export to one of them"]
+    assert qdq_problems(_qdq(mixed)) == [
+        "INT8 and FP8 quantizers mixed (float8_e4m3fn, int8); quantize the FP32 export to one of them"
+    ]
     e5m2 = {"zx": _zero("zx", TensorProto.FLOAT8E5M2), "zw": _zero("zw", TensorProto.FLOAT8E5M2)}
     assert graph_precision(_qdq(e5m2)) == "fp8"
-    assert qdq_problems(_qdq(e5m2)) == ["zero points of type float8_e5m2 (TensorRT takes signed INT8 or FP8 E4M3; "
-                                        "a missing zero point means uint8)"]
-    per_channel = _qdq({"zx": helper.make_tensor("zx", TensorProto.FLOAT8E4M3FN, [4], bytes(4), raw=True),
-                        "zw": _zero("zw", TensorProto.FLOAT8E4M3FN)}, activation_scale=np.full(4, 0.1, np.float32))
+    assert qdq_problems(_qdq(e5m2)) == [
+        "zero points of type float8_e5m2 (TensorRT takes signed INT8 or FP8 E4M3; a missing zero point means uint8)"
+    ]
+    per_channel = _qdq(
+        {
+            "zx": helper.make_tensor("zx", TensorProto.FLOAT8E4M3FN, [4], bytes(4), raw=True),
+            "zw": _zero("zw", TensorProto.FLOAT8E4M3FN),
+        },
+        activation_scale=np.full(4, 0.1, np.float32),
+    )
     per_channel.graph.node[0].attribute.append(helper.make_attribute("axis", 1))
-    assert qdq_problems(per_channel) == ["1 activation quantizers with per-channel scales (TensorRT takes one scale "
-                                         "per activation tensor)"]
+    assert qdq_problems(per_channel) == [
+        "1 activation quantizers with per-channel scales (TensorRT takes one scale per activation tensor)"
+    ]
 
 
 def test_the_fp8_file_of_effattn_quantize_passes_the_checks(graphs):
@@ -177,15 +225,28 @@ def test_the_fp8_file_of_effattn_quantize_passes_the_checks(graphs):
     assert {t.data_type for t in _zero_points(model)} == {TensorProto.FLOAT8E4M3FN}
 
 
-@pytest.mark.parametrize("precision,capability,refused", [
-    ("fp8", "9.0", False), ("fp8", "8.9", False), ("fp8", "10.0", False), ("fp8", "12.0", False),
-    ("fp8", "8.6", True), ("fp8", "8.0", True), ("fp8", "7.5", True), ("int8", "7.5", False), ("bf16", "9.0", False)])
+@pytest.mark.parametrize(
+    "precision,capability,refused",
+    [
+        ("fp8", "9.0", False),
+        ("fp8", "8.9", False),
+        ("fp8", "10.0", False),
+        ("fp8", "12.0", False),
+        ("fp8", "8.6", True),
+        ("fp8", "8.0", True),
+        ("fp8", "7.5", True),
+        ("int8", "7.5", False),
+        ("bf16", "9.0", False),
+    ],
+)
 def test_fp8_engines_need_fp8_tensor_cores(precision, capability, refused):
     refusal = capability_refusal(precision, capability)
     assert (refusal is not None) == refused
     if refused:
-        assert refusal.startswith(f"FP8 engines need FP8 tensor cores (compute capability 8.9+: Ada, Hopper, "
-                                  f"Blackwell); this GPU is {capability}")
+        assert refusal.startswith(
+            f"FP8 engines need FP8 tensor cores (compute capability 8.9+: Ada, Hopper, "
+            f"Blackwell); this GPU is {capability}"
+        )
 
 
 def test_unreadable_files_are_one_line_errors(tmp_path):
@@ -199,27 +260,35 @@ def test_unreadable_files_are_one_line_errors(tmp_path):
 INT8, FP16_FLAG = EnginePrecision("int8", "int8"), EnginePrecision("fp16", "fp32", fp16_flag=True)
 
 
-@pytest.mark.parametrize("version,rtx,decision,expected", [
-    ("11.4.0.106", False, INT8, NetworkTyping(True)),
-    ("10.13.3.9", False, INT8, NetworkTyping(True)),
-    ("10.12.0", False, INT8, NetworkTyping(True)),
-    ("10.8.0.43", False, INT8, NetworkTyping(False, ("int8",))),  # before strong typing was the way: INT8 flag
-    ("10.8.0.43", False, EnginePrecision("fp16", "fp16"), NetworkTyping(True)),
-    ("10.13.3.9", False, EnginePrecision("int8", "int8", fp16_flag=True), NetworkTyping(False, ("int8", "fp16"))),
-    ("10.13.3.9", False, FP16_FLAG, NetworkTyping(False, ("fp16",))),
-    ("1.7.1", True, EnginePrecision("bf16", "bf16"), NetworkTyping(True)),
-    ("11.4.0.106", False, EnginePrecision("fp8", "fp8"), NetworkTyping(True)),
-    ("10.13.3.9", False, EnginePrecision("fp8", "fp8"), NetworkTyping(True)),
-    ("10.8.0.43", False, EnginePrecision("fp8", "fp8"), NetworkTyping(False, ("fp8",))),  # the FP8 flag then
-    ("10.13.3.9", False, EnginePrecision("fp8", "fp8", fp16_flag=True), NetworkTyping(False, ("fp8", "fp16"))),
-])
+@pytest.mark.parametrize(
+    "version,rtx,decision,expected",
+    [
+        ("11.4.0.106", False, INT8, NetworkTyping(True)),
+        ("10.13.3.9", False, INT8, NetworkTyping(True)),
+        ("10.12.0", False, INT8, NetworkTyping(True)),
+        ("10.8.0.43", False, INT8, NetworkTyping(False, ("int8",))),  # before strong typing was the way: INT8 flag
+        ("10.8.0.43", False, EnginePrecision("fp16", "fp16"), NetworkTyping(True)),
+        ("10.13.3.9", False, EnginePrecision("int8", "int8", fp16_flag=True), NetworkTyping(False, ("int8", "fp16"))),
+        ("10.13.3.9", False, FP16_FLAG, NetworkTyping(False, ("fp16",))),
+        ("1.7.1", True, EnginePrecision("bf16", "bf16"), NetworkTyping(True)),
+        ("11.4.0.106", False, EnginePrecision("fp8", "fp8"), NetworkTyping(True)),
+        ("10.13.3.9", False, EnginePrecision("fp8", "fp8"), NetworkTyping(True)),
+        ("10.8.0.43", False, EnginePrecision("fp8", "fp8"), NetworkTyping(False, ("fp8",))),  # the FP8 flag then
+        ("10.13.3.9", False, EnginePrecision("fp8", "fp8", fp16_flag=True), NetworkTyping(False, ("fp8", "fp16"))),
+    ],
+)
 def test_network_typing_per_tensorrt_version(version, rtx, decision, expected):
     assert network_typing(version, decision, rtx) == expected
 
 
-@pytest.mark.parametrize("version,rtx,match", [("11.0.0", False, "TensorRT 11.0.0 has no FP16 builder flag"),
-                                                ("1.7.1", True, "TensorRT-RTX 1.7.1 has no FP16 builder flag"),
-                                                ("8.6.1", False, "TensorRT 8.6.1 is too old")])
+@pytest.mark.parametrize(
+    "version,rtx,match",
+    [
+        ("11.0.0", False, "TensorRT 11.0.0 has no FP16 builder flag"),
+        ("1.7.1", True, "TensorRT-RTX 1.7.1 has no FP16 builder flag"),
+        ("8.6.1", False, "TensorRT 8.6.1 is too old"),
+    ],
+)
 def test_network_typing_refusals(version, rtx, match):
     with pytest.raises(BackendError, match=match):
         network_typing(version, FP16_FLAG, rtx)
@@ -231,8 +300,12 @@ def test_version_tuple():
 
 def test_engine_key_and_sidecar_record_the_precision_and_typing():
     def key(precision, typing):
-        options = {"optimization_level": 3, "strongly_typed": typing.strongly_typed,
-                   "precision_flags": list(typing.flags), "graph_precision": "int8"}
+        options = {
+            "optimization_level": 3,
+            "strongly_typed": typing.strongly_typed,
+            "precision_flags": list(typing.flags),
+            "graph_precision": "int8",
+        }
         return EngineKey.create(b"graph", precision, ["{}"], options, "tensorrt", "10.8.0", "NVIDIA H100", "9.0")
 
     strong, weak = key("int8", NetworkTyping(True)), key("int8", NetworkTyping(False, ("int8",)))

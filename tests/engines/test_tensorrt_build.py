@@ -10,7 +10,7 @@ from effattn.errors import BackendError
 
 
 def test_modules_import_without_tensorrt():
-    import effattn.engines.tensorrt_build  # noqa: F401
+    import effattn.engines.tensorrt_build
     import effattn.runtime.tensorrt_runner  # noqa: F401
 
 
@@ -54,9 +54,15 @@ def test_engine_matches_eager(tmp_path, name, precision):
         assert build.sidecar.layers.get("fp16", 0) > 0, build.sidecar.layers
     feeds = [random_inputs(source.profile, w) for w in ("min", "opt", "max")] + source.task_inputs(source.profile)
     with load(build.plan) as runner:
-        report = compare(TorchRunner(source.model, source.profile, list(runner.outputs)), runner, feeds,
-                         precision=precision, residuals=metadata.residuals_of({metadata.RESIDUAL: "output=input"}
-                                                                               if name == "efficient_attention" else {}))
+        report = compare(
+            TorchRunner(source.model, source.profile, list(runner.outputs)),
+            runner,
+            feeds,
+            precision=precision,
+            residuals=metadata.residuals_of(
+                {metadata.RESIDUAL: "output=input"} if name == "efficient_attention" else {}
+            ),
+        )
     assert report.passed, report
 
 
@@ -83,8 +89,11 @@ def test_low_precision_engine_of_the_segmenter_matches_eager(tmp_path, precision
 
     source = load_model("ea_segnet_tiny", pretrained=True)
     fp32 = export_onnx(source, source.profile, tmp_path / "seg.onnx").path
-    path = (to_bf16(fp32, tmp_path / "seg.bf16.onnx") if precision == "bf16"
-            else quantize(fp32, tmp_path / f"seg.{precision}.onnx", precision=precision).path)
+    path = (
+        to_bf16(fp32, tmp_path / "seg.bf16.onnx")
+        if precision == "bf16"
+        else quantize(fp32, tmp_path / f"seg.{precision}.onnx", precision=precision).path
+    )
     build = build_engine(path, cache_dir=tmp_path / "cache")  # no precision: the graph's own
     assert build.sidecar.key["precision"] == precision
     assert build.sidecar.layers.get(precision, 0) > 0, build.sidecar.layers
@@ -92,9 +101,10 @@ def test_low_precision_engine_of_the_segmenter_matches_eager(tmp_path, precision
     feeds = [random_inputs(source.profile, w) for w in ("min", "opt", "max")] + source.task_inputs(source.profile)
     images, _ = shapes_batch(32, 64, 64)
     with load(build.plan) as runner:
-        report = compare(TorchRunner(source.model, source.profile, list(runner.outputs)), runner, feeds,
-                         precision=precision)
-        engine = np.concatenate([runner.infer(images[i:i + 8].numpy())["logits"] for i in range(0, 32, 8)])
+        report = compare(
+            TorchRunner(source.model, source.profile, list(runner.outputs)), runner, feeds, precision=precision
+        )
+        engine = np.concatenate([runner.infer(images[i : i + 8].numpy())["logits"] for i in range(0, 32, 8)])
     assert report.passed, report
     with torch.inference_mode():
         eager = source.model(images).argmax(1).numpy()

@@ -30,13 +30,24 @@ BAD_SCALES = {"zero": 0.0, "negative": -0.5, "nan": float("nan"), "inf": float("
 def _conv_model(path, before: str, channels: int = 32) -> None:
     """x -> ``before`` (Add: x + x, or Relu(-|x|): always 0) -> 1x1 Conv: small enough to quantize in a blink,
     with 32 channels so that FP8 keeps the Conv (NVIDIA's rule: more than 16)."""
-    nodes = {"add": [helper.make_node("Add", ["x", "x"], ["h"])],
-             "dead_relu": [helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["n"]),
-                           helper.make_node("Relu", ["n"], ["h"])]}[before]
-    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((channels, channels, 1, 1), np.float32), "w")
-    graph = helper.make_graph([*nodes, helper.make_node("Conv", ["h", "w"], ["y"], name="conv")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", channels, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", channels, 4, 4])], [weight])
+    nodes = {
+        "add": [helper.make_node("Add", ["x", "x"], ["h"])],
+        "dead_relu": [
+            helper.make_node("Abs", ["x"], ["a"]),
+            helper.make_node("Neg", ["a"], ["n"]),
+            helper.make_node("Relu", ["n"], ["h"]),
+        ],
+    }[before]
+    weight = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((channels, channels, 1, 1), np.float32), "w"
+    )
+    graph = helper.make_graph(
+        [*nodes, helper.make_node("Conv", ["h", "w"], ["y"], name="conv")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", channels, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", channels, 4, 4])],
+        [weight],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
@@ -57,8 +68,11 @@ def block(tmp_path_factory):
     source = load_model("efficient_attention", checkpoint=d / "weights.pt")  # weights `compare` can rebuild
     export_onnx(source, ShapeProfile.single("1x64x8x8", "1x64x8x8", "2x64x16x16"), d / "block.onnx")
     rng = np.random.default_rng(0)
-    quantize(d / "block.onnx", d / "good.onnx", calibration=[{"input": rng.standard_normal((1, 64, 8, 8), np.float32)}
-                                                          for _ in range(4)])
+    quantize(
+        d / "block.onnx",
+        d / "good.onnx",
+        calibration=[{"input": rng.standard_normal((1, 64, 8, 8), np.float32)} for _ in range(4)],
+    )
     model = onnx.load(d / "good.onnx")
     (q,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input"][:1]
     bad = {}
@@ -79,7 +93,9 @@ def test_nan_or_inf_calibration_file_is_refused_naming_file_and_sample(tmp_path,
     data = np.random.default_rng(0).standard_normal((5, 32, 4, 4)).astype(np.float32)
     data[3, 7, 1, 2] = value
     np.save(tmp_path / "calib.npy", data)
-    with pytest.raises(InputError, match=r"'x' from .*calib\.npy holds NaN or infinity \(as float32\) in sample 3 \(1 of 5"):
+    with pytest.raises(
+        InputError, match=r"'x' from .*calib\.npy holds NaN or infinity \(as float32\) in sample 3 \(1 of 5"
+    ):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=tmp_path / "calib.npy", precision=precision)
     _assert_nothing_written(tmp_path, {"m.onnx", "calib.npy"})
 
@@ -94,13 +110,22 @@ def test_nan_in_calibration_arrays_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
-@pytest.mark.parametrize("fill,match", [(0.0, "0 in all 4 samples: a range of width 0 has no scale"),
-                                        (0.25, "0.25 in all 4 samples: scales calibrated on one value clip")])
+@pytest.mark.parametrize(
+    "fill,match",
+    [
+        (0.0, "0 in all 4 samples: a range of width 0 has no scale"),
+        (0.25, "0.25 in all 4 samples: scales calibrated on one value clip"),
+    ],
+)
 def test_constant_calibration_input_is_refused(tmp_path, precision, fill, match):
     _conv_model(tmp_path / "m.onnx", "add")
     with pytest.raises(InputError, match=f"calibration input 'x' is the constant {match}"):
-        quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=_feeds(np.full((4, 32, 4, 4), fill, np.float32)),
-                 precision=precision)
+        quantize(
+            tmp_path / "m.onnx",
+            tmp_path / "out.onnx",
+            calibration=_feeds(np.full((4, 32, 4, 4), fill, np.float32)),
+            precision=precision,
+        )
     _assert_nothing_written(tmp_path, {"m.onnx"})
 
 
@@ -140,8 +165,11 @@ def test_scale_that_comes_out_infinite_is_refused_before_writing(tmp_path, preci
     _conv_model(tmp_path / "m.onnx", "add")
     data = np.random.default_rng(0).standard_normal((4, 32, 4, 4)).astype(np.float32)
     data[1, 0, 0, 0] = 3e38
-    with pytest.raises(ExportError, match=r"calibrated on arrays .*has invalid quantization parameters: .*scale "
-                                          r"'h_scale' is inf \(1 of 1 values\)"):
+    with pytest.raises(
+        ExportError,
+        match=r"calibrated on arrays .*has invalid quantization parameters: .*scale "
+        r"'h_scale' is inf \(1 of 1 values\)",
+    ):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=_feeds(data), precision=precision)
     _assert_nothing_written(tmp_path, {"m.onnx"})
 
@@ -164,8 +192,11 @@ def test_zip_bomb_npz_is_refused_from_its_declared_size(tmp_path, monkeypatch):
     _conv_model(tmp_path / "m.onnx", "add")
     np.savez_compressed(tmp_path / "bomb.npz", x=np.zeros((4097, 32, 4, 4), np.float64))
     assert (tmp_path / "bomb.npz").stat().st_size < 100_000
-    with pytest.raises(InputError, match=r"cannot read .*bomb\.npz as \.npy/\.npz: array 'x' declares a float64 array of shape \(4097, 32, 4, 4\) "
-                                         r"\(16781312 bytes\): over the 8388608 bytes left"):
+    with pytest.raises(
+        InputError,
+        match=r"cannot read .*bomb\.npz as \.npy/\.npz: array 'x' declares a float64 array of shape \(4097, 32, 4, 4\) "
+        r"\(16781312 bytes\): over the 8388608 bytes left",
+    ):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=tmp_path / "bomb.npz")
     _assert_nothing_written(tmp_path, {"m.onnx", "bomb.npz"})
 
@@ -173,10 +204,13 @@ def test_zip_bomb_npz_is_refused_from_its_declared_size(tmp_path, monkeypatch):
 def test_npy_header_declaring_a_trillion_items_is_refused(tmp_path):
     _conv_model(tmp_path / "m.onnx", "add")
     with open(tmp_path / "huge.npy", "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
-                                                 "shape": (10**12 // 512, 32, 4, 4)})
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (10**12 // 512, 32, 4, 4)}
+        )
         f.write(b"\0" * 64)
-    with pytest.raises(InputError, match=r"huge\.npy as \.npy/\.npz: the array declares a float32 array of shape .* over the"):
+    with pytest.raises(
+        InputError, match=r"huge\.npy as \.npy/\.npz: the array declares a float32 array of shape .* over the"
+    ):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=tmp_path / "huge.npy")
 
 
@@ -185,7 +219,9 @@ def test_npy_header_declaring_more_than_the_file_holds_is_refused(tmp_path):
     with open(tmp_path / "short.npy", "wb") as f:
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (8, 32, 4, 4)})
         f.write(b"\0" * 64)
-    with pytest.raises(InputError, match=r"short\.npy as \.npy/\.npz: the array declares 16384 bytes of array data but holds 64"):
+    with pytest.raises(
+        InputError, match=r"short\.npy as \.npy/\.npz: the array declares 16384 bytes of array data but holds 64"
+    ):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=tmp_path / "short.npy")
 
 
@@ -205,9 +241,22 @@ def test_fifo_or_device_as_calibration_is_refused_without_blocking(tmp_path):
     folder.mkdir()
     os.mkfifo(folder / "b.npy")
     for source, kind in ((tmp_path / "a.npy", "a FIFO"), (folder, "a FIFO"), ("/dev/zero", "a character device")):
-        run = subprocess.run([sys.executable, "-m", "effattn", "quantize", str(tmp_path / "m.onnx"), "-o",
-                              str(tmp_path / "out.onnx"), "--calibration", str(source)],
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "effattn",
+                "quantize",
+                str(tmp_path / "m.onnx"),
+                "-o",
+                str(tmp_path / "out.onnx"),
+                "--calibration",
+                str(source),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 2
         assert run.stderr.strip().splitlines()[-1].endswith(f"is {kind}, not a regular file")
     assert not (tmp_path / "out.onnx").exists()
@@ -217,7 +266,9 @@ def test_samples_are_capped(tmp_path, capsys, monkeypatch):
     _conv_model(tmp_path / "m.onnx", "add")
     with pytest.raises(SystemExit) as e:  # the parser's range, as for every numeric option
         main(["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx"), "--samples", "200000"])
-    assert e.value.code == 2 and "--samples: expected an integer from 1 to 4096, got '200000'" in capsys.readouterr().err
+    assert (
+        e.value.code == 2 and "--samples: expected an integer from 1 to 4096, got '200000'" in capsys.readouterr().err
+    )
     with pytest.raises(InputError, match="samples must be 1 to 4096, got 200000"):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", samples=200000)
     monkeypatch.setattr(calibration_module, "MAX_SAMPLES", 4)
@@ -253,8 +304,11 @@ def _cli(capsys, *args) -> tuple[int, str]:
 
 @pytest.mark.parametrize("command", ["run", "compare", "triton", "build"])
 def test_every_command_refuses_a_bad_qdq_file(block, tmp_path, capsys, command):
-    extra = {"triton": ["--repository", tmp_path / "repo"], "build": ["--backend", "onnxruntime", "-o", tmp_path / "x.onnx"],
-             "compare": ["--checkpoint", block["weights"]]}.get(command, [])
+    extra = {
+        "triton": ["--repository", tmp_path / "repo"],
+        "build": ["--backend", "onnxruntime", "-o", tmp_path / "x.onnx"],
+        "compare": ["--checkpoint", block["weights"]],
+    }.get(command, [])
     for label, value in BAD_SCALES.items():
         code, err = _cli(capsys, command, block["bad"][label], *extra)
         assert code == 2, err
@@ -264,8 +318,11 @@ def test_every_command_refuses_a_bad_qdq_file(block, tmp_path, capsys, command):
 
 @pytest.mark.parametrize("command", ["run", "compare", "triton", "build"])
 def test_every_command_still_takes_a_good_qdq_file(block, tmp_path, capsys, command):
-    extra = {"triton": ["--repository", tmp_path / "repo"], "build": ["--backend", "onnxruntime", "-o", tmp_path / "x.onnx"],
-             "compare": ["--backend", "onnxruntime", "--checkpoint", block["weights"]]}.get(command, [])
+    extra = {
+        "triton": ["--repository", tmp_path / "repo"],
+        "build": ["--backend", "onnxruntime", "-o", tmp_path / "x.onnx"],
+        "compare": ["--backend", "onnxruntime", "--checkpoint", block["weights"]],
+    }.get(command, [])
     code, err = _cli(capsys, command, block["good"], *extra)
     assert code == 0, err
 
@@ -295,14 +352,22 @@ def test_zero_points_and_shapes_are_checked(block, tmp_path):
 
     model = onnx.load(block["good"])
     weights = {t.name: t for t in model.graph.initializer}
-    q = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights
-             and len(weights[n.input[1]].dims) == 1 and weights[n.input[1]].dims[0] > 1)  # a per-channel weight
+    q = next(
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in weights
+        and len(weights[n.input[1]].dims) == 1
+        and weights[n.input[1]].dims[0] > 1
+    )  # a per-channel weight
     scale = numpy_helper.to_array(weights[q.input[1]])
     zero = numpy_helper.to_array(weights[q.input[2]])
-    cases = [(q.input[1], scale[:-1], f"has {scale.size - 1} values but axis 0 of '{q.input[0]}' has {scale.size}"),
-             (q.input[2], zero[:-1], f"has shape {scale.shape} but zero point '{q.input[2]}'"),
-             (q.input[2], zero.astype(np.float32), "has type float32, not one ONNX quantizes to"),
-             (q.input[1], np.full_like(scale, 1e38), "times the int8 range it overflows float32")]
+    cases = [
+        (q.input[1], scale[:-1], f"has {scale.size - 1} values but axis 0 of '{q.input[0]}' has {scale.size}"),
+        (q.input[2], zero[:-1], f"has shape {scale.shape} but zero point '{q.input[2]}'"),
+        (q.input[2], zero.astype(np.float32), "has type float32, not one ONNX quantizes to"),
+        (q.input[1], np.full_like(scale, 1e38), "times the int8 range it overflows float32"),
+    ]
     for name, array, match in cases:
         edited = onnx.load(block["good"])
         _replace(edited, name, array)
@@ -351,14 +416,20 @@ def test_zip_member_lying_about_its_size_is_refused(tmp_path):
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (4, 32, 4, 4)})
     with zipfile.ZipFile(tmp_path / "lie.npz", "w") as z:
         z.writestr("x.npy", header.read_bytes() + b"\0" * 16)
-    with pytest.raises(InputError, match=r"lie\.npz as \.npy/\.npz: array 'x' declares 8192 bytes of array data but holds 16"):
+    with pytest.raises(
+        InputError, match=r"lie\.npz as \.npy/\.npz: array 'x' declares 8192 bytes of array data but holds 16"
+    ):
         quantize(tmp_path / "m.onnx", tmp_path / "out.onnx", calibration=tmp_path / "lie.npz")
 
 
 def test_run_input_is_read_bounded_too(block, tmp_path):
     """`run --input` reads through the same reader: a FIFO is refused at once (a deadline, not a hang, on old code)."""
     os.mkfifo(tmp_path / "in.npy")
-    run = subprocess.run([sys.executable, "-m", "effattn", "run", str(block["good"]), "--input", str(tmp_path / "in.npy")],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "effattn", "run", str(block["good"]), "--input", str(tmp_path / "in.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1].endswith("in.npy is a FIFO, not a regular file")

@@ -22,8 +22,9 @@ def test_reference_state_dict_loads_strict_and_matches(heads, shape):
 def test_defaults_match_the_reference_signature():
     block = EfficientAttention(4)
     assert (block.key_channels, block.head_count, block.value_channels) == (2, 2, 2)
-    assert set(block.state_dict()) == {f"{m}.{p}" for m in ("keys", "queries", "values", "reprojection")
-                                       for p in ("weight", "bias")}
+    assert set(block.state_dict()) == {
+        f"{m}.{p}" for m in ("keys", "queries", "values", "reprojection") for p in ("weight", "bias")
+    }
 
 
 def test_branch_is_output_minus_residual():
@@ -68,14 +69,17 @@ def test_1d_block_equals_2d_block_on_a_single_row():
         torch.testing.assert_close(b1(x), b2(x.unsqueeze(2)).squeeze(2), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(in_channels=8, key_channels=6, head_count=4), "key_channels=6 is not divisible by head_count=4"),
-    (dict(in_channels=8, key_channels=4, head_count=2, value_channels=3), "value_channels=3 is not divisible"),
-    (dict(in_channels=0), "in_channels must be a positive integer, got 0"),
-    (dict(in_channels=8, head_count=-1), "head_count must be a positive integer"),
-    (dict(in_channels=8.0), "in_channels must be a positive integer"),
-    (dict(in_channels=8, normalization="relu"), "normalization must be 'softmax' or 'scaling'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(in_channels=8, key_channels=6, head_count=4), "key_channels=6 is not divisible by head_count=4"),
+        (dict(in_channels=8, key_channels=4, head_count=2, value_channels=3), "value_channels=3 is not divisible"),
+        (dict(in_channels=0), "in_channels must be a positive integer, got 0"),
+        (dict(in_channels=8, head_count=-1), "head_count must be a positive integer"),
+        (dict(in_channels=8.0), "in_channels must be a positive integer"),
+        (dict(in_channels=8, normalization="relu"), "normalization must be 'softmax' or 'scaling'"),
+    ],
+)
 def test_invalid_arguments_raise_value_error_naming_them(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EfficientAttention(**kwargs)

@@ -53,7 +53,9 @@ def test_corrupt_and_unsafe_checkpoints_are_refused(tmp_path):
         read_state_dict(junk)
     unsafe = tmp_path / "unsafe.pt"
     torch.save({"weights": torch.zeros(1), "obj": argparse.Namespace(a=1)}, unsafe)  # needs full pickle
-    with pytest.raises(CheckpointError, match=r"pickled Python objects \(argparse.Namespace\).*model.state_dict\(\)") as e:
+    with pytest.raises(
+        CheckpointError, match=r"pickled Python objects \(argparse.Namespace\).*model.state_dict\(\)"
+    ) as e:
         read_state_dict(unsafe)
     assert "\x1b" not in str(e.value) and str(e.value).endswith("load those")  # no ANSI codes, not cut
     with pytest.raises(CheckpointError, match=r"not a torch or safetensors checkpoint \(Unsupported operand"):
@@ -92,12 +94,15 @@ def test_the_weights_hash_is_the_tensors_not_the_file(tmp_path):
     assert weights_sha256(scalar) != weights_sha256({"step": torch.tensor(4)})
 
 
-@pytest.mark.parametrize("spec,match", [
-    ("tests.conftest:nope", "has no attribute 'nope'"),
-    ("no_such_pkg.mod:f", "cannot import module 'no_such_pkg.mod'"),
-    ("tests.conftest:not_a_model", "returned int, not a torch.nn.Module"),
-    ("tests.conftest", r"unknown model 'tests.conftest'\. Known models: .*package.module:factory"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("tests.conftest:nope", "has no attribute 'nope'"),
+        ("no_such_pkg.mod:f", "cannot import module 'no_such_pkg.mod'"),
+        ("tests.conftest:not_a_model", "returned int, not a torch.nn.Module"),
+        ("tests.conftest", r"unknown model 'tests.conftest'\. Known models: .*package.module:factory"),
+    ],
+)
 def test_bad_user_factories(spec, match):
     with pytest.raises(ModelError, match=match):
         load_model(spec)
@@ -125,12 +130,18 @@ def _safetensors(header: dict, data: bytes = b"\0" * 8) -> bytes:
     return struct.pack("<Q", len(head)) + head + data
 
 
-@pytest.mark.parametrize("content", [
-    b"", b"\x05", b"\xff" * 8 + b"{}",  # empty, truncated, a 2^64-byte header
-    _safetensors({"w": {"dtype": "XX", "shape": [2], "data_offsets": [0, 8]}}),  # foreign dtype
-    _safetensors({"w": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}),  # 2^80 elements
-    _safetensors({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 800]}}),  # data past the end
-], ids=["empty", "truncated", "huge-header", "foreign-dtype", "huge-shape", "past-the-end"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\x05",
+        b"\xff" * 8 + b"{}",  # empty, truncated, a 2^64-byte header
+        _safetensors({"w": {"dtype": "XX", "shape": [2], "data_offsets": [0, 8]}}),  # foreign dtype
+        _safetensors({"w": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}),  # 2^80 elements
+        _safetensors({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 800]}}),  # data past the end
+    ],
+    ids=["empty", "truncated", "huge-header", "foreign-dtype", "huge-shape", "past-the-end"],
+)
 def test_corrupt_or_foreign_safetensors_is_one_checkpoint_error(tmp_path, content):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(content)
@@ -144,8 +155,11 @@ def test_integer_weights_are_refused_not_cast(tmp_path):
     state = {k: v.to(torch.int64) if k == "keys.weight" else v for k, v in model.state_dict().items()}
     save_file(state, tmp_path / "int.safetensors")
     before = model.keys.weight.detach().clone()
-    with pytest.raises(CheckpointError, match=r"dtype mismatches \(refused, not cast\): keys.weight torch.int64 "
-                                              r"vs model torch.float32"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"dtype mismatches \(refused, not cast\): keys.weight torch.int64 "
+        r"vs model torch.float32",
+    ):
         load_weights(model, tmp_path / "int.safetensors")
     assert torch.equal(model.keys.weight, before)
     half = {k: v.half() for k, v in model.state_dict().items()}  # a change of precision within a kind is fine

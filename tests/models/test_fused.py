@@ -31,9 +31,16 @@ def kernel_branch(block: nn.Module, x: torch.Tensor, splits: int | None = None) 
     def weights(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         return conv.weight.reshape(conv.weight.shape[0], -1).contiguous(), conv.bias
 
-    out = efficient_attention(x, weights(block.keys), weights(block.queries), weights(block.values),
-                              weights(block.reprojection), block.head_count, block.normalization == "softmax",
-                              splits=splits)
+    out = efficient_attention(
+        x,
+        weights(block.keys),
+        weights(block.queries),
+        weights(block.values),
+        weights(block.reprojection),
+        block.head_count,
+        block.normalization == "softmax",
+        splits=splits,
+    )
     return out - x
 
 
@@ -168,9 +175,8 @@ def test_training_and_other_dtypes_use_the_blocks_own_forward():
     x = torch.randn(1, 16, 4, 4, device=DEVICE, requires_grad=True)
     block(x).sum().backward()  # the kernel has no backward: with grad enabled the block's own forward runs
     assert x.grad is not None
-    with pytest.raises(ValueError, match="expects 16 input channels"):
-        with torch.no_grad():
-            block(torch.randn(1, 8, 4, 4, device=DEVICE))
+    with pytest.raises(ValueError, match="expects 16 input channels"), torch.no_grad():
+        block(torch.randn(1, 8, 4, 4, device=DEVICE))
 
 
 @pytest.mark.skipif(DEVICE.type == "cuda", reason="the CPU fallback")
@@ -193,9 +199,12 @@ def test_the_torch_runner_runs_the_fused_network():
     source = create_model("ea_segnet_tiny", pretrained=True)
     profile = ShapeProfile.single("1x3x32x32", "1x3x48x48", "2x3x64x64")
     x = torch.rand(2, 3, 40, 56)
-    with load(source, backend="torch", device=DEVICE.type, profile=profile, output_names=["logits"]) as eager, \
-            load(source, backend="torch", device=DEVICE.type, profile=profile, output_names=["logits"],
-                 fused=True) as fused:
+    with (
+        load(source, backend="torch", device=DEVICE.type, profile=profile, output_names=["logits"]) as eager,
+        load(
+            source, backend="torch", device=DEVICE.type, profile=profile, output_names=["logits"], fused=True
+        ) as fused,
+    ):
         assert fused.backend.endswith("-fused")
         assert isinstance(fused.model.attention, FusedEfficientAttention)
         expected, got = eager.infer({"input": x})["logits"], fused.infer({"input": x})["logits"]

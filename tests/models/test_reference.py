@@ -20,8 +20,11 @@ def checkpoint(tmp_path):
 
 
 def _meta(model: str, checkpoint, **args) -> dict:
-    return {metadata.MODEL: model, metadata.MODEL_ARGS: json.dumps(args),
-            metadata.CHECKPOINT_SHA256: sha256_file(checkpoint)}
+    return {
+        metadata.MODEL: model,
+        metadata.MODEL_ARGS: json.dumps(args),
+        metadata.CHECKPOINT_SHA256: sha256_file(checkpoint),
+    }
 
 
 def test_a_factory_named_by_the_file_is_never_imported_or_called(tmp_path, checkpoint, monkeypatch):
@@ -47,11 +50,14 @@ def test_a_named_or_trusted_factory_runs(tmp_path):
         assert source.name == "tests.conftest:make_user_model" and source.model[0].out_channels == 4
 
 
-@pytest.mark.parametrize("args,error,match", [
-    ({"in_channels": 2**40}, ModelError, "would have .* parameters"),  # 10^24 parameters: measured, never allocated
-    ({"num_classes": -3}, ModelError, "failed while building with arguments"),
-    ({"no_such_argument": 1}, ModelError, "does not take the arguments"),
-])
+@pytest.mark.parametrize(
+    "args,error,match",
+    [
+        ({"in_channels": 2**40}, ModelError, "would have .* parameters"),  # 10^24 parameters: measured, never allocated
+        ({"num_classes": -3}, ModelError, "failed while building with arguments"),
+        ({"no_such_argument": 1}, ModelError, "does not take the arguments"),
+    ],
+)
 def test_zoo_arguments_from_a_file_are_checked_before_anything_is_allocated(checkpoint, args, error, match):
     with pytest.raises(error, match=match):
         reference_from_metadata(_meta("ea_segnet_tiny", checkpoint, **args), checkpoint)

@@ -20,7 +20,6 @@ from effattn.export import export_onnx
 from effattn.runtime import TOLERANCES
 from effattn.runtime.torch_runner import TorchRunner
 from effattn.shapes import ShapeProfile
-
 from tests.conftest import rel_l2
 from tests.fixtures import ONNX_MODELS
 
@@ -95,6 +94,7 @@ def test_torch_runner_is_thread_safe(block):
 
 def test_hammer_catches_crossed_answers(onnx_path, block):
     """The check itself can fail: a runner that answers with another request's output is caught."""
+
     class Crossed:
         last = None
 
@@ -108,6 +108,7 @@ def test_hammer_catches_crossed_answers(onnx_path, block):
 
 
 # ----------------------------------------------------------------------------------- GPU runners
+
 
 @pytest.mark.gpu
 def test_onnxruntime_cuda_runner_is_thread_safe(onnx_path, block):
@@ -144,8 +145,9 @@ def test_concurrent_cuda_graph_captures(block):
     feeds, expected = _requests(block, THREADS * 12)
 
     def worker(i: int) -> list[float]:
-        return [rel_l2(runners[i].infer({"input": feeds[j]})["output"], expected[j])
-                for j in range(i, len(feeds), THREADS)]
+        return [
+            rel_l2(runners[i].infer({"input": feeds[j]})["output"], expected[j]) for j in range(i, len(feeds), THREADS)
+        ]
 
     with ThreadPoolExecutor(THREADS) as pool:
         errors = [e for chunk in pool.map(worker, range(THREADS)) for e in chunk]

@@ -154,6 +154,9 @@ def test_both_onnxruntime_packages_installed_is_named_with_the_fix(tmp_path, mon
     path = export_onnx(EfficientAttention(8, 4, 2, 8), PROFILE, tmp_path / "b.onnx").path
     if "cuda" in engines.available_devices():
         pytest.skip("this onnxruntime has the CUDA provider")
-    with pytest.raises(BackendError, match="are both installed and share one folder: pip uninstall -y onnxruntime "
-                                           "onnxruntime-gpu, then pip install 'effattn\\[gpu\\]'"):
+    with pytest.raises(
+        BackendError,
+        match="are both installed and share one folder: pip uninstall -y onnxruntime "
+        "onnxruntime-gpu, then pip install 'effattn\\[gpu\\]'",
+    ):
         engines.create_session(path, "cuda")

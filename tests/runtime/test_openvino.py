@@ -24,8 +24,7 @@ needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no BF16
 def files(tmp_path_factory, onnx_models):
     d = tmp_path_factory.mktemp("openvino")
     block = onnx_models["ea16"]
-    return {"block": block.source, "fp32": block.path,
-            "int8": quantize(block.path, d / "block.int8.onnx").path}
+    return {"block": block.source, "fp32": block.path, "int8": quantize(block.path, d / "block.int8.onnx").path}
 
 
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
@@ -34,8 +33,13 @@ def test_parity_at_the_precision_it_reports(files, precision):
     with OpenVINORunner(files["fp32"], precision=precision) as runner:
         assert runner.precision == precision and runner.profile == PROFILE
         assert runner.inputs["input"].shape == ("batch", 16, "height", "width")
-        report = compare(TorchRunner(files["block"], PROFILE), runner, profile_inputs(PROFILE),
-                         precision=runner.precision, residuals=metadata.residuals_of(runner.metadata))
+        report = compare(
+            TorchRunner(files["block"], PROFILE),
+            runner,
+            profile_inputs(PROFILE),
+            precision=runner.precision,
+            residuals=metadata.residuals_of(runner.metadata),
+        )
     assert report.passed, report
     branch = next(r for r in report.rows if r.metric == "branch")
     if precision == "bf16":  # really BF16, not FP32 under another name
@@ -59,9 +63,8 @@ def test_precision_from_the_file_and_the_cpu(files):
 
 
 def test_auto_on_the_cpu_picks_openvino_for_int8_and_onnxruntime_for_fp32(files, caplog):
-    with caplog.at_level("INFO", logger="effattn"):
-        with load(files["int8"], device="cpu") as runner:
-            assert runner.backend == "openvino-cpu-int8"
+    with caplog.at_level("INFO", logger="effattn"), load(files["int8"], device="cpu") as runner:
+        assert runner.backend == "openvino-cpu-int8"
     assert "backend auto: OpenVINO (INT8 graph" in caplog.text
     with load(files["fp32"], device="cpu") as runner:
         assert runner.backend == "onnxruntime-cpu"  # FP32 stays FP32: OpenVINO's default would be BF16
@@ -76,8 +79,10 @@ def test_int8_on_openvino_matches_onnxruntime_on_the_same_graph(files):
     """Both runtimes run the one QDQ graph (OpenVINO's float ops kept FP32 here): their answers agree far
     more closely than either with eager FP32."""
     feed = profile_inputs(PROFILE)[1]
-    with load(files["int8"], backend="openvino", precision="fp32") as ov, \
-            load(files["int8"], backend="onnxruntime") as ort:
+    with (
+        load(files["int8"], backend="openvino", precision="fp32") as ov,
+        load(files["int8"], backend="onnxruntime") as ort,
+    ):
         a, b = ov.infer(feed)["output"], ort.infer(feed)["output"]
     with torch.inference_mode():
         eager = files["block"](torch.from_numpy(feed["input"])).numpy()
@@ -91,7 +96,7 @@ def test_refusals(files, tmp_path):
         OpenVINORunner(tmp_path / "missing.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x07garbage" * 50)
-    with pytest.raises(BackendError, match="junk.onnx is not an ONNX model") as info:  # before any backend
+    with pytest.raises(BackendError, match=r"junk\.onnx is not an ONNX model") as info:  # before any backend
         load(junk, backend="openvino")
     assert "\n" not in str(info.value)
     with pytest.raises(BackendError, match="the openvino backend runs on the CPU, not cuda"):
@@ -114,8 +119,10 @@ def test_static_shapes_compile_per_shape_and_match_the_dynamic_compile(files):
     STATIC_CACHE of them (least recently used goes) and computes what the dynamic-shape compile computes;
     inputs are still checked against the profile."""
     feeds = profile_inputs(PROFILE, seed=3)
-    with OpenVINORunner(files["fp32"], precision="fp32") as static, \
-            OpenVINORunner(files["fp32"], precision="fp32", static_shapes=False) as dynamic:
+    with (
+        OpenVINORunner(files["fp32"], precision="fp32") as static,
+        OpenVINORunner(files["fp32"], precision="fp32", static_shapes=False) as dynamic,
+    ):
         assert list(static._static) == [((2, 16, 16, 16),)] and dynamic.compiled is not None
         static.STATIC_CACHE = 2
         for feed in feeds:  # min, opt, max: three shapes, two kept

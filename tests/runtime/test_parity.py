@@ -51,8 +51,9 @@ def test_residual_hides_an_error_that_the_branch_check_catches():
     with torch.no_grad():
         bad.reprojection.weight.mul_(1 + 5e-4)
     feeds = [random_inputs(PROFILE, w) for w in ("min", "opt", "max")]
-    report = compare(TorchRunner(block, PROFILE), {"bad": TorchRunner(bad, PROFILE)}, feeds,
-                     residuals={"output": "input"})
+    report = compare(
+        TorchRunner(block, PROFILE), {"bad": TorchRunner(bad, PROFILE)}, feeds, residuals={"output": "input"}
+    )
     rows = {r.metric: r for r in report.rows}
     assert rows["output"].passed, report  # the residual hides it...
     assert not rows["branch"].passed, report  # ...the branch does not
@@ -66,8 +67,10 @@ def test_argmax_agreement_counts_pixels():
 
         def __init__(self, flip):
             self.flip = flip
-            super().__init__([TensorSpec("input", np.dtype(np.float32), (1, 2, 4, 4))],
-                             [TensorSpec("logits", np.dtype(np.float32), None)])
+            super().__init__(
+                [TensorSpec("input", np.dtype(np.float32), (1, 2, 4, 4))],
+                [TensorSpec("logits", np.dtype(np.float32), None)],
+            )
 
         def _infer(self, feed):
             x = np.array(feed["input"], copy=True)
@@ -85,8 +88,11 @@ def test_argmax_agreement_counts_pixels():
 
 def test_non_finite_outputs_fail():
     ref = TorchRunner(EfficientAttention(16, 8, 2, 16), PROFILE)
-    report = compare(ref, Shifted(ref, lambda o: np.where(o > 0, np.inf, 0).astype(np.float32)),
-                     random_inputs(PROFILE, "min", seed=0))
+    report = compare(
+        ref,
+        Shifted(ref, lambda o: np.where(o > 0, np.inf, 0).astype(np.float32)),
+        random_inputs(PROFILE, "min", seed=0),
+    )
     assert not report.passed
 
 

@@ -47,18 +47,30 @@ def test_accepts_numpy_torch_and_bare_arrays(runner):
     assert a.shape == (2, 8, 6, 10) and np.array_equal(a, b) and np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("feed,match", [
-    ({"image": np.zeros((1, 8, 8, 8), np.float32)}, r"do not match the model's inputs \['input'\]; missing \['input'\]; unknown \['image'\]"),
-    ({"input": np.zeros((1, 8, 8, 8), np.float64)}, r"input 'input' has dtype float64, expected float32; convert it"),
-    ({"input": np.zeros((1, 8, 8, 8), np.float16)}, "has dtype float16, expected float32"),
-    ({"input": np.zeros((8, 8, 8), np.float32)}, r"has rank 3 \(shape 8x8x8\), expected rank 4"),
-    ({"input": np.zeros((1, 3, 8, 8), np.float32)}, r"axis 1 \(channels\) is 3, expected 8"),
-    ({"input": np.zeros((1, 8, 64, 8), np.float32)}, r"axis 2 \(height\) is 64; it must be in \[4, 32\].*re-export"),
-    ({"input": np.zeros((5, 8, 8, 8), np.float32)}, r"axis 0 \(batch\) is 5; it must be in \[1, 4\]"),
-    ({"input": np.zeros((1, 8, 2, 8), np.float32)}, r"axis 2 \(height\) is 2; it must be in \[4, 32\]"),
-    ({"input": [[1.0]]}, "is a list; pass a numpy array or torch tensor"),
-    ("not a feed", "feed must map input names to arrays"),
-])
+@pytest.mark.parametrize(
+    "feed,match",
+    [
+        (
+            {"image": np.zeros((1, 8, 8, 8), np.float32)},
+            r"do not match the model's inputs \['input'\]; missing \['input'\]; unknown \['image'\]",
+        ),
+        (
+            {"input": np.zeros((1, 8, 8, 8), np.float64)},
+            r"input 'input' has dtype float64, expected float32; convert it",
+        ),
+        ({"input": np.zeros((1, 8, 8, 8), np.float16)}, "has dtype float16, expected float32"),
+        ({"input": np.zeros((8, 8, 8), np.float32)}, r"has rank 3 \(shape 8x8x8\), expected rank 4"),
+        ({"input": np.zeros((1, 3, 8, 8), np.float32)}, r"axis 1 \(channels\) is 3, expected 8"),
+        (
+            {"input": np.zeros((1, 8, 64, 8), np.float32)},
+            r"axis 2 \(height\) is 64; it must be in \[4, 32\].*re-export",
+        ),
+        ({"input": np.zeros((5, 8, 8, 8), np.float32)}, r"axis 0 \(batch\) is 5; it must be in \[1, 4\]"),
+        ({"input": np.zeros((1, 8, 2, 8), np.float32)}, r"axis 2 \(height\) is 2; it must be in \[4, 32\]"),
+        ({"input": [[1.0]]}, "is a list; pass a numpy array or torch tensor"),
+        ("not a feed", "feed must map input names to arrays"),
+    ],
+)
 def test_bad_inputs_are_refused_with_a_clear_message(runner, feed, match):
     with pytest.raises(InputError, match=match):
         runner.infer(feed)
@@ -67,25 +79,28 @@ def test_bad_inputs_are_refused_with_a_clear_message(runner, feed, match):
 def test_load_refuses_unknown_backends_and_foreign_files(tmp_path, onnx_path):
     with pytest.raises(BackendError, match="unknown backend 'tensorrtx'"):
         load(onnx_path, backend="tensorrtx")
-    with pytest.raises(BackendError, match="expected an .onnx file or a TensorRT .plan/.engine"):
+    with pytest.raises(BackendError, match=r"expected an \.onnx file or a TensorRT \.plan/\.engine"):
         load(tmp_path / "model.txt")
     with pytest.raises(BackendError, match="does not exist"):
         load(tmp_path / "missing.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x07garbage" * 50)
-    with pytest.raises(BackendError, match="junk.onnx is not an ONNX model"):  # refused before any backend
+    with pytest.raises(BackendError, match=r"junk\.onnx is not an ONNX model"):  # refused before any backend
         load(junk)
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(onnx_path.read_bytes()[:300])
-    with pytest.raises(BackendError, match="truncated.onnx is not an ONNX model"):
+    with pytest.raises(BackendError, match=r"truncated\.onnx is not an ONNX model"):
         load(truncated)
     with pytest.raises(BackendError, match="needs a ShapeProfile"):
         load(EfficientAttention(8), backend="torch")
 
 
 def test_load_refuses_an_option_the_backend_does_not_take_by_name(onnx_path):
-    with pytest.raises(BackendError, match=r"the onnxruntime backend does not take contexts=3; its options are "
-                                           r"cuda_graph, io_binding, spinning"):
+    with pytest.raises(
+        BackendError,
+        match=r"the onnxruntime backend does not take contexts=3; its options are "
+        r"cuda_graph, io_binding, spinning",
+    ):
         load(onnx_path, backend="onnxruntime", device="cpu", contexts=3)
     with pytest.raises(BackendError, match=r"the torch backend does not take static_shapes=False"):
         load(EfficientAttention(8, 4, 2, 8), backend="torch", profile=PROFILE, static_shapes=False)
@@ -106,8 +121,12 @@ def test_load_options_are_the_runners_own_keywords():
     from effattn.runtime.openvino_runner import OpenVINORunner
     from effattn.runtime.tensorrt_runner import TensorRTRunner
 
-    runners = {"tensorrt": TensorRTRunner, "onnxruntime": OnnxRuntimeRunner, "openvino": OpenVINORunner,
-               "torch": TorchRunner}
+    runners = {
+        "tensorrt": TensorRTRunner,
+        "onnxruntime": OnnxRuntimeRunner,
+        "openvino": OpenVINORunner,
+        "torch": TorchRunner,
+    }
     assert set(RUNNER_OPTIONS) == set(runners)
     for backend, options in RUNNER_OPTIONS.items():
         keywords = inspect.signature(runners[backend]).parameters
@@ -138,8 +157,12 @@ def test_onnxruntime_cuda_matches_eager(onnx_models):
     from effattn.runtime import compare
 
     with load(onnx_models["ea8"].path, device="cuda") as runner:
-        report = compare(TorchRunner(block, PROFILE), runner, [random_inputs(PROFILE, w) for w in ("min", "opt", "max")],
-                         residuals={"output": "input"})
+        report = compare(
+            TorchRunner(block, PROFILE),
+            runner,
+            [random_inputs(PROFILE, w) for w in ("min", "opt", "max")],
+            residuals={"output": "input"},
+        )
     assert report.passed, report
 
 

@@ -24,16 +24,28 @@ def loop_model(path: Path) -> Path:
     value = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in ("v_in", "v_out")]
     body = helper.make_graph(
         [helper.make_node("Add", ["v_in", "one"], ["v_out"]), helper.make_node("Identity", ["cond_in"], ["cond_out"])],
-        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []), value[0]],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            value[0],
+        ],
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), value[1]],
-        initializer=[helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])])
+        initializer=[helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])],
+    )
     graph = helper.make_graph(
-        [helper.make_node("Reshape", ["trips", "scalar"], ["m"]), helper.make_node("Loop", ["m", "", "x"], ["y"], body=body)],
-        "loop", [helper.make_tensor_value_info("trips", TensorProto.INT64, [1]),
-                 helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [
+            helper.make_node("Reshape", ["trips", "scalar"], ["m"]),
+            helper.make_node("Loop", ["m", "", "x"], ["y"], body=body),
+        ],
+        "loop",
+        [
+            helper.make_tensor_value_info("trips", TensorProto.INT64, [1]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-        initializer=[helper.make_tensor("scalar", TensorProto.INT64, [0], [])])
+        initializer=[helper.make_tensor("scalar", TensorProto.INT64, [0], [])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
@@ -45,8 +57,14 @@ def loop_request(trips: int, x: float = 1.0) -> bytes:
     """The JSON body of an infer request to :func:`loop_model`."""
     import json
 
-    return json.dumps({"inputs": [{"name": "trips", "shape": [1], "datatype": "INT64", "data": [trips]},
-                                  {"name": "x", "shape": [1], "datatype": "FP32", "data": [x]}]}).encode()
+    return json.dumps(
+        {
+            "inputs": [
+                {"name": "trips", "shape": [1], "datatype": "INT64", "data": [trips]},
+                {"name": "x", "shape": [1], "datatype": "FP32", "data": [x]},
+            ]
+        }
+    ).encode()
 
 
 def metric(base: str, name: str, labels: str = "") -> float:

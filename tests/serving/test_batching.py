@@ -19,6 +19,7 @@ def _doubler(calls: list, delay: float = 0.001):
         calls.append({k: v.shape for k, v in feed.items()})
         time.sleep(delay)
         return {"out": feed["x"] * 2, "sum": feed["x"].sum(axis=tuple(range(1, feed["x"].ndim)))}
+
     return infer
 
 
@@ -95,8 +96,9 @@ def test_outputs_without_the_batch_axis_are_never_split_into_wrong_answers():
     async def main():
         batcher = DynamicBatcher(pooled, max_batch_size=8, max_queue_delay=1.0)
         batcher.start()
-        results = await asyncio.gather(*(batcher.submit({"x": np.full((1, 4), i, np.float32)}) for i in range(3)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(batcher.submit({"x": np.full((1, 4), i, np.float32)}) for i in range(3)), return_exceptions=True
+        )
         alone = DynamicBatcher(pooled, max_batch_size=1, max_queue_delay=0.0)
         alone.start()
         single = await alone.submit({"x": np.ones((1, 4), np.float32)})
@@ -141,8 +143,10 @@ def test_a_short_batch_goes_when_its_delay_runs_out_and_stop_runs_what_is_queued
         slow = DynamicBatcher(_doubler(calls), max_batch_size=4, max_queue_delay=3600, max_queue=16)
         slow.start()
         waiting = [asyncio.create_task(slow.submit({"x": x * i})) for i in range(2)]
-        await until(lambda: slow.depth == 2 and len(slow._waiters) == 1 and not slow._waiters[0][0].done(),
-                    "the worker is gathering, an hour to go")
+        await until(
+            lambda: slow.depth == 2 and len(slow._waiters) == 1 and not slow._waiters[0][0].done(),
+            "the worker is gathering, an hour to go",
+        )
         await asyncio.wait_for(slow.stop(), 60)
         return short, await asyncio.gather(*waiting)
 

@@ -20,39 +20,75 @@ import pytest
 from onnx import TensorProto, helper
 
 from effattn.metadata import PROFILE
-from tests.harness import free_port, http, running_server
 from effattn.shapes import InputProfile, ShapeProfile
+from tests.harness import free_port, http, running_server
 
 hypothesis = pytest.importorskip("hypothesis", reason="the differential test needs hypothesis (the test extra)")
 http_client = pytest.importorskip("tritonclient.http", reason="tests need tritonclient[http] (the test extra)")
 grpc_client = pytest.importorskip("tritonclient.grpc", reason="tests need tritonclient[grpc] (the test extra)")
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 F32, F16, I32, I8 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT32, TensorProto.INT8
 #: name -> (inputs [(name, elem type, shape)], outputs [(name, elem type, shape)], nodes, batched?)
 GRAPHS = {
-    "rows": ([("x", F32, ["n", 4])], [("y", F32, ["n", 4]), ("s", F32, ["n"])],
-             [helper.make_node("Add", ["x", "x"], ["y"]),
-              helper.make_node("ReduceSum", ["x", "axis1"], ["s"], keepdims=0)], True),
+    "rows": (
+        [("x", F32, ["n", 4])],
+        [("y", F32, ["n", 4]), ("s", F32, ["n"])],
+        [helper.make_node("Add", ["x", "x"], ["y"]), helper.make_node("ReduceSum", ["x", "axis1"], ["s"], keepdims=0)],
+        True,
+    ),
     "transpose": ([("x", F32, ["n", 4])], [("y", F32, [4, "n"])], [helper.make_node("Transpose", ["x"], ["y"])], False),
-    "reduce0": ([("x", F32, ["n", 4])], [("y", F32, [4])],
-                [helper.make_node("ReduceSum", ["x", "axis0"], ["y"], keepdims=0)], False),
-    "scalar": ([("x", F32, ["n", 4])], [("y", F32, [])], [helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)],
-               False),
-    "broadcast": ([("a", F32, ["n", 4]), ("b", F32, [1, 4])], [("y", F32, ["n", 4])],
-                  [helper.make_node("Mul", ["a", "b"], ["y"])], False),
-    "shared": ([("a", F32, ["n", 4]), ("b", F32, ["n", 4])], [("y", F32, ["n", 4]), ("z", F32, ["n", 4])],
-               [helper.make_node("Add", ["a", "b"], ["y"]), helper.make_node("Sub", ["a", "b"], ["z"])], True),
-    "two_dims": ([("a", F32, ["n", 4]), ("b", F32, ["m", 4])], [("y", F32, ["n", 4]), ("z", F32, ["m", 4])],
-                 [helper.make_node("Neg", ["a"], ["y"]), helper.make_node("Abs", ["b"], ["z"])], False),
-    "gram": ([("x", F32, ["n", "n"])], [("y", F32, ["n", "n"])],  # x x^T: a request's rows, every request's columns
-             [helper.make_node("Transpose", ["x"], ["t"]), helper.make_node("MatMul", ["x", "t"], ["y"])], False),
+    "reduce0": (
+        [("x", F32, ["n", 4])],
+        [("y", F32, [4])],
+        [helper.make_node("ReduceSum", ["x", "axis0"], ["y"], keepdims=0)],
+        False,
+    ),
+    "scalar": (
+        [("x", F32, ["n", 4])],
+        [("y", F32, [])],
+        [helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)],
+        False,
+    ),
+    "broadcast": (
+        [("a", F32, ["n", 4]), ("b", F32, [1, 4])],
+        [("y", F32, ["n", 4])],
+        [helper.make_node("Mul", ["a", "b"], ["y"])],
+        False,
+    ),
+    "shared": (
+        [("a", F32, ["n", 4]), ("b", F32, ["n", 4])],
+        [("y", F32, ["n", 4]), ("z", F32, ["n", 4])],
+        [helper.make_node("Add", ["a", "b"], ["y"]), helper.make_node("Sub", ["a", "b"], ["z"])],
+        True,
+    ),
+    "two_dims": (
+        [("a", F32, ["n", 4]), ("b", F32, ["m", 4])],
+        [("y", F32, ["n", 4]), ("z", F32, ["m", 4])],
+        [helper.make_node("Neg", ["a"], ["y"]), helper.make_node("Abs", ["b"], ["z"])],
+        False,
+    ),
+    "gram": (
+        [("x", F32, ["n", "n"])],
+        [("y", F32, ["n", "n"])],  # x x^T: a request's rows, every request's columns
+        [helper.make_node("Transpose", ["x"], ["t"]), helper.make_node("MatMul", ["x", "t"], ["y"])],
+        False,
+    ),
     "int32": ([("x", I32, ["n", 4])], [("y", I32, ["n", 4])], [helper.make_node("Add", ["x", "x"], ["y"])], True),
-    "int8": ([("x", I8, ["n", 4])], [("y", I32, ["n", 4]), ("t", I8, [4, "n"])],
-             [helper.make_node("Cast", ["x"], ["y"], to=I32), helper.make_node("Transpose", ["x"], ["t"])], False),
-    "fp16": ([("x", F16, ["n", 4])], [("y", F16, ["n", 4])],
-             [helper.make_node("Cast", ["x"], ["w"], to=F32), helper.make_node("Cast", ["w"], ["y"], to=F16)], True),
+    "int8": (
+        [("x", I8, ["n", 4])],
+        [("y", I32, ["n", 4]), ("t", I8, [4, "n"])],
+        [helper.make_node("Cast", ["x"], ["y"], to=I32), helper.make_node("Transpose", ["x"], ["t"])],
+        False,
+    ),
+    "fp16": (
+        [("x", F16, ["n", 4])],
+        [("y", F16, ["n", 4])],
+        [helper.make_node("Cast", ["x"], ["w"], to=F32), helper.make_node("Cast", ["w"], ["y"], to=F16)],
+        True,
+    ),
 }
 _NUMPY = {F32: np.float32, F16: np.float16, I32: np.int32, I8: np.int8}
 _KSERVE = {F32: "FP32", F16: "FP16", I32: "INT32", I8: "INT8"}
@@ -61,13 +97,25 @@ _KSERVE = {F32: "FP32", F16: "FP16", I32: "INT32", I8: "INT8"}
 def _write(folder, name: str) -> str:
     inputs, outputs, nodes, _ = GRAPHS[name]
     axes = [helper.make_tensor(f"axis{i}", TensorProto.INT64, [1], [i]) for i in (0, 1)]
-    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info(*i) for i in inputs],
-                              [helper.make_tensor_value_info(*o) for o in outputs], initializer=axes)
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info(*i) for i in inputs],
+        [helper.make_tensor_value_info(*o) for o in outputs],
+        initializer=axes,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
-    profile = ShapeProfile(tuple(
-        InputProfile(n, *(tuple(d if isinstance(d, int) else size for d in shape) for size in (1, 2, 8)),
-                     dtype=np.dtype(_NUMPY[kind]).name) for n, kind, shape in inputs))
+    profile = ShapeProfile(
+        tuple(
+            InputProfile(
+                n,
+                *(tuple(d if isinstance(d, int) else size for d in shape) for size in (1, 2, 8)),
+                dtype=np.dtype(_NUMPY[kind]).name,
+            )
+            for n, kind, shape in inputs
+        )
+    )
     helper.set_model_props(model, {PROFILE: profile.to_json()})
     onnx.checker.check_model(model, full_check=True)
     path = folder / f"{name}.onnx"
@@ -81,12 +129,15 @@ def served(tmp_path_factory):
     files = {name: _write(folder, name) for name in GRAPHS}
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # as the server runs (--threads 1): a reduction split over threads adds up
-    sessions = {name: ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])  # in another order
-                for name, path in files.items()}
+    sessions = {
+        name: ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])  # in another order
+        for name, path in files.items()
+    }
     grpc_port, log = free_port(), folder / "server.log"
     # a long queue delay: requests sent together meet in one batch even on a loaded machine (a full one goes at once)
-    with running_server(files, "--max-queue-delay-ms", "100", "--max-batch-size", "8", "--grpc-port", str(grpc_port),
-                        log=log) as (_, base):
+    with running_server(
+        files, "--max-queue-delay-ms", "100", "--max-batch-size", "8", "--grpc-port", str(grpc_port), log=log
+    ) as (_, base):
         yield base, grpc_port, sessions
     assert "Traceback" not in log.read_text()
 
@@ -163,14 +214,25 @@ def _disagree(feed: dict[str, np.ndarray]) -> bool:
 @pytest.mark.parametrize("model", sorted(GRAPHS))  # every graph, whatever hypothesis draws
 # no shrinking: each example is a round of requests (a batched one waits out the queue delay), so shrinking a
 # failure took minutes; the first failing example is printed as drawn
-@settings(max_examples=8, deadline=None, derandomize=True, database=None, print_blob=True,
-          phases=[Phase.explicit, Phase.reuse, Phase.generate],
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(data=st.data(), transport=st.sampled_from(["http", "grpc"]), binary=st.booleans(),
-       count=st.sampled_from([1, 1, 3, 6]))
+@settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    data=st.data(),
+    transport=st.sampled_from(["http", "grpc"]),
+    binary=st.booleans(),
+    count=st.sampled_from([1, 1, 3, 6]),
+)
 def test_every_answer_is_onnx_runtimes_or_a_4xx(served, model, data, transport, binary, count):
     base, grpc_port, sessions = served
     feeds = [data.draw(requests(model), label=f"request {i}") for i in range(count)]
+
     def send(feed):
         return _http(base, model, feed, binary) if transport == "http" else _grpc(grpc_port, model, feed, binary)
 
@@ -187,14 +249,27 @@ def test_every_answer_is_onnx_runtimes_or_a_4xx(served, model, data, transport, 
             assert got[name].tobytes() == want.tobytes(), (name, got[name], want)
 
 
-@pytest.mark.parametrize("model,datatype,values,match", [
-    ("int32", "INT32", [2**40, 2**32 + 1, -1, 3000000000], "1099511627776 is out of the range of INT32"),  # was wrapped
-    ("int32", "INT32", [1, 2, 3, 2.5], "not a list of INT32 numbers"),
-    ("int8", "INT8", [1, 2, 3, 128], "128 is out of the range of INT8"),
-    ("fp16", "FP16", [1.0, 2.0, 3.0, 65520.0], "65520.0 is out of the range of FP16"),  # rounds to inf; 65504 is max
-])
+@pytest.mark.parametrize(
+    "model,datatype,values,match",
+    [
+        (
+            "int32",
+            "INT32",
+            [2**40, 2**32 + 1, -1, 3000000000],
+            "1099511627776 is out of the range of INT32",
+        ),  # was wrapped
+        ("int32", "INT32", [1, 2, 3, 2.5], "not a list of INT32 numbers"),
+        ("int8", "INT8", [1, 2, 3, 128], "128 is out of the range of INT8"),
+        (
+            "fp16",
+            "FP16",
+            [1.0, 2.0, 3.0, 65520.0],
+            "65520.0 is out of the range of FP16",
+        ),  # rounds to inf; 65504 is max
+    ],
+)
 def test_json_values_outside_the_type_are_refused_never_wrapped(served, model, datatype, values, match):
-    base, grpc_port, _ = served
+    base, _, _ = served
     body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": datatype, "data": values}]}).encode()
     code, _, answer = http("POST", f"{base}/v2/models/{model}/infer", body)
     assert code == 400 and match in json.loads(answer)["error"], answer
@@ -207,9 +282,8 @@ def test_grpc_typed_contents_outside_the_type_are_refused_never_wrapped(served):
     _, grpc_port, _ = served
     request = service_pb2.ModelInferRequest(model_name="int8")
     request.inputs.add(name="x", datatype="INT8", shape=[1, 4]).contents.int_contents.extend([1, 2, 3, -129])
-    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-        with pytest.raises(grpc.RpcError) as e:
-            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel, pytest.raises(grpc.RpcError) as e:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "-129 is out of the range of INT8" in e.value.details()
 
@@ -229,8 +303,10 @@ def test_batching_follows_the_graph(served, model):
     assert config.get("max_batch_size", 0) == (8 if batched else 0), config
     labels, answered = f'{{model="{model}"}}', f'{{code="200",model="{model}"}}'
     calls, done = _metric(base, "effattn_batch_size_count", labels), _metric(base, "effattn_requests_total", answered)
-    feed = {name: np.ones([1 if isinstance(d, str) else d for d in shape], _NUMPY[kind])
-            for name, kind, shape in GRAPHS[model][0]}
+    feed = {
+        name: np.ones([1 if isinstance(d, str) else d for d in shape], _NUMPY[kind])
+        for name, kind, shape in GRAPHS[model][0]
+    }
     with ThreadPoolExecutor(8) as pool:
         assert [a[0] for a in pool.map(lambda _: _http(base, model, feed, True), range(8))] == [200] * 8
     calls = _metric(base, "effattn_batch_size_count", labels) - calls

@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from tests.harness import free_port, running_server
 from effattn.serving.server import ServeOptions, TrimmingBudget
+from tests.harness import free_port, running_server
 
 from .support import FOREVER, loop_model, metric, until, wait_for
 
@@ -24,7 +24,8 @@ PADDING = 1_900_000  # bytes of request id: a 1.9 MB call of a model whose tenso
 def _request(trips: int, shape: int = 1, padding: int = PADDING) -> bytes:
     tensor = pb.ModelInferRequest.InferInputTensor
     return pb.ModelInferRequest(
-        model_name="loop", id="x" * padding,
+        model_name="loop",
+        id="x" * padding,
         inputs=[tensor(name="trips", datatype="INT64", shape=[shape]), tensor(name="x", datatype="FP32", shape=[1])],
         raw_input_contents=[np.full(shape, trips, np.int64).tobytes(), np.ones(1, np.float32).tobytes()],
     ).SerializeToString()
@@ -32,8 +33,19 @@ def _request(trips: int, shape: int = 1, padding: int = PADDING) -> bytes:
 
 def test_concurrent_big_grpc_calls_are_refused_by_the_byte_budget_before_they_are_parsed(tmp_path):
     port = free_port()
-    with running_server({"loop": loop_model(tmp_path / "loop.onnx")}, "--grpc-port", str(port), "--timeout", "60",
-                        "--graceful-seconds", "1", "--max-request-mb", "2", "--max-inflight-mb", "3") as (_, base):
+    with running_server(
+        {"loop": loop_model(tmp_path / "loop.onnx")},
+        "--grpc-port",
+        str(port),
+        "--timeout",
+        "60",
+        "--graceful-seconds",
+        "1",
+        "--max-request-mb",
+        "2",
+        "--max-inflight-mb",
+        "3",
+    ) as (_, base):
         channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 2**25)])
         infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
         holding = infer.future(_request(FOREVER), timeout=120)  # holds 1.9 MB of the 3 MB until cancelled
@@ -62,6 +74,7 @@ def test_concurrent_big_grpc_calls_are_refused_by_the_byte_budget_before_they_ar
 
 def test_the_budget_trims_freed_memory_once_it_is_idle():
     """After ``TRIM_AFTER`` bytes have passed and none are held, one trim runs (glibc's malloc_trim)."""
+
     async def main():
         budget = TrimmingBudget(ServeOptions().max_inflight_bytes)
         for _ in range(2):
@@ -86,14 +99,17 @@ def test_raw_contents_are_split_off_as_views_and_the_rest_parses_as_protobuf_doe
     assert request == whole
 
 
-@pytest.mark.parametrize("data,match", [
-    (_request(3)[:-1], "runs past its end"),  # truncated in the last raw content
-    (b"\xff" * 11, "truncated or overlong varint"),
-    (b"\x0b", "wire type 3"),  # a group: not in this message
-    (b"\x08\x01" * 70000, "at most 65536 top-level fields"),
-    (b"\x0a\x03abc\x12\xff", "truncated or overlong varint"),
-    (b"\x22\x02\x0a\x05", "malformed ModelInferRequest"),  # a map entry that protobuf cannot parse
-])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (_request(3)[:-1], "runs past its end"),  # truncated in the last raw content
+        (b"\xff" * 11, "truncated or overlong varint"),
+        (b"\x0b", "wire type 3"),  # a group: not in this message
+        (b"\x08\x01" * 70000, "at most 65536 top-level fields"),
+        (b"\x0a\x03abc\x12\xff", "truncated or overlong varint"),
+        (b"\x22\x02\x0a\x05", "malformed ModelInferRequest"),  # a map entry that protobuf cannot parse
+    ],
+)
 def test_malformed_requests_are_400_naming_the_problem(data, match):
     from effattn.serving.grpc_server import parse_infer_request
     from effattn.serving.protocol import RequestError

@@ -7,7 +7,6 @@ import pytest
 
 from effattn.runtime import load
 from tests.fixtures import ONNX_MODELS
-
 from tests.harness import free_port, http, running_server
 
 grpc_client = pytest.importorskip("tritonclient.grpc", reason="tests need tritonclient[grpc] (the test extra)")
@@ -51,12 +50,15 @@ def test_results_equal_the_runner_and_http(server):
     assert 'effattn_requests_total{code="200",model="block"}' in metrics  # gRPC requests count like HTTP ones
 
 
-@pytest.mark.parametrize("tensor,match", [
-    (lambda: _tensor(np.zeros((1, 8, 4, 4), np.float64), "FP64"), "datatype 'FP64'; the model takes FP32"),
-    (lambda: _tensor(np.zeros((1, 8, 4, 4), np.float32), name="image"), "unknown input 'image'"),
-    (lambda: _tensor(np.zeros((1, 8, 64, 4), np.float32)), r"axis 2 \(height\) is 64"),
-    (lambda: _tensor(np.zeros((8, 4, 4), np.float32)), "has rank 3"),
-])
+@pytest.mark.parametrize(
+    "tensor,match",
+    [
+        (lambda: _tensor(np.zeros((1, 8, 4, 4), np.float64), "FP64"), "datatype 'FP64'; the model takes FP32"),
+        (lambda: _tensor(np.zeros((1, 8, 4, 4), np.float32), name="image"), "unknown input 'image'"),
+        (lambda: _tensor(np.zeros((1, 8, 64, 4), np.float32)), r"axis 2 \(height\) is 64"),
+        (lambda: _tensor(np.zeros((8, 4, 4), np.float32)), "has rank 3"),
+    ],
+)
 def test_bad_requests_are_invalid_argument_and_the_server_keeps_serving(server, tensor, match):
     _, _, client = server
     with pytest.raises(InferenceServerException, match=match) as e:

@@ -24,15 +24,14 @@ from torch import nn
 from effattn.export import export_onnx
 from effattn.shapes import InputProfile, ShapeProfile
 from tests.fixtures import ONNX_MODELS
-
 from tests.harness import error_of, free_port, http, running_server
 
 http_client = pytest.importorskip("tritonclient.http", reason="tests need tritonclient[http] (the test extra)")
 grpc_client = pytest.importorskip("tritonclient.grpc", reason="tests need tritonclient[grpc] (the test extra)")
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from .support import metric as _metric, wait_for as _wait_for  # noqa: E402
+from .support import metric as _metric  # noqa: E402
+from .support import wait_for as _wait_for  # noqa: E402
 
 PROFILE = ONNX_MODELS["ea8_small"].profile
 PAIR = ShapeProfile((InputProfile("a", (1, 4), (2, 4), (8, 4)), InputProfile("b", (1, 4), (2, 4), (8, 4))))
@@ -56,9 +55,20 @@ def files(tmp_path_factory, onnx_models):
 @pytest.fixture(scope="module")
 def server(files):
     grpc_port, log = free_port(), files["folder"] / "server.log"
-    with running_server({"block": files["block"], "pair": files["pair"]}, "--max-queue-delay-ms", "20",
-                        "--max-request-mb", "2", "--max-inflight-mb", "3", "--keep-alive-s", "1",
-                        "--grpc-port", str(grpc_port), log=log) as (process, base):
+    with running_server(
+        {"block": files["block"], "pair": files["pair"]},
+        "--max-queue-delay-ms",
+        "20",
+        "--max-request-mb",
+        "2",
+        "--max-inflight-mb",
+        "3",
+        "--keep-alive-s",
+        "1",
+        "--grpc-port",
+        str(grpc_port),
+        log=log,
+    ) as (_, base):
         yield base, grpc_port, log
     assert "Traceback" not in log.read_text()
 
@@ -75,43 +85,61 @@ def _body(*inputs, **request) -> bytes:
     return json.dumps({"inputs": list(inputs) or [_input()]} | request).encode()
 
 
-@pytest.mark.parametrize("body,match", [
-    (_body(parameters=5), "'parameters' of the request must be an object"),
-    (_body(_input(parameters=[1])), "'parameters' of input 'input' must be an object"),
-    (_body(_input(name=["input"])), r"unknown input \"\['input'\]\""),
-    (_body(_input(name={"a": 1})), "unknown input"),
-    (_body(_input(shape=[True, 8, 4, 4])), "'shape' must be a list of non-negative integers"),
-    (_body(_input(shape=[1.0, 8, 4, 4])), "'shape' must be a list of non-negative integers"),
-    (_body(_input(shape="1x8x4x4")), "'shape' must be a list of non-negative integers"),
-    (_body(_input(shape=[2**40, 2**40, 4, 4], data=[])), "more than a request may hold"),
-    (_body(_input(shape=[2**64, 2**64, 2**64, 2**64], data=[])), "more than a request may hold"),
-    (_body(_input(datatype=5)), "has datatype '5'"),
-    (_body(_input(data=None, parameters={"binary_data_size": "512"})),
-     "binary_data_size must be an integer number of bytes, got '512'"),
-    (_body(_input(data=None, parameters={"binary_data_size": 512.0})), "binary_data_size must be an integer"),
-    (_body(_input(parameters={"binary_data_size": 512})), "has both 'data' and a binary_data_size parameter"),
-    (_body(outputs=[{"name": "output", "parameters": {"classification": 2}}]),
-     "the classification extension is not supported"),
-    (_body(outputs=[{"name": "output", "parameters": {"shared_memory_region": "r"}}]), "shared memory is not supported"),
-    (_body(_input(data=[[1.0, 2.0], [3.0]])), "not a list of FP32 numbers"),
-    (_body(_input(data=[True] * 128)), r"not a list of FP32 numbers \(it holds bool values\)"),
-    (_body(_input(data=[2**70] * 128)), r"not a list of FP32 numbers \(it holds object values\)"),
-    (_body(_input(data=[{"x": 1}] * 128)), "not a list of FP32 numbers"),
-    (_body(id=5), "'id' must be a string"),
-    (_body(outputs=[5]), r"outputs\[0\] must be an object"),
-    (_body(outputs=[{"name": ["output"]}]), "unknown output"),
-    (_body(outputs=[{"name": "output", "parameters": {"binary_data": "yes"}}]), "binary_data must be true or false"),
-    (_body(outputs={"name": "output"}), "'outputs' must be a list"),
-    (_body(parameters={"timeout": "soon"}), "'timeout' parameter must be a number"),
-    (b'{"inputs": [{"name": "input", "shape": [1, 8, 4, 4], "datatype": "FP32", "data": '
-     + b"[" * 50_000 + b"]" * 50_000 + b"}]}", "nested too deeply"),
-    (b"[" * 100_000, "nested too deeply"),
-    (_body(_input(shape=[10**30, 0], data=[])), r"shape \[1000000000000000000000000000000, 0\] of FP32 spans"),
-    (_body(_input(shape=[2**62, 2**62, 0], data=[])), "more than a request may hold"),
-    (_body(_input(data=[1] * 127 + [float("nan")])).replace(b"NaN", b"1" * 5000), "Exceeds the limit"),
-    (_body(outputs=[{"name": "output"}] * 10000), "output 'output' is requested twice"),
-    (_body(_input(shape=[1] * 10000, data=[1.0])), "'shape' has 10000 dimensions; an array has at most 64"),
-])
+@pytest.mark.parametrize(
+    "body,match",
+    [
+        (_body(parameters=5), "'parameters' of the request must be an object"),
+        (_body(_input(parameters=[1])), "'parameters' of input 'input' must be an object"),
+        (_body(_input(name=["input"])), r"unknown input \"\['input'\]\""),
+        (_body(_input(name={"a": 1})), "unknown input"),
+        (_body(_input(shape=[True, 8, 4, 4])), "'shape' must be a list of non-negative integers"),
+        (_body(_input(shape=[1.0, 8, 4, 4])), "'shape' must be a list of non-negative integers"),
+        (_body(_input(shape="1x8x4x4")), "'shape' must be a list of non-negative integers"),
+        (_body(_input(shape=[2**40, 2**40, 4, 4], data=[])), "more than a request may hold"),
+        (_body(_input(shape=[2**64, 2**64, 2**64, 2**64], data=[])), "more than a request may hold"),
+        (_body(_input(datatype=5)), "has datatype '5'"),
+        (
+            _body(_input(data=None, parameters={"binary_data_size": "512"})),
+            "binary_data_size must be an integer number of bytes, got '512'",
+        ),
+        (_body(_input(data=None, parameters={"binary_data_size": 512.0})), "binary_data_size must be an integer"),
+        (_body(_input(parameters={"binary_data_size": 512})), "has both 'data' and a binary_data_size parameter"),
+        (
+            _body(outputs=[{"name": "output", "parameters": {"classification": 2}}]),
+            "the classification extension is not supported",
+        ),
+        (
+            _body(outputs=[{"name": "output", "parameters": {"shared_memory_region": "r"}}]),
+            "shared memory is not supported",
+        ),
+        (_body(_input(data=[[1.0, 2.0], [3.0]])), "not a list of FP32 numbers"),
+        (_body(_input(data=[True] * 128)), r"not a list of FP32 numbers \(it holds bool values\)"),
+        (_body(_input(data=[2**70] * 128)), r"not a list of FP32 numbers \(it holds object values\)"),
+        (_body(_input(data=[{"x": 1}] * 128)), "not a list of FP32 numbers"),
+        (_body(id=5), "'id' must be a string"),
+        (_body(outputs=[5]), r"outputs\[0\] must be an object"),
+        (_body(outputs=[{"name": ["output"]}]), "unknown output"),
+        (
+            _body(outputs=[{"name": "output", "parameters": {"binary_data": "yes"}}]),
+            "binary_data must be true or false",
+        ),
+        (_body(outputs={"name": "output"}), "'outputs' must be a list"),
+        (_body(parameters={"timeout": "soon"}), "'timeout' parameter must be a number"),
+        (
+            b'{"inputs": [{"name": "input", "shape": [1, 8, 4, 4], "datatype": "FP32", "data": '
+            + b"[" * 50_000
+            + b"]" * 50_000
+            + b"}]}",
+            "nested too deeply",
+        ),
+        (b"[" * 100_000, "nested too deeply"),
+        (_body(_input(shape=[10**30, 0], data=[])), r"shape \[1000000000000000000000000000000, 0\] of FP32 spans"),
+        (_body(_input(shape=[2**62, 2**62, 0], data=[])), "more than a request may hold"),
+        (_body(_input(data=[1] * 127 + [float("nan")])).replace(b"NaN", b"1" * 5000), "Exceeds the limit"),
+        (_body(outputs=[{"name": "output"}] * 10000), "output 'output' is requested twice"),
+        (_body(_input(shape=[1] * 10000, data=[1.0])), "'shape' has 10000 dimensions; an array has at most 64"),
+    ],
+)
 def test_wrong_json_types_anywhere_are_400(server, body, match):
     base, _, _ = server
     code, _, answer = _post(base, body)
@@ -128,8 +156,11 @@ def test_the_json_length_header_is_ascii_digits(server, length):
     assert _metric(base, "effattn_requests_total", '{code="500",model="block"}') == 0
 
 
-@pytest.mark.parametrize("body", [gzip.compress(_body()) + gzip.compress(_body()), gzip.compress(_body()) + b"junk"],
-                         ids=["two-members", "trailing-garbage"])
+@pytest.mark.parametrize(
+    "body",
+    [gzip.compress(_body()) + gzip.compress(_body()), gzip.compress(_body()) + b"junk"],
+    ids=["two-members", "trailing-garbage"],
+)
 def test_a_gzip_body_is_one_stream(server, body):
     base, _, _ = server
     code, _, answer = _post(base, body, {"Content-Encoding": "gzip"})
@@ -146,16 +177,23 @@ def test_a_request_head_is_capped_at_64_kib(server):
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431 ") and "request head" in json.loads(body)["error"], answer[:300]
     with _raw(base) as s:  # a big head under the cap is still served
-        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " + b"a" * 60_000
-                  + b"\r\n\r\n")
+        s.sendall(
+            b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " + b"a" * 60_000 + b"\r\n\r\n"
+        )
         assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
 
 
 def _pair_body(a_rows: int, b_rows: int, start: float = 0.0) -> tuple[bytes, np.ndarray, np.ndarray]:
     a = np.arange(a_rows * 4, dtype=np.float32).reshape(a_rows, 4) + start
     b = -np.arange(b_rows * 4, dtype=np.float32).reshape(b_rows, 4) - start
-    body = json.dumps({"inputs": [{"name": "a", "shape": list(a.shape), "datatype": "FP32", "data": a.ravel().tolist()},
-                                  {"name": "b", "shape": list(b.shape), "datatype": "FP32", "data": b.ravel().tolist()}]})
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "a", "shape": list(a.shape), "datatype": "FP32", "data": a.ravel().tolist()},
+                {"name": "b", "shape": list(b.shape), "datatype": "FP32", "data": b.ravel().tolist()},
+            ]
+        }
+    )
     return body.encode(), a, b
 
 
@@ -208,30 +246,47 @@ def _grpc_with(request, change):
     return request
 
 
-@pytest.mark.parametrize("request_,match", [
-    (_grpc_request(("input", [1, 8, 4, 4]), ("input", [1, 8, 4, 4])), "input 'input' is given twice"),
-    (_grpc_with(_grpc_request(("input", [1, 8, 4, 4])), lambda r: r.inputs[0].contents.fp32_contents.extend([1.0] * 128)),
-     "input 'input' has fp32_contents and raw_input_contents; send its values once"),
-    (_grpc_with(_grpc_request(("input", [1, 8, 4, 4]), raw=[]), lambda r: (
-        r.inputs[0].contents.fp32_contents.extend([1.0] * 128), r.inputs[0].contents.int_contents.extend([1] * 128))),
-     "has int_contents and fp32_contents|has fp32_contents and int_contents"),
-    (_grpc_with(_grpc_request(("input", [1, 8, 4, 4]), outputs=["output"]),  # tritonclient's class_count=2
-                lambda r: r.outputs[0].parameters["classification"].CopyFrom(service_pb2.InferParameter(int64_param=2))),
-     "output 'output': the classification extension is not supported"),
-    (_grpc_request(("input", [2**62, 2**62, 4, 4])), "more than a request may hold"),
-    (_grpc_request(("input", [2**32, 2**32, 1, 1])), "more than a request may hold"),  # np.prod wraps to 0
-    (_grpc_request(("input", [-1, 8, 4, 4])), "non-negative integers"),
-    (_grpc_request(("input", [1, 8, 4, 4]), raw=[]), "0 values for shape"),
-    (_grpc_request(("input", [1, 8, 4, 4]), outputs=["output"] * 10000), "output 'output' is requested twice"),
-    (_grpc_request(("input", [1, 8, 4, 4]), model="m" * 100_000), r"^model name 'm+\.\.\.m+' is not allowed"),
-])
+@pytest.mark.parametrize(
+    "request_,match",
+    [
+        (_grpc_request(("input", [1, 8, 4, 4]), ("input", [1, 8, 4, 4])), "input 'input' is given twice"),
+        (
+            _grpc_with(
+                _grpc_request(("input", [1, 8, 4, 4])), lambda r: r.inputs[0].contents.fp32_contents.extend([1.0] * 128)
+            ),
+            "input 'input' has fp32_contents and raw_input_contents; send its values once",
+        ),
+        (
+            _grpc_with(
+                _grpc_request(("input", [1, 8, 4, 4]), raw=[]),
+                lambda r: (
+                    r.inputs[0].contents.fp32_contents.extend([1.0] * 128),
+                    r.inputs[0].contents.int_contents.extend([1] * 128),
+                ),
+            ),
+            "has int_contents and fp32_contents|has fp32_contents and int_contents",
+        ),
+        (
+            _grpc_with(
+                _grpc_request(("input", [1, 8, 4, 4]), outputs=["output"]),  # tritonclient's class_count=2
+                lambda r: r.outputs[0].parameters["classification"].CopyFrom(service_pb2.InferParameter(int64_param=2)),
+            ),
+            "output 'output': the classification extension is not supported",
+        ),
+        (_grpc_request(("input", [2**62, 2**62, 4, 4])), "more than a request may hold"),
+        (_grpc_request(("input", [2**32, 2**32, 1, 1])), "more than a request may hold"),  # np.prod wraps to 0
+        (_grpc_request(("input", [-1, 8, 4, 4])), "non-negative integers"),
+        (_grpc_request(("input", [1, 8, 4, 4]), raw=[]), "0 values for shape"),
+        (_grpc_request(("input", [1, 8, 4, 4]), outputs=["output"] * 10000), "output 'output' is requested twice"),
+        (_grpc_request(("input", [1, 8, 4, 4]), model="m" * 100_000), r"^model name 'm+\.\.\.m+' is not allowed"),
+    ],
+)
 def test_grpc_malformed_requests_are_invalid_argument(server, request_, match):
     import grpc
 
     base, grpc_port, _ = server
-    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-        with pytest.raises(grpc.RpcError) as e:
-            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request_, timeout=60)
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel, pytest.raises(grpc.RpcError) as e:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request_, timeout=60)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and re.search(match, e.value.details())
     assert len(e.value.details()) < 1000  # nothing of the request is echoed whole
     assert _metric(base, "effattn_requests_total", '{code="500",model="block"}') == 0
@@ -243,8 +298,10 @@ def _raw(base: str) -> socket.socket:
 
 
 def _head(length: int) -> bytes:
-    return (f"POST /v2/models/block/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()
+    return (
+        f"POST /v2/models/block/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 def test_a_client_hanging_up_is_not_a_server_error(server):
@@ -253,8 +310,10 @@ def test_a_client_hanging_up_is_not_a_server_error(server):
     with _raw(base) as s:
         s.sendall(_head(100_000) + b'{"inputs": [')
         _wait_for(lambda: _metric(base, "effattn_inflight_bytes") >= 100_000, "the request's bytes are held")
-    _wait_for(lambda: _metric(base, "effattn_requests_total", '{code="499",model="block"}') == before + 1,
-              "the hang-up is counted as 499")
+    _wait_for(
+        lambda: _metric(base, "effattn_requests_total", '{code="499",model="block"}') == before + 1,
+        "the hang-up is counted as 499",
+    )
     assert _metric(base, "effattn_requests_total", '{code="500",model="block"}') == 0
     assert _metric(base, "effattn_inflight_bytes") == 0
     assert "Traceback" not in log.read_text()
@@ -272,8 +331,9 @@ def test_bytes_in_flight_are_bounded(server):
     assert code == 400 and "malformed JSON" in error_of(answer)
 
 
-@pytest.mark.parametrize("first_bytes", [b"", b"POST /v2/models/block/infer HTTP/1.1\r\nHost: x\r\n"],
-                         ids=["idle", "half-sent-head"])
+@pytest.mark.parametrize(
+    "first_bytes", [b"", b"POST /v2/models/block/infer HTTP/1.1\r\nHost: x\r\n"], ids=["idle", "half-sent-head"]
+)
 def test_idle_and_half_sent_connections_are_closed(server, first_bytes):
     base, _, _ = server
     with _raw(base) as s:
@@ -306,8 +366,18 @@ def test_non_finite_outputs_are_written_as_nan_and_infinity_tokens(server):
     base, _, _ = server
     x = np.zeros((1, 8, 4, 4), np.float32)
     x[0, 0, 0, 0] = np.nan
-    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 8, 4, 4], "datatype": "FP32",
-                                   "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 8, 4, 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ]
+        }
+    ).encode()
     code, _, answer = _post(base, body + x.tobytes(), {"Inference-Header-Content-Length": str(len(body))})
     assert code == 200 and b"NaN" in answer  # Python's json and tritonclient read it; strict JSON has no NaN
     assert np.isnan(json.loads(answer)["outputs"][0]["data"]).any()
@@ -316,10 +386,16 @@ def test_non_finite_outputs_are_written_as_nan_and_infinity_tokens(server):
 def test_ports_in_use_are_refused_not_shared(server, files):
     base, grpc_port, _ = server
     http_port = base.rsplit(":", 1)[1]
-    for args, what in ((["--port", http_port], "HTTP port"), (["--port", str(free_port()), "--grpc-port",
-                                                                 str(grpc_port)], "gRPC port")):
-        done = subprocess.run([sys.executable, "-m", "effattn", "serve", f"block={files['block']}", "-q", *args],
-                              capture_output=True, text=True, timeout=120)
+    for args, what in (
+        (["--port", http_port], "HTTP port"),
+        (["--port", str(free_port()), "--grpc-port", str(grpc_port)], "gRPC port"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "effattn", "serve", f"block={files['block']}", "-q", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 2, done.stderr[-2000:]
         line = done.stderr.strip()
         assert "\n" not in line and f"cannot listen on {what} 127.0.0.1:" in line and "in use" in line, line
@@ -330,26 +406,29 @@ def test_the_connection_limit_keeps_the_server_answering(files):
         held = [_raw(base) for _ in range(3)]
         for s in held:
             s.sendall(b"GET /v2/health/live HTTP/1.1\r\n")  # half-sent heads: they hold their connections
-        code, _, answer = http("GET", base + "/v2/health/live")
+        code, _, _ = http("GET", base + "/v2/health/live")
         assert code == 503
         for s in held:
             s.close()
         _wait_for(lambda: http("GET", base + "/v2/health/live")[0] == 200, "connections are free again")
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--max-batch-size", "0"], "argument --max-batch-size: expected an integer from 1 to 65536, got '0'"),
-    (["--max-queue", "-1"], "argument --max-queue: expected an integer from 1 to"),
-    (["--timeout", "0"], "argument --timeout: expected a number from 0.001 to"),
-    (["--port", "70000"], "argument --port: expected an integer from 1 to 65535, got '70000'"),
-    (["--port", "0"], "argument --port: expected an integer from 1 to 65535, got '0'"),
-    (["--grpc-port", "99999"], "argument --grpc-port: expected an integer from 1 to 65535, got '99999'"),
-    (["--max-inflight-mb", "1"], "must be at least max_request_bytes"),
-    (["--max-request-mb", "nan"], "argument --max-request-mb: expected a number from 0.001 to"),
-    (["--timeout", "inf"], "argument --timeout: expected a number from 0.001 to"),
-    (["--keep-alive-s", "0"], "argument --keep-alive-s: expected a number from 0.001 to"),
-    (["--port", "18001", "--host", "no such host"], "cannot listen on no such host:18001"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--max-batch-size", "0"], "argument --max-batch-size: expected an integer from 1 to 65536, got '0'"),
+        (["--max-queue", "-1"], "argument --max-queue: expected an integer from 1 to"),
+        (["--timeout", "0"], "argument --timeout: expected a number from 0.001 to"),
+        (["--port", "70000"], "argument --port: expected an integer from 1 to 65535, got '70000'"),
+        (["--port", "0"], "argument --port: expected an integer from 1 to 65535, got '0'"),
+        (["--grpc-port", "99999"], "argument --grpc-port: expected an integer from 1 to 65535, got '99999'"),
+        (["--max-inflight-mb", "1"], "must be at least max_request_bytes"),
+        (["--max-request-mb", "nan"], "argument --max-request-mb: expected a number from 0.001 to"),
+        (["--timeout", "inf"], "argument --timeout: expected a number from 0.001 to"),
+        (["--keep-alive-s", "0"], "argument --keep-alive-s: expected a number from 0.001 to"),
+        (["--port", "18001", "--host", "no such host"], "cannot listen on no such host:18001"),
+    ],
+)
 def test_bad_serve_options_are_one_line(files, capsys, argv, match):
     from effattn.cli import main
 
@@ -362,13 +441,16 @@ def test_bad_serve_options_are_one_line(files, capsys, argv, match):
     assert "Traceback" not in err and (err.startswith("usage:") or "\n" not in err), err
 
 
-@pytest.mark.parametrize("spec,match", [
-    ("../x={block}", "model name '../x' is not allowed"),
-    ("a/b={block}", "model name 'a/b' is not allowed"),
-    ("={block}", "model name '' is not allowed"),
-    ("a b={block}", "model name 'a b' is not allowed"),
-    ("{eq}", "cannot name a model after the file 'a=b.onnx'; give a name"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("../x={block}", "model name '../x' is not allowed"),
+        ("a/b={block}", "model name 'a/b' is not allowed"),
+        ("={block}", "model name '' is not allowed"),
+        ("a b={block}", "model name 'a b' is not allowed"),
+        ("{eq}", "cannot name a model after the file 'a=b.onnx'; give a name"),
+    ],
+)
 def test_serve_names_are_url_safe_and_files_may_hold_equals(files, tmp_path, capsys, spec, match):
     from effattn.cli import main
     from effattn.names import parse_model_spec as _model_spec
@@ -392,13 +474,16 @@ def test_big_bodies_are_parsed_off_the_event_loop(files, monkeypatch):
 
     seen, seen_grpc = [], []
     parse, decode_grpc = http_wire.parse_infer_request, serve_grpc.decode_grpc_inputs
-    monkeypatch.setattr(http_wire, "parse_infer_request",
-                        lambda *a: seen.append(threading.current_thread()) or parse(*a))
-    monkeypatch.setattr(serve_grpc, "decode_grpc_inputs",
-                        lambda *a: seen_grpc.append(threading.current_thread()) or decode_grpc(*a))
+    monkeypatch.setattr(
+        http_wire, "parse_infer_request", lambda *a: seen.append(threading.current_thread()) or parse(*a)
+    )
+    monkeypatch.setattr(
+        serve_grpc, "decode_grpc_inputs", lambda *a: seen_grpc.append(threading.current_thread()) or decode_grpc(*a)
+    )
     grpc_port = free_port()
-    app = serve_module.create_app({"block": load(files["block"], device="cpu", threads=1)},
-                                  serve_module.ServeOptions(grpc_port=grpc_port))
+    app = serve_module.create_app(
+        {"block": load(files["block"], device="cpu", threads=1)}, serve_module.ServeOptions(grpc_port=grpc_port)
+    )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     loop_thread = threading.Thread(target=server.run)
@@ -431,9 +516,11 @@ def test_the_listening_socket_is_tcp_so_connections_get_nodelay():
 
 def test_the_server_may_hold_as_many_sockets_as_the_system_allows():
     """serve() raises the soft open-file limit to the hard one (checked in a child whose soft limit is 256)."""
-    script = ("import resource; soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
-              "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard)); "
-              "from effattn.serving.http_server import _raise_file_limit; _raise_file_limit(); "
-              "print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard))")
+    script = (
+        "import resource; soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard)); "
+        "from effattn.serving.http_server import _raise_file_limit; _raise_file_limit(); "
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard))"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "True", done.stderr[-2000:]

@@ -19,7 +19,6 @@ import pytest
 
 from effattn.runtime import load
 from tests.fixtures import ONNX_MODELS
-
 from tests.harness import error_of, http, running_server
 
 from .support import loop_model, loop_request, metric, wait_for
@@ -34,8 +33,11 @@ SLOW_TRIPS = 5_000_000  # a Loop request of ~4 s on an idle core (longer under l
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, onnx_models):
     folder = tmp_path_factory.mktemp("serve")
-    return {"block": onnx_models["ea8_batch8"].path, "slow": onnx_models["dot16_slow"].path,
-            "loop": loop_model(folder / "loop.onnx")}
+    return {
+        "block": onnx_models["ea8_batch8"].path,
+        "slow": onnx_models["dot16_slow"].path,
+        "loop": loop_model(folder / "loop.onnx"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +72,14 @@ def test_metadata_and_health(server):
     client = _client(base)
     assert client.is_server_live() and client.is_server_ready()
     meta = client.get_model_metadata("block")
-    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 8, -1, -1],
-                               "parameters": {"min": [1, 8, 4, 4], "opt": [2, 8, 16, 16], "max": [8, 8, 32, 32]}}]
+    assert meta["inputs"] == [
+        {
+            "name": "input",
+            "datatype": "FP32",
+            "shape": [-1, 8, -1, -1],
+            "parameters": {"min": [1, 8, 4, 4], "opt": [2, 8, 16, 16], "max": [8, 8, 32, 32]},
+        }
+    ]
     assert meta["outputs"][0]["name"] == "output" and meta["versions"] == ["1"]
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
     assert http("GET", base + "/v2/models/nope")[0] == 404
@@ -120,26 +128,59 @@ def _post(base: str, body: bytes, headers: dict | None = None, model: str = "blo
 
 def _json_request(shape, datatype="FP32", name="input", data=None) -> bytes:
     count = int(np.prod(shape))
-    return json.dumps({"inputs": [{"name": name, "shape": list(shape), "datatype": datatype,
-                                   "data": data if data is not None else [0.5] * count}]}).encode()
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": list(shape),
+                    "datatype": datatype,
+                    "data": data if data is not None else [0.5] * count,
+                }
+            ]
+        }
+    ).encode()
 
 
-@pytest.mark.parametrize("body,headers,status,message", [
-    (b"{not json", None, 400, "malformed JSON"),
-    (b'{"inputs": []}', None, 400, "non-empty 'inputs' list"),
-    (_json_request((1, 8, 4, 4), name="image"), None, 400, r"unknown input 'image'; the model's inputs are \['input'\]"),
-    (_json_request((1, 8, 4, 4), datatype="FP64"), None, 400, "datatype 'FP64'; the model takes FP32"),
-    (_json_request((8, 4, 4)), None, 400, "has rank 3"),
-    (_json_request((1, 8, 4, 4), data=[1.0] * 5), None, 400, "'data' has 5 elements, shape"),
-    (_json_request((1, 8, 64, 4)), None, 400, r"axis 2 \(height\) is 64; it must be in \[4, 32\]"),
-    (_json_request((9, 8, 4, 4)), None, 400, r"axis 0 \(batch\) is 9"),
-    (_json_request((1, 8, 4, 4), data=["a"] * 128), None, 400, "is not a list of FP32 numbers"),
-    (json.dumps({"inputs": [{"name": "input", "shape": [1, 8, 4, 4], "datatype": "FP32",
-                             "parameters": {"binary_data_size": 512}}]}).encode() + b"\0" * 100,
-     "header", 400, "truncated binary payload"),
-    (b'{"inputs": [{"name": "input"}]}' + b"x", {"Inference-Header-Content-Length": "999"}, 400, "body has only"),
-    (b"\0" * (3 * 2**20), None, 413, "over the limit"),
-])
+@pytest.mark.parametrize(
+    "body,headers,status,message",
+    [
+        (b"{not json", None, 400, "malformed JSON"),
+        (b'{"inputs": []}', None, 400, "non-empty 'inputs' list"),
+        (
+            _json_request((1, 8, 4, 4), name="image"),
+            None,
+            400,
+            r"unknown input 'image'; the model's inputs are \['input'\]",
+        ),
+        (_json_request((1, 8, 4, 4), datatype="FP64"), None, 400, "datatype 'FP64'; the model takes FP32"),
+        (_json_request((8, 4, 4)), None, 400, "has rank 3"),
+        (_json_request((1, 8, 4, 4), data=[1.0] * 5), None, 400, "'data' has 5 elements, shape"),
+        (_json_request((1, 8, 64, 4)), None, 400, r"axis 2 \(height\) is 64; it must be in \[4, 32\]"),
+        (_json_request((9, 8, 4, 4)), None, 400, r"axis 0 \(batch\) is 9"),
+        (_json_request((1, 8, 4, 4), data=["a"] * 128), None, 400, "is not a list of FP32 numbers"),
+        (
+            json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": [1, 8, 4, 4],
+                            "datatype": "FP32",
+                            "parameters": {"binary_data_size": 512},
+                        }
+                    ]
+                }
+            ).encode()
+            + b"\0" * 100,
+            "header",
+            400,
+            "truncated binary payload",
+        ),
+        (b'{"inputs": [{"name": "input"}]}' + b"x", {"Inference-Header-Content-Length": "999"}, 400, "body has only"),
+        (b"\0" * (3 * 2**20), None, 413, "over the limit"),
+    ],
+)
 def test_bad_requests_get_clear_answers_and_the_server_keeps_serving(server, body, headers, status, message):
     _, base = server
     if headers == "header":
@@ -171,8 +212,13 @@ def test_request_timeout_is_504(files):
 
 
 def _post_loop(base: str, trips: int, x: float = 1.0):
-    return http("POST", base + "/v2/models/loop/infer", loop_request(trips, x), {"Content-Type": "application/json"},
-                timeout=300)
+    return http(
+        "POST",
+        base + "/v2/models/loop/infer",
+        loop_request(trips, x),
+        {"Content-Type": "application/json"},
+        timeout=300,
+    )
 
 
 def _loop_metric(base: str, name: str) -> float:
@@ -200,8 +246,11 @@ def test_overload_answers_503_at_once_not_a_hang(files):
         assert _loop_metric(base, "effattn_engine_calls") == 1, "the slow request ended before the refusal"
         for t in [slow, *queued]:
             t.join(300)
-        assert [(answers[i][0], json.loads(answers[i][2])["outputs"][0]["data"]) for i in range(3)] == \
-            [(200, [SLOW_TRIPS]), (200, [2.0]), (200, [4.0])]
+        assert [(answers[i][0], json.loads(answers[i][2])["outputs"][0]["data"]) for i in range(3)] == [
+            (200, [SLOW_TRIPS]),
+            (200, [2.0]),
+            (200, [4.0]),
+        ]
         assert http("GET", base + "/v2/models/loop/ready")[0] == 200
 
 
@@ -243,7 +292,7 @@ def test_serve_cli_names_bad_model_arguments(files, tmp_path, capsys):
 
 def test_served_onnx_runtime_sessions_do_not_spin(files):
     """A server's own threads need the cores between engine calls: its ONNX Runtime threads sleep when idle."""
-    from effattn.serving.server import Server, ServeOptions
+    from effattn.serving.server import ServeOptions, Server
 
     runner = load(files["block"], device="cpu", threads=1)
     assert runner.spinning  # ONNX Runtime's default, for every other use of a runner

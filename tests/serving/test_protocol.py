@@ -12,14 +12,21 @@ from effattn.serving.repository import TensorConfig, batch_limit
 from effattn.shapes import ShapeProfile
 
 
-@pytest.mark.parametrize("path,target", [
-    ("/v2/models/seg/infer", ("seg", None)),
-    ("/v2/models/seg/versions/1/infer", ("seg", "1")),
-    ("/v2/models/stats/infer", ("stats", None)),  # as Starlette's {name} route matches it
-    ("/v2/models//infer", None), ("/v2/models/seg/versions//infer", None), ("/v2/models/seg", None),
-    ("/v2/models/seg/infer/", None), ("/v1/models/seg/infer", None), ("/v2/model/seg/infer", None),
-    ("/v2/models/seg/version/1/infer", None),
-])
+@pytest.mark.parametrize(
+    "path,target",
+    [
+        ("/v2/models/seg/infer", ("seg", None)),
+        ("/v2/models/seg/versions/1/infer", ("seg", "1")),
+        ("/v2/models/stats/infer", ("stats", None)),  # as Starlette's {name} route matches it
+        ("/v2/models//infer", None),
+        ("/v2/models/seg/versions//infer", None),
+        ("/v2/models/seg", None),
+        ("/v2/models/seg/infer/", None),
+        ("/v1/models/seg/infer", None),
+        ("/v2/model/seg/infer", None),
+        ("/v2/models/seg/version/1/infer", None),
+    ],
+)
 def test_infer_paths_are_the_routes_paths(path, target):
     assert infer_target(path) == target
 
@@ -46,8 +53,8 @@ def test_raw_tensors_off_numpys_alignment_are_copied_onto_it():
     body = np.zeros(64, np.uint8)
     start = (-body.ctypes.data) % 16
     for offset in (0, 4, 8):
-        body[start + offset:start + offset + 16] = x.view(np.uint8)
-        got = raw_tensor("x", [1, 4], np.dtype(np.float32), 4, memoryview(body)[start + offset:start + offset + 16])
+        body[start + offset : start + offset + 16] = x.view(np.uint8)
+        got = raw_tensor("x", [1, 4], np.dtype(np.float32), 4, memoryview(body)[start + offset : start + offset + 16])
         assert got.ctypes.data % 16 == 0 and got.tobytes() == x.tobytes()
         assert (got.base is not None) == (offset == 0)  # in place when aligned: no copy
 
@@ -65,13 +72,16 @@ def test_integer_values_outside_the_type_are_refused_never_wrapped(datatype):
         values_tensor("x", [2], [1, 2.5], dtype, 2)
 
 
-@pytest.mark.parametrize("datatype,values,bad", [
-    ("FP16", [1.0, 70000.0], "70000.0"),  # rounds to inf in FP16
-    ("FP16", [1.0, 2**70], None),  # an int past 64 bits: an object array, refused by kind
-    ("FP32", [1.0, 1e39], "1e+39"),
-    ("BOOL", [True, 2], "2"),
-    ("BOOL", [0, 1], None),  # numbers are not booleans
-])
+@pytest.mark.parametrize(
+    "datatype,values,bad",
+    [
+        ("FP16", [1.0, 70000.0], "70000.0"),  # rounds to inf in FP16
+        ("FP16", [1.0, 2**70], None),  # an int past 64 bits: an object array, refused by kind
+        ("FP32", [1.0, 1e39], "1e+39"),
+        ("BOOL", [True, 2], "2"),
+        ("BOOL", [0, 1], None),  # numbers are not booleans
+    ],
+)
 def test_float_overflow_and_non_boolean_values_are_refused(datatype, values, bad):
     with pytest.raises(RequestError) as e:
         values_tensor("x", [2], values, DATATYPES[datatype], 2)
@@ -93,25 +103,31 @@ def test_a_compressed_body_is_one_stream():
     import zlib
 
     assert decompress(gzip.compress(b"{}"), "gzip", 100) == b"{}"
-    for body, encoding in ((gzip.compress(b"{}") + gzip.compress(b"[]"), "gzip"),
-                           (gzip.compress(b"{}") + b"junk", "gzip"), (zlib.compress(b"{}") + b"junk", "deflate")):
+    for body, encoding in (
+        (gzip.compress(b"{}") + gzip.compress(b"[]"), "gzip"),
+        (gzip.compress(b"{}") + b"junk", "gzip"),
+        (zlib.compress(b"{}") + b"junk", "deflate"),
+    ):
         with pytest.raises(RequestError, match="bytes after its compressed stream") as e:
             decompress(body, encoding, 100)
         assert e.value.status == 400
 
 
-@pytest.mark.parametrize("requested,dims,out,batch,limit", [
-    (8, ["n", 3], ["n", 3], (1, 4), 4),  # clamped to the profile
-    (8, ["n", 3], ["n", 3], (1, 16), 8),
-    (8, [1, 3], [1, 3], (1, 1), 0),  # a fixed batch axis: no batching
-    (0, ["n", 3], ["n", 3], (1, 16), 0),
-    (8, ["n", 3], ["n", 3], None, 8),  # no profile: as asked
-    (8, ["n", 3], [3, "n"], None, 0),  # a Transpose: the output's first axis is not the batch
-    (8, ["n", 3], [], None, 0),  # a scalar output (a reduction over everything)
-    (8, ["n", 3], ["m", 3], None, 0),  # another dimension: nothing says it is the batch
-    (8, [-1, 3], [-1, 3], None, 0),  # unnamed dynamic axes: nothing says they are one
-    (8, ["n", "n"], ["n", "n"], None, 0),  # the batch name on another axis too: x x^T mixes requests
-])
+@pytest.mark.parametrize(
+    "requested,dims,out,batch,limit",
+    [
+        (8, ["n", 3], ["n", 3], (1, 4), 4),  # clamped to the profile
+        (8, ["n", 3], ["n", 3], (1, 16), 8),
+        (8, [1, 3], [1, 3], (1, 1), 0),  # a fixed batch axis: no batching
+        (0, ["n", 3], ["n", 3], (1, 16), 0),
+        (8, ["n", 3], ["n", 3], None, 8),  # no profile: as asked
+        (8, ["n", 3], [3, "n"], None, 0),  # a Transpose: the output's first axis is not the batch
+        (8, ["n", 3], [], None, 0),  # a scalar output (a reduction over everything)
+        (8, ["n", 3], ["m", 3], None, 0),  # another dimension: nothing says it is the batch
+        (8, [-1, 3], [-1, 3], None, 0),  # unnamed dynamic axes: nothing says they are one
+        (8, ["n", "n"], ["n", "n"], None, 0),  # the batch name on another axis too: x x^T mixes requests
+    ],
+)
 def test_batch_limit_is_the_one_clamp_and_batching_comes_from_the_graph(requested, dims, out, batch, limit):
     profile = None if batch is None else ShapeProfile.single(f"{batch[0]}x3", f"{batch[0]}x3", f"{batch[1]}x3")
     tensors = [TensorConfig("input", np.dtype(np.float32), dims), TensorConfig("output", np.dtype(np.float32), out)]

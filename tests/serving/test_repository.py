@@ -13,8 +13,10 @@ from effattn.serving.repository import TensorConfig, TritonOptions, model_config
 from effattn.shapes import ShapeProfile
 from tests.fixtures import ONNX_MODELS
 
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
-                                       reason="tests need tritonclient[grpc] (the test extra) for Triton's ModelConfig")
+model_config_pb2 = pytest.importorskip(
+    "tritonclient.grpc.model_config_pb2",
+    reason="tests need tritonclient[grpc] (the test extra) for Triton's ModelConfig",
+)
 from google.protobuf import text_format  # noqa: E402
 
 PROFILE = ONNX_MODELS["ea8"].profile
@@ -44,7 +46,8 @@ def test_onnx_repository(onnx_file, tmp_path):
     assert config.name == "block" and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 4  # capped by the profile's max batch
     assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [
-        ("input", model_config_pb2.TYPE_FP32, [8, -1, -1])]
+        ("input", model_config_pb2.TYPE_FP32, [8, -1, -1])
+    ]
     assert list(config.output[0].dims) == [8, -1, -1]
     assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
     assert config.dynamic_batching.max_queue_delay_microseconds == 2000
@@ -54,7 +57,9 @@ def test_onnx_repository(onnx_file, tmp_path):
 
 
 def test_trt_accelerator_fp16_and_no_batching(onnx_file, tmp_path):
-    options = TritonOptions(max_batch_size=0, trt_accelerator=True, fp16=True, instances=2, kind="KIND_CPU", warmup=False)
+    options = TritonOptions(
+        max_batch_size=0, trt_accelerator=True, fp16=True, instances=2, kind="KIND_CPU", warmup=False
+    )
     config = parse((write_repository(onnx_file, tmp_path, "seg", options) / "config.pbtxt").read_text())
     assert config.max_batch_size == 0 and list(config.input[0].dims) == [-1, 8, -1, -1]
     assert not config.HasField("dynamic_batching") and not config.model_warmup
@@ -70,7 +75,7 @@ def test_plan_config_from_a_sidecar_record():
     assert config.platform == "tensorrt_plan" and config.output[0].data_type == model_config_pb2.TYPE_FP16
     with pytest.raises(InputError, match="runs on the GPU only"):
         model_config("b", "tensorrt", inputs, outputs, PROFILE, TritonOptions(kind="KIND_CPU"))
-    with pytest.raises(InputError, match="preferred batch size 16 is outside 1..max_batch_size"):
+    with pytest.raises(InputError, match=r"preferred batch size 16 is outside 1\.\.max_batch_size"):
         model_config("b", "onnxruntime", inputs, outputs, PROFILE, TritonOptions(preferred_batch_sizes=[16]))
 
 
@@ -82,9 +87,13 @@ def test_plan_io_types_from_the_sidecar_are_mapped_or_refused_by_name():
     from effattn.serving.repository import _sidecar_io
 
     def sidecar(dtype):
-        return SimpleNamespace(key={"profiles": [PROFILE.to_json()]}, io=[
-            {"name": "input", "mode": "INPUT", "dtype": "FLOAT", "shape": [-1, 8, -1, -1]},
-            {"name": "output", "mode": "OUTPUT", "dtype": dtype, "shape": [-1, 8, -1, -1]}])
+        return SimpleNamespace(
+            key={"profiles": [PROFILE.to_json()]},
+            io=[
+                {"name": "input", "mode": "INPUT", "dtype": "FLOAT", "shape": [-1, 8, -1, -1]},
+                {"name": "output", "mode": "OUTPUT", "dtype": dtype, "shape": [-1, 8, -1, -1]},
+            ],
+        )
 
     inputs, outputs, profile = _sidecar_io(sidecar("HALF"))
     assert inputs[0].dtype == np.float32 and outputs[0].dtype == np.float16 and profile == PROFILE
@@ -108,8 +117,10 @@ def test_a_plan_is_batched_by_the_axis_names_its_sidecar_recorded(onnx_file):
     assert axes["input"][0] == axes["output"][0] and isinstance(axes["input"][0], str)
 
     def max_batch(input_axes, output_axes):
-        io = [{"name": "input", "mode": "INPUT", "dtype": "FLOAT", "shape": [-1, 8, -1, -1], "axes": input_axes},
-              {"name": "output", "mode": "OUTPUT", "dtype": "FLOAT", "shape": [-1, 8, -1, -1], "axes": output_axes}]
+        io = [
+            {"name": "input", "mode": "INPUT", "dtype": "FLOAT", "shape": [-1, 8, -1, -1], "axes": input_axes},
+            {"name": "output", "mode": "OUTPUT", "dtype": "FLOAT", "shape": [-1, 8, -1, -1], "axes": output_axes},
+        ]
         inputs, outputs, profile = _sidecar_io(SimpleNamespace(key={"profiles": [PROFILE.to_json()]}, io=io))
         return _max_batch(inputs, outputs, profile, TritonOptions())
 
@@ -120,7 +131,10 @@ def test_a_plan_is_batched_by_the_axis_names_its_sidecar_recorded(onnx_file):
     from effattn.runtime.tensorrt_runner import _named  # the TensorRT runner's specs, named the same way
 
     assert _named(("batch", 8, None, None), ["n", None, "h", None]) == ["n", 8, "h", None]
-    assert _named((None, 8), None) == [None, 8] and _named((None, 8), ["n"]) == [None, 8]  # no names, or a rank mismatch
+    assert _named((None, 8), None) == [None, 8] and _named((None, 8), ["n"]) == [
+        None,
+        8,
+    ]  # no names, or a rank mismatch
 
 
 def test_cli_refuses_to_overwrite_and_names_bad_files(onnx_file, tmp_path, capsys):
@@ -143,8 +157,10 @@ def _tree(root):
     """Every path under ``root`` with its bytes (None for folders, the target for links)."""
     import os
 
-    return {str(p.relative_to(root)): os.readlink(p) if p.is_symlink() else None if p.is_dir() else p.read_bytes()
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): os.readlink(p) if p.is_symlink() else None if p.is_dir() else p.read_bytes()
+        for p in sorted(root.rglob("*"))
+    }
 
 
 @pytest.fixture
@@ -161,8 +177,26 @@ def sandbox(onnx_file, tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("name", ["..", ".", "../x", "../../x", "/tmp/abs", "a/b", 'a"b', "a\nb", "", "-rf",
-                                  ".hidden", "a b", "x" * 129, "stray", "link"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "..",
+        ".",
+        "../x",
+        "../../x",
+        "/tmp/abs",
+        "a/b",
+        'a"b',
+        "a\nb",
+        "",
+        "-rf",
+        ".hidden",
+        "a b",
+        "x" * 129,
+        "stray",
+        "link",
+    ],
+)
 def test_triton_names_never_escape_the_model_folder(onnx_file, sandbox, capsys, name):
     before = _tree(sandbox)
     assert main(["triton", str(onnx_file), "--repository", str(sandbox / "repo"), f"--name={name}", "--force"]) == 2
@@ -205,8 +239,13 @@ def test_bad_triton_options_are_one_line(option):
         model_config("m", "onnxruntime", inputs, inputs, PROFILE, TritonOptions(**option))
 
 
-@pytest.mark.parametrize("options", [TritonOptions(preferred_batch_sizes=[2, 4]),
-                                     TritonOptions(max_batch_size=0, trt_accelerator=True, fp16=True, kind="KIND_CPU")])
+@pytest.mark.parametrize(
+    "options",
+    [
+        TritonOptions(preferred_batch_sizes=[2, 4]),
+        TritonOptions(max_batch_size=0, trt_accelerator=True, fp16=True, kind="KIND_CPU"),
+    ],
+)
 def test_config_pbtxt_and_config_json_come_from_one_dict(options):
     from google.protobuf import json_format
 
@@ -237,9 +276,16 @@ def test_an_fp8_file_gets_basic_graph_optimization_only(onnx_models, tmp_path):
     assert config.optimization.graph.level == -1
     plain = parse((write_repository(fp32, tmp_path / "repo32") / "config.pbtxt").read_text())
     assert not plain.HasField("optimization")
-    both = parse(model_config("m", "onnxruntime", [TensorConfig("x", np.dtype("float32"), ("batch", 4))],
-                              [TensorConfig("y", np.dtype("float32"), ("batch", 4))], None,
-                              TritonOptions(basic_graph_optimization=True, trt_accelerator=True)))
+    both = parse(
+        model_config(
+            "m",
+            "onnxruntime",
+            [TensorConfig("x", np.dtype("float32"), ("batch", 4))],
+            [TensorConfig("y", np.dtype("float32"), ("batch", 4))],
+            None,
+            TritonOptions(basic_graph_optimization=True, trt_accelerator=True),
+        )
+    )
     assert both.optimization.graph.level == -1
     assert both.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "tensorrt"
 
@@ -251,9 +297,18 @@ def _graph_file(path, dims=("n", 4), domain="", opset=18, ir=None, external=None
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.arange(16, dtype=np.float32).reshape(4, 4), "w")
-    node = helper.make_node("Foo", ["x", "w"], ["y"], domain=domain) if domain else helper.make_node("MatMul", ["x", "w"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(dims))], initializer=[w])
+    node = (
+        helper.make_node("Foo", ["x", "w"], ["y"], domain=domain)
+        if domain
+        else helper.make_node("MatMul", ["x", "w"], ["y"])
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(dims))],
+        initializer=[w],
+    )
     opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
     model = helper.make_model(graph, opset_imports=opsets)
     if ir is not None:
@@ -289,8 +344,10 @@ def _hostile(tmp_path, case):
         "symlink-out": (lambda: _graph_file(f, external="w.bin"), "leads out of the model's folder"),
         "missing-data": (lambda: _graph_file(f, external="gone.bin"), "gone.bin does not exist"),
         "nul-byte": (lambda: _graph_file(f, external="w\0.bin"), "relative to the model's folder"),
-        "short-data": (lambda: (models / "w.bin").write_bytes(bytes(8)) and _graph_file(f, external="w.bin"),
-                       "holds 8 bytes; the tensor needs 64"),
+        "short-data": (
+            lambda: (models / "w.bin").write_bytes(bytes(8)) and _graph_file(f, external="w.bin"),
+            "holds 8 bytes; the tensor needs 64",
+        ),
         "ghost-input": (lambda: _graph_file(f, profile=ghost), "names input 'ghost', which the model does not have"),
     }
     make, says = cases[case]
@@ -298,8 +355,23 @@ def _hostile(tmp_path, case):
     return f, says
 
 
-@pytest.mark.parametrize("case", ["empty", "custom-op", "opset-99", "ir-99", "2^40-dims", "absolute", "dotdot",
-                                  "symlink-out", "missing-data", "nul-byte", "short-data", "ghost-input"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty",
+        "custom-op",
+        "opset-99",
+        "ir-99",
+        "2^40-dims",
+        "absolute",
+        "dotdot",
+        "symlink-out",
+        "missing-data",
+        "nul-byte",
+        "short-data",
+        "ghost-input",
+    ],
+)
 def test_triton_refuses_what_run_refuses_and_writes_nothing(tmp_path, capsys, case):
     path, says = _hostile(tmp_path, case)
     for command in (["triton", str(path), "--repository", str(tmp_path / "repo")], ["run", str(path)]):
@@ -321,9 +393,14 @@ def test_triton_copies_the_external_data_the_model_reads(tmp_path):
     path = _graph_file(models / "m.onnx", external="weights/w.bin")
     folder = write_repository(path, tmp_path / "repo")
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
-        "1/model.onnx", "1/weights/w.bin", "config.pbtxt"]
+        "1/model.onnx",
+        "1/weights/w.bin",
+        "config.pbtxt",
+    ]
     x = {"x": np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)}
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, x)[0]
     got = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, x)[0]
-    assert np.array_equal(got, want) and (folder / "1" / "weights" / "w.bin").read_bytes() == (
-        models / "weights" / "w.bin").read_bytes()
+    assert (
+        np.array_equal(got, want)
+        and (folder / "1" / "weights" / "w.bin").read_bytes() == (models / "weights" / "w.bin").read_bytes()
+    )

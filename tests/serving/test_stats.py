@@ -24,9 +24,11 @@ def test_the_batcher_reports_every_engine_call_per_batch_size():
     asyncio.run(main())
     s = stats.json("m", "1")
     assert (s["inference_count"], s["execution_count"]) == (7, 2) and s["last_inference"] > 0
-    assert {p: s["inference_stats"][p]["count"] for p in ("queue", "compute_input", "compute_infer",
-                                                          "compute_output")} == dict.fromkeys(
-        ("queue", "compute_input", "compute_infer", "compute_output"), 4)  # every request is charged its batch
+    assert {
+        p: s["inference_stats"][p]["count"] for p in ("queue", "compute_input", "compute_infer", "compute_output")
+    } == dict.fromkeys(
+        ("queue", "compute_input", "compute_infer", "compute_output"), 4
+    )  # every request is charged its batch
     assert [(b["batch_size"], b["compute_infer"]["count"]) for b in s["batch_stats"]] == [(1, 1), (6, 1)]
     assert s["inference_stats"]["success"] == {"count": 0, "ns": 0}  # requests are counted by the front ends
 
@@ -38,5 +40,13 @@ def test_answers_count_successes_and_failures_with_their_durations():
     stats.answered(False, 7)
     s = stats.json("m", "1")["inference_stats"]
     assert s["success"] == {"count": 2, "ns": 1500} and s["fail"] == {"count": 1, "ns": 7}
-    assert set(s) == {"success", "fail", "queue", "compute_input", "compute_infer", "compute_output",
-                      "cache_hit", "cache_miss"}
+    assert set(s) == {
+        "success",
+        "fail",
+        "queue",
+        "compute_input",
+        "compute_infer",
+        "compute_output",
+        "cache_hit",
+        "cache_miss",
+    }

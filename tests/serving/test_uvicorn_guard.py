@@ -52,8 +52,7 @@ def test_the_installed_uvicorn_has_every_method_the_guard_uses(base):
     assert missing_internals(base) == [], f"uvicorn {uvicorn.__version__} lacks these; see pyproject.toml's bound"
 
 
-@pytest.mark.parametrize("protocol", [uvicorn_guard.GuardedH11Protocol, guarded_protocol()],
-                         ids=["h11", "httptools"])
+@pytest.mark.parametrize("protocol", [uvicorn_guard.GuardedH11Protocol, guarded_protocol()], ids=["h11", "httptools"])
 def test_a_live_connection_has_every_attribute_the_guard_uses(protocol):
     base = next(c for c in protocol.__mro__ if c.__name__ in ATTRIBUTES)
 
@@ -68,8 +67,10 @@ def test_a_live_connection_has_every_attribute_the_guard_uses(protocol):
             try:
                 value = operator.attrgetter(name)(guarded)
             except AttributeError:
-                pytest.fail(f"uvicorn {uvicorn.__version__}: a {base.__name__} connection has no {name!r}, which "
-                            "effattn.serving.uvicorn_guard relies on; install a release in pyproject.toml's range")
+                pytest.fail(
+                    f"uvicorn {uvicorn.__version__}: a {base.__name__} connection has no {name!r}, which "
+                    "effattn.serving.uvicorn_guard relies on; install a release in pyproject.toml's range"
+                )
             assert value is not None or name == "timeout_keep_alive_task", name
         if base is HttpToolsProtocol:
             assert isinstance(guarded.cycle.transport, HeadWithBody)  # the answer leaves head and body together
@@ -83,6 +84,9 @@ def test_a_live_connection_has_every_attribute_the_guard_uses(protocol):
 def test_a_uvicorn_without_an_internal_is_refused_by_name(monkeypatch):
     monkeypatch.delattr(HttpToolsProtocol, "_unset_keepalive_if_required")
     assert missing_internals(HttpToolsProtocol) == ["HttpToolsProtocol._unset_keepalive_if_required"]
-    with pytest.raises(BackendError, match=r"lacks HttpToolsProtocol\._unset_keepalive_if_required, .*pip install "
-                                           r"'uvicorn[<>=.,0-9]*<0\.56[<>=.,0-9]*'"):  # pyproject.toml's bound
+    with pytest.raises(
+        BackendError,
+        match=r"lacks HttpToolsProtocol\._unset_keepalive_if_required, .*pip install "
+        r"'uvicorn[<>=.,0-9]*<0\.56[<>=.,0-9]*'",
+    ):  # pyproject.toml's bound
         guarded_protocol()
