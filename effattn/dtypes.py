@@ -48,8 +48,14 @@ def _index(field: str) -> dict:
     return {getattr(d, field): d for d in TABLE if getattr(d, field) is not None}
 
 
-_LIBRARY = {"numpy": "numpy", "kserve": "KServe", "onnx": "ONNX", "ort": "ONNX Runtime", "tensorrt": "TensorRT",
-            "torch": "torch"}
+_LIBRARY = {
+    "numpy": "numpy",
+    "kserve": "KServe",
+    "onnx": "ONNX",
+    "ort": "ONNX Runtime",
+    "tensorrt": "TensorRT",
+    "torch": "torch",
+}
 _BY = {field: _index(field) for field in ("numpy", "kserve", "onnx", "ort", "tensorrt", "torch")}
 
 
@@ -61,8 +67,9 @@ def lookup(field: str, value, what: str = "tensor") -> DType:
     row = _BY[field].get(key)
     if row is None:
         known = ", ".join(str(k) for k in _BY[field])
-        raise InputError(f"{what} has {_LIBRARY[field]} type {key}, which effattn cannot feed or read "
-                         f"(supported: {known})")
+        raise InputError(
+            f"{what} has {_LIBRARY[field]} type {key}, which effattn cannot feed or read (supported: {known})"
+        )
     return row
 
 

@@ -59,8 +59,14 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(s, previous[s])
 
 
-_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _kind(mode: int) -> str:
@@ -97,8 +103,10 @@ def check_writable(path: str | Path, force: bool) -> None:
     if mode is None:
         return
     if not stat.S_ISREG(mode):
-        raise FileExistsNoForceError(f"{path} exists and is {_kind(mode)}; effattn replaces only regular files: "
-                                     "choose another output or move it yourself")
+        raise FileExistsNoForceError(
+            f"{path} exists and is {_kind(mode)}; effattn replaces only regular files: "
+            "choose another output or move it yourself"
+        )
     if not force:
         raise FileExistsNoForceError(f"{path} exists; pass --force to overwrite it (force=True in Python)")
 
@@ -156,8 +164,9 @@ def _check_folder_writable(path: Path, force: bool, owned: str | None) -> None:
         raise FileExistsNoForceError(f"{path} exists; pass --force to overwrite it (force=True in Python)")
     ours = owned is None or stat.S_ISREG(_lstat_mode(path / owned) or 0)
     if not (stat.S_ISDIR(mode) and ours):
-        raise FileExistsNoForceError(f"{path} exists and is not a folder effattn wrote (no {owned}); "
-                                     "remove or rename it yourself")
+        raise FileExistsNoForceError(
+            f"{path} exists and is not a folder effattn wrote (no {owned}); remove or rename it yourself"
+        )
 
 
 # ------------------------------------------------------------------------------------------ array files in
@@ -194,8 +203,10 @@ def _npy_size(f: IO[bytes], where: str, available: int, max_bytes: int) -> int:
         raise InputError(f"{where} holds Python objects; only numeric arrays are read (nothing is unpickled)")
     size = math.prod(shape) * dtype.itemsize
     if size > max_bytes:
-        raise InputError(f"{where} declares a {dtype} array of shape {tuple(shape)} ({size} bytes): over the "
-                         f"{max_bytes} bytes left of the {MAX_ARRAY_BYTES}-byte limit on array data read at once")
+        raise InputError(
+            f"{where} declares a {dtype} array of shape {tuple(shape)} ({size} bytes): over the "
+            f"{max_bytes} bytes left of the {MAX_ARRAY_BYTES}-byte limit on array data read at once"
+        )
     if size > available - f.tell():
         raise InputError(f"{where} declares {size} bytes of array data but holds {max(available - f.tell(), 0)}")
     f.seek(0)
@@ -216,8 +227,9 @@ def _read_npz(f: BinaryIO, path: Path, names: Sequence[str] | None, max_bytes: i
         return arrays
 
 
-def read_arrays(path: str | Path, names: Sequence[str] | None = None, max_bytes: int = MAX_ARRAY_BYTES
-                ) -> np.ndarray | dict[str, np.ndarray]:
+def read_arrays(
+    path: str | Path, names: Sequence[str] | None = None, max_bytes: int = MAX_ARRAY_BYTES
+) -> np.ndarray | dict[str, np.ndarray]:
     """The array of an ``.npy`` file, or the arrays ``names`` (None: all) of an ``.npz``; never unpickles.
 
     Only regular files (:func:`open_regular`); every header is checked against ``max_bytes`` and against the

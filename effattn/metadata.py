@@ -21,7 +21,11 @@ from .shapes import MAX_ELEMENTS, ShapeProfile, format_shape, read_json
 
 VERSION, MODEL, TASK, PROFILE = "effattn.version", "effattn.model", "effattn.task", "effattn.profile"
 CHECKPOINT_SHA256, EXPORTER, RESIDUAL, PRECISION = (
-    "effattn.checkpoint_sha256", "effattn.exporter", "effattn.residual", "effattn.precision")
+    "effattn.checkpoint_sha256",
+    "effattn.exporter",
+    "effattn.residual",
+    "effattn.precision",
+)
 MODEL_ARGS = "effattn.model_args"  # JSON keyword arguments of the factory
 FP32_OPS = "effattn.fp32_ops"  # ops the precision stage kept in FP32
 
@@ -33,8 +37,10 @@ _SCALARS = (str, int, float, bool, type(None))
 def _text(meta: Mapping[str, str], key: str) -> str | None:
     value = meta.get(key)
     if value is not None and len(value) > MAX_VALUE_CHARS:
-        raise MetadataError(f"metadata {key} is {len(value)} characters long (limit {MAX_VALUE_CHARS}); "
-                            "the file is not one effattn wrote")
+        raise MetadataError(
+            f"metadata {key} is {len(value)} characters long (limit {MAX_VALUE_CHARS}); "
+            "the file is not one effattn wrote"
+        )
     return value
 
 
@@ -44,8 +50,10 @@ def profile_of(meta: Mapping[str, str], inputs: Collection[str] | None = None) -
     profile = ShapeProfile.from_json(text) if text else None
     ghosts = [name for name in profile or () if inputs is not None and name not in inputs]
     if ghosts:
-        raise ProfileError(f"metadata {PROFILE} names input {reprlib.repr(ghosts[0])}, which the model does not have "
-                           f"(its inputs: {reprlib.repr(list(inputs or ()))})")
+        raise ProfileError(
+            f"metadata {PROFILE} names input {reprlib.repr(ghosts[0])}, which the model does not have "
+            f"(its inputs: {reprlib.repr(list(inputs or ()))})"
+        )
     return profile
 
 
@@ -53,8 +61,9 @@ def precision_of(meta: Mapping[str, str]) -> str:
     """The graph's precision (``fp32`` when unrecorded); anything else effattn never writes is refused."""
     value = _text(meta, PRECISION) or "fp32"
     if value not in precisions.names():
-        raise MetadataError(f"metadata {PRECISION} is {reprlib.repr(value)}; expected one of "
-                            f"{', '.join(precisions.names())}")
+        raise MetadataError(
+            f"metadata {PRECISION} is {reprlib.repr(value)}; expected one of {', '.join(precisions.names())}"
+        )
     return value
 
 
@@ -64,27 +73,39 @@ def model_args_of(meta: Mapping[str, str]) -> dict:
     try:
         args = read_json(text)
     except (ValueError, RecursionError) as e:
-        raise MetadataError(f"metadata {MODEL_ARGS} is not valid JSON ({first_line(e)}): {reprlib.repr(text)}") from None
+        raise MetadataError(
+            f"metadata {MODEL_ARGS} is not valid JSON ({first_line(e)}): {reprlib.repr(text)}"
+        ) from None
+
     def plain(v) -> bool:
         return isinstance(v, _SCALARS) or (isinstance(v, list) and all(isinstance(x, _SCALARS) for x in v))
+
     if not isinstance(args, dict) or not all(k.isidentifier() and plain(v) for k, v in args.items()):
-        raise MetadataError(f"metadata {MODEL_ARGS} must map argument names to numbers, strings, booleans or "
-                            f"flat lists of them; got {reprlib.repr(args)}")
+        raise MetadataError(
+            f"metadata {MODEL_ARGS} must map argument names to numbers, strings, booleans or "
+            f"flat lists of them; got {reprlib.repr(args)}"
+        )
     return args
 
 
-def residuals_of(meta: Mapping[str, str], inputs: Collection[str] | None = None,
-                 outputs: Collection[str] | None = None) -> dict[str, str]:
+def residuals_of(
+    meta: Mapping[str, str], inputs: Collection[str] | None = None, outputs: Collection[str] | None = None
+) -> dict[str, str]:
     """``"output=input"`` -> ``{"output": "input"}``: output names whose value is input + a branch.
 
     With ``inputs`` and ``outputs`` (the model's names) a pair naming anything else is refused."""
     text = _text(meta, RESIDUAL) or ""
     pairs = dict(item.split("=", 1) for item in text.split(",") if "=" in item)
-    unknown = [f"{o}={i}" for o, i in pairs.items()
-               if (outputs is not None and o not in outputs) or (inputs is not None and i not in inputs)]
+    unknown = [
+        f"{o}={i}"
+        for o, i in pairs.items()
+        if (outputs is not None and o not in outputs) or (inputs is not None and i not in inputs)
+    ]
     if unknown:
-        raise MetadataError(f"metadata {RESIDUAL} names {reprlib.repr(unknown)}, which are not an output and an "
-                            f"input of the model (outputs {list(outputs or [])}, inputs {list(inputs or [])})")
+        raise MetadataError(
+            f"metadata {RESIDUAL} names {reprlib.repr(unknown)}, which are not an output and an "
+            f"input of the model (outputs {list(outputs or [])}, inputs {list(inputs or [])})"
+        )
     return pairs
 
 
@@ -123,8 +144,12 @@ def _load(path: str | Path) -> onnx.ModelProto:
 # ------------------------------------------------------------------------------- the file itself
 #: Operator domains ONNX Runtime implements, with the newest opset of each it knows; a node in any other domain
 #: needs a custom-op library, which effattn never loads.
-KNOWN_DOMAINS = {"": onnx.defs.onnx_opset_version(), "ai.onnx": onnx.defs.onnx_opset_version(),
-                 "ai.onnx.ml": onnx.helper.VERSION_TABLE[-1][3], "com.microsoft": 1}
+KNOWN_DOMAINS = {
+    "": onnx.defs.onnx_opset_version(),
+    "ai.onnx": onnx.defs.onnx_opset_version(),
+    "ai.onnx.ml": onnx.helper.VERSION_TABLE[-1][3],
+    "com.microsoft": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -162,7 +187,9 @@ def _graphs(model: onnx.ModelProto) -> Iterator[onnx.GraphProto | onnx.FunctionP
     while todo:
         graph = todo.pop()
         yield graph
-        todo += [g for n in graph.node for a in n.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
+        todo += [
+            g for n in graph.node for a in n.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)
+        ]
 
 
 def _check_versions(path: Path, model: onnx.ModelProto) -> None:
@@ -172,14 +199,18 @@ def _check_versions(path: Path, model: onnx.ModelProto) -> None:
     for opset in model.opset_import:
         newest = KNOWN_DOMAINS.get(opset.domain)
         if newest is not None and not 1 <= opset.version <= newest:
-            raise ExportError(f"{path} asks for opset {opset.version} of {opset.domain or 'ai.onnx'}; ONNX Runtime "
-                              f"knows 1 to {newest}")
+            raise ExportError(
+                f"{path} asks for opset {opset.version} of {opset.domain or 'ai.onnx'}; ONNX Runtime "
+                f"knows 1 to {newest}"
+            )
     for graph in _graphs(model):
         for node in graph.node:
             if node.domain not in KNOWN_DOMAINS and node.domain not in local:
-                raise ExportError(f"{path}: node {reprlib.repr(node.name)} is {reprlib.repr(node.op_type)} of the "
-                                  f"custom domain {reprlib.repr(node.domain)}; effattn runs only ONNX and ONNX Runtime "
-                                  f"operators ({', '.join(d for d in KNOWN_DOMAINS if d)})")
+                raise ExportError(
+                    f"{path}: node {reprlib.repr(node.name)} is {reprlib.repr(node.op_type)} of the "
+                    f"custom domain {reprlib.repr(node.domain)}; effattn runs only ONNX and ONNX Runtime "
+                    f"operators ({', '.join(d for d in KNOWN_DOMAINS if d)})"
+                )
 
 
 def _check_dims(path: Path, model: onnx.ModelProto) -> None:
@@ -188,8 +219,11 @@ def _check_dims(path: Path, model: onnx.ModelProto) -> None:
         dims = [d.dim_value for d in value.type.tensor_type.shape.dim if d.HasField("dim_value")]
         if any(d < 0 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
             shape = format_shape([d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim])
-            why = "a negative dimension" if any(d < 0 for d in dims) else (
-                f"over {MAX_ELEMENTS} elements, more than any tensor effattn allocates")
+            why = (
+                "a negative dimension"
+                if any(d < 0 for d in dims)
+                else (f"over {MAX_ELEMENTS} elements, more than any tensor effattn allocates")
+            )
             raise ExportError(f"{path}: tensor {reprlib.repr(value.name)} is declared {shape}: {why}")
 
 
@@ -198,7 +232,9 @@ def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
         if isinstance(graph, onnx.GraphProto):
             yield from graph.initializer
             yield from (t for s in graph.sparse_initializer for t in (s.values, s.indices))
-        yield from (t for n in graph.node for a in n.attribute for t in ([a.t] if a.HasField("t") else []) + list(a.tensors))
+        yield from (
+            t for n in graph.node for a in n.attribute for t in ([a.t] if a.HasField("t") else []) + list(a.tensors)
+        )
 
 
 def _external_files(path: Path, model: onnx.ModelProto) -> tuple[str, ...]:
@@ -210,12 +246,18 @@ def _external_files(path: Path, model: onnx.ModelProto) -> tuple[str, ...]:
         try:
             info = ExternalDataInfo(tensor)
         except ValueError as e:
-            raise ExportError(f"{path}: tensor {reprlib.repr(tensor.name)} has malformed external data: "
-                              f"{first_line(e)}") from None
+            raise ExportError(
+                f"{path}: tensor {reprlib.repr(tensor.name)} has malformed external data: {first_line(e)}"
+            ) from None
         where = f"{path}: tensor {reprlib.repr(tensor.name)} keeps its data in {reprlib.repr(info.location)}"
         name = PurePosixPath(info.location.replace("\\", "/"))
-        if (not info.location or "\0" in info.location or name.is_absolute() or PureWindowsPath(info.location).drive
-                or ".." in name.parts):
+        if (
+            not info.location
+            or "\0" in info.location
+            or name.is_absolute()
+            or PureWindowsPath(info.location).drive
+            or ".." in name.parts
+        ):
             raise ExportError(f"{where}; external data must be named relative to the model's folder, without '..'")
         target = (folder / name).resolve()
         if not target.is_relative_to(folder):

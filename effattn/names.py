@@ -19,8 +19,10 @@ _SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 def check_model_name(name: str) -> str:
     """``name`` if it is one safe path component and URL segment, else :class:`ConfigError` saying why."""
     if not isinstance(name, str) or not _SAFE.fullmatch(name):
-        raise ConfigError(f"model name {reprlib.repr(name)} is not allowed: use 1-128 letters, digits, '_', '.' "
-                          "or '-', starting with a letter, digit or '_' (it becomes a folder and a URL segment)")
+        raise ConfigError(
+            f"model name {reprlib.repr(name)} is not allowed: use 1-128 letters, digits, '_', '.' "
+            "or '-', starting with a letter, digit or '_' (it becomes a folder and a URL segment)"
+        )
     return name
 
 
@@ -29,8 +31,9 @@ def name_from_file(path) -> str:
     try:
         return check_model_name(path.name.split(".")[0])
     except ConfigError:
-        raise ConfigError(f"cannot name a model after the file {path.name!r}; give a name (--name, or NAME=FILE)") \
-            from None
+        raise ConfigError(
+            f"cannot name a model after the file {path.name!r}; give a name (--name, or NAME=FILE)"
+        ) from None
 
 
 def parse_model_spec(spec: str) -> tuple[str, Path]:

@@ -44,8 +44,7 @@ class VerifiedExport(ExportResult):
     report: Report | None = None
 
 
-def validate_export(module, path: str | Path, profile: ShapeProfile | None = None, seed: int | None = None
-                    ) -> Report:
+def validate_export(module, path: str | Path, profile: ShapeProfile | None = None, seed: int | None = None) -> Report:
     """Parity of ONNX Runtime (CPU) against eager PyTorch on fresh random inputs at min, opt and max (of
     ``profile``, by default the file's own)."""
     with OnnxRuntimeRunner(path, device="cpu") as candidate:
@@ -57,8 +56,9 @@ def validate_export(module, path: str | Path, profile: ShapeProfile | None = Non
         return compare(reference, {"onnxruntime-cpu": candidate}, profile_inputs(profile, seed), residuals=residuals)
 
 
-def export_verified(model, path: str | Path, profile: ShapeProfile | None = None, *, seed: int | None = None,
-                    **options) -> VerifiedExport:
+def export_verified(
+    model, path: str | Path, profile: ShapeProfile | None = None, *, seed: int | None = None, **options
+) -> VerifiedExport:
     """Export ``model`` (an ``nn.Module`` or a :class:`ModelSource`) and write the file only if ONNX Runtime
     agrees with eager PyTorch (:class:`ParityError` otherwise, with the report). ``profile`` defaults to the
     source's own; ``options`` go to :func:`effattn.export.export_onnx`."""
@@ -69,8 +69,10 @@ def export_verified(model, path: str | Path, profile: ShapeProfile | None = None
     def verify(tmp: Path) -> None:
         report = validate_export(module, tmp, seed=seed)
         if not report.passed:
-            raise ParityError(f"exported {source.name if source else type(module).__name__} disagrees with eager "
-                              f"PyTorch; the file was not written:\n{report}")
+            raise ParityError(
+                f"exported {source.name if source else type(module).__name__} disagrees with eager "
+                f"PyTorch; the file was not written:\n{report}"
+            )
         reports.append(report)
 
     result = export_onnx(model, profile, path, verify=verify, **options)
@@ -78,9 +80,14 @@ def export_verified(model, path: str | Path, profile: ShapeProfile | None = None
 
 
 # ------------------------------------------------------------------------------------- reference
-def reference_for(meta: Mapping[str, str], model: str | None = None, checkpoint: str | Path | None = None,
-                  pretrained: bool = False, model_args: dict | None = None, trust_metadata: bool = False
-                  ) -> ModelSource:
+def reference_for(
+    meta: Mapping[str, str],
+    model: str | None = None,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    model_args: dict | None = None,
+    trust_metadata: bool = False,
+) -> ModelSource:
     """The eager model a file was exported from: the one the user names (``model``, with its arguments), or the
     file's own, rebuilt from its metadata - a factory the file names runs only if the user named it too."""
     if model and (model_args or pretrained or model != meta.get(metadata.MODEL)):
@@ -98,8 +105,14 @@ class Parity:
     inputs: int
 
 
-def compare_file(onnx_path: str | Path, reference: ModelSource, backend: str = "auto", device: str | None = None,
-                 seed: int | None = None, rtx: bool | None = None) -> Parity:
+def compare_file(
+    onnx_path: str | Path,
+    reference: ModelSource,
+    backend: str = "auto",
+    device: str | None = None,
+    seed: int | None = None,
+    rtx: bool | None = None,
+) -> Parity:
     """Run ``onnx_path`` on a backend and eager ``reference`` on the same fresh inputs (random at min/opt/max,
     plus task images for trained weights), against the tolerances of the graph's (or runner's) precision."""
     meta = metadata.read_metadata(onnx_path)
@@ -110,14 +123,20 @@ def compare_file(onnx_path: str | Path, reference: ModelSource, backend: str = "
         feeds = profile_inputs(profile, seed) + reference.task_inputs(profile, seed)
         eager = TorchRunner(reference.model, profile, output_names=list(runner.outputs))
         precision = getattr(runner, "precision", None) or metadata.precision_of(meta)  # OpenVINO may run in BF16
-        report = compare(eager, runner, feeds, precision=precision,
-                         residuals=metadata.residuals_of(meta, runner.inputs, runner.outputs))
+        report = compare(
+            eager,
+            runner,
+            feeds,
+            precision=precision,
+            residuals=metadata.residuals_of(meta, runner.inputs, runner.outputs),
+        )
         return Parity(report, reference, runner.backend, len(feeds))
 
 
 # ------------------------------------------------------------------------------------------ build
-def build_onnxruntime(onnx_path: str | Path, output: str | Path, precision: str | None = None, device: str = "cpu",
-                      force: bool = False) -> tuple[Path, EnginePrecision]:
+def build_onnxruntime(
+    onnx_path: str | Path, output: str | Path, precision: str | None = None, device: str = "cpu", force: bool = False
+) -> tuple[Path, EnginePrecision]:
     """ONNX Runtime's optimised (fused, constant-folded) graph of a file, in ``precision`` (None: the graph's own;
     decided as for TensorRT by :func:`effattn.engines.precision.engine_precision`). An FP32 file asked for as
     FP16 goes through the FP16 graph stage first, in a temporary folder: nothing is left beside the output."""
@@ -125,8 +144,10 @@ def build_onnxruntime(onnx_path: str | Path, output: str | Path, precision: str 
     check_writable(output, force)
     decision = engine_precision(onnx_path, precision)
     if decision.precision == "bf16":
-        raise ExportError("ONNX Runtime's CPU provider has no BF16 convolution; build BF16 with TensorRT, or run the "
-                          "FP32 file on OpenVINO, which uses BF16 where the CPU has it")
+        raise ExportError(
+            "ONNX Runtime's CPU provider has no BF16 convolution; build BF16 with TensorRT, or run the "
+            "FP32 file on OpenVINO, which uses BF16 where the CPU has it"
+        )
     with tempfile.TemporaryDirectory(prefix="effattn-build-") as scratch:
         source = converted_graph(decision, onnx_path, Path(scratch) / f"graph.{decision.convert}.onnx")
         with atomic_output(output, force) as tmp:  # ONNX Runtime writes its file in place, piece by piece
@@ -157,9 +178,15 @@ class Demo:
         return self.latency["eager PyTorch fp32"].median_ms
 
 
-def demo(model: str = "ea_segnet_tiny", out: str | Path = "effattn-demo", device: str | None = None,
-         seed: int | None = None, seconds: float = 1.0, force: bool = False,
-         progress: Callable[[str], None] | None = None) -> Demo:
+def demo(
+    model: str = "ea_segnet_tiny",
+    out: str | Path = "effattn-demo",
+    device: str | None = None,
+    seed: int | None = None,
+    seconds: float = 1.0,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Demo:
     """The whole path on one zoo model: export (verified), the FP16 graph and (on the CPU) the INT8 QDQ graph, each
     loaded on the backend ``auto`` picks, checked against eager FP32 and timed beside it in one interleaved run."""
     out = Path(out)
@@ -175,12 +202,20 @@ def demo(model: str = "ea_segnet_tiny", out: str | Path = "effattn-demo", device
     feeds = profile_inputs(profile, seed) + source.task_inputs(profile, seed)
     choices = {p: choose_backend(paths[p], device=device) for p in precisions}  # said once, by the caller
     with contextlib.ExitStack() as stack:
-        runners = {p: stack.enter_context(load(paths[p], backend=c.backend, device=c.device))
-                   for p, c in choices.items()}
+        runners = {
+            p: stack.enter_context(load(paths[p], backend=c.backend, device=c.device)) for p, c in choices.items()
+        }
         reference = TorchRunner(source.model, profile, output_names=list(runners["fp32"].outputs))
-        reports = [compare(reference, r, feeds, precision=p,  # residuals from the file: not every runner has them
-                           residuals=metadata.residuals_of(metadata.read_metadata(paths[p]), r.inputs, r.outputs))
-                   for p, r in runners.items()]
+        reports = [
+            compare(
+                reference,
+                r,
+                feeds,
+                precision=p,  # residuals from the file: not every runner has them
+                residuals=metadata.residuals_of(metadata.read_metadata(paths[p]), r.inputs, r.outputs),
+            )
+            for p, r in runners.items()
+        ]
         check = LoadCheck(os.cpu_count() or 1, threads=default_threads()).start()
         latency = _time_beside_eager(reference, runners, random_inputs(profile, "opt", seed), seconds)
         check.stop()
@@ -195,13 +230,17 @@ def _write_low_precision(paths: Mapping[str, Path], force: bool, progress: Calla
             write(paths["fp32"], paths[precision], force=force)
 
 
-def _time_beside_eager(reference: Runner, runners: Mapping[str, Runner], feed: dict, seconds: float
-                       ) -> dict[str, LatencyStats]:
+def _time_beside_eager(
+    reference: Runner, runners: Mapping[str, Runner], feed: dict, seconds: float
+) -> dict[str, LatencyStats]:
     timed = {"eager PyTorch fp32": reference}
     for precision, runner in runners.items():
         timed[runner.backend if runner.backend.endswith(precision) else f"{runner.backend} {precision}"] = runner
-    timings = measure_interleaved({name: functools.partial(r.infer, feed) for name, r in timed.items()},
-                                  min_seconds=seconds, max_seconds=4 * seconds)
+    timings = measure_interleaved(
+        {name: functools.partial(r.infer, feed) for name, r in timed.items()},
+        min_seconds=seconds,
+        max_seconds=4 * seconds,
+    )
     failed = {name: e for name, e in timings.items() if isinstance(e, BaseException)}
     if failed:
         raise BackendError("timing failed: " + "; ".join(f"{name}: {first_line(e)}" for name, e in failed.items()))
@@ -226,8 +265,15 @@ def describe(path: str | Path) -> dict:
     path = Path(path)
     if path.suffix in (".plan", ".engine"):
         side = Sidecar.read(sidecar_path(path))
-        return {"file": str(path), "kind": "TensorRT engine", "built_with": side.key, "io": side.io,
-                "layers": side.layers, "plan_bytes": side.plan_bytes, "created": side.created}
+        return {
+            "file": str(path),
+            "kind": "TensorRT engine",
+            "built_with": side.key,
+            "io": side.io,
+            "layers": side.layers,
+            "plan_bytes": side.plan_bytes,
+            "created": side.created,
+        }
     meta = metadata.read_metadata(path)  # refuses non-ONNX files with a clear message
     try:
         model = onnx.load(str(path))
@@ -236,14 +282,25 @@ def describe(path: str | Path) -> dict:
     weights = {i.name for i in model.graph.initializer}
 
     def io(values) -> list[dict]:
-        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]}
-                for v in values if v.name not in weights]
+        return [
+            {
+                "name": v.name,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+            }
+            for v in values
+            if v.name not in weights
+        ]
 
     dtypes = Counter(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name for t in model.graph.initializer)
-    return {"file": str(path), "kind": "ONNX model",
-            "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
-            "inputs": io(model.graph.input), "outputs": io(model.graph.output), "nodes": len(model.graph.node),
-            "ops": dict(Counter(n.op_type for n in model.graph.node).most_common()), "weights": dict(dtypes),
-            "metadata": meta}
-
+    return {
+        "file": str(path),
+        "kind": "ONNX model",
+        "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        "inputs": io(model.graph.input),
+        "outputs": io(model.graph.output),
+        "nodes": len(model.graph.node),
+        "ops": dict(Counter(n.op_type for n in model.graph.node).most_common()),
+        "weights": dict(dtypes),
+        "metadata": meta,
+    }

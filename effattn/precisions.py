@@ -11,8 +11,19 @@ from dataclasses import dataclass
 
 from .errors import InputError
 
-__all__ = ["CALIBRATION_SAMPLES", "DEFAULT_QUANTIZED", "MAX_CALIBRATION_SAMPLES", "TABLE", "Precision", "Tolerance",
-           "by_zero_point_type", "converted", "get", "names", "quantized"]
+__all__ = [
+    "CALIBRATION_SAMPLES",
+    "DEFAULT_QUANTIZED",
+    "MAX_CALIBRATION_SAMPLES",
+    "TABLE",
+    "Precision",
+    "Tolerance",
+    "by_zero_point_type",
+    "converted",
+    "get",
+    "names",
+    "quantized",
+]
 
 
 @dataclass(frozen=True)
@@ -57,33 +68,69 @@ class Precision:
 _CPU, _CUDA = "cpu", "cuda"
 #: The rows, FP32 first. The measurements behind each tolerance row: docs/precision.md#tolerances.
 TABLE: tuple[Precision, ...] = (
-    Precision("fp32", "float32", "export", 4, Tolerance(rel_l2=1e-5, branch_rel_l2=1e-5, argmax_agreement=0.999),
-              ("float", "fp32"),
-              (("onnxruntime", _CPU), ("onnxruntime", _CUDA), ("openvino", _CPU), ("tensorrt", _CUDA),
-               ("torch", _CPU), ("torch", _CUDA)),
-              "FP32, as exported"),
-    Precision("fp16", "float16", "convert", 2, Tolerance(rel_l2=1e-2, branch_rel_l2=5e-3, argmax_agreement=0.995),
-              ("half", "fp16"),
-              (("onnxruntime", _CPU), ("onnxruntime", _CUDA), ("openvino", _CPU), ("tensorrt", _CUDA),
-               ("torch", _CUDA)),
-              "FP16 graph with FP32 inputs and outputs"),
+    Precision(
+        "fp32",
+        "float32",
+        "export",
+        4,
+        Tolerance(rel_l2=1e-5, branch_rel_l2=1e-5, argmax_agreement=0.999),
+        ("float", "fp32"),
+        (
+            ("onnxruntime", _CPU),
+            ("onnxruntime", _CUDA),
+            ("openvino", _CPU),
+            ("tensorrt", _CUDA),
+            ("torch", _CPU),
+            ("torch", _CUDA),
+        ),
+        "FP32, as exported",
+    ),
+    Precision(
+        "fp16",
+        "float16",
+        "convert",
+        2,
+        Tolerance(rel_l2=1e-2, branch_rel_l2=5e-3, argmax_agreement=0.995),
+        ("half", "fp16"),
+        (("onnxruntime", _CPU), ("onnxruntime", _CUDA), ("openvino", _CPU), ("tensorrt", _CUDA), ("torch", _CUDA)),
+        "FP16 graph with FP32 inputs and outputs",
+    ),
     # BF16: an 8-bit mantissa; the same limits hold the BF16 graph (effattn.export.to_bf16) on TensorRT.
-    Precision("bf16", "bfloat16", "convert", 2, Tolerance(rel_l2=2e-2, branch_rel_l2=1e-2, argmax_agreement=0.995),
-              ("bfloat16", "bf16"),
-              (("openvino", _CPU), ("tensorrt", _CUDA), ("torch", _CPU)),
-              "BF16 graph with FP32 inputs and outputs"),
+    Precision(
+        "bf16",
+        "bfloat16",
+        "convert",
+        2,
+        Tolerance(rel_l2=2e-2, branch_rel_l2=1e-2, argmax_agreement=0.995),
+        ("bfloat16", "bf16"),
+        (("openvino", _CPU), ("tensorrt", _CUDA), ("torch", _CPU)),
+        "BF16 graph with FP32 inputs and outputs",
+    ),
     # INT8 and FP8: loose, because parity mixes in noise inputs outside the calibrated ranges; the task-level
     # gate (>= 99 % argmax, <= 1 point IoU drop per class on held-out task images) is tests/export/test_quantize.py's.
-    Precision("int8", "int8", "quantize", 1, Tolerance(rel_l2=0.2, branch_rel_l2=5e-2, argmax_agreement=0.95),
-              ("int8",),
-              (("onnxruntime", _CPU), ("onnxruntime", _CUDA), ("openvino", _CPU), ("tensorrt", _CUDA)),
-              "INT8 QDQ, signed symmetric"),
+    Precision(
+        "int8",
+        "int8",
+        "quantize",
+        1,
+        Tolerance(rel_l2=0.2, branch_rel_l2=5e-2, argmax_agreement=0.95),
+        ("int8",),
+        (("onnxruntime", _CPU), ("onnxruntime", _CUDA), ("openvino", _CPU), ("tensorrt", _CUDA)),
+        "INT8 QDQ, signed symmetric",
+    ),
     # FP8 E4M3: on the CPU ONNX Runtime and OpenVINO emulate it (for parity), as TensorRT computes it on an FP8 GPU.
-    Precision("fp8", "float8_e4m3fn", "quantize", 1, Tolerance(rel_l2=0.2, branch_rel_l2=5e-2, argmax_agreement=0.95),
-              ("fp8", "float8", "e4m3"),
-              (("onnxruntime", _CPU), ("openvino", _CPU), ("tensorrt", _CUDA)),
-              "FP8 E4M3 QDQ, for GPUs of compute capability 8.9+",
-              min_capability=(8, 9), hardware="FP8 tensor cores"),
+    Precision(
+        "fp8",
+        "float8_e4m3fn",
+        "quantize",
+        1,
+        Tolerance(rel_l2=0.2, branch_rel_l2=5e-2, argmax_agreement=0.95),
+        ("fp8", "float8", "e4m3"),
+        (("onnxruntime", _CPU), ("openvino", _CPU), ("tensorrt", _CUDA)),
+        "FP8 E4M3 QDQ, for GPUs of compute capability 8.9+",
+        min_capability=(8, 9),
+        hardware="FP8 tensor cores",
+    ),
 )
 _BY_NAME = {p.name: p for p in TABLE}
 

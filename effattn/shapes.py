@@ -84,11 +84,14 @@ class InputProfile:
         if not 1 <= self.rank <= MAX_RANK:
             raise ProfileError(f"input {self.name!r} has rank {self.rank}; ranks 1 to {MAX_RANK} are supported")
         if math.prod(self.max) > MAX_ELEMENTS:
-            raise ProfileError(f"input {self.name!r}: max shape {format_shape(self.max)} has over {MAX_ELEMENTS} "
-                               "elements, more than any tensor effattn allocates")
+            raise ProfileError(
+                f"input {self.name!r}: max shape {format_shape(self.max)} has over {MAX_ELEMENTS} "
+                "elements, more than any tensor effattn allocates"
+            )
         if self.dtype not in DTYPES:
-            raise ProfileError(f"input {self.name!r} has dtype {reprlib.repr(self.dtype)}; expected one of "
-                               f"{', '.join(DTYPES)}")
+            raise ProfileError(
+                f"input {self.name!r} has dtype {reprlib.repr(self.dtype)}; expected one of {', '.join(DTYPES)}"
+            )
         for axis, (lo, mid, hi) in enumerate(zip(*shapes)):
             if lo <= 0 or not lo <= mid <= hi:
                 raise ProfileError(
@@ -176,15 +179,23 @@ class ShapeProfile(Mapping[str, InputProfile]):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Mapping]) -> ShapeProfile:
-        if not isinstance(data, Mapping) or not all(isinstance(k, str) and isinstance(d, Mapping)
-                                                    for k, d in data.items()):
-            raise ProfileError(f"malformed shape profile {reprlib.repr(data)}: expected "
-                               '{"input": {"min": [...], "opt": [...], "max": [...]}}')
+        if not isinstance(data, Mapping) or not all(
+            isinstance(k, str) and isinstance(d, Mapping) for k, d in data.items()
+        ):
+            raise ProfileError(
+                f"malformed shape profile {reprlib.repr(data)}: expected "
+                '{"input": {"min": [...], "opt": [...], "max": [...]}}'
+            )
         try:
             return cls(
                 tuple(
-                    InputProfile(name, parse_shape(d["min"]), parse_shape(d["opt"]), parse_shape(d["max"]),
-                                 d.get("dtype", "float32"))
+                    InputProfile(
+                        name,
+                        parse_shape(d["min"]),
+                        parse_shape(d["opt"]),
+                        parse_shape(d["max"]),
+                        d.get("dtype", "float32"),
+                    )
                     for name, d in data.items()
                 )
             )

@@ -24,16 +24,26 @@ from .memory import PeakMemory, probe
 __all__ = ["BACKENDS", "DEFAULT_BACKENDS", "EAGER", "WARM_MEANS", "Backends", "BenchBackend", "check_backends"]
 
 #: what "warm" start-up means per runtime backend
-WARM_MEANS = {"onnxruntime": "second session of the same file (the CPU/CUDA providers have no compile cache)",
-              "tensorrt": "engine from the engine cache (cold: built)", "torch": "n/a",
-              "openvino": "second compile of the same file (no OpenVINO model cache set)"}
+WARM_MEANS = {
+    "onnxruntime": "second session of the same file (the CPU/CUDA providers have no compile cache)",
+    "tensorrt": "engine from the engine cache (cold: built)",
+    "torch": "n/a",
+    "openvino": "second compile of the same file (no OpenVINO model cache set)",
+}
 
 
 class Backends:
     """Makes each bench backend's runner for one model; exported/converted files are made once, lazily."""
 
-    def __init__(self, source: ModelSource, profile: ShapeProfile, folder: Path, device: str, threads: int,
-                 output_names: list[str]) -> None:
+    def __init__(
+        self,
+        source: ModelSource,
+        profile: ShapeProfile,
+        folder: Path,
+        device: str,
+        threads: int,
+        output_names: list[str],
+    ) -> None:
         self.name, self.source, self.profile, self.folder = source.name, source, profile, folder
         self.device, self.threads, self.output_names = device, threads, output_names
         self._files: dict[str, Path] = {}
@@ -43,12 +53,14 @@ class Backends:
         quantized) on first use."""
         stem = _file_stem(self.name)
         if "fp32" not in self._files:
-            self._files["fp32"] = export_onnx(self.source, self.profile, self.folder / f"{stem}.onnx",
-                                              force=True).path
+            self._files["fp32"] = export_onnx(self.source, self.profile, self.folder / f"{stem}.onnx", force=True).path
         if precision not in self._files:
             out, row = self.folder / f"{stem}.{precision}.onnx", precisions.get(precision)
-            self._files[precision] = (quantize(self._files["fp32"], out, precision=precision, force=True).path
-                                      if row.quantized else CONVERTERS[precision](self._files["fp32"], out, force=True))
+            self._files[precision] = (
+                quantize(self._files["fp32"], out, precision=precision, force=True).path
+                if row.quantized
+                else CONVERTERS[precision](self._files["fp32"], out, force=True)
+            )
         return self._files[precision]
 
     def make(self, backend: str) -> Runner:
@@ -57,8 +69,15 @@ class Backends:
         record = BACKENDS[backend]
         if record.graph is None:  # eager PyTorch, in the record's dtype
             dtype = getattr(torch, precisions.get(record.precision).element)
-            return load(self.source.model, backend="torch", device=self.device, profile=self.profile,
-                        output_names=self.output_names, dtype=dtype, **record.options)
+            return load(
+                self.source.model,
+                backend="torch",
+                device=self.device,
+                profile=self.profile,
+                output_names=self.output_names,
+                dtype=dtype,
+                **record.options,
+            )
         path = self.onnx(record.graph)
         if record.runtime == "tensorrt":
             path = build_engine(path, precision=record.graph, cache_dir=self.folder / "engines", progress=False).plan
@@ -73,8 +92,15 @@ class Backends:
             path = self.onnx(record.precision)
             return probe(backend, str(path), shape, self.device, self.threads)
         if backend in ("torch", "torch-fp16"):
-            return probe(backend, self.name, shape, self.device, self.threads, self.source.checkpoint is not None,
-                         profile=self.profile)
+            return probe(
+                backend,
+                self.name,
+                shape,
+                self.device,
+                self.threads,
+                self.source.checkpoint is not None,
+                profile=self.profile,
+            )
         with PeakMemory(cuda=self.device == "cuda") as peak:
             runner.infer(feed)
         return peak

@@ -33,9 +33,26 @@ from .results import SCHEMA, BenchResults, BenchRow, StartRow, growth_exponent
 from .roofline import arithmetic_of, floor_ms, measure_peaks, model_cost
 from .timing import clock_for, host_copy_seconds, measure_interleaved, timed_call
 
-__all__ = ["BACKENDS", "DEFAULT_BACKENDS", "EAGER", "SCHEMA", "BenchResults", "BenchRow", "LoadCheck", "StartRow",
-           "attention_map_bytes", "bench_profile", "check_plotting", "cpu_flags", "environment", "growth_exponent",
-           "load_source", "measure_bandwidth", "plot", "run_bench"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKENDS",
+    "EAGER",
+    "SCHEMA",
+    "BenchResults",
+    "BenchRow",
+    "LoadCheck",
+    "StartRow",
+    "attention_map_bytes",
+    "bench_profile",
+    "check_plotting",
+    "cpu_flags",
+    "environment",
+    "growth_exponent",
+    "load_source",
+    "measure_bandwidth",
+    "plot",
+    "run_bench",
+]
 
 
 def bench_profile(base: InputProfile, sizes: Sequence[int], batches: Sequence[int] | int) -> ShapeProfile:
@@ -47,9 +64,16 @@ def bench_profile(base: InputProfile, sizes: Sequence[int], batches: Sequence[in
         return (batch, base.opt[1], *spatial)
 
     ordered = sorted(sizes)
-    return ShapeProfile((InputProfile(base.name, shape(batches[0], ordered[0]),
-                                      shape(batches[len(batches) // 2], ordered[len(ordered) // 2]),
-                                      shape(batches[-1], ordered[-1])),))
+    return ShapeProfile(
+        (
+            InputProfile(
+                base.name,
+                shape(batches[0], ordered[0]),
+                shape(batches[len(batches) // 2], ordered[len(ordered) // 2]),
+                shape(batches[-1], ordered[-1]),
+            ),
+        )
+    )
 
 
 def attention_map_bytes(model, shape: Sequence[int]) -> int:
@@ -75,9 +99,11 @@ def load_source(name: str, input_shape: str | Sequence[int] | None = None) -> tu
         shape = parse_shape(input_shape)
         base = InputProfile("input", shape, shape, shape)
     else:
-        raise InputError(f"model {name!r} has no default shape profile: give the model it returns a "
-                         "default_profile (an effattn.shapes.ShapeProfile) or give an input shape "
-                         "(run_bench(input_shape=...), effattn bench --shape NxCxHxW)")
+        raise InputError(
+            f"model {name!r} has no default shape profile: give the model it returns a "
+            "default_profile (an effattn.shapes.ShapeProfile) or give an input shape "
+            "(run_bench(input_shape=...), effattn bench --shape NxCxHxW)"
+        )
     if base.rank not in (3, 4):
         raise InputError(f"model {name!r}: the bench grows NxCxHxW or NxCxL inputs, not {format_shape(base.opt)}")
     return source, base
@@ -103,11 +129,21 @@ class _Run:
         return time.monotonic() > self.deadline
 
 
-def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int] = (1,),
-              backends: Sequence[str] | None = None, device: str = "cpu", threads: int | None = None,
-              min_seconds: float = 1.0, max_seconds: float | None = None, memory: bool = True,
-              startup: bool = True, quiet: bool = False, input_shape: str | Sequence[int] | None = None,
-              load_check: LoadCheck | None = None) -> BenchResults:
+def run_bench(
+    models: Sequence[str],
+    sizes: Sequence[int],
+    batches: Sequence[int] = (1,),
+    backends: Sequence[str] | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    min_seconds: float = 1.0,
+    max_seconds: float | None = None,
+    memory: bool = True,
+    startup: bool = True,
+    quiet: bool = False,
+    input_shape: str | Sequence[int] | None = None,
+    load_check: LoadCheck | None = None,
+) -> BenchResults:
     """Time ``models`` (zoo names or ``package.module:factory``, see :func:`load_source` for
     ``input_shape``) at ``sizes`` x ``batches`` on eager FP32 and each of ``backends`` (default: the
     device's set, see ``DEFAULT_BACKENDS``). Rows that would exceed ``max_seconds`` in total are
@@ -126,8 +162,13 @@ def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int
     results.environment.update(copy_bandwidth_gb_s=round(bandwidth, 1), matmul_peak_gflop_s=peaks)
     all_backends = [EAGER, *backends]
     deadline = time.monotonic() + max_seconds if max_seconds is not None else math.inf
-    bar = tqdm(total=len(models) * len(sizes) * len(batches) * len(all_backends), desc="bench",
-               disable=True if quiet else None, file=sys.stderr, leave=False)  # None: no bar off a terminal
+    bar = tqdm(
+        total=len(models) * len(sizes) * len(batches) * len(all_backends),
+        desc="bench",
+        disable=True if quiet else None,
+        file=sys.stderr,
+        leave=False,
+    )  # None: no bar off a terminal
     with tempfile.TemporaryDirectory(prefix="effattn-bench-") as tmp, bar:
         run = _Run(results, device, threads, min_seconds, deadline, memory, startup, bandwidth, peaks, Path(tmp), bar)
         for source, base in sources:
@@ -138,8 +179,9 @@ def run_bench(models: Sequence[str], sizes: Sequence[int], batches: Sequence[int
     return results
 
 
-def _check_request(sizes: Sequence[int], batches: Sequence[int], backends: Sequence[str] | None,
-                   device: str) -> list[str]:
+def _check_request(
+    sizes: Sequence[int], batches: Sequence[int], backends: Sequence[str] | None, device: str
+) -> list[str]:
     """The backends to time besides eager; refuses sizes, batches, backends or a device that cannot run."""
     if not sizes or min(sizes) <= 0 or not batches or min(batches) <= 0:
         raise InputError(f"sizes {list(sizes)} and batches {list(batches)} must be positive")
@@ -148,12 +190,19 @@ def _check_request(sizes: Sequence[int], batches: Sequence[int], backends: Seque
     return check_backends(backends, device)
 
 
-def _bench_model(run: _Run, source: ModelSource, base: InputProfile, backends: list[str], sizes: Sequence[int],
-                 batches: Sequence[int]) -> None:
+def _bench_model(
+    run: _Run,
+    source: ModelSource,
+    base: InputProfile,
+    backends: list[str],
+    sizes: Sequence[int],
+    batches: Sequence[int],
+) -> None:
     """Export once over every size and batch, start each backend's runner, then time every shape."""
     profile = bench_profile(base, sizes, batches)
-    made = Backends(source, profile, run.folder, run.device, run.threads,
-                    default_output_names(source.model, source.task))
+    made = Backends(
+        source, profile, run.folder, run.device, run.threads, default_output_names(source.model, source.task)
+    )
     runners = _start_runners(run, made, backends)
     try:
         for batch in batches:
@@ -179,8 +228,9 @@ def _start_runners(run: _Run, made: Backends, backends: list[str]) -> dict[str, 
     return runners
 
 
-def _bench_shape(run: _Run, made: Backends, runners: dict[str, Runner | str], backends: list[str],
-                 shape: tuple[int, ...]) -> None:
+def _bench_shape(
+    run: _Run, made: Backends, runners: dict[str, Runner | str], backends: list[str], shape: tuple[int, ...]
+) -> None:
     """One row per backend at ``shape``: timed together, or the reason it was not run; ratios to eager."""
     feed = random_inputs(ShapeProfile.single(shape, name=made.profile.inputs[0].name), "opt", seed=0)
     need = attention_map_bytes(made.source.model, shape)
@@ -197,8 +247,15 @@ def _bench_shape(run: _Run, made: Backends, runners: dict[str, Runner | str], ba
             timed[backend] = runner
     if timed:
         run.bar.set_postfix_str(f"{made.name} {'x'.join(map(str, shape))}")
-        _measure_rows([rows[b] for b in timed], timed, feed, run.min_seconds, run.deadline,
-                      made if run.memory else None, run.device)
+        _measure_rows(
+            [rows[b] for b in timed],
+            timed,
+            feed,
+            run.min_seconds,
+            run.deadline,
+            made if run.memory else None,
+            run.device,
+        )
     eager = rows[EAGER].stats
     for row in rows.values():
         if row.stats and eager:
@@ -217,16 +274,23 @@ def _cost(model, shape: Sequence[int]) -> tuple[float, int, int] | None:
     return flops, out_elements, sum(p.numel() for p in model.parameters())
 
 
-def _set_floors(run: _Run, made: Backends, row: BenchRow, runner: Runner | str | None,
-                cost: tuple[float, int, int] | None) -> None:
+def _set_floors(
+    run: _Run, made: Backends, row: BenchRow, runner: Runner | str | None, cost: tuple[float, int, int] | None
+) -> None:
     """The row's bandwidth floor (attention blocks) and roofline floor (where the model's cost is known)."""
     elements = math.prod(row.shape)
     if made.source.task == "block":  # FP32 input read once, FP32 output written once
         row.floor_ms = 2 * elements * 4 / (run.bandwidth * 1e9) * 1e3
     if cost is not None and isinstance(runner, Runner):
         flops, out_elements, params = cost
-        row.roofline_ms = floor_ms(flops, 4 * (elements + out_elements), params,
-                                   arithmetic_of(BACKENDS[row.backend], runner), run.bandwidth, run.peaks)
+        row.roofline_ms = floor_ms(
+            flops,
+            4 * (elements + out_elements),
+            params,
+            arithmetic_of(BACKENDS[row.backend], runner),
+            run.bandwidth,
+            run.peaks,
+        )
 
 
 def _why_not_run(run: _Run, runner: Runner | str | None, need: int) -> str | None:
@@ -236,8 +300,10 @@ def _why_not_run(run: _Run, runner: Runner | str | None, need: int) -> str | Non
     if isinstance(runner, str) or runner is None:
         return runner or "skipped: --max-seconds reached"
     if need and need > 0.5 * (available_bytes() or math.inf):
-        return (f"out of memory (not run): its n x n attention maps need {_size(need)}, "
-                f"{_size(available_bytes() or 0)} available")
+        return (
+            f"out of memory (not run): its n x n attention maps need {_size(need)}, "
+            f"{_size(available_bytes() or 0)} available"
+        )
     return None
 
 
@@ -247,8 +313,9 @@ def _size(n: float) -> str:
 
 def _is_oom(error: BaseException) -> bool:
     text = f"{type(error).__name__} {error}".lower()
-    return isinstance(error, MemoryError) or any(w in text for w in ("out of memory", "failed to allocate",
-                                                                    "can't allocate", "bad_alloc"))
+    return isinstance(error, MemoryError) or any(
+        w in text for w in ("out of memory", "failed to allocate", "can't allocate", "bad_alloc")
+    )
 
 
 def _start(made: Backends, backend: str, results: BenchResults, timed: bool) -> Runner:
@@ -269,20 +336,30 @@ def _start(made: Backends, backend: str, results: BenchResults, timed: bool) -> 
         again.infer(feed)
         warm = time.perf_counter() - t0
         again.close()
-    results.startup.append(StartRow(made.name, backend, cold * 1e3, None if warm is None else warm * 1e3,
-                                    WARM_MEANS[kind]))
+    results.startup.append(
+        StartRow(made.name, backend, cold * 1e3, None if warm is None else warm * 1e3, WARM_MEANS[kind])
+    )
     return runner
 
 
-def _measure_rows(rows: list[BenchRow], runners: dict, feed: dict, min_seconds: float, deadline: float,
-                  made: Backends | None, device: str = "cpu") -> None:
+def _measure_rows(
+    rows: list[BenchRow],
+    runners: dict,
+    feed: dict,
+    min_seconds: float,
+    deadline: float,
+    made: Backends | None,
+    device: str = "cpu",
+) -> None:
     """Time the runners interleaved (:func:`.timing.measure_interleaved`; on CUDA device tensors between
     CUDA events, host copies timed apart), then probe each one's peak memory."""
     budget = max(min(10 * min_seconds, (deadline - time.monotonic()) / len(runners)), 0.05)
-    calls: dict[str, Callable[[], Any]] = {backend: timed_call(runner, feed, device)
-                                           for backend, runner in runners.items()}
-    stats = measure_interleaved(calls, min_seconds=min(min_seconds, budget), max_seconds=budget,
-                                clock=clock_for(device))
+    calls: dict[str, Callable[[], Any]] = {
+        backend: timed_call(runner, feed, device) for backend, runner in runners.items()
+    }
+    stats = measure_interleaved(
+        calls, min_seconds=min(min_seconds, budget), max_seconds=budget, clock=clock_for(device)
+    )
     for row in rows:
         outcome = stats[row.backend]
         try:
@@ -298,4 +375,3 @@ def _measure_rows(rows: list[BenchRow], runners: dict, feed: dict, min_seconds: 
             first = first_line(e)
             row.status = f"out of memory: {first[:160]}" if _is_oom(e) else f"error: {first}"
             row.stats = None
-

@@ -38,35 +38,95 @@ _ROWS = (
     BenchBackend("torch", "torch", "fp32", _BOTH, "eager PyTorch FP32: the baseline, always measured"),
     BenchBackend("torch-fp16", "torch", "fp16", _CUDA, "eager PyTorch in FP16", _CUDA),
     BenchBackend("torch-compile", "torch", "fp32", _BOTH, "torch.compile (inductor), FP32", _CUDA, {"compile": True}),
-    BenchBackend("torch-compile-fp16", "torch", "fp16", _CUDA, "torch.compile in FP16, mode max-autotune: what a "
-                 "PyTorch user would try", options={"compile": "max-autotune"}),
-    BenchBackend("torch-fused", "torch", "fp32", _CUDA, "eager PyTorch FP32 with the fused Efficient-Attention kernel "
-                 "(effattn.models.fuse)", options={"fused": True}),
-    BenchBackend("torch-fused-fp16", "torch", "fp16", _CUDA, "eager PyTorch FP16 with the fused Efficient-Attention "
-                 "kernel", _CUDA, {"fused": True}),
+    BenchBackend(
+        "torch-compile-fp16",
+        "torch",
+        "fp16",
+        _CUDA,
+        "torch.compile in FP16, mode max-autotune: what a PyTorch user would try",
+        options={"compile": "max-autotune"},
+    ),
+    BenchBackend(
+        "torch-fused",
+        "torch",
+        "fp32",
+        _CUDA,
+        "eager PyTorch FP32 with the fused Efficient-Attention kernel (effattn.models.fuse)",
+        options={"fused": True},
+    ),
+    BenchBackend(
+        "torch-fused-fp16",
+        "torch",
+        "fp16",
+        _CUDA,
+        "eager PyTorch FP16 with the fused Efficient-Attention kernel",
+        _CUDA,
+        {"fused": True},
+    ),
     BenchBackend("onnxruntime", "onnxruntime", "fp32", _BOTH, "ONNX Runtime, the FP32 graph", _BOTH),
     BenchBackend("onnxruntime-fp16", "onnxruntime", "fp16", _BOTH, "ONNX Runtime, the FP16 graph (FP32 I/O)", _CUDA),
     BenchBackend("tensorrt", "tensorrt", "fp32", _CUDA, "TensorRT engine of the FP32 graph"),
-    BenchBackend("tensorrt-fp16", "tensorrt", "fp16", _CUDA, "TensorRT engine of the FP16 graph (strongly typed)",
-                 _CUDA),
-    BenchBackend("tensorrt-int8", "tensorrt", "int8", _CUDA, "TensorRT engine of the INT8 QDQ graph of effattn "
-                 "quantize (explicit quantization)"),
-    BenchBackend("tensorrt-fp8", "tensorrt", "fp8", _CUDA, "TensorRT engine of the FP8 E4M3 QDQ graph of effattn "
-                 "quantize --precision fp8 (GPUs of compute capability 8.9+)"),
+    BenchBackend(
+        "tensorrt-fp16", "tensorrt", "fp16", _CUDA, "TensorRT engine of the FP16 graph (strongly typed)", _CUDA
+    ),
+    BenchBackend(
+        "tensorrt-int8",
+        "tensorrt",
+        "int8",
+        _CUDA,
+        "TensorRT engine of the INT8 QDQ graph of effattn quantize (explicit quantization)",
+    ),
+    BenchBackend(
+        "tensorrt-fp8",
+        "tensorrt",
+        "fp8",
+        _CUDA,
+        "TensorRT engine of the FP8 E4M3 QDQ graph of effattn "
+        "quantize --precision fp8 (GPUs of compute capability 8.9+)",
+    ),
     BenchBackend("torch-bf16", "torch", "bf16", _CPU, "eager PyTorch in BF16 (weights and activations)"),
-    BenchBackend("onnxruntime-int8", "onnxruntime", "int8", _CPU, "ONNX Runtime, the INT8 QDQ graph of effattn "
-                 "quantize"),
-    BenchBackend("openvino", "openvino", "fp32", _CPU, "OpenVINO's default on the FP32 graph: one dynamic-shape "
-                 "compile, BF16 where the CPU has it, LATENCY hint (OpenVINO's CPU defaults)",
-                 options={"static_shapes": False}),
-    BenchBackend("openvino-static", "openvino", "fp32", _CPU, "effattn's OpenVINO runner on the FP32 graph: BF16 "
-                 "where the CPU has it, compiled per input shape"),
-    BenchBackend("openvino-fp32", "openvino", "fp32", _CPU, "OpenVINO on the FP32 graph, FP32 inference precision, "
-                 "compiled per input shape", options={"precision": "fp32"}),
-    BenchBackend("openvino-int8", "openvino", "int8", _CPU, "OpenVINO, the INT8 QDQ graph of effattn quantize, "
-                 "compiled per input shape"),
-    BenchBackend("openvino-dynamic-int8", "openvino", "int8", _CPU, "OpenVINO, the INT8 QDQ graph, one dynamic-shape "
-                 "compile", options={"static_shapes": False}),
+    BenchBackend(
+        "onnxruntime-int8", "onnxruntime", "int8", _CPU, "ONNX Runtime, the INT8 QDQ graph of effattn quantize"
+    ),
+    BenchBackend(
+        "openvino",
+        "openvino",
+        "fp32",
+        _CPU,
+        "OpenVINO's default on the FP32 graph: one dynamic-shape "
+        "compile, BF16 where the CPU has it, LATENCY hint (OpenVINO's CPU defaults)",
+        options={"static_shapes": False},
+    ),
+    BenchBackend(
+        "openvino-static",
+        "openvino",
+        "fp32",
+        _CPU,
+        "effattn's OpenVINO runner on the FP32 graph: BF16 where the CPU has it, compiled per input shape",
+    ),
+    BenchBackend(
+        "openvino-fp32",
+        "openvino",
+        "fp32",
+        _CPU,
+        "OpenVINO on the FP32 graph, FP32 inference precision, compiled per input shape",
+        options={"precision": "fp32"},
+    ),
+    BenchBackend(
+        "openvino-int8",
+        "openvino",
+        "int8",
+        _CPU,
+        "OpenVINO, the INT8 QDQ graph of effattn quantize, compiled per input shape",
+    ),
+    BenchBackend(
+        "openvino-dynamic-int8",
+        "openvino",
+        "int8",
+        _CPU,
+        "OpenVINO, the INT8 QDQ graph, one dynamic-shape compile",
+        options={"static_shapes": False},
+    ),
 )
 #: name -> record, in the order ``--help`` lists them
 BACKENDS: dict[str, BenchBackend] = {b.name: b for b in _ROWS}
@@ -88,4 +148,3 @@ def check_backends(backends: Sequence[str] | None, device: str) -> list[str]:
         if device not in get(name).devices:
             raise BackendError(f"backend {name!r} runs on {' or '.join(get(name).devices)}, not {device}")
     return names
-

@@ -61,34 +61,46 @@ class LoadCheck:
         return self
 
     def warnings(self) -> list[str]:
-        checks = (self._busy("before", self.load_before, 0), self._busy("after", self.load_after, self.threads),
-                  *self._unsteady())
+        checks = (
+            self._busy("before", self.load_before, 0),
+            self._busy("after", self.load_after, self.threads),
+            *self._unsteady(),
+        )
         return [w for w in checks if w]
 
     def _busy(self, when: str, load: LoadReading | None, own: int) -> str | None:
         if load is None or (load[0] - own) / max(self.cores, 1) <= BUSY_LOAD_PER_CORE:
             return None
         ours = f" ({own} of it this run's threads at most)" if own else ""
-        return (f"machine busy {when} the run: load average {load[0]:.1f} on {self.cores} cores{ours}; other work "
-                "shared the cores, so latencies and ratios may be far off: rerun on an idle machine")
+        return (
+            f"machine busy {when} the run: load average {load[0]:.1f} on {self.cores} cores{ours}; other work "
+            "shared the cores, so latencies and ratios may be far off: rerun on an idle machine"
+        )
 
     def _unsteady(self) -> list[str]:
         out = []
         for when, times in (("before", self.calibration_before), ("after", self.calibration_after)):
             if times and min(times) > 0 and statistics.median(times) / min(times) > UNSTEADY_RATIO:
-                out.append(f"timing unsteady {when} the run: a fixed calibration loop's median was "
-                           f"{statistics.median(times) / min(times):.1f}x its fastest repetition")
+                out.append(
+                    f"timing unsteady {when} the run: a fixed calibration loop's median was "
+                    f"{statistics.median(times) / min(times):.1f}x its fastest repetition"
+                )
         if self.calibration_before and self.calibration_after:
             a, b = min(self.calibration_before), min(self.calibration_after)
             if min(a, b) > 0 and max(a, b) / min(a, b) > UNSTEADY_RATIO:
-                out.append(f"machine changed during the run: a fixed calibration loop took {b * 1e3:.2f} ms after "
-                           f"it vs {a * 1e3:.2f} ms before (other work or a clock change)")
+                out.append(
+                    f"machine changed during the run: a fixed calibration loop took {b * 1e3:.2f} ms after "
+                    f"it vs {a * 1e3:.2f} ms before (other work or a clock change)"
+                )
         return out
 
     def to_dict(self) -> dict:
         """The readings, for the results' environment."""
+
         def ms(times: list[float]) -> float | None:
             return round(min(times) * 1e3, 3) if times else None
 
-        return {"load_average_end": None if self.load_after is None else [round(x, 2) for x in self.load_after],
-                "calibration_ms": {"before": ms(self.calibration_before), "after": ms(self.calibration_after)}}
+        return {
+            "load_average_end": None if self.load_after is None else [round(x, 2) for x in self.load_after],
+            "calibration_ms": {"before": ms(self.calibration_before), "after": ms(self.calibration_after)},
+        }

@@ -18,8 +18,18 @@ import torch
 from .. import __version__
 
 
-def cpu_flags(wanted: Sequence[str] = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
-                                       "amx_int8", "amx_bf16")) -> list[str]:
+def cpu_flags(
+    wanted: Sequence[str] = (
+        "avx2",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "amx_tile",
+        "amx_int8",
+        "amx_bf16",
+    ),
+) -> list[str]:
     """The CPU's SIMD flags that decide low-precision speed (from /proc/cpuinfo; empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -44,14 +54,23 @@ def environment(threads: int, device: str = "cpu") -> dict:
     gpu = torch.cuda.get_device_name() if device == "cuda" and torch.cuda.is_available() else None
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads, "device": device, "gpu": gpu,
-        "python": platform.python_version(), "torch": torch.__version__,
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "device": device,
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
         "onnxruntime": _imported_version("onnxruntime") or _dist_version("onnxruntime", "onnxruntime-gpu"),
-        "tensorrt": _dist_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12"), "openvino": _dist_version("openvino"),
-        "effattn": __version__, "cpu_flags": cpu_flags(), "load_average": [round(x, 2) for x in os.getloadavg()],
+        "tensorrt": _dist_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
+        "openvino": _dist_version("openvino"),
+        "effattn": __version__,
+        "cpu_flags": cpu_flags(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32) if gpu else None,
         "command": "effattn " + " ".join(sys.argv[1:])
-        if sys.argv and sys.argv[0].replace("\\", "/").endswith(("effattn", "effattn/__main__.py")) else None,
+        if sys.argv and sys.argv[0].replace("\\", "/").endswith(("effattn", "effattn/__main__.py"))
+        else None,
     }
 
 

@@ -86,8 +86,16 @@ class PeakMemory:
             self.device_mib = max(torch_peak, total - free - self._used, 0) / 2**20
 
 
-def probe(backend: str, source: str, shape: Sequence[int], device: str = "cpu", threads: int = 1,
-          pretrained: bool = False, timeout: float = 300.0, profile: ShapeProfile | None = None) -> PeakMemory:
+def probe(
+    backend: str,
+    source: str,
+    shape: Sequence[int],
+    device: str = "cpu",
+    threads: int = 1,
+    pretrained: bool = False,
+    timeout: float = 300.0,
+    profile: ShapeProfile | None = None,
+) -> PeakMemory:
     """Peak memory of one inference at ``shape``, measured in a fresh Python process.
 
     In the benchmark's own process allocators keep what earlier runs freed (ONNX Runtime's arena,
@@ -97,12 +105,22 @@ def probe(backend: str, source: str, shape: Sequence[int], device: str = "cpu", 
     ``torch*`` (the child imports it through this process's ``sys.path``), with ``profile`` for a model
     that has no default one.
     """
-    args = json.dumps({"backend": backend, "source": source, "shape": list(shape), "device": device,
-                       "threads": threads, "pretrained": pretrained, "sys_path": sys.path,
-                       "profile": None if profile is None else profile.to_dict()})
+    args = json.dumps(
+        {
+            "backend": backend,
+            "source": source,
+            "shape": list(shape),
+            "device": device,
+            "threads": threads,
+            "pretrained": pretrained,
+            "sys_path": sys.path,
+            "profile": None if profile is None else profile.to_dict(),
+        }
+    )
     try:
-        done = subprocess.run([sys.executable, "-m", "effattn.bench.memory", args], capture_output=True,
-                              text=True, timeout=timeout)
+        done = subprocess.run(
+            [sys.executable, "-m", "effattn.bench.memory", args], capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return PeakMemory(device == "cuda")
     lines = done.stdout.strip().splitlines()

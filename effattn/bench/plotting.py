@@ -36,8 +36,14 @@ def plot(results: BenchResults, path: str | Path, title: str | None = None) -> P
     fig, axes = plt.subplots(rows, len(panels), figsize=(4.2 * len(panels), 3.6 * rows), squeeze=False)
     for col, (panel, lines) in enumerate(panels):
         for row, what in enumerate(["time", "memory"][:rows]):
-            _draw(axes[row][col], results, panel, lines, what,
-                  legend=row == 0 and (col == 0 or panel == "EA vs dot-product"))
+            _draw(
+                axes[row][col],
+                results,
+                panel,
+                lines,
+                what,
+                legend=row == 0 and (col == 0 or panel == "EA vs dot-product"),
+            )
     env = results.environment
     machine = env.get("gpu") or env.get("cpu")
     fig.suptitle(title or f"effattn bench: {machine}, {env.get('threads')} threads", fontsize=10)
@@ -55,8 +61,9 @@ def _panels(results: BenchResults) -> list[tuple[str, list[tuple[str, str, str]]
     backends = list(dict.fromkeys(r.backend for r in results.rows))
     panels = [(model, [(backend, model, backend) for backend in backends]) for model in models]
     if all(m in models for m in PAIR):  # the scaling study: both blocks on one axis per metric
-        panels.append(("EA vs dot-product", [(f"{'EA' if m == PAIR[0] else 'DP'} {b}", m, b)
-                                             for m in PAIR for b in backends]))
+        panels.append(
+            ("EA vs dot-product", [(f"{'EA' if m == PAIR[0] else 'DP'} {b}", m, b) for m in PAIR for b in backends])
+        )
     return panels
 
 
@@ -66,8 +73,14 @@ def _draw(ax, results: BenchResults, panel: str, lines: list[tuple[str, str, str
     for label, model, backend in lines:
         pts = results.series(model, backend, what)
         if pts:
-            ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", ms=3, label=label,
-                    linestyle="--" if label.startswith("DP") else "-")
+            ax.plot(
+                [p for p, _ in pts],
+                [v for _, v in pts],
+                marker="o",
+                ms=3,
+                label=label,
+                linestyle="--" if label.startswith("DP") else "-",
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())

@@ -37,8 +37,9 @@ def _matmul(precision: str, n: int):
     return lambda: a @ a
 
 
-def measure_peaks(precisions: Sequence[str] = ("fp32", "bf16", "int8"), n: int = 1024, repeats: int = 5
-                  ) -> dict[str, float]:
+def measure_peaks(
+    precisions: Sequence[str] = ("fp32", "bf16", "int8"), n: int = 1024, repeats: int = 5
+) -> dict[str, float]:
     """GFLOP/s (GOP/s for INT8) of an n x n matmul per precision, best of ``repeats`` after one warm-up."""
     peaks = {}
     for precision in precisions:
@@ -64,8 +65,9 @@ def arithmetic_of(backend: BenchBackend, runner) -> str:
     return reported if reported in WEIGHT_BYTES else backend.precision
 
 
-def floor_ms(flops: float, io_bytes: float, params: int, precision: str, bandwidth_gb_s: float,
-             peaks: dict[str, float]) -> float | None:
+def floor_ms(
+    flops: float, io_bytes: float, params: int, precision: str, bandwidth_gb_s: float, peaks: dict[str, float]
+) -> float | None:
     """max(time to move I/O and weights, time to compute at the peak of ``precision``); FP16 on a CPU
     computes at the FP32 peak (no native FP16 arithmetic assumed)."""
     peak = peaks.get(precision) or peaks.get("fp32")

@@ -73,6 +73,7 @@ def to_device(value, device: str):
 def host_copy_seconds(feed: Mapping[str, Any], outputs: Mapping[str, Any], device: str, repeats: int = 5) -> float:
     """Median seconds to copy ``feed`` to ``device`` and ``outputs`` back to the host: the part of a
     numpy-in/numpy-out call that device timing leaves out."""
+
     def copies() -> None:
         for value in feed.values():
             torch.as_tensor(value).to(device)
@@ -83,22 +84,42 @@ def host_copy_seconds(feed: Mapping[str, Any], outputs: Mapping[str, Any], devic
     return float(np.median([wall_seconds(copies) for _ in range(repeats)]))
 
 
-def measure(fn: Callable[[], object], warmup_s: float = 0.2, min_runs: int = 10, max_runs: int = 1000,
-            min_seconds: float = 1.0, max_seconds: float = 10.0) -> LatencyStats:
+def measure(
+    fn: Callable[[], object],
+    warmup_s: float = 0.2,
+    min_runs: int = 10,
+    max_runs: int = 1000,
+    min_seconds: float = 1.0,
+    max_seconds: float = 10.0,
+) -> LatencyStats:
     """Time ``fn`` after ``warmup_s`` of warm-up calls (trtexec's convention: 200 ms) until ``min_runs``
     and ``min_seconds`` are both reached, stopping at ``max_runs`` or ``max_seconds``."""
-    stats = measure_interleaved({"fn": fn}, rounds=1, warmup_s=warmup_s, min_runs=min_runs, max_runs=max_runs,
-                                min_seconds=min_seconds, max_seconds=max_seconds, catch=False)["fn"]
+    stats = measure_interleaved(
+        {"fn": fn},
+        rounds=1,
+        warmup_s=warmup_s,
+        min_runs=min_runs,
+        max_runs=max_runs,
+        min_seconds=min_seconds,
+        max_seconds=max_seconds,
+        catch=False,
+    )["fn"]
     if isinstance(stats, BaseException):  # not reached: with catch=False the failure propagates
         raise stats
     return stats
 
 
-def measure_interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 5, warmup_s: float = 0.2,
-                        min_runs: int = 10, min_seconds: float = 1.0, max_seconds: float = 10.0,
-                        max_runs: int = 100_000, catch: bool = True,
-                        clock: Callable[[Callable[[], object]], float] = wall_seconds,
-                        ) -> dict[str, LatencyStats | BaseException]:
+def measure_interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    rounds: int = 5,
+    warmup_s: float = 0.2,
+    min_runs: int = 10,
+    min_seconds: float = 1.0,
+    max_seconds: float = 10.0,
+    max_runs: int = 100_000,
+    catch: bool = True,
+    clock: Callable[[Callable[[], object]], float] = wall_seconds,
+) -> dict[str, LatencyStats | BaseException]:
     """Time several callables in alternation so that their ratios survive a noisy machine.
 
     Timed back to back, a baseline and a candidate see different moments of a shared machine (other
@@ -138,8 +159,11 @@ def measure_interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 5
                     break
                 elapsed = time.perf_counter() - begin
                 want_runs -= 1
-                if ((want_runs <= 0 and elapsed >= per_round) or spent[name] + elapsed >= max_seconds
-                        or len(samples[name]) >= max_runs):
+                if (
+                    (want_runs <= 0 and elapsed >= per_round)
+                    or spent[name] + elapsed >= max_seconds
+                    or len(samples[name]) >= max_runs
+                ):
                     break
             spent[name] += time.perf_counter() - begin
             if name in live and (spent[name] >= max_seconds or len(samples[name]) >= max_runs):

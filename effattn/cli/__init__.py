@@ -73,12 +73,20 @@ def _shape_args(p: argparse.ArgumentParser) -> None:
 
 
 def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("model", nargs=None if required else "?",
-                   help="a zoo name (see 'effattn models') or your own package.module:factory")
+    p.add_argument(
+        "model",
+        nargs=None if required else "?",
+        help="a zoo name (see 'effattn models') or your own package.module:factory",
+    )
     p.add_argument("--checkpoint", type=Path, help="state_dict to load (.safetensors, .pt, .pth)")
     p.add_argument("--pretrained", action="store_true", help="load the zoo's shipped trained weights")
-    p.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
-                   help="keyword argument for the model factory, e.g. --arg num_classes=19 (repeatable)")
+    p.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="keyword argument for the model factory, e.g. --arg num_classes=19 (repeatable)",
+    )
 
 
 #: ``--backend`` of run, compare and serve: effattn.runtime.load's backends for an ONNX file or plan.
@@ -90,35 +98,56 @@ QUANTIZE_PRECISIONS = precisions.quantized()
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
-                   help="auto (default): TensorRT if installed with a GPU, else ONNX Runtime on CUDA if present, "
-                        "else on the CPU OpenVINO for INT8 files and ONNX Runtime for the rest; a .plan always "
-                        "runs on TensorRT")
+    p.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="auto (default): TensorRT if installed with a GPU, else ONNX Runtime on CUDA if present, "
+        "else on the CPU OpenVINO for INT8 files and ONNX Runtime for the rest; a .plan always "
+        "runs on TensorRT",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), help="force the device")
-    p.add_argument("--rtx", action="store_true",
-                   help="TensorRT for RTX (tensorrt_rtx) when building from ONNX; a .plan's sidecar says which it is")
+    p.add_argument(
+        "--rtx",
+        action="store_true",
+        help="TensorRT for RTX (tensorrt_rtx) when building from ONNX; a .plan's sidecar says which it is",
+    )
 
 
 def _models(add) -> None:
-    p = add("models", "list the model zoo",
-            "List registered models with their task, size, default shape profile and whether trained weights ship.")
+    p = add(
+        "models",
+        "list the model zoo",
+        "List registered models with their task, size, default shape profile and whether trained weights ship.",
+    )
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'ea_*'")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _export(add) -> None:
-    p = add("export", "PyTorch -> checked, simplified, validated ONNX",
-            "Export a model to ONNX with dynamic batch/height/width, run onnx.checker and shape inference, "
-            "simplify with onnxslim, record metadata (model, profile, checkpoint sha256), then verify ONNX "
-            "Runtime against eager PyTorch at the min, opt and max shapes. The file is written only if it "
-            "passes.\n\nexample:\n  effattn export ea_segnet_tiny --pretrained -o seg.onnx --max 8x3x512x512")
+    p = add(
+        "export",
+        "PyTorch -> checked, simplified, validated ONNX",
+        "Export a model to ONNX with dynamic batch/height/width, run onnx.checker and shape inference, "
+        "simplify with onnxslim, record metadata (model, profile, checkpoint sha256), then verify ONNX "
+        "Runtime against eager PyTorch at the min, opt and max shapes. The file is written only if it "
+        "passes.\n\nexample:\n  effattn export ea_segnet_tiny --pretrained -o seg.onnx --max 8x3x512x512",
+    )
     _model_args(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
     _shape_args(p)
-    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
-                   help="torch.export-based (default) or the legacy TorchScript exporter as a fallback")
-    p.add_argument("--opset", type=Number(int, 9, 99), default=18,
-                   help="ONNX opset (default 18; the exporter checks it against the installed onnx)")
+    p.add_argument(
+        "--exporter",
+        choices=("dynamo", "torchscript"),
+        default="dynamo",
+        help="torch.export-based (default) or the legacy TorchScript exporter as a fallback",
+    )
+    p.add_argument(
+        "--opset",
+        type=Number(int, 9, 99),
+        default=18,
+        help="ONNX opset (default 18; the exporter checks it against the installed onnx)",
+    )
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     p.add_argument("--no-validate", action="store_true", help="skip the parity check (not recommended)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
@@ -126,10 +155,13 @@ def _export(add) -> None:
 
 
 def _run(add) -> None:
-    p = add("run", "run an ONNX file on a backend",
-            "Run an exported model once and summarise its outputs. Inputs come from a .npy/.npz file or are "
-            "random at --shape (default: the profile's opt shape); inputs are checked against the profile "
-            "first.\n\nexample:\n  effattn run seg.onnx --shape 2x3x128x96 --output out.npz")
+    p = add(
+        "run",
+        "run an ONNX file on a backend",
+        "Run an exported model once and summarise its outputs. Inputs come from a .npy/.npz file or are "
+        "random at --shape (default: the profile's opt shape); inputs are checked against the profile "
+        "first.\n\nexample:\n  effattn run seg.onnx --shape 2x3x128x96 --output out.npz",
+    )
     p.add_argument("onnx", type=Path, help="an .onnx file")
     p.add_argument("--input", type=Path, help=".npy (one input) or .npz (by input name)")
     p.add_argument("--shape", help="random input of this shape, e.g. 1x3x256x256")
@@ -141,34 +173,46 @@ def _run(add) -> None:
 
 
 def _compare(add) -> None:
-    p = add("compare", "parity of an ONNX file against eager PyTorch",
-            "Compare a backend's outputs with eager PyTorch FP32 on fresh random inputs at the profile's "
-            "min/opt/max shapes (and task images for the trained model): max abs error, relative L2, cosine, "
-            "argmax agreement for logits, and the attention branch of residual blocks. The reference model "
-            "is rebuilt from the file's metadata unless you name one (MODEL, with --checkpoint/--arg): a zoo model, "
-            "or a package.module:factory only if you name the same factory (or pass --trust-metadata), since a file "
-            "never chooses code to run.\n\nexamples:\n  effattn compare seg.onnx\n"
-            "  effattn compare mine.onnx my_pkg.nets:build --checkpoint w.safetensors\n\n"
-            "(The weights are matched by their tensors, so w.pt and w.safetensors holding the same weights are the "
-            "same checkpoint.) "
-            "Exit code 1 if any check fails.")
+    p = add(
+        "compare",
+        "parity of an ONNX file against eager PyTorch",
+        "Compare a backend's outputs with eager PyTorch FP32 on fresh random inputs at the profile's "
+        "min/opt/max shapes (and task images for the trained model): max abs error, relative L2, cosine, "
+        "argmax agreement for logits, and the attention branch of residual blocks. The reference model "
+        "is rebuilt from the file's metadata unless you name one (MODEL, with --checkpoint/--arg): a zoo model, "
+        "or a package.module:factory only if you name the same factory (or pass --trust-metadata), since a file "
+        "never chooses code to run.\n\nexamples:\n  effattn compare seg.onnx\n"
+        "  effattn compare mine.onnx my_pkg.nets:build --checkpoint w.safetensors\n\n"
+        "(The weights are matched by their tensors, so w.pt and w.safetensors holding the same weights are the "
+        "same checkpoint.) "
+        "Exit code 1 if any check fails.",
+    )
     p.add_argument("onnx", type=Path, help="an .onnx file written by 'effattn export'")
     _model_args(p, required=False)
     p.set_defaults(model=None)
-    p.add_argument("--trust-metadata", action="store_true", help="import and call a package.module:factory that "
-                   "the file's metadata names (by default only zoo models, or the factory you name yourself)")
+    p.add_argument(
+        "--trust-metadata",
+        action="store_true",
+        help="import and call a package.module:factory that "
+        "the file's metadata names (by default only zoo models, or the factory you name yourself)",
+    )
     p.add_argument("--seed", type=SEED, default=None, help="seed for inputs (default: fresh each run)")
     _backend_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _demo(add) -> None:
-    p = add("demo", "the whole path on one model, with parity and latency tables",
-            "Take a zoo model (the trained tiny segmenter by default), export it, run it on the best backend "
-            "available, and print a parity table against eager PyTorch and a latency table (eager vs the "
-            "backend, measured in the same run).")
+    p = add(
+        "demo",
+        "the whole path on one model, with parity and latency tables",
+        "Take a zoo model (the trained tiny segmenter by default), export it, run it on the best backend "
+        "available, and print a parity table against eager PyTorch and a latency table (eager vs the "
+        "backend, measured in the same run).",
+    )
     p.add_argument("--model", default="ea_segnet_tiny", help="zoo model (default: ea_segnet_tiny, trained)")
-    p.add_argument("--out", type=Path, default=Path("effattn-demo"), help="folder for the files (default ./effattn-demo)")
+    p.add_argument(
+        "--out", type=Path, default=Path("effattn-demo"), help="folder for the files (default ./effattn-demo)"
+    )
     p.add_argument("--force", action="store_true", help="overwrite files from an earlier demo")
     p.add_argument("--device", choices=("cpu", "cuda"), help="force the device")
     p.add_argument("--seed", type=SEED, default=None, help="seed for inputs (default: fresh each run)")
@@ -177,52 +221,74 @@ def _demo(add) -> None:
 
 
 def _quantize(add) -> None:
-    p = add("quantize", "FP32 ONNX -> INT8 (or FP8) QDQ ONNX (TensorRT, ONNX Runtime, OpenVINO)",
-            "Write an explicitly quantized copy of an FP32 export: signed symmetric INT8 (zero point 0) activations "
-            "and per-channel weights on Conv/Gemm inputs, float biases, the attention softmaxes and context "
-            "products kept in float - the form TensorRT's explicit quantization builds, and that ONNX Runtime "
-            "and OpenVINO run. Calibration inputs: --calibration (a folder of .npy/.npz files or one .npz, batch "
-            "axis first), else the zoo model's own sample images, else random inputs (with a warning). "
-            "--precision fp8 writes the same graph in FP8 E4M3 for TensorRT on GPUs with FP8 tensor cores "
-            "(compute capability 8.9+); CPUs run it for parity checks only. Details: docs/precision.md.\n\n"
-            "examples:\n  effattn quantize seg.onnx -o seg.int8.onnx\n"
-            "  effattn quantize resnet.onnx -o resnet.int8.onnx --calibration images.npz\n"
-            "  effattn quantize seg.onnx -o seg.fp8.onnx --precision fp8 && effattn build seg.fp8.onnx -o seg.fp8.plan")
+    p = add(
+        "quantize",
+        "FP32 ONNX -> INT8 (or FP8) QDQ ONNX (TensorRT, ONNX Runtime, OpenVINO)",
+        "Write an explicitly quantized copy of an FP32 export: signed symmetric INT8 (zero point 0) activations "
+        "and per-channel weights on Conv/Gemm inputs, float biases, the attention softmaxes and context "
+        "products kept in float - the form TensorRT's explicit quantization builds, and that ONNX Runtime "
+        "and OpenVINO run. Calibration inputs: --calibration (a folder of .npy/.npz files or one .npz, batch "
+        "axis first), else the zoo model's own sample images, else random inputs (with a warning). "
+        "--precision fp8 writes the same graph in FP8 E4M3 for TensorRT on GPUs with FP8 tensor cores "
+        "(compute capability 8.9+); CPUs run it for parity checks only. Details: docs/precision.md.\n\n"
+        "examples:\n  effattn quantize seg.onnx -o seg.int8.onnx\n"
+        "  effattn quantize resnet.onnx -o resnet.int8.onnx --calibration images.npz\n"
+        "  effattn quantize seg.onnx -o seg.fp8.onnx --precision fp8 && effattn build seg.fp8.onnx -o seg.fp8.plan",
+    )
     p.add_argument("onnx", type=Path, help="an FP32 .onnx file written by 'effattn export'")
     p.add_argument("-o", "--output", type=Path, required=True, help="the quantized .onnx file to write")
-    p.add_argument("--precision", choices=QUANTIZE_PRECISIONS, default=precisions.DEFAULT_QUANTIZED,
-                   help="int8 (default: every GPU, and OpenVINO's fast CPU path) or fp8 (E4M3, TensorRT on 8.9+ GPUs)")
-    p.add_argument("--calibration", type=Path, help="folder of .npy/.npz files or one .npz (keys: input names); "
-                   f"regular files only, at most 1 GiB of array data and {precisions.MAX_CALIBRATION_SAMPLES} samples "
-                   "in all, finite and not constant")
-    p.add_argument("--samples", type=Number(int, 1, precisions.MAX_CALIBRATION_SAMPLES),
-                   default=precisions.CALIBRATION_SAMPLES,
-                   help=f"calibration images without --calibration ({precisions.CALIBRATION_SAMPLES}; at most "
-                   f"{precisions.MAX_CALIBRATION_SAMPLES})")
+    p.add_argument(
+        "--precision",
+        choices=QUANTIZE_PRECISIONS,
+        default=precisions.DEFAULT_QUANTIZED,
+        help="int8 (default: every GPU, and OpenVINO's fast CPU path) or fp8 (E4M3, TensorRT on 8.9+ GPUs)",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        help="folder of .npy/.npz files or one .npz (keys: input names); "
+        f"regular files only, at most 1 GiB of array data and {precisions.MAX_CALIBRATION_SAMPLES} samples "
+        "in all, finite and not constant",
+    )
+    p.add_argument(
+        "--samples",
+        type=Number(int, 1, precisions.MAX_CALIBRATION_SAMPLES),
+        default=precisions.CALIBRATION_SAMPLES,
+        help=f"calibration images without --calibration ({precisions.CALIBRATION_SAMPLES}; at most "
+        f"{precisions.MAX_CALIBRATION_SAMPLES})",
+    )
     p.add_argument("--force", action="store_true", help="overwrite the output")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _build(add) -> None:
-    p = add("build", "ONNX -> TensorRT engine (or ONNX Runtime's optimised graph)",
-            "Build an engine from an exported ONNX file. TensorRT: precision is the graph's (strongly typed "
-            "networks; see docs/precision.md): an FP32 export is "
-            "converted to the FP16 graph first, an INT8 (FP8) QDQ file from 'effattn quantize' builds an INT8 "
-            "(FP8) engine (explicit quantization; FP8 needs compute capability 8.9+), a BF16 graph a BF16 one. "
-            "Engines go through the engine cache (keyed by the ONNX bytes, precision, profiles, builder options, "
-            "TensorRT version and GPU), with a shared timing cache beside it. ONNX Runtime: save the optimised "
-            "graph (fused, constant-folded) to inspect or ship.\n\nexamples:\n  effattn build seg.onnx -o seg.plan\n"
-            "  effattn build seg.onnx -o seg.ort.onnx --backend onnxruntime --precision fp32")
+    p = add(
+        "build",
+        "ONNX -> TensorRT engine (or ONNX Runtime's optimised graph)",
+        "Build an engine from an exported ONNX file. TensorRT: precision is the graph's (strongly typed "
+        "networks; see docs/precision.md): an FP32 export is "
+        "converted to the FP16 graph first, an INT8 (FP8) QDQ file from 'effattn quantize' builds an INT8 "
+        "(FP8) engine (explicit quantization; FP8 needs compute capability 8.9+), a BF16 graph a BF16 one. "
+        "Engines go through the engine cache (keyed by the ONNX bytes, precision, profiles, builder options, "
+        "TensorRT version and GPU), with a shared timing cache beside it. ONNX Runtime: save the optimised "
+        "graph (fused, constant-folded) to inspect or ship.\n\nexamples:\n  effattn build seg.onnx -o seg.plan\n"
+        "  effattn build seg.onnx -o seg.ort.onnx --backend onnxruntime --precision fp32",
+    )
     p.add_argument("onnx", type=Path, help="an .onnx file written by 'effattn export'")
     p.add_argument("-o", "--output", type=Path, required=True, help="the engine (.plan) or optimised .onnx to write")
     p.add_argument("--backend", choices=("tensorrt", "onnxruntime"), default="tensorrt")
-    p.add_argument("--precision", choices=BUILD_PRECISIONS, default="auto",
-                   help="auto (default): FP16 for an FP32 export (converted to the FP16 graph first), else the "
-                   "graph's own (FP16, BF16, or INT8/FP8 for a QDQ file from 'effattn quantize'); fp16/bf16 convert "
-                   "an FP32 file; fp32 keeps it; int8/fp8 need a QDQ file of that type")
+    p.add_argument(
+        "--precision",
+        choices=BUILD_PRECISIONS,
+        default="auto",
+        help="auto (default): FP16 for an FP32 export (converted to the FP16 graph first), else the "
+        "graph's own (FP16, BF16, or INT8/FP8 for a QDQ file from 'effattn quantize'); fp16/bf16 convert "
+        "an FP32 file; fp32 keeps it; int8/fp8 need a QDQ file of that type",
+    )
     p.add_argument("--fp16-flag", action="store_true", help="TensorRT 10 only: weakly typed build with the FP16 flag")
-    p.add_argument("--workspace", type=Number(float, 0.001, 1024.0), metavar="GIB",
-                   help="TensorRT workspace limit in GiB")
+    p.add_argument(
+        "--workspace", type=Number(float, 0.001, 1024.0), metavar="GIB", help="TensorRT workspace limit in GiB"
+    )
     p.add_argument("--opt-level", type=Number(int, 0, 5), default=3, help="builder optimisation level 0-5 (3)")
     p.add_argument("--cache-dir", type=Path, help="engine cache (default: ~/.cache/effattn/engines)")
     p.add_argument("--rtx", action="store_true", help="use TensorRT for RTX (tensorrt_rtx)")
@@ -231,10 +297,13 @@ def _build(add) -> None:
 
 
 def _inspect(add) -> None:
-    p = add("inspect", "what an ONNX file or engine holds",
-            "Show inputs/outputs (with dynamic axes), opset, node and op counts, weight dtypes and effattn "
-            "metadata of an ONNX file; or the build record (TensorRT version, GPU, profiles, I/O, layer "
-            "precisions) of an engine.")
+    p = add(
+        "inspect",
+        "what an ONNX file or engine holds",
+        "Show inputs/outputs (with dynamic axes), opset, node and op counts, weight dtypes and effattn "
+        "metadata of an ONNX file; or the build record (TensorRT version, GPU, profiles, I/O, layer "
+        "precisions) of an engine.",
+    )
     p.add_argument("file", type=Path, help=".onnx, .plan or .engine")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -246,32 +315,55 @@ def _bench_backends() -> str:
 
 
 def _bench(add) -> None:
-    p = add("bench", "latency, throughput and memory of every backend vs eager PyTorch",
-            "Export each model once with a profile spanning the sizes and batches, then time eager PyTorch FP32 "
-            "(the baseline, always) and each backend at every batch and size: median/p90/p99 after warm-up, "
-            "throughput, peak memory (host RSS; device memory on GPU), the ratio to eager measured in the same "
-            "run, and start-up time cold and with caches warm. With the EA block and the dot-product block in "
-            "one run it also fits growth exponents (time and memory vs positions) and finds the crossover; "
-            "dot-product sizes that cannot fit in memory are reported, not run.\n\n"
-            f"{_bench_backends()}\n\nexamples:\n"
-            "  effattn bench --models efficient_attention ea_segnet_tiny --sizes 64 128 256 -o cpu.json --plot cpu.png\n"
-            "  effattn bench --models efficient_attention dot_product_attention --sizes 32 64 128 256 512 --max-seconds 600\n"
-            "  effattn bench --device cuda --batch 8 --sizes 128 --backends torch-fp16 tensorrt-fp16")
-    p.add_argument("--models", nargs="+", default=["efficient_attention", "ea_resnet_tiny", "ea_segnet_tiny"],
-                   help="zoo names or your own package.module:factory (default: the EA block and the tiny hosts)")
-    p.add_argument("--shape", metavar="SHAPE", help="input of a package.module:factory model that has no "
-                   "default_profile, e.g. 1x3x64x64 (its rank and channels; --sizes and --batch set the rest)")
+    p = add(
+        "bench",
+        "latency, throughput and memory of every backend vs eager PyTorch",
+        "Export each model once with a profile spanning the sizes and batches, then time eager PyTorch FP32 "
+        "(the baseline, always) and each backend at every batch and size: median/p90/p99 after warm-up, "
+        "throughput, peak memory (host RSS; device memory on GPU), the ratio to eager measured in the same "
+        "run, and start-up time cold and with caches warm. With the EA block and the dot-product block in "
+        "one run it also fits growth exponents (time and memory vs positions) and finds the crossover; "
+        "dot-product sizes that cannot fit in memory are reported, not run.\n\n"
+        f"{_bench_backends()}\n\nexamples:\n"
+        "  effattn bench --models efficient_attention ea_segnet_tiny --sizes 64 128 256 -o cpu.json --plot cpu.png\n"
+        "  effattn bench --models efficient_attention dot_product_attention --sizes 32 64 128 256 512 "
+        "--max-seconds 600\n"
+        "  effattn bench --device cuda --batch 8 --sizes 128 --backends torch-fp16 tensorrt-fp16",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["efficient_attention", "ea_resnet_tiny", "ea_segnet_tiny"],
+        help="zoo names or your own package.module:factory (default: the EA block and the tiny hosts)",
+    )
+    p.add_argument(
+        "--shape",
+        metavar="SHAPE",
+        help="input of a package.module:factory model that has no "
+        "default_profile, e.g. 1x3x64x64 (its rank and channels; --sizes and --batch set the rest)",
+    )
     p.add_argument("--sizes", nargs="+", type=COUNT, default=[64, 128, 256], help="square input sizes (H = W)")
     p.add_argument("--batch", nargs="+", type=COUNT, default=[1], help="batch sizes (default 1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--backends", nargs="+", default=None, metavar="BACKEND",
-                   help="besides eager torch (default: " + "; ".join(
-                       f"on {device} {', '.join(names)}" for device, names in catalog.DEFAULT_BACKENDS.items()) + ")")
-    p.add_argument("--threads", type=THREADS, default=None,
-                   help="threads for torch and ONNX Runtime (default: all cores)")
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=None,
+        metavar="BACKEND",
+        help="besides eager torch (default: "
+        + "; ".join(f"on {device} {', '.join(names)}" for device, names in catalog.DEFAULT_BACKENDS.items())
+        + ")",
+    )
+    p.add_argument(
+        "--threads", type=THREADS, default=None, help="threads for torch and ONNX Runtime (default: all cores)"
+    )
     p.add_argument("--seconds", type=SECONDS, default=1.0, help="minimum timing per row (default 1)")
-    p.add_argument("--max-seconds", type=SECONDS, default=None, help="stop measuring after this long; the rest are "
-                   "reported as skipped")
+    p.add_argument(
+        "--max-seconds",
+        type=SECONDS,
+        default=None,
+        help="stop measuring after this long; the rest are reported as skipped",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--no-startup", action="store_true", help="skip cold/warm start-up timing")
     p.add_argument("-o", "--output", type=Path, help="write results as JSON here")
@@ -281,59 +373,94 @@ def _bench(add) -> None:
 
 
 def _serve(add) -> None:
-    p = add("serve", "KServe v2 HTTP server with dynamic batching (tritonclient works)",
-            "Serve one or more models over the KServe v2 / Open Inference Protocol (the one Triton speaks, "
-            "binary tensor data extension included), so tritonclient.http code runs unchanged here and on "
-            "Triton; --grpc-port adds the gRPC flavour for tritonclient.grpc. Requests arriving within --max-queue-delay-ms are stacked into one engine call when their "
-            "shapes allow (never mixing shapes); a full queue answers 503 at once. Bad requests get 400/404/413/"
-            "504 with a message and the server keeps serving. Prometheus metrics at /metrics. Ctrl-C or SIGTERM "
-            "finishes in-flight requests, then stops.\n\nexamples:\n  effattn serve seg.onnx\n"
-            "  effattn serve seg=seg.onnx block=block.onnx --port 8001 --max-batch-size 16\n\n"
-            "client:\n  import numpy as np, tritonclient.http as http\n"
-            "  c = http.InferenceServerClient('127.0.0.1:8000')\n"
-            "  x = http.InferInput('input', [1, 3, 64, 64], 'FP32'); x.set_data_from_numpy(image)\n"
-            "  logits = c.infer('seg', [x]).as_numpy('logits')")
-    p.add_argument("models", nargs="+", metavar="[NAME=]FILE", help=".onnx or .plan files; NAME defaults to the file name")
+    p = add(
+        "serve",
+        "KServe v2 HTTP server with dynamic batching (tritonclient works)",
+        "Serve one or more models over the KServe v2 / Open Inference Protocol (the one Triton speaks, "
+        "binary tensor data extension included), so tritonclient.http code runs unchanged here and on "
+        "Triton; --grpc-port adds the gRPC flavour for tritonclient.grpc. Requests arriving within "
+        "--max-queue-delay-ms are stacked into one engine call when their "
+        "shapes allow (never mixing shapes); a full queue answers 503 at once. Bad requests get 400/404/413/"
+        "504 with a message and the server keeps serving. Prometheus metrics at /metrics. Ctrl-C or SIGTERM "
+        "finishes in-flight requests, then stops.\n\nexamples:\n  effattn serve seg.onnx\n"
+        "  effattn serve seg=seg.onnx block=block.onnx --port 8001 --max-batch-size 16\n\n"
+        "client:\n  import numpy as np, tritonclient.http as http\n"
+        "  c = http.InferenceServerClient('127.0.0.1:8000')\n"
+        "  x = http.InferInput('input', [1, 3, 64, 64], 'FP32'); x.set_data_from_numpy(image)\n"
+        "  logits = c.infer('seg', [x]).as_numpy('logits')",
+    )
+    p.add_argument(
+        "models", nargs="+", metavar="[NAME=]FILE", help=".onnx or .plan files; NAME defaults to the file name"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=PORT, default=8000)
-    p.add_argument("--grpc-port", type=PORT, help="also serve KServe v2 gRPC here (Triton uses 8001; needs "
-                   "tritonclient[grpc])")
+    p.add_argument(
+        "--grpc-port", type=PORT, help="also serve KServe v2 gRPC here (Triton uses 8001; needs tritonclient[grpc])"
+    )
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     p.add_argument("--device", choices=("cpu", "cuda"), help="force the ONNX Runtime device")
     p.add_argument("--threads", type=THREADS, default=None, help="ONNX Runtime intra-op threads per model")
     p.add_argument("--max-batch-size", type=COUNT, default=8, help="items per engine call (capped by the profile)")
-    p.add_argument("--max-queue-delay-ms", type=Number(float, 0.0, 60000.0), default=2.0,
-                   help="how long a request waits for others (2)")
-    p.add_argument("--max-queue", type=Number(int, 1, 10**6), default=64,
-                   help="requests waiting per model before 503 (64)")
+    p.add_argument(
+        "--max-queue-delay-ms",
+        type=Number(float, 0.0, 60000.0),
+        default=2.0,
+        help="how long a request waits for others (2)",
+    )
+    p.add_argument(
+        "--max-queue", type=Number(int, 1, 10**6), default=64, help="requests waiting per model before 503 (64)"
+    )
     p.add_argument("--instances", type=INSTANCES, default=1, help="engine calls in flight per model (1)")
     p.add_argument("--timeout", type=SECONDS, default=30.0, help="seconds a request may wait before 504 (30)")
     p.add_argument("--max-request-mb", type=MIB, default=64.0, help="largest request body before 413 (64)")
-    p.add_argument("--max-inflight-mb", type=MIB, default=256.0,
-                   help="request bytes held at once, HTTP and gRPC together, before 503 (256)")
-    p.add_argument("--max-connections", type=Number(int, 1, 10**6), default=512,
-                   help="concurrent HTTP connections and gRPC calls before 503 (512)")
-    p.add_argument("--keep-alive-s", type=Number(float, 0.001, 3600.0), default=5.0,
-                   help="idle connections, and request heads not complete, are closed after this long (5)")
-    p.add_argument("--graceful-seconds", type=Number(float, 0.0, 3600.0), default=30.0,
-                   help="shutdown waits this long for in-flight requests")
+    p.add_argument(
+        "--max-inflight-mb",
+        type=MIB,
+        default=256.0,
+        help="request bytes held at once, HTTP and gRPC together, before 503 (256)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=Number(int, 1, 10**6),
+        default=512,
+        help="concurrent HTTP connections and gRPC calls before 503 (512)",
+    )
+    p.add_argument(
+        "--keep-alive-s",
+        type=Number(float, 0.001, 3600.0),
+        default=5.0,
+        help="idle connections, and request heads not complete, are closed after this long (5)",
+    )
+    p.add_argument(
+        "--graceful-seconds",
+        type=Number(float, 0.0, 3600.0),
+        default=30.0,
+        help="shutdown waits this long for in-flight requests",
+    )
 
 
 def _triton(add) -> None:
-    p = add("triton", "write a Triton Inference Server model repository",
-            "Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx (onnxruntime_onnx) or model.plan "
-            "(tensorrt_plan). Dims come from the file's shape profile (-1 for dynamic axes; the batch axis "
-            "becomes max_batch_size), with dynamic batching, instance groups and a warm-up at the opt shape. "
-            "A plan runs only on the GPU model and TensorRT version that built it: build plans where Triton "
-            "runs, or ship the ONNX file with --trt-accelerator so Triton builds the engine itself.\n\n"
-            "examples:\n  effattn triton seg.onnx --repository models\n"
-            "  effattn triton seg.fp16.onnx --repository models --name seg --trt-accelerator --fp16\n"
-            "  effattn triton seg.plan --repository models --preferred-batch-sizes 4 8")
+    p = add(
+        "triton",
+        "write a Triton Inference Server model repository",
+        "Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx (onnxruntime_onnx) or model.plan "
+        "(tensorrt_plan). Dims come from the file's shape profile (-1 for dynamic axes; the batch axis "
+        "becomes max_batch_size), with dynamic batching, instance groups and a warm-up at the opt shape. "
+        "A plan runs only on the GPU model and TensorRT version that built it: build plans where Triton "
+        "runs, or ship the ONNX file with --trt-accelerator so Triton builds the engine itself.\n\n"
+        "examples:\n  effattn triton seg.onnx --repository models\n"
+        "  effattn triton seg.fp16.onnx --repository models --name seg --trt-accelerator --fp16\n"
+        "  effattn triton seg.plan --repository models --preferred-batch-sizes 4 8",
+    )
     p.add_argument("model_file", type=Path, help=".onnx file from 'effattn export' or .plan from 'effattn build'")
     p.add_argument("--repository", type=Path, required=True, help="the model repository folder")
     p.add_argument("--name", help="model name in the repository (default: the file name)")
-    p.add_argument("--max-batch-size", type=Number(int, 0, 2**31 - 1), default=8,
-                   help="0 turns batching off (default 8, capped by the profile)")
+    p.add_argument(
+        "--max-batch-size",
+        type=Number(int, 0, 2**31 - 1),
+        default=8,
+        help="0 turns batching off (default 8, capped by the profile)",
+    )
     p.add_argument("--preferred-batch-sizes", type=Number(int, 1, 2**31 - 1), nargs="*", default=[])
     p.add_argument("--max-queue-delay-us", type=Number(int, 0, 3_600_000_000), default=2000)
     p.add_argument("--instances", type=INSTANCES, default=1, help="instance_group count")
@@ -350,9 +477,12 @@ COMMANDS = (_models, _export, _run, _compare, _demo, _quantize, _build, _inspect
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="effattn", description="Export, verify and run networks with Efficient Attention "
+        prog="effattn",
+        description="Export, verify and run networks with Efficient Attention "
         "(PyTorch -> ONNX -> ONNX Runtime / TensorRT / OpenVINO), every step checked against eager PyTorch.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"effattn {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
@@ -361,8 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], help=help, description=description,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        return sub.add_parser(
+            name,
+            parents=[common],
+            help=help,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
     for declare in COMMANDS:
         declare(add)
@@ -393,8 +528,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a fault effattn did not foresee (MemoryError, a library's own): still one line
         if args.debug:
             raise
-        print(f"effattn {args.command}: error: {type(e).__name__}: {first_line(e)} (unexpected; --debug shows where)",
-              file=sys.stderr)
+        print(
+            f"effattn {args.command}: error: {type(e).__name__}: {first_line(e)} (unexpected; --debug shows where)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

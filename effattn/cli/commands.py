@@ -38,8 +38,14 @@ log = logging.getLogger("effattn")
 # ------------------------------------------------------------------------------------------ helpers
 def _progress_bar(total: int, desc: str, quiet: bool):
     """A bar on stderr; none with --quiet, and none where stderr is no terminal (logs, CI: ``disable=None``)."""
-    return tqdm(total=total, desc=desc, disable=True if quiet else None, file=sys.stderr, leave=False,
-                bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
+    return tqdm(
+        total=total,
+        desc=desc,
+        disable=True if quiet else None,
+        file=sys.stderr,
+        leave=False,
+        bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}] {postfix}",
+    )
 
 
 def _step_callback(bar) -> Callable[[str], None]:
@@ -104,8 +110,16 @@ def cmd_models(args) -> None:
     for name in list_models(args.pattern):
         entry = get_entry(name)
         params = sum(p.numel() for p in create_model(name).parameters())
-        rows.append({"name": name, "task": entry.task, "params": params, "pretrained": bool(entry.pretrained),
-                     "profile": str(entry.profile), "description": entry.description})
+        rows.append(
+            {
+                "name": name,
+                "task": entry.task,
+                "params": params,
+                "pretrained": bool(entry.pretrained),
+                "profile": str(entry.profile),
+                "description": entry.description,
+            }
+        )
     if args.json:
         return _print_json(rows)
     if not rows:
@@ -121,8 +135,9 @@ def cmd_export(args) -> None:
     kwargs = model_args(args.arg)
     source = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, **kwargs)
     profile = profile_from_args(args, source.profile)
-    options = dict(exporter=args.exporter, opset=args.opset, simplify=not args.no_simplify, force=args.force,
-                   model_args=kwargs)
+    options = dict(
+        exporter=args.exporter, opset=args.opset, simplify=not args.no_simplify, force=args.force, model_args=kwargs
+    )
     with _progress_bar(2 + (not args.no_simplify) + (not args.no_validate), f"export {args.model}", args.quiet) as bar:
         if args.no_validate:
             result, report = export_onnx(source, profile, args.output, progress=_step_callback(bar), **options), None
@@ -131,8 +146,15 @@ def cmd_export(args) -> None:
             report = result.report
         bar.update(bar.total - bar.n)
     if args.json:
-        return _print_json({"path": str(result.path), "nodes": result.nodes, "seconds": result.seconds,
-                            "profile": profile.to_dict(), "parity": report.to_dict() if report else None})
+        return _print_json(
+            {
+                "path": str(result.path),
+                "nodes": result.nodes,
+                "seconds": result.seconds,
+                "profile": profile.to_dict(),
+                "parity": report.to_dict() if report else None,
+            }
+        )
     print(f"wrote {result.path} ({result.nodes} nodes, {result.exporter} exporter, {result.seconds:.1f}s)")
     print(f"profile: {profile}")
     if report:
@@ -165,24 +187,36 @@ def cmd_run(args) -> None:
         with atomic_output(args.output, args.force) as tmp, open(tmp, "wb") as f:
             np.savez(f, **outputs)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     summary: dict[str, dict[str, Any]] = {
-        name: {"shape": list(v.shape), "dtype": v.dtype.name, "mean": float(v.mean()), "std": float(v.std()),
-               "min": float(v.min()), "max": float(v.max())} for name, v in outputs.items()}
+        name: {
+            "shape": list(v.shape),
+            "dtype": v.dtype.name,
+            "mean": float(v.mean()),
+            "std": float(v.std()),
+            "min": float(v.min()),
+            "max": float(v.max()),
+        }
+        for name, v in outputs.items()
+    }
     if args.json:
         return _print_json({"backend": backend, "outputs": summary})
     print(f"backend: {backend}")
     for name, s in summary.items():
-        print(f"{name}: {s['dtype']}[{'x'.join(map(str, s['shape']))}]  mean {s['mean']:.4g}  std {s['std']:.4g}"
-              f"  min {s['min']:.4g}  max {s['max']:.4g}")
+        print(
+            f"{name}: {s['dtype']}[{'x'.join(map(str, s['shape']))}]  mean {s['mean']:.4g}  std {s['std']:.4g}"
+            f"  min {s['min']:.4g}  max {s['max']:.4g}"
+        )
     if args.output:
         print(f"wrote {args.output}")
 
 
 def cmd_compare(args) -> None:
     meta = metadata.read_metadata(args.onnx)
-    reference = pipeline.reference_for(meta, args.model, args.checkpoint, args.pretrained, model_args(args.arg),
-                                       trust_metadata=args.trust_metadata)
-    parity = pipeline.compare_file(args.onnx, reference, backend=args.backend, device=args.device, seed=args.seed,
-                                   rtx=_rtx(args))
+    reference = pipeline.reference_for(
+        meta, args.model, args.checkpoint, args.pretrained, model_args(args.arg), trust_metadata=args.trust_metadata
+    )
+    parity = pipeline.compare_file(
+        args.onnx, reference, backend=args.backend, device=args.device, seed=args.seed, rtx=_rtx(args)
+    )
     if args.json:
         _print_json(parity.report.to_dict())
     else:
@@ -194,15 +228,29 @@ def cmd_compare(args) -> None:
 
 def cmd_demo(args) -> None:
     with _progress_bar(6, f"demo: export {args.model}", args.quiet) as bar:
-        result = pipeline.demo(args.model, args.out, device=args.device, seed=args.seed, seconds=args.seconds,
-                               force=args.force, progress=_step_callback(bar))
+        result = pipeline.demo(
+            args.model,
+            args.out,
+            device=args.device,
+            seed=args.seed,
+            seconds=args.seconds,
+            force=args.force,
+            progress=_step_callback(bar),
+        )
         bar.update(bar.total - bar.n)
     if args.json:
-        return _print_json({"onnx": [str(p) for p in result.paths.values()],
-                            "backends": {p: c.backend for p, c in result.backends.items()},
-                            "parity": [r.to_dict() for r in result.reports],
-                            "latency": {k: v.to_dict() | {"speedup_vs_eager": result.eager_ms / v.median_ms}
-                                        for k, v in result.latency.items()}, "warnings": result.warnings})
+        return _print_json(
+            {
+                "onnx": [str(p) for p in result.paths.values()],
+                "backends": {p: c.backend for p, c in result.backends.items()},
+                "parity": [r.to_dict() for r in result.reports],
+                "latency": {
+                    k: v.to_dict() | {"speedup_vs_eager": result.eager_ms / v.median_ms}
+                    for k, v in result.latency.items()
+                },
+                "warnings": result.warnings,
+            }
+        )
     _print_demo(result)
     if not result.passed:
         raise SystemExit(1)
@@ -210,13 +258,17 @@ def cmd_demo(args) -> None:
 
 def _print_demo(result: pipeline.Demo) -> None:
     paths, source = result.paths, result.source
-    print(f"exported {source.name} ({'trained weights' if source.checkpoint else 'random weights'}) to "
-          f"{paths['fp32']}: {result.export.nodes} nodes, checked, simplified, validated in {result.export.seconds:.1f}s;"
-          f" FP16 graph (FP32 I/O) {paths['fp16']}" + (f"; INT8 QDQ graph {paths['int8']}" if "int8" in paths else ""))
+    print(
+        f"exported {source.name} ({'trained weights' if source.checkpoint else 'random weights'}) to "
+        f"{paths['fp32']}: {result.export.nodes} nodes, checked, simplified, validated in {result.export.seconds:.1f}s;"
+        f" FP16 graph (FP32 I/O) {paths['fp16']}" + (f"; INT8 QDQ graph {paths['int8']}" if "int8" in paths else "")
+    )
     for precision, choice in result.backends.items():
         print(f"{precision} backend (auto): {choice.reason}")
-    print(f"\nparity vs eager PyTorch FP32 over {result.inputs} inputs (random and task images at min/opt/max "
-          "shapes; each precision's tolerances from the table in effattn.runtime.parity):")
+    print(
+        f"\nparity vs eager PyTorch FP32 over {result.inputs} inputs (random and task images at min/opt/max "
+        "shapes; each precision's tolerances from the table in effattn.runtime.parity):"
+    )
     print("\n\n".join(str(r) for r in result.reports))
     shape = "x".join(map(str, next(iter(cast(ShapeProfile, source.profile).values())).opt))  # zoo: has one
     print(f"\nlatency at {shape} (ms, after warm-up, same run):")
@@ -228,30 +280,59 @@ def _print_demo(result: pipeline.Demo) -> None:
 
 
 def cmd_quantize(args) -> None:
-    result = quantize(args.onnx, args.output, calibration=args.calibration, samples=args.samples,
-                      precision=args.precision, force=args.force)
+    result = quantize(
+        args.onnx,
+        args.output,
+        calibration=args.calibration,
+        samples=args.samples,
+        precision=args.precision,
+        force=args.force,
+    )
     if args.json:
-        return _print_json({"path": str(result.path), "precision": result.precision, "calibration": result.calibration,
-                            "samples": result.samples, "quantized": result.quantized, "seconds": result.seconds})
+        return _print_json(
+            {
+                "path": str(result.path),
+                "precision": result.precision,
+                "calibration": result.calibration,
+                "samples": result.samples,
+                "quantized": result.quantized,
+                "seconds": result.seconds,
+            }
+        )
     ops = ", ".join(f"{n} {op}" for op, n in result.quantized.items())
     kind = precisions.get(result.precision).description
-    print(f"wrote {result.path} ({kind}; quantized: {ops}; calibration: {result.calibration}, "
-          f"{result.samples} samples; {result.seconds:.1f}s)")
+    print(
+        f"wrote {result.path} ({kind}; quantized: {ops}; calibration: {result.calibration}, "
+        f"{result.samples} samples; {result.seconds:.1f}s)"
+    )
 
 
 def cmd_build(args) -> None:
     precision = args.precision
     if args.backend == "onnxruntime":
-        _, decision = pipeline.build_onnxruntime(args.onnx, args.output, precision, args.device or "cpu",
-                                                 force=args.force)
-        return print(f"wrote {args.output} (ONNX Runtime's optimised {decision.precision} graph; load it with "
-                     "'effattn run')")
+        _, decision = pipeline.build_onnxruntime(
+            args.onnx, args.output, precision, args.device or "cpu", force=args.force
+        )
+        return print(
+            f"wrote {args.output} (ONNX Runtime's optimised {decision.precision} graph; load it with 'effattn run')"
+        )
     check_writable(args.output, args.force)  # before a build that can take minutes
-    build = build_engine(args.onnx, precision=precision, output=args.output, cache_dir=args.cache_dir,
-                         workspace_gib=args.workspace, optimization_level=args.opt_level, fp16_flag=args.fp16_flag,
-                         rtx=args.rtx, force=args.force, progress=not args.quiet)
-    print(f"wrote {build.plan} ({build.sidecar.key.get('precision', precision)} engine, "
-          f"{'cache hit' if build.cache_hit else 'built'} in {build.seconds:.1f}s; layers: {build.sidecar.layers})")
+    build = build_engine(
+        args.onnx,
+        precision=precision,
+        output=args.output,
+        cache_dir=args.cache_dir,
+        workspace_gib=args.workspace,
+        optimization_level=args.opt_level,
+        fp16_flag=args.fp16_flag,
+        rtx=args.rtx,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote {build.plan} ({build.sidecar.key.get('precision', precision)} engine, "
+        f"{'cache hit' if build.cache_hit else 'built'} in {build.seconds:.1f}s; layers: {build.sidecar.layers})"
+    )
 
 
 def cmd_inspect(args) -> None:
@@ -268,10 +349,20 @@ def cmd_bench(args) -> None:
             check_writable(path, args.force)
     if args.plot:
         check_plotting()  # before the run, not after it
-    results = run_bench(args.models, args.sizes, batches=args.batch, backends=args.backends, device=args.device,
-                        threads=args.threads, min_seconds=args.seconds, max_seconds=args.max_seconds,
-                        memory=not args.no_memory, startup=not args.no_startup, quiet=args.quiet,
-                        input_shape=args.shape)
+    results = run_bench(
+        args.models,
+        args.sizes,
+        batches=args.batch,
+        backends=args.backends,
+        device=args.device,
+        threads=args.threads,
+        min_seconds=args.seconds,
+        max_seconds=args.max_seconds,
+        memory=not args.no_memory,
+        startup=not args.no_startup,
+        quiet=args.quiet,
+        input_shape=args.shape,
+    )
     if args.output:
         with atomic_output(args.output, args.force) as tmp:
             tmp.write_text(json.dumps(results.to_dict(), indent=2) + "\n")
@@ -305,12 +396,20 @@ def served_models(specs: Sequence[str], args) -> dict[str, Runner]:
 def cmd_serve(args) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the server has no authentication; expose it only behind a proxy you trust", args.host)
-    options = ServeOptions(max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
-                           max_queue=args.max_queue, timeout_s=args.timeout, instances=args.instances,
-                           max_request_bytes=mib(args.max_request_mb), grpc_port=args.grpc_port,
-                           host=args.host, graceful_seconds=args.graceful_seconds,
-                           max_inflight_bytes=mib(args.max_inflight_mb),
-                           max_connections=args.max_connections, keep_alive_s=args.keep_alive_s)
+    options = ServeOptions(
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_ms=args.max_queue_delay_ms,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout,
+        instances=args.instances,
+        max_request_bytes=mib(args.max_request_mb),
+        grpc_port=args.grpc_port,
+        host=args.host,
+        graceful_seconds=args.graceful_seconds,
+        max_inflight_bytes=mib(args.max_inflight_mb),
+        max_connections=args.max_connections,
+        keep_alive_s=args.keep_alive_s,
+    )
     if args.grpc_port == args.port:  # else the second bind fails once every model has loaded
         raise ConfigError(f"--port and --grpc-port are both {args.port}; HTTP and gRPC need a port each")
     if args.grpc_port is not None:
@@ -320,16 +419,28 @@ def cmd_serve(args) -> None:
     with sock:
         models = served_models(args.models, args)
         grpc = f" and grpc://{args.host}:{args.grpc_port}" if args.grpc_port is not None else ""
-        print(f"effattn serve: {', '.join(models)} at http://{args.host}:{args.port}/v2{grpc} (Ctrl-C to stop)",
-              file=sys.stderr, flush=True)
+        print(
+            f"effattn serve: {', '.join(models)} at http://{args.host}:{args.port}/v2{grpc} (Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
         serve(models, args.port, options, log_level="warning" if args.quiet else "info", sock=sock)
 
 
 def cmd_triton(args) -> None:
-    options = TritonOptions(max_batch_size=args.max_batch_size, preferred_batch_sizes=args.preferred_batch_sizes,
-                            max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, kind=args.kind,
-                            trt_accelerator=args.trt_accelerator, fp16=args.fp16, warmup=not args.no_warmup)
+    options = TritonOptions(
+        max_batch_size=args.max_batch_size,
+        preferred_batch_sizes=args.preferred_batch_sizes,
+        max_queue_delay_us=args.max_queue_delay_us,
+        instances=args.instances,
+        kind=args.kind,
+        trt_accelerator=args.trt_accelerator,
+        fp16=args.fp16,
+        warmup=not args.no_warmup,
+    )
     folder = write_repository(args.model_file, args.repository, args.name, options, force=args.force)
     print(f"wrote {folder}/config.pbtxt and {folder}/1/")
-    print(f"run: docker run --gpus all --rm -p 8000:8000 -v {Path(args.repository).resolve()}:/models "
-          "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
+    print(
+        f"run: docker run --gpus all --rm -p 8000:8000 -v {Path(args.repository).resolve()}:/models "
+        "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models"
+    )

@@ -7,5 +7,15 @@ from .cache import EngineCache, EngineKey, Sidecar, verify_plan
 from .onnxruntime_session import available_devices, create_session, optimize_model
 from .tensorrt_build import EngineBuild, build_engine, tensorrt_available
 
-__all__ = ["EngineBuild", "EngineCache", "EngineKey", "Sidecar", "available_devices", "build_engine",
-           "create_session", "optimize_model", "tensorrt_available", "verify_plan"]
+__all__ = [
+    "EngineBuild",
+    "EngineCache",
+    "EngineKey",
+    "Sidecar",
+    "available_devices",
+    "build_engine",
+    "create_session",
+    "optimize_model",
+    "tensorrt_available",
+    "verify_plan",
+]

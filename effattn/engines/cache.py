@@ -36,11 +36,27 @@ class EngineKey:
     compute_capability: str
 
     @classmethod
-    def create(cls, onnx_bytes: bytes, precision: str, profiles: list[str], builder_options: Mapping,
-               backend: str, backend_version: str, gpu_name: str, compute_capability: str) -> EngineKey:
-        return cls(hashlib.sha256(onnx_bytes).hexdigest(), precision, tuple(profiles),
-                   json.dumps(dict(builder_options), sort_keys=True, separators=(",", ":")),
-                   backend, backend_version, gpu_name, compute_capability)
+    def create(
+        cls,
+        onnx_bytes: bytes,
+        precision: str,
+        profiles: list[str],
+        builder_options: Mapping,
+        backend: str,
+        backend_version: str,
+        gpu_name: str,
+        compute_capability: str,
+    ) -> EngineKey:
+        return cls(
+            hashlib.sha256(onnx_bytes).hexdigest(),
+            precision,
+            tuple(profiles),
+            json.dumps(dict(builder_options), sort_keys=True, separators=(",", ":")),
+            backend,
+            backend_version,
+            gpu_name,
+            compute_capability,
+        )
 
     @property
     def digest(self) -> str:
@@ -72,9 +88,11 @@ class Sidecar:
                 raise ValueError(f"schema {data.get('schema')!r}")
             return cls(**data)
         except FileNotFoundError:
-            raise BackendError(f"{path} is missing: effattn loads an engine only with the sidecar written when it "
-                               "was built (it records the TensorRT version and GPU); "
-                               "rebuild with 'effattn build'") from None
+            raise BackendError(
+                f"{path} is missing: effattn loads an engine only with the sidecar written when it "
+                "was built (it records the TensorRT version and GPU); "
+                "rebuild with 'effattn build'"
+            ) from None
         except (ValueError, TypeError) as e:
             raise BackendError(f"{path} is not an effattn engine sidecar ({e}); rebuild with 'effattn build'") from None
 
@@ -86,8 +104,10 @@ class Sidecar:
         """One ``io`` entry's shape: fixed sizes, the ONNX graph's name for a dynamic axis (``axes``, recorded
         at build time), None for a dynamic axis without one (sidecars written before names were kept)."""
         axes = tensor.get("axes") or []
-        return [d if d >= 0 else (axes[i] if i < len(axes) and isinstance(axes[i], str) else None)
-                for i, d in enumerate(tensor["shape"])]
+        return [
+            d if d >= 0 else (axes[i] if i < len(axes) and isinstance(axes[i], str) else None)
+            for i, d in enumerate(tensor["shape"])
+        ]
 
 
 def sidecar_path(plan: Path) -> Path:
@@ -114,17 +134,24 @@ def verify_plan(plan: Path, *, backend: str, backend_version: str, gpu_name: str
     sidecar = Sidecar.read(sidecar_path(plan))
     size = plan.stat().st_size
     if size != sidecar.plan_bytes:
-        raise BackendError(f"engine {plan} is {size} bytes but was written as {sidecar.plan_bytes}: truncated or "
-                           "replaced; rebuild it")
+        raise BackendError(
+            f"engine {plan} is {size} bytes but was written as {sidecar.plan_bytes}: truncated or replaced; rebuild it"
+        )
     if hashlib.sha256(plan.read_bytes()).hexdigest() != sidecar.plan_sha256:
         raise BackendError(f"engine {plan} does not match the checksum in its sidecar: corrupt; rebuild it")
     built = sidecar.key
-    here = {"backend": backend, "backend_version": backend_version, "gpu_name": gpu_name,
-            "compute_capability": compute_capability}
+    here = {
+        "backend": backend,
+        "backend_version": backend_version,
+        "gpu_name": gpu_name,
+        "compute_capability": compute_capability,
+    }
     wrong = [f"{k} {built.get(k)!r} (here {v!r})" for k, v in here.items() if built.get(k) != v]
     if wrong:
-        raise BackendError(f"engine {plan} was built for another setup: {', '.join(wrong)}. Plans are tied to the "
-                           "TensorRT version and the GPU; rebuild it here with 'effattn build'")
+        raise BackendError(
+            f"engine {plan} was built for another setup: {', '.join(wrong)}. Plans are tied to the "
+            "TensorRT version and the GPU; rebuild it here with 'effattn build'"
+        )
     return sidecar
 
 
@@ -147,24 +174,45 @@ class EngineCache:
         if not plan.exists():
             return None
         try:
-            sidecar = verify_plan(plan, backend=key.backend, backend_version=key.backend_version,
-                                  gpu_name=key.gpu_name, compute_capability=key.compute_capability)
+            sidecar = verify_plan(
+                plan,
+                backend=key.backend,
+                backend_version=key.backend_version,
+                gpu_name=key.gpu_name,
+                compute_capability=key.compute_capability,
+            )
         except BackendError as e:
             log.warning("engine cache: ignoring %s (%s); rebuilding", plan.name, e)
             return None
         differs = key.mismatch(sidecar.key)
         if differs or sidecar.digest != key.digest:
-            log.warning("engine cache: %s was built from something else (%s); rebuilding", plan.name,
-                        "; ".join(differs) or "digest differs")
+            log.warning(
+                "engine cache: %s was built from something else (%s); rebuilding",
+                plan.name,
+                "; ".join(differs) or "digest differs",
+            )
             return None
         log.info("engine cache hit: %s", plan)
         return plan
 
-    def store(self, key: EngineKey, plan_bytes: bytes, io: list[dict] | None = None,
-              layers: dict | None = None, metadata: Mapping[str, str] | None = None) -> Path:
+    def store(
+        self,
+        key: EngineKey,
+        plan_bytes: bytes,
+        io: list[dict] | None = None,
+        layers: dict | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Path:
         plan = self.plan_path(key)
         _atomic_write(plan, plan_bytes)
-        Sidecar(asdict(key), key.digest, hashlib.sha256(plan_bytes).hexdigest(), len(plan_bytes), io or [],
-                layers or {}, dict(metadata or {}),
-                _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")).write(sidecar_path(plan))
+        Sidecar(
+            asdict(key),
+            key.digest,
+            hashlib.sha256(plan_bytes).hexdigest(),
+            len(plan_bytes),
+            io or [],
+            layers or {},
+            dict(metadata or {}),
+            _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        ).write(sidecar_path(plan))
         return plan

@@ -19,8 +19,12 @@ log = logging.getLogger(__name__)
 #: float8 QuantizeLinear whose zero point is 0, so negative values come back; off for every graph, not only
 #: FP8 ones (docs/decisions.md#onnx-runtimes-reluquantrewrite-is-off).
 UNSAFE_REWRITES = ("ReluQuantRewrite",)
-_FLOAT8 = {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ, onnx.TensorProto.FLOAT8E5M2,
-           onnx.TensorProto.FLOAT8E5M2FNUZ}
+_FLOAT8 = {
+    onnx.TensorProto.FLOAT8E4M3FN,
+    onnx.TensorProto.FLOAT8E4M3FNUZ,
+    onnx.TensorProto.FLOAT8E5M2,
+    onnx.TensorProto.FLOAT8E5M2FNUZ,
+}
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -34,8 +38,9 @@ def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise BackendError("ONNX Runtime is not installed: pip install 'effattn[cpu]' (or 'effattn[gpu]' on a "
-                           "CUDA machine)") from None
+        raise BackendError(
+            "ONNX Runtime is not installed: pip install 'effattn[cpu]' (or 'effattn[gpu]' on a CUDA machine)"
+        ) from None
     return onnxruntime
 
 
@@ -78,8 +83,14 @@ def holds_float8(path: str | Path) -> bool:
     return any(t.data_type in _FLOAT8 for t in [*model.graph.initializer, *constants])
 
 
-def create_session(path: str | Path, device: str = "cpu", threads: int | None = None,
-                   cache_dir: str | Path | None = None, cuda_graph: bool = False, spinning: bool = True):
+def create_session(
+    path: str | Path,
+    device: str = "cpu",
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+    cuda_graph: bool = False,
+    spinning: bool = True,
+):
     """An ``onnxruntime.InferenceSession`` for ``path`` on ``device``, with full graph optimisation.
 
     ``cache_dir`` holds the TensorRT execution provider's engine and timing caches; ``cuda_graph``
@@ -96,11 +107,15 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
     provider = PROVIDERS[device]
     if provider not in ort.get_available_providers():
         both = conflicting_installs()
-        fix = (f"{' and '.join(both)} are both installed and share one folder: pip uninstall -y onnxruntime "
-               "onnxruntime-gpu, then pip install 'effattn[gpu]'" if both else
-               "for GPUs install onnxruntime-gpu (pip install 'effattn[gpu]')")
+        fix = (
+            f"{' and '.join(both)} are both installed and share one folder: pip uninstall -y onnxruntime "
+            "onnxruntime-gpu, then pip install 'effattn[gpu]'"
+            if both
+            else "for GPUs install onnxruntime-gpu (pip install 'effattn[gpu]')"
+        )
         raise BackendError(
-            f"{provider} is not in this onnxruntime build (have {', '.join(ort.get_available_providers())}); {fix}")
+            f"{provider} is not in this onnxruntime build (have {', '.join(ort.get_available_providers())}); {fix}"
+        )
     if device != "cpu" and hasattr(ort, "preload_dlls"):
         _preload_cuda_libraries(ort)
     options = ort.SessionOptions()
@@ -115,12 +130,14 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
     providers: list[str | tuple[str, dict]] = [(provider, provider_options(device, cache_dir, cuda_graph))]
     providers += [] if device == "cpu" else ["CPUExecutionProvider"]
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers,
-                                       disabled_optimizers=list(UNSAFE_REWRITES))
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=providers, disabled_optimizers=list(UNSAFE_REWRITES)
+        )
     except Exception as e:  # onnxruntime raises its own pybind exception types
         first = first_line(e)
-        raise BackendError(f"ONNX Runtime cannot load {path}: {first}. "
-                           "Is it an ONNX model written by effattn export?") from None
+        raise BackendError(
+            f"ONNX Runtime cannot load {path}: {first}. Is it an ONNX model written by effattn export?"
+        ) from None
     if session.get_providers()[0] != provider:
         raise BackendError(
             f"ONNX Runtime fell back from {provider} to {session.get_providers()[0]} for {path}: "
@@ -153,8 +170,9 @@ def optimize_model(path: str | Path, output: str | Path, device: str = "cpu") ->
     options.log_severity_level = 3
     provider = PROVIDERS.get(device, "CPUExecutionProvider")
     try:
-        ort.InferenceSession(str(path), sess_options=options, providers=[provider],
-                             disabled_optimizers=list(UNSAFE_REWRITES))
+        ort.InferenceSession(
+            str(path), sess_options=options, providers=[provider], disabled_optimizers=list(UNSAFE_REWRITES)
+        )
     except Exception as e:
         raise BackendError(f"ONNX Runtime cannot optimise {path}: {first_line(e)}") from None
     return output
@@ -169,8 +187,12 @@ def provider_options(device: str, cache_dir: str | Path | None = None, cuda_grap
     Ampere and later) is turned off, so an FP32 graph is not silently lowered.
     """
     if device == "tensorrt":
-        options: dict[str, bool | str] = {"trt_fp16_enable": False, "trt_engine_cache_enable": cache_dir is not None,
-                   "trt_timing_cache_enable": cache_dir is not None, "trt_cuda_graph_enable": cuda_graph}
+        options: dict[str, bool | str] = {
+            "trt_fp16_enable": False,
+            "trt_engine_cache_enable": cache_dir is not None,
+            "trt_timing_cache_enable": cache_dir is not None,
+            "trt_cuda_graph_enable": cuda_graph,
+        }
         if cache_dir is not None:
             options |= {"trt_engine_cache_path": str(cache_dir), "trt_timing_cache_path": str(cache_dir)}
         return options

@@ -20,8 +20,9 @@ from ..export.quantize.qdq import check_qdq, qdq_summary
 from ..files import open_regular
 
 #: The ONNX element type of each converted (float) precision, narrowest mantissa first: BF16 before FP16.
-_FLOAT_TYPES = {dtypes.lookup("torch", p.element).onnx: p.name for p in reversed(precisions.TABLE)
-                if p.made_by == "convert"}
+_FLOAT_TYPES = {
+    dtypes.lookup("torch", p.element).onnx: p.name for p in reversed(precisions.TABLE) if p.made_by == "convert"
+}
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 #: A QDQ graph is the last-listed quantized precision any of its zero points belongs to (FP8 wins over INT8);
 #: zero points of no family (uint8: no zero point) read as the default quantized precision.
@@ -62,8 +63,9 @@ def graph_precision(model: onnx.ModelProto) -> str:
     zero points' type), else ``bf16``/``fp16`` where any tensor has that type, else ``fp32``."""
     if any(n.op_type in _QDQ for n in model.graph.node):
         types = qdq_summary(model).zero_point_types
-        return next((p.name for p in _QDQ_ORDER if any(t.startswith(_family(p)) for t in types)),
-                    precisions.DEFAULT_QUANTIZED)
+        return next(
+            (p.name for p in _QDQ_ORDER if any(t.startswith(_family(p)) for t in types)), precisions.DEFAULT_QUANTIZED
+        )
     elements = _float_types(model)
     return next((name for t, name in _FLOAT_TYPES.items() if t in elements), "fp32")
 
@@ -77,17 +79,25 @@ def qdq_problems(model: onnx.ModelProto) -> list[str]:
         problems.append("no op reads both its data and its weight through DequantizeLinear (no quantized layer)")
     foreign = sorted(summary.zero_point_types - {p.zero_point_type for p in precisions.TABLE if p.quantized})
     if foreign:
-        problems.append(f"zero points of type {', '.join(foreign)} (TensorRT takes signed INT8 or FP8 E4M3; a "
-                        "missing zero point means uint8)")
+        problems.append(
+            f"zero points of type {', '.join(foreign)} (TensorRT takes signed INT8 or FP8 E4M3; a "
+            "missing zero point means uint8)"
+        )
     elif len(summary.zero_point_types) > 1:
-        problems.append(f"INT8 and FP8 quantizers mixed ({', '.join(sorted(summary.zero_point_types))}); "
-                        "quantize the FP32 export to one of them")
+        problems.append(
+            f"INT8 and FP8 quantizers mixed ({', '.join(sorted(summary.zero_point_types))}); "
+            "quantize the FP32 export to one of them"
+        )
     if summary.per_channel_activations:
-        problems.append(f"{summary.per_channel_activations} activation quantizers with per-channel scales "
-                        "(TensorRT takes one scale per activation tensor)")
+        problems.append(
+            f"{summary.per_channel_activations} activation quantizers with per-channel scales "
+            "(TensorRT takes one scale per activation tensor)"
+        )
     if summary.nonzero_zero_points:
-        problems.append(f"{summary.nonzero_zero_points} non-zero zero points (asymmetric; TensorRT needs symmetric "
-                        "quantization, zero point 0)")
+        problems.append(
+            f"{summary.nonzero_zero_points} non-zero zero points (asymmetric; TensorRT needs symmetric "
+            "quantization, zero point 0)"
+        )
     return problems
 
 
@@ -123,8 +133,10 @@ def check_onnx(onnx_path: str | Path, model: onnx.ModelProto | None = None) -> s
     meta = metadata.get_metadata(model)
     seen = graph_precision(model)
     if metadata.PRECISION in meta and (said := metadata.precision_of(meta)) != seen:
-        raise BackendError(f"{onnx_path}: metadata {metadata.PRECISION} says {said} but the graph holds {seen} "
-                           "tensors; re-export it instead of editing it")
+        raise BackendError(
+            f"{onnx_path}: metadata {metadata.PRECISION} says {said} but the graph holds {seen} "
+            "tensors; re-export it instead of editing it"
+        )
     if any(n.op_type in _QDQ for n in model.graph.node):
         try:
             check_qdq(model, str(onnx_path), str(onnx_path.parent))
@@ -140,8 +152,10 @@ def read_graph_precision(onnx_path: Path, model: onnx.ModelProto | None = None) 
     model = model if model is not None else _load(onnx_path)
     seen = check_onnx(onnx_path, model)
     if precisions.get(seen).quantized and (problems := qdq_problems(model)):
-        raise BackendError(f"{onnx_path} is not a QDQ graph TensorRT can build: {'; '.join(problems)}. Write it "
-                           "with 'effattn quantize' (signed symmetric INT8, or --precision fp8)")
+        raise BackendError(
+            f"{onnx_path} is not a QDQ graph TensorRT can build: {'; '.join(problems)}. Write it "
+            "with 'effattn quantize' (signed symmetric INT8, or --precision fp8)"
+        )
     return seen
 
 
@@ -156,25 +170,32 @@ def decide(graph: str, requested: str | None, fp16_flag: bool = False) -> Engine
     if want not in precisions.names():
         raise BackendError(f"precision must be one of auto, {', '.join(precisions.names())}; got {requested!r}")
     quantized = precisions.get(want).quantized
-    if fp16_flag and not (want == "fp16" and graph == "fp32" or want == graph and quantized):
-        raise BackendError(f"fp16_flag builds an FP32 graph as FP16 or lets a QDQ graph's float layers run in "
-                           f"FP16 (TensorRT 10 only); it does not apply to a {want} engine of a {graph} graph")
+    if fp16_flag and not ((want == "fp16" and graph == "fp32") or (want == graph and quantized)):
+        raise BackendError(
+            f"fp16_flag builds an FP32 graph as FP16 or lets a QDQ graph's float layers run in "
+            f"FP16 (TensorRT 10 only); it does not apply to a {want} engine of a {graph} graph"
+        )
     if want == graph:
         return EnginePrecision(want, graph, fp16_flag=fp16_flag)
     if graph == "fp32" and want in precisions.converted():
         return EnginePrecision(want, graph, convert=None if fp16_flag else want, fp16_flag=fp16_flag)
     if quantized:
         flag = "" if want == precisions.DEFAULT_QUANTIZED else f" --precision {want}"
-        raise BackendError(f"an {want.upper()} engine needs an {want.upper()} QDQ graph and this one is {graph}: "
-                           f"quantize the FP32 export first ('effattn quantize{flag}', calibrated), then build that file")
+        raise BackendError(
+            f"an {want.upper()} engine needs an {want.upper()} QDQ graph and this one is {graph}: "
+            f"quantize the FP32 export first ('effattn quantize{flag}', calibrated), then build that file"
+        )
     if want == "fp32":
         raise BackendError(f"the graph is {graph}; an FP32 engine needs the FP32 export")
-    raise BackendError(f"the graph is {graph}, so its engine is {graph}: precision lives in the graph (TensorRT builds "
-                       f"strongly typed networks). For a {want} engine build the FP32 export with precision={want!r}")
+    raise BackendError(
+        f"the graph is {graph}, so its engine is {graph}: precision lives in the graph (TensorRT builds "
+        f"strongly typed networks). For a {want} engine build the FP32 export with precision={want!r}"
+    )
 
 
-def engine_precision(onnx_path: str | Path, requested: str | None = None, *, fp16_flag: bool = False
-                     ) -> EnginePrecision:
+def engine_precision(
+    onnx_path: str | Path, requested: str | None = None, *, fp16_flag: bool = False
+) -> EnginePrecision:
     """What ``build_engine`` will build from ``onnx_path`` when asked for ``requested`` (None: the graph's own
     precision), or a BackendError saying why not and what to do. Needs no TensorRT."""
     onnx_path = Path(onnx_path)
@@ -201,9 +222,11 @@ def capability_refusal(precision: str, capability: str) -> str | None:
     if row.min_capability is not None and have < row.min_capability:
         need = ".".join(map(str, row.min_capability))
         gpus = f": {_GENERATIONS[row.min_capability]}" if row.min_capability in _GENERATIONS else ""
-        return (f"{row.label} engines need {row.hardware} (compute capability {need}+{gpus}); this GPU is "
-                f"{capability}. Build the {precisions.get(precisions.DEFAULT_QUANTIZED).label} file "
-                "('effattn quantize') instead")
+        return (
+            f"{row.label} engines need {row.hardware} (compute capability {need}+{gpus}); this GPU is "
+            f"{capability}. Build the {precisions.get(precisions.DEFAULT_QUANTIZED).label} file "
+            "('effattn quantize') instead"
+        )
     return None
 
 
@@ -233,6 +256,7 @@ def _tensor_type(tensor: Mapping) -> str | None:
 def _layer_kind(layer: Mapping) -> str | None:
     """One layer's class: by its outputs' types, except that a layer reading INT8/FP8 is an INT8/FP8 layer
     (an INT8 convolution with a float output: Q/DQ on inputs only) and a Reformat/Q/DQ layer is "reformat"."""
+
     def types(key: str) -> list[str]:
         return [k for t in layer.get(key, []) if isinstance(t, Mapping) and (k := _tensor_type(t))]
 

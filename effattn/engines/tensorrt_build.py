@@ -33,15 +33,16 @@ from .precision import EnginePrecision, capability_refusal, census, converted_gr
 log = logging.getLogger(__name__)
 
 
-
 def import_tensorrt(rtx: bool = False):
     """The ``tensorrt`` (or ``tensorrt_rtx``) module, or a BackendError that says how to get it."""
     name = "tensorrt_rtx" if rtx else "tensorrt"
     try:
         return importlib.import_module(name)
     except ImportError as e:
-        raise BackendError(f"{name} is not installed ({e}); on a CUDA machine: pip install 'effattn[gpu]' "
-                           f"(TensorRT wheels come from NVIDIA's index)") from None
+        raise BackendError(
+            f"{name} is not installed ({e}); on a CUDA machine: pip install 'effattn[gpu]' "
+            f"(TensorRT wheels come from NVIDIA's index)"
+        ) from None
 
 
 def tensorrt_available(rtx: bool = False) -> bool:
@@ -103,8 +104,10 @@ def polygraphy_loaders(rtx: bool):
 
     if rtx != config.USE_TENSORRT_RTX:
         have, want = ("TensorRT-RTX", "TensorRT") if config.USE_TENSORRT_RTX else ("TensorRT", "TensorRT-RTX")
-        raise BackendError(f"Polygraphy in this process is bound to {have} (chosen when it was first imported; "
-                           f"{RTX_SWITCH}); build {want} engines in another process")
+        raise BackendError(
+            f"Polygraphy in this process is bound to {have} (chosen when it was first imported; "
+            f"{RTX_SWITCH}); build {want} engines in another process"
+        )
     from polygraphy import backend
 
     return backend.trt
@@ -178,8 +181,10 @@ def network_typing(version: str, decision: EnginePrecision, rtx: bool = False) -
     have = version_tuple(version)
     if rtx or have >= (11, 0):
         if decision.fp16_flag:
-            raise BackendError(f"TensorRT{'-RTX' if rtx else ''} {version} has no FP16 builder flag (strongly typed "
-                               "only); build the FP16 graph instead (precision='fp16' without fp16_flag)")
+            raise BackendError(
+                f"TensorRT{'-RTX' if rtx else ''} {version} has no FP16 builder flag (strongly typed "
+                "only); build the FP16 graph instead (precision='fp16' without fp16_flag)"
+            )
         return NetworkTyping(True)
     if have < (10, 0):
         raise BackendError(f"TensorRT {version} is too old: effattn builds engines with TensorRT 10 or 11")
@@ -239,23 +244,41 @@ def build_engine(
         raise BackendError(f"{onnx_path}: {refusal}")
     typing = network_typing(str(trt.__version__), decision, rtx)
     cache = EngineCache(DEFAULT_CACHE_DIR if cache_dir is None else cache_dir)
-    source = (onnx_path if decision.convert is None else
-              converted_graph(decision, onnx_path, scratch_path(cache.root, onnx_path, decision.convert)))
+    source = (
+        onnx_path
+        if decision.convert is None
+        else converted_graph(decision, onnx_path, scratch_path(cache.root, onnx_path, decision.convert))
+    )
     meta = read_metadata(source)
     profiles = _profiles_of(profiles, meta, source)
-    options = {"optimization_level": optimization_level, "workspace_gib": workspace_gib, "tf32": False,
-               "strongly_typed": typing.strongly_typed, "precision_flags": list(typing.flags),
-               "graph_precision": decision.graph}
-    key = EngineKey.create(source.read_bytes(), decision.precision, [p.to_json() for p in profiles], options,
-                           "tensorrt_rtx" if rtx else "tensorrt", str(trt.__version__), gpu_name, capability)
+    options = {
+        "optimization_level": optimization_level,
+        "workspace_gib": workspace_gib,
+        "tf32": False,
+        "strongly_typed": typing.strongly_typed,
+        "precision_flags": list(typing.flags),
+        "graph_precision": decision.graph,
+    }
+    key = EngineKey.create(
+        source.read_bytes(),
+        decision.precision,
+        [p.to_json() for p in profiles],
+        options,
+        "tensorrt_rtx" if rtx else "tensorrt",
+        str(trt.__version__),
+        gpu_name,
+        capability,
+    )
     plan = cache.lookup(key)
     hit = plan is not None
     if plan is None:
         plan = _build(trt, source, profiles, key, typing, cache, progress and tqdm, rtx, meta)
     sidecar = Sidecar.read(sidecar_path(plan))
     if refusal := precision_refusal(decision.precision, sidecar.layers):
-        raise BackendError(f"the engine built from {source} {refusal}; refusing to call it a "
-                           f"{decision.precision.upper()} engine (check the {decision.precision} graph)")
+        raise BackendError(
+            f"the engine built from {source} {refusal}; refusing to call it a "
+            f"{decision.precision.upper()} engine (check the {decision.precision} graph)"
+        )
     if output:
         plan = _copy_out(plan, sidecar, output)
     return EngineBuild(plan, sidecar, hit, time.perf_counter() - start)
@@ -268,8 +291,9 @@ def _copy_out(plan: Path, sidecar: Sidecar, output: Path) -> Path:
     return output
 
 
-def _create_config(trt, loaders, profiles: list[ShapeProfile], key: EngineKey, typing: NetworkTyping,
-                   cache: EngineCache, monitor):
+def _create_config(
+    trt, loaders, profiles: list[ShapeProfile], key: EngineKey, typing: NetworkTyping, cache: EngineCache, monitor
+):
     """Polygraphy's CreateConfig: profiles, timing cache, progress, TF32 off (FP32 references stay FP32) and,
     for weakly typed networks only, the precision flags (a strongly typed network takes none)."""
     trt_profiles = []
@@ -279,9 +303,14 @@ def _create_config(trt, loaders, profiles: list[ShapeProfile], key: EngineKey, t
             p.add(inp.name, min=inp.min, opt=inp.opt, max=inp.max)
         trt_profiles.append(p)
     options = json.loads(key.builder_options)
-    kwargs = dict(profiles=trt_profiles, builder_optimization_level=options["optimization_level"], tf32=False,
-                  load_timing_cache=str(cache.timing_cache) if cache.timing_cache.exists() else None,
-                  progress_monitor=monitor, profiling_verbosity=trt.ProfilingVerbosity.DETAILED)
+    kwargs = dict(
+        profiles=trt_profiles,
+        builder_optimization_level=options["optimization_level"],
+        tf32=False,
+        load_timing_cache=str(cache.timing_cache) if cache.timing_cache.exists() else None,
+        progress_monitor=monitor,
+        profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
+    )
     if options["workspace_gib"]:
         kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(options["workspace_gib"] * 2**30)}
     kwargs.update(dict.fromkeys(typing.flags, True))  # CreateConfig(int8=True, fp8=True, fp16=True)
@@ -292,31 +321,54 @@ def graph_axes(model: onnx.ModelProto) -> dict[str, list[str | None]]:
     """Each graph input's and output's axis names (None where an axis has none). An engine reports -1 for
     a dynamic axis and loses its name; the sidecar keeps it, so a server can see which outputs share the
     inputs' batch axis (see :func:`effattn.serving.repository.batch_dimension`)."""
-    return {v.name: [d.dim_param or None for d in v.type.tensor_type.shape.dim]
-            for v in [*model.graph.input, *model.graph.output]}
+    return {
+        v.name: [d.dim_param or None for d in v.type.tensor_type.shape.dim]
+        for v in [*model.graph.input, *model.graph.output]
+    }
 
 
 def _io_of(engine, axes: Mapping[str, list[str | None]]) -> list[dict]:
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    return [{"name": n, "mode": engine.get_tensor_mode(n).name, "dtype": engine.get_tensor_dtype(n).name,
-             "shape": list(engine.get_tensor_shape(n)), "axes": axes.get(n, [])} for n in names]
+    return [
+        {
+            "name": n,
+            "mode": engine.get_tensor_mode(n).name,
+            "dtype": engine.get_tensor_dtype(n).name,
+            "shape": list(engine.get_tensor_shape(n)),
+            "axes": axes.get(n, []),
+        }
+        for n in names
+    ]
 
 
-def _build(trt, onnx_path: Path, profiles: list[ShapeProfile], key: EngineKey, typing: NetworkTyping,
-           cache: EngineCache, tqdm, rtx: bool, meta: Mapping[str, str]) -> Path:
+def _build(
+    trt,
+    onnx_path: Path,
+    profiles: list[ShapeProfile],
+    key: EngineKey,
+    typing: NetworkTyping,
+    cache: EngineCache,
+    tqdm,
+    rtx: bool,
+    meta: Mapping[str, str],
+) -> Path:
     """Build through Polygraphy. The shared timing cache is loaded and merged back under Polygraphy's own
     file lock (a lock held only while reading or writing it, not for the whole build)."""
     loaders = polygraphy_loaders(rtx)
     bar = tqdm(total=1, desc="TensorRT build", leave=False) if tqdm else None
     monitor = _progress_monitor(trt, bar) if bar is not None else None  # referenced until the build ends
     network = loaders.NetworkFromOnnxPath(str(onnx_path), strongly_typed=typing.strongly_typed)
-    log.info("building TensorRT %s engine for %s (%d profile(s), %s)", key.precision, onnx_path.name, len(profiles),
-             "strongly typed" if typing.strongly_typed else f"weakly typed, flags {', '.join(typing.flags)}")
+    log.info(
+        "building TensorRT %s engine for %s (%d profile(s), %s)",
+        key.precision,
+        onnx_path.name,
+        len(profiles),
+        "strongly typed" if typing.strongly_typed else f"weakly typed, flags {', '.join(typing.flags)}",
+    )
     cache.root.mkdir(parents=True, exist_ok=True)
     try:
         config = _create_config(trt, loaders, profiles, key, typing, cache, monitor)
-        plan_bytes = loaders.EngineBytesFromNetwork(network, config=config,
-                                                    save_timing_cache=str(cache.timing_cache))()
+        plan_bytes = loaders.EngineBytesFromNetwork(network, config=config, save_timing_cache=str(cache.timing_cache))()
     except Exception as e:  # Polygraphy raises PolygraphyException with TensorRT's log in it
         raise BackendError(f"TensorRT could not build {onnx_path}: {first_line(e)}") from e
     finally:
@@ -324,5 +376,6 @@ def _build(trt, onnx_path: Path, profiles: list[ShapeProfile], key: EngineKey, t
             bar.close()
     engine = loaders.EngineFromBytes(bytes(plan_bytes))()
     axes = graph_axes(onnx.load(str(onnx_path), load_external_data=False))
-    return cache.store(key, bytes(plan_bytes), io=_io_of(engine, axes), layers=layer_precisions(trt, engine),
-                       metadata=meta)
+    return cache.store(
+        key, bytes(plan_bytes), io=_io_of(engine, axes), layers=layer_precisions(trt, engine), metadata=meta
+    )

@@ -80,12 +80,24 @@ def _trace(model: nn.Module, profile: ShapeProfile, exporter: str, opset: int, o
             from torch.export import Dim
 
             dynamic = tuple(
-                {axis: Dim(f"{p.name}_{axis_name}" if len(profile) > 1 else axis_name, min=p.min[axis], max=p.max[axis])
-                 for axis, axis_name in p.dynamic_axes.items()}
+                {
+                    axis: Dim(
+                        f"{p.name}_{axis_name}" if len(profile) > 1 else axis_name, min=p.min[axis], max=p.max[axis]
+                    )
+                    for axis, axis_name in p.dynamic_axes.items()
+                }
                 for p in profile.inputs
             )
-            program = torch.onnx.export(model, example, dynamo=True, input_names=names, output_names=outputs,
-                                        dynamic_shapes=dynamic, opset_version=opset, verbose=False)
+            program = torch.onnx.export(
+                model,
+                example,
+                dynamo=True,
+                input_names=names,
+                output_names=outputs,
+                dynamic_shapes=dynamic,
+                opset_version=opset,
+                verbose=False,
+            )
             if program is None:  # torch returns one when dynamo=True; the caller adds the TorchScript hint
                 raise ExportError("torch.onnx.export(dynamo=True) returned no ONNX program")
             return program.model_proto
@@ -97,9 +109,16 @@ def _trace(model: nn.Module, profile: ShapeProfile, exporter: str, opset: int, o
         results = results if isinstance(results, (tuple, list)) else (results,)
         for out, value in zip(outputs, results):  # batch, and the spatial axes where the rank is kept
             axes[out] = {i: n for i, n in first.dynamic_axes.items() if i == 0 or value.dim() == first.rank}
-        torch.onnx.export(model, example, buffer,  # type: ignore[arg-type]  # file-like: torch annotates paths only
-                          dynamo=False, input_names=names, output_names=outputs,
-                          dynamic_axes=axes, opset_version=min(opset, 17))
+        torch.onnx.export(
+            model,
+            example,
+            buffer,  # type: ignore[arg-type]  # file-like: torch annotates paths only
+            dynamo=False,
+            input_names=names,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=min(opset, 17),
+        )
         return onnx.load_from_string(buffer.getvalue())
 
 
@@ -142,8 +161,10 @@ def export_onnx(
     try:
         proto = _trace(module, profile, exporter, opset, outputs)
     except Exception as e:  # exporter failures come in many types; report the first line
-        raise ExportError(f"{exporter} exporter failed on {source.name}: {first_line(e)}"
-                          + (" (try exporter='torchscript')" if exporter == "dynamo" else "")) from e
+        raise ExportError(
+            f"{exporter} exporter failed on {source.name}: {first_line(e)}"
+            + (" (try exporter='torchscript')" if exporter == "dynamo" else "")
+        ) from e
     steps("check")
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -153,8 +174,9 @@ def export_onnx(
     if simplify:
         steps("simplify")
         proto = _simplify(proto)
-    metadata.set_metadata(proto, _metadata(source, profile, outputs, f"{exporter} (torch {torch.__version__}, "
-                                                                     f"opset {opset})", model_args))
+    metadata.set_metadata(
+        proto, _metadata(source, profile, outputs, f"{exporter} (torch {torch.__version__}, opset {opset})", model_args)
+    )
     with atomic_output(path, force) as tmp:
         onnx.save(proto, tmp)
         if verify is not None:
@@ -188,22 +210,35 @@ class _Steps:
 def _as_profile(profile, model_name: str) -> ShapeProfile:
     """A ShapeProfile from a profile or example tensors (static shapes); none at all is refused with an example."""
     if profile is None:
-        raise ExportError(f"{model_name} has no shape profile: give one, e.g. ShapeProfile.single('1x3x64x64', "
-                          "'1x3x128x128', '4x3x256x256') (min, opt, max), or example tensors; a model of your own "
-                          "can also carry it (load_model(..., profile=...) or a default_profile attribute)")
+        raise ExportError(
+            f"{model_name} has no shape profile: give one, e.g. ShapeProfile.single('1x3x64x64', "
+            "'1x3x128x128', '4x3x256x256') (min, opt, max), or example tensors; a model of your own "
+            "can also carry it (load_model(..., profile=...) or a default_profile attribute)"
+        )
     if isinstance(profile, torch.Tensor):
         profile = (profile,)
     if isinstance(profile, ShapeProfile):
         return profile
-    return ShapeProfile(tuple(ShapeProfile.single(tuple(t.shape), name="input" if i == 0 else f"input{i}").inputs[0]
-                              for i, t in enumerate(profile)))
+    return ShapeProfile(
+        tuple(
+            ShapeProfile.single(tuple(t.shape), name="input" if i == 0 else f"input{i}").inputs[0]
+            for i, t in enumerate(profile)
+        )
+    )
 
 
-def _metadata(source: ModelSource, profile: ShapeProfile, outputs: list[str], exporter: str,
-              model_args: dict | None) -> dict[str, str]:
+def _metadata(
+    source: ModelSource, profile: ShapeProfile, outputs: list[str], exporter: str, model_args: dict | None
+) -> dict[str, str]:
     """The effattn.* keys that make the file self-describing (see effattn.metadata)."""
-    meta = {metadata.VERSION: __version__, metadata.MODEL: source.name, metadata.TASK: source.task,
-            metadata.PROFILE: profile.to_json(), metadata.EXPORTER: exporter, metadata.PRECISION: "fp32"}
+    meta = {
+        metadata.VERSION: __version__,
+        metadata.MODEL: source.name,
+        metadata.TASK: source.task,
+        metadata.PROFILE: profile.to_json(),
+        metadata.EXPORTER: exporter,
+        metadata.PRECISION: "fp32",
+    }
     if model_args:
         meta[metadata.MODEL_ARGS] = json.dumps(model_args)
     if source.checkpoint_sha256:

@@ -53,7 +53,9 @@ def _half(model: onnx.ModelProto, onnx_in: Path, fp32_ops: Sequence[str]) -> onn
             half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
     except Exception as e:  # the converter raises plain Exceptions
         raise ExportError(f"half-precision conversion of {onnx_in} failed: {first_line(e)}") from e
-    return _float_outputs(half, {o.name for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT})
+    return _float_outputs(
+        half, {o.name for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT}
+    )
 
 
 def _float_outputs(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
@@ -74,13 +76,15 @@ def _float_outputs(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
         for other in model.graph.node:
             other.input[:] = [inner if i == out.name else i for i in other.input]
             other.output[:] = [inner if o == out.name else o for o in other.output]
-        model.graph.node.append(helper.make_node("Cast", [inner], [out.name], to=TensorProto.FLOAT,
-                                                 name=f"{out.name}_to_float"))
+        model.graph.node.append(
+            helper.make_node("Cast", [inner], [out.name], to=TensorProto.FLOAT, name=f"{out.name}_to_float")
+        )
     return model
 
 
-def _write(model: onnx.ModelProto, onnx_out: Path, force: bool, precision: str, fp32_ops: Sequence[str],
-           onnx_in: Path) -> Path:
+def _write(
+    model: onnx.ModelProto, onnx_out: Path, force: bool, precision: str, fp32_ops: Sequence[str], onnx_in: Path
+) -> Path:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:  # ValidationError and shape-inference errors
@@ -164,7 +168,9 @@ def to_bf16(
         try:
             model = version_converter.convert_version(model, BF16_OPSET)
         except Exception as e:  # the converter raises RuntimeError/ValidationError for ops it cannot adapt
-            raise ExportError(f"cannot move {onnx_in} from opset {opset} to {BF16_OPSET} for BF16: {first_line(e)}") from e
+            raise ExportError(
+                f"cannot move {onnx_in} from opset {opset} to {BF16_OPSET} for BF16: {first_line(e)}"
+            ) from e
     bf16 = _fp16_to_bf16(_half(model, onnx_in, fp32_ops))
     return _write(bf16, onnx_out, force, "bf16", fp32_ops, onnx_in)
 

@@ -10,8 +10,23 @@ from .registry import build, create_model, get_entry, list_models, register_mode
 from .weights import load_weights, read_state_dict, sha256_file, weights_sha256
 
 __all__ = [
-    "DotProductAttention", "DotProductAttention1d", "EAResNet", "EASegNet", "EfficientAttention",
-    "EfficientAttention1d", "ModelSource", "build", "create_model", "fuse", "get_entry", "list_models",
-    "load_model", "load_weights", "read_state_dict", "reference_from_metadata", "register_model", "sha256_file",
+    "DotProductAttention",
+    "DotProductAttention1d",
+    "EAResNet",
+    "EASegNet",
+    "EfficientAttention",
+    "EfficientAttention1d",
+    "ModelSource",
+    "build",
+    "create_model",
+    "fuse",
+    "get_entry",
+    "list_models",
+    "load_model",
+    "load_weights",
+    "read_state_dict",
+    "reference_from_metadata",
+    "register_model",
+    "sha256_file",
     "weights_sha256",
 ]

@@ -140,4 +140,3 @@ class DotProductAttention1d(_DotProductRule, _AttentionBlock):
     conv = nn.Conv1d
     rank = 3
     layout = "NCL"
-

@@ -43,12 +43,19 @@ class ModelSource:
         name, p = next(iter(profile.items()))
         if p.rank != 4:
             return []
-        return [{name: self.samples(*getattr(p, which)[:1], *getattr(p, which)[2:], g).numpy()}
-                for which in ("min", "opt", "max")]
+        return [
+            {name: self.samples(*getattr(p, which)[:1], *getattr(p, which)[2:], g).numpy()}
+            for which in ("min", "opt", "max")
+        ]
 
 
-def load_model(spec: str, checkpoint: str | Path | None = None, pretrained: bool = False,
-               profile: ShapeProfile | None = None, **kwargs) -> ModelSource:
+def load_model(
+    spec: str,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    profile: ShapeProfile | None = None,
+    **kwargs,
+) -> ModelSource:
     """A registered name or ``package.module:factory``, optionally with a checkpoint, in eval mode.
 
     ``pretrained`` loads the zoo's shipped weights (ignored when ``checkpoint`` is given). ``profile`` sets

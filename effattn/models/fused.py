@@ -51,8 +51,9 @@ Conv = nn.Conv1d | nn.Conv2d
 
 def _weights(conv: Conv) -> tuple[Tensor, Tensor]:
     weight = conv.weight.reshape(conv.weight.shape[0], -1).contiguous()
-    bias = conv.bias if conv.bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype,
-                                                                device=weight.device)
+    bias = (
+        conv.bias if conv.bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+    )
     return weight, bias
 
 
@@ -105,8 +106,15 @@ class FusedEfficientAttention(nn.Module):
     def _kernel_takes(self, x: Tensor) -> bool:
         weight = self.keys.weight
         training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-        return bool(not training and x.dim() == self.layout.rank and x.shape[1] == weight.shape[1]
-                and x.dtype == weight.dtype and x.dtype in KERNEL_DTYPES and x.device == weight.device and kernel_runs_on(x.device))
+        return bool(
+            not training
+            and x.dim() == self.layout.rank
+            and x.shape[1] == weight.shape[1]
+            and x.dtype == weight.dtype
+            and x.dtype in KERNEL_DTYPES
+            and x.device == weight.device
+            and kernel_runs_on(x.device)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """The kernel for inference; the block's own forward for training, odd inputs and devices it cannot use."""
@@ -114,13 +122,25 @@ class FusedEfficientAttention(nn.Module):
             return self.original(x)
         from .fused_kernel import efficient_attention
 
-        return efficient_attention(x, _weights(self.keys), _weights(self.queries), _weights(self.values),
-                                   _weights(self.reprojection), self.head_count, self.layout.softmax)
+        return efficient_attention(
+            x,
+            _weights(self.keys),
+            _weights(self.queries),
+            _weights(self.values),
+            _weights(self.reprojection),
+            self.head_count,
+            self.layout.softmax,
+        )
 
 
 def _is_pointwise(conv: object, kind: type[Conv]) -> bool:
-    return (isinstance(conv, kind) and all(k == 1 for k in conv.kernel_size) and all(s == 1 for s in conv.stride)
-            and all(p == 0 for p in conv.padding) and conv.groups == 1)
+    return (
+        isinstance(conv, kind)
+        and all(k == 1 for k in conv.kernel_size)
+        and all(s == 1 for s in conv.stride)
+        and all(p == 0 for p in conv.padding)
+        and conv.groups == 1
+    )
 
 
 def describe(module: nn.Module) -> _Layout | str:
@@ -136,8 +156,12 @@ def describe(module: nn.Module) -> _Layout | str:
     if not isinstance(heads, int) or heads <= 0:
         return "it has no positive integer head_count"
     keys, values = convs[0].out_channels, convs[2].out_channels
-    if keys % heads or values % heads or getattr(module, "key_channels", keys) != keys or \
-            getattr(module, "value_channels", values) != values:
+    if (
+        keys % heads
+        or values % heads
+        or getattr(module, "key_channels", keys) != keys
+        or getattr(module, "value_channels", values) != values
+    ):
         return f"its key/value channels ({keys}, {values}) do not split into head_count={heads} heads"
     if convs[1].out_channels != keys or convs[3].in_channels != values or convs[3].out_channels != convs[0].in_channels:
         return "its projections' channel counts do not chain like Efficient Attention's"
@@ -155,7 +179,7 @@ def _mismatch(module: nn.Module, layout: _Layout, compute: Callable[[Tensor, nn.
     with torch.no_grad():
         try:
             expected = probe(x).double()
-        except Exception as exc:  # noqa: BLE001  (a user's block may raise anything: that is a reason not to fuse)
+        except Exception as exc:  # a user's block may raise anything: a reason not to fuse
             return f"its forward failed on a {tuple(x.shape)} input: {exc}"
         got = compute(x, probe).double()
     if expected.shape != got.shape:
@@ -172,11 +196,14 @@ def _fused_or_reason(module: nn.Module) -> FusedEfficientAttention | str:
         return layout
     parameter = next(module.parameters())
     if kernel_runs_on(parameter.device):
+
         def compute(x: Tensor, probe: nn.Module) -> Tensor:
             return FusedEfficientAttention(probe, layout)(x)
     else:
+
         def compute(x: Tensor, probe: nn.Module) -> Tensor:
             return efficient_attention_math(x, probe, layout)
+
     reason = _mismatch(module, layout, compute)
     return reason if reason is not None else FusedEfficientAttention(module, layout)
 
@@ -226,6 +253,10 @@ def fuse(network: nn.Module) -> nn.Module:
         raise ModelError(f"fuse: nothing to fuse in {type(network).__name__}: {detail}")
     device = next(fused.parameters()).device
     if not kernel_runs_on(device):
-        log.warning("fuse: %d block(s) fused, but the Triton kernel runs only on CUDA (or on the CPU with "
-                    "TRITON_INTERPRET=1); on %s they run their own forward", swapped, device)
+        log.warning(
+            "fuse: %d block(s) fused, but the Triton kernel runs only on CUDA (or on the CPU with "
+            "TRITON_INTERPRET=1); on %s they run their own forward",
+            swapped,
+            device,
+        )
     return fused

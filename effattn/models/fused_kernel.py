@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -15,8 +16,19 @@ MIN_DOT = 16
 
 
 @triton.jit
-def _project(w_ptr, b_ptr, x_ptr, pos, n, rows, C,
-             ROWS_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+def _project(
+    w_ptr,
+    b_ptr,
+    x_ptr,
+    pos,
+    n,
+    rows,
+    C,
+    ROWS_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     """(rows x C) weight @ (C x BLOCK_N) input tile + bias, accumulated in FP32 over channel chunks."""
     r = tl.arange(0, ROWS_P)
     acc = tl.zeros((ROWS_P, BLOCK_N), dtype=tl.float32)
@@ -33,10 +45,28 @@ def _project(w_ptr, b_ptr, x_ptr, pos, n, rows, C,
 
 
 @triton.jit
-def _context_kernel(x_ptr, wk_ptr, bk_ptr, wv_ptr, bv_ptr, m_ptr, l_ptr, ctx_ptr,
-                    C, n, group_k, group_v, split, splits,
-                    KP: tl.constexpr, VP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
-                    SOFTMAX: tl.constexpr, IEEE: tl.constexpr):
+def _context_kernel(
+    x_ptr,
+    wk_ptr,
+    bk_ptr,
+    wv_ptr,
+    bv_ptr,
+    m_ptr,
+    l_ptr,
+    ctx_ptr,
+    C,
+    n,
+    group_k,
+    group_v,
+    split,
+    splits,
+    KP: tl.constexpr,
+    VP: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SOFTMAX: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     """Pass 1, one program per (batch, split, head group): running max, sum and context of its keys."""
     b = tl.program_id(0)
     s = tl.program_id(1)
@@ -78,9 +108,26 @@ def _context_kernel(x_ptr, wk_ptr, bk_ptr, wv_ptr, bv_ptr, m_ptr, l_ptr, ctx_ptr
 
 
 @triton.jit
-def _fold_kernel(m_ptr, l_ptr, ctx_ptr, wr_ptr, fold_ptr, C, n, VC, group_k, group_v, splits, d_k, d_v,
-                 KP: tl.constexpr, VP: tl.constexpr, FOLD_K: tl.constexpr, BLOCK_C: tl.constexpr,
-                 SOFTMAX: tl.constexpr):
+def _fold_kernel(
+    m_ptr,
+    l_ptr,
+    ctx_ptr,
+    wr_ptr,
+    fold_ptr,
+    C,
+    n,
+    VC,
+    group_k,
+    group_v,
+    splits,
+    d_k,
+    d_v,
+    KP: tl.constexpr,
+    VP: tl.constexpr,
+    FOLD_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    SOFTMAX: tl.constexpr,
+):
     """Combine, one program per (batch, head group): merge the splits, keep each head's block, fold it
     into the reprojection: fold[c, k] = sum_v reprojection[c, v] * context[k, v]."""
     b = tl.program_id(0)
@@ -89,11 +136,11 @@ def _fold_kernel(m_ptr, l_ptr, ctx_ptr, wr_ptr, fold_ptr, C, n, VC, group_k, gro
     v = tl.arange(0, VP)
     first = (b * tl.num_programs(1) + g) * splits
     top = tl.full((KP,), float("-inf"), tl.float32)
-    for s in range(0, splits):
+    for s in range(splits):
         top = tl.maximum(top, tl.load(m_ptr + (first + s) * KP + k))
     total = tl.zeros((KP,), tl.float32)
     ctx = tl.zeros((KP, VP), tl.float32)
-    for s in range(0, splits):
+    for s in range(splits):
         if SOFTMAX:
             scale = tl.exp(tl.load(m_ptr + (first + s) * KP + k) - top)
         else:
@@ -109,17 +156,38 @@ def _fold_kernel(m_ptr, l_ptr, ctx_ptr, wr_ptr, fold_ptr, C, n, VC, group_k, gro
     columns = g * group_k + k
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
-        wr = tl.load(wr_ptr + c[:, None] * VC + g * group_v + v[None, :], mask=(c[:, None] < C) & (v[None, :] < group_v),
-                     other=0.0)
+        wr = tl.load(
+            wr_ptr + c[:, None] * VC + g * group_v + v[None, :],
+            mask=(c[:, None] < C) & (v[None, :] < group_v),
+            other=0.0,
+        )
         fold = tl.dot(wr.to(tl.float32), tl.trans(ctx), input_precision="ieee")
-        tl.store(fold_ptr + b.to(tl.int64) * C * FOLD_K + c[:, None] * FOLD_K + columns[None, :], fold,
-                 mask=(c[:, None] < C) & (k[None, :] < group_k))
+        tl.store(
+            fold_ptr + b.to(tl.int64) * C * FOLD_K + c[:, None] * FOLD_K + columns[None, :],
+            fold,
+            mask=(c[:, None] < C) & (k[None, :] < group_k),
+        )
 
 
 @triton.jit
-def _output_kernel(x_ptr, wq_ptr, bq_ptr, fold_ptr, br_ptr, out_ptr, C, n, KC, d_k,
-                   KP: tl.constexpr, HEADS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
-                   SOFTMAX: tl.constexpr, IEEE: tl.constexpr):
+def _output_kernel(
+    x_ptr,
+    wq_ptr,
+    bq_ptr,
+    fold_ptr,
+    br_ptr,
+    out_ptr,
+    C,
+    n,
+    KC,
+    d_k,
+    KP: tl.constexpr,
+    HEADS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SOFTMAX: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     """Pass 2, one program per (batch, tile of positions): queries, per-head softmax, fold, bias, residual."""
     b = tl.program_id(0)
     pos = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -143,8 +211,9 @@ def _output_kernel(x_ptr, wq_ptr, bq_ptr, fold_ptr, br_ptr, out_ptr, C, n, KC, d
         queries = tl.where(real, queries, 0.0)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
-        fold = tl.load(fold_ptr + b.to(tl.int64) * C * KP + c[:, None] * KP + k[None, :], mask=c[:, None] < C,
-                       other=0.0)
+        fold = tl.load(
+            fold_ptr + b.to(tl.int64) * C * KP + c[:, None] * KP + k[None, :], mask=c[:, None] < C, other=0.0
+        )
         if IEEE:
             branch = tl.dot(fold, queries, input_precision="ieee")
         else:
@@ -164,7 +233,7 @@ def _padded(channels: int) -> int:
 TILE_ELEMENTS = 8192
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _multiprocessors(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -173,8 +242,11 @@ def _multiprocessors(device: torch.device) -> int:
 
 def head_group(head_count: int, d_k: int, d_v: int) -> int:
     """Heads per pass-1 program: the most that divide ``head_count`` with a padded context of <= 4096."""
-    fits = [g for g in range(1, head_count + 1)
-            if head_count % g == 0 and _padded(g * d_k) * _padded(g * d_v) <= TILE_ELEMENTS // 2]
+    fits = [
+        g
+        for g in range(1, head_count + 1)
+        if head_count % g == 0 and _padded(g * d_k) * _padded(g * d_v) <= TILE_ELEMENTS // 2
+    ]
     return max(fits, default=1)
 
 
@@ -195,13 +267,59 @@ def split_count(programs: int, positions: int, block_n: int, device: torch.devic
 Projection = tuple[torch.Tensor, torch.Tensor]
 
 
-def efficient_attention(x: torch.Tensor, keys: Projection, queries: Projection, values: Projection,
-                        reprojection: Projection, head_count: int, softmax: bool = True,
-                        splits: int | None = None) -> torch.Tensor:
+@dataclass(frozen=True)
+class Layout:
+    """How one call splits its work: head groups for pass 1, padded sizes, tiles and splits of the positions."""
+
+    groups: int
+    group_k: int  # key channels of one head group
+    group_v: int  # value channels of one head group
+    kp: int  # group_k padded
+    vp: int  # group_v padded
+    fold_k: int  # all key channels, padded (pass 2's query tile)
+    block_c: int
+    block_n: int
+    splits: int
+    split: int  # positions per split, a multiple of block_n
+
+
+def layout(
+    channels: int,
+    positions: int,
+    batch: int,
+    key_channels: int,
+    value_channels: int,
+    head_count: int,
+    device: torch.device,
+    splits: int | None = None,
+) -> Layout:
+    """The work split for a call (``splits``: force pass 1's split count, as tests do)."""
+    d_k, d_v = key_channels // head_count, value_channels // head_count
+    heads_per_group = head_group(head_count, d_k, d_v)
+    groups = head_count // heads_per_group
+    group_k, group_v = heads_per_group * d_k, heads_per_group * d_v
+    kp, vp = _padded(group_k), _padded(group_v)
+    block_c, block_n = tile_sizes(channels, max(kp, vp))
+    if splits is None:
+        splits = split_count(batch * groups, positions, block_n, device)
+    split = math.ceil(math.ceil(positions / splits) / block_n) * block_n
+    return Layout(groups, group_k, group_v, kp, vp, _padded(key_channels), block_c, block_n, splits, split)
+
+
+def efficient_attention(
+    x: torch.Tensor,
+    keys: Projection,
+    queries: Projection,
+    values: Projection,
+    reprojection: Projection,
+    head_count: int,
+    softmax: bool = True,
+    splits: int | None = None,
+) -> torch.Tensor:
     """``x`` + the Efficient-Attention branch, for ``x`` of shape (N, C, *positions).
 
     Args:
-        x: FP32, FP16 or BF16 input; the weights share its dtype and device.
+        x: FP32 or FP16 input; the weights share its dtype and device.
         keys, queries, values, reprojection: (weight [out, in], bias [out]) of each 1x1 projection.
         head_count: heads; key and value channels split evenly among them.
         softmax: the paper's softmax normalisation; False for scaling (keys / n, queries as they are).
@@ -218,30 +336,26 @@ def efficient_attention(x: torch.Tensor, keys: Projection, queries: Projection, 
         return out.reshape(x.shape)
     key_channels, value_channels = keys[0].shape[0], values[0].shape[0]
     d_k, d_v = key_channels // head_count, value_channels // head_count
-    heads_per_group = head_group(head_count, d_k, d_v)
-    groups = head_count // heads_per_group
-    group_k, group_v = heads_per_group * d_k, heads_per_group * d_v
-    kp, vp = _padded(group_k), _padded(group_v)
-    block_c, block_n = tile_sizes(channels, max(kp, vp))
-    if splits is None:
-        splits = split_count(batch * groups, n, block_n, x.device)
-    split = math.ceil(math.ceil(n / splits) / block_n) * block_n
+    p = layout(channels, n, batch, key_channels, value_channels, head_count, x.device, splits)
     ieee = x.dtype == torch.float32
+    slots = batch * p.groups * p.splits
+
     def scratch(size: int) -> torch.Tensor:
         return torch.empty(size, device=x.device, dtype=torch.float32)
 
-    m, total = scratch(batch * groups * splits * kp), scratch(batch * groups * splits * kp)
-    ctx = scratch(batch * groups * splits * kp * vp)
-    fold_k = _padded(key_channels)
-    fold = scratch(batch * channels * fold_k).zero_()
-    _context_kernel[(batch, splits, groups)](
-        x3, keys[0], keys[1], values[0], values[1], m, total, ctx, channels, n, group_k, group_v, split, splits,
-        KP=kp, VP=vp, BLOCK_C=block_c, BLOCK_N=block_n, SOFTMAX=softmax, IEEE=ieee)
-    _fold_kernel[(batch, groups)](
-        m, total, ctx, reprojection[0], fold, channels, n, value_channels, group_k, group_v, splits, d_k, d_v,
-        KP=kp, VP=vp, FOLD_K=fold_k, BLOCK_C=block_c, SOFTMAX=softmax)
-    out_c, out_n = tile_sizes(channels, fold_k)
+    m, total, ctx = scratch(slots * p.kp), scratch(slots * p.kp), scratch(slots * p.kp * p.vp)
+    fold = scratch(batch * channels * p.fold_k).zero_()
+    out_c, out_n = tile_sizes(channels, p.fold_k)
+    # Kernel launches keep one argument list each, in the kernels' order:
+    # fmt: off
+    _context_kernel[(batch, p.splits, p.groups)](
+        x3, keys[0], keys[1], values[0], values[1], m, total, ctx, channels, n, p.group_k, p.group_v, p.split,
+        p.splits, KP=p.kp, VP=p.vp, BLOCK_C=p.block_c, BLOCK_N=p.block_n, SOFTMAX=softmax, IEEE=ieee)
+    _fold_kernel[(batch, p.groups)](
+        m, total, ctx, reprojection[0], fold, channels, n, value_channels, p.group_k, p.group_v, p.splits, d_k, d_v,
+        KP=p.kp, VP=p.vp, FOLD_K=p.fold_k, BLOCK_C=p.block_c, SOFTMAX=softmax)
     _output_kernel[(batch, math.ceil(n / out_n))](
         x3, queries[0], queries[1], fold, reprojection[1], out, channels, n, key_channels, d_k,
-        KP=fold_k, HEADS=head_count, BLOCK_C=out_c, BLOCK_N=out_n, SOFTMAX=softmax, IEEE=ieee)
+        KP=p.fold_k, HEADS=head_count, BLOCK_C=out_c, BLOCK_N=out_n, SOFTMAX=softmax, IEEE=ieee)
+    # fmt: on
     return out.reshape(x.shape)

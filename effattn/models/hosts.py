@@ -65,8 +65,9 @@ class EAResNet(nn.Module):
         stages: list[nn.Module] = []
         cin = widths[0]
         for i, (width, depth) in enumerate(zip(widths, depths)):
-            blocks: list[nn.Module] = [BasicBlock(cin if j == 0 else width, width, 2 if i and j == 0 else 1)
-                                       for j in range(depth)]
+            blocks: list[nn.Module] = [
+                BasicBlock(cin if j == 0 else width, width, 2 if i and j == 0 else 1) for j in range(depth)
+            ]
             if i in attention_stages:
                 blocks.append(ea_block(width, heads))
             stages.append(nn.Sequential(*blocks))
@@ -113,4 +114,3 @@ class EASegNet(nn.Module):
         deep = F.interpolate(deep, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         logits = self.classifier(self.fuse(torch.cat((skip, deep), dim=1)))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-

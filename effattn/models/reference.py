@@ -19,8 +19,12 @@ from .weights import read_state_dict, sha256_file, weights_sha256
 MAX_PARAMETERS = 2**28
 
 
-def reference_from_metadata(meta: Mapping[str, str], checkpoint: str | Path | None = None,
-                            allow: Collection[str] = (), trust_metadata: bool = False) -> ModelSource:
+def reference_from_metadata(
+    meta: Mapping[str, str],
+    checkpoint: str | Path | None = None,
+    allow: Collection[str] = (),
+    trust_metadata: bool = False,
+) -> ModelSource:
     """Rebuild the model named by ``meta`` (an ONNX file's ``metadata_props``) with its checkpoint.
 
     Raises :class:`TrustError` if the file names a factory that is neither in ``allow`` nor trusted,
@@ -29,16 +33,20 @@ def reference_from_metadata(meta: Mapping[str, str], checkpoint: str | Path | No
     if not name:
         raise ModelError("the ONNX file has no effattn metadata; give the model (and --checkpoint) for the reference")
     if ":" in name and not trust_metadata and name not in allow:
-        raise TrustError(f"the file's metadata names the factory {name[:200]!r}; effattn runs no code a file names. "
-                         "If you trust it, name it yourself (effattn compare FILE MODULE:FACTORY) or pass "
-                         "--trust-metadata")
+        raise TrustError(
+            f"the file's metadata names the factory {name[:200]!r}; effattn runs no code a file names. "
+            "If you trust it, name it yourself (effattn compare FILE MODULE:FACTORY) or pass "
+            "--trust-metadata"
+        )
     kwargs = metadata.model_args_of(meta)
     if ":" not in name:
         _check_size(name, kwargs)
     want = meta.get(metadata.CHECKPOINT_SHA256)
     if want is None:
-        raise ModelError(f"{name} was exported with random weights, which cannot be rebuilt; re-export with "
-                         "--checkpoint or --pretrained to compare against eager PyTorch")
+        raise ModelError(
+            f"{name} was exported with random weights, which cannot be rebuilt; re-export with "
+            "--checkpoint or --pretrained to compare against eager PyTorch"
+        )
     if checkpoint is None and ":" not in name:
         shipped = get_entry(name).pretrained_path
         if shipped is not None and _same_weights(want, shipped):
@@ -49,8 +57,10 @@ def reference_from_metadata(meta: Mapping[str, str], checkpoint: str | Path | No
     # the weights' hash; files exported before it recorded the checkpoint file's hash, still accepted
     if want != source.checkpoint_sha256 and want != sha256_file(checkpoint):
         got = source.checkpoint_sha256 or "none"
-        raise ModelError(f"checkpoint {checkpoint} (sha256 {got[:12]}…) is not the one the "
-                         f"file was exported from (sha256 {want[:12]}…)")
+        raise ModelError(
+            f"checkpoint {checkpoint} (sha256 {got[:12]}…) is not the one the "
+            f"file was exported from (sha256 {want[:12]}…)"
+        )
     return source
 
 
@@ -65,5 +75,7 @@ def _check_size(name: str, kwargs: dict) -> None:
         model = create_model(name, **kwargs)
     count = sum(p.numel() for p in model.parameters())
     if count > MAX_PARAMETERS:
-        raise ModelError(f"model {name} with the file's arguments {kwargs} would have {count:,} parameters "
-                         f"(limit {MAX_PARAMETERS:,}); the file's metadata is not plausible")
+        raise ModelError(
+            f"model {name} with the file's arguments {kwargs} would have {count:,} parameters "
+            f"(limit {MAX_PARAMETERS:,}); the file's metadata is not plausible"
+        )

@@ -77,8 +77,10 @@ def get_entry(name: str) -> ModelEntry:
         return _REGISTRY[name]
     except KeyError:
         if ":" in name:  # "unknown model ... (or give your own as package.module:factory)" would be absurd here
-            raise ModelError(f"model {name!r} is a user factory (package.module:factory), not a registered name: "
-                             "effattn.models.load_model builds it; registry look-ups take zoo names only") from None
+            raise ModelError(
+                f"model {name!r} is a user factory (package.module:factory), not a registered name: "
+                "effattn.models.load_model builds it; registry look-ups take zoo names only"
+            ) from None
         close = [n for n in _REGISTRY if name.lower() in n or n in name.lower()]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ModelError(
@@ -116,15 +118,19 @@ def build(spec: str, **kwargs) -> tuple[nn.Module, ModelEntry | None]:
     try:
         inspect.signature(factory).bind(**kwargs)
     except TypeError as e:
-        raise ModelError(f"model {spec!r} does not take the arguments {kwargs}: {e}; its signature is "
-                         f"{spec.split(':')[-1]}{inspect.signature(factory)}") from None
+        raise ModelError(
+            f"model {spec!r} does not take the arguments {kwargs}: {e}; its signature is "
+            f"{spec.split(':')[-1]}{inspect.signature(factory)}"
+        ) from None
     except ValueError:  # no signature to read (a builtin): the call below says what is wrong
         pass
     try:
         model = factory(**kwargs)
     except Exception as e:  # the factory's own code failed: say it is the factory's, not effattn's
-        raise ModelError(f"model {spec!r} failed while building with arguments {kwargs}: {type(e).__name__}: "
-                         f"{first_line(e)} (raised inside the factory)") from None
+        raise ModelError(
+            f"model {spec!r} failed while building with arguments {kwargs}: {type(e).__name__}: "
+            f"{first_line(e)} (raised inside the factory)"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model, entry

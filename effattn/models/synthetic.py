@@ -12,8 +12,9 @@ from torch import Tensor
 CLASSES = ("background", "disk", "square")
 
 
-def shapes_batch(batch: int, height: int, width: int, generator: torch.Generator | None = None,
-                 max_objects: int = 4) -> tuple[Tensor, Tensor]:
+def shapes_batch(
+    batch: int, height: int, width: int, generator: torch.Generator | None = None, max_objects: int = 4
+) -> tuple[Tensor, Tensor]:
     """Images ``(N, 3, H, W)`` float32 in about [-1, 1] and labels ``(N, H, W)`` int64 in ``CLASSES``."""
     g = generator
 
@@ -35,8 +36,9 @@ def shapes_batch(batch: int, height: int, width: int, generator: torch.Generator
         square = ((yy - cy).abs() <= radius * 0.85) & ((xx - cx).abs() <= radius * 0.85)
         mask = torch.where(is_disk, disk, square) & present
         colour = rand(batch, 3, 1, 1) * 1.2 - 0.1
-        images = torch.where(mask.unsqueeze(1), colour + 0.1 * torch.randn(batch, 3, height, width, generator=g),
-                             images)
+        images = torch.where(
+            mask.unsqueeze(1), colour + 0.1 * torch.randn(batch, 3, height, width, generator=g), images
+        )
         labels = torch.where(mask, torch.where(is_disk, 1, 2), labels)
     return (images * 2 - 1).float(), labels
 

@@ -46,7 +46,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError, SafetensorError) as e:
         raise CheckpointError(
             f"cannot read checkpoint {path}: {first_line(_ANSI.sub('', str(e)) or repr(e))}. Expected a state_dict "
-            "saved with torch.save or safetensors") from None
+            "saved with torch.save or safetensors"
+        ) from None
     for key in _WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -54,7 +55,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise CheckpointError(f"checkpoint {path} holds no state_dict (a mapping of names to tensors)")
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -66,13 +67,18 @@ def _unpickling_refused(path: Path, torch_message: str) -> str:
     text = _ANSI.sub("", torch_message)
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if found:
-        return (f"checkpoint {path} holds pickled Python objects ({found.group(1)}), not only tensors - e.g. a whole "
-                "model saved with torch.save(model). effattn never unpickles objects (that would run code from the "
-                "file): save the weights with torch.save(model.state_dict(), path) or safetensors, and load those")
+        return (
+            f"checkpoint {path} holds pickled Python objects ({found.group(1)}), not only tensors - e.g. a whole "
+            "model saved with torch.save(model). effattn never unpickles objects (that would run code from the "
+            "file): save the weights with torch.save(model.state_dict(), path) or safetensors, and load those"
+        )
     reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    return (f"cannot read checkpoint {path}: not a torch or safetensors checkpoint"
-            + (f" ({reason.group(1).strip()})" if reason else "") + ". Expected a state_dict saved with torch.save "
-            "or safetensors")
+    return (
+        f"cannot read checkpoint {path}: not a torch or safetensors checkpoint"
+        + (f" ({reason.group(1).strip()})" if reason else "")
+        + ". Expected a state_dict saved with torch.save "
+        "or safetensors"
+    )
 
 
 def weights_sha256(state: Mapping[str, Tensor]) -> str:
@@ -93,8 +99,15 @@ def _listing(names: list[str], limit: int = 8) -> str:
 
 def _dtype_kind(t: Tensor) -> str:
     """float, complex, bool or int: weights may change precision within a kind (fp16 -> fp32), never kind."""
-    return "complex" if t.is_complex() else "float" if t.is_floating_point() else \
-        "bool" if t.dtype == torch.bool else "int"
+    return (
+        "complex"
+        if t.is_complex()
+        else "float"
+        if t.is_floating_point()
+        else "bool"
+        if t.dtype == torch.bool
+        else "int"
+    )
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
@@ -128,10 +141,9 @@ def fit_weights(model: nn.Module, state: Mapping[str, Tensor], path: str | Path)
         problems.append(f"shape mismatches: {_listing(misshapen)}")
     if problems:
         raise CheckpointError(
-            f"checkpoint {path} does not fit {type(model).__name__}: " + "; ".join(problems)
+            f"checkpoint {path} does not fit {type(model).__name__}: "
+            + "; ".join(problems)
             + ". Check the model name and its arguments (channels, heads) match the checkpoint"
         )
     model.load_state_dict(state, strict=True)
     return model
-
-

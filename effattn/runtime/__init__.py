@@ -44,7 +44,9 @@ def choose_backend(path: str | Path, backend: str = "auto", device: str | None =
     docs/precision.md#which-backend-auto-picks-on-a-cpu) and ONNX Runtime for the rest. An explicit
     ``backend``/``device`` is checked, not second-guessed."""
     if backend not in BACKENDS or backend == "torch":
-        raise BackendError(f"unknown backend {backend!r} for a file; choose one of auto, tensorrt, onnxruntime, openvino")
+        raise BackendError(
+            f"unknown backend {backend!r} for a file; choose one of auto, tensorrt, onnxruntime, openvino"
+        )
     if backend == "tensorrt" or (backend == "auto" and device is None and tensorrt_available(rtx)):
         return Choice("tensorrt", "cuda", f"TensorRT{'-RTX' if rtx else ''} (a GPU and tensorrt are present)")
     if rtx:
@@ -53,15 +55,21 @@ def choose_backend(path: str | Path, backend: str = "auto", device: str | None =
     if backend == "openvino" or (backend == "auto" and on_cpu and _openvino_is_faster(Path(path))):
         if device not in (None, "cpu"):
             raise BackendError(f"the openvino backend runs on the CPU, not {device}")
-        return Choice("openvino", "cpu", "OpenVINO (INT8 graph: OpenVINO's INT8 kernels, compiled per input shape, "
-                      "ran such graphs 1.8-4.5x faster than ONNX Runtime in benchmarks/results/cpu-lowprec-*.json)")
+        return Choice(
+            "openvino",
+            "cpu",
+            "OpenVINO (INT8 graph: OpenVINO's INT8 kernels, compiled per input shape, are the fastest CPU path "
+            "measured; docs/precision.md)",
+        )
     device = device or ("cpu" if on_cpu else "cuda")
     why = ""
     if on_cpu and backend == "auto":
         why = " (no GPU runtime found"
         if _float32_file(Path(path)) and openvino_available():
-            why += ("; an FP32 file stays FP32: OpenVINO would run it in BF16 where the CPU has it. The fastest CPU "
-                    "path is `effattn quantize` and the INT8 file on OpenVINO")
+            why += (
+                "; an FP32 file stays FP32: OpenVINO would run it in BF16 where the CPU has it. The fastest CPU "
+                "path is `effattn quantize` and the INT8 file on OpenVINO"
+            )
         why += ")"
     return Choice("onnxruntime", device, f"ONNX Runtime on {device}{why}")
 
@@ -75,12 +83,25 @@ RUNNER_OPTIONS = {
 }
 
 
-def load(source: str | Path | nn.Module, backend: str = "auto", device: str | None = None,
-         profile: ShapeProfile | None = None, threads: int | None = None, *, rtx: bool | None = None,
-         cuda_graph: bool | None = None, contexts: int | None = None, io_binding: bool | None = None,
-         spinning: bool | None = None, precision: str | None = None, static_shapes: bool | None = None,
-         output_names: list[str] | None = None, dtype: torch.dtype | None = None,
-         compile: bool | str | None = None, fused: bool | None = None) -> Runner:
+def load(
+    source: str | Path | nn.Module,
+    backend: str = "auto",
+    device: str | None = None,
+    profile: ShapeProfile | None = None,
+    threads: int | None = None,
+    *,
+    rtx: bool | None = None,
+    cuda_graph: bool | None = None,
+    contexts: int | None = None,
+    io_binding: bool | None = None,
+    spinning: bool | None = None,
+    precision: str | None = None,
+    static_shapes: bool | None = None,
+    output_names: list[str] | None = None,
+    dtype: torch.dtype | None = None,
+    compile: bool | str | None = None,
+    fused: bool | None = None,
+) -> Runner:
     """A Runner for an ONNX file or TensorRT plan (or an ``nn.Module`` for the eager reference).
 
     ``backend="auto"`` picks as :func:`choose_backend` says and logs which it picked; TensorRT builds the
@@ -96,9 +117,18 @@ def load(source: str | Path | nn.Module, backend: str = "auto", device: str | No
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    options = _given(cuda_graph=cuda_graph, contexts=contexts, io_binding=io_binding, spinning=spinning,
-                     precision=precision, static_shapes=static_shapes, output_names=output_names, dtype=dtype,
-                     compile=compile, fused=fused)
+    options = _given(
+        cuda_graph=cuda_graph,
+        contexts=contexts,
+        io_binding=io_binding,
+        spinning=spinning,
+        precision=precision,
+        static_shapes=static_shapes,
+        output_names=output_names,
+        dtype=dtype,
+        compile=compile,
+        fused=fused,
+    )
     if isinstance(source, nn.Module) or backend == "torch":
         if not isinstance(source, nn.Module):
             raise BackendError("backend 'torch' runs an nn.Module; load the model with effattn.models.load_model")
@@ -132,13 +162,13 @@ def _taken(backend: str, options: dict[str, Any]) -> dict[str, Any]:
     takes = RUNNER_OPTIONS[backend]
     for name, value in options.items():
         if name not in takes:
-            raise BackendError(f"the {backend} backend does not take {name}={value!r}; its options are "
-                               f"{', '.join(takes)}")
+            raise BackendError(
+                f"the {backend} backend does not take {name}={value!r}; its options are {', '.join(takes)}"
+            )
     return options
 
 
-def _onnx_runner(path: Path, choice: Choice, rtx: bool | None, threads: int | None,
-                 options: dict[str, Any]) -> Runner:
+def _onnx_runner(path: Path, choice: Choice, rtx: bool | None, threads: int | None, options: dict[str, Any]) -> Runner:
     if choice.backend == "tensorrt":
         # precision=None: the graph's own (engines.precision decides, from the metadata checked against the graph)
         return TensorRTRunner(build_engine(path, rtx=bool(rtx)).plan, rtx=rtx, **options)
@@ -164,5 +194,18 @@ def _openvino_is_faster(path: Path) -> bool:
     return precision == "int8" and openvino_available()
 
 
-__all__ = ["BACKENDS", "RUNNER_OPTIONS", "TOLERANCES", "Choice", "Report", "Runner", "TensorSpec", "Tolerance",
-           "choose_backend", "compare", "load", "profile_inputs", "random_inputs"]
+__all__ = [
+    "BACKENDS",
+    "RUNNER_OPTIONS",
+    "TOLERANCES",
+    "Choice",
+    "Report",
+    "Runner",
+    "TensorSpec",
+    "Tolerance",
+    "choose_backend",
+    "compare",
+    "load",
+    "profile_inputs",
+    "random_inputs",
+]

@@ -80,7 +80,8 @@ class Runner(abc.ABC):
         if missing or unknown:
             raise InputError(
                 f"feed names {sorted(feed)} do not match the model's inputs {list(self.inputs)}"
-                + (f"; missing {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else "")
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unknown {unknown}" if unknown else "")
             )
         for name, spec in self.inputs.items():
             value = feed[name]
@@ -129,7 +130,7 @@ class Runner(abc.ABC):
         calls that outlived their timeout, so a model that never finishes does not hold a worker forever."""
         return False
 
-    def stop_spinning(self) -> None:
+    def stop_spinning(self) -> None:  # noqa: B027  (a default every backend may keep, not an abstract method)
         """Let the backend's idle threads sleep between runs instead of spinning for the next one; a no-op for
         backends whose threads do not spin (the default). A server calls it for every model it serves: between
         engine calls its own threads (HTTP, gRPC, batching) need the cores."""
@@ -142,7 +143,7 @@ class Runner(abc.ABC):
         for _ in range(iterations):
             self.infer(feed)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (a default every backend may keep, not an abstract method)
         """Free backend resources; idempotent."""
 
     def __enter__(self) -> Runner:

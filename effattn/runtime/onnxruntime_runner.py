@@ -47,8 +47,10 @@ def wants_cuda_graph(device: str, cuda_graph: bool | None, io_binding: bool, sta
         return False
     if not io_binding:
         if cuda_graph:
-            raise BackendError("ONNX Runtime CUDA graphs need I/O binding (a replay ignores the feeds given to "
-                               "session.run); pass io_binding=True or cuda_graph=False")
+            raise BackendError(
+                "ONNX Runtime CUDA graphs need I/O binding (a replay ignores the feeds given to "
+                "session.run); pass io_binding=True or cuda_graph=False"
+            )
         return False
     return bool(cuda_graph) or static_profile
 
@@ -57,8 +59,15 @@ class OnnxRuntimeRunner(Runner):
     #: shapes captured per graph session (ONNX Runtime frees a session's graphs only with the session)
     MAX_GRAPHS = 8
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
-                 cuda_graph: bool | None = None, io_binding: bool | None = None, spinning: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        cuda_graph: bool | None = None,
+        io_binding: bool | None = None,
+        spinning: bool = True,
+    ) -> None:
         """``cuda_graph`` (CUDA only): True, False, or None to use graphs when the profile is static;
         ``io_binding``: bind buffers by address (default: on for GPU devices); ``spinning``: ONNX Runtime's
         idle threads spin for the next run (its default) or sleep (:func:`create_session`)."""
@@ -76,8 +85,9 @@ class OnnxRuntimeRunner(Runner):
             prof = profile[arg.name] if with_profile and profile and arg.name in profile else None
             return TensorSpec(arg.name, _host_dtype(arg), shape, prof)
 
-        super().__init__([spec(a, True) for a in self.session.get_inputs()],
-                         [spec(a, False) for a in self.session.get_outputs()])
+        super().__init__(
+            [spec(a, True) for a in self.session.get_inputs()], [spec(a, False) for a in self.session.get_outputs()]
+        )
         self._output_shapes: dict[ShapeKey, list[tuple[int, ...]]] = {}
         self._graphs: dict[ShapeKey, tuple[int, dict, dict]] = {}  # shape -> (graph id, inputs, outputs)
         self._worker: ThreadPoolExecutor | None = None  # the one thread that runs a graph session
@@ -176,8 +186,10 @@ class OnnxRuntimeRunner(Runner):
         return {name: torch.from_numpy(v).to(device) for name, v in zip(self.outputs, values)}
 
     def _empty_outputs(self, key: ShapeKey, device) -> dict[str, Any]:
-        return {name: torch.empty(shape, dtype=self._torch_dtype(name), device=device)
-                for name, shape in zip(self.outputs, self._output_shapes[key])}
+        return {
+            name: torch.empty(shape, dtype=self._torch_dtype(name), device=device)
+            for name, shape in zip(self.outputs, self._output_shapes[key])
+        }
 
     def _new_graph(self, feed: dict[str, Any], key: ShapeKey, device, options) -> tuple[int, dict, dict]:
         """Capture a graph for ``key``: the first run with a new id captures (id 0 is ONNX Runtime's own)."""
@@ -194,8 +206,9 @@ class OnnxRuntimeRunner(Runner):
         for name, x in inputs.items():
             binding.bind_input(name, *_ort_device(x.device), self.inputs[name].dtype.type, tuple(x.shape), x.data_ptr())
         for name, y in outputs.items():
-            binding.bind_output(name, *_ort_device(y.device), self.outputs[name].dtype.type, tuple(y.shape),
-                                y.data_ptr())
+            binding.bind_output(
+                name, *_ort_device(y.device), self.outputs[name].dtype.type, tuple(y.shape), y.data_ptr()
+            )
         return binding
 
     def _run(self, binding, graph_id: int, options) -> None:

@@ -75,8 +75,9 @@ class OpenVINORunner(Runner):
     #: compiled static-shape models kept per runner (least recently used goes first), like a CUDA-graph cache
     STATIC_CACHE = 8
 
-    def __init__(self, path: str | Path, precision: str | None = None, threads: int | None = None,
-                 static_shapes: bool = True) -> None:
+    def __init__(
+        self, path: str | Path, precision: str | None = None, threads: int | None = None, static_shapes: bool = True
+    ) -> None:
         """``precision``: ``auto`` (default, see :func:`choose_precision`), ``fp32`` or ``bf16``;
         ``threads``: inference threads (default: OpenVINO's, every core); ``static_shapes``: compile the
         graph for each input shape it meets (at most :attr:`STATIC_CACHE` kept, inputs still checked
@@ -111,8 +112,9 @@ class OpenVINORunner(Runner):
         try:
             return _core().read_model(str(self.path))
         except Exception as e:  # OpenVINO raises RuntimeError with pages of context
-            raise BackendError(f"OpenVINO cannot load {self.path}: {first_line(e)}. "
-                               "Is it an ONNX model written by effattn export?") from None
+            raise BackendError(
+                f"OpenVINO cannot load {self.path}: {first_line(e)}. Is it an ONNX model written by effattn export?"
+            ) from None
 
     def _compile(self, model):
         try:
@@ -150,8 +152,10 @@ class OpenVINORunner(Runner):
         return TensorSpec(name, np.dtype(port.get_element_type().to_dtype()), shape)
 
     def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
-        arrays = {k: np.ascontiguousarray(v if isinstance(v, np.ndarray) else v.detach().cpu().numpy())
-                  for k, v in feed.items()}
+        arrays = {
+            k: np.ascontiguousarray(v if isinstance(v, np.ndarray) else v.detach().cpu().numpy())
+            for k, v in feed.items()
+        }
         if self.static_shapes:
             compiled, pool = self._static_compiled(tuple(arrays[name].shape for name in self.inputs))
         else:

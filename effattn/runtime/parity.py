@@ -60,8 +60,11 @@ class Report:
         return [r for r in self.rows if not r.passed]
 
     def to_dict(self) -> dict:
-        return {"precision": self.precision, "passed": self.passed,
-                "rows": [asdict(r) | {"passed": r.passed} for r in self.rows]}
+        return {
+            "precision": self.precision,
+            "passed": self.passed,
+            "rows": [asdict(r) | {"passed": r.passed} for r in self.rows],
+        }
 
     def __str__(self) -> str:
         # the limit sits beside the value it bounds (rel L2 or argmax agreement); max abs and cosine inform only
@@ -71,9 +74,20 @@ class Report:
             check = {"output": "output", "branch": "attention branch", "argmax": "argmax agreement"}[r.metric]
             value = f"{r.value:.4%}" if r.metric == "argmax" else f"{r.value:.2e}"
             limit = (">= " if r.metric == "argmax" else "<= ") + (
-                f"{r.limit:.1%}" if r.metric == "argmax" else f"{r.limit:.0e}")
-            lines.append((r.candidate, r.output, check, value, limit, "PASS" if r.passed else "FAIL",
-                          "" if r.max_abs is None else f"{r.max_abs:.2e}", "" if r.cosine is None else f"{r.cosine:.8f}"))
+                f"{r.limit:.1%}" if r.metric == "argmax" else f"{r.limit:.0e}"
+            )
+            lines.append(
+                (
+                    r.candidate,
+                    r.output,
+                    check,
+                    value,
+                    limit,
+                    "PASS" if r.passed else "FAIL",
+                    "" if r.max_abs is None else f"{r.max_abs:.2e}",
+                    "" if r.cosine is None else f"{r.cosine:.8f}",
+                )
+            )
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         text = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
         text.insert(1, "  ".join("-" * w for w in widths))
@@ -96,8 +110,11 @@ class _Accumulator:
         finite = bool(np.isfinite(got).all())
         ref_norm = float(np.linalg.norm(ref))
         rel = float(np.linalg.norm(diff)) / max(ref_norm, 1e-30) if finite else float("inf")
-        cos = float(np.dot(ref.ravel(), got.ravel()) / max(ref_norm * float(np.linalg.norm(got)), 1e-30)) \
-            if finite else float("nan")
+        cos = (
+            float(np.dot(ref.ravel(), got.ravel()) / max(ref_norm * float(np.linalg.norm(got)), 1e-30))
+            if finite
+            else float("nan")
+        )
         self.rel_l2 = max(self.rel_l2, rel)
         self.max_abs = max(self.max_abs, float(np.abs(diff).max()) if finite else float("inf"))
         self.cosine = min(self.cosine, cos) if np.isfinite(cos) else float("nan")
@@ -126,8 +143,9 @@ def compare(
     (class logits on axis 1) also get argmax agreement, the task-level check.
     """
     if tolerance is None and precision not in TOLERANCES:
-        raise InputError(f"no parity tolerances for precision {precision!r}; use one of {', '.join(TOLERANCES)} "
-                         "or pass tolerance=")
+        raise InputError(
+            f"no parity tolerances for precision {precision!r}; use one of {', '.join(TOLERANCES)} or pass tolerance="
+        )
     tol = tolerance or TOLERANCES[precision]
     if isinstance(candidates, Runner):
         candidates = {candidates.name: candidates}

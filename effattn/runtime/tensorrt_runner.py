@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dtypes import io_dtypes  # noqa: F401 (the runner's I/O types, re-exported)
+from ..dtypes import io_dtypes
 from ..engines.cache import Sidecar, plan_backend, verify_plan
 from ..engines.tensorrt_build import gpu_identity, import_tensorrt
 from ..errors import BackendError, InputError
@@ -20,6 +20,7 @@ from ..shapes import InputProfile
 from .base import Runner, TensorSpec
 from .cudagraphs import GraphPolicy, ShapeGraphs
 from .torch_runner import to_numpy
+
 
 @dataclass
 class _Slot:
@@ -31,8 +32,9 @@ class _Slot:
 class TensorRTRunner(Runner):
     backend = "tensorrt"  # "tensorrt-rtx" for TensorRT-for-RTX plans
 
-    def __init__(self, plan: str | Path, rtx: bool | None = None, contexts: int = 2,
-                 cuda_graph: bool | None = None) -> None:
+    def __init__(
+        self, plan: str | Path, rtx: bool | None = None, contexts: int = 2, cuda_graph: bool | None = None
+    ) -> None:
         """``rtx``: a TensorRT-for-RTX plan (None: as its sidecar says); ``contexts``: execution contexts (and
         streams) for concurrent callers; ``cuda_graph``: True, False, or None to capture where shapes repeat
         (at once for a static profile)."""
@@ -44,9 +46,13 @@ class TensorRTRunner(Runner):
         self.rtx = rtx
         self.trt = trt = import_tensorrt(rtx)
         gpu_name, capability = gpu_identity()  # required: raises without a GPU
-        self.sidecar = verify_plan(self.plan, backend="tensorrt_rtx" if rtx else "tensorrt",
-                                   backend_version=str(trt.__version__), gpu_name=gpu_name,
-                                   compute_capability=capability)
+        self.sidecar = verify_plan(
+            self.plan,
+            backend="tensorrt_rtx" if rtx else "tensorrt",
+            backend_version=str(trt.__version__),
+            gpu_name=gpu_name,
+            compute_capability=capability,
+        )
         self.metadata = dict(self.sidecar.metadata)
         self.backend = "tensorrt-rtx" if rtx else "tensorrt"
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -139,8 +145,10 @@ class TensorRTRunner(Runner):
     @property
     def graph_counts(self) -> dict[str, int]:
         """CUDA graph captures and replays so far, over all slots."""
-        return {"captures": sum(s.graphs.captures for s in self._all_slots),
-                "replays": sum(s.graphs.replays for s in self._all_slots)}
+        return {
+            "captures": sum(s.graphs.captures for s in self._all_slots),
+            "replays": sum(s.graphs.replays for s in self._all_slots),
+        }
 
     def close(self) -> None:
         """Free graphs, contexts, engine and runtime (in that order: a context must go before its engine)."""

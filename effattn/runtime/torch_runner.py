@@ -51,9 +51,17 @@ class TorchRunner(Runner):
     """Eager ``model`` on ``device`` in ``dtype`` (float32 is the reference every check compares to; on
     CUDA it pins TF32 off, see :func:`pin_fp32`)."""
 
-    def __init__(self, model: nn.Module, profile: ShapeProfile, output_names: list[str] | None = None,
-                 device: str = "cpu", dtype: torch.dtype = torch.float32, cuda_graph: bool | None = False,
-                 compile: bool | str = False, fused: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        profile: ShapeProfile,
+        output_names: list[str] | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        cuda_graph: bool | None = False,
+        compile: bool | str = False,
+        fused: bool = False,
+    ) -> None:
         """``cuda_graph`` (CUDA only): True, False (default: the plain eager reference), or None to capture
         repeated shapes; ``compile``: run ``torch.compile(model)`` instead of the eager module (a string: its
         ``mode``, e.g. ``"max-autotune"``); ``fused``: its Efficient-Attention blocks on the fused Triton kernel
@@ -96,7 +104,9 @@ class TorchRunner(Runner):
 
     def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
         # the outputs are declared float32 whatever the compute dtype; integer outputs keep their type
-        return {name: to_numpy(v.float() if v.is_floating_point() else v) for name, v in self._infer_torch(feed).items()}
+        return {
+            name: to_numpy(v.float() if v.is_floating_point() else v) for name, v in self._infer_torch(feed).items()
+        }
 
     def close(self) -> None:
         self._graphs = None

@@ -10,8 +10,8 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from .stats import ModelStats
 
 log = logging.getLogger(__name__)
 
+
 class QueueFull(Exception):
     """The batcher's queue is at its limit; the caller should answer 503."""
 
@@ -27,7 +28,7 @@ class QueueFull(Exception):
 class _Request:
     """One queued request; compared by identity (requests are removed from the queue by ``is``)."""
 
-    __slots__ = ("feed", "future", "items", "signature", "enqueued")
+    __slots__ = ("enqueued", "feed", "future", "items", "signature")
 
     def __init__(self, feed: dict[str, np.ndarray], future: asyncio.Future, items: int, signature: tuple) -> None:
         self.feed, self.future, self.items, self.signature = feed, future, items, signature
@@ -37,7 +38,7 @@ class _Request:
 class _Call:
     """One engine call in progress: its requests, the thread it runs on (to stop it), whether it is stuck."""
 
-    __slots__ = ("batch", "thread", "stuck")
+    __slots__ = ("batch", "stuck", "thread")
 
     def __init__(self, batch: list[_Request]) -> None:
         self.batch, self.stuck = batch, False
@@ -57,10 +58,18 @@ class DynamicBatcher:
     """Batch ``infer(feed) -> outputs`` calls; with ``max_batch_size`` > 1 every input and output has the batch
     on axis 0."""
 
-    def __init__(self, infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], max_batch_size: int = 8,
-                 max_queue_delay: float = 0.002, max_queue: int = 64, workers: int = 1,
-                 on_batch: Callable[[int], None] | None = None, stats: ModelStats | None = None,
-                 stuck_after: float | None = None, terminate: Callable[[int], bool] | None = None) -> None:
+    def __init__(
+        self,
+        infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+        max_batch_size: int = 8,
+        max_queue_delay: float = 0.002,
+        max_queue: int = 64,
+        workers: int = 1,
+        on_batch: Callable[[int], None] | None = None,
+        stats: ModelStats | None = None,
+        stuck_after: float | None = None,
+        terminate: Callable[[int], bool] | None = None,
+    ) -> None:
         if max_batch_size < 1 or max_queue < 1 or workers < 1 or max_queue_delay < 0:
             raise ValueError("max_batch_size, max_queue and workers must be >= 1, max_queue_delay >= 0")
         self.infer = infer
@@ -190,6 +199,7 @@ class DynamicBatcher:
     async def _gather(self, head: _Request) -> None:
         """Give others ``max_queue_delay`` (from ``head``'s arrival) to join it, but no longer than it takes
         the queue to hold a full batch of ``head``'s shape (as Triton's dynamic batcher: a full batch goes at once)."""
+
         def full() -> bool:
             items = 0
             for r in self._pending:
@@ -224,8 +234,11 @@ class DynamicBatcher:
     async def _run(self, batch: list[_Request]) -> None:
         started = time.monotonic()
         names = list(batch[0].feed)
-        feed = batch[0].feed if len(batch) == 1 else {
-            name: np.concatenate([r.feed[name] for r in batch], axis=0) for name in names}
+        feed = (
+            batch[0].feed
+            if len(batch) == 1
+            else {name: np.concatenate([r.feed[name] for r in batch], axis=0) for name in names}
+        )
         if self.on_batch:
             self.on_batch(sum(r.items for r in batch))
         stacked = time.monotonic()
@@ -243,18 +256,21 @@ class DynamicBatcher:
                 batch[0].future.set_result(outputs)
             self._executed(batch, total, started, stacked, inferred)
             return
-        lost = [f"{name} {value.shape}" for name, value in outputs.items()
-                if np.ndim(value) == 0 or value.shape[0] != total]
+        lost = [
+            f"{name} {value.shape}" for name, value in outputs.items() if np.ndim(value) == 0 or value.shape[0] != total
+        ]
         if lost:  # splitting would hand each request someone else's answer: refuse the whole batch
-            error = BackendError(f"the model's outputs {', '.join(lost)} do not keep the batch axis (axis 0, {total} "
-                               "items), so batched requests cannot be told apart; serve it with --max-batch-size 1")
+            error = BackendError(
+                f"the model's outputs {', '.join(lost)} do not keep the batch axis (axis 0, {total} "
+                "items), so batched requests cannot be told apart; serve it with --max-batch-size 1"
+            )
             for r in batch:
                 if not r.future.done():
                     r.future.set_exception(error)
             return
         start = 0
         for r in batch:
-            part = {name: value[start:start + r.items] for name, value in outputs.items()}
+            part = {name: value[start : start + r.items] for name, value in outputs.items()}
             start += r.items
             if not r.future.done():
                 r.future.set_result(part)
@@ -262,7 +278,9 @@ class DynamicBatcher:
 
     def _executed(self, batch: list[_Request], total: int, started: float, stacked: float, inferred: float) -> None:
         if self.stats is not None:
-            ns = [int((b - a) * 1e9) for a, b in ((started, stacked), (stacked, inferred), (inferred, time.monotonic()))]
+            ns = [
+                int((b - a) * 1e9) for a, b in ((started, stacked), (stacked, inferred), (inferred, time.monotonic()))
+            ]
             self.stats.executed(total, [int((started - r.enqueued) * 1e9) for r in batch], ns)
 
     async def _call(self, batch: list[_Request], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -287,5 +305,9 @@ class DynamicBatcher:
     def _overdue(self, call: _Call) -> None:
         call.stuck = True
         stopped = self.terminate is not None and call.thread is not None and self.terminate(call.thread)
-        log.warning("an engine call has run for over %g s (%d requests): the model is not ready until it ends; %s",
-                    self.stuck_after, len(call.batch), "asked it to stop" if stopped else "its backend cannot stop it")
+        log.warning(
+            "an engine call has run for over %g s (%d requests): the model is not ready until it ends; %s",
+            self.stuck_after,
+            len(call.batch),
+            "asked it to stop" if stopped else "its backend cannot stop it",
+        )

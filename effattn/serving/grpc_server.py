@@ -13,16 +13,34 @@ from google.protobuf import json_format
 
 from .. import __version__
 from ..errors import BackendError
-from .protocol import (EXTENSIONS, OFF_LOOP_BYTES, UNSUPPORTED, RequestError, check_output, datatype_of,
-                       raw_tensor, tensor_header, values_tensor)
+from .protocol import (
+    EXTENSIONS,
+    OFF_LOOP_BYTES,
+    UNSUPPORTED,
+    RequestError,
+    check_output,
+    datatype_of,
+    raw_tensor,
+    tensor_header,
+    values_tensor,
+)
 from .server import ServedModel, Server, listen
 
 log = logging.getLogger(__name__)
 
-_TYPED_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents",
-                   "INT32": "int_contents", "INT16": "int_contents", "INT8": "int_contents",
-                   "UINT64": "uint64_contents", "UINT32": "uint_contents", "UINT16": "uint_contents",
-                   "UINT8": "uint_contents", "BOOL": "bool_contents"}
+_TYPED_CONTENTS = {
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "INT64": "int64_contents",
+    "INT32": "int_contents",
+    "INT16": "int_contents",
+    "INT8": "int_contents",
+    "UINT64": "uint64_contents",
+    "UINT32": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT8": "uint_contents",
+    "BOOL": "bool_contents",
+}
 
 
 def require_grpc():
@@ -30,8 +48,9 @@ def require_grpc():
         import grpc
         from tritonclient.grpc import service_pb2, service_pb2_grpc
     except ImportError:
-        raise BackendError("--grpc-port needs grpcio and Triton's gRPC service definitions: "
-                           "pip install 'tritonclient[grpc]'") from None
+        raise BackendError(
+            "--grpc-port needs grpcio and Triton's gRPC service definitions: pip install 'tritonclient[grpc]'"
+        ) from None
     return grpc, service_pb2, service_pb2_grpc
 
 
@@ -48,15 +67,18 @@ def decode_grpc_inputs(request, model: ServedModel, max_bytes: int = 2**62, raw=
         if name in feed:
             raise RequestError(400, f"input {name!r} is given twice")
         given = [f.name for f, _ in tensor.contents.ListFields()]  # typed contents fields that hold values
-        if raw and given or len(given) > 1:
-            raise RequestError(400, f"input {name!r} has {' and '.join(given + ['raw_input_contents'] * bool(raw))}; "
-                                    "send its values once")
+        if (raw and given) or len(given) > 1:
+            raise RequestError(
+                400,
+                f"input {name!r} has {' and '.join(given + ['raw_input_contents'] * bool(raw))}; send its values once",
+            )
         if raw:
             feed[name] = raw_tensor(name, shape, dtype, count, raw[i])
             continue
         if tensor.datatype not in _TYPED_CONTENTS:
-            raise RequestError(400, f"input {name!r}: {tensor.datatype} has no typed contents field; send it "
-                                    "as raw_input_contents")
+            raise RequestError(
+                400, f"input {name!r}: {tensor.datatype} has no typed contents field; send it as raw_input_contents"
+            )
         values = getattr(tensor.contents, _TYPED_CONTENTS[tensor.datatype])
         if len(values) != count:
             raise RequestError(400, f"input {name!r}: {len(values)} values for shape {shape} ({count} needed)")
@@ -97,7 +119,7 @@ def split_raw_contents(data: memoryview) -> tuple[bytes, list[memoryview]]:
         elif kind == 2:
             length, pos = _varint(data, pos)
             if tag >> 3 == _RAW_FIELD and pos + length <= len(data):
-                raw.append(data[pos:pos + length])
+                raw.append(data[pos : pos + length])
                 pos += length
                 continue
             pos += length
@@ -159,9 +181,13 @@ class GrpcApi:
         from tritonclient.grpc import model_config_pb2
 
         self.server, self.json_format, self.model_config_pb2 = server, json_format, model_config_pb2
-        self.codes = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
-                      413: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE,
-                      504: grpc.StatusCode.DEADLINE_EXCEEDED}
+        self.codes = {
+            400: grpc.StatusCode.INVALID_ARGUMENT,
+            404: grpc.StatusCode.NOT_FOUND,
+            413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+            503: grpc.StatusCode.UNAVAILABLE,
+            504: grpc.StatusCode.DEADLINE_EXCEEDED,
+        }
         self.internal = grpc.StatusCode.INTERNAL
 
     async def refuse(self, context, status: int, message: str):
@@ -191,16 +217,27 @@ class GrpcApi:
         return self.pb.ServerMetadataResponse(name="effattn", version=__version__, extensions=EXTENSIONS)
 
     async def ModelConfig(self, request, context):
-        return await self.answer(context, lambda: self.pb.ModelConfigResponse(config=self.json_format.ParseDict(
-            self.server.model(request.name, request.version).config, self.model_config_pb2.ModelConfig())))
+        return await self.answer(
+            context,
+            lambda: self.pb.ModelConfigResponse(
+                config=self.json_format.ParseDict(
+                    self.server.model(request.name, request.version).config, self.model_config_pb2.ModelConfig()
+                )
+            ),
+        )
 
     async def ModelStatistics(self, request, context):
-        return await self.answer(context, lambda: self.json_format.ParseDict(
-            self.server.statistics(request.name, request.version), self.pb.ModelStatisticsResponse()))
+        return await self.answer(
+            context,
+            lambda: self.json_format.ParseDict(
+                self.server.statistics(request.name, request.version), self.pb.ModelStatisticsResponse()
+            ),
+        )
 
     async def RepositoryIndex(self, request, context):
-        return self.json_format.ParseDict({"models": self.server.index(request.ready)},
-                                          self.pb.RepositoryIndexResponse())
+        return self.json_format.ParseDict(
+            {"models": self.server.index(request.ready)}, self.pb.RepositoryIndexResponse()
+        )
 
     async def RepositoryModelLoad(self, request, context):
         await self.unsupported(context, "model_control")
@@ -231,8 +268,9 @@ class GrpcApi:
         await self.unsupported(context, "logging")
 
     async def ModelMetadata(self, request, context):
-        return await self.answer(context, lambda: model_metadata(
-            self.pb, self.server.model(request.name, request.version)))
+        return await self.answer(
+            context, lambda: model_metadata(self.pb, self.server.model(request.name, request.version))
+        )
 
     async def ModelInfer(self, data: bytes, context):
         """One call, as the serialized request (see :func:`start_grpc`). grpc keeps an abort's exception, whose
@@ -265,9 +303,12 @@ def model_metadata(pb, model: ServedModel):
     meta = model.metadata()
     tensor = pb.ModelMetadataResponse.TensorMetadata
     return pb.ModelMetadataResponse(
-        name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+        name=meta["name"],
+        versions=meta["versions"],
+        platform=meta["platform"],
         inputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["inputs"]],
-        outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["outputs"]])
+        outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["outputs"]],
+    )
 
 
 async def model_infer(pb, server: Server, data: bytes, call: dict):
@@ -298,18 +339,23 @@ async def start_grpc(server: Server):
     Port reuse is off (gRPC turns SO_REUSEPORT on by default, which lets a second server share the port)."""
     grpc, _, pb_grpc = require_grpc()
     options = server.options
-    grpc_server = grpc.aio.server(options=[("grpc.max_receive_message_length", options.max_request_bytes),
-                                           ("grpc.max_send_message_length", options.max_request_bytes),
-                                           ("grpc.so_reuseport", 0)],
-                                  maximum_concurrent_rpcs=options.max_connections)
+    grpc_server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", options.max_request_bytes),
+            ("grpc.max_send_message_length", options.max_request_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=options.max_connections,
+    )
     add_servicer(grpc, pb_grpc, make_servicer(server), grpc_server)
     try:
         bound = grpc_server.add_insecure_port(f"{options.host}:{options.grpc_port}")
     except RuntimeError:  # newer grpcio raises where older ones returned 0
         bound = 0
     if bound == 0:
-        raise BackendError(f"cannot listen on gRPC port {options.host}:{options.grpc_port} (is another server "
-                           "running there?)")
+        raise BackendError(
+            f"cannot listen on gRPC port {options.host}:{options.grpc_port} (is another server running there?)"
+        )
     await grpc_server.start()
     return grpc_server
 
@@ -331,7 +377,8 @@ def add_servicer(grpc, pb_grpc, servicer, grpc_server) -> None:
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, table)
     handlers = dict(table.handlers)
     handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
-        servicer.ModelInfer, response_serializer=handlers["ModelInfer"].response_serializer)
+        servicer.ModelInfer, response_serializer=handlers["ModelInfer"].response_serializer
+    )
     grpc_server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(table.service, handlers),))
     grpc_server.add_registered_method_handlers(table.service, handlers)
 

@@ -22,10 +22,19 @@ from starlette.routing import Route
 from .. import __version__
 from ..runtime.base import Runner
 from .grpc_server import start_grpc
-from .http_wire import (HEADER_LENGTH, decompress, encode_outputs, error_body, header_size, infer_target, load_json,
-                        read_infer_request, wanted_outputs)
+from .http_wire import (
+    HEADER_LENGTH,
+    decompress,
+    encode_outputs,
+    error_body,
+    header_size,
+    infer_target,
+    load_json,
+    read_infer_request,
+    wanted_outputs,
+)
 from .protocol import EXTENSIONS, OFF_LOOP_BYTES, UNSUPPORTED, RequestError, parameters, timeout_parameter
-from .server import ServedModel, Server, ServeOptions, deadline, listen
+from .server import ServedModel, ServeOptions, Server, deadline, listen
 from .uvicorn_guard import guarded_protocol
 
 __all__ = ["HttpApi", "ServeOptions", "create_app", "listen", "serve"]
@@ -52,8 +61,11 @@ class HttpApi:
         self.server, self.options = server, server.options
         self.grpc = None
         self.stopping: asyncio.Future | None = None
-        self.app = Starlette(routes=self.routes(), lifespan=self.lifespan,
-                             exception_handlers={404: self.not_routed, 405: self.not_routed})
+        self.app = Starlette(
+            routes=self.routes(),
+            lifespan=self.lifespan,
+            exception_handlers={404: self.not_routed, 405: self.not_routed},
+        )
         self.app.state.server = server
 
     async def __call__(self, scope, receive, send) -> None:
@@ -98,8 +110,13 @@ class HttpApi:
         finally:
             self.server.budget.give(sum(held))
         self.server.answered(name, status, time.perf_counter() - start)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*response_headers, (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*response_headers, (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def answer(self, receive, raw_headers, name: str, version: str | None, held: list[int]):
@@ -111,22 +128,30 @@ class HttpApi:
                 headers[key.decode()] = value.decode("latin-1")
         body = await self.read_body(receive, headers.get("content-length", ""), held)
         if "content-encoding" in headers:
-            inflated = await off_loop(len(body), decompress, body, headers["content-encoding"],
-                                      self.options.max_request_bytes)
+            inflated = await off_loop(
+                len(body), decompress, body, headers["content-encoding"], self.options.max_request_bytes
+            )
             if inflated is not body:
                 self.server.budget.take(len(inflated))
                 held.append(len(inflated))
             body = inflated
         header_length = headers.get(HEADER_LENGTH.lower())
         json_size = header_size(HEADER_LENGTH, header_length) if header_length is not None else len(body)
-        payload, feed = await off_loop(min(json_size, len(body)), read_infer_request, body, header_length,
-                                       model.runner, self.options.max_request_bytes)
+        payload, feed = await off_loop(
+            min(json_size, len(body)),
+            read_infer_request,
+            body,
+            header_length,
+            model.runner,
+            self.options.max_request_bytes,
+        )
         timeout = timeout_parameter(parameters(payload, "the request").get("timeout"))
         chosen = wanted_outputs(payload, model.runner.outputs)  # before the model runs: a bad list costs no run
         outputs = await self.server.infer(model, feed, timeout)
         json_size = sum(outputs[n].nbytes for n, binary in chosen if not binary)
-        content, response_headers = await off_loop(json_size, encode_outputs, payload, outputs, chosen,
-                                                   model.name, model.version)
+        content, response_headers = await off_loop(
+            json_size, encode_outputs, payload, outputs, chosen, model.name, model.version
+        )
         return content, [(k.lower().encode(), v.encode()) for k, v in response_headers.items()]
 
     async def read_body(self, receive, declared: str, held: list[int]) -> bytes:
@@ -156,8 +181,11 @@ class HttpApi:
     def admit(self, size: int, held: list[int]) -> RequestError | None:
         """None if a body of ``size`` bytes may be held (and it is then taken from the budget), else why not."""
         if size > self.options.max_request_bytes:
-            return RequestError(413, f"request body of {size} bytes is over the limit of "
-                                     f"{self.options.max_request_bytes} bytes (--max-request-mb)")
+            return RequestError(
+                413,
+                f"request body of {size} bytes is over the limit of "
+                f"{self.options.max_request_bytes} bytes (--max-request-mb)",
+            )
         try:
             self.server.budget.take(size)
         except RequestError as e:
@@ -170,7 +198,8 @@ class HttpApi:
         answering = self.answering
         infer = InferRoute(self)
         return [
-            Route("/v2/health/live", self.live), Route("/v2/health/ready", self.ready),
+            Route("/v2/health/live", self.live),
+            Route("/v2/health/ready", self.ready),
             Route("/v2", self.server_metadata),
             Route("/v2/models/stats", answering(self.statistics)),  # before /v2/models/{name}, as in Triton
             Route("/v2/models/{name}", answering(self.model_metadata)),
@@ -191,11 +220,13 @@ class HttpApi:
     @staticmethod
     def answering(handler):
         """``handler(request)``'s JSON answer, or its RequestError as a JSON error."""
+
         async def endpoint(request: Request):
             try:
                 return JSONResponse(await handler(request))
             except RequestError as e:
                 return error(e.status, str(e))
+
         return endpoint
 
     def model_of(self, request: Request) -> ServedModel:
@@ -273,6 +304,7 @@ async def small_body(request: Request, limit: int = 64 * 1024) -> bytes:
 def unsupported(extension: str):
     async def endpoint(request: Request):
         return error(*UNSUPPORTED[extension])
+
     return endpoint
 
 
@@ -286,17 +318,28 @@ async def shared_memory_unregister(request: Request):
 
 def unsupported_routes() -> list[Route]:
     """Routes of the extensions effattn does not implement, answered as Triton answers without them."""
-    routes = [Route(f"/v2/repository/models/{{name}}/{action}", unsupported("model_control"), methods=["POST"])
-              for action in ("load", "unload")]
+    routes = [
+        Route(f"/v2/repository/models/{{name}}/{action}", unsupported("model_control"), methods=["POST"])
+        for action in ("load", "unload")
+    ]
     status, unregister = shared_memory_status, shared_memory_unregister
     for kind in ("systemsharedmemory", "cudasharedmemory"):
-        routes += [Route(f"/v2/{kind}/status", status), Route(f"/v2/{kind}/region/{{region}}/status", status),
-                   Route(f"/v2/{kind}/register", unsupported("shared_memory"), methods=["POST"]),
-                   Route(f"/v2/{kind}/region/{{region}}/register", unsupported("shared_memory"), methods=["POST"]),
-                   Route(f"/v2/{kind}/unregister", unregister, methods=["POST"]),
-                   Route(f"/v2/{kind}/region/{{region}}/unregister", unregister, methods=["POST"])]
-    routes += [Route(path, unsupported(ext), methods=["GET", "POST"]) for path, ext in (
-        ("/v2/trace/setting", "trace"), ("/v2/models/{name}/trace/setting", "trace"), ("/v2/logging", "logging"))]
+        routes += [
+            Route(f"/v2/{kind}/status", status),
+            Route(f"/v2/{kind}/region/{{region}}/status", status),
+            Route(f"/v2/{kind}/register", unsupported("shared_memory"), methods=["POST"]),
+            Route(f"/v2/{kind}/region/{{region}}/register", unsupported("shared_memory"), methods=["POST"]),
+            Route(f"/v2/{kind}/unregister", unregister, methods=["POST"]),
+            Route(f"/v2/{kind}/region/{{region}}/unregister", unregister, methods=["POST"]),
+        ]
+    routes += [
+        Route(path, unsupported(ext), methods=["GET", "POST"])
+        for path, ext in (
+            ("/v2/trace/setting", "trace"),
+            ("/v2/models/{name}/trace/setting", "trace"),
+            ("/v2/logging", "logging"),
+        )
+    ]
     return routes
 
 
@@ -305,8 +348,13 @@ def create_app(models: Mapping[str, Runner], options: ServeOptions | None = None
     return HttpApi(Server(models, options))
 
 
-def serve(models: Mapping[str, Runner], port: int = 8000, options: ServeOptions | None = None,
-          log_level: str = "info", sock: socket.socket | None = None) -> None:
+def serve(
+    models: Mapping[str, Runner],
+    port: int = 8000,
+    options: ServeOptions | None = None,
+    log_level: str = "info",
+    sock: socket.socket | None = None,
+) -> None:
     """Run the server until SIGINT/SIGTERM; in-flight requests finish before it exits.
 
     ``sock``: a socket from :func:`listen` (bound before the models were loaded); else one is opened here."""
@@ -316,10 +364,17 @@ def serve(models: Mapping[str, Runner], port: int = 8000, options: ServeOptions 
     app = create_app(models, options)
     # asyncio's loop even where uvloop is installed: why, docs/decisions.md#serving
     # uvicorn's hints say int seconds for both timeouts; it waits with asyncio, which takes fractions too
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", http=guarded_protocol(),
-                            loop="asyncio", limit_concurrency=options.max_connections,
-                            timeout_graceful_shutdown=options.graceful_seconds + ANSWER_MARGIN_S,  # type: ignore[arg-type]
-                            timeout_keep_alive=options.keep_alive_s)  # type: ignore[arg-type]
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        http=guarded_protocol(),
+        loop="asyncio",
+        limit_concurrency=options.max_connections,
+        timeout_graceful_shutdown=options.graceful_seconds + ANSWER_MARGIN_S,  # type: ignore[arg-type]
+        timeout_keep_alive=options.keep_alive_s,  # type: ignore[arg-type]
+    )
     with sock:
         try:
             Uvicorn(config, app).run(sockets=[sock])

@@ -15,8 +15,16 @@ from typing import Any, cast
 import numpy as np
 
 from ..runtime.base import Runner
-from .protocol import (RequestError, check_output, datatype_of, is_int, parameters, raw_tensor, tensor_header,
-                       values_tensor)
+from .protocol import (
+    RequestError,
+    check_output,
+    datatype_of,
+    is_int,
+    parameters,
+    raw_tensor,
+    tensor_header,
+    values_tensor,
+)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -31,15 +39,22 @@ def infer_target(path: str) -> tuple[str, str | None] | None:
     parts = path.split("/")
     if len(parts) == 5 and parts[4] == "infer" and parts[1] == "v2" and parts[2] == "models" and parts[3]:
         return parts[3], None
-    if len(parts) == 7 and parts[6] == "infer" and parts[4] == "versions" and parts[1] == "v2" \
-            and parts[2] == "models" and parts[3] and parts[5]:
+    if (
+        len(parts) == 7
+        and parts[6] == "infer"
+        and parts[4] == "versions"
+        and parts[1] == "v2"
+        and parts[2] == "models"
+        and parts[3]
+        and parts[5]
+    ):
         return parts[3], parts[5]
     return None
 
 
 # ------------------------------------------------------------------------------ request bodies
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """The body as sent before ``Content-Encoding`` (gzip or deflate, as tritonclient compresses), at most ``limit`` bytes."""
+    """The body before ``Content-Encoding`` (gzip or deflate, as tritonclient compresses), at most ``limit`` bytes."""
     encoding = (encoding or "identity").strip().lower()
     if encoding == "identity":
         return body
@@ -55,8 +70,11 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     if not inflater.eof:
         raise RequestError(400, f"the {encoding} request body is truncated")
     if inflater.unused_data:  # a second gzip member or garbage: one stream is one request, nothing is skipped
-        raise RequestError(400, f"the {encoding} request body has {len(inflater.unused_data)} bytes after its "
-                                "compressed stream (several members or trailing data); send one stream")
+        raise RequestError(
+            400,
+            f"the {encoding} request body has {len(inflater.unused_data)} bytes after its "
+            "compressed stream (several members or trailing data); send one stream",
+        )
     return data
 
 
@@ -119,15 +137,21 @@ def decode_inputs(request: dict, binary, runner: Runner, max_bytes: int = 2**62)
             raise RequestError(400, f"input {name!r} has both 'data' and a binary_data_size parameter; send one")
         if size is not None:
             if not is_int(size):
-                raise RequestError(400, f"input {name!r}: binary_data_size must be an integer number of bytes, "
-                                        f"got {reprlib.repr(size)}")
+                raise RequestError(
+                    400,
+                    f"input {name!r}: binary_data_size must be an integer number of bytes, got {reprlib.repr(size)}",
+                )
             if size != count * dtype.itemsize:
-                raise RequestError(400, f"input {name!r}: binary_data_size {size} does not match shape "
-                                        f"{shape} ({count * dtype.itemsize} bytes)")
+                raise RequestError(
+                    400,
+                    f"input {name!r}: binary_data_size {size} does not match shape "
+                    f"{shape} ({count * dtype.itemsize} bytes)",
+                )
             if offset + size > len(binary):
-                raise RequestError(400, f"input {name!r}: truncated binary payload ({len(binary) - offset} of "
-                                        f"{size} bytes present)")
-            feed[name] = raw_tensor(name, shape, dtype, count, binary[offset:offset + size])
+                raise RequestError(
+                    400, f"input {name!r}: truncated binary payload ({len(binary) - offset} of {size} bytes present)"
+                )
+            feed[name] = raw_tensor(name, shape, dtype, count, binary[offset : offset + size])
             offset += size
         elif "data" in tensor:
             feed[name] = values_tensor(name, shape, tensor["data"], dtype, count)
@@ -138,8 +162,9 @@ def decode_inputs(request: dict, binary, runner: Runner, max_bytes: int = 2**62)
     return feed
 
 
-def read_infer_request(body: bytes, header_length: str | None, runner: Runner,
-                       max_bytes: int) -> tuple[dict, dict[str, np.ndarray]]:
+def read_infer_request(
+    body: bytes, header_length: str | None, runner: Runner, max_bytes: int
+) -> tuple[dict, dict[str, np.ndarray]]:
     """The JSON part of an infer request body and its input tensors, checked against ``runner``."""
     payload, binary = parse_infer_request(body, header_length)
     return payload, decode_inputs(payload, binary, runner, max_bytes)
@@ -169,8 +194,9 @@ def wanted_outputs(request: dict, outputs: Mapping[str, object]) -> list[tuple[s
     return chosen
 
 
-def encode_outputs(request: dict, outputs: Mapping[str, np.ndarray], chosen: list[tuple[str, bool]], name: str,
-                   version: str) -> tuple[bytes, dict]:
+def encode_outputs(
+    request: dict, outputs: Mapping[str, np.ndarray], chosen: list[tuple[str, bool]], name: str, version: str
+) -> tuple[bytes, dict]:
     """Response body and headers: the ``chosen`` outputs (:func:`wanted_outputs`) as JSON, or binary where asked.
 
     Non-finite values in JSON outputs are written as ``NaN``/``Infinity``/``-Infinity`` (what Python's
@@ -193,4 +219,3 @@ def encode_outputs(request: dict, outputs: Mapping[str, np.ndarray], chosen: lis
     if not blobs:
         return head, {"content-type": "application/json"}
     return b"".join([head, *blobs]), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
-

@@ -29,10 +29,15 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_
 
 #: What ``effattn serve`` answers for protocol extensions it does not implement (Triton's status for each).
 UNSUPPORTED = {
-    "model_control": (503, "explicit model load / unload is not supported: effattn serve loads its models when it "
-                           "starts (like Triton with --model-control-mode=none); restart it with other models"),
-    "shared_memory": (400, "shared memory is not supported by effattn serve; send tensors in the request body "
-                           "(binary tensor data)"),
+    "model_control": (
+        503,
+        "explicit model load / unload is not supported: effattn serve loads its models when it "
+        "starts (like Triton with --model-control-mode=none); restart it with other models",
+    ),
+    "shared_memory": (
+        400,
+        "shared memory is not supported by effattn serve; send tensors in the request body (binary tensor data)",
+    ),
     "trace": (400, "trace is not supported by effattn serve; use /metrics or the statistics extension"),
     "logging": (400, "logging settings are not supported by effattn serve; set -q or the log level at start"),
 }
@@ -63,8 +68,11 @@ class ByteBudget:
 
     def take(self, n: int) -> None:
         if self.used + n > self.limit:
-            raise RequestError(503, f"server busy: {self.used} bytes of requests in flight, {n} more would pass the "
-                                    f"limit of {self.limit} (--max-inflight-mb); retry later")
+            raise RequestError(
+                503,
+                f"server busy: {self.used} bytes of requests in flight, {n} more would pass the "
+                f"limit of {self.limit} (--max-inflight-mb); retry later",
+            )
         self.used += n
 
     def give(self, n: int) -> None:
@@ -98,11 +106,11 @@ def tensor_header(name: Any, shape: Any, datatype: Any, runner: Runner, max_byte
     if not isinstance(name, str) or name not in runner.inputs:
         raise RequestError(400, f"unknown input {str(name)[:100]!r}; the model's inputs are {list(runner.inputs)}")
     if not isinstance(shape, (list, tuple)) or not all(is_int(d) and d >= 0 for d in shape):
-        raise RequestError(400, f"input {name!r}: 'shape' must be a list of non-negative integers, got "
-                                f"{str(shape)[:100]}")
+        raise RequestError(
+            400, f"input {name!r}: 'shape' must be a list of non-negative integers, got {str(shape)[:100]}"
+        )
     if len(shape) > MAX_RANK:
-        raise RequestError(400, f"input {name!r}: 'shape' has {len(shape)} dimensions; an array has at most "
-                                f"{MAX_RANK}")
+        raise RequestError(400, f"input {name!r}: 'shape' has {len(shape)} dimensions; an array has at most {MAX_RANK}")
     try:
         expected = datatype_of(runner.inputs[name].dtype)
     except InputError as e:
@@ -113,8 +121,11 @@ def tensor_header(name: Any, shape: Any, datatype: Any, runner: Runner, max_byte
     count = math.prod(int(d) for d in shape)  # Python ints: no overflow
     span = math.prod(max(int(d), 1) for d in shape)  # [10**30, 0] holds nothing, yet no array can have that shape
     if span * dtype.itemsize > max_bytes:
-        raise RequestError(400, f"input {name!r}: shape {str(list(shape))[:100]} of {expected} spans "
-                                f"{span * dtype.itemsize} bytes, more than a request may hold ({max_bytes})")
+        raise RequestError(
+            400,
+            f"input {name!r}: shape {str(list(shape))[:100]} of {expected} spans "
+            f"{span * dtype.itemsize} bytes, more than a request may hold ({max_bytes})",
+        )
     return dtype, count
 
 
@@ -122,8 +133,11 @@ def raw_tensor(name: str, shape, dtype: np.dtype, count: int, data, where: str =
     """A tensor over raw little-endian bytes, which must be exactly ``count`` items long: no copy, unless
     the bytes sit off numpy's alignment (:data:`ALIGNMENT`; a binary tensor follows a JSON head of any length)."""
     if len(data) != count * dtype.itemsize:
-        raise RequestError(400, f"input {name!r}: {len(data)} bytes of {where} for shape {list(shape)} of "
-                                f"{datatype_of(dtype)} ({count * dtype.itemsize} bytes)")
+        raise RequestError(
+            400,
+            f"input {name!r}: {len(data)} bytes of {where} for shape {list(shape)} of "
+            f"{datatype_of(dtype)} ({count * dtype.itemsize} bytes)",
+        )
     array = np.frombuffer(data, dtype, count).reshape(shape)
     return array.copy() if array.ctypes.data % ALIGNMENT else array
 
@@ -144,8 +158,9 @@ def values_tensor(name: str, shape, values: Any, dtype: np.dtype, count: int) ->
     try:
         array = np.asarray(values)
     except (TypeError, ValueError) as e:  # ragged nesting
-        raise RequestError(400, f"input {name!r}: 'data' is not a list of {datatype_of(dtype)} numbers "
-                                f"(ragged nesting: {e})") from None
+        raise RequestError(
+            400, f"input {name!r}: 'data' is not a list of {datatype_of(dtype)} numbers (ragged nesting: {e})"
+        ) from None
     if dtype.kind in "iu" and array.dtype.kind in "fO" and array.size:
         exact = np.asarray(values, dtype=object)  # numpy made ints float64 (0 beside 2**63) or objects (2**64)
         if all(is_int(v) for v in exact.flat):
@@ -154,8 +169,11 @@ def values_tensor(name: str, shape, values: Any, dtype: np.dtype, count: int) ->
             array = exact.astype(dtype)
     _check_range(name, unrepresentable(array, dtype), dtype)
     if array.dtype.kind not in _VALUE_KINDS[dtype.kind] and array.size:
-        raise RequestError(400, f"input {name!r}: 'data' is not a list of {datatype_of(dtype)} numbers (it holds "
-                                f"{array.dtype.name} values)")
+        raise RequestError(
+            400,
+            f"input {name!r}: 'data' is not a list of {datatype_of(dtype)} numbers (it holds "
+            f"{array.dtype.name} values)",
+        )
     if array.size != count:
         raise RequestError(400, f"input {name!r}: 'data' has {array.size} elements, shape needs {count}")
     return array.astype(dtype, copy=False).reshape(shape)
@@ -163,8 +181,11 @@ def values_tensor(name: str, shape, values: Any, dtype: np.dtype, count: int) ->
 
 def _check_range(name: str, bad: Any, dtype: np.dtype) -> None:
     if bad is not None:
-        raise RequestError(400, f"input {name!r}: {str(bad)[:40]} is out of the range of {datatype_of(dtype)}; "
-                                "values are never wrapped or rounded to infinity")
+        raise RequestError(
+            400,
+            f"input {name!r}: {str(bad)[:40]} is out of the range of {datatype_of(dtype)}; "
+            "values are never wrapped or rounded to infinity",
+        )
 
 
 def unrepresentable(array: np.ndarray, dtype: np.dtype) -> Any:
@@ -186,9 +207,10 @@ def unrepresentable(array: np.ndarray, dtype: np.dtype) -> Any:
 
 #: Output parameters of protocol extensions the server does not implement: answering the plain tensor instead
 #: (tritonclient's ``class_count``, an output written to a shared-memory region) would be a wrong answer.
-UNANSWERED_OUTPUT_PARAMETERS = {"classification": "the classification extension is not supported; ask for the "
-                                                  "tensor and take its top k",
-                                "shared_memory_region": UNSUPPORTED["shared_memory"][1]}
+UNANSWERED_OUTPUT_PARAMETERS = {
+    "classification": "the classification extension is not supported; ask for the tensor and take its top k",
+    "shared_memory_region": UNSUPPORTED["shared_memory"][1],
+}
 
 
 def check_output(name: Any, outputs: Mapping, seen: set, params: Mapping | tuple = ()) -> None:
@@ -203,4 +225,3 @@ def check_output(name: Any, outputs: Mapping, seen: set, params: Mapping | tuple
     if name in seen:
         raise RequestError(400, f"output {name!r} is requested twice; ask for each output once")
     seen.add(name)
-

@@ -63,8 +63,14 @@ def _type_of(name: str, dtype: np.dtype) -> str:
         raise InputError(f"tensor {name!r} has dtype {dtype}, which Triton's config cannot express") from None
 
 
-def config_dict(name: str, platform: str, inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig],
-                profile: ShapeProfile | None, options: TritonOptions) -> dict:
+def config_dict(
+    name: str,
+    platform: str,
+    inputs: Sequence[TensorConfig],
+    outputs: Sequence[TensorConfig],
+    profile: ShapeProfile | None,
+    options: TritonOptions,
+) -> dict:
     """Triton's ModelConfig as a dict in its JSON form (proto field names, enums by name, maps as objects).
 
     The one source of a model's config: :func:`to_pbtxt` writes it as ``config.pbtxt`` and ``effattn
@@ -76,12 +82,18 @@ def config_dict(name: str, platform: str, inputs: Sequence[TensorConfig], output
     if platform == "tensorrt" and options.kind == "KIND_CPU":
         raise InputError("a TensorRT plan runs on the GPU only; use --kind KIND_GPU or the onnxruntime platform")
     if options.max_batch_size < 0 or options.instances < 1 or options.max_queue_delay_us < 0:
-        raise ConfigError(f"need max_batch_size >= 0, instances >= 1 and max_queue_delay_us >= 0; got "
-                          f"{options.max_batch_size}, {options.instances} and {options.max_queue_delay_us}")
+        raise ConfigError(
+            f"need max_batch_size >= 0, instances >= 1 and max_queue_delay_us >= 0; got "
+            f"{options.max_batch_size}, {options.instances} and {options.max_queue_delay_us}"
+        )
     max_batch = _max_batch(inputs, outputs, profile, options)
-    config: dict[str, Any] = {"name": check_model_name(name), "platform": PLATFORMS[platform][0],
-                              "max_batch_size": max_batch,
-              "input": [_tensor(t, max_batch) for t in inputs], "output": [_tensor(t, max_batch) for t in outputs]}
+    config: dict[str, Any] = {
+        "name": check_model_name(name),
+        "platform": PLATFORMS[platform][0],
+        "max_batch_size": max_batch,
+        "input": [_tensor(t, max_batch) for t in inputs],
+        "output": [_tensor(t, max_batch) for t in outputs],
+    }
     if max_batch:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": options.max_queue_delay_us}
         if options.preferred_batch_sizes:
@@ -91,8 +103,9 @@ def config_dict(name: str, platform: str, inputs: Sequence[TensorConfig], output
         config["optimization"] = {"graph": {"level": -1}}
     if platform == "onnxruntime" and options.trt_accelerator:
         parameters = {"precision_mode": "FP16" if options.fp16 else "FP32", "max_workspace_size_bytes": "1073741824"}
-        config.setdefault("optimization", {})["execution_accelerators"] = {"gpu_execution_accelerator": [
-            {"name": "tensorrt", "parameters": parameters}]}
+        config.setdefault("optimization", {})["execution_accelerators"] = {
+            "gpu_execution_accelerator": [{"name": "tensorrt", "parameters": parameters}]
+        }
     if options.warmup and profile is not None:
         config["model_warmup"] = [_warmup(profile, max_batch)]
     return config
@@ -117,8 +130,12 @@ def batch_limit(requested: int, tensors: Sequence[TensorConfig], profile: ShapeP
     return min(requested, profile.batch_range[1]) if profile is not None else requested
 
 
-def _max_batch(inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig], profile: ShapeProfile | None,
-               options: TritonOptions) -> int:
+def _max_batch(
+    inputs: Sequence[TensorConfig],
+    outputs: Sequence[TensorConfig],
+    profile: ShapeProfile | None,
+    options: TritonOptions,
+) -> int:
     max_batch = batch_limit(options.max_batch_size, [*inputs, *outputs], profile)
     for size in options.preferred_batch_sizes:
         if not 1 <= size <= max_batch:
@@ -132,8 +149,14 @@ def _tensor(t: TensorConfig, max_batch: int) -> dict:
 
 
 def _warmup(profile: ShapeProfile, max_batch: int) -> dict:
-    inputs = {p.name: {"data_type": _type_of(p.name, np.dtype(p.dtype)), "dims": list(p.opt[1:] if max_batch else p.opt),
-                       "random_data": True} for p in profile.inputs}
+    inputs = {
+        p.name: {
+            "data_type": _type_of(p.name, np.dtype(p.dtype)),
+            "dims": list(p.opt[1:] if max_batch else p.opt),
+            "random_data": True,
+        }
+        for p in profile.inputs
+    }
     batch = {"batch_size": min(p.opt[0] for p in profile.inputs)} if max_batch else {}
     return {"name": "opt shape", **batch, "inputs": inputs}
 
@@ -151,8 +174,10 @@ def to_pbtxt(config: dict) -> str:
 def _field(key: str, value, depth: int) -> str:
     pad = "  " * depth
     if key in _MAPS:
-        return "".join(f'{pad}{key} {{\n{pad}  key: "{_quote(k)}"\n{_message("value", v, depth + 1)}{pad}}}\n'
-                       for k, v in value.items())
+        return "".join(
+            f'{pad}{key} {{\n{pad}  key: "{_quote(k)}"\n{_message("value", v, depth + 1)}{pad}}}\n'
+            for k, v in value.items()
+        )
     if isinstance(value, dict):
         return _message(key, value, depth)
     if isinstance(value, list) and value and isinstance(value[0], dict):
@@ -177,14 +202,25 @@ def _scalar(key: str, value) -> str:
     return str(value)
 
 
-def model_config(name: str, platform: str, inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig],
-                 profile: ShapeProfile | None, options: TritonOptions) -> str:
+def model_config(
+    name: str,
+    platform: str,
+    inputs: Sequence[TensorConfig],
+    outputs: Sequence[TensorConfig],
+    profile: ShapeProfile | None,
+    options: TritonOptions,
+) -> str:
     """The ``config.pbtxt`` text (protobuf text format of Triton's ModelConfig)."""
     return to_pbtxt(config_dict(name, platform, inputs, outputs, profile, options))
 
 
-def write_repository(model_file: str | Path, repository: str | Path, name: str | None = None,
-                     options: TritonOptions | None = None, force: bool = False) -> Path:
+def write_repository(
+    model_file: str | Path,
+    repository: str | Path,
+    name: str | None = None,
+    options: TritonOptions | None = None,
+    force: bool = False,
+) -> Path:
     """Write ``repository/name/{config.pbtxt, 1/model.*}`` for an effattn ONNX file (checked as ``effattn run``
     checks it, its external data copied beside it) or a TensorRT plan."""
     options = options or TritonOptions()
@@ -230,15 +266,20 @@ def _onnx_io(checked: OnnxFile) -> tuple[list[TensorConfig], list[TensorConfig],
         return out
 
     init = {i.name for i in model.graph.initializer}
-    return (tensors([v for v in model.graph.input if v.name not in init]), tensors(model.graph.output),
-            metadata.profile_of(metadata.get_metadata(model)))
+    return (
+        tensors([v for v in model.graph.input if v.name not in init]),
+        tensors(model.graph.output),
+        metadata.profile_of(metadata.get_metadata(model)),
+    )
 
 
 def _plan_io(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], ShapeProfile | None]:
     """A plan's I/O from its sidecar (the plan itself needs TensorRT and the right GPU to open)."""
     sidecar_file = sidecar_path(path)
     if not sidecar_file.exists():
-        raise InputError(f"{path} has no sidecar {sidecar_file.name}; build it with 'effattn build' so its I/O is known")
+        raise InputError(
+            f"{path} has no sidecar {sidecar_file.name}; build it with 'effattn build' so its I/O is known"
+        )
     sidecar = Sidecar.read(sidecar_file)
     return _sidecar_io(sidecar)
 
@@ -253,15 +294,18 @@ def _sidecar_io(sidecar) -> tuple[list[TensorConfig], list[TensorConfig], ShapeP
         device_dtype, host_dtype = dtypes.io_dtypes(t["dtype"], t["name"])
         if device_dtype == "bfloat16":
             raise InputError(f"engine tensor {t['name']!r} is BF16, which effattn's Triton configs do not express yet")
-        tensors[t["mode"]].append(TensorConfig(t["name"], np.dtype(host_dtype),
-                                               [-1 if d is None else d for d in Sidecar.named_shape(t)]))
+        tensors[t["mode"]].append(
+            TensorConfig(t["name"], np.dtype(host_dtype), [-1 if d is None else d for d in Sidecar.named_shape(t)])
+        )
     return tensors["INPUT"], tensors["OUTPUT"], profile
 
 
 def runner_tensors(specs) -> list[TensorConfig]:
     """A runner's input or output specs as TensorConfigs (names of symbolic axes kept, -1 for unnamed ones)."""
-    return [TensorConfig(s.name, np.dtype(s.dtype), [d if isinstance(d, (int, str)) else -1 for d in (s.shape or ())])
-            for s in specs.values()]
+    return [
+        TensorConfig(s.name, np.dtype(s.dtype), [d if isinstance(d, (int, str)) else -1 for d in (s.shape or ())])
+        for s in specs.values()
+    ]
 
 
 def served_config(name: str, runner, max_batch_size: int, max_queue_delay_us: int, instances: int) -> dict:
@@ -269,7 +313,13 @@ def served_config(name: str, runner, max_batch_size: int, max_queue_delay_us: in
     with the server's batching (no warm-up: the server runs none)."""
     platform = "tensorrt" if runner.backend == "tensorrt" else "onnxruntime"
     kind = "KIND_CPU" if str(getattr(runner, "device", "cpu")) == "cpu" else "KIND_GPU"
-    options = TritonOptions(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
-                            instances=instances, kind=kind, warmup=False)
-    return config_dict(name, platform, runner_tensors(runner.inputs), runner_tensors(runner.outputs), runner.profile,
-                       options)
+    options = TritonOptions(
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        kind=kind,
+        warmup=False,
+    )
+    return config_dict(
+        name, platform, runner_tensors(runner.inputs), runner_tensors(runner.outputs), runner.profile, options
+    )

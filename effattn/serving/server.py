@@ -5,6 +5,7 @@ inference path (:meth:`Server.infer`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import logging
@@ -28,6 +29,7 @@ from .stats import ModelStats
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class ServeOptions:
     max_batch_size: int = 8
@@ -44,19 +46,34 @@ class ServeOptions:
     keep_alive_s: float = 5.0  # idle or half-sent (request head) connections are closed after this long
 
     def __post_init__(self) -> None:
-        positive = {"max_batch_size": self.max_batch_size, "max_queue": self.max_queue, "instances": self.instances,
-                    "timeout": self.timeout_s, "max_request_bytes": self.max_request_bytes,
-                    "max_connections": self.max_connections, "keep_alive_s": self.keep_alive_s}
+        positive = {
+            "max_batch_size": self.max_batch_size,
+            "max_queue": self.max_queue,
+            "instances": self.instances,
+            "timeout": self.timeout_s,
+            "max_request_bytes": self.max_request_bytes,
+            "max_connections": self.max_connections,
+            "keep_alive_s": self.keep_alive_s,
+        }
         bad = [f"{k} {v}" for k, v in positive.items() if not (v > 0 and math.isfinite(v))]
-        bad += [f"{k} {v}" for k, v in {"max_queue_delay_ms": self.max_queue_delay_ms,
-                                          "graceful_seconds": self.graceful_seconds}.items()
-                if not (v >= 0 and math.isfinite(v))]
+        bad += [
+            f"{k} {v}"
+            for k, v in {
+                "max_queue_delay_ms": self.max_queue_delay_ms,
+                "graceful_seconds": self.graceful_seconds,
+            }.items()
+            if not (v >= 0 and math.isfinite(v))
+        ]
         if bad:
-            raise ConfigError(f"serve options out of range: {', '.join(bad)} (sizes, counts and times must be "
-                              "positive and finite; delays may be 0)")
+            raise ConfigError(
+                f"serve options out of range: {', '.join(bad)} (sizes, counts and times must be "
+                "positive and finite; delays may be 0)"
+            )
         if self.max_inflight_bytes < self.max_request_bytes:
-            raise ConfigError(f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least max_request_bytes "
-                              f"({self.max_request_bytes}), or no request of the largest size could ever run")
+            raise ConfigError(
+                f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least max_request_bytes "
+                f"({self.max_request_bytes}), or no request of the largest size could ever run"
+            )
         if self.grpc_port is not None:
             check_port(self.grpc_port, "gRPC port")
 
@@ -117,10 +134,8 @@ class TrimmingBudget(ByteBudget):
     def give(self, n: int) -> None:
         super().give(n)
         if self.used == 0 and self.passed >= self.TRIM_AFTER and self._timer is None and self._trim is not None:
-            try:
+            with contextlib.suppress(RuntimeError):  # no event loop (a budget outside a server): nothing to schedule
                 self._timer = asyncio.get_running_loop().call_later(self.TRIM_DELAY_S, self._idle)
-            except RuntimeError:  # no event loop (a budget used outside a server): nothing to schedule on
-                pass
 
     def _idle(self) -> None:
         self._timer = None
@@ -148,15 +163,24 @@ class ServedModel:
             shape = [-1 if not isinstance(d, int) else d for d in (spec.shape or [])]
             out = {"name": spec.name, "datatype": datatype_of(spec.dtype), "shape": shape}
             if with_profile and spec.profile is not None:
-                out["parameters"] = {"min": list(spec.profile.min), "opt": list(spec.profile.opt),
-                                     "max": list(spec.profile.max)}
+                out["parameters"] = {
+                    "min": list(spec.profile.min),
+                    "opt": list(spec.profile.opt),
+                    "max": list(spec.profile.max),
+                }
             return out
 
-        return {"name": self.name, "versions": [self.version], "platform": f"effattn_{self.runner.backend}",
-                "inputs": [tensor(s, True) for s in self.runner.inputs.values()],
-                "outputs": [tensor(s, False) for s in self.runner.outputs.values()],
-                "parameters": {"max_batch_size": self.batcher.max_batch_size,
-                               "max_queue_delay_ms": self.batcher.max_queue_delay * 1e3}}
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": f"effattn_{self.runner.backend}",
+            "inputs": [tensor(s, True) for s in self.runner.inputs.values()],
+            "outputs": [tensor(s, False) for s in self.runner.outputs.values()],
+            "parameters": {
+                "max_batch_size": self.batcher.max_batch_size,
+                "max_queue_delay_ms": self.batcher.max_queue_delay * 1e3,
+            },
+        }
 
 
 @dataclass
@@ -176,12 +200,23 @@ class Metrics:
         registry = CollectorRegistry()
         return cls(
             registry,
-            Counter("effattn_requests", "Inference requests by model and HTTP status", ["model", "code"],
-                    registry=registry),
-            Histogram("effattn_request_seconds", "Inference request latency, arrival to answer", ["model"],
-                      buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10), registry=registry),
-            Histogram("effattn_batch_size", "Items per engine call (dynamic batching)", ["model"],
-                      buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64), registry=registry),
+            Counter(
+                "effattn_requests", "Inference requests by model and HTTP status", ["model", "code"], registry=registry
+            ),
+            Histogram(
+                "effattn_request_seconds",
+                "Inference request latency, arrival to answer",
+                ["model"],
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                registry=registry,
+            ),
+            Histogram(
+                "effattn_batch_size",
+                "Items per engine call (dynamic batching)",
+                ["model"],
+                buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+                registry=registry,
+            ),
             Gauge("effattn_queue_depth", "Requests waiting to be batched", ["model"], registry=registry),
             Gauge("effattn_inflight_bytes", "Request bytes held by the server (HTTP and gRPC)", registry=registry),
             Gauge("effattn_engine_calls", "Engine calls in progress", ["model"], registry=registry),
@@ -205,9 +240,17 @@ def serve_model(name: str, runner: Runner, options: ServeOptions, metrics: Metri
     delay = options.max_queue_delay_ms / 1e3 if max_batch > 1 else 0.0
     stats = ModelStats()
     batch = metrics.batch.labels(name)
-    batcher = DynamicBatcher(runner.infer, max_batch_size=max_batch, max_queue_delay=delay,
-                             max_queue=options.max_queue, workers=options.instances, on_batch=batch.observe,
-                             stats=stats, stuck_after=options.timeout_s, terminate=runner.terminate)
+    batcher = DynamicBatcher(
+        runner.infer,
+        max_batch_size=max_batch,
+        max_queue_delay=delay,
+        max_queue=options.max_queue,
+        workers=options.instances,
+        on_batch=batch.observe,
+        stats=stats,
+        stuck_after=options.timeout_s,
+        terminate=runner.terminate,
+    )
     config = served_config(name, runner, max_batch, round(delay * 1e6), options.instances)
     return ServedModel(name, runner, batcher, stats=stats, config=config)
 
@@ -243,9 +286,14 @@ class Server:
         left = await asyncio.gather(*(m.batcher.stop(grace) for m in models))
         for model, calls in zip(models, left):
             if calls:
-                log.warning("shutdown: abandoned %d engine call(s) of model %r still running after %g s (%s cannot "
-                            "stop a run, or did not in time); the process exits without waiting for them",
-                            calls, model.name, grace, model.runner.backend)
+                log.warning(
+                    "shutdown: abandoned %d engine call(s) of model %r still running after %g s (%s cannot "
+                    "stop a run, or did not in time); the process exits without waiting for them",
+                    calls,
+                    model.name,
+                    grace,
+                    model.runner.backend,
+                )
             else:
                 model.runner.close()
         self.abandoned = sum(left)
@@ -259,8 +307,12 @@ class Server:
                 check_model_name(name)  # a name no model could have (100 KB of it) is refused, not echoed whole
             except ConfigError as e:
                 raise RequestError(400, str(e)) from None
-            raise RequestError(404, f"unknown model {name!r}" + (f" version {version[:40]}" if version else "")
-                               + f"; serving {sorted(self.models)}")
+            raise RequestError(
+                404,
+                f"unknown model {name!r}"
+                + (f" version {version[:40]}" if version else "")
+                + f"; serving {sorted(self.models)}",
+            )
         return model
 
     def statistics(self, name: str = "", version: str = "") -> dict:
@@ -269,15 +321,21 @@ class Server:
             return {"model_stats": [m.stats.json(m.name, m.version) for m in self.models.values()]}
         model = self.models.get(name)
         if model is None or (version and version != model.version):
-            raise RequestError(400, f"requested model {reprlib.repr(name)}"
-                               + (f" version {version[:40]}" if version else "")
-                               + f" is not available; serving {sorted(self.models)}")
+            raise RequestError(
+                400,
+                f"requested model {reprlib.repr(name)}"
+                + (f" version {version[:40]}" if version else "")
+                + f" is not available; serving {sorted(self.models)}",
+            )
         return {"model_stats": [model.stats.json(model.name, model.version)]}
 
     def index(self, ready_only: bool = False) -> list[dict]:
         """Triton's repository index: every served model, READY or UNAVAILABLE."""
-        return [{"name": m.name, "version": m.version, "state": "READY" if m.ready else "UNAVAILABLE"}
-                for m in self.models.values() if m.ready or not ready_only]
+        return [
+            {"name": m.name, "version": m.version, "state": "READY" if m.ready else "UNAVAILABLE"}
+            for m in self.models.values()
+            if m.ready or not ready_only
+        ]
 
     def answered(self, model: str, status: int, seconds: float) -> None:
         """Count one answer (and feed the model's statistics: successes, and failures of the server's side
@@ -301,8 +359,9 @@ class Server:
         self.metrics.inflight.set(self.budget.used)
         return self.metrics.text()
 
-    async def infer(self, model: ServedModel, feed: dict[str, np.ndarray], timeout_s: float | None = None
-                    ) -> dict[str, np.ndarray]:
+    async def infer(
+        self, model: ServedModel, feed: dict[str, np.ndarray], timeout_s: float | None = None
+    ) -> dict[str, np.ndarray]:
         """Check the feed, queue it for the batcher and wait for its outputs; failures as RequestError.
 
         ``timeout_s`` (from Triton's per-request ``timeout``) can only shorten the server's own timeout."""
@@ -335,12 +394,14 @@ def check_dimensions(feed: Mapping[str, np.ndarray], specs: Mapping) -> None:
             size = feed[name].shape[axis]
             first, first_axis, first_size = seen.setdefault(dim, (name, axis, size))
             if size != first_size:
-                raise InputError(f"inputs {first!r} and {name!r} disagree on dimension {dim!r}: {first_size} in "
-                                 f"{first!r} (axis {first_axis}), {size} in {name!r} (axis {axis}); the model's "
-                                 "graph says they are the same size")
+                raise InputError(
+                    f"inputs {first!r} and {name!r} disagree on dimension {dim!r}: {first_size} in "
+                    f"{first!r} (axis {first_axis}), {size} in {name!r} (axis {axis}); the model's "
+                    "graph says they are the same size"
+                )
 
 
-class deadline:
+class deadline:  # noqa: N801  (used as a function: ``with deadline(s):``, like asyncio.timeout)
     """``with deadline(s):`` -- the block's await is cancelled after ``s`` seconds and TimeoutError raised
     (asyncio.timeout, also on Python 3.10): one timer per use, no task, so it is cheap per request."""
 

@@ -55,12 +55,24 @@ class ModelStats:
     def json(self, name: str, version: str) -> dict:
         """Triton's ModelStatistics (HTTP JSON form)."""
         zero = Duration().json()
-        return {"name": name, "version": version, "last_inference": self.last_inference_ms,
-                "inference_count": self.inference_count, "execution_count": self.execution_count,
-                "inference_stats": {"success": self.success.json(), "fail": self.fail.json(),
-                                    "queue": self.queue.json(), **{p: d.json() for p, d in self.compute.items()},
-                                    "cache_hit": zero, "cache_miss": zero},
-                "response_stats": {},
-                "batch_stats": [{"batch_size": size, **{p: d.json() for p, d in phases.items()}}
-                                for size, phases in sorted(self.batches.items())],
-                "memory_usage": []}
+        return {
+            "name": name,
+            "version": version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.json(),
+                "fail": self.fail.json(),
+                "queue": self.queue.json(),
+                **{p: d.json() for p, d in self.compute.items()},
+                "cache_hit": zero,
+                "cache_miss": zero,
+            },
+            "response_stats": {},
+            "batch_stats": [
+                {"batch_size": size, **{p: d.json() for p, d in phases.items()}}
+                for size, phases in sorted(self.batches.items())
+            ],
+            "memory_usage": [],
+        }

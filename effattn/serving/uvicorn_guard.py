@@ -23,14 +23,27 @@ __all__ = ["ATTRIBUTES", "MAX_HEAD_BYTES", "METHODS", "HeadWithBody", "guarded_p
 MAX_HEAD_BYTES = 64 * 1024
 
 #: Methods of uvicorn's HTTP protocol classes the guard overrides or calls (``on_headers_complete``: httptools).
-METHODS = ("connection_made", "data_received", "on_response_complete", "_unset_keepalive_if_required",
-           "timeout_keep_alive_handler")
+METHODS = (
+    "connection_made",
+    "data_received",
+    "on_response_complete",
+    "_unset_keepalive_if_required",
+    "timeout_keep_alive_handler",
+)
 
 #: Attributes a uvicorn connection has, which the guard reads or sets (``conn``: h11's connection;
 #: ``cycle.transport``: where httptools' current request writes its answer).
-ATTRIBUTES = {"H11Protocol": ("loop", "transport", "timeout_keep_alive", "timeout_keep_alive_task", "conn"),
-              "HttpToolsProtocol": ("loop", "transport", "timeout_keep_alive", "timeout_keep_alive_task", "cycle",
-                                    "cycle.transport")}
+ATTRIBUTES = {
+    "H11Protocol": ("loop", "transport", "timeout_keep_alive", "timeout_keep_alive_task", "conn"),
+    "HttpToolsProtocol": (
+        "loop",
+        "transport",
+        "timeout_keep_alive",
+        "timeout_keep_alive_task",
+        "cycle",
+        "cycle.transport",
+    ),
+}
 
 
 def missing_internals(protocol: type) -> list[str]:
@@ -52,12 +65,15 @@ def tested_uvicorn() -> str:
 def _checked(protocol: type) -> type:
     missing = missing_internals(protocol)
     if missing:
-        raise BackendError(f"uvicorn {uvicorn.__version__} lacks {', '.join(missing)}, which effattn serve's "
-                           f"request limits rely on; install a tested release: pip install '{tested_uvicorn()}'")
+        raise BackendError(
+            f"uvicorn {uvicorn.__version__} lacks {', '.join(missing)}, which effattn serve's "
+            f"request limits rely on; install a tested release: pip install '{tested_uvicorn()}'"
+        )
     return protocol
 
 
 if TYPE_CHECKING:
+
     class _Connection:
         """What the mixins below use of the uvicorn protocol they are mixed into (for type checkers only)."""
 
@@ -125,8 +141,10 @@ class HeadLimit(_Connection):
 
     def _refuse_head(self) -> None:
         body = error_body(f"the request head (request line and headers) is over {MAX_HEAD_BYTES} bytes")
-        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                             b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
         self.transport.close()
 
 

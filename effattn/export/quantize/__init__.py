@@ -23,16 +23,46 @@ from ... import metadata, precisions
 from ...errors import ExportError, InputError, first_line
 from ...files import atomic_output, check_writable
 from ...metadata import read_metadata, set_metadata
-from .calibration import (DEFAULT_SAMPLES, MAX_SAMPLES, _Reader, _refuse_constant, calibration_feeds, random_samples,
-                          read_calibration, zoo_samples)
+from .calibration import (
+    DEFAULT_SAMPLES,
+    MAX_SAMPLES,
+    _Reader,
+    _refuse_constant,
+    calibration_feeds,
+    random_samples,
+    read_calibration,
+    zoo_samples,
+)
 from .fp8 import FP8_MAX, FP8_OPSET, INT8_MAX, fp8_ineligible, int8_to_fp8
 from .qdq import FLOAT_OPS, QUANTIZED_OPS, QdqSummary, check_qdq, qdq_problems_of_values, qdq_summary
 from .rewrites import after_concat, split_concat_convs
 
-__all__ = ["CALIBRATION", "DEFAULT_SAMPLES", "FLOAT_OPS", "FP8_MAX", "FP8_OPSET", "INT8_MAX", "MAX_SAMPLES",
-           "QUANTIZED_OPS", "RECIPES", "QdqSummary", "QuantizeResult", "Recipe", "after_concat", "calibration_feeds",
-           "check_qdq", "fp8_ineligible", "int8_to_fp8", "qdq_problems_of_values", "qdq_summary", "quantize",
-           "random_samples", "read_calibration", "split_concat_convs", "zoo_samples"]
+__all__ = [
+    "CALIBRATION",
+    "DEFAULT_SAMPLES",
+    "FLOAT_OPS",
+    "FP8_MAX",
+    "FP8_OPSET",
+    "INT8_MAX",
+    "MAX_SAMPLES",
+    "QUANTIZED_OPS",
+    "RECIPES",
+    "QdqSummary",
+    "QuantizeResult",
+    "Recipe",
+    "after_concat",
+    "calibration_feeds",
+    "check_qdq",
+    "fp8_ineligible",
+    "int8_to_fp8",
+    "qdq_problems_of_values",
+    "qdq_summary",
+    "quantize",
+    "random_samples",
+    "read_calibration",
+    "split_concat_convs",
+    "zoo_samples",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +90,13 @@ class Recipe:
 #: One recipe per quantized precision of :mod:`effattn.precisions` (tests check the two agree).
 RECIPES: dict[str, Recipe] = {
     "int8": Recipe(),
-    "fp8": Recipe(fp8_ineligible, float_weights=True, finish=int8_to_fp8,
-                  none_left="has no Conv TensorRT runs in FP8 (each has 16 or fewer input or output channels or a "
-                            "filter over 32 taps: NVIDIA's rule for FP8 convolutions); quantize it to INT8 instead"),
+    "fp8": Recipe(
+        fp8_ineligible,
+        float_weights=True,
+        finish=int8_to_fp8,
+        none_left="has no Conv TensorRT runs in FP8 (each has 16 or fewer input or output channels or a "
+        "filter over 32 taps: NVIDIA's rule for FP8 convolutions); quantize it to INT8 instead",
+    ),
 }
 
 
@@ -85,8 +119,9 @@ def _refuse_unquantizable(path: Path, model: onnx.ModelProto, meta: Mapping[str,
     if ops["QuantizeLinear"] or ops["DequantizeLinear"] or ops["QLinearConv"]:
         raise ExportError(f"{path} already holds quantized nodes; quantize the FP32 export instead")
     if not any(ops[op] for op in QUANTIZED_OPS):
-        raise ExportError(f"{path} has no {' or '.join(QUANTIZED_OPS)} node to quantize (ops: "
-                          f"{', '.join(sorted(ops)) or 'none'})")
+        raise ExportError(
+            f"{path} has no {' or '.join(QUANTIZED_OPS)} node to quantize (ops: {', '.join(sorted(ops)) or 'none'})"
+        )
     inits = {t.name for t in model.graph.initializer}
     for value in model.graph.input:
         if value.name not in inits and value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
@@ -98,8 +133,10 @@ def _refuse_nothing_to_quantize(path: Path, model: onnx.ModelProto, ops: Sequenc
     float) where the graph holds some of ``ops``; otherwise the graph has none of them (custom ``ops``)."""
     if recipe.none_left and any(n.op_type in ops for n in model.graph.node):
         raise ExportError(f"{path} {recipe.none_left}")
-    raise ExportError(f"{path} has no {' or '.join(ops) or 'op'} node to quantize (ops: "
-                      f"{', '.join(sorted({n.op_type for n in model.graph.node})) or 'none'})")
+    raise ExportError(
+        f"{path} has no {' or '.join(ops) or 'op'} node to quantize (ops: "
+        f"{', '.join(sorted({n.op_type for n in model.graph.node})) or 'none'})"
+    )
 
 
 def _load(path: Path) -> onnx.ModelProto:
@@ -126,8 +163,13 @@ def _quiet_quantizer():
         root.removeFilter(to_debug)
 
 
-def _run_quantizer(src: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], ops: Sequence[str],
-                   exclude: Sequence[str] = (), float_weights: bool = False) -> onnx.ModelProto:
+def _run_quantizer(
+    src: onnx.ModelProto,
+    feeds: list[dict[str, np.ndarray]],
+    ops: Sequence[str],
+    exclude: Sequence[str] = (),
+    float_weights: bool = False,
+) -> onnx.ModelProto:
     """ONNX Runtime's quantize_static with TensorRT's rules and MinMax calibration, which takes the profile's
     min, opt and max sizes (why MinMax: docs/decisions.md#calibration-minmax). ``float_weights``: keep the
     weights in float behind a Q/DQ pair instead of storing them as INT8 (what the FP8 graph needs)."""
@@ -137,13 +179,26 @@ def _run_quantizer(src: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], ops
     with tempfile.TemporaryDirectory(prefix="effattn-quantize-") as tmp, _quiet_quantizer():
         out, ranges = Path(tmp) / "int8.onnx", Path(tmp) / "ranges.json"
         try:
-            quantize_static(src, str(out), _Reader(feeds), calibration_cache_path=ranges, quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            op_types_to_quantize=list(ops), nodes_to_exclude=[*after_concat(src, ops), *exclude],
-                            calibrate_method=CalibrationMethod.MinMax,
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "QuantizeBias": False, "AddQDQPairToWeight": float_weights,
-                                           **_PLACEMENT})
+            quantize_static(
+                src,
+                str(out),
+                _Reader(feeds),
+                calibration_cache_path=ranges,
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=list(ops),
+                nodes_to_exclude=[*after_concat(src, ops), *exclude],
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={
+                    "ActivationSymmetric": True,
+                    "WeightSymmetric": True,
+                    "QuantizeBias": False,
+                    "AddQDQPairToWeight": float_weights,
+                    **_PLACEMENT,
+                },
+            )
         except Exception as e:  # the quantizer and the calibration session raise many types
             raise ExportError(f"INT8 quantization failed: {first_line(e)}") from e
         qdq = onnx.load(str(out))
@@ -164,8 +219,10 @@ def _refuse_empty_ranges(qdq: onnx.ModelProto, ranges) -> None:
         amax = max(float(np.max(np.abs(v))) for v in ranges[name].range_value)
         if amax / 127 < np.finfo(np.float32).tiny:  # ONNX Runtime's test: a scale (range / 254) below tiny -> 1.0
             size = "0" if amax == 0 else f"at most {amax:.3g}"
-            raise ExportError(f"tensor {name!r} (quantized by {node.name!r}) is {size} on all the calibration data, "
-                              "too small a range to scale; calibrate on inputs that exercise it. Nothing was written")
+            raise ExportError(
+                f"tensor {name!r} (quantized by {node.name!r}) is {size} on all the calibration data, "
+                "too small a range to scale; calibrate on inputs that exercise it. Nothing was written"
+            )
 
 
 def quantize(
@@ -216,13 +273,14 @@ def quantize(
         qdq = recipe.finish(qdq)
     summary = qdq_summary(qdq)
     if not summary.tensorrt_compatible or summary.precision != precision:
-        raise ExportError(f"quantized {onnx_in} is not a TensorRT-compatible {precision} graph (zero points "
-                          f"{sorted(summary.zero_point_types)}, {summary.nonzero_zero_points} non-zero, "
-                          f"{summary.per_channel_activations} per-channel activations); nothing was written")
+        raise ExportError(
+            f"quantized {onnx_in} is not a TensorRT-compatible {precision} graph (zero points "
+            f"{sorted(summary.zero_point_types)}, {summary.nonzero_zero_points} non-zero, "
+            f"{summary.per_channel_activations} per-channel activations); nothing was written"
+        )
     check_qdq(qdq, f"the {precision} graph calibrated on {where} (nothing was written; is the data in range?)")
     set_metadata(qdq, {metadata.PRECISION: precision, metadata.FP32_OPS: ",".join(FLOAT_OPS), CALIBRATION: where})
     with atomic_output(onnx_out, force) as tmp:
         onnx.save(qdq, tmp)
     log.debug("wrote %s QDQ graph %s (%s; calibration %s)", precision, onnx_out, dict(summary.quantized), where)
     return QuantizeResult(onnx_out, precision, where, len(feeds), dict(summary.quantized), time.perf_counter() - start)
-

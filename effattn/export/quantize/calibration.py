@@ -34,8 +34,10 @@ def _check_finite(value: np.ndarray, name: str, where: str) -> None:
         bad = ~np.isfinite(value.astype(np.float32)).reshape(len(value), -1).all(axis=1)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
-        raise InputError(f"calibration input {name!r} from {where} holds NaN or infinity (as float32) in sample "
-                         f"{first} ({int(bad.sum())} of {len(value)} samples); calibrate on finite data")
+        raise InputError(
+            f"calibration input {name!r} from {where} holds NaN or infinity (as float32) in sample "
+            f"{first} ({int(bad.sum())} of {len(value)} samples); calibrate on finite data"
+        )
 
 
 def _split(value: np.ndarray, name: str, where: str, profile: ShapeProfile | None) -> list[np.ndarray]:
@@ -44,8 +46,10 @@ def _split(value: np.ndarray, name: str, where: str, profile: ShapeProfile | Non
         raise InputError(f"calibration input {name!r} from {where} has dtype {value.dtype}; expected float32 images")
     rank = profile[name].rank if profile is not None and name in profile else max(value.ndim, 1)
     if value.ndim != rank or not value.size:
-        raise InputError(f"calibration input {name!r} from {where} has shape {value.shape}; expected rank {rank} "
-                         "with the batch axis first")
+        raise InputError(
+            f"calibration input {name!r} from {where} has shape {value.shape}; expected rank {rank} "
+            "with the batch axis first"
+        )
     _check_finite(value, name, where)
     items = [x[None] for x in value.astype(np.float32, copy=False)]
     if profile is not None and name in profile:
@@ -53,8 +57,9 @@ def _split(value: np.ndarray, name: str, where: str, profile: ShapeProfile | Non
     return items
 
 
-def _read_npz_or_npy(path: Path, names: list[str], profile: ShapeProfile | None, max_bytes: int
-                     ) -> tuple[list[dict[str, np.ndarray]], int]:
+def _read_npz_or_npy(
+    path: Path, names: list[str], profile: ShapeProfile | None, max_bytes: int
+) -> tuple[list[dict[str, np.ndarray]], int]:
     """The batch-1 feeds of one file and the array bytes it held (counted against ``max_bytes``)."""
     data = read_arrays(path, names, max_bytes)
     if isinstance(data, np.ndarray):
@@ -65,8 +70,9 @@ def _read_npz_or_npy(path: Path, names: list[str], profile: ShapeProfile | None,
     return [dict(zip(names, row)) for row in zip(*columns.values())], sum(a.nbytes for a in data.values())
 
 
-def read_calibration(source: str | Path, names: list[str], profile: ShapeProfile | None = None
-                     ) -> list[dict[str, np.ndarray]]:
+def read_calibration(
+    source: str | Path, names: list[str], profile: ShapeProfile | None = None
+) -> list[dict[str, np.ndarray]]:
     """Batch-1 feeds from a folder of ``.npy``/``.npz`` files or one ``.npz``/``.npy`` file (batch axis first):
     at most :data:`~effattn.files.MAX_ARRAY_BYTES` of array data and :data:`MAX_SAMPLES` samples in all,
     regular files only (a FIFO or device among them is refused, never waited on)."""
@@ -84,15 +90,18 @@ def read_calibration(source: str | Path, names: list[str], profile: ShapeProfile
         feeds += more
         budget -= size
         if len(feeds) > MAX_SAMPLES:
-            raise InputError(f"calibration data {source} holds more than {MAX_SAMPLES} samples (the most one "
-                             "calibration uses); pass a subset")
+            raise InputError(
+                f"calibration data {source} holds more than {MAX_SAMPLES} samples (the most one "
+                "calibration uses); pass a subset"
+            )
     if not feeds:
         raise InputError(f"calibration data {source} holds no samples")
     return feeds
 
 
-def zoo_samples(meta: Mapping[str, str], profile: ShapeProfile, count: int, seed: int = 0
-                ) -> list[dict[str, np.ndarray]] | None:
+def zoo_samples(
+    meta: Mapping[str, str], profile: ShapeProfile, count: int, seed: int = 0
+) -> list[dict[str, np.ndarray]] | None:
     """``count`` images from the zoo model's sample generator (None if the file's model has none)."""
     name = meta.get(metadata.MODEL, "")
     if not name or ":" in name or len(profile) != 1:
@@ -103,7 +112,7 @@ def zoo_samples(meta: Mapping[str, str], profile: ShapeProfile, count: int, seed
         return None
     if entry.samples is None or not meta.get(metadata.CHECKPOINT_SHA256):
         return None
-    (input_name, p), = profile.items()
+    ((input_name, p),) = profile.items()
     g = torch.Generator().manual_seed(seed)
     sizes = [p.opt[2:], p.min[2:], p.max[2:]]  # activation ranges depend on the image size too
     return [{input_name: entry.samples(1, *sizes[i % 3], g).numpy()} for i in range(count)]
@@ -113,16 +122,18 @@ def random_samples(profile: ShapeProfile, count: int, seed: int = 0) -> list[dic
     """``count`` single-item random feeds at the profile's opt, min and max sizes in turn: activation ranges
     depend on the size (the attention averages over fewer positions at min, so its outputs are larger), and
     scales calibrated at one size clipped the EA block's reprojection input at another."""
+
     def at(which: str) -> ShapeProfile:
         shapes = profile.shapes(which)
-        return ShapeProfile.from_dict({n: {k: (1, *s[1:]) for k in ("min", "opt", "max")} for n, s in shapes.items()})
+        return ShapeProfile.from_dict({n: dict.fromkeys(("min", "opt", "max"), (1, *s[1:])) for n, s in shapes.items()})
 
     sizes = [at("opt"), at("min"), at("max")]
     return [random_inputs(sizes[i % 3], "opt", seed + i) for i in range(count)]
 
 
-def calibration_feeds(calibration, meta: Mapping[str, str], names: list[str], profile: ShapeProfile | None,
-                      samples: int, seed: int = 0) -> tuple[list[dict[str, np.ndarray]], str]:
+def calibration_feeds(
+    calibration, meta: Mapping[str, str], names: list[str], profile: ShapeProfile | None, samples: int, seed: int = 0
+) -> tuple[list[dict[str, np.ndarray]], str]:
     """The calibration feeds and a description of where they came from (recorded in the file)."""
     if calibration is not None:
         if isinstance(calibration, (str, Path)):
@@ -137,8 +148,11 @@ def calibration_feeds(calibration, meta: Mapping[str, str], names: list[str], pr
     zoo = zoo_samples(meta, profile, samples, seed)
     if zoo is not None:
         return zoo, f"zoo samples: {meta[metadata.MODEL]} x{samples}"
-    log.warning("calibrating on %d random normal inputs: real images have other activation ranges, so the "
-                "quantization scales may clip them or waste range; pass real inputs with --calibration", samples)
+    log.warning(
+        "calibrating on %d random normal inputs: real images have other activation ranges, so the "
+        "quantization scales may clip them or waste range; pass real inputs with --calibration",
+        samples,
+    )
     return random_samples(profile, samples, seed), f"random normal x{samples}"
 
 
@@ -151,10 +165,15 @@ def _refuse_constant(feeds: list[dict[str, np.ndarray]]) -> None:
         low = min(float(feed[name].min()) for feed in feeds)
         high = max(float(feed[name].max()) for feed in feeds)
         if low == high:
-            why = ("a range of width 0 has no scale (ONNX Runtime would write 1.0)" if high == 0 else
-                   "scales calibrated on one value clip every other input")
-            raise InputError(f"calibration input {name!r} is the constant {high:g} in all {len(feeds)} samples: "
-                             f"{why}; calibrate on real inputs")
+            why = (
+                "a range of width 0 has no scale (ONNX Runtime would write 1.0)"
+                if high == 0
+                else "scales calibrated on one value clip every other input"
+            )
+            raise InputError(
+                f"calibration input {name!r} is the constant {high:g} in all {len(feeds)} samples: "
+                f"{why}; calibrate on real inputs"
+            )
 
 
 class _Reader:
@@ -168,4 +187,3 @@ class _Reader:
 
     def __len__(self) -> int:  # pragma: no cover - some ORT versions ask
         return 0
-

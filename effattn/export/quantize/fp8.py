@@ -32,7 +32,7 @@ def fp8_ineligible(model: onnx.ModelProto) -> list[str]:
         dims = list(weight.dims) if weight is not None else []
         return len(dims) >= 3 and min(dims[:2]) > 16 and int(np.prod(dims[2:])) <= 32
 
-    return [n.name for n in model.graph.node if n.op_type == "Gemm" or n.op_type == "Conv" and not eligible(n)]
+    return [n.name for n in model.graph.node if n.op_type == "Gemm" or (n.op_type == "Conv" and not eligible(n))]
 
 
 def int8_to_fp8(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -48,7 +48,9 @@ def int8_to_fp8(model: onnx.ModelProto) -> onnx.ModelProto:
         try:
             model = version_converter.convert_version(model, FP8_OPSET)
         except Exception as e:  # the converter raises bare RuntimeErrors
-            raise ExportError(f"cannot move the graph from opset {opset} to {FP8_OPSET} for FP8: {first_line(e)}") from e
+            raise ExportError(
+                f"cannot move the graph from opset {opset} to {FP8_OPSET} for FP8: {first_line(e)}"
+            ) from e
     inits = {t.name: t for t in model.graph.initializer}
     quantizers = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     if any(n.op_type == "DequantizeLinear" and n.input[0] in inits for n in quantizers):
@@ -61,12 +63,12 @@ def int8_to_fp8(model: onnx.ModelProto) -> onnx.ModelProto:
             inits[scale].CopyFrom(numpy_helper.from_array((value * (INT8_MAX / FP8_MAX)).astype(value.dtype), scale))
         if zero_point not in converted:
             dims = list(inits[zero_point].dims)
-            inits[zero_point].CopyFrom(helper.make_tensor(zero_point, TensorProto.FLOAT8E4M3FN, dims,
-                                                          bytes(int(np.prod(dims))), raw=True))
+            inits[zero_point].CopyFrom(
+                helper.make_tensor(zero_point, TensorProto.FLOAT8E4M3FN, dims, bytes(int(np.prod(dims))), raw=True)
+            )
         converted |= {scale, zero_point}
     quantized = {n.output[0] for n in quantizers if n.op_type == "QuantizeLinear"}
     kept = [v for v in model.graph.value_info if v.name not in quantized]  # they were typed INT8
     del model.graph.value_info[:]
     model.graph.value_info.extend(kept)
     return model
-

@@ -52,9 +52,14 @@ def split_concat_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
     for node in graph.node:
         concat = producer.get(node.input[0]) if node.op_type == "Conv" and node.input else None
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (concat is None or concat.op_type != "Concat" or attrs.get("group", 1) != 1
-                or len(node.input) < 2 or node.input[1] not in inits
-                or {a.name: helper.get_attribute_value(a) for a in concat.attribute}.get("axis") not in (1, -3)):
+        if (
+            concat is None
+            or concat.op_type != "Concat"
+            or attrs.get("group", 1) != 1
+            or len(node.input) < 2
+            or node.input[1] not in inits
+            or {a.name: helper.get_attribute_value(a) for a in concat.attribute}.get("axis") not in (1, -3)
+        ):
             nodes.append(node)
             continue
         channels = _channels(model) if channels is None else channels
@@ -69,7 +74,7 @@ def split_concat_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
         offsets = np.cumsum([0, *sizes])
         partial = []
         for k, source in enumerate(concat.input):
-            w = numpy_helper.from_array(weight[:, offsets[k]:offsets[k + 1]].copy(), f"{node.input[1]}_split{k}")
+            w = numpy_helper.from_array(weight[:, offsets[k] : offsets[k + 1]].copy(), f"{node.input[1]}_split{k}")
             graph.initializer.append(w)
             inputs = [source, w.name] + ([node.input[2]] if k == 0 and len(node.input) > 2 and node.input[2] else [])
             partial.append(f"{node.output[0]}_split{k}")
@@ -92,4 +97,3 @@ def split_concat_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
         for t in [t for t in graph.initializer if t.name not in used]:
             graph.initializer.remove(t)
     return model, split
-
