@@ -8,6 +8,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ class Sidecar:
     layers: dict = field(default_factory=dict)  # precision census from the engine inspector
     metadata: dict = field(default_factory=dict)  # the ONNX file's effattn.* metadata (model, profile, residuals)
     created: str = ""
+    timing_cache: str = ""  # file name (under the cache root) of the timing cache the build loaded and merged into
     schema: str = SIDECAR_SCHEMA
 
     @classmethod
@@ -155,15 +157,36 @@ def verify_plan(plan: Path, *, backend: str, backend_version: str, gpu_name: str
     return sidecar
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+|\.{2,}")
+
+
+def timing_cache_name(backend: str, backend_version: str, gpu_name: str, compute_capability: str) -> str:
+    """The timing cache file for one TensorRT flavour, version and GPU, e.g.
+    ``timing.tensorrt-10.13.3.9.sm90.NVIDIA_H100_80GB_HBM3.cache``. TensorRT refuses a timing cache whose
+    "CUDA device property" differs from the current device (``IBuilderConfig.set_timing_cache``, and Polygraphy
+    loads it with ``ignore_mismatch=False``), and tactics differ between versions and between TensorRT and
+    TensorRT-RTX: one file per (flavour, version, compute capability, GPU name), never shared between them."""
+    parts = {"backend": backend, "backend_version": backend_version, "gpu_name": gpu_name}
+    for what, value in (*parts.items(), ("compute_capability", compute_capability)):
+        if not isinstance(value, str) or not value.strip():
+            raise BackendError(f"timing cache: {what} is empty ({value!r}); cannot tell which timing cache to use")
+    if not re.fullmatch(r"\d+\.\d+", compute_capability):
+        raise BackendError(f"timing cache: compute capability {compute_capability!r} is not of the form '9.0'")
+    safe = {k: _UNSAFE.sub("_", v.strip()).strip("._") or "_" for k, v in parts.items()}
+    sm = "sm" + compute_capability.replace(".", "")
+    return f"timing.{safe['backend']}-{safe['backend_version']}.{sm}.{safe['gpu_name'][:64]}.cache"
+
+
 class EngineCache:
-    """Plans and sidecars under ``root``, named by key digest; a timing cache file lives beside them."""
+    """Plans and sidecars under ``root``, named by key digest; timing caches (one per TensorRT flavour, version
+    and GPU: :func:`timing_cache_name`) live beside them."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
-    @property
-    def timing_cache(self) -> Path:
-        return self.root / "timing.cache"
+    def timing_cache(self, key: EngineKey) -> Path:
+        """The timing cache file a build for ``key`` loads and merges into."""
+        return self.root / timing_cache_name(key.backend, key.backend_version, key.gpu_name, key.compute_capability)
 
     def plan_path(self, key: EngineKey) -> Path:
         return self.root / f"{key.digest[:24]}.plan"
@@ -202,6 +225,7 @@ class EngineCache:
         io: list[dict] | None = None,
         layers: dict | None = None,
         metadata: Mapping[str, str] | None = None,
+        timing_cache: Path | None = None,
     ) -> Path:
         plan = self.plan_path(key)
         _atomic_write(plan, plan_bytes)
@@ -214,5 +238,6 @@ class EngineCache:
             layers or {},
             dict(metadata or {}),
             _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            timing_cache.name if timing_cache is not None else "",
         ).write(sidecar_path(plan))
         return plan

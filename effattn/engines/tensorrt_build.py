@@ -307,7 +307,7 @@ def _create_config(
         profiles=trt_profiles,
         builder_optimization_level=options["optimization_level"],
         tf32=False,
-        load_timing_cache=str(cache.timing_cache) if cache.timing_cache.exists() else None,
+        load_timing_cache=str(timing) if (timing := cache.timing_cache(key)).exists() else None,
         progress_monitor=monitor,
         profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
     )
@@ -366,9 +366,10 @@ def _build(
         "strongly typed" if typing.strongly_typed else f"weakly typed, flags {', '.join(typing.flags)}",
     )
     cache.root.mkdir(parents=True, exist_ok=True)
+    timing = cache.timing_cache(key)  # this flavour's, version's and GPU's own: TensorRT refuses a foreign one
     try:
         config = _create_config(trt, loaders, profiles, key, typing, cache, monitor)
-        plan_bytes = loaders.EngineBytesFromNetwork(network, config=config, save_timing_cache=str(cache.timing_cache))()
+        plan_bytes = loaders.EngineBytesFromNetwork(network, config=config, save_timing_cache=str(timing))()
     except Exception as e:  # Polygraphy raises PolygraphyException with TensorRT's log in it
         raise BackendError(f"TensorRT could not build {onnx_path}: {first_line(e)}") from e
     finally:
@@ -377,5 +378,10 @@ def _build(
     engine = loaders.EngineFromBytes(bytes(plan_bytes))()
     axes = graph_axes(onnx.load(str(onnx_path), load_external_data=False))
     return cache.store(
-        key, bytes(plan_bytes), io=_io_of(engine, axes), layers=layer_precisions(trt, engine), metadata=meta
+        key,
+        bytes(plan_bytes),
+        io=_io_of(engine, axes),
+        layers=layer_precisions(trt, engine),
+        metadata=meta,
+        timing_cache=timing,
     )

@@ -99,3 +99,53 @@ def test_sidecar_key_mismatch_is_logged(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="effattn"):
         assert cache.lookup(key()) is None
     assert "precision: engine has 'fp32', wanted 'fp16'" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(backend="tensorrt_rtx"),
+        dict(backend_version="11.0.0"),
+        dict(backend_version="10.13.1"),
+        dict(compute_capability="8.9"),
+        dict(gpu_name="NVIDIA H100 PCIe"),
+    ],
+)
+def test_each_flavour_version_and_gpu_has_its_own_timing_cache(tmp_path, change):
+    cache = EngineCache(tmp_path)
+    assert cache.timing_cache(key(**change)) != cache.timing_cache(key())
+
+
+def test_timing_cache_is_shared_only_by_builds_for_the_same_tensorrt_and_gpu(tmp_path):
+    """Other models, precisions and options on the same TensorRT and GPU reuse its timings."""
+    cache = EngineCache(tmp_path)
+    other = key(onnx_bytes=b"other", precision="int8", builder_options={"optimization_level": 5})
+    assert cache.timing_cache(other) == cache.timing_cache(key())
+    assert cache.timing_cache(key()) == tmp_path / "timing.tensorrt-10.13.0.sm90.NVIDIA_H100.cache"
+
+
+def test_timing_cache_name_stays_in_its_folder(tmp_path):
+    cache = EngineCache(tmp_path)
+    path = cache.timing_cache(key(gpu_name="../../etc/passwd", backend_version="10/../x"))
+    assert path.parent == tmp_path and "/" not in path.name and ".." not in path.name
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        (dict(gpu_name=""), "gpu_name is empty"),
+        (dict(backend_version=" "), "backend_version is empty"),
+        (dict(compute_capability="sm90"), "compute capability 'sm90' is not of the form"),
+    ],
+)
+def test_timing_cache_refuses_an_unknown_setup(tmp_path, change, said):
+    with pytest.raises(BackendError, match=said):
+        EngineCache(tmp_path).timing_cache(key(**change))
+
+
+def test_sidecar_records_the_timing_cache(tmp_path):
+    cache = EngineCache(tmp_path)
+    k = key()
+    plan = cache.store(k, b"PLAN", timing_cache=cache.timing_cache(k))
+    assert Sidecar.read(sidecar_path(plan)).timing_cache == "timing.tensorrt-10.13.0.sm90.NVIDIA_H100.cache"
+    assert Sidecar.read(sidecar_path(cache.store(key(precision="int8"), b"PLAN"))).timing_cache == ""
