@@ -5,6 +5,8 @@ layer census shows none in its precision. See docs/architecture.md#engines-and-r
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -237,14 +239,33 @@ _CENSUS_ORDER = sorted(precisions.TABLE, key=lambda p: (not p.quantized, p.weigh
 _DATA_MOVEMENT = ("reformat", "quantize", "dequantize")
 
 
+#: How much of the inspector's own output a refusal quotes (and the sidecar keeps) when it gave no layer types.
+INSPECTOR_EXCERPT = 600
+
+
+def _key(name: object) -> str:
+    """A JSON key as the census compares it: lower case, letters and digits only ("Format/DataType" ->
+    "formatdatatype", "LayerType" and "layer_type" -> "layertype")."""
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def _get(entry: Mapping, *names: str) -> object:
+    """The value of the first of ``names`` (compared by :func:`_key`) that ``entry`` holds, else None."""
+    keys = {_key(k): v for k, v in entry.items()}
+    return next((keys[n] for n in names if keys.get(n) not in (None, "")), None)
+
+
 def _tensor_type(tensor: Mapping) -> str | None:
     """The precision class of one inspector tensor entry, or None when the inspector did not say.
 
     TensorRT <= 10 writes one ``"Format/Datatype"`` string ("Row major linear FP16 format", "Half",
     "N/A due to dynamic shapes"); TensorRT 11 splits it into ``"Datatype"`` ("Half", "BFloat16", ...)
-    and ``"Format"`` (Polygraphy's ``tools/inspect/subtool/model/extractors/_trt.py``).
+    and ``"Format"`` (Polygraphy's ``tools/inspect/subtool/model/extractors/_trt.py``). Keys are matched
+    whatever their case or punctuation; the type is read from the datatype, else the combined field, else
+    the format text.
     """
-    text = str(tensor.get("Datatype") or tensor.get("Format/Datatype") or "").lower()
+    value = _get(tensor, "datatype", "formatdatatype", "format")
+    text = str(value or "").lower()
     if not text or "n/a" in text or "not available" in text:
         return None
     for row in _CENSUS_ORDER:
@@ -253,33 +274,73 @@ def _tensor_type(tensor: Mapping) -> str | None:
     return "other"
 
 
+def _tensors(layer: Mapping, name: str) -> list[Mapping]:
+    value = _get(layer, name)
+    return [t for t in value if isinstance(t, Mapping)] if isinstance(value, list) else []
+
+
 def _layer_kind(layer: Mapping) -> str | None:
     """One layer's class: by its outputs' types, except that a layer reading INT8/FP8 is an INT8/FP8 layer
     (an INT8 convolution with a float output: Q/DQ on inputs only) and a Reformat/Q/DQ layer is "reformat"."""
 
     def types(key: str) -> list[str]:
-        return [k for t in layer.get(key, []) if isinstance(t, Mapping) and (k := _tensor_type(t))]
+        return [k for t in _tensors(layer, key) if (k := _tensor_type(t))]
 
-    outs, ins = types("Outputs"), types("Inputs")
+    outs, ins = types("outputs"), types("inputs")
     if not outs and not ins:
         return None
-    if str(layer.get("LayerType", "")).lower().endswith(_DATA_MOVEMENT):
+    if str(_get(layer, "layertype") or "").lower().endswith(_DATA_MOVEMENT):
         return "reformat"
     return next((p.name for p in _CENSUS_ORDER if p.name in outs or (p.quantized and p.name in ins)), "other")
 
 
-def census(info: Mapping) -> dict:
-    """Layers by precision from the inspector's JSON: {"layers": n, "fp16": k, "fp32": m, "reformat": r, ...};
-    ``"formats": "unknown"`` when the inspector gave no types (a dynamic-shape engine without a context)."""
-    layers = [layer for layer in info.get("Layers", []) if isinstance(layer, Mapping)]
+def _layers(info: object) -> list[Mapping]:
+    """The per-layer entries of the inspector's JSON: ``{"Layers": [...]}`` (any case), or a bare list. An entry
+    that is a JSON object in a string is parsed; a bare name (ProfilingVerbosity.LAYER_NAMES_ONLY) is kept as a
+    layer without types."""
+    found = _get(info, "layers") if isinstance(info, Mapping) else info
+    layers: list[Mapping] = []
+    for entry in found if isinstance(found, list) else []:
+        if isinstance(entry, str):
+            try:
+                entry = json.loads(entry)
+            except ValueError:
+                entry = {"Name": entry}
+        layers.append(entry if isinstance(entry, Mapping) else {})
+    return layers
+
+
+def _excerpt(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= INSPECTOR_EXCERPT else text[:INSPECTOR_EXCERPT] + " ..."
+
+
+def census(info: object, raw: str | None = None) -> dict:
+    """Layers by precision from the inspector's JSON: {"layers": n, "fp16": k, "fp32": m, "reformat": r, ...}.
+    When no layer type can be read (a dynamic-shape engine without a context, no layers, another spelling),
+    ``"formats": "unknown"`` and ``"inspector"``: the start of its output (``raw``, else ``info`` re-dumped),
+    which :func:`precision_refusal` quotes."""
+    layers = _layers(info)
     kinds = [_layer_kind(layer) for layer in layers]
-    if layers and not any(kinds):
-        return {"layers": len(layers), "formats": "unknown"}
+    if not any(kinds):
+        text = raw if raw is not None else json.dumps(info, default=str)
+        return {"layers": len(layers), "formats": "unknown", "inspector": _excerpt(text)}
     return {"layers": len(layers), **Counter(k or "other" for k in kinds)}
 
 
 def precision_refusal(precision: str, layers: Mapping) -> str | None:
-    """Why an engine must not be called ``precision`` -- only when the census *knows* no layer runs in it."""
-    if precision == "fp32" or not layers.get("layers") or "formats" in layers or "error" in layers:
+    """Why an engine must not be called ``precision`` (anything but FP32): its census shows no layer in it, or
+    could not be read at all (an inspector error, no layers, no layer types) -- a census that reads nothing
+    must not pass."""
+    if precision == "fp32":
         return None
-    return None if layers.get(precision) else f"runs 0 of {layers['layers']} layers in {precision.upper()}"
+    name = precision.upper()
+    if "error" in layers:
+        return f"could not be inspected ({layers['error']}), so no layer is known to run in {name}"
+    if "formats" in layers or not layers.get("layers"):
+        said = layers.get("inspector", "nothing")
+        return (
+            f"has no layer types in its inspector output ({layers.get('layers', 0)} layers), so no layer is known "
+            f"to run in {name}; the inspector said: {said}"
+        )
+    return None if layers.get(precision) else f"runs 0 of {layers['layers']} layers in {name}"

@@ -28,7 +28,15 @@ from ..files import check_writable
 from ..metadata import read_metadata
 from ..shapes import ShapeProfile
 from .cache import DEFAULT_CACHE_DIR, EngineCache, EngineKey, Sidecar, sidecar_path
-from .precision import EnginePrecision, capability_refusal, census, converted_graph, engine_precision, precision_refusal
+from .precision import (
+    INSPECTOR_EXCERPT,
+    EnginePrecision,
+    capability_refusal,
+    census,
+    converted_graph,
+    engine_precision,
+    precision_refusal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +153,10 @@ def _progress_monitor(trt, bar):
 
 def layer_precisions(trt, engine) -> dict:
     """:func:`census` of ``engine``, inspected through an execution context set to each input's opt shape
-    of profile 0: without one, TensorRT shows no per-layer formats for a dynamic-shape engine."""
+    of profile 0: without one, TensorRT shows no per-layer formats for a dynamic-shape engine. An inspector
+    that fails or answers something other than JSON gives ``{"error": ...}`` with its words, which
+    :func:`precision_refusal` refuses for every precision but FP32."""
+    raw = ""
     try:
         context = engine.create_execution_context()
         for i in range(engine.num_io_tensors):
@@ -154,10 +165,12 @@ def layer_precisions(trt, engine) -> dict:
                 context.set_input_shape(name, tuple(engine.get_tensor_profile_shape(name, 0)[1]))
         inspector = engine.create_engine_inspector()
         inspector.execution_context = context
-        info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-    except Exception as e:  # older engines or a stripped build: report that it could not be told
-        return {"error": first_line(e)}
-    return census(info)
+        raw = str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+        info = json.loads(raw)
+    except Exception as e:  # older engines, a stripped build, text that is not JSON
+        said = f"; it answered: {raw[:INSPECTOR_EXCERPT]}" if raw else ""
+        return {"error": f"{type(e).__name__}: {first_line(e)}{said}"}
+    return census(info, raw)
 
 
 def version_tuple(version: str) -> tuple[int, int]:

@@ -1,9 +1,8 @@
 """The layer census (FP16, BF16, INT8) and the builder's choices that need no GPU (issue: GPU correctness).
 
-The inspector JSON files under data/ carry their provenance in a ``_provenance`` field: two are real
-captures (a TensorRT 10-era static engine; a dynamic engine inspected without an execution context,
-every format "N/A due to dynamic shapes"), two are TensorRT 11 layouts reconstructed from its migration
-guide, Polygraphy 0.53.6's parser and the strings in libnvinfer_lean.so.11.
+Inspector JSON under data/ carries its provenance (``_provenance``): real captures (TensorRT 10-era static;
+dynamic without a context), TensorRT 11 layouts reconstructed from its migration guide and Polygraphy 0.53.6,
+and files written from the developer guide's documented format (``*.documented.json``).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from effattn.engines.precision import census, precision_refusal
+from effattn.engines.precision import INSPECTOR_EXCERPT, census, precision_refusal
 from effattn.engines.tensorrt_build import scratch_path
 
 DATA = Path(__file__).parent / "data"
@@ -29,10 +28,92 @@ def _layer(*types: str, key: str = "Format/Datatype") -> dict:
     return {"Name": "l", "LayerType": "x", "Outputs": [{"Name": "t", key: t} for t in types]}
 
 
-def test_census_of_a_dynamic_engine_without_context_is_unknown_and_never_refused():
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "int8", "fp8"])
+def test_a_dynamic_engine_inspected_without_context_is_refused_with_the_inspectors_words(precision):
     layers = census(_load("inspector_trt8_dynamic_no_context.json"))
-    assert layers == {"layers": 3, "formats": "unknown"}
-    assert precision_refusal("fp16", layers) is None  # before the fix: "runs 0 of 3 layers in FP16", engine refused
+    assert layers["layers"] == 3 and layers["formats"] == "unknown"
+    refusal = precision_refusal(precision, layers)
+    assert refusal is not None and refusal.startswith("has no layer types in its inspector output (3 layers)")
+    assert f"no layer is known to run in {precision.upper()}" in refusal
+    assert "N/A due to dynamic shapes" in refusal  # the inspector's own output, quoted
+    assert precision_refusal("fp32", layers) is None
+
+
+def test_a_layer_names_only_engine_is_refused():
+    """ProfilingVerbosity.LAYER_NAMES_ONLY (TensorRT's default) lists names only: nothing to count, so no pass."""
+    layers = census(_load("inspector_layer_names_only.documented.json"))
+    assert layers["layers"] == 5 and layers["formats"] == "unknown"
+    refusal = precision_refusal("int8", layers)
+    assert refusal is not None and "/attn/values/Conv" in refusal
+
+
+@pytest.mark.parametrize("info", [{}, {"Layers": []}, {"Bindings": ["input"]}, [], {"Layers": "none"}])
+def test_an_inspection_with_no_layers_is_refused(info):
+    layers = census(info)
+    assert layers["layers"] == 0 and layers["formats"] == "unknown"
+    for precision in ("fp16", "bf16", "int8", "fp8"):
+        assert precision_refusal(precision, layers) is not None
+    assert precision_refusal("fp16", {}) is not None  # a sidecar with no census at all
+
+
+def test_an_inspector_error_is_refused_with_its_words():
+    refusal = precision_refusal("fp16", {"error": "RuntimeError: inspector unavailable"})
+    assert (
+        refusal == "could not be inspected (RuntimeError: inspector unavailable), so no layer is known to run in FP16"
+    )
+    assert precision_refusal("fp32", {"error": "RuntimeError: inspector unavailable"}) is None
+
+
+def test_the_quoted_inspector_output_is_truncated():
+    info = {"Layers": [{"Name": "x" * 5000, "LayerType": "Myelin"}]}
+    said = census(info)["inspector"]
+    assert len(said) == INSPECTOR_EXCERPT + len(" ...") and said.endswith(" ...")
+    assert census(info, raw="raw text")["inspector"] == "raw text"
+
+
+def test_census_reads_the_documented_tensorrt10_detailed_format():
+    layers = census(_load("inspector_trt10_fp16_detailed.documented.json"))
+    assert layers == {"layers": 5, "reformat": 1, "fp16": 2, "fp32": 2}
+    assert precision_refusal("fp16", layers) is None
+
+
+def _respell(value, spell):
+    """``value`` with every JSON key respelt by ``spell`` (another case or punctuation)."""
+    if isinstance(value, dict):
+        return {spell(k): _respell(v, spell) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_respell(v, spell) for v in value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "spell",
+    [
+        str.lower,
+        str.upper,
+        lambda k: k.replace("/", "_").lower(),  # format_datatype
+        lambda k: k.replace("Datatype", "DataType"),  # Format/DataType, DataType
+        lambda k: "layer_type" if k == "LayerType" else k,
+    ],
+)
+@pytest.mark.parametrize(
+    "name", ["inspector_trt10_fp16_detailed.documented.json", "inspector_trt11_with_context.reconstructed.json"]
+)
+def test_census_reads_keys_whatever_their_case_or_layout(name, spell):
+    info = _load(name)
+    assert census(_respell(info, spell)) == census(info)
+    assert "formats" not in census(info)
+
+
+def test_layers_given_as_json_strings_are_read():
+    info = _load("inspector_trt10_fp16_detailed.documented.json")
+    as_strings = {"Layers": [json.dumps(layer) for layer in info["Layers"]]}
+    assert census(as_strings) == census(info)
+
+
+def test_a_format_only_tensor_is_read_from_its_format():
+    info = {"Layers": [{"LayerType": "gemm", "Outputs": [{"Format": "Row major linear FP16 format (kLINEAR)"}]}]}
+    assert census(info) == {"layers": 1, "fp16": 1}
 
 
 def test_census_reads_real_tensorrt10_formats():
@@ -71,7 +152,8 @@ def test_refusal_per_precision():
     assert precision_refusal("bf16", {"layers": 4, "fp32": 4}) == "runs 0 of 4 layers in BF16"
     assert precision_refusal("bf16", {"layers": 4, "fp32": 3, "bf16": 1}) is None
     assert precision_refusal("fp32", {"layers": 4, "fp16": 4}) is None  # an FP32 graph may hold anything TensorRT picks
-    assert precision_refusal("int8", {"layers": 4, "formats": "unknown"}) is None
+    assert precision_refusal("fp32", {"layers": 4, "formats": "unknown"}) is None
+    assert precision_refusal("int8", {"layers": 4, "formats": "unknown"}) is not None
 
 
 def test_census_reads_tensorrt11_datatype_keys():
@@ -92,14 +174,14 @@ def test_census_classifies_the_fp16_spellings_tensorrt_uses():
             "a layer name only",
         ]
     }
-    assert census(info) == {"layers": 7, "fp16": 4, "bf16": 1, "fp32": 2}
+    assert census(info) == {"layers": 8, "fp16": 4, "bf16": 1, "fp32": 2, "other": 1}  # a bare name: untyped
 
 
-def test_only_a_known_zero_fp16_census_is_refused():
+def test_fp16_refused_when_none_or_nothing_is_known():
     assert precision_refusal("fp16", {"layers": 5, "fp32": 5}) == "runs 0 of 5 layers in FP16"
     assert precision_refusal("fp16", {"layers": 5, "fp32": 4, "fp16": 1}) is None
-    assert precision_refusal("fp16", {"layers": 5, "formats": "unknown"}) is None
-    assert precision_refusal("fp16", {"error": "inspector unavailable"}) is None
+    assert precision_refusal("fp16", {"layers": 5, "formats": "unknown"}) is not None
+    assert precision_refusal("fp16", {"error": "inspector unavailable"}) is not None
 
 
 def test_scratch_files_are_named_by_content_and_precision(tmp_path):
