@@ -28,6 +28,7 @@ CHECKPOINT_SHA256, EXPORTER, RESIDUAL, PRECISION = (
 )
 MODEL_ARGS = "effattn.model_args"  # JSON keyword arguments of the factory
 FP32_OPS = "effattn.fp32_ops"  # ops the precision stage kept in FP32
+FLOAT_TYPE = "effattn.float_type"  # a QDQ graph's unquantized (float) part: fp32 (CPU runtimes) or fp16 (TensorRT)
 
 #: The longest metadata value read (a profile of many inputs is a few KiB).
 MAX_VALUE_CHARS = 64 * 1024

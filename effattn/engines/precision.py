@@ -18,6 +18,8 @@ from onnx.external_data_helper import load_external_data_for_model
 from .. import dtypes, metadata, precisions
 from ..errors import BackendError, ExportError, InputError, first_line
 from ..export.precision import CONVERTERS
+from ..export.quantize import qdq_float_to_fp16
+from ..export.quantize.half import float_type as qdq_float_type
 from ..export.quantize.qdq import check_qdq, qdq_summary
 from ..files import open_regular
 
@@ -42,8 +44,16 @@ class EnginePrecision:
 
     precision: str  # what the engine is: fp32, fp16, bf16, int8 or fp8
     graph: str  # what the file holds
-    convert: str | None = None  # "fp16"/"bf16": convert the FP32 graph first; None: build the file as it is
+    convert: str | None = None  # "fp16"/"bf16": convert the FP32 graph (a QDQ graph's float part) first
     fp16_flag: bool = False  # TensorRT 10 only: weakly typed, FP16 builder flag (FP32 or QDQ graphs)
+    float_type: str | None = None  # a QDQ engine's unquantized layers: "fp16" or "fp32" (None: not quantized)
+
+
+#: The float type each target runs a QDQ graph's unquantized part in. TensorRT builds strongly typed, so a layer
+#: runs in its tensors' types: FP32 scales would leave every softmax, MatMul and Add in FP32 (TF32 off); the
+#: FP16-float graph (:func:`effattn.export.quantize.qdq_float_to_fp16`) is converted for it. The CPU runtimes
+#: run the file as quantize writes it (FP32 float; measured: docs/precision.md#int8-and-fp8-for-tensorrt).
+QDQ_FLOAT_TYPE = {"tensorrt": "fp16", "onnxruntime": "fp32", "openvino": "fp32"}
 
 
 def _float_types(model: onnx.ModelProto) -> set[int]:
@@ -140,6 +150,11 @@ def check_onnx(onnx_path: str | Path, model: onnx.ModelProto | None = None) -> s
             "tensors; re-export it instead of editing it"
         )
     if any(n.op_type in _QDQ for n in model.graph.node):
+        if metadata.FLOAT_TYPE in meta and (said := meta[metadata.FLOAT_TYPE]) != (floats := qdq_float_type(model)):
+            raise BackendError(
+                f"{onnx_path}: metadata {metadata.FLOAT_TYPE} says {said!r} but the graph's scales make its float "
+                f"part {floats}; re-quantize it instead of editing it"
+            )
         try:
             check_qdq(model, str(onnx_path), str(onnx_path.parent))
         except ExportError as e:
@@ -166,8 +181,20 @@ def read_graph_precision(onnx_path: Path, model: onnx.ModelProto | None = None) 
 AUTO = {"fp32": "fp16"}
 
 
-def decide(graph: str, requested: str | None, fp16_flag: bool = False) -> EnginePrecision:
-    """The decision table (pure): ``requested`` None takes the graph's precision, "auto" as :data:`AUTO` says."""
+def decide(
+    graph: str,
+    requested: str | None,
+    fp16_flag: bool = False,
+    *,
+    float_type: str | None = None,
+    target: str = "onnxruntime",
+) -> EnginePrecision:
+    """The decision table (pure): ``requested`` None takes the graph's precision, "auto" as :data:`AUTO` says.
+    ``float_type``: a QDQ graph's float part as read (:func:`effattn.export.quantize.half.float_type`); for
+    ``target`` "tensorrt" an FP32 one is converted to FP16 (:data:`QDQ_FLOAT_TYPE`), unless ``fp16_flag`` lets
+    TensorRT 10 pick FP16 itself."""
+    if target not in QDQ_FLOAT_TYPE:
+        raise BackendError(f"target must be one of {', '.join(QDQ_FLOAT_TYPE)}; got {target!r}")
     want = graph if requested is None else AUTO.get(graph, graph) if requested == "auto" else requested
     if want not in precisions.names():
         raise BackendError(f"precision must be one of auto, {', '.join(precisions.names())}; got {requested!r}")
@@ -177,6 +204,10 @@ def decide(graph: str, requested: str | None, fp16_flag: bool = False) -> Engine
             f"fp16_flag builds an FP32 graph as FP16 or lets a QDQ graph's float layers run in "
             f"FP16 (TensorRT 10 only); it does not apply to a {want} engine of a {graph} graph"
         )
+    if want == graph and quantized and float_type is not None:
+        if QDQ_FLOAT_TYPE[target] == "fp16" and float_type == "fp32" and not fp16_flag:
+            return EnginePrecision(want, graph, convert="fp16", float_type="fp16")
+        return EnginePrecision(want, graph, fp16_flag=fp16_flag, float_type=float_type)
     if want == graph:
         return EnginePrecision(want, graph, fp16_flag=fp16_flag)
     if graph == "fp32" and want in precisions.converted():
@@ -196,19 +227,25 @@ def decide(graph: str, requested: str | None, fp16_flag: bool = False) -> Engine
 
 
 def engine_precision(
-    onnx_path: str | Path, requested: str | None = None, *, fp16_flag: bool = False
+    onnx_path: str | Path, requested: str | None = None, *, fp16_flag: bool = False, target: str = "onnxruntime"
 ) -> EnginePrecision:
-    """What ``build_engine`` will build from ``onnx_path`` when asked for ``requested`` (None: the graph's own
-    precision), or a BackendError saying why not and what to do. Needs no TensorRT."""
+    """What ``build_engine`` (``target="tensorrt"``) or an ONNX Runtime/OpenVINO session will build from
+    ``onnx_path`` when asked for ``requested`` (None: the graph's own precision), or a BackendError saying why
+    not and what to do. Needs no TensorRT."""
     onnx_path = Path(onnx_path)
-    return decide(read_graph_precision(onnx_path), requested, fp16_flag)
+    model = _load(onnx_path)
+    graph = read_graph_precision(onnx_path, model)
+    floats = qdq_float_type(model) if precisions.get(graph).quantized else None
+    return decide(graph, requested, fp16_flag, float_type=floats, target=target)
 
 
 def converted_graph(decision: EnginePrecision, onnx_path: str | Path, out: str | Path) -> Path:
-    """The file to build for ``decision``: ``onnx_path`` itself, or its FP16/BF16 conversion written to ``out``
-    (replacing it) when the decision converts an FP32 graph."""
+    """The file to build for ``decision``: ``onnx_path`` itself, or its conversion written to ``out`` (replacing
+    it): the FP16/BF16 graph of an FP32 file, or the FP16-float form of a QDQ graph."""
     if decision.convert is None:
         return Path(onnx_path)
+    if precisions.get(decision.graph).quantized:
+        return qdq_float_to_fp16(onnx_path, out, force=True)
     return CONVERTERS[decision.convert](onnx_path, out, force=True)
 
 

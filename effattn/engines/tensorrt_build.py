@@ -189,9 +189,11 @@ class NetworkTyping:
 
 def network_typing(version: str, decision: EnginePrecision, rtx: bool = False) -> NetworkTyping:
     """Strongly typed on TensorRT 11, TensorRT-RTX and TensorRT >= 10.12. On TensorRT 10 before 10.12 an INT8
-    (FP8) QDQ graph is built weakly typed with the INT8 (FP8) flag; ``fp16_flag`` (TensorRT 10 only) adds the FP16 flag,
-    weakly typed. Pure: it needs the version string only, so it is tested without TensorRT."""
+    (FP8) QDQ graph is built weakly typed with the INT8 (FP8) flag, and the FP16 flag too when its float part
+    is FP16; ``fp16_flag`` (TensorRT 10 only) adds the FP16 flag, weakly typed. Pure: it needs the version
+    string only, so it is tested without TensorRT."""
     have = version_tuple(version)
+    quantized = precisions.get(decision.precision).quantized
     if rtx or have >= (11, 0):
         if decision.fp16_flag:
             raise BackendError(
@@ -201,8 +203,10 @@ def network_typing(version: str, decision: EnginePrecision, rtx: bool = False) -
         return NetworkTyping(True)
     if have < (10, 0):
         raise BackendError(f"TensorRT {version} is too old: effattn builds engines with TensorRT 10 or 11")
-    flags = ("fp16",) if decision.fp16_flag else ()
-    if precisions.get(decision.precision).quantized and (flags or have < (10, 12)):
+    # Before 10.12 a QDQ graph is built weakly typed: its FP16 float part runs in FP16 only with the FP16 flag.
+    half_floats = quantized and decision.float_type == "fp16" and have < (10, 12)
+    flags = ("fp16",) if decision.fp16_flag or half_floats else ()
+    if quantized and (flags or have < (10, 12)):
         return NetworkTyping(False, (decision.precision, *flags))
     return NetworkTyping(not flags, flags)
 
@@ -252,7 +256,7 @@ def build_engine(
     trt = import_tensorrt(rtx)
     polygraphy_loaders(rtx)  # refuses a process already bound to the other TensorRT
     gpu_name, capability = gpu_identity()
-    decision = engine_precision(onnx_path, precision, fp16_flag=fp16_flag)
+    decision = engine_precision(onnx_path, precision, fp16_flag=fp16_flag, target="tensorrt")
     if refusal := capability_refusal(decision.precision, capability):
         raise BackendError(f"{onnx_path}: {refusal}")
     typing = network_typing(str(trt.__version__), decision, rtx)
@@ -260,7 +264,11 @@ def build_engine(
     source = (
         onnx_path
         if decision.convert is None
-        else converted_graph(decision, onnx_path, scratch_path(cache.root, onnx_path, decision.convert))
+        else converted_graph(
+            decision,
+            onnx_path,
+            scratch_path(cache.root, onnx_path, ".".join(dict.fromkeys([decision.precision, decision.convert]))),
+        )
     )
     meta = read_metadata(source)
     profiles = _profiles_of(profiles, meta, source)
@@ -271,6 +279,7 @@ def build_engine(
         "strongly_typed": typing.strongly_typed,
         "precision_flags": list(typing.flags),
         "graph_precision": decision.graph,
+        "float_type": decision.float_type,
     }
     key = EngineKey.create(
         source.read_bytes(),

@@ -50,7 +50,8 @@ def test_graph_precision_is_read_from_the_graph_and_agrees_with_the_metadata(gra
     model = onnx.load(graphs[precision])
     assert graph_precision(model) == precision
     assert metadata.precision_of(metadata.read_metadata(graphs[precision])) == precision
-    assert engine_precision(graphs[precision]) == EnginePrecision(precision, precision)
+    floats = "fp32" if precision in ("int8", "fp8") else None
+    assert engine_precision(graphs[precision]) == EnginePrecision(precision, precision, float_type=floats)
 
 
 @pytest.mark.parametrize(
@@ -129,7 +130,7 @@ def test_metadata_that_disagrees_with_the_graph_is_refused(graphs):
 
 def test_a_file_without_effattn_metadata_is_taken_at_the_graph_word(graphs):
     path = _edited(graphs, "foreign.onnx", lambda m: m.ClearField("metadata_props"))
-    assert engine_precision(path) == EnginePrecision("int8", "int8")
+    assert engine_precision(path) == EnginePrecision("int8", "int8", float_type="fp32")
 
 
 def test_asymmetric_or_unsigned_qdq_graphs_are_refused_before_tensorrt(graphs):
@@ -319,3 +320,64 @@ def test_converted_graph_follows_the_decision(graphs, tmp_path):
     decision = engine_precision(graphs["fp32"], "bf16")
     out = converted_graph(decision, graphs["fp32"], tmp_path / "b.onnx")
     assert out == tmp_path / "b.onnx" and engine_precision(out) == EnginePrecision("bf16", "bf16")
+
+
+# ------------------------------------------------------------------------------------------ QDQ float part per target
+@pytest.mark.parametrize(
+    "graph,requested,fp16_flag,floats,target,expected",
+    [
+        # TensorRT gets the FP16-float QDQ graph: converted from the FP32-float file quantize writes
+        ("int8", None, False, "fp32", "tensorrt", EnginePrecision("int8", "int8", convert="fp16", float_type="fp16")),
+        ("int8", "auto", False, "fp32", "tensorrt", EnginePrecision("int8", "int8", convert="fp16", float_type="fp16")),
+        ("fp8", "fp8", False, "fp32", "tensorrt", EnginePrecision("fp8", "fp8", convert="fp16", float_type="fp16")),
+        ("int8", None, False, "fp16", "tensorrt", EnginePrecision("int8", "int8", float_type="fp16")),
+        # TensorRT 10 with the FP16 flag picks FP16 itself: the file as it is
+        ("int8", None, True, "fp32", "tensorrt", EnginePrecision("int8", "int8", fp16_flag=True, float_type="fp32")),
+        # the CPU runtimes run the file as it is (FP32 float measured faster there: docs/precision.md)
+        ("int8", None, False, "fp32", "onnxruntime", EnginePrecision("int8", "int8", float_type="fp32")),
+        ("int8", None, False, "fp32", "openvino", EnginePrecision("int8", "int8", float_type="fp32")),
+        ("int8", None, False, "fp16", "onnxruntime", EnginePrecision("int8", "int8", float_type="fp16")),
+        # float graphs are untouched by the QDQ rule
+        ("fp32", "auto", False, None, "tensorrt", EnginePrecision("fp16", "fp32", convert="fp16")),
+    ],
+)
+def test_qdq_float_part_per_target(graph, requested, fp16_flag, floats, target, expected):
+    assert decide(graph, requested, fp16_flag, float_type=floats, target=target) == expected
+
+
+def test_unknown_target_is_refused():
+    with pytest.raises(BackendError, match="target must be one of tensorrt, onnxruntime, openvino; got 'cuda'"):
+        decide("int8", None, float_type="fp32", target="cuda")
+
+
+HALF_INT8 = EnginePrecision("int8", "int8", convert="fp16", float_type="fp16")
+
+
+@pytest.mark.parametrize(
+    "version,decision,expected",
+    [
+        ("10.8.0.43", HALF_INT8, NetworkTyping(False, ("int8", "fp16"))),  # weakly typed: FP16 flag for its float part
+        ("10.11.0", EnginePrecision("fp8", "fp8", float_type="fp16"), NetworkTyping(False, ("fp8", "fp16"))),
+        ("10.8.0.43", EnginePrecision("int8", "int8", float_type="fp32"), NetworkTyping(False, ("int8",))),
+        ("10.12.0", HALF_INT8, NetworkTyping(True)),  # strongly typed: the graph's FP16 types say it
+        ("11.4.0.106", HALF_INT8, NetworkTyping(True)),
+    ],
+)
+def test_weakly_typed_qdq_builds_add_the_fp16_flag_for_an_fp16_float_part(version, decision, expected):
+    assert network_typing(version, decision) == expected
+
+
+def test_tensorrt_decision_converts_the_qdq_file_and_the_cpu_keeps_it(graphs, tmp_path):
+    decision = engine_precision(graphs["int8"], target="tensorrt")
+    assert decision == HALF_INT8
+    out = converted_graph(decision, graphs["int8"], tmp_path / "h.onnx")
+    assert out == tmp_path / "h.onnx"
+    assert metadata.read_metadata(out)[metadata.FLOAT_TYPE] == "fp16"
+    assert engine_precision(out, target="tensorrt") == EnginePrecision("int8", "int8", float_type="fp16")
+    assert engine_precision(graphs["int8"], target="onnxruntime").convert is None
+
+
+def test_float_type_metadata_that_disagrees_with_the_graph_is_refused(graphs):
+    path = _edited(graphs, "floats.onnx", lambda m: metadata.set_metadata(m, {metadata.FLOAT_TYPE: "fp16"}))
+    with pytest.raises(BackendError, match=r"metadata effattn\.float_type says 'fp16' but the graph's scales make its"):
+        engine_precision(path)

@@ -14,6 +14,7 @@ from onnx import helper, numpy_helper
 from effattn import metadata
 from effattn.errors import ExportError, FileExistsNoForceError, InputError
 from effattn.export import qdq_summary, quantize, read_metadata, to_fp16
+from effattn.export.quantize import float_type, qdq_float_to_fp16, softmax_fp32_nodes
 from effattn.models.synthetic import CLASSES, shapes_batch
 from effattn.runtime import TOLERANCES, compare, load, profile_inputs
 from effattn.runtime.torch_runner import TorchRunner
@@ -40,6 +41,9 @@ def files(tmp_path_factory, onnx_models):
         "block_int8": quantize(block.path, d / "block.int8.onnx"),
         "seg_fp8": quantize(seg.path, d / "seg.fp8.onnx", precision="fp8"),
         "wide_fp8": quantize(wide.path, d / "wide.fp8.onnx", precision="fp8"),
+        "seg_int8_fp16": quantize(seg.path, d / "seg.int8.fp16.onnx", float_type="fp16"),
+        "block_int8_fp16": quantize(block.path, d / "block.int8.fp16.onnx", float_type="fp16"),
+        "wide_fp8_fp16": quantize(wide.path, d / "wide.fp8.fp16.onnx", precision="fp8", float_type="fp16"),
     }
 
 
@@ -186,7 +190,7 @@ BACKENDS = [
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("precision", ["int8", "fp8"])
+@pytest.mark.parametrize("precision", ["int8", "fp8", "int8_fp16"])
 def test_trained_segmenter_agrees_with_eager(files, backend, precision):
     """Fresh held-out task images (32 at the opt size, 64 x 64): argmax agreement >= 99 % and IoU drop
     <= 1 point per class (measured: INT8 99.7-99.8 %, <= 0.2 points; FP8, which both CPU runtimes emulate as an
@@ -196,14 +200,18 @@ def test_trained_segmenter_agrees_with_eager(files, backend, precision):
     with torch.inference_mode():
         eager = seg.model(images).argmax(1).numpy()
     with load(files[f"seg_{precision}"].path, backend=backend) as runner:
-        assert runner.backend == ("onnxruntime-cpu" if backend == "onnxruntime" else f"openvino-cpu-{precision}")
+        want = "onnxruntime-cpu" if backend == "onnxruntime" else f"openvino-cpu-{precision.split('_')[0]}"
+        assert runner.backend == want
         got = np.concatenate([runner.infer(images[i : i + 8].numpy())["logits"] for i in range(0, 32, 8)]).argmax(1)
     assert (got == eager).mean() >= 0.99
     assert (_iou(eager, labels.numpy()) - _iou(got, labels.numpy())).max() <= 0.01
 
 
-@pytest.mark.parametrize("block,precision", [("block", "int8"), ("wide", "fp8")])
-def test_block_within_its_tolerance(files, block, precision):
+@pytest.mark.parametrize(
+    "block,precision,floats",
+    [("block", "int8", ""), ("wide", "fp8", ""), ("block", "int8", "_fp16"), ("wide", "fp8", "_fp16")],
+)
+def test_block_within_its_tolerance(files, block, precision, floats):
     """Random weights, fresh random inputs at min/opt/max: the output within TOLERANCES[precision] on every draw,
     the attention branch on the median draw (FP8, 32 channels, 600 draws: branch median 2.2e-2, max 3.4e-2).
     Noise gives the branch a heavy tail at the smallest size (64 positions: 3 of 3000 draws above 5e-2, median
@@ -212,7 +220,7 @@ def test_block_within_its_tolerance(files, block, precision):
     draws = [feed for _ in range(3) for feed in profile_inputs(BLOCK_PROFILE)]
     profile = BLOCK_PROFILE if block == "block" else WIDE_PROFILE
     draws = [feed for _ in range(3) for feed in profile_inputs(profile)]
-    with load(files[f"{block}_{precision}"].path, backend="onnxruntime") as runner:
+    with load(files[f"{block}_{precision}{floats}"].path, backend="onnxruntime") as runner:
         reports = [
             compare(
                 TorchRunner(files[block], profile), runner, [feed], precision=precision, residuals={"output": "input"}
@@ -361,3 +369,94 @@ def test_fp8_leaves_float_what_tensorrt_has_no_fp8_kernel_for():
         inits,
     )
     assert fp8_ineligible(helper.make_model(graph)) == ["thin_in", "thin_out", "wide_kernel", "grouped", "head"]
+
+
+# ------------------------------------------------------------------------------------------ FP16 float part
+def _types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor of ``model`` (inferred values, inputs, outputs, initializers)."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    return {v.name: v.type.tensor_type.elem_type for v in values} | {
+        t.name: t.data_type for t in model.graph.initializer
+    }
+
+
+F32, F16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+
+
+@pytest.mark.parametrize("name", ["seg_int8_fp16", "block_int8_fp16", "wide_fp8_fp16"])
+def test_tensorrt_qdq_graph_has_an_fp16_float_part(files, name):
+    """The graph TensorRT builds: FP32 inputs and outputs; every DequantizeLinear outputs FP16 and its scale is
+    FP16, except those feeding the key/query projections, which stay FP32 with their softmaxes (the EA softmax
+    inputs; an FP16 DQ there would put a Cast between DQ and Conv and cost the INT8 projection); the value and
+    reprojection Convs, context MatMuls and the residual Add compute in FP16."""
+    model = onnx.load(files[name].path)
+    types, producer = _types(model), _producers(model)
+    assert {v.name: types[v.name] for v in [*model.graph.input, *model.graph.output]} == {
+        v.name: F32 for v in [*model.graph.input, *model.graph.output]
+    }
+    kept = set(softmax_fp32_nodes(model))
+    softmaxes = [n for n in model.graph.node if n.op_type == "Softmax"]
+    assert len(softmaxes) == 2
+    projections = set()
+    for softmax in softmaxes:
+        assert types[softmax.input[0]] == F32 and types[softmax.output[0]] == F32, softmax.name
+        node = producer[softmax.input[0]]
+        while node.op_type == "Reshape":
+            node = producer[node.input[0]]
+        assert node.op_type == "Conv" and types[node.output[0]] == F32 and node.name in kept
+        projections.add(node.name)
+    dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    fp32_dqs = [n for n in dqs if types[n.output[0]] == F32]
+    assert {n.name for n in fp32_dqs} <= kept and len(fp32_dqs) == 4  # input and weight of keys and queries
+    for node in dqs:
+        want = F32 if node in fp32_dqs else F16
+        assert types[node.output[0]] == want and types[node.input[1]] == want, node.name
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in projections]
+    assert convs and all(types[c.output[0]] == F16 for c in convs)
+    for op in ("MatMul", "Add"):
+        nodes = [n for n in model.graph.node if n.op_type == op and types[n.output[0]] in (F32, F16)]  # not shapes
+        assert nodes and all(types[n.output[0]] == F16 for n in nodes), op
+    assert float_type(model) == "fp16" and read_metadata(files[name].path)[metadata.FLOAT_TYPE] == "fp16"
+    assert qdq_summary(model).tensorrt_compatible
+
+
+def test_cpu_qdq_graph_keeps_an_fp32_float_part(files):
+    model = onnx.load(files["seg_int8"].path)
+    types = _types(model)
+    assert float_type(model) == "fp32" and read_metadata(files["seg_int8"].path)[metadata.FLOAT_TYPE] == "fp32"
+    assert all(types[n.output[0]] == F32 for n in model.graph.node if n.op_type == "DequantizeLinear")
+
+
+def test_qdq_float_to_fp16_converts_a_file_and_refuses_twice(files, tmp_path):
+    out = qdq_float_to_fp16(files["block_int8"].path, tmp_path / "b.onnx")
+    assert float_type(onnx.load(out)) == "fp16"
+    assert read_metadata(out)[metadata.PRECISION] == "int8" and read_metadata(out)[metadata.FLOAT_TYPE] == "fp16"
+    with pytest.raises(ExportError, match="float part is already FP16"):
+        qdq_float_to_fp16(out, tmp_path / "c.onnx")
+    with pytest.raises(ExportError, match="no QuantizeLinear/DequantizeLinear nodes; quantize the FP32 export first"):
+        qdq_float_to_fp16(files["block_fp32"], tmp_path / "d.onnx")
+    with pytest.raises(InputError, match="float_type must be one of fp32, fp16; got 'bf16'"):
+        quantize(files["block_fp32"], tmp_path / "e.onnx", float_type="bf16")
+
+
+def test_softmax_inputs_are_found_by_structure_in_a_per_head_block():
+    """A user's own block written head by head (keys Conv -> Slice per head -> Reshape -> Softmax): each head's
+    softmax and the Slices between it and the shared key projection stay FP32; no names are consulted."""
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 2, 2])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
+    ints = [
+        numpy_helper.from_array(np.array(v, np.int64), n)
+        for n, v in [("s0", [0]), ("s2", [2]), ("s4", [4]), ("ax", [1]), ("shape", [1, 2, -1])]
+    ]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["k"], name="a")]
+    for h, (lo, hi) in enumerate([("s0", "s2"), ("s2", "s4")]):
+        nodes += [
+            helper.make_node("Slice", ["k", lo, hi, "ax"], [f"k{h}"], name=f"b{h}"),
+            helper.make_node("Reshape", [f"k{h}", "shape"], [f"r{h}"], name=f"c{h}"),
+            helper.make_node("Softmax", [f"r{h}"], [f"p{h}"], axis=-1, name=f"d{h}"),
+        ]
+    nodes.append(helper.make_node("Add", ["p0", "p1"], ["y"], name="e"))
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w, *ints]))
+    assert set(softmax_fp32_nodes(model)) == {"a", "b0", "c0", "d0", "b1", "c1", "d1"}

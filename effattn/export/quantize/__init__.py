@@ -34,6 +34,7 @@ from .calibration import (
     zoo_samples,
 )
 from .fp8 import FP8_MAX, FP8_OPSET, INT8_MAX, fp8_ineligible, int8_to_fp8
+from .half import float_type, qdq_to_fp16, softmax_fp32_nodes
 from .qdq import FLOAT_OPS, QUANTIZED_OPS, QdqSummary, check_qdq, qdq_problems_of_values, qdq_summary
 from .rewrites import after_concat, split_concat_convs
 
@@ -53,13 +54,17 @@ __all__ = [
     "after_concat",
     "calibration_feeds",
     "check_qdq",
+    "float_type",
     "fp8_ineligible",
     "int8_to_fp8",
+    "qdq_float_to_fp16",
     "qdq_problems_of_values",
     "qdq_summary",
+    "qdq_to_fp16",
     "quantize",
     "random_samples",
     "read_calibration",
+    "softmax_fp32_nodes",
     "split_concat_convs",
     "zoo_samples",
 ]
@@ -234,6 +239,7 @@ def quantize(
     ops: Sequence[str] = QUANTIZED_OPS,
     seed: int = 0,
     precision: str = precisions.DEFAULT_QUANTIZED,
+    float_type: str = "fp32",
     force: bool = False,
 ) -> QuantizeResult:
     """Write a signed symmetric INT8 (or, ``precision="fp8"``, FP8 E4M3) QDQ copy of the FP32 export
@@ -249,6 +255,8 @@ def quantize(
     ``calibration``: a folder of ``.npy``/``.npz`` files, one such file, or a list of feeds; without it
     ``samples`` images come from the zoo model's generator, else random inputs (with a warning).
     ``ops``: op types given INT8 inputs (see ``QUANTIZED_OPS`` for why the attention stays float).
+    ``float_type``: the unquantized part's type, "fp32" (for the CPU runtimes; TensorRT builds convert it) or
+    "fp16" (:func:`qdq_to_fp16`: the graph TensorRT runs, softmax inputs FP32).
     """
     start = time.perf_counter()
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
@@ -257,6 +265,8 @@ def quantize(
         raise InputError(f"samples must be 1 to {MAX_SAMPLES}, got {samples}")
     if precision not in precisions.quantized():
         raise InputError(f"precision must be one of {', '.join(precisions.quantized())}; got {precision!r}")
+    if float_type not in FLOAT_TYPES:
+        raise InputError(f"float_type must be one of {', '.join(FLOAT_TYPES)}; got {float_type!r}")
     meta = read_metadata(onnx_in)
     model = _load(onnx_in)
     _refuse_unquantizable(onnx_in, model, meta)
@@ -279,8 +289,38 @@ def quantize(
             f"{summary.per_channel_activations} per-channel activations); nothing was written"
         )
     check_qdq(qdq, f"the {precision} graph calibrated on {where} (nothing was written; is the data in range?)")
-    set_metadata(qdq, {metadata.PRECISION: precision, metadata.FP32_OPS: ",".join(FLOAT_OPS), CALIBRATION: where})
+    if float_type == "fp16":
+        qdq = qdq_to_fp16(qdq)
+    set_metadata(
+        qdq,
+        {
+            metadata.PRECISION: precision,
+            metadata.FP32_OPS: ",".join(FLOAT_OPS),
+            metadata.FLOAT_TYPE: float_type,
+            CALIBRATION: where,
+        },
+    )
     with atomic_output(onnx_out, force) as tmp:
         onnx.save(qdq, tmp)
     log.debug("wrote %s QDQ graph %s (%s; calibration %s)", precision, onnx_out, dict(summary.quantized), where)
     return QuantizeResult(onnx_out, precision, where, len(feeds), dict(summary.quantized), time.perf_counter() - start)
+
+
+#: The float types a QDQ graph's unquantized part can have (``quantize(float_type=...)``).
+FLOAT_TYPES = ("fp32", "fp16")
+
+
+def qdq_float_to_fp16(onnx_in: str | Path, onnx_out: str | Path, *, force: bool = False) -> Path:
+    """Write the FP16-float form (:func:`qdq_to_fp16`) of the FP32-float QDQ file ``onnx_in`` to ``onnx_out``,
+    with its metadata and ``effattn.float_type`` fp16: what a TensorRT build of an INT8/FP8 file runs."""
+    onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
+    check_writable(onnx_out, force)
+    model = _load(onnx_in)
+    try:
+        half = qdq_to_fp16(model)
+    except ExportError as e:
+        raise ExportError(f"{onnx_in}: {e}") from None
+    set_metadata(half, {**read_metadata(onnx_in), metadata.FLOAT_TYPE: "fp16"})
+    with atomic_output(onnx_out, force) as tmp:
+        onnx.save(half, tmp)
+    return onnx_out
