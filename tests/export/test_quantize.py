@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 from effattn import metadata
 from effattn.errors import ExportError, FileExistsNoForceError, InputError
 from effattn.export import qdq_summary, quantize, read_metadata, to_fp16
-from effattn.export.quantize import float_type, qdq_float_to_fp16, softmax_fp32_nodes
+from effattn.export.quantize import float_type, qdq_float_to_fp16, qdq_to_fp16, softmax_fp32_nodes
 from effattn.models.synthetic import CLASSES, shapes_batch
 from effattn.runtime import TOLERANCES, compare, load, profile_inputs
 from effattn.runtime.torch_runner import TorchRunner
@@ -460,3 +460,13 @@ def test_softmax_inputs_are_found_by_structure_in_a_per_head_block():
     nodes.append(helper.make_node("Add", ["p0", "p1"], ["y"], name="e"))
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w, *ints]))
     assert set(softmax_fp32_nodes(model)) == {"a", "b0", "c0", "d0", "b1", "c1", "d1"}
+
+
+def test_a_scale_beyond_fp16_is_refused_not_rounded(files):
+    """An activation scale below FP16's smallest normal (6.1e-5: a tensor whose range is under ~8e-3) would round
+    to a subnormal or zero FP16 scale; the conversion refuses it, naming the scale, instead of writing it."""
+    model = onnx.load(files["block_int8"].path)
+    scale = next(t for t in model.graph.initializer if t.name == "view_3_scale")
+    scale.CopyFrom(numpy_helper.from_array(np.array(1e-6, np.float32), scale.name))
+    with pytest.raises(ExportError, match=r"invalid quantization parameters: .*'view_3_scale' is .*normal float"):
+        qdq_to_fp16(model)
