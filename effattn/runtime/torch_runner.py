@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import BackendError
 from ..models import fuse
-from ..shapes import ShapeProfile
+from ..shapes import ShapeProfile, random_inputs
 from .base import Runner, TensorSpec
 from .cudagraphs import GraphPolicy, ShapeGraphs
 
@@ -138,6 +138,16 @@ class TorchRunner(Runner):
             hosts[name].copy_(value.detach(), non_blocking=True)  # on the stream the outputs were made on
         torch.cuda.current_stream(self.device).synchronize()  # the copies have landed before numpy reads them
         return {name: host.numpy() for name, host in hosts.items()}
+
+    def probe(self, which: str = "min") -> None:
+        """Run once on random inputs at the profile's ``which`` shape and declare each output's dtype and rank
+        from what came back (every axis unnamed: eager code says nothing of which axis holds the batch), so a
+        server describes the outputs and a model that cannot run fails at start, not at its first request."""
+        profile = self.profile
+        if profile is None:
+            raise BackendError("probe() needs the runner's shape profile")
+        outputs = self.infer(random_inputs(profile, which, seed=0))
+        self.outputs = {name: TensorSpec(name, value.dtype, (None,) * value.ndim) for name, value in outputs.items()}
 
     def close(self) -> None:
         self._graphs = None

@@ -58,3 +58,15 @@ def test_pinned_copies_answer_as_the_plain_ones(dtype, rng):
         # a CUDA tensor goes in without a host copy; a CPU tensor through a pinned buffer
         np.testing.assert_array_equal(fast.infer({"input": torch.from_numpy(x).cuda()})["output"], want)
         np.testing.assert_array_equal(fast.infer({"input": torch.from_numpy(x)})["output"], want)
+
+
+class Labels(nn.Module):
+    def forward(self, x):
+        return x.argmax(1)
+
+
+def test_probe_declares_each_outputs_dtype_and_rank():
+    runner = TorchRunner(Labels(), PROFILE, ["label"])
+    assert runner.outputs["label"].shape is None  # eager code: unknown until it runs
+    runner.probe("min")
+    assert runner.outputs["label"].dtype == np.int64 and runner.outputs["label"].shape == (None, None, None)
