@@ -104,3 +104,9 @@ def _refused(argv: list[str], capsys) -> str:
 )
 def test_serve_refuses_with_one_line(argv, message, capsys):
     assert message in _refused(argv, capsys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of --device cuda needs a machine without CUDA")
+def test_serve_on_cuda_without_cuda_is_refused(capsys):
+    err = _refused(["efficient_attention", "--backend", "torch", "--device", "cuda"], capsys)
+    assert "torch backend on cuda asked for, but torch sees no CUDA device" in err
