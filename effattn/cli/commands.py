@@ -384,7 +384,6 @@ def served_models(specs: Sequence[str], args) -> dict[str, Runner]:
     file is checked before the first model loads. ``--backend torch``: model sources (:func:`torch_models`)."""
     if args.backend == "torch":
         return torch_models(specs, args)
-    check_torch_flags(args)
     named = [parse_model_spec(spec) for spec in specs]
     names = [name for name, _ in named]
     for name, path in named:
@@ -496,7 +495,7 @@ def cmd_serve(args) -> None:
         max_connections=args.max_connections,
         keep_alive_s=args.keep_alive_s,
     )
-    check_torch_flags(args)  # before the ports, as the rest of the command line
+    check_torch_flags(args)  # before the ports and the models, as the rest of the command line
     if args.grpc_port == args.port:  # else the second bind fails once every model has loaded
         raise ConfigError(f"--port and --grpc-port are both {args.port}; HTTP and gRPC need a port each")
     if args.grpc_port is not None:
