@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import logging
 import os
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 
 from . import metadata
 from .bench.contention import LoadCheck
@@ -24,7 +26,7 @@ from .engines import available_devices, optimize_model
 from .engines.cache import Sidecar, sidecar_path
 from .engines.onnxruntime_session import default_threads
 from .engines.precision import EnginePrecision, converted_graph, engine_precision
-from .errors import BackendError, ExportError, InputError, ParityError, first_line
+from .errors import BackendError, ExportError, InputError, ModelError, ParityError, first_line
 from .export import ExportResult, export_onnx, quantize, to_fp16
 from .files import atomic_output, check_writable, read_arrays
 from .models import ModelSource, get_entry, load_model, reference_from_metadata
@@ -167,7 +169,7 @@ class Demo:
     reports: list[Report]
     latency: dict[str, LatencyStats]  # runner name -> stats; "eager PyTorch fp32" is the baseline
     inputs: int
-    warnings: list[str]  # why the timings may be unreliable (a busy machine); empty on a quiet one
+    warnings: list[str]  # why the timings may be unreliable (a busy machine), or a row is missing; empty if neither
 
     @property
     def passed(self) -> bool:
@@ -188,7 +190,8 @@ def demo(
     progress: Callable[[str], None] | None = None,
 ) -> Demo:
     """The whole path on one zoo model: export (verified), the FP16 graph and (on the CPU) the INT8 QDQ graph, each
-    loaded on the backend ``auto`` picks, checked against eager FP32 and timed beside it in one interleaved run."""
+    loaded on the backend ``auto`` picks, checked against eager FP32 and timed beside it in one interleaved run;
+    on a GPU also eager FP16 on CUDA and the fused Efficient-Attention kernel in FP16 (:func:`_torch_cuda_rows`)."""
     out = Path(out)
     on_cpu = (device or ("cuda" if "cuda" in available_devices() else "cpu")) == "cpu"
     precisions = ("fp32", "fp16", "int8") if on_cpu else ("fp32", "fp16")  # TensorRT INT8 is not in the demo yet
@@ -206,6 +209,10 @@ def demo(
             p: stack.enter_context(load(paths[p], backend=c.backend, device=c.device)) for p, c in choices.items()
         }
         reference = TorchRunner(source.model, profile, output_names=list(runners["fp32"].outputs))
+        torch_rows, notes = _torch_cuda_rows(source, profile, list(reference.outputs), on_cpu)
+        for runner in torch_rows.values():
+            stack.enter_context(runner)
+        checked = list(runners.items()) + [("fp16", r) for r in torch_rows.values()]
         reports = [
             compare(
                 reference,
@@ -214,12 +221,36 @@ def demo(
                 precision=p,  # residuals from the file: not every runner has them
                 residuals=metadata.residuals_of(metadata.read_metadata(paths[p]), r.inputs, r.outputs),
             )
-            for p, r in runners.items()
+            for p, r in checked
         ]
         check = LoadCheck(os.cpu_count() or 1, threads=default_threads()).start()
-        latency = _time_beside_eager(reference, runners, random_inputs(profile, "opt", seed), seconds)
+        latency = _time_beside_eager(reference, runners, random_inputs(profile, "opt", seed), seconds, torch_rows)
         check.stop()
-    return Demo(source, exported, paths, choices, reports, latency, len(feeds), check.warnings())
+    return Demo(source, exported, paths, choices, reports, latency, len(feeds), notes + check.warnings())
+
+
+def _torch_cuda_rows(
+    source: ModelSource, profile: ShapeProfile, outputs: list[str], on_cpu: bool
+) -> tuple[dict[str, Runner], list[str]]:
+    """On a GPU (torch sees CUDA and the demo is not on the CPU): eager FP16 on CUDA, what ``model.half()`` gives a
+    PyTorch user, and the same with the fused Efficient-Attention kernel, by row name; on the CPU none (a note
+    says why a network with nothing to fuse has no fused row)."""
+    if on_cpu or not torch.cuda.is_available():
+        return {}, []
+
+    def runner(name: str, fused: bool) -> Runner:
+        made = TorchRunner(source.model, profile, outputs, device="cuda", dtype=torch.float16, fused=fused)
+        made.name = name
+        return made
+
+    rows = {"torch-fp16 (eager, cuda)": runner("torch-fp16 (eager, cuda)", False)}
+    if importlib.util.find_spec("triton") is None:
+        return rows, ["no fused row: the fused kernel needs triton (it ships with CUDA builds of torch)"]
+    try:
+        rows["torch-fused-fp16 (cuda)"] = runner("torch-fused-fp16 (cuda)", True)
+    except ModelError as e:  # fuse(): nothing to fuse in this network
+        return rows, [f"no fused row: {e}"]
+    return rows, []
 
 
 def _write_low_precision(paths: Mapping[str, Path], force: bool, progress: Callable[[str], None] | None) -> None:
@@ -231,11 +262,17 @@ def _write_low_precision(paths: Mapping[str, Path], force: bool, progress: Calla
 
 
 def _time_beside_eager(
-    reference: Runner, runners: Mapping[str, Runner], feed: dict, seconds: float
+    reference: Runner,
+    runners: Mapping[str, Runner],
+    feed: dict,
+    seconds: float,
+    named: Mapping[str, Runner] | None = None,
 ) -> dict[str, LatencyStats]:
+    """Each runner (by backend and precision, and ``named`` by their names) timed interleaved with eager FP32."""
     timed = {"eager PyTorch fp32": reference}
     for precision, runner in runners.items():
         timed[runner.backend if runner.backend.endswith(precision) else f"{runner.backend} {precision}"] = runner
+    timed.update(named or {})
     timings = measure_interleaved(
         {name: functools.partial(r.infer, feed) for name, r in timed.items()},
         min_seconds=seconds,

@@ -372,6 +372,48 @@ def _bench(add) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _serve_models(p: argparse.ArgumentParser) -> None:
+    """serve's models and how they run: files, or model sources with ``--backend torch`` (its options refused
+    with files)."""
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="[NAME=]FILE|SOURCE",
+        help=".onnx or .plan files (NAME defaults to the file name); with --backend torch, zoo names or "
+        "package.module:factory (NAME defaults to the zoo name or the factory's)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=(*BACKEND_CHOICES, "torch"),
+        default="auto",
+        help="for files as 'effattn run' picks (auto: the best here); torch: serve model sources on eager PyTorch",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        help="force the device (ONNX Runtime; torch: default cuda where torch sees one, else cpu)",
+    )
+    p.add_argument(
+        "--threads",
+        type=THREADS,
+        default=None,
+        help="ONNX Runtime intra-op threads per model (torch: its CPU threads, for the whole process)",
+    )
+    g = p.add_argument_group("--backend torch (model sources)")
+    g.add_argument("--fused", action="store_true", help="run the Efficient-Attention blocks on the fused Triton kernel")
+    g.add_argument("--fp16", action="store_true", help="compute in FP16 (inputs and outputs stay FP32)")
+    g.add_argument("--checkpoint", type=Path, help="state_dict to load (.safetensors, .pt, .pth); one model only")
+    g.add_argument("--pretrained", action="store_true", help="load the zoo's shipped trained weights")
+    g.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="keyword argument for the model factory, e.g. --arg num_classes=19 (repeatable)",
+    )
+    _shape_args(p)
+
+
 def _serve(add) -> None:
     p = add(
         "serve",
@@ -382,24 +424,26 @@ def _serve(add) -> None:
         "--max-queue-delay-ms are stacked into one engine call when their "
         "shapes allow (never mixing shapes); a full queue answers 503 at once. Bad requests get 400/404/413/"
         "504 with a message and the server keeps serving. Prometheus metrics at /metrics. Ctrl-C or SIGTERM "
-        "finishes in-flight requests, then stops.\n\nexamples:\n  effattn serve seg.onnx\n"
-        "  effattn serve seg=seg.onnx block=block.onnx --port 8001 --max-batch-size 16\n\n"
+        "finishes in-flight requests, then stops.\n\n"
+        "--backend torch serves model sources instead of files: a zoo name or your own package.module:factory "
+        "(with --checkpoint/--pretrained/--arg, and the zoo's shape profile or --min/--opt/--max), run by eager "
+        "PyTorch - with --fused, its Efficient-Attention blocks on the fused Triton kernel; on CUDA when "
+        "there is one. Eager code does not say which axis holds the batch, so each request runs alone "
+        "(no dynamic batching), as for an ONNX graph whose batch axis cannot be proven.\n\n"
+        "examples:\n  effattn serve seg.onnx\n"
+        "  effattn serve seg=seg.onnx block=block.onnx --port 8001 --max-batch-size 16\n"
+        "  effattn serve seg=ea_segnet_tiny --pretrained --backend torch --fused --fp16 --device cuda\n\n"
         "client:\n  import numpy as np, tritonclient.http as http\n"
         "  c = http.InferenceServerClient('127.0.0.1:8000')\n"
         "  x = http.InferInput('input', [1, 3, 64, 64], 'FP32'); x.set_data_from_numpy(image)\n"
         "  logits = c.infer('seg', [x]).as_numpy('logits')",
-    )
-    p.add_argument(
-        "models", nargs="+", metavar="[NAME=]FILE", help=".onnx or .plan files; NAME defaults to the file name"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=PORT, default=8000)
     p.add_argument(
         "--grpc-port", type=PORT, help="also serve KServe v2 gRPC here (Triton uses 8001; needs tritonclient[grpc])"
     )
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="force the ONNX Runtime device")
-    p.add_argument("--threads", type=THREADS, default=None, help="ONNX Runtime intra-op threads per model")
+    _serve_models(p)
     p.add_argument("--max-batch-size", type=COUNT, default=8, help="items per engine call (capped by the profile)")
     p.add_argument(
         "--max-queue-delay-ms",

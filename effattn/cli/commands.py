@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .. import metadata, pipeline, precisions
@@ -23,14 +24,16 @@ from ..engines import build_engine
 from ..engines.precision import check_onnx
 from ..errors import BackendError, ConfigError, EffattnError, InputError, ModelError, first_line
 from ..export import export_onnx, quantize
+from ..export.exporter import default_output_names
 from ..files import atomic_output, check_writable, require_file
 from ..models import create_model, get_entry, list_models, load_model
-from ..names import parse_model_spec
+from ..names import check_model_name, parse_model_spec
 from ..runtime import Runner, load, random_inputs
+from ..runtime.torch_runner import TorchRunner
 from ..serving.grpc_server import check_grpc_port, require_grpc
 from ..serving.http_server import ServeOptions, listen, serve
 from ..serving.repository import TritonOptions, write_repository
-from ..shapes import ShapeProfile
+from ..shapes import ShapeProfile, format_shape
 
 log = logging.getLogger("effattn")
 
@@ -378,7 +381,9 @@ def cmd_bench(args) -> None:
 
 def served_models(specs: Sequence[str], args) -> dict[str, Runner]:
     """``[NAME=]FILE`` specs -> runners, names defaulting to the file name before its first dot; every name and
-    file is checked before the first model loads."""
+    file is checked before the first model loads. ``--backend torch``: model sources (:func:`torch_models`)."""
+    if args.backend == "torch":
+        return torch_models(specs, args)
     named = [parse_model_spec(spec) for spec in specs]
     names = [name for name, _ in named]
     for name, path in named:
@@ -390,6 +395,86 @@ def served_models(specs: Sequence[str], args) -> dict[str, Runner]:
     for name, path in named:  # their threads stop spinning when served (Runner.stop_spinning, called by the server)
         models[name] = load(path, backend=args.backend, device=args.device, threads=args.threads)
         log.info("serving %s from %s on %s", name, path, models[name].backend)
+    return models
+
+
+def check_torch_flags(args) -> None:
+    """ConfigError naming serve's model-source options given without ``--backend torch``."""
+    if args.backend == "torch":
+        return
+    flags = [
+        ("--fused", args.fused),
+        ("--fp16", args.fp16),
+        ("--checkpoint", args.checkpoint is not None),
+        ("--pretrained", args.pretrained),
+        ("--arg", bool(args.arg)),
+        ("--min", bool(args.min)),
+        ("--opt", bool(args.opt)),
+        ("--max", bool(args.max)),
+    ]
+    given = [flag for flag, on in flags if on]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for serving a model source on eager "
+            "PyTorch: add --backend torch (an .onnx or .plan file carries its own weights and shapes)"
+        )
+
+
+def parse_source_spec(spec: str) -> tuple[str, str]:
+    """``[NAME=]SOURCE`` -> (name, source): NAME defaults to the zoo name, or the factory's of a module:factory."""
+    name, sep, source = spec.partition("=")
+    if not sep:
+        name, source = spec.rpartition(":")[2], spec
+    if Path(source).suffix.lower() in (".onnx", ".plan", ".engine") or Path(source).is_file():
+        raise InputError(
+            f"{source} is a file: --backend torch serves a model source (a zoo name or package.module:factory, "
+            "weights with --checkpoint); serve the file without --backend torch"
+        )
+    return check_model_name(name), source
+
+
+def torch_models(specs: Sequence[str], args) -> dict[str, Runner]:
+    """``[NAME=]SOURCE`` specs -> torch runners (``--fused``: the fused kernel; ``--fp16``). Every source is loaded
+    and its profile decided before the first runner is made; each runner runs once at its smallest shape (which
+    also declares its outputs), so a model that cannot run is refused at start, not at its first request."""
+    named = [parse_source_spec(spec) for spec in specs]
+    names = [name for name, _ in named]
+    for name in names:
+        if names.count(name) > 1:
+            raise InputError(f"two models are named {name!r}; name them: NAME=SOURCE")
+    if args.checkpoint is not None and len(named) > 1:
+        raise InputError("--checkpoint loads one state_dict: serve one model source with it (a server per model)")
+    kwargs = model_args(args.arg)
+    sources = {
+        name: load_model(source, checkpoint=args.checkpoint, pretrained=args.pretrained, **kwargs)
+        for name, source in named
+    }
+    profiles = {name: profile_from_args(args, source.profile) for name, source in sources.items()}
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    models: dict[str, Runner] = {}
+    for name, source in sources.items():
+        runner = load(
+            source.model,
+            backend="torch",
+            device=device,
+            profile=profiles[name],
+            output_names=default_output_names(source.model, source.task),  # as `effattn export` names them
+            dtype=torch.float16 if args.fp16 else None,
+            fused=args.fused or None,
+        )
+        try:
+            cast(TorchRunner, runner).probe("min")
+        except EffattnError:
+            raise
+        except Exception as e:  # the model's own failure: say which model, at which shape
+            shape = format_shape(next(iter(profiles[name].values())).min)
+            raise ModelError(
+                f"{name} ({source.name}) does not run at its smallest shape {shape}: {first_line(e)}"
+            ) from None
+        models[name] = runner
+        log.info("serving %s (%s) on %s, each request alone (no batching)", name, source.name, runner.backend)
     return models
 
 
@@ -410,6 +495,7 @@ def cmd_serve(args) -> None:
         max_connections=args.max_connections,
         keep_alive_s=args.keep_alive_s,
     )
+    check_torch_flags(args)  # before the ports and the models, as the rest of the command line
     if args.grpc_port == args.port:  # else the second bind fails once every model has loaded
         raise ConfigError(f"--port and --grpc-port are both {args.port}; HTTP and gRPC need a port each")
     if args.grpc_port is not None:

@@ -25,7 +25,13 @@ from ..metadata import OnnxFile
 from ..names import check_model_name, name_from_file
 from ..shapes import ShapeProfile
 
-PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
+#: Triton's platform and model file for each; "pytorch" only describes a model `effattn serve --backend torch`
+#: serves (eager code, not the TorchScript file Triton's PyTorch backend would need: `effattn triton` never writes it)
+PLATFORMS = {
+    "onnxruntime": ("onnxruntime_onnx", "model.onnx"),
+    "tensorrt": ("tensorrt_plan", "model.plan"),
+    "pytorch": ("pytorch_libtorch", "model.pt"),
+}
 
 
 @dataclass
@@ -311,7 +317,8 @@ def runner_tensors(specs) -> list[TensorConfig]:
 def served_config(name: str, runner, max_batch_size: int, max_queue_delay_us: int, instances: int) -> dict:
     """The ModelConfig of a model ``effattn serve`` serves: what ``effattn triton`` writes for the same file
     with the server's batching (no warm-up: the server runs none)."""
-    platform = "tensorrt" if runner.backend == "tensorrt" else "onnxruntime"
+    backend = runner.backend
+    platform = "tensorrt" if backend == "tensorrt" else "pytorch" if backend.startswith("torch") else "onnxruntime"
     kind = "KIND_CPU" if str(getattr(runner, "device", "cpu")) == "cpu" else "KIND_GPU"
     options = TritonOptions(
         max_batch_size=max_batch_size,
