@@ -90,6 +90,7 @@ def create_session(
     cache_dir: str | Path | None = None,
     cuda_graph: bool = False,
     spinning: bool = True,
+    compute_stream: int | None = None,
 ):
     """An ``onnxruntime.InferenceSession`` for ``path`` on ``device``, with full graph optimisation.
 
@@ -97,7 +98,8 @@ def create_session(
     turns on the GPU providers' CUDA-graph capture (runs must then go through I/O binding).
     ``spinning=False``: idle intra-/inter-op threads sleep instead of spinning for the next run (ONNX
     Runtime's default spins: the lowest latency back to back, but it burns the cores a server's own
-    threads need between runs)."""
+    threads need between runs). ``compute_stream``: the address of a CUDA stream the GPU provider runs
+    every kernel on (``user_compute_stream``), so torch work on that stream is ordered with it."""
     ort = import_onnxruntime()
     path = Path(path)
     if device not in PROVIDERS:
@@ -127,7 +129,8 @@ def create_session(
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if cuda_graph and device == "cpu":
         raise BackendError("CUDA graphs need device 'cuda' or 'tensorrt', not 'cpu'")
-    providers: list[str | tuple[str, dict]] = [(provider, provider_options(device, cache_dir, cuda_graph))]
+    ep_options = provider_options(device, cache_dir, cuda_graph, compute_stream)
+    providers: list[str | tuple[str, dict]] = [(provider, ep_options)]
     providers += [] if device == "cpu" else ["CPUExecutionProvider"]
     try:
         session = ort.InferenceSession(
@@ -178,16 +181,22 @@ def optimize_model(path: str | Path, output: str | Path, device: str = "cpu") ->
     return output
 
 
-def provider_options(device: str, cache_dir: str | Path | None = None, cuda_graph: bool = False) -> dict:
+def provider_options(
+    device: str, cache_dir: str | Path | None = None, cuda_graph: bool = False, compute_stream: int | None = None
+) -> dict:
     """Options for the GPU providers: TensorRT EP engine and timing caches under ``cache_dir``,
-    CUDA graphs (``enable_cuda_graph`` / ``trt_cuda_graph_enable``).
+    CUDA graphs (``enable_cuda_graph`` / ``trt_cuda_graph_enable``), and the CUDA stream to compute on
+    (``user_compute_stream``, both providers: an address, as ONNX Runtime parses it; refused on the CPU).
 
     Precision comes from the graph (an FP16 graph runs FP16): ``trt_fp16_enable`` stays off and the
     CUDA provider's ``use_tf32`` (on by default, so FP32 convolutions and matmuls would run in TF32 on
     Ampere and later) is turned off, so an FP32 graph is not silently lowered.
     """
+    stream = {} if compute_stream is None else {"user_compute_stream": str(compute_stream)}
+    if stream and device not in ("cuda", "tensorrt"):
+        raise BackendError(f"a CUDA compute stream needs device 'cuda' or 'tensorrt', not {device!r}")
     if device == "tensorrt":
-        options: dict[str, bool | str] = {
+        options: dict[str, bool | str] = stream | {
             "trt_fp16_enable": False,
             "trt_engine_cache_enable": cache_dir is not None,
             "trt_timing_cache_enable": cache_dir is not None,
@@ -198,5 +207,5 @@ def provider_options(device: str, cache_dir: str | Path | None = None, cuda_grap
         return options
     if device == "cuda":
         graphs = {"enable_cuda_graph": "1"} if cuda_graph else {}
-        return {"cudnn_conv_algo_search": "EXHAUSTIVE", "use_tf32": "0"} | graphs
+        return {"cudnn_conv_algo_search": "EXHAUSTIVE", "use_tf32": "0"} | graphs | stream
     return {}

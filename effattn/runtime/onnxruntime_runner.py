@@ -1,7 +1,8 @@
 """A Runner over an ONNX Runtime session (CPU by default; CUDA when asked or chosen by ``auto``).
-On CUDA it binds torch tensors by address (I/O binding) and can replay the provider's CUDA graphs (at most
-``MAX_GRAPHS`` shapes, on one worker thread, under :data:`~.cudagraphs.CAPTURE_LOCK`); every run can be
-stopped from another thread (:meth:`OnnxRuntimeRunner.terminate`). See docs/gpu-tensorrt.md#onnx-runtime-on-cuda."""
+On CUDA it binds torch tensors by address (I/O binding) on a torch stream the session computes on, and can
+replay the provider's CUDA graphs (at most ``MAX_GRAPHS`` shapes, on one worker thread, under
+:data:`~.cudagraphs.CAPTURE_LOCK`); every run can be stopped from another thread (:meth:`~OnnxRuntimeRunner.terminate`).
+See docs/gpu-tensorrt.md#onnx-runtime-on-cuda."""
 
 from __future__ import annotations
 
@@ -76,7 +77,11 @@ class OnnxRuntimeRunner(Runner):
         self.threads, self.spinning = threads, spinning
         self.io_binding = device != "cpu" if io_binding is None else io_binding
         self.backend = f"onnxruntime-{device}"
-        self.session = create_session(self.path, device, threads, spinning=spinning)
+        self._stream = self._own_stream()  # torch and ONNX Runtime share it: ordered on the GPU, no barriers
+        self._compute_stream = None if self._stream is None else int(self._stream.cuda_stream)
+        self.session = create_session(
+            self.path, device, threads, spinning=spinning, compute_stream=self._compute_stream
+        )
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         profile = metadata.profile_of(self.metadata)
 
@@ -96,13 +101,22 @@ class OnnxRuntimeRunner(Runner):
         static = self.profile is not None and self.profile.static
         if wants_cuda_graph(device, cuda_graph, self.io_binding, static):
             try:
-                self.session = create_session(self.path, device, threads, cuda_graph=True, spinning=spinning)
+                self.session = create_session(
+                    self.path, device, threads, cuda_graph=True, spinning=spinning, compute_stream=self._compute_stream
+                )
                 self.cuda_graph = True
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix="effattn-ort-graph")
             except BackendError as e:
                 if cuda_graph:
                     raise
                 log.info("CUDA graphs off for %s: %s", self.path, e)
+
+    def _own_stream(self):
+        """A torch CUDA stream of the runner's own, for bound runs on a GPU (None on the CPU or without I/O
+        binding: ``session.run`` copies through the host and waits for its outputs itself)."""
+        if self.device == "cpu" or not self.io_binding or not torch.cuda.is_available():
+            return None  # without CUDA in torch, create_session says what is missing
+        return torch.cuda.Stream(device=torch.device("cuda", torch.cuda.current_device()))
 
     def stop_spinning(self) -> None:
         """Reopen the session with sleeping idle threads (``spinning=False``), if it spins; CPU sessions only
@@ -148,15 +162,30 @@ class OnnxRuntimeRunner(Runner):
             return super()._infer_torch(feed)
         on_gpu = self.device != "cpu"
         device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
-        cast = {k: torch.as_tensor(v).to(device).contiguous() for k, v in feed.items()}
-        if on_gpu:
-            torch.cuda.current_stream().synchronize()  # ONNX Runtime runs on its own stream
+        cast = {k: torch.as_tensor(v).to(device).contiguous() for k, v in feed.items()}  # on the caller's stream
+        caller = torch.cuda.current_stream() if self._stream is not None else None
+        if caller is not None:
+            self._stream.wait_stream(caller)  # the session's kernels come after the caller's writes of the inputs
         with self._run_options() as options:
             if self._worker is not None:
-                return self._worker.submit(self._run_bound, cast, device, options).result()
-            return self._run_bound(cast, device, options)
+                outputs = self._worker.submit(self._run_bound, cast, device, options).result()
+            else:
+                outputs = self._run_bound(cast, device, options)
+        if caller is not None:
+            caller.wait_stream(self._stream)  # what the caller does next comes after the outputs are written
+            for out in outputs.values():
+                out.record_stream(caller)  # freed, their memory is not reused on our stream before the caller is done
+        return outputs
 
     def _run_bound(self, cast: dict[str, Any], device, options) -> dict[str, Any]:
+        """One bound run, with every torch operation on the runner's stream (the thread's current stream
+        is per thread, and a graph session runs on the worker thread)."""
+        if self._stream is None:
+            return self._run_bound_here(cast, device, options)
+        with torch.cuda.stream(self._stream):
+            return self._run_bound_here(cast, device, options)
+
+    def _run_bound_here(self, cast: dict[str, Any], device, options) -> dict[str, Any]:
         key = shape_key(cast)
         if key not in self._output_shapes:
             return self._first_run(cast, key, options)
@@ -169,8 +198,7 @@ class OnnxRuntimeRunner(Runner):
             return outputs
         graph_id, inputs, outputs = entry
         for name, value in cast.items():
-            inputs[name].copy_(value)
-        torch.cuda.current_stream().synchronize()
+            inputs[name].copy_(value)  # on the session's stream: the replay reads them after the copy
         self._run(self._bind(inputs, outputs), graph_id, options)
         return {name: out.clone() for name, out in outputs.items()}
 
@@ -196,7 +224,7 @@ class OnnxRuntimeRunner(Runner):
         graph_id, inputs = len(self._graphs) + 1, {k: v.clone() for k, v in feed.items()}
         outputs = self._empty_outputs(key, device)
         with CAPTURE_LOCK:
-            torch.cuda.current_stream().synchronize()
+            torch.cuda.current_stream().synchronize()  # the runner's stream: nothing pending when capture begins
             self._run(self._bind(inputs, outputs), graph_id, options)
         self._graphs[key] = (graph_id, inputs, outputs)
         return self._graphs[key]
@@ -212,13 +240,12 @@ class OnnxRuntimeRunner(Runner):
         return binding
 
     def _run(self, binding, graph_id: int, options) -> None:
-        """Run a bound session and wait for its outputs: ONNX Runtime writes them on its own stream, and
-        torch must not read them, or hand their memory to another request, before it is done (stale answers
-        were seen on a GPU without the wait: docs/gpu-tensorrt.md#open-items)."""
+        """Run a bound session. On a GPU it computes on the runner's stream (``user_compute_stream``), the
+        stream torch wrote the inputs and allocated the outputs on, so no barrier is needed: no
+        ``synchronize_outputs()`` (a device-wide ``cudaDeviceSynchronize``). Why: docs/gpu-tensorrt.md#open-items."""
         if self.cuda_graph:
             options.add_run_config_entry("gpu_graph_id", str(graph_id))  # -1: run without capture or replay
         self.session.run_with_iobinding(binding, options)
-        binding.synchronize_outputs()
 
     def close(self) -> None:
         if self._worker is not None:

@@ -120,6 +120,63 @@ def test_onnxruntime_cuda_runner_is_thread_safe(onnx_path, block):
         hammer(runner, block, tolerance=1e-5)  # FP32 stays FP32: the provider's TF32 is off
 
 
+def _cuda_onnxruntime():
+    if "cuda" not in available_devices():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
+    from effattn.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_session_computes_on_the_runners_torch_stream(onnx_path):
+    """The I/O-binding fix on the GPU: ONNX Runtime took the runner's stream as its compute stream."""
+    with _cuda_onnxruntime()(onnx_path, device="cuda") as runner:
+        options = runner.session.get_provider_options()["CUDAExecutionProvider"]
+        assert options["user_compute_stream"] == str(runner._stream.cuda_stream) != "0"
+
+
+@pytest.mark.gpu
+def test_onnxruntime_io_binding_reads_inputs_after_the_callers_stream_wrote_them(onnx_path, block):
+    """The caller's stream is still busy (a GPU-side spin, then the real input copied over zeros) when it
+    calls infer_torch; the runner adds no host wait, so only the stream order (its stream waits on the
+    caller's) makes ONNX Runtime read the real input. Without that wait it reads the zeros."""
+    x = torch.randn(2, 16, 12, 12)
+    with torch.inference_mode():
+        expected = block(x).numpy()
+    with _cuda_onnxruntime()(onnx_path, device="cuda") as runner:
+        runner.infer_torch({"input": x.cuda()})  # learn the output shape first
+        for _ in range(3):
+            staged = torch.zeros_like(x, device="cuda")
+            torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time on the caller's stream
+            staged.copy_(x.pin_memory(), non_blocking=True)
+            out = runner.infer_torch({"input": staged})["output"]
+            assert rel_l2(out.cpu().numpy(), expected) <= 1e-5
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_io_binding_with_device_tensors_is_thread_safe(onnx_path, block):
+    """8 threads x 50 requests with torch CUDA tensors in and out; each caller's reduction of its output
+    is still queued on torch's stream when the output is freed, so memory handed to the next request
+    before that work ran would corrupt an answer."""
+    feeds, expected = _requests(block, THREADS * REQUESTS)
+    with _cuda_onnxruntime()(onnx_path, device="cuda") as runner:
+
+        def worker(start: int) -> list[float]:
+            errors = []
+            for i in range(start, len(feeds), THREADS):
+                out = runner.infer_torch({"input": torch.from_numpy(feeds[i]).cuda()})["output"]
+                copy = out * 1  # queued on the caller's stream
+                del out
+                errors.append(rel_l2(copy.cpu().numpy(), expected[i]))
+            return errors
+
+        with ThreadPoolExecutor(THREADS) as pool:
+            errors = [e for chunk in pool.map(worker, range(THREADS)) for e in chunk]
+    bad = [e for e in errors if not e <= 1e-5]
+    assert not bad, f"{len(bad)} of {len(errors)} answers wrong, worst rel-L2 {max(bad):.2e}"
+
+
 @pytest.mark.gpu
 def test_onnxruntime_cuda_graph_session_is_thread_safe(tmp_path, block):
     """A graph session keeps its graphs per thread and captures in the global mode: the runner runs it on

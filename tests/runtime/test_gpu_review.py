@@ -67,13 +67,67 @@ def test_runner_without_io_binding_never_asks_for_a_graph_session(tmp_path, monk
     path = export_onnx(EfficientAttention(8, 4, 2, 8), PROFILE, tmp_path / "static.onnx").path
     asked = []
 
-    def fake_session(path, device, threads=None, cuda_graph=False, spinning=True):
+    def fake_session(path, device, threads=None, cuda_graph=False, spinning=True, compute_stream=None):
         asked.append(cuda_graph)
         return create_session(path, "cpu", threads)
 
     monkeypatch.setattr(ort_runner, "create_session", fake_session)
     runner = OnnxRuntimeRunner(path, device="cuda", io_binding=False)
     assert asked == [False] and not runner.cuda_graph
+
+
+def test_onnxruntime_gpu_providers_compute_on_the_stream_they_are_given():
+    """``user_compute_stream`` (an address, as ONNX Runtime parses it) for both GPU providers; the CPU has none."""
+    assert provider_options("cuda", compute_stream=0x7F00)["user_compute_stream"] == str(0x7F00)
+    assert provider_options("tensorrt", compute_stream=0x7F00)["user_compute_stream"] == str(0x7F00)
+    assert "user_compute_stream" not in provider_options("cuda")
+    with pytest.raises(BackendError, match="compute stream needs device"):
+        provider_options("cpu", compute_stream=0x7F00)
+
+
+class _FakeStream:
+    cuda_stream = 0x7F00
+
+
+class _RecordingBinding:
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self.calls.append(name)
+
+
+@pytest.mark.parametrize("io_binding", [True, False])
+def test_onnxruntime_cuda_runner_orders_its_session_by_stream_not_by_barrier(tmp_path, monkeypatch, io_binding):
+    """The I/O-binding race (docs/gpu-tensorrt.md#open-items), pinned where no GPU is: with I/O binding on
+    CUDA the session computes on the runner's own torch stream (its address given as the provider's
+    ``user_compute_stream``), and a bound run is ``run_with_iobinding`` alone, with no device-wide
+    ``synchronize_outputs()`` after it. The old runner (own stream per provider, then cudaDeviceSynchronize)
+    fails both asserts; without I/O binding ``session.run`` copies through the host and needs no stream."""
+    import effattn.runtime.onnxruntime_runner as ort_runner
+    from effattn.engines.onnxruntime_session import create_session
+
+    path = export_onnx(
+        EfficientAttention(8, 4, 2, 8), ShapeProfile.single("1x8x4x4", "1x8x8x8", "2x8x8x8"), tmp_path / "m.onnx"
+    ).path
+    asked = []
+
+    def fake_session(path, device, threads=None, cuda_graph=False, spinning=True, compute_stream=None):
+        asked.append(compute_stream)
+        return create_session(path, "cpu", threads)
+
+    monkeypatch.setattr(ort_runner, "create_session", fake_session)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _FakeStream())
+    runner = OnnxRuntimeRunner(path, device="cuda", io_binding=io_binding)
+    assert asked == ([0x7F00] if io_binding else [None])
+
+    calls = []
+    monkeypatch.setattr(runner, "session", type("S", (), {"run_with_iobinding": lambda s, b, o: calls.append("run")})())
+    binding = _RecordingBinding()
+    runner._run(binding, -1, None)
+    assert calls == ["run"] and binding.calls == []  # no synchronize_outputs / synchronize_inputs
 
 
 def test_every_runner_has_metadata():
