@@ -85,7 +85,7 @@ def attention_projections(model: onnx.ModelProto) -> list[AttentionProjection]:
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
         ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in inferred.graph.value_info}
-    except Exception:
+    except Exception:  # a graph shape inference cannot follow: only negative Softmax axes are read
         ranks = {}
 
     def feeds_matmul(name: str) -> bool:
