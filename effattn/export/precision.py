@@ -1,12 +1,14 @@
 """The precision stage: an FP16 (or BF16) ONNX graph with FP32 inputs and outputs, so precision is a
 property of the file every backend builds. FP16 is onnxconverter-common's ``float16`` pass; ops named in
-``op_block_list`` stay FP32. Why: docs/precision.md#fp16-the-precision-lives-in-the-graph."""
+``op_block_list`` and each EA block's key/query projections and softmaxes (found by graph structure) stay
+FP32. Why: docs/precision.md#fp16-the-precision-lives-in-the-graph."""
 
 from __future__ import annotations
 
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,9 @@ from ..metadata import read_metadata, set_metadata
 
 log = logging.getLogger(__name__)
 
-#: Ops kept in FP32 on top of onnxconverter-common's own list (which holds Resize, TopK, Min/Max, ...): none,
-#: by measurement (docs/decisions.md#fp16-no-op-is-kept-in-fp32-by-default). Pass ``fp32_ops=("Softmax",)``
-#: where a backend's FP16 softmax is worse.
+#: Op types kept in FP32 on top of onnxconverter-common's own list (which holds Resize, TopK, Min/Max, ...): none.
+#: Keeping every Softmax does not help (docs/precision.md#which-nodes-stay-fp32); the attention projections
+#: that need FP32 are kept by node (``attention_fp32``), not by op type.
 DEFAULT_FP32_OPS: tuple[str, ...] = ()
 #: The first ONNX opset whose Conv (and MaxPool, AveragePool, ConvTranspose) accept bfloat16.
 BF16_OPSET = 22
@@ -44,18 +46,128 @@ def _load_fp32(onnx_in: Path) -> onnx.ModelProto:
     return model
 
 
-def _half(model: onnx.ModelProto, onnx_in: Path, fp32_ops: Sequence[str]) -> onnx.ModelProto:
-    """onnxconverter-common's FP16 pass: FP32 I/O, FP16 weights, casts at the edges of blocked ops."""
+#: Ops that only move or select elements: the walk from a Softmax back to its projection (and on to its MatMul)
+#: crosses them. Reshape to heads, per-head Slice/Split, Transpose, ...
+_LAYOUT_OPS = frozenset({"Reshape", "Slice", "Split", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+
+
+@dataclass(frozen=True)
+class AttentionProjection:
+    """A Conv whose output, through layout ops only, is normalised by a Softmax that feeds a MatMul (or Einsum):
+    an EA block's ``keys`` (the softmax over positions, the last axis) or ``queries`` (over channels, the axis
+    before it). ``nodes`` names the Conv, the layout ops between, and the Softmax: what stays FP32."""
+
+    role: str
+    conv: str
+    softmax: str
+    nodes: tuple[str, ...]
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed or duplicate-named node a unique name (the converter blocks nodes by name)."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_effattn_{i}"
+        seen.add(node.name)
+
+
+def attention_projections(model: onnx.ModelProto) -> list[AttentionProjection]:
+    """The key and query projections of every EA block in ``model`` (vectorised or one head at a time), found
+    from the graph's structure: Conv -> layout ops -> Softmax -> layout ops -> MatMul. Names its nodes first."""
+    _name_nodes(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
+    producers = {o: n for n in model.graph.node for o in n.output if o}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in inferred.graph.value_info}
+    except Exception:  # a graph shape inference cannot follow: only negative Softmax axes are read
+        ranks = {}
+
+    def feeds_matmul(name: str) -> bool:
+        for n in consumers.get(name, []):
+            if n.op_type in ("MatMul", "Einsum"):
+                return True
+            # a layout op's data input only: a Reshape's shape or a Slice's starts is not a path
+            if n.op_type in _LAYOUT_OPS and n.input[0] == name and any(map(feeds_matmul, n.output)):
+                return True
+        return False
+
+    found = []
+    for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):
+        path, node = [], producers.get(softmax.input[0])
+        while node is not None and node.op_type in _LAYOUT_OPS:
+            path.append(node)
+            node = producers.get(node.input[0])
+        if node is None or node.op_type != "Conv" or not feeds_matmul(softmax.output[0]):
+            continue
+        axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
+        rank = ranks.get(softmax.input[0])
+        if axis >= 0 and rank is None:
+            continue
+        axis = axis - rank if axis >= 0 and rank is not None else axis
+        role = {-1: "keys", -2: "queries"}.get(axis)
+        if role is not None:
+            names = (node.name, *(p.name for p in reversed(path)), softmax.name)
+            found.append(AttentionProjection(role, node.name, softmax.name, names))
+    return found
+
+
+def _half(
+    model: onnx.ModelProto, onnx_in: Path, fp32_ops: Sequence[str], attention_fp32: bool = True
+) -> onnx.ModelProto:
+    """onnxconverter-common's FP16 pass: FP32 I/O, FP16 weights, casts at the edges of blocked ops and nodes."""
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(fp32_ops))
+    nodes = sorted({n for p in attention_projections(model) for n in p.nodes}) if attention_fp32 else []
+    log.debug("kept in FP32 by node: %s", ", ".join(nodes) or "none")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # it warns about every value it clamps to the FP16 range
-            half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+            half = float16.convert_float_to_float16(
+                model, keep_io_types=True, op_block_list=block, node_block_list=nodes
+            )
     except Exception as e:  # the converter raises plain Exceptions
         raise ExportError(f"half-precision conversion of {onnx_in} failed: {first_line(e)}") from e
+    _drop_round_trips(half, set(nodes))
     return _float_outputs(
         half, {o.name for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT}
     )
+
+
+def _drop_round_trips(model: onnx.ModelProto, fp32_nodes: set[str]) -> None:
+    """Remove FP32 -> FP16 -> FP32 round trips between nodes kept in FP32, in place. onnxconverter-common 1.16
+    leaves one when a kept node feeds several kept nodes (a per-head block: Reshape -> Slice per head), which
+    would round the key/query logits to FP16 after all. The consumers' Casts read the FP32 value instead."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in model.graph.output}
+
+    def cast_to(n: onnx.NodeProto) -> int | None:
+        return next((a.i for a in n.attribute if a.name == "to"), None) if n.op_type == "Cast" else None
+
+    drop: list[onnx.NodeProto] = []
+    for down in model.graph.node:
+        src = producers.get(down.input[0]) if down.input else None
+        if cast_to(down) != TensorProto.FLOAT16 or src is None or src.name not in fp32_nodes:
+            continue
+        ups = consumers.get(down.output[0], [])
+        if not ups or down.output[0] in outputs or any(cast_to(u) != TensorProto.FLOAT for u in ups):
+            continue
+        if any(u.output[0] in outputs for u in ups):
+            continue
+        for up in ups:
+            for n in consumers.get(up.output[0], []):
+                n.input[:] = [down.input[0] if i == up.output[0] else i for i in n.input]
+        drop += [down, *ups]
+    for n in drop:
+        model.graph.node.remove(n)
 
 
 def _float_outputs(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
@@ -101,15 +213,18 @@ def to_fp16(
     onnx_out: str | Path,
     *,
     fp32_ops: Sequence[str] = DEFAULT_FP32_OPS,
+    attention_fp32: bool = True,
     force: bool = False,
 ) -> Path:
     """Write an FP16 copy of ``onnx_in`` to ``onnx_out`` (FP32 I/O, FP16 weights, ``fp32_ops`` in FP32).
 
-    The effattn metadata is carried over with ``effattn.precision = fp16``.
+    With ``attention_fp32`` each EA block's key and query projection Convs and their Softmaxes stay FP32
+    (:func:`attention_projections`); the value and reprojection Convs are FP16. The effattn metadata is
+    carried over with ``effattn.precision = fp16``.
     """
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
     check_writable(onnx_out, force)
-    half = _half(_load_fp32(onnx_in), onnx_in, fp32_ops)
+    half = _half(_load_fp32(onnx_in), onnx_in, fp32_ops, attention_fp32)
     return _write(half, onnx_out, force, "fp16", fp32_ops, onnx_in)
 
 
@@ -149,6 +264,7 @@ def to_bf16(
     onnx_out: str | Path,
     *,
     fp32_ops: Sequence[str] = DEFAULT_FP32_OPS,
+    attention_fp32: bool = True,
     force: bool = False,
 ) -> Path:
     """Write a BF16 copy of ``onnx_in`` (FP32 I/O, BF16 weights and compute, ``fp32_ops`` in FP32) for
@@ -171,7 +287,7 @@ def to_bf16(
             raise ExportError(
                 f"cannot move {onnx_in} from opset {opset} to {BF16_OPSET} for BF16: {first_line(e)}"
             ) from e
-    bf16 = _fp16_to_bf16(_half(model, onnx_in, fp32_ops))
+    bf16 = _fp16_to_bf16(_half(model, onnx_in, fp32_ops, attention_fp32))
     return _write(bf16, onnx_out, force, "bf16", fp32_ops, onnx_in)
 
 

@@ -1,4 +1,5 @@
-"""The FP16 and BF16 graphs: FP32 I/O, half-precision weights, and numerics within DESIGN.md's tolerances on the CPU."""
+"""The FP16 and BF16 graphs: FP32 I/O, half-precision weights, the attention projections kept FP32 by node, and
+numerics within DESIGN.md's tolerances in FP16 arithmetic (tests/fp16_oracle.py) and on ONNX Runtime's CPU."""
 
 import numpy as np
 import onnx
@@ -8,10 +9,17 @@ from onnx import helper
 
 from effattn import metadata
 from effattn.errors import ExportError, FileExistsNoForceError
-from effattn.export import read_metadata, to_bf16, to_fp16
-from effattn.export.precision import _float_outputs, bf16_tensor
+from effattn.export import export_onnx, read_metadata, to_bf16, to_fp16
+from effattn.export.precision import _float_outputs, attention_projections, bf16_tensor
+from effattn.models import EfficientAttention1d
 from effattn.runtime import compare, load, random_inputs
 from effattn.runtime.torch_runner import TorchRunner
+from effattn.shapes import ShapeProfile
+from tests.conftest import LoopEfficientAttention
+from tests.fp16_oracle import Fp16Oracle
+
+#: The issue-20 bound on an EA block's attention branch in FP16 arithmetic, at inputs x1 and x100 (and x1000).
+BRANCH_LIMIT = 4e-3
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +35,21 @@ def graphs(tmp_path_factory, onnx_models):
     }
 
 
-def _report(source, profile, path, scale=1.0):
-    feeds = [random_inputs(profile, which) for which in ("min", "opt", "max")] + source.task_inputs(profile)
+def _report(source, profile, path, scale=1.0, feeds=None, precision="fp16"):
+    """ONNX Runtime CPU (FP16 weights, mostly FP32 arithmetic) and the FP16-arithmetic oracle, side by side."""
+    if feeds is None:
+        feeds = [random_inputs(profile, which) for which in ("min", "opt", "max")] + source.task_inputs(profile)
     feeds = [{k: v * np.float32(scale) for k, v in f.items()} for f in feeds]
-    with load(path, device="cpu") as runner:  # this module is about the CPU; CUDA's FP16 is gpu-marked below
-        reference = TorchRunner(source.model, profile, list(runner.outputs))
-        return compare(reference, runner, feeds, precision="fp16", residuals=metadata.residuals_of(runner.metadata))
+    oracle = Fp16Oracle(path)
+    runners = {"fp16-oracle": oracle}
+    if precision == "fp16":  # ONNX Runtime's CPU provider has no BF16 Conv
+        runners["onnxruntime-cpu"] = load(path, device="cpu")  # CUDA's FP16 is gpu-marked below
+    reference = TorchRunner(source.model, profile, list(oracle.outputs))
+    return compare(reference, runners, feeds, precision=precision, residuals=metadata.residuals_of(oracle.metadata))
+
+
+def _value(report, candidate, metric):
+    return next(r.value for r in report.rows if r.candidate == candidate and r.metric == metric)
 
 
 @pytest.mark.parametrize("name,model_name", [("block", "efficient_attention"), ("seg", "ea_segnet_tiny")])
@@ -46,7 +63,9 @@ def test_fp16_graph_has_fp32_io_and_fp16_weights(graphs, name, model_name):
     assert [i.type.tensor_type.elem_type for i in model.graph.input] == [f32]
     assert [o.type.tensor_type.elem_type for o in model.graph.output] == [f32]
     conv_weights = [t for t in model.graph.initializer if t.dims and len(t.dims) == 4]
-    assert conv_weights and all(t.data_type == f16 for t in conv_weights)
+    kept = [t for t in conv_weights if t.name.endswith(("keys.weight", "queries.weight"))]  # FP32 by node
+    assert len(kept) == 2 and all(t.data_type == f32 for t in kept)
+    assert len(conv_weights) > 2 and all(t.data_type == f16 for t in conv_weights if t not in kept)
     meta = read_metadata(path)
     assert meta[metadata.PRECISION] == "fp16" and meta[metadata.MODEL] == model_name
 
@@ -77,31 +96,164 @@ def test_an_fp16_output_of_any_producer_is_cast_back_to_fp32():
 
 @pytest.mark.parametrize("name", ["block", "seg"])
 def test_fp16_numerics_within_tolerance(graphs, name):
+    """Both runners within the FP16 row; in FP16 arithmetic the zoo block's branch within 4e-3 (oracle: 3.4e-3,
+    where ONNX Runtime's CPU shows 2e-4) and the trained segmenter's argmax >= 99.9 % on task images."""
     report = _report(*graphs[name])
     assert report.passed, report
     if name == "block":  # the branch, not only the residual-dominated output
         assert {r.metric for r in report.rows} == {"output", "branch"}
-    else:  # trained weights, task images: argmax agreement >= 99.5%
-        assert next(r for r in report.rows if r.metric == "argmax").value >= 0.995, report
+        assert _value(report, "fp16-oracle", "branch") <= BRANCH_LIMIT, report
+    else:  # trained weights, task images only: the task-level gate
+        source, profile, path = graphs[name]
+        task = _report(source, profile, path, feeds=source.task_inputs(profile))
+        assert _value(task, "fp16-oracle", "argmax") >= 0.999, task
+        assert _value(task, "onnxruntime-cpu", "argmax") >= 0.999, task
+
+
+@pytest.mark.parametrize("scale", [100.0, 1000.0])
+def test_block_branch_at_large_inputs_in_fp16_arithmetic(graphs, scale):
+    """Inputs x100 and x1000: with the key/query projections and softmaxes in FP32 the zoo block's branch stays
+    within 4e-3 in FP16 arithmetic (measured 1.1e-3 / 1.0e-3; all-FP16 gave 6.2e-3 / 3.5e-2)."""
+    report = _report(*graphs["block"], scale=scale)
+    assert report.passed, report
+    assert _value(report, "fp16-oracle", "branch") <= BRANCH_LIMIT, report
+
+
+def test_the_old_all_fp16_policy_fails_in_fp16_arithmetic_but_not_on_onnxruntime_cpu(graphs):
+    """Why the oracle exists: the old all-FP16 graph passes on ONNX Runtime's CPU provider (which computes in
+    FP32) at inputs x100, but its branch error in FP16 arithmetic is above 4e-3 (measured 6.2e-3)."""
+    source, profile, _ = graphs["block"]
+    old = to_fp16(graphs["block_fp32"], graphs["dir"] / "block.all-fp16.onnx", attention_fp32=False, force=True)
+    report = _report(source, profile, old, scale=100.0)
+    assert _value(report, "onnxruntime-cpu", "branch") <= BRANCH_LIMIT, report
+    assert _value(report, "fp16-oracle", "branch") > BRANCH_LIMIT, report
 
 
 @pytest.mark.parametrize("name", ["block", "seg"])
 def test_large_range_inputs_stay_finite(graphs, name):
     """Inputs x100: FP16 must not produce inf/NaN (the report fails on any non-finite value).
 
-    The block is held to DESIGN.md's FP16 limits even here (15 fresh draws: branch rel-L2 at most
-    3.2e-3 of 5e-3). The trained segmenter's logits on noise x100, far outside its training range
-    where its softmax attention is ill-conditioned, have a heavy-tailed FP16 error (30 fresh draws:
-    median 2.8e-3, max 7.4e-3; one CI run 1.15e-2), so there they are held to 2e-2 and to task-level
-    argmax agreement, not to the in-distribution 1e-2.
+    The block is held to the FP16 row (see above). The trained segmenter's logits on noise x100, far outside
+    its training range where its softmax attention is ill-conditioned, have a heavy-tailed FP16 error on ONNX
+    Runtime's CPU (30 fresh draws: median 2.8e-3, max 7.4e-3; one CI run 1.15e-2), so there they are held to
+    2e-2 and to argmax agreement, not to the in-distribution 1e-2.
     """
     report = _report(*graphs[name], scale=100.0)
     assert all(np.isfinite(r.value) for r in report.rows), report
     if name == "block":
         assert report.passed, report
     else:
-        by = {r.metric: r for r in report.rows}
-        assert by["output"].value <= 2e-2 and by["argmax"].value >= 0.995, report
+        for candidate in ("fp16-oracle", "onnxruntime-cpu"):
+            assert _value(report, candidate, "output") <= 2e-2, report
+            assert _value(report, candidate, "argmax") >= 0.995, report
+
+
+def _roles(model):
+    return sorted(p.role for p in attention_projections(model))
+
+
+def test_attention_projections_are_found_by_structure_not_names(graphs, onnx_models, tmp_path):
+    """Every EA block's keys and queries: the zoo block, four heads in one reshape, the segmenter's block, a 1-D
+    block and a user's block that slices heads one at a time; node names scrambled first. A dot-product block
+    (its Softmax reads a MatMul) and the value/reprojection Convs are not projections."""
+    torch.manual_seed(0)
+    loop = export_onnx(
+        LoopEfficientAttention(16, 8, 2, 16).eval(),
+        ShapeProfile.single("1x16x4x4", "1x16x8x8", "2x16x16x16"),
+        tmp_path / "loop.onnx",
+    ).path
+    ea1d = export_onnx(
+        EfficientAttention1d(16, 8, 2, 16).eval(),
+        ShapeProfile.single("1x16x8", "1x16x32", "2x16x64"),
+        tmp_path / "1d.onnx",
+    ).path
+    dot = onnx_models["dot16_slow"].path
+    cases = {
+        graphs["block_fp32"]: ["keys", "queries"],
+        onnx_models["ea16_4heads"].path: ["keys", "queries"],
+        graphs["seg_fp32"]: ["keys", "queries"],
+        ea1d: ["keys", "queries"],
+        loop: ["keys", "keys", "queries", "queries"],  # one Softmax pair per head
+        dot: [],
+    }
+    for path, roles in cases.items():
+        model = onnx.load(path)
+        for i, node in enumerate(model.graph.node):
+            node.name = f"n{len(model.graph.node) - i}"  # names say nothing
+        found = attention_projections(model)
+        assert sorted(p.role for p in found) == roles, path
+        weights = {n.name: n.input[1] for n in model.graph.node if n.op_type == "Conv"}
+        for p in found:  # the Conv feeding keys is the one whose weights are keys.weight, and so on
+            assert weights[p.conv].rsplit(".", 1)[0].endswith(p.role), (path, p)
+            assert model.graph.node[[n.name for n in model.graph.node].index(p.softmax)].op_type == "Softmax"
+
+
+@pytest.mark.parametrize("convert", [to_fp16, to_bf16])
+def test_key_and_query_projections_stay_fp32_the_rest_is_half(graphs, convert, tmp_path):
+    """In the written graph: key/query Conv weights FP32 and their Softmaxes reading FP32 (no rounding of the
+    logits), value/reprojection weights in half precision; FP32 I/O as before."""
+    path = convert(graphs["block_fp32"], tmp_path / "block.onnx")
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    types |= {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
+    half = onnx.TensorProto.FLOAT16 if convert is to_fp16 else onnx.TensorProto.BFLOAT16
+    f32 = onnx.TensorProto.FLOAT
+    assert {types[f"{w}.weight"] for w in ("keys", "queries")} == {f32}
+    assert {types[f"{w}.weight"] for w in ("values", "reprojection")} == {half}
+    softmax_inputs = [n.input[0] for n in model.graph.node if n.op_type == "Softmax"]
+    assert len(softmax_inputs) == 2 and {types[i] for i in softmax_inputs} == {f32}
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    assert matmuls and {types[i] for n in matmuls for i in n.input} == {half}  # the context products stay half
+
+
+def test_a_users_per_head_block_in_fp16_arithmetic(tmp_path):
+    """The reference's one-head-at-a-time block (per-head Slice, then Softmax): its projections are found and
+    kept FP32, and its branch stays within 4e-3 at inputs x100 in FP16 arithmetic."""
+    torch.manual_seed(0)
+    module = LoopEfficientAttention(32, 32, 2, 32).eval()
+    profile = ShapeProfile.single("1x32x8x8", "2x32x16x16", "2x32x32x32")
+    fp32 = export_onnx(module, profile, tmp_path / "loop.onnx").path
+    fp16 = to_fp16(fp32, tmp_path / "loop.fp16.onnx")
+    model = onnx.load(fp16)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):  # Conv -> Reshape -> Slice -> Softmax,
+        chain, node = [], producers[softmax.input[0]]  # no FP16 round trip on the way (the converter left one)
+        while node.op_type != "Conv":
+            chain.append(node.op_type)
+            node = producers[node.input[0]]
+        assert chain == ["Slice", "Reshape"], chain
+    feeds = [{k: v * np.float32(100) for k, v in random_inputs(profile, w).items()} for w in ("min", "opt", "max")]
+    oracle = Fp16Oracle(fp16)
+    report = compare(
+        TorchRunner(module, profile, list(oracle.outputs)),
+        oracle,
+        feeds,
+        precision="fp16",
+        residuals=dict.fromkeys(oracle.outputs, "input"),
+    )
+    assert _value(report, "fp16-oracle", "branch") <= BRANCH_LIMIT, report
+
+
+def test_the_oracle_computes_in_fp16_unlike_onnxruntime_cpu(tmp_path):
+    """(2048 + 1) + 1 in an FP16 graph: 2048 when each Add's output is stored in FP16 (2049 is a tie, rounded to
+    even), 2050 on ONNX Runtime's CPU provider, which runs the FP16 Adds in FP32 and rounds only at the end."""
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    one = helper.make_tensor("one", f16, [1], np.array([1], np.float16).tobytes(), raw=True)
+    nodes = [
+        helper.make_node("Cast", ["x"], ["h"], to=f16),
+        helper.make_node("Add", ["h", "one"], ["a"]),
+        helper.make_node("Add", ["a", "one"], ["b"]),
+        helper.make_node("Cast", ["b"], ["y"], to=f32),
+    ]
+    io = [helper.make_tensor_value_info(n, f32, [1]) for n in ("x", "y")]
+    graph = helper.make_graph(nodes, "g", io[:1], io[1:], [one])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "adds.onnx")
+    import onnxruntime as ort
+
+    x = {"x": np.array([2048.0], np.float32)}
+    assert Fp16Oracle(tmp_path / "adds.onnx").infer(x)["y"].tolist() == [2048.0]
+    session = ort.InferenceSession(str(tmp_path / "adds.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, x)[0].tolist() == [2050.0]
 
 
 def test_refuses_overwrite_and_double_conversion(graphs, tmp_path):
@@ -163,7 +315,9 @@ def test_bf16_graph_has_fp32_io_bf16_weights_and_opset_22(bf16):
     assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {22}
     assert [v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)] == [f32, f32]
     conv_weights = [t for t in model.graph.initializer if len(t.dims) == 4]
-    assert conv_weights and all(t.data_type == b16 for t in conv_weights)
+    kept = [t for t in conv_weights if t.name.endswith(("keys.weight", "queries.weight"))]  # FP32 by node
+    assert len(kept) == 2 and all(t.data_type == f32 for t in kept)
+    assert len(conv_weights) > 2 and all(t.data_type == b16 for t in conv_weights if t not in kept)
     assert f16 not in {t.data_type for t in model.graph.initializer}
     assert f16 not in {a.i for n in model.graph.node for a in n.attribute if n.op_type == "Cast"}
     assert read_metadata(bf16[1])[metadata.PRECISION] == "bf16"
@@ -199,4 +353,29 @@ def test_bf16_weights_within_the_bf16_tolerance_with_fp32_math(graphs, bf16):
     feeds = source.task_inputs(profile)
     with load(emulated, backend="onnxruntime", device="cpu") as runner:
         report = compare(TorchRunner(source.model, profile, list(runner.outputs)), runner, feeds, precision="bf16")
+    assert report.passed, report
+
+
+def test_bf16_keeps_the_attention_projections_because_it_helps_in_bf16_arithmetic(onnx_models, tmp_path):
+    """BF16 (8-bit mantissa) rounds the key/query logits 8x coarser than FP16: in BF16 arithmetic the 32-channel
+    block's branch at inputs x1000 was 8.5e-2 to 2.0e-1 all-BF16 and 8.2e-3 to 8.8e-3 with the projections kept
+    FP32 (10 draws), so to_bf16 keeps them too. Same feeds for both graphs."""
+    block = onnx_models["ea32"]
+    new = Fp16Oracle(to_bf16(block.path, tmp_path / "new.onnx"), name="new")
+    old = Fp16Oracle(to_bf16(block.path, tmp_path / "old.onnx", attention_fp32=False), name="old")
+    feeds = [
+        {k: v * np.float32(1000) for k, v in random_inputs(block.profile, w).items()} for w in ("min", "opt", "max")
+    ]
+    reference = TorchRunner(block.source, block.profile, list(new.outputs))
+    report = compare(reference, [new, old], feeds, precision="bf16", residuals={"output": "input"})
+    assert all(np.isfinite(r.value) for r in report.rows), report
+    assert _value(report, "new", "branch") <= 1.5e-2, report
+    assert _value(report, "new", "branch") * 4 <= _value(report, "old", "branch"), report
+
+
+def test_bf16_segmenter_in_bf16_arithmetic_on_task_images(graphs, bf16):
+    """The trained segmenter's BF16 graph with BF16 stored between nodes, as TensorRT's strongly typed BF16
+    engine computes: within the BF16 row on task images (measured 4.8e-3, argmax 99.79 %)."""
+    source, profile, _ = graphs["seg"]
+    report = _report(source, profile, bf16[1], feeds=source.task_inputs(profile), precision="bf16")
     assert report.passed, report
