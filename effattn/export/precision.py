@@ -47,8 +47,10 @@ def _load_fp32(onnx_in: Path) -> onnx.ModelProto:
 
 
 #: Ops that only move or select elements: the walk from a Softmax back to its projection (and on to its MatMul)
-#: crosses them. Reshape to heads, per-head Slice/Split, Transpose, ...
-_LAYOUT_OPS = frozenset({"Reshape", "Slice", "Split", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+#: crosses them. Reshape to heads, per-head Slice/Split, Transpose, ... (and Cast, in a graph already converted)
+_LAYOUT_OPS = frozenset(
+    {"Reshape", "Slice", "Split", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast"}
+)
 
 
 @dataclass(frozen=True)

@@ -441,8 +441,9 @@ def test_qdq_float_to_fp16_converts_a_file_and_refuses_twice(files, tmp_path):
 
 
 def test_softmax_inputs_are_found_by_structure_in_a_per_head_block():
-    """A user's own block written head by head (keys Conv -> Slice per head -> Reshape -> Softmax): each head's
-    softmax and the Slices between it and the shared key projection stay FP32; no names are consulted."""
+    """A user's own block written head by head (keys Conv -> Slice per head -> Reshape -> Softmax -> MatMul):
+    each head's softmax and the Slices between it and the shared key projection stay FP32; no names are
+    consulted."""
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 2, 2])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
     w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
@@ -457,7 +458,9 @@ def test_softmax_inputs_are_found_by_structure_in_a_per_head_block():
             helper.make_node("Reshape", [f"k{h}", "shape"], [f"r{h}"], name=f"c{h}"),
             helper.make_node("Softmax", [f"r{h}"], [f"p{h}"], axis=-1, name=f"d{h}"),
         ]
-    nodes.append(helper.make_node("Add", ["p0", "p1"], ["y"], name="e"))
+        nodes.append(helper.make_node("MatMul", [f"p{h}", f"v{h}"], [f"o{h}"], name=f"e{h}"))  # the context
+    nodes.append(helper.make_node("Add", ["o0", "o1"], ["y"], name="f"))
+    ints += [numpy_helper.from_array(np.ones((2, 1), np.float32), f"v{h}") for h in range(2)]
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w, *ints]))
     assert set(softmax_fp32_nodes(model)) == {"a", "b0", "c0", "d0", "b1", "c1", "d1"}
 

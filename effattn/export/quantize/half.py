@@ -10,43 +10,29 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from ...errors import ExportError, first_line
+from ..precision import attention_projections
 from .qdq import check_qdq
 
 #: The first opset whose QuantizeLinear/DequantizeLinear take FP16 scales (and so give FP16 outputs).
 FP16_SCALE_OPSET = 19
-#: Ops that only move or reshape data between a projection and its softmax (a per-head block slices or splits).
-_PASS_THROUGH = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Split", "Slice", "Gather")
-#: Ops that scale the logits on the way to the softmax (kept FP32 with them).
-_SCALING = ("Mul", "Div")
-_PROJECTIONS = ("Conv", "MatMul", "Gemm")
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 def softmax_fp32_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes that feed each Softmax and stay FP32: the Softmax, the reshapes/slices (and a logit
-    scaling Mul/Div) between it and the projection that makes its input, that projection (Conv/MatMul/Gemm: the
-    EA block's key or query projection), and the Q/DQ nodes on the projection's inputs (so TensorRT still fuses
-    them into an INT8 projection). Found by structure, not by names, so a user's own (per-head) block counts."""
+    """Names of the nodes that stay FP32: each EA block's key and query projections with the layout ops and
+    Softmax after them (:func:`effattn.export.precision.attention_projections`, the FP16 graph's rule), and the
+    Q/DQ nodes on those projections' inputs (so TensorRT still fuses them into an INT8 projection)."""
     producers = {out: node for node in model.graph.node for out in node.output}
-    keep: list[onnx.NodeProto] = []
-    for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):
-        keep.append(softmax)
-        node = producers.get(softmax.input[0])
-        while node is not None and node.op_type in _PASS_THROUGH + _SCALING:
-            keep.append(node)
-            node = producers.get(node.input[0])
-        if node is None or node.op_type not in _PROJECTIONS:
-            continue
-        keep.append(node)
-        for name in node.input:
+    by_name = {node.name: node for node in model.graph.node}
+    keep: dict[str, None] = {}
+    for projection in attention_projections(model):
+        keep.update(dict.fromkeys(projection.nodes))
+        for name in by_name[projection.conv].input:
             quantizer = producers.get(name)
             while quantizer is not None and quantizer.op_type in _QDQ:
-                keep.append(quantizer)
+                keep.setdefault(quantizer.name)
                 quantizer = producers.get(quantizer.input[0])
-    seen: dict[str, None] = {}
-    for node in keep:
-        seen.setdefault(node.name)
-    return list(seen)
+    return list(keep)
 
 
 def float_type(model: onnx.ModelProto) -> str:
@@ -55,17 +41,6 @@ def float_type(model: onnx.ModelProto) -> str:
     inits = {t.name: t.data_type for t in model.graph.initializer}
     scales = {inits.get(n.input[1]) for n in model.graph.node if n.op_type in _QDQ and len(n.input) > 1}
     return "fp16" if TensorProto.FLOAT16 in scales else "fp32"
-
-
-def _name_nodes(model: onnx.ModelProto) -> None:
-    """Give every unnamed node a unique name: the converter's block list is by name."""
-    names = {n.name for n in model.graph.node if n.name}
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            node.name = next(
-                f"{node.op_type}_{i}_{k}" for k in range(len(names) + 2) if f"{node.op_type}_{i}_{k}" not in names
-            )
-            names.add(node.name)
 
 
 def _own_scales(model: onnx.ModelProto, kept: set[str]) -> None:
@@ -125,8 +100,7 @@ def qdq_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             model = version_converter.convert_version(model, FP16_SCALE_OPSET)
         except Exception as e:  # the converter raises bare RuntimeErrors
             raise ExportError(f"cannot move the graph from opset {opset} to {FP16_SCALE_OPSET}: {first_line(e)}") from e
-    _name_nodes(model)
-    kept = set(softmax_fp32_nodes(model))
+    kept = set(softmax_fp32_nodes(model))  # names every node first: the converter blocks by name
     _own_scales(model, kept)
     float_outputs = {o.name for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT}
     del model.graph.value_info[:]  # the converter trusts stale FP32 entries (see export/precision.py)
