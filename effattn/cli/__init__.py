@@ -78,7 +78,12 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         nargs=None if required else "?",
         help="a zoo name (see 'effattn models') or your own package.module:factory",
     )
-    p.add_argument("--checkpoint", type=Path, help="state_dict to load (.safetensors, .pt, .pth)")
+    _weight_args(p)
+
+
+def _weight_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, checkpoint: str = "") -> None:
+    """--checkpoint, --pretrained and --arg: what builds a model source's weights."""
+    p.add_argument("--checkpoint", type=Path, help=f"state_dict to load (.safetensors, .pt, .pth){checkpoint}")
     p.add_argument("--pretrained", action="store_true", help="load the zoo's shipped trained weights")
     p.add_argument(
         "--arg",
@@ -402,15 +407,7 @@ def _serve_models(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("--backend torch (model sources)")
     g.add_argument("--fused", action="store_true", help="run the Efficient-Attention blocks on the fused Triton kernel")
     g.add_argument("--fp16", action="store_true", help="compute in FP16 (inputs and outputs stay FP32)")
-    g.add_argument("--checkpoint", type=Path, help="state_dict to load (.safetensors, .pt, .pth); one model only")
-    g.add_argument("--pretrained", action="store_true", help="load the zoo's shipped trained weights")
-    g.add_argument(
-        "--arg",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="keyword argument for the model factory, e.g. --arg num_classes=19 (repeatable)",
-    )
+    _weight_args(g, checkpoint="; one model only")
     _shape_args(p)
 
 

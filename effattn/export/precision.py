@@ -135,7 +135,7 @@ def _half(
     except Exception as e:  # the converter raises plain Exceptions
         raise ExportError(f"half-precision conversion of {onnx_in} failed: {first_line(e)}") from e
     _drop_round_trips(half, set(nodes))
-    return _float_outputs(
+    return restore_float_outputs(
         half, {o.name for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT}
     )
 
@@ -172,7 +172,7 @@ def _drop_round_trips(model: onnx.ModelProto, fp32_nodes: set[str]) -> None:
         model.graph.node.remove(n)
 
 
-def _float_outputs(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
+def restore_float_outputs(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
     """Outputs ``names`` typed FP32 again. onnxconverter-common 1.16 with ``keep_io_types=True`` leaves an output
     FP16 when a blocked op produces it (ea_segnet_tiny's logits come from a Resize: Resize -> Cast(FP16) ->
     output). A producing Cast is retargeted to FP32 (no FP16 rounding of the output); any other producer gets

@@ -10,7 +10,7 @@ from onnx import helper
 from effattn import metadata
 from effattn.errors import ExportError, FileExistsNoForceError
 from effattn.export import export_onnx, read_metadata, to_bf16, to_fp16
-from effattn.export.precision import _float_outputs, attention_projections, bf16_tensor
+from effattn.export.precision import attention_projections, bf16_tensor, restore_float_outputs
 from effattn.models import EfficientAttention1d
 from effattn.runtime import compare, load, random_inputs
 from effattn.runtime.torch_runner import TorchRunner
@@ -83,7 +83,7 @@ def test_an_fp16_output_of_any_producer_is_cast_back_to_fp32():
         [helper.make_tensor_value_info("x", f32, [2])],
         [helper.make_tensor_value_info("y", f16, [2]), helper.make_tensor_value_info("z", f16, [2])],
     )
-    model = _float_outputs(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), {"y"})
+    model = restore_float_outputs(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), {"y"})
     onnx.checker.check_model(model, full_check=True)
     assert [o.type.tensor_type.elem_type for o in model.graph.output] == [f32, f16]  # z was not asked for
     import onnxruntime as ort

@@ -7,10 +7,10 @@ from __future__ import annotations
 import warnings
 
 import onnx
-from onnx import TensorProto, helper, numpy_helper, version_converter
+from onnx import TensorProto, numpy_helper, version_converter
 
 from ...errors import ExportError, first_line
-from ..precision import attention_projections
+from ..precision import attention_projections, restore_float_outputs
 from .qdq import check_qdq
 
 #: The first opset whose QuantizeLinear/DequantizeLinear take FP16 scales (and so give FP16 outputs).
@@ -63,25 +63,6 @@ def _own_scales(model: onnx.ModelProto, kept: set[str]) -> None:
             node.input[1] = copy
 
 
-def _float_outputs(model: onnx.ModelProto, names: set[str]) -> None:
-    """Outputs ``names`` FP32 again where the converter left one FP16 (an output made by a blocked op: a Cast to
-    FP16 before the output is retargeted, any other producer gets a Cast to FP32)."""
-    producers = {o: node for node in model.graph.node for o in node.output}
-    for out in model.graph.output:
-        if out.name not in names or out.type.tensor_type.elem_type == TensorProto.FLOAT:
-            continue
-        out.type.tensor_type.elem_type = TensorProto.FLOAT
-        node = producers[out.name]
-        if node.op_type == "Cast":
-            next(a for a in node.attribute if a.name == "to").i = TensorProto.FLOAT
-            continue
-        inner = f"{out.name}_before_float_cast"
-        for other in model.graph.node:
-            other.input[:] = [inner if i == out.name else i for i in other.input]
-            other.output[:] = [inner if o == out.name else o for o in other.output]
-        model.graph.node.append(helper.make_node("Cast", [inner], [out.name], to=TensorProto.FLOAT))
-
-
 def qdq_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """The FP16-float form of an FP32-float QDQ graph (a new model; ``model`` is left alone): opset 19, every
     scale and float tensor FP16 except :func:`softmax_fp32_nodes`, FP32 inputs and outputs. What ModelOpt's ONNX
@@ -115,6 +96,6 @@ def qdq_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             )
     except Exception as e:  # the converter raises plain Exceptions
         raise ExportError(f"FP16 conversion of the QDQ graph's float part failed: {first_line(e)}") from e
-    _float_outputs(half, float_outputs)
+    restore_float_outputs(half, float_outputs)
     check_qdq(half, "the QDQ graph with an FP16 float part (a scale beyond FP16's range?)")
     return half
