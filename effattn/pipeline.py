@@ -12,14 +12,15 @@ import os
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 
-from . import metadata
+from . import metadata, precisions
 from .bench.contention import LoadCheck
 from .bench.timing import LatencyStats, measure_interleaved
 from .engines import available_devices, optimize_model
@@ -99,12 +100,13 @@ def reference_for(
 
 @dataclass
 class Parity:
-    """A file's parity run: the report, the reference it was measured against, and on which backend."""
+    """A file's parity run: the report, the reference it was measured against, on which backend, and the feeds."""
 
     report: Report
     reference: ModelSource
     backend: str
     inputs: int
+    feeds: list[dict[str, Any]] = field(default_factory=list)
 
 
 def compare_file(
@@ -114,25 +116,33 @@ def compare_file(
     device: str | None = None,
     seed: int | None = None,
     rtx: bool | None = None,
+    feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
+    tolerance: str | None = None,
 ) -> Parity:
-    """Run ``onnx_path`` on a backend and eager ``reference`` on the same fresh inputs (random at min/opt/max,
-    plus task images for trained weights), against the tolerances of the graph's (or runner's) precision."""
+    """Run ``onnx_path`` on a backend and eager ``reference`` on the same inputs: ``feeds`` (each checked against
+    the file's profile before the first run), else fresh ones (random at min/opt/max, plus task images for
+    trained weights), against the tolerances of the graph's (or runner's) precision, or of the ``tolerance`` row
+    of :mod:`effattn.precisions`."""
     meta = metadata.read_metadata(onnx_path)
+    limits = precisions.get(tolerance).tolerance if tolerance is not None else None
     with load(onnx_path, backend=backend, device=device, rtx=rtx) as runner:
         profile = runner.profile or reference.profile
         if profile is None:
             raise InputError("neither the file nor the model has a shape profile")
-        feeds = profile_inputs(profile, seed) + reference.task_inputs(profile, seed)
+        if feeds is None:
+            feeds = profile_inputs(profile, seed) + reference.task_inputs(profile, seed)
+        checked = [runner.check_feed(feed) for feed in feeds]  # every feed, before the first run
         eager = TorchRunner(reference.model, profile, output_names=list(runner.outputs))
         precision = getattr(runner, "precision", None) or metadata.precision_of(meta)  # OpenVINO may run in BF16
         report = compare(
             eager,
             runner,
-            feeds,
+            checked,
             precision=precision,
             residuals=metadata.residuals_of(meta, runner.inputs, runner.outputs),
+            tolerance=limits,
         )
-        return Parity(report, reference, runner.backend, len(feeds))
+        return Parity(report, reference, runner.backend, len(checked), checked)
 
 
 # ------------------------------------------------------------------------------------------ build
@@ -294,6 +304,45 @@ def read_inputs(path: str | Path, input_names: Sequence[str]) -> dict[str, np.nd
             raise InputError(f"{path} holds one array but the model has inputs {list(input_names)}; use an .npz")
         return {input_names[0]: arrays}
     return arrays
+
+
+def load_inputs(paths: Sequence[str | Path], onnx_path: str | Path) -> list[dict[str, np.ndarray]]:
+    """One feed per file, read as ``effattn run --input`` reads it (:func:`read_inputs`), for ``onnx_path``'s
+    inputs; the runner checks each against the file's profile."""
+    names = graph_inputs(onnx_path)
+    return [read_inputs(path, names) for path in paths]
+
+
+def graph_inputs(onnx_path: str | Path) -> list[str]:
+    """The names of an ONNX file's inputs (initializers listed as inputs left out)."""
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception as e:  # protobuf decode errors come in many types
+        raise ExportError(f"{onnx_path} is not a loadable ONNX model: {first_line(e)}") from None
+    weights = {t.name for t in graph.initializer}
+    return [v.name for v in graph.input if v.name not in weights]
+
+
+def input_files(path: str | Path, count: int) -> list[Path]:
+    """Where :func:`save_inputs` writes ``count`` feeds: ``path`` itself for one, else ``STEM.0.npz``,
+    ``STEM.1.npz``, ... beside it (each a feed that ``--load-inputs`` and ``effattn run --input`` read)."""
+    path = Path(path)
+    if count == 1:
+        return [path]
+    stem = path.name[: -len(".npz")] if path.name.endswith(".npz") else path.name
+    return [path.with_name(f"{stem}.{i}.npz") for i in range(count)]
+
+
+def save_inputs(path: str | Path, feeds: Sequence[Mapping[str, np.ndarray]], force: bool = False) -> list[Path]:
+    """Write each feed as an ``.npz`` of arrays by input name (:func:`input_files` names them); every file is
+    checked before the first is written, and each is written atomically."""
+    paths = input_files(path, len(feeds))
+    for target in paths:
+        check_writable(target, force)
+    for target, feed in zip(paths, feeds):  # through a file object: np.savez would add ".npz" to a name without it
+        with atomic_output(target, force) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **{name: np.asarray(value) for name, value in feed.items()})  # type: ignore[arg-type]
+    return paths
 
 
 def describe(path: str | Path) -> dict:

@@ -60,9 +60,27 @@ def test_models_json(capsys):
 
 def test_export_refuses_to_overwrite(seg_onnx, capsys):
     before = seg_onnx.read_bytes()
-    assert main(["export", "ea_segnet_tiny", "-o", str(seg_onnx), "-q"]) == 2
+    assert main(["export", "ea_segnet_tiny", "--pretrained", "-o", str(seg_onnx), "-q"]) == 2
     assert "exists; pass --force to overwrite it" in _error_line(capsys)
     assert seg_onnx.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "model,flags,match",
+    [
+        ("tests.conftest:make_user_model", [], r"no weights to export: give its weights with --checkpoint FILE"),
+        ("tests.conftest:make_user_model", ["--pretrained"], r"\(--pretrained is for zoo models\)"),
+        ("ea_segnet_tiny", [], r"add --pretrained for its shipped trained weights"),
+        ("efficient_attention", [], r"it ships no trained weights"),
+        ("ea_segnet_tiny", ["--pretrained", "--random-weights"], r"--random-weights exports untrained weights"),
+    ],
+)
+def test_export_refuses_random_weights_unless_asked(tmp_path, capsys, model, flags, match):
+    out = tmp_path / "m.onnx"
+    assert main(["export", model, *flags, "-o", str(out), "--min", "1x3x8x8", "--opt", "1x3x8x8", "-q"]) == 2
+    line = _error_line(capsys)
+    assert re.search(match, line) and "--random-weights" in line, line
+    assert not out.exists() and not list(tmp_path.iterdir())
 
 
 def test_run_with_shape_and_output(seg_onnx, tmp_path, capsys):
@@ -119,6 +137,32 @@ def test_compare_rebuilds_the_reference_from_metadata(seg_onnx, capsys):
     assert {r["metric"] for r in report["rows"]} == {"output", "argmax"}
 
 
+def test_compare_saves_its_inputs_and_replays_them(seg_onnx, tmp_path, capsys):
+    """--save-inputs writes each feed (min/opt/max and task images) as an .npz that --load-inputs replays to the
+    same numbers; --tolerance swaps the limits for another precision's row."""
+    saved = tmp_path / "in.npz"
+    assert main(["compare", str(seg_onnx), "--save-inputs", str(saved), "--json", "--device", "cpu"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    files = sorted(tmp_path.glob("in.*.npz"))
+    assert len(files) >= 3 and not saved.exists() and {np.load(f)["input"].shape[0] for f in files} <= {1, 2}
+    argv = ["compare", str(seg_onnx), "--load-inputs", *map(str, files), "--json", "--device", "cpu"]
+    assert main([*argv, "--tolerance", "int8"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [r["value"] for r in again["rows"]] == [r["value"] for r in first["rows"]]
+    assert {r["limit"] for r in again["rows"] if r["metric"] == "output"} == {0.2}
+    assert main(["compare", str(seg_onnx), "--save-inputs", str(tmp_path / "in.npz")]) == 2  # in.0.npz exists
+    assert "exists; pass --force to overwrite it" in _error_line(capsys)
+
+
+def test_compare_checks_loaded_inputs_against_the_profile(seg_onnx, tmp_path, capsys):
+    np.savez(tmp_path / "big.npz", input=np.zeros((1, 3, 200, 32), np.float32))
+    assert main(["compare", str(seg_onnx), "--load-inputs", str(tmp_path / "big.npz")]) == 2
+    assert "input 'input' axis 2 (height) is 200; it must be in [32, 96]" in _error_line(capsys)
+    np.savez(tmp_path / "named.npz", image=np.zeros((1, 3, 32, 32), np.float32))
+    assert main(["compare", str(seg_onnx), "--load-inputs", str(tmp_path / "named.npz")]) == 2
+    assert "unknown ['image']" in _error_line(capsys)
+
+
 def test_compare_refuses_random_weights(tmp_path, capsys):
     path = tmp_path / "rand.onnx"
     assert (
@@ -126,6 +170,7 @@ def test_compare_refuses_random_weights(tmp_path, capsys):
             [
                 "export",
                 "efficient_attention",
+                "--random-weights",
                 "-o",
                 str(path),
                 "-q",

@@ -128,7 +128,8 @@ def _export_signalled(tmp_path, signum: int, disposition: str) -> subprocess.Com
             return validate_export(*args, **kwargs)
 
         effattn.pipeline.validate_export = validate
-        sys.exit(main(["export", "efficient_attention", "-o", {str(tmp_path / "block.onnx")!r}, "-q",
+        sys.exit(main(["export", "efficient_attention", "--random-weights", "-q",
+                       "-o", {str(tmp_path / "block.onnx")!r},
                        "--arg", "in_channels=8", "--arg", "key_channels=4", "--arg", "value_channels=8",
                        "--min", "1x8x4x4", "--opt", "1x8x8x8", "--max", "2x8x8x8"]))
     """)

@@ -136,9 +136,18 @@ def _export(add) -> None:
         "Export a model to ONNX with dynamic batch/height/width, run onnx.checker and shape inference, "
         "simplify with onnxslim, record metadata (model, profile, checkpoint sha256), then verify ONNX "
         "Runtime against eager PyTorch at the min, opt and max shapes. The file is written only if it "
-        "passes.\n\nexample:\n  effattn export ea_segnet_tiny --pretrained -o seg.onnx --max 8x3x512x512",
+        "passes. The weights: --checkpoint, --pretrained (zoo models that ship them) or, on purpose, "
+        "--random-weights.\n\nexamples:\n  effattn export ea_segnet_tiny --pretrained -o seg.onnx --max 8x3x512x512\n"
+        "  effattn export my_pkg.nets:build --checkpoint w.safetensors -o mine.onnx "
+        "--min 1x3x32x32 --opt 1x3x128x128 --max 4x3x256x256",
     )
     _model_args(p)
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="export the model's random initialisation on purpose (without --checkpoint or --pretrained "
+        "export refuses: a file of untrained weights passes parity yet answers nothing)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
     _shape_args(p)
     p.add_argument(
@@ -190,7 +199,15 @@ def _compare(add) -> None:
         "  effattn compare mine.onnx my_pkg.nets:build --checkpoint w.safetensors\n\n"
         "(The weights are matched by their tensors, so w.pt and w.safetensors holding the same weights are the "
         "same checkpoint.) "
-        "Exit code 1 if any check fails.",
+        "Exit code 1 if any check fails.\n\n"
+        "your data: --load-inputs takes .npz files (arrays by input name, one feed each: what 'effattn run "
+        "--input' reads) instead of random inputs; --save-inputs writes the feeds used, to replay them.\n"
+        "  effattn compare seg.int8.onnx --load-inputs images.npz --tolerance int8\n\n"
+        "--bisect FP32.onnx: where a low-precision file (FP16, BF16, INT8/FP8 QDQ) leaves its FP32 export, as "
+        "Polygraphy's per-layer comparison: every float tensor both graphs name is made an output, both run "
+        "on ONNX Runtime's CPU on the same inputs, and each tensor's rel L2, max abs, cosine and NaN/inf "
+        "counts are listed in graph order with the first tensor out of tolerance (exit code 1 if one is).\n"
+        "  effattn compare seg.int8.onnx --bisect seg.onnx --tolerance fp16",
     )
     p.add_argument("onnx", type=Path, help="an .onnx file written by 'effattn export'")
     _model_args(p, required=False)
@@ -202,6 +219,37 @@ def _compare(add) -> None:
         "the file's metadata names (by default only zoo models, or the factory you name yourself)",
     )
     p.add_argument("--seed", type=SEED, default=None, help="seed for inputs (default: fresh each run)")
+    g = p.add_argument_group("inputs and tolerances")
+    g.add_argument(
+        "--load-inputs",
+        type=Path,
+        nargs="+",
+        metavar="FILE.npz",
+        help="compare on these feeds (.npz of arrays by input name, or .npy for one input; one feed per "
+        "file, checked against the file's shape profile) instead of random inputs",
+    )
+    g.add_argument(
+        "--save-inputs",
+        type=Path,
+        metavar="FILE.npz",
+        help="write the feeds used: FILE.npz for one, else FILE.0.npz, FILE.1.npz, ... (read back with "
+        "--load-inputs or 'effattn run --input')",
+    )
+    g.add_argument("--force", action="store_true", help="overwrite --save-inputs files")
+    g.add_argument(
+        "--tolerance",
+        choices=precisions.names(),
+        metavar="ROW",
+        help="the limits of this precision's row instead of the file's own: "
+        f"{', '.join(f'{p.name} (rel L2 {p.tolerance.rel_l2:g})' for p in precisions.TABLE)}",
+    )
+    g.add_argument(
+        "--bisect",
+        type=Path,
+        metavar="FP32.onnx",
+        help="compare tensor by tensor with this FP32 export on ONNX Runtime's CPU and name the first tensor "
+        "out of tolerance (no eager model; one random feed at the opt shape unless --load-inputs)",
+    )
     _backend_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 

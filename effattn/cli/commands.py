@@ -29,6 +29,7 @@ from ..files import atomic_output, check_writable, require_file
 from ..models import create_model, get_entry, list_models, load_model
 from ..names import check_model_name, parse_model_spec
 from ..runtime import Runner, load, random_inputs
+from ..runtime.bisect import bisect
 from ..runtime.torch_runner import TorchRunner
 from ..serving.grpc_server import check_grpc_port, require_grpc
 from ..serving.http_server import ServeOptions, listen, serve
@@ -134,9 +135,30 @@ def cmd_models(args) -> None:
         print(f"{'':<{width}}  {r['profile']}")
 
 
+def _check_weights(args, source) -> None:
+    """export writes trained weights unless asked for random ones: an untrained file passes every parity check
+    (eager and ONNX agree on noise) and answers nothing, so it is never the silent default."""
+    if args.random_weights:
+        if args.checkpoint is not None or args.pretrained:
+            raise ConfigError("--random-weights exports untrained weights: give it without --checkpoint/--pretrained")
+        return
+    if source.checkpoint is not None:
+        return
+    zoo = None if ":" in args.model else get_entry(args.model)
+    if zoo is None:
+        given = " (--pretrained is for zoo models)" if args.pretrained else ""
+        fix = f"give its weights with --checkpoint FILE (a state_dict: .safetensors, .pt){given}"
+    elif zoo.pretrained:
+        fix = "add --pretrained for its shipped trained weights, or give yours with --checkpoint FILE"
+    else:
+        fix = "it ships no trained weights: give yours with --checkpoint FILE"
+    raise ModelError(f"{args.model} has no weights to export: {fix}, or pass --random-weights to export untrained ones")
+
+
 def cmd_export(args) -> None:
     kwargs = model_args(args.arg)
     source = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, **kwargs)
+    _check_weights(args, source)
     profile = profile_from_args(args, source.profile)
     options = dict(
         exporter=args.exporter, opset=args.opset, simplify=not args.no_simplify, force=args.force, model_args=kwargs
@@ -158,7 +180,8 @@ def cmd_export(args) -> None:
                 "parity": report.to_dict() if report else None,
             }
         )
-    print(f"wrote {result.path} ({result.nodes} nodes, {result.exporter} exporter, {result.seconds:.1f}s)")
+    weights = "random weights" if source.checkpoint is None else f"weights {source.checkpoint.name}"
+    print(f"wrote {result.path} ({weights}, {result.nodes} nodes, {result.exporter} exporter, {result.seconds:.1f}s)")
     print(f"profile: {profile}")
     if report:
         print(report)
@@ -213,19 +236,68 @@ def cmd_run(args) -> None:
 
 
 def cmd_compare(args) -> None:
+    if args.save_inputs:
+        check_writable(args.save_inputs, args.force)  # before the run; each numbered file again before writing
+    feeds = pipeline.load_inputs(args.load_inputs, args.onnx) if args.load_inputs else None
+    if args.bisect:
+        return _bisect(args, feeds)
     meta = metadata.read_metadata(args.onnx)
     reference = pipeline.reference_for(
         meta, args.model, args.checkpoint, args.pretrained, model_args(args.arg), trust_metadata=args.trust_metadata
     )
     parity = pipeline.compare_file(
-        args.onnx, reference, backend=args.backend, device=args.device, seed=args.seed, rtx=_rtx(args)
+        args.onnx,
+        reference,
+        backend=args.backend,
+        device=args.device,
+        seed=args.seed,
+        rtx=_rtx(args),
+        feeds=feeds,
+        tolerance=args.tolerance,
     )
+    saved = pipeline.save_inputs(args.save_inputs, parity.feeds, args.force) if args.save_inputs else []
     if args.json:
         _print_json(parity.report.to_dict())
     else:
-        print(f"{args.onnx} vs eager PyTorch ({reference.name}), {parity.inputs} inputs at min/opt/max shapes")
+        where = f"from {len(args.load_inputs)} file(s)" if feeds else "at min/opt/max shapes"
+        print(f"{args.onnx} vs eager PyTorch ({reference.name}), {parity.inputs} inputs {where}")
         print(parity.report)
+        if saved:
+            print(f"wrote the inputs to {', '.join(map(str, saved))}")
     if not parity.report.passed:
+        raise SystemExit(1)
+
+
+def _bisect(args, feeds: list | None) -> None:
+    """compare --bisect: the file against its FP32 export tensor by tensor (effattn.runtime.bisect)."""
+    given = [
+        flag
+        for flag, on in (
+            ("MODEL", args.model is not None),
+            ("--checkpoint", args.checkpoint is not None),
+            ("--pretrained", args.pretrained),
+            ("--arg", bool(args.arg)),
+            ("--trust-metadata", args.trust_metadata),
+            ("--backend", args.backend not in ("auto", "onnxruntime")),
+            ("--device", args.device not in (None, "cpu")),
+            ("--rtx", args.rtx),
+        )
+        if on
+    ]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)}: --bisect compares two ONNX files on ONNX Runtime's CPU, with no eager model; "
+            "drop them (or drop --bisect for parity against eager PyTorch)"
+        )
+    result = bisect(args.onnx, args.bisect, feeds, tolerance=args.tolerance, seed=args.seed)
+    saved = pipeline.save_inputs(args.save_inputs, result.feeds, args.force) if args.save_inputs else []
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(result)
+        if saved:
+            print(f"wrote the inputs to {', '.join(map(str, saved))}")
+    if not result.passed:
         raise SystemExit(1)
 
 
@@ -304,10 +376,8 @@ def cmd_quantize(args) -> None:
         )
     ops = ", ".join(f"{n} {op}" for op, n in result.quantized.items())
     kind = precisions.get(result.precision).description
-    print(
-        f"wrote {result.path} ({kind}; quantized: {ops}; calibration: {result.calibration}, "
-        f"{result.samples} samples; {result.seconds:.1f}s)"
-    )
+    print(f"wrote {result.path} ({kind}; quantized: {ops}; {result.seconds:.1f}s)")
+    print(f"calibrated on {result.calibration}")
 
 
 def cmd_build(args) -> None:

@@ -6,6 +6,7 @@ Every name a user gives is either a registered zoo name or their own ``package.m
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import importlib
 import inspect
@@ -81,12 +82,21 @@ def get_entry(name: str) -> ModelEntry:
                 f"model {name!r} is a user factory (package.module:factory), not a registered name: "
                 "effattn.models.load_model builds it; registry look-ups take zoo names only"
             ) from None
-        close = [n for n in _REGISTRY if name.lower() in n or n in name.lower()]
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        hint = f" (did you mean {', '.join(close)}?)" if (close := _close_names(name)) else ""
         raise ModelError(
             f"unknown model {name!r}{hint}. Known models: {', '.join(list_models())} "
             "(or give your own as package.module:factory)"
         ) from None
+
+
+def _close_names(name: str) -> list[str]:
+    """Zoo names nearest ``name`` by spelling (difflib), the best and any nearly as close: ``ea_segnet_tiyn`` (a
+    typo) suggests ``ea_segnet_tiny`` alone, not ``ea_segnet``, which it merely contains; else names holding it."""
+    name = name.lower()
+    ratio = {n: difflib.SequenceMatcher(None, name, n).ratio() for n in _REGISTRY}
+    best = max(ratio.values(), default=0.0)
+    close = sorted((n for n, r in ratio.items() if r >= max(0.75, best - 0.1)), key=lambda n: -ratio[n])
+    return close or [n for n in sorted(_REGISTRY) if name in n]
 
 
 def import_factory(spec: str):

@@ -94,8 +94,9 @@ class Report:
         return "\n".join(text)
 
 
-class _Accumulator:
-    """Worst-case errors over several feeds for one (candidate, output, metric)."""
+class Accumulator:
+    """Worst-case errors over several feeds for one (candidate, output, metric); parity and
+    :mod:`effattn.runtime.bisect` (one per tensor) keep their numbers here. ``nan``/``inf``: counts in ``got``."""
 
     def __init__(self) -> None:
         self.rel_l2 = 0.0
@@ -103,9 +104,13 @@ class _Accumulator:
         self.cosine = 1.0
         self.agree = 0
         self.total = 0
+        self.nan = 0
+        self.inf = 0
         self.shapes: list[str] = []
 
     def add_error(self, ref: np.ndarray, got: np.ndarray) -> None:
+        self.nan += int(np.isnan(got).sum())
+        self.inf += int(np.isinf(got).sum())
         diff = got - ref
         finite = bool(np.isfinite(got).all())
         ref_norm = float(np.linalg.norm(ref))
@@ -153,7 +158,7 @@ def compare(
         candidates = {c.name: c for c in candidates}
     feeds = [inputs] if isinstance(inputs, Mapping) else list(inputs)
     residuals = dict(residuals or {})
-    acc: dict[tuple[str, str, str], _Accumulator] = {}
+    acc: dict[tuple[str, str, str], Accumulator] = {}
     for feed in feeds:
         expected = {k: _as_float64(v) for k, v in reference.infer(feed).items()}
         for cand_name, runner in candidates.items():
@@ -161,12 +166,12 @@ def compare(
             for out, ref in expected.items():
                 if out not in got:
                     continue
-                acc.setdefault((cand_name, out, "output"), _Accumulator()).add_error(ref, got[out])
+                acc.setdefault((cand_name, out, "output"), Accumulator()).add_error(ref, got[out])
                 if out in residuals:
                     x = _as_float64(feed[residuals[out]])
-                    acc.setdefault((cand_name, out, "branch"), _Accumulator()).add_error(ref - x, got[out] - x)
+                    acc.setdefault((cand_name, out, "branch"), Accumulator()).add_error(ref - x, got[out] - x)
                 if out in argmax_outputs and ref.ndim >= 2:
-                    acc.setdefault((cand_name, out, "argmax"), _Accumulator()).add_argmax(ref, got[out])
+                    acc.setdefault((cand_name, out, "argmax"), Accumulator()).add_argmax(ref, got[out])
     rows = []
     for (cand_name, out, metric), a in acc.items():
         if metric == "argmax":

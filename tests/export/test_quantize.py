@@ -245,8 +245,8 @@ def _input_scale(path) -> float:
 
 
 def test_calibration_sources(files, caplog):
-    assert files["seg_int8"].calibration == "zoo samples: ea_segnet_tiny x32"
-    assert files["block_int8"].calibration == "random normal x32"
+    assert files["seg_int8"].calibration == "32 task images of ea_segnet_tiny (its sample generator)"
+    assert files["block_int8"].calibration == "32 random draws from the profile (normal noise)"
     with caplog.at_level(logging.WARNING, logger="effattn"):
         quantize(files["block_fp32"], files["dir"] / "again.int8.onnx", samples=2, force=True)
     assert "random normal inputs" in caplog.text and "pass real inputs with --calibration" in caplog.text
@@ -261,7 +261,7 @@ def test_calibration_files_set_the_scales(files, tmp_path):
     np.save(folder / "a.npy", x[:4])
     np.save(folder / "b.npy", x[4:])
     small = quantize(files["block_fp32"], tmp_path / "small.onnx", calibration=folder)
-    assert small.samples == 6 and small.calibration == "files: calib"
+    assert small.samples == 6 and small.calibration == "6 samples from calib"
     np.savez(tmp_path / "big.npz", input=x * 10)
     big = quantize(files["block_fp32"], tmp_path / "big.onnx", calibration=tmp_path / "big.npz")
     assert big.samples == 6
@@ -336,7 +336,15 @@ def test_cli_quantize_and_its_errors(files, tmp_path, capsys):
 
     out = tmp_path / "cli.int8.onnx"
     assert main(["quantize", str(files["seg_fp32"]), "-o", str(out), "--samples", "4", "-q"]) == 0
-    assert "INT8 QDQ, signed symmetric; quantized: 11 Conv" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "INT8 QDQ, signed symmetric; quantized: 11 Conv" in text
+    assert text.splitlines()[-1] == "calibrated on 4 task images of ea_segnet_tiny (its sample generator)"
+    mine = tmp_path / "mine.npz"
+    np.savez(mine, input=np.random.default_rng().random((3, 3, 32, 32), dtype=np.float32))
+    assert (
+        main(["quantize", str(files["seg_fp32"]), "-o", str(tmp_path / "mine.onnx"), "--calibration", str(mine)]) == 0
+    )
+    assert capsys.readouterr().out.splitlines()[-1] == "calibrated on 3 samples from mine.npz"
     assert main(["quantize", str(out), "-o", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"effattn quantize: error: {out} is already int8; quantize the FP32 export instead"

@@ -57,6 +57,15 @@ def test_unknown_model_suggests_names():
         create_model("segnet_tiny")
 
 
+@pytest.mark.parametrize(
+    "typo,meant",
+    [("ea_segnet_tiyn", "ea_segnet_tiny"), ("ea_resnt", "ea_resnet"), ("ea_resnet_tinny", "ea_resnet_tiny")],
+)
+def test_a_typo_suggests_the_nearest_spelling_alone(typo, meant):
+    with pytest.raises(ModelError, match=rf"unknown model '{typo}' \(did you mean {meant}\?\)"):
+        create_model(typo)
+
+
 def test_a_user_factory_is_not_called_unknown():
     with pytest.raises(
         ModelError,

@@ -134,26 +134,28 @@ def random_samples(profile: ShapeProfile, count: int, seed: int = 0) -> list[dic
 def calibration_feeds(
     calibration, meta: Mapping[str, str], names: list[str], profile: ShapeProfile | None, samples: int, seed: int = 0
 ) -> tuple[list[dict[str, np.ndarray]], str]:
-    """The calibration feeds and a description of where they came from (recorded in the file)."""
+    """The calibration feeds and what they were, with their count (recorded in the file, said by the CLI): "64
+    samples from images.npz", "32 task images of ea_segnet_tiny", "32 random draws from the profile"."""
     if calibration is not None:
         if isinstance(calibration, (str, Path)):
-            return read_calibration(calibration, names, profile), f"files: {Path(calibration).name}"
+            feeds = read_calibration(calibration, names, profile)
+            return feeds, f"{len(feeds)} samples from {Path(calibration).name}"
         feeds = [{k: np.asarray(v, np.float32) for k, v in feed.items()} for feed in calibration]
         for k, feed in enumerate(feeds):
             for name, value in feed.items():
                 _check_finite(np.atleast_1d(value), name, f"calibration feed {k}")
-        return feeds, "arrays"
+        return feeds, f"{len(feeds)} feeds given as arrays"
     if profile is None:
         raise InputError("the file has no effattn shape profile: pass calibration data (--calibration)")
     zoo = zoo_samples(meta, profile, samples, seed)
     if zoo is not None:
-        return zoo, f"zoo samples: {meta[metadata.MODEL]} x{samples}"
+        return zoo, f"{samples} task images of {meta[metadata.MODEL]} (its sample generator)"
     log.warning(
         "calibrating on %d random normal inputs: real images have other activation ranges, so the "
         "quantization scales may clip them or waste range; pass real inputs with --calibration",
         samples,
     )
-    return random_samples(profile, samples, seed), f"random normal x{samples}"
+    return random_samples(profile, samples, seed), f"{samples} random draws from the profile (normal noise)"
 
 
 def _refuse_constant(feeds: list[dict[str, np.ndarray]]) -> None:
