@@ -528,36 +528,98 @@ def _serve(add) -> None:
     )
 
 
+TRITON_DESCRIPTION = (
+    "Write REPO/NAME/config.pbtxt and REPO/NAME/VERSION/model.onnx (ONNX Runtime, or OpenVINO with "
+    "--backend openvino) or model.plan (TensorRT), ready to load: dims from the file's shape profile (-1 for "
+    "dynamic axes; the batch axis becomes max_batch_size), dynamic batching, instances of the kind the model "
+    "runs on, thread counts, a warm-up at the opt shape. Triton does not check the profile's min/max sizes: "
+    "they head config.pbtxt as a comment and are printed. A plan runs only on the GPU model and TensorRT "
+    "version that built it: build plans where Triton runs, or ship the ONNX file with --trt-accelerator "
+    "(ONNX Runtime builds the engine for the profile's range once and caches it). --kserve adds a "
+    "Dockerfile and a KServe InferenceService beside the models, on the same pinned Triton image.\n\n"
+    "examples:\n  effattn triton seg.onnx --repository models                      # CPU, ONNX Runtime\n"
+    "  effattn triton seg.int8.onnx --repository models --name seg --backend openvino --threads 4\n"
+    "  effattn triton seg.fp16.onnx --repository models --name seg --trt-accelerator --fp16 --version 2\n"
+    "  effattn triton seg.plan --repository models --preferred-batch-sizes 4 8 --kserve"
+)
+
+
 def _triton(add) -> None:
     p = add(
         "triton",
-        "write a Triton Inference Server model repository",
-        "Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx (onnxruntime_onnx) or model.plan "
-        "(tensorrt_plan). Dims come from the file's shape profile (-1 for dynamic axes; the batch axis "
-        "becomes max_batch_size), with dynamic batching, instance groups and a warm-up at the opt shape. "
-        "A plan runs only on the GPU model and TensorRT version that built it: build plans where Triton "
-        "runs, or ship the ONNX file with --trt-accelerator so Triton builds the engine itself.\n\n"
-        "examples:\n  effattn triton seg.onnx --repository models\n"
-        "  effattn triton seg.fp16.onnx --repository models --name seg --trt-accelerator --fp16\n"
-        "  effattn triton seg.plan --repository models --preferred-batch-sizes 4 8",
+        "write a Triton Inference Server model repository (and a KServe manifest)",
+        TRITON_DESCRIPTION,
     )
     p.add_argument("model_file", type=Path, help=".onnx file from 'effattn export' or .plan from 'effattn build'")
     p.add_argument("--repository", type=Path, required=True, help="the model repository folder")
-    p.add_argument("--name", help="model name in the repository (default: the file name)")
+    p.add_argument("--name", help="model name in the repository (default: the file name before its first dot)")
+    p.add_argument(
+        "--version",
+        type=Number(int, 1, 2**63 - 1),
+        default=1,
+        help="the version folder to write (default 1); other versions are kept and must have the same I/O",
+    )
+    p.add_argument(
+        "--version-policy", choices=("latest", "all"), default="latest", help="versions served (default latest)"
+    )
+    p.add_argument(
+        "--backend",
+        choices=("onnxruntime", "openvino"),
+        default="onnxruntime",
+        help="what serves an ONNX file: Triton's ONNX Runtime backend (default) or its OpenVINO backend (CPU; "
+        "the fastest CPU path for INT8 files); a .plan is always TensorRT",
+    )
+    kinds = ("auto", "cpu", "gpu")
+    p.add_argument("--kind", choices=kinds, default="auto", help="auto: GPU for a .plan or --trt-accelerator, else CPU")
     p.add_argument(
         "--max-batch-size",
         type=Number(int, 0, 2**31 - 1),
-        default=8,
-        help="0 turns batching off (default 8, capped by the profile)",
+        help="0 turns batching off (default 8, capped by the profile; 0 with --backend openvino, whose backend "
+        "pads every batch to max_batch_size)",
     )
     p.add_argument("--preferred-batch-sizes", type=Number(int, 1, 2**31 - 1), nargs="*", default=[])
     p.add_argument("--max-queue-delay-us", type=Number(int, 0, 3_600_000_000), default=2000)
     p.add_argument("--instances", type=INSTANCES, default=1, help="instance_group count")
-    p.add_argument("--kind", choices=("KIND_GPU", "KIND_CPU"), default="KIND_GPU")
+    p.add_argument(
+        "--threads",
+        type=Number(int, 0, 4096),
+        default=0,
+        help="threads per instance: ONNX Runtime's intra_op_thread_count, OpenVINO's INFERENCE_NUM_THREADS "
+        "(default 0: the backend uses the cores it sees - in a pod with a CPU limit, give that limit)",
+    )
+    p.add_argument(
+        "--inter-op-threads",
+        type=Number(int, 0, 4096),
+        default=1,
+        help="ONNX Runtime's inter_op_thread_count (default 1: effattn's graphs run sequentially)",
+    )
+    p.add_argument("--streams", type=Number(int, 1, 4096), help="OpenVINO's NUM_STREAMS (default: one per instance)")
     p.add_argument("--trt-accelerator", action="store_true", help="ONNX: run through Triton's TensorRT accelerator")
     p.add_argument("--fp16", action="store_true", help="with --trt-accelerator: precision_mode FP16")
+    p.add_argument(
+        "--trt-cache",
+        default="/trt_cache",
+        metavar="PATH",
+        help="with --trt-accelerator: the cache root inside the container; engines and timings go to PATH/NAME "
+        "(default /trt_cache; the printed docker line and the manifest mount a volume there)",
+    )
     p.add_argument("--no-warmup", action="store_true", help="no model_warmup section")
-    p.add_argument("--force", action="store_true", help="replace REPO/NAME if it exists")
+    p.add_argument(
+        "--kserve",
+        action="store_true",
+        help="also write REPO/Dockerfile and REPO/NAME.kserve.yaml (KServe InferenceService, runtime "
+        "kserve-tritonserver)",
+    )
+    p.add_argument(
+        "--storage-uri",
+        metavar="URI",
+        help="with --kserve: where the repository will be uploaded (default: a marked placeholder to replace)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace REPO/NAME/VERSION (only the files effattn wrote there) and a config.pbtxt that differs",
+    )
 
 
 #: The commands in the order --help lists them; each has ``_NAME(add)`` above and ``cmd_NAME`` in commands.py.

@@ -31,9 +31,10 @@ from ..names import check_model_name, parse_model_spec
 from ..runtime import Runner, load, random_inputs
 from ..runtime.bisect import bisect
 from ..runtime.torch_runner import TorchRunner
+from ..serving.deployment import kserve_manifest, run_command, write_deployment
 from ..serving.grpc_server import check_grpc_port, require_grpc
 from ..serving.http_server import ServeOptions, listen, serve
-from ..serving.repository import TritonOptions, write_repository
+from ..serving.repository import TritonOptions, check_container_path, parse_pbtxt, write_repository
 from ..shapes import ShapeProfile, format_shape
 
 log = logging.getLogger("effattn")
@@ -584,19 +585,44 @@ def cmd_serve(args) -> None:
 
 
 def cmd_triton(args) -> None:
+    openvino = args.backend == "openvino"
+    check_container_path(args.trt_cache)  # it reaches the config, the printed docker line and the Dockerfile
     options = TritonOptions(
-        max_batch_size=args.max_batch_size,
+        max_batch_size=args.max_batch_size if args.max_batch_size is not None else 0 if openvino else 8,
         preferred_batch_sizes=args.preferred_batch_sizes,
         max_queue_delay_us=args.max_queue_delay_us,
         instances=args.instances,
-        kind=args.kind,
+        kind={"cpu": "KIND_CPU", "gpu": "KIND_GPU"}.get(args.kind, "auto"),
         trt_accelerator=args.trt_accelerator,
         fp16=args.fp16,
+        trt_cache_path=args.trt_cache,
+        threads=args.threads,
+        inter_op_threads=args.inter_op_threads,
+        streams=args.streams,
+        version_policy=args.version_policy,
         warmup=not args.no_warmup,
     )
-    folder = write_repository(args.model_file, args.repository, args.name, options, force=args.force)
-    print(f"wrote {folder}/config.pbtxt and {folder}/1/")
-    print(
-        f"run: docker run --gpus all --rm -p 8000:8000 -v {Path(args.repository).resolve()}:/models "
-        "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models"
+    for flag, given, needs in (
+        ("--storage-uri", args.storage_uri is not None and not args.kserve, "--kserve"),
+        ("--fp16", args.fp16 and not args.trt_accelerator, "--trt-accelerator"),
+        ("--streams", args.streams is not None and not openvino, "--backend openvino"),
+    ):
+        if given:
+            raise ConfigError(f"{flag} goes with {needs}")
+    folder = write_repository(
+        args.model_file, args.repository, args.name, options, args.force, args.backend, args.version
     )
+    config = (folder / "config.pbtxt").read_text()
+    gpu = parse_pbtxt(config)["instance_group"][0]["kind"] == ["KIND_GPU"]
+    cache = args.trt_cache if args.trt_accelerator else None  # the root; each model's engines in a folder of it
+    print(f"wrote {folder}/config.pbtxt and {folder}/{args.version}/")
+    profile = [line.removeprefix("#   ") for line in config.splitlines() if line.startswith("#   ")]
+    if profile:
+        print(f"profile (not checked by Triton): {'; '.join(profile)}")
+    if args.kserve:
+        manifest = kserve_manifest(folder.name, gpu, args.storage_uri, max(args.threads, 1) * args.instances, cache)
+        written = write_deployment(Path(args.repository), folder.name, manifest, args.trt_cache, args.force)
+        print(f"wrote {', '.join(str(p) for p in written)}")
+        if args.storage_uri is None:
+            print(f"set storageUri in {written[-1]} to where you upload {args.repository} (a placeholder now)")
+    print(f"run: {run_command(args.repository, gpu, cache)}")

@@ -51,21 +51,32 @@ def test_onnx_repository(onnx_file, tmp_path):
     assert list(config.output[0].dims) == [8, -1, -1]
     assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
     assert config.dynamic_batching.max_queue_delay_microseconds == 2000
-    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU  # auto: an ONNX file, CPU
     warm = config.model_warmup[0]
     assert warm.batch_size == 2 and list(warm.inputs["input"].dims) == [8, 16, 16] and warm.inputs["input"].random_data
 
 
 def test_trt_accelerator_fp16_and_no_batching(onnx_file, tmp_path):
-    options = TritonOptions(
-        max_batch_size=0, trt_accelerator=True, fp16=True, instances=2, kind="KIND_CPU", warmup=False
-    )
+    """The accelerator caches engines (and timings) per model and builds for the profile's whole range, so a
+    restart loads the engine and a new shape inside the range builds nothing; its instances are GPU ones."""
+    options = TritonOptions(max_batch_size=0, trt_accelerator=True, fp16=True, instances=2, warmup=False)
     config = parse((write_repository(onnx_file, tmp_path, "seg", options) / "config.pbtxt").read_text())
     assert config.max_batch_size == 0 and list(config.input[0].dims) == [-1, 8, -1, -1]
     assert not config.HasField("dynamic_batching") and not config.model_warmup
     accel = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
-    assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"
-    assert config.instance_group[0].count == 2
+    assert accel.name == "tensorrt" and dict(accel.parameters) == {
+        "precision_mode": "FP16",
+        "max_workspace_size_bytes": "1073741824",
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": "/trt_cache/seg",
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": "/trt_cache/seg",
+        "trt_profile_min_shapes": "input:1x8x4x4",
+        "trt_profile_opt_shapes": "input:2x8x16x16",
+        "trt_profile_max_shapes": "input:4x8x32x32",
+    }
+    assert PROFILE["input"].min == (1, 8, 4, 4) and PROFILE["input"].max == (4, 8, 32, 32)
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_GPU)]
 
 
 def test_plan_config_from_a_sidecar_record():
@@ -205,13 +216,27 @@ def test_triton_names_never_escape_the_model_folder(onnx_file, sandbox, capsys, 
     assert _tree(sandbox) == before
 
 
-def test_force_replaces_only_the_models_own_folder(onnx_file, sandbox, capsys):
-    before = {k: v for k, v in _tree(sandbox).items() if not k.startswith("repo/block")}
-    (sandbox / "repo" / "block" / "1" / "stale.bin").write_bytes(b"old")
-    assert main(["triton", str(onnx_file), "--repository", str(sandbox / "repo"), "--force"]) == 0
+def test_force_replaces_only_the_files_effattn_wrote(onnx_file, sandbox, capsys):
+    """A version folder holding a file effattn did not write is refused whole (nothing changes); without it,
+    --force replaces that version, and the model folder's other versions and foreign files stay."""
+    repo = sandbox / "repo"
+    (repo / "block" / "1" / "notes.txt").write_bytes(b"someone's")
+    (repo / "block" / "README").write_bytes(b"kept")
+    shutil.copytree(repo / "block" / "1", repo / "block" / "7")
+    before = _tree(sandbox)
+    assert main(["triton", str(onnx_file), "--repository", str(repo), "--force"]) == 2
+    assert "holds what effattn did not write there (notes.txt)" in capsys.readouterr().err
+    assert _tree(sandbox) == before
+    (repo / "block" / "1" / "notes.txt").unlink()
+    (repo / "block" / "1" / "model.onnx").write_bytes(b"an older model")
+    before = _tree(sandbox)
+    assert main(["triton", str(onnx_file), "--repository", str(repo), "--force"]) == 0
     after = _tree(sandbox)
-    assert {k: v for k, v in after.items() if not k.startswith("repo/block")} == before
-    assert "repo/block/1/stale.bin" not in after and parse(after["repo/block/config.pbtxt"].decode()).name == "block"
+    assert after.pop("repo/block/1/model.onnx") == onnx_file.read_bytes() != before.pop("repo/block/1/model.onnx")
+    config = parse(after.pop("repo/block/config.pbtxt").decode())  # the CLI's options (threads, policy) differ
+    assert config.name == "block" and config.version_policy.latest.num_versions == 1
+    before.pop("repo/block/config.pbtxt")
+    assert after == before  # version 7, README, stray/, link, outside.txt: as they were
 
 
 def test_a_file_named_without_a_usable_name_needs_one(onnx_file, sandbox, capsys):
@@ -243,7 +268,8 @@ def test_bad_triton_options_are_one_line(option):
     "options",
     [
         TritonOptions(preferred_batch_sizes=[2, 4]),
-        TritonOptions(max_batch_size=0, trt_accelerator=True, fp16=True, kind="KIND_CPU"),
+        TritonOptions(max_batch_size=0, trt_accelerator=True, fp16=True, kind="KIND_GPU", threads=2),
+        TritonOptions(threads=3, streams=2, version_policy="all"),
     ],
 )
 def test_config_pbtxt_and_config_json_come_from_one_dict(options):
@@ -393,6 +419,7 @@ def test_triton_copies_the_external_data_the_model_reads(tmp_path):
     path = _graph_file(models / "m.onnx", external="weights/w.bin")
     folder = write_repository(path, tmp_path / "repo")
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
+        "1/.effattn-files.json",
         "1/model.onnx",
         "1/weights/w.bin",
         "config.pbtxt",
@@ -404,3 +431,120 @@ def test_triton_copies_the_external_data_the_model_reads(tmp_path):
         np.array_equal(got, want)
         and (folder / "1" / "weights" / "w.bin").read_bytes() == (models / "weights" / "w.bin").read_bytes()
     )
+
+
+@pytest.mark.parametrize(
+    "args, kind, gpus",
+    [
+        ([], "KIND_CPU", False),  # an ONNX file runs on the CPU unless asked otherwise
+        (["--kind", "gpu"], "KIND_GPU", True),
+        (["--trt-accelerator"], "KIND_GPU", True),
+        (["--backend", "openvino"], "KIND_CPU", False),
+    ],
+)
+def test_the_instance_kind_is_what_the_model_runs_on_and_the_run_line_matches(
+    onnx_file, tmp_path, capsys, args, kind, gpus
+):
+    assert main(["triton", str(onnx_file), "--repository", str(tmp_path), *args]) == 0
+    out = capsys.readouterr().out
+    config = parse((tmp_path / "block" / "config.pbtxt").read_text())
+    assert [model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group] == [kind]
+    assert ("--gpus all" in out) == gpus and "tritonserver:26.08-py3 tritonserver --model-repository=/models" in out
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--kind", "cpu", "--trt-accelerator"], "the TensorRT accelerator is ONNX Runtime's, on GPU instances"),
+        (["--backend", "openvino", "--kind", "gpu"], "OpenVINO backend runs on the CPU only"),
+        (["--backend", "openvino", "--trt-accelerator"], "OpenVINO backend runs on the CPU only"),
+        (["--fp16"], "--fp16 goes with --trt-accelerator"),
+        (["--streams", "2"], "--streams goes with --backend openvino"),
+        (["--storage-uri", "s3://b/r"], "--storage-uri goes with --kserve"),
+        (["--trt-accelerator", "--trt-cache", "/x; rm -rf /"], "is not an absolute container path"),
+    ],
+)
+def test_a_kind_or_option_the_backend_would_ignore_or_refuse_is_one_line(onnx_file, tmp_path, capsys, args, says):
+    assert main(["triton", str(onnx_file), "--repository", str(tmp_path / "repo"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and err.count("\n") == 0
+    assert not (tmp_path / "repo").exists()
+
+
+def test_thread_counts_for_onnxruntime_and_openvino(onnx_file, tmp_path):
+    """Thread counts are model-level string parameters: ONNX Runtime's intra/inter_op_thread_count (onnxruntime_backend
+    README), OpenVINO's NUM_STREAMS (one per instance by default) and INFERENCE_NUM_THREADS; Triton's OpenVINO backend
+    fixes the batch at max_batch_size, so a batched config pads (ENABLE_BATCH_PADDING) or requests under it fail."""
+    assert main(["triton", str(onnx_file), "--repository", str(tmp_path), "--threads", "4", "--instances", "2"]) == 0
+    ort = parse((tmp_path / "block" / "config.pbtxt").read_text())
+    assert {k: v.string_value for k, v in ort.parameters.items()} == {
+        "intra_op_thread_count": "4",
+        "inter_op_thread_count": "1",
+    }
+    args = ["triton", str(onnx_file), "--repository", str(tmp_path), "--name", "ov", "--backend", "openvino"]
+    assert main([*args, "--instances", "3"]) == 0
+    ov = parse((tmp_path / "ov" / "config.pbtxt").read_text())
+    assert ov.backend == "openvino" and not ov.platform and ov.default_model_filename == "model.onnx"
+    assert (tmp_path / "ov" / "1" / "model.onnx").read_bytes() == onnx_file.read_bytes()
+    assert ov.max_batch_size == 0 and list(ov.input[0].dims) == [-1, 8, -1, -1]  # no padding by default
+    assert {k: v.string_value for k, v in ov.parameters.items()} == {"NUM_STREAMS": "3", "INFERENCE_NUM_THREADS": "0"}
+    assert main([*args, "--name", "ov4", "--max-batch-size", "4", "--streams", "1", "--threads", "2"]) == 0
+    ov4 = parse((tmp_path / "ov4" / "config.pbtxt").read_text())
+    assert ov4.max_batch_size == 4 and {k: v.string_value for k, v in ov4.parameters.items()} == {
+        "NUM_STREAMS": "1",
+        "INFERENCE_NUM_THREADS": "2",
+        "ENABLE_BATCH_PADDING": "YES",
+    }
+
+
+def test_the_profile_heads_the_config_and_is_printed(onnx_file, tmp_path, capsys):
+    """Triton checks ranks, fixed sizes and max_batch_size only: the profile's ranges are stated, not enforced."""
+    assert main(["triton", str(onnx_file), "--repository", str(tmp_path)]) == 0
+    text = (tmp_path / "block" / "config.pbtxt").read_text()
+    assert text.startswith("# effattn shape profile (Triton does not check these ranges")
+    assert '#   "input": min 1x8x4x4, opt 2x8x16x16, max 4x8x32x32\n' in text and parse(text).max_batch_size == 4
+    assert (
+        'profile (not checked by Triton): "input": min 1x8x4x4, opt 2x8x16x16, max 4x8x32x32' in capsys.readouterr().out
+    )
+
+
+def test_versions_sit_beside_each_other_under_one_config(onnx_file, onnx_models, tmp_path, capsys):
+    repo = tmp_path / "repo"
+    triton = ["triton", str(onnx_file), "--repository", str(repo)]
+    assert main(triton) == 0
+    assert main([*triton, "--version", "3", "--version-policy", "all"]) == 2  # the config would change
+    assert "differs from the config for block.onnx" in capsys.readouterr().err
+    assert main([*triton, "--version", "3"]) == 0  # same config: no --force needed, version 1 untouched
+    assert sorted(p.name for p in (repo / "block").iterdir()) == ["1", "3", "config.pbtxt"]
+    assert main([*triton, "--version", "3", "--version-policy", "all", "--force"]) == 0
+    config = parse((repo / "block" / "config.pbtxt").read_text())
+    assert config.version_policy.HasField("all") and (repo / "block" / "1" / "model.onnx").exists()
+    other = tmp_path / "block.onnx"  # another network (32 channels) under the same name
+    shutil.copyfile(onnx_models["ea32"].path, other)
+    before = _tree(repo)
+    assert main(["triton", str(other), "--repository", str(repo), "--version", "4", "--force"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "give it another --name" in err
+    assert "serves versions [1, 3] with max_batch_size 4, input 'input' TYPE_FP32 dims [8, -1, -1], output" in err
+    assert "block.onnx needs max_batch_size 2, input 'input' TYPE_FP32 dims [32, -1, -1], output" in err
+    assert _tree(repo) == before
+
+
+def test_parse_pbtxt_reads_configs_as_triton_documents_them():
+    """The reader the version check uses: list syntax, optional colons, comments, escapes - compared with
+    protobuf's own parser on the same text."""
+    text = (
+        '# a comment\nname: "m" platform:"onnxruntime_onnx"\nmax_batch_size: 8\ninput [\n  { name: "in\\"put"\n'
+        "    data_type: TYPE_FP32, dims: [ 3, -1 ] },\n  { name: 'b' data_type: TYPE_INT64 dims: 1 dims: 2 }\n]\n"
+        'output { name: "y" data_type: TYPE_FP32 dims: [ -1 ] }\ninstance_group [ { kind: KIND_CPU } ]\n'
+    )
+    from effattn.serving.repository import _io_signature, parse_pbtxt
+
+    config = parse(text)
+    fields = parse_pbtxt(text)
+    assert [t["name"] for t in fields["input"]] == [[t.name] for t in config.input] == [['in"put'], ["b"]]
+    assert fields["input"][1]["dims"] == ["1", "2"] and fields["instance_group"] == [{"kind": ["KIND_CPU"]}]
+    assert _io_signature(text)["input"] == "'in\"put' TYPE_FP32 dims [3, -1]; 'b' TYPE_INT64 dims [1, 2]"
+    for bad in ("input {", "name: }", "{ x: 1 }", 'name: "unterminated'):
+        with pytest.raises(InputError, match="cannot read protobuf text"):
+            parse_pbtxt(bad)
