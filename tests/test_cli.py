@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from effattn.cli import main
+from tests.fixtures import two_input_onnx
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def seg_onnx(tmp_path_factory):
                 str(path),
                 "-q",
                 "--min",
-                "1x3x32x32",
+                "input:1x3x32x32",  # trtexec's named form; the unnamed one below
                 "--opt",
                 "1x3x64x64",
                 "--max",
@@ -577,3 +578,28 @@ def test_serve_checks_every_file_before_the_first_model_loads(seg_onnx, tmp_path
     (tmp_path / "empty.onnx").write_bytes(b"")
     assert main(["serve", str(seg_onnx), str(tmp_path / "empty.onnx"), "--port", _free_port()]) == 2
     assert f"{tmp_path / 'empty.onnx'} is empty (0 bytes)" in _error_line(capsys)
+
+
+def test_run_takes_named_shapes_for_a_two_input_graph(tmp_path, capsys):
+    path = two_input_onnx(tmp_path / "two.onnx")
+    assert main(["run", str(path), "--shape", "mask:2x4,image:2x3x8x6", "--json", "-q"]) == 0
+    outputs = json.loads(capsys.readouterr().out)["outputs"]
+    assert outputs["image_out"]["shape"] == [2, 3, 8, 6] and outputs["mask_out"]["shape"] == [2, 4]
+    for shape, message in [
+        ("2x3x8x8", "--shape '2x3x8x8': the model has 2 inputs (image, mask); name each"),
+        ("image:2x3x8x8", "--shape 'image:2x3x8x8': the model's inputs are image, mask; missing 'mask'"),
+        ("image:2x3x8x8,mask:2x4,depth:2x1", "unknown 'depth'"),
+        ("image:2x3x8x8,mask:2xx4", "cannot read shape '2xx4'"),
+    ]:
+        assert main(["run", str(path), "--shape", shape]) == 2
+        line = _error_line(capsys)
+        assert line.startswith("effattn run: error: --shape ") and message in line
+
+
+def test_export_named_shape_names_the_models_input(tmp_path, capsys):
+    out = tmp_path / "seg.onnx"
+    assert main(["export", "ea_segnet_tiny", "-o", str(out), "--min", "image:1x3x32x32"]) == 2
+    assert _error_line(capsys) == (
+        "effattn export: error: --min 'image:1x3x32x32': the model's inputs are input; unknown 'image'; missing 'input'"
+    )
+    assert not out.exists()

@@ -66,10 +66,13 @@ MIB = Number(float, 0.001, 2.0**20)
 
 
 def _shape_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("shape profile (defaults: the model's own)")
-    g.add_argument("--min", metavar="SHAPE", help="smallest input, e.g. 1x3x32x32")
-    g.add_argument("--opt", metavar="SHAPE", help="the shape engines tune for, e.g. 1x3x128x128")
-    g.add_argument("--max", metavar="SHAPE", help="largest input, e.g. 8x3x512x512")
+    g = p.add_argument_group(
+        "shape profile (defaults: the model's own)",
+        "NxCxHxW for a one-input model; name:NxCxHxW,name:... for each input (trtexec's --minShapes form)",
+    )
+    g.add_argument("--min", metavar="SHAPES", help="smallest input, e.g. 1x3x32x32 or image:1x3x32x32,mask:1x1x32x32")
+    g.add_argument("--opt", metavar="SHAPES", help="the shape engines tune for, e.g. 1x3x128x128")
+    g.add_argument("--max", metavar="SHAPES", help="largest input, e.g. 8x3x512x512")
 
 
 def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -169,7 +172,11 @@ def _run(add) -> None:
     )
     p.add_argument("onnx", type=Path, help="an .onnx file")
     p.add_argument("--input", type=Path, help=".npy (one input) or .npz (by input name)")
-    p.add_argument("--shape", help="random input of this shape, e.g. 1x3x256x256")
+    p.add_argument(
+        "--shape",
+        metavar="SHAPES",
+        help="random inputs of these shapes: 1x3x256x256 for one input, name:NxCxHxW,name:... for several",
+    )
     p.add_argument("--seed", type=SEED, default=0, help="seed for random inputs")
     p.add_argument("--output", type=Path, help="save outputs to this .npz")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")

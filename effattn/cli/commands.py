@@ -33,7 +33,7 @@ from ..runtime.torch_runner import TorchRunner
 from ..serving.grpc_server import check_grpc_port, require_grpc
 from ..serving.http_server import ServeOptions, listen, serve
 from ..serving.repository import TritonOptions, write_repository
-from ..shapes import ShapeProfile, format_shape
+from ..shapes import ShapeProfile, format_shape, parse_shapes
 
 log = logging.getLogger("effattn")
 
@@ -79,18 +79,8 @@ def model_args(pairs: Sequence[str]) -> dict:
 
 
 def profile_from_args(args, default: ShapeProfile | None) -> ShapeProfile:
-    """--min/--opt/--max over the model's default profile; without one, opt defaults to min and max to opt."""
-    if not (args.min or args.opt or args.max):
-        if default is None:
-            raise InputError("this model has no default shape profile: give --min, --opt and --max (e.g. 1x3x224x224)")
-        return default
-    base = default.inputs[0] if default is not None else None
-    lo = args.min or (base.min if base else None)
-    if lo is None:
-        raise InputError("this model has no default shape profile: give --min (and --opt/--max for dynamic axes)")
-    mid = args.opt or (base.opt if base else lo)
-    hi = args.max or (base.max if base else mid)
-    return ShapeProfile.single(lo, mid, hi, name=base.name if base else "input")
+    """--min/--opt/--max (``NxCxHxW`` or ``name:NxCxHxW,...``) over the model's default profile."""
+    return ShapeProfile.from_options(args.min, args.opt, args.max, default)
 
 
 def _print_json(data) -> None:
@@ -168,7 +158,7 @@ def _feed_for(args, runner: Runner) -> dict:
     if args.input:
         return pipeline.read_inputs(args.input, list(runner.inputs))
     if args.shape:
-        return random_inputs(ShapeProfile.single(args.shape, name=next(iter(runner.inputs))), "opt", args.seed)
+        return random_inputs(ShapeProfile.fixed(parse_shapes(args.shape, list(runner.inputs))), "opt", args.seed)
     if runner.profile is not None:
         return random_inputs(runner.profile, "opt", args.seed)
     raise InputError("give --input FILE.npy or --shape NxCxHxW (the file has no shape profile)")
