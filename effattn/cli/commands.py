@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .. import metadata, pipeline, precisions
 from ..bench.benchmark import check_plotting, plot, run_bench
+from ..bench.catalog import DEFAULT_MODELS
 from ..engines import build_engine
 from ..engines.precision import check_onnx
 from ..errors import BackendError, ConfigError, EffattnError, InputError, ModelError, first_line
@@ -343,7 +344,7 @@ def cmd_bench(args) -> None:
     if args.plot:
         check_plotting()  # before the run, not after it
     results = run_bench(
-        args.models,
+        [*args.files, *(args.models or ([] if args.files else DEFAULT_MODELS))],
         args.sizes,
         batches=args.batch,
         backends=args.backends,
@@ -354,7 +355,9 @@ def cmd_bench(args) -> None:
         memory=not args.no_memory,
         startup=not args.no_startup,
         quiet=args.quiet,
-        input_shape=args.shape,
+        input_shape=args.shapes,
+        iterations=args.iterations,
+        warmup_s=args.warmup / 1e3,
     )
     if args.output:
         with atomic_output(args.output, args.force) as tmp:
