@@ -11,6 +11,7 @@ import re
 import reprlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -58,6 +59,46 @@ def parse_shape(text: str | Sequence[int]) -> Shape:
     if any(d <= 0 for d in shape):
         raise ProfileError(f"shape {format_shape(shape)} has a non-positive dimension")
     return shape
+
+
+def parse_shapes(text: str, inputs: Sequence[str] | None = None, option: str = "--shape") -> dict[str, Shape]:
+    """trtexec's ``name:NxCxHxW[,name:...]`` (``--minShapes=a:1x3x8x8,b:1x4``) -> input name -> shape, in
+    ``inputs``' order when given. The unnamed ``NxCxHxW`` (or ``N,C,H,W``) names the one input, ``inputs[0]``
+    (``input`` without ``inputs``). With ``inputs`` (the model's input names) every one must be given and no
+    other; ``option`` names the flag in errors. A name may hold colons (``x:0:1x3``): the last one splits."""
+    named = ":" in text
+    if not named:
+        if inputs is not None and len(inputs) != 1:
+            raise ProfileError(
+                f"{option} {reprlib.repr(text)}: the model has {len(inputs)} inputs ({', '.join(inputs)}); "
+                f"name each, e.g. {option} {','.join(f'{n}:1x3x64x64' for n in inputs)}"
+            )
+        return {inputs[0] if inputs else "input": _parse_option_shape(text, option)}
+    shapes: dict[str, Shape] = {}
+    for entry in text.split(","):
+        name, _, dims = entry.strip().rpartition(":")
+        if not name:
+            raise ProfileError(f"{option} {reprlib.repr(text)}: write each input as name:NxCxHxW, e.g. input:1x3x64x64")
+        if name in shapes:
+            raise ProfileError(f"{option} names input {name!r} twice")
+        shapes[name] = _parse_option_shape(dims, f"{option} {name}")
+    if inputs is None:
+        return shapes
+    unknown, missing = [n for n in shapes if n not in inputs], [n for n in inputs if n not in shapes]
+    if unknown or missing:
+        raise ProfileError(
+            f"{option} {reprlib.repr(text)}: the model's inputs are {', '.join(inputs)}"
+            + (f"; unknown {', '.join(map(repr, unknown))}" if unknown else "")
+            + (f"; missing {', '.join(map(repr, missing))}" if missing else "")
+        )
+    return {n: shapes[n] for n in inputs}
+
+
+def _parse_option_shape(text: str, option: str) -> Shape:
+    try:
+        return parse_shape(text)
+    except ProfileError as e:
+        raise ProfileError(f"{option}: {e}") from None
 
 
 def format_shape(shape: Sequence[int | str | None]) -> str:
@@ -176,6 +217,38 @@ class ShapeProfile(Mapping[str, InputProfile]):
         mid = parse_shape(opt) if opt is not None else lo
         hi = parse_shape(max) if max is not None else mid
         return cls((InputProfile(name, lo, mid, hi),))
+
+    @classmethod
+    def fixed(cls, shapes: Mapping[str, Sequence[int]]) -> ShapeProfile:
+        """One shape per input (min = opt = max): what ``run --shape`` and ``bench --shapes`` feed."""
+        return cls(tuple(InputProfile(name, s, s, s) for name, s in ((n, tuple(v)) for n, v in shapes.items())))
+
+    @classmethod
+    def from_options(
+        cls,
+        min: str | None = None,
+        opt: str | None = None,
+        max: str | None = None,
+        default: ShapeProfile | None = None,
+    ) -> ShapeProfile:
+        """``--min/--opt/--max`` (each :func:`parse_shapes` text) over ``default`` (the model's own profile): an
+        option given names every input of ``default``; without ``default``, ``opt`` defaults to ``min`` and
+        ``max`` to ``opt``, and the inputs are those ``min`` names (``input`` when unnamed)."""
+        if not (min or opt or max):
+            if default is None:
+                raise ProfileError(
+                    "this model has no default shape profile: give --min, --opt and --max (e.g. 1x3x224x224)"
+                )
+            return default
+        if default is None and min is None:
+            raise ProfileError("this model has no default shape profile: give --min (and --opt/--max for dynamic axes)")
+        names = list(default) if default is not None else list(parse_shapes(cast(str, min), None, "--min"))
+        given = {k: parse_shapes(v, names, f"--{k}") for k, v in (("min", min), ("opt", opt), ("max", max)) if v}
+        lo = given.get("min") or default.shapes("min")  # type: ignore[union-attr]  # default is set when min is not
+        mid = given.get("opt") or (default.shapes("opt") if default is not None else lo)
+        hi = given.get("max") or (default.shapes("max") if default is not None else mid)
+        dtypes = {n: default[n].dtype for n in names} if default is not None else dict.fromkeys(names, "float32")
+        return cls(tuple(InputProfile(n, lo[n], mid[n], hi[n], dtypes[n]) for n in names))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Mapping]) -> ShapeProfile:

@@ -130,3 +130,29 @@ class OnnxModels:
             path.chmod(0o444)  # shared by every test module: none may change it
             self._done[name] = Exported(name, source, row.profile, path)
         return self._done[name]
+
+
+def two_input_onnx(path: Path) -> Path:
+    """A graph of two dynamic inputs and no effattn metadata, as another tool writes it (trtexec-style named
+    shapes): ``image`` (N x 3 x H x W) and ``mask`` (N x 4); outputs ``image_out = Relu(image)`` and
+    ``mask_out = Relu(mask)``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["image"], ["image_out"]), helper.make_node("Relu", ["mask"], ["mask_out"])],
+        "two_inputs",
+        [
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 4]),
+        ],
+        [
+            helper.make_tensor_value_info("image_out", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+            helper.make_tensor_value_info("mask_out", TensorProto.FLOAT, ["N", 4]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from effattn.cli import main
+from tests.fixtures import two_input_onnx
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def seg_onnx(tmp_path_factory):
                 str(path),
                 "-q",
                 "--min",
-                "1x3x32x32",
+                "input:1x3x32x32",  # trtexec's named form; the unnamed one below
                 "--opt",
                 "1x3x64x64",
                 "--max",
@@ -622,3 +623,68 @@ def test_serve_checks_every_file_before_the_first_model_loads(seg_onnx, tmp_path
     (tmp_path / "empty.onnx").write_bytes(b"")
     assert main(["serve", str(seg_onnx), str(tmp_path / "empty.onnx"), "--port", _free_port()]) == 2
     assert f"{tmp_path / 'empty.onnx'} is empty (0 bytes)" in _error_line(capsys)
+
+
+def test_run_takes_named_shapes_for_a_two_input_graph(tmp_path, capsys):
+    path = two_input_onnx(tmp_path / "two.onnx")
+    assert main(["run", str(path), "--shape", "mask:2x4,image:2x3x8x6", "--json", "-q"]) == 0
+    outputs = json.loads(capsys.readouterr().out)["outputs"]
+    assert outputs["image_out"]["shape"] == [2, 3, 8, 6] and outputs["mask_out"]["shape"] == [2, 4]
+    for shape, message in [
+        ("2x3x8x8", "--shape '2x3x8x8': the model has 2 inputs (image, mask); name each"),
+        ("image:2x3x8x8", "--shape 'image:2x3x8x8': the model's inputs are image, mask; missing 'mask'"),
+        ("image:2x3x8x8,mask:2x4,depth:2x1", "unknown 'depth'"),
+        ("image:2x3x8x8,mask:2xx4", "cannot read shape '2xx4'"),
+    ]:
+        assert main(["run", str(path), "--shape", shape]) == 2
+        line = _error_line(capsys)
+        assert line.startswith("effattn run: error: --shape ") and message in line
+
+
+def test_export_named_shape_names_the_models_input(tmp_path, capsys):
+    out = tmp_path / "seg.onnx"
+    assert main(["export", "ea_segnet_tiny", "-o", str(out), "--min", "image:1x3x32x32"]) == 2
+    assert _error_line(capsys) == (
+        "effattn export: error: --min 'image:1x3x32x32': the model's inputs are input; unknown 'image'; missing 'input'"
+    )
+    assert not out.exists()
+
+
+def _bench_json(capsys, *argv) -> dict:
+    assert main(["bench", *argv, "--seconds", "0.02", "--iterations", "3", "--warmup", "0", "--no-memory", "-q"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bench_times_files_as_they_are(seg_onnx, tmp_path, capsys):
+    data = _bench_json(capsys, str(seg_onnx), "--no-startup", "--json")
+    by = {r["backend"]: r for r in data["rows"]}
+    expected = ["torch", "onnxruntime", *(["openvino"] if importlib.util.find_spec("openvino") else [])]
+    assert list(by) == expected and all(r["model"] == str(seg_onnx) for r in by.values())
+    for row in by.values():  # at the file's profile's opt shape, eager rebuilt from the zoo name in its metadata
+        assert row["status"] == "ok" and row["shape"] == [1, 3, 64, 64] and row["inputs"] == {"input": [1, 3, 64, 64]}
+        assert row["runs"] >= 3 and row["p10_ms"] <= row["median_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["mean_ms"] > 0 and row["throughput_per_s"] == round(1e3 / row["median_ms"], 2)
+    assert by["torch"]["speedup_vs_eager"] == 1.0 and by["onnxruntime"]["speedup_vs_eager"] > 0
+    assert data["environment"]["warmup_ms"] == 0 and data["environment"]["min_iterations"] == 3
+
+    two = two_input_onnx(tmp_path / "two.onnx")
+    data = _bench_json(capsys, str(two), "--shapes", "mask:2x4,image:2x3x8x8", "--backends", "onnxruntime", "--json")
+    eager, ort = data["rows"]
+    assert eager["status"].startswith("skipped: eager PyTorch runs a zoo model the file's metadata names")
+    assert ort["status"] == "ok" and ort["inputs"] == {"image": [2, 3, 8, 8], "mask": [2, 4]} and ort["runs"] >= 3
+    assert ort["speedup_vs_eager"] is None and ort["throughput_per_s"] == round(2e3 / ort["median_ms"], 2)
+
+
+def test_bench_file_shapes_errors_are_one_line(tmp_path, capsys):
+    two = str(two_input_onnx(tmp_path / "two.onnx"))
+    argv = ["bench", two, "--seconds", "0.01", "--no-memory", "--no-startup", "-q"]
+    assert main([*argv, "--shapes", "image:2x3x8x8"]) == 2
+    assert _error_line(capsys) == (
+        "effattn bench: error: --shapes 'image:2x3x8x8': the model's inputs are image, mask; missing 'mask'"
+    )
+    assert main(argv) == 2
+    assert "input image, mask has dynamic axes and the file records no shape profile: give --shapes" in (
+        _error_line(capsys)
+    )
+    assert main(["bench", str(tmp_path / "none.onnx"), "-q"]) == 2
+    assert "none.onnx" in _error_line(capsys)

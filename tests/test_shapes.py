@@ -56,3 +56,44 @@ def test_first_line_of_any_error():
 
     assert first_line(RuntimeError("\n  broke here\nstack...")) == "broke here"
     assert first_line(MemoryError()) == "MemoryError"  # an empty message must not raise IndexError
+
+
+def test_parse_shapes_named_and_unnamed():
+    from effattn.shapes import parse_shapes
+
+    assert parse_shapes("1x3x8x8") == {"input": (1, 3, 8, 8)}
+    assert parse_shapes("1,3,8,8", ["x"]) == {"x": (1, 3, 8, 8)}  # the unnamed form (commas too) names the one input
+    assert parse_shapes("mask:2x4, image:2x3x8x8", ["image", "mask"]) == {"image": (2, 3, 8, 8), "mask": (2, 4)}
+    assert parse_shapes("x:0:1x4") == {"x:0": (1, 4)}  # TensorFlow-style names: the last colon splits
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("1x3x8x8", r"the model has 2 inputs \(image, mask\); name each, e.g. --min image:1x3x64x64,mask:1x3x64x64"),
+        ("image:1x3x8x8", r"the model's inputs are image, mask; missing 'mask'"),
+        ("image:1x3x8x8,mask:1x4,extra:1", r"unknown 'extra'"),
+        ("image:1x3x8x8,image:1x3x8x8,mask:1x4", "names input 'image' twice"),
+        ("image:1x3xbx8,mask:1x4", "cannot read shape '1x3xbx8'"),
+        ("image:1x3x0x8,mask:1x4", "non-positive"),
+        (":1x4", "write each input as name:NxCxHxW"),
+    ],
+)
+def test_parse_shapes_refuses(text, match):
+    from effattn.shapes import parse_shapes
+
+    with pytest.raises(ProfileError, match=match):
+        parse_shapes(text, ["image", "mask"], "--min")
+
+
+def test_profile_from_options_over_a_default_and_without_one():
+    default = ShapeProfile.single("1x3x8x8", "2x3x16x16", "4x3x32x32", name="image")
+    assert ShapeProfile.from_options(default=default) is default
+    p = ShapeProfile.from_options(min="image:1x3x4x4", default=default)
+    assert p.shapes("min") == {"image": (1, 3, 4, 4)} and p.shapes("max") == {"image": (4, 3, 32, 32)}
+    two = ShapeProfile.from_options("a:1x3x8x8,b:1x4", None, "a:2x3x16x16,b:2x4")
+    assert two.shapes("opt") == {"a": (1, 3, 8, 8), "b": (1, 4)} and two.shapes("max")["b"] == (2, 4)
+    with pytest.raises(ProfileError, match="--max 'a:2x3x16x16': the model's inputs are a, b; missing 'b'"):
+        ShapeProfile.from_options("a:1x3x8x8,b:1x4", None, "a:2x3x16x16")
+    with pytest.raises(ProfileError, match="give --min"):
+        ShapeProfile.from_options(opt="1x3x8x8")

@@ -11,17 +11,37 @@ from pathlib import Path
 
 import torch
 
-from .. import precisions
+from .. import metadata, precisions
 from ..engines import build_engine
+from ..engines.precision import check_onnx
+from ..engines.tensorrt_build import tensorrt_available
+from ..errors import BackendError
 from ..export import export_onnx, quantize
+from ..export.exporter import default_output_names
 from ..export.precision import CONVERTERS
-from ..models import ModelSource
+from ..files import require_file
+from ..models import ModelSource, load_model
 from ..runtime import Runner, load
+from ..runtime.openvino_runner import openvino_available
 from ..shapes import ShapeProfile
 from .catalog import BACKENDS, DEFAULT_BACKENDS, EAGER, BenchBackend, check_backends
 from .memory import PeakMemory, probe
 
-__all__ = ["BACKENDS", "DEFAULT_BACKENDS", "EAGER", "WARM_MEANS", "Backends", "BenchBackend", "check_backends"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKENDS",
+    "EAGER",
+    "FILE_SUFFIXES",
+    "WARM_MEANS",
+    "Backends",
+    "BenchBackend",
+    "FileBackends",
+    "check_backends",
+    "is_file",
+]
+
+#: what the bench times as a file (as it is) rather than as a model source (exported first)
+FILE_SUFFIXES = (".onnx", ".plan", ".engine")
 
 #: what "warm" start-up means per runtime backend
 WARM_MEANS = {
@@ -109,3 +129,79 @@ class Backends:
 def _file_stem(name: str) -> str:
     """A file name for a model: a user factory's ``package.module:factory`` without the colon."""
     return name.replace(":", "--").replace("/", "_")
+
+
+def is_file(name: str) -> bool:
+    """``name`` is an .onnx or engine file to time as it is (a model source never ends so)."""
+    return Path(name).suffix.lower() in FILE_SUFFIXES
+
+
+class FileBackends:
+    """Runs one .onnx or TensorRT engine file as it is, trtexec-style, on each backend that loads it (:meth:`fits`),
+    plus eager PyTorch FP32 when the file's metadata names a zoo model: that model is built with random weights,
+    since only its time is read (files never choose code, so a ``package.module:factory`` gets no eager row)."""
+
+    def __init__(self, path: str | Path, device: str, threads: int) -> None:
+        self.path = require_file(path, "an .onnx or .plan file to bench", BackendError)
+        self.name, self.device, self.threads = str(path), device, threads
+        self.plan = self.path.suffix.lower() != ".onnx"
+        self.precision = None if self.plan else check_onnx(self.path)  # a foreign or broken file fails here
+        meta = {} if self.plan else metadata.read_metadata(self.path)
+        named = meta.get(metadata.MODEL, "")
+        self.profile = metadata.profile_of(meta)  # None: a plan, or a file from another tool
+        self.eager = None
+        if named and ":" not in named and self.profile is not None:
+            self.eager = load_model(named, **metadata.model_args_of(meta))
+
+    def defaults(self) -> list[str]:
+        """The backends a file is timed on when none are named: per runtime installed here that runs on the
+        device, the first catalog record for the file's precision."""
+        runtimes = ["tensorrt"] if self.plan else ["onnxruntime", "openvino", "tensorrt"]
+        installed = {"onnxruntime": True, "openvino": openvino_available(), "tensorrt": tensorrt_available()}
+        names = []
+        for runtime in runtimes:
+            fit = [b.name for b in BACKENDS.values() if b.runtime == runtime and not self.fits(b.name)]
+            if fit and installed[runtime]:
+                names.append(fit[0])
+        return names
+
+    def fits(self, backend: str) -> str | None:
+        """Why ``backend`` cannot time this file (another runtime or precision, or device), or None."""
+        record = BACKENDS[backend]
+        if self.device not in record.devices:
+            return f"skipped: {backend} runs on {' or '.join(record.devices)}, not {self.device}"
+        if record.runtime == "torch":
+            return (
+                None
+                if backend == EAGER and self.eager
+                else "skipped: eager PyTorch runs a zoo model the file's metadata names; this one names none"
+            )
+        if self.plan:
+            return None if record.runtime == "tensorrt" else f"skipped: {backend} does not run TensorRT engines"
+        if record.graph != self.precision:
+            return f"skipped: {backend} runs the {record.graph} graph; this file is {self.precision}"
+        return None
+
+    def make(self, backend: str) -> Runner:
+        """The runner for ``backend`` on the file (eager: the zoo model its metadata names)."""
+        record = BACKENDS[backend]
+        if record.runtime == "torch":
+            if self.eager is None or self.profile is None:
+                raise BackendError(f"{self.name} names no zoo model to run on eager PyTorch")
+            return load(
+                self.eager.model,
+                backend="torch",
+                device=self.device,
+                profile=self.profile,
+                output_names=default_output_names(self.eager.model, self.eager.task),
+            )
+        return load(self.path, backend=record.runtime, device=self.device, threads=self.threads, **record.options)
+
+    def peak_memory(self, backend: str, runner: Runner, feed: dict) -> PeakMemory:
+        """Peak memory of one run: ONNX Runtime on a one-input file in a fresh process (:func:`.memory.probe`),
+        the rest in this one."""
+        if BACKENDS[backend].runtime == "onnxruntime" and len(feed) == 1:
+            return probe(backend, str(self.path), next(iter(feed.values())).shape, self.device, self.threads)
+        with PeakMemory(cuda=self.device == "cuda") as peak:
+            runner.infer(feed)
+        return peak

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -23,8 +23,8 @@ from ..export.exporter import default_output_names
 from ..models import DotProductAttention, DotProductAttention1d, ModelSource, get_entry, load_model
 from ..runtime import Runner
 from ..runtime.torch_runner import pin_fp32
-from ..shapes import InputProfile, ShapeProfile, format_shape, parse_shape, random_inputs
-from .backends import BACKENDS, DEFAULT_BACKENDS, EAGER, WARM_MEANS, Backends, check_backends
+from ..shapes import InputProfile, ShapeProfile, format_shape, parse_shape, parse_shapes, random_inputs
+from .backends import BACKENDS, DEFAULT_BACKENDS, EAGER, WARM_MEANS, Backends, FileBackends, check_backends, is_file
 from .contention import LoadCheck
 from .machine import cpu_flags, environment, measure_bandwidth
 from .memory import available_bytes
@@ -124,6 +124,8 @@ class _Run:
     peaks: dict[str, float]  # matmul GFLOP/s per precision (CPU only)
     folder: Path
     bar: Any
+    iterations: int = 10  # timed calls per row at least (trtexec's --iterations)
+    warmup_s: float = 0.2  # warm-up per row before timing (trtexec's --warmUp)
 
     def out_of_time(self) -> bool:
         return time.monotonic() > self.deadline
@@ -143,15 +145,28 @@ def run_bench(
     quiet: bool = False,
     input_shape: str | Sequence[int] | None = None,
     load_check: LoadCheck | None = None,
+    iterations: int = 10,
+    warmup_s: float = 0.2,
 ) -> BenchResults:
     """Time ``models`` (zoo names or ``package.module:factory``, see :func:`load_source` for
     ``input_shape``) at ``sizes`` x ``batches`` on eager FP32 and each of ``backends`` (default: the
-    device's set, see ``DEFAULT_BACKENDS``). Rows that would exceed ``max_seconds`` in total are
-    recorded as skipped, not run. ``load_check`` (default: the machine's load and a calibration loop)
-    decides the results' ``warnings``: other work on the machine makes timings unreliable."""
+    device's set, see ``DEFAULT_BACKENDS``). ``.onnx``/``.plan``/``.engine`` files among ``models`` are timed
+    as they are (:func:`_bench_file`; ``input_shape``: their shapes as :func:`effattn.shapes.parse_shapes`
+    reads them). Each row gets ``warmup_s`` of warm-up, then at least ``iterations`` calls and ``min_seconds``.
+    Rows that would exceed ``max_seconds`` in total are recorded as skipped, not run. ``load_check``
+    (default: the machine's load and a calibration loop) decides the results' ``warnings``: other work on
+    the machine makes timings unreliable."""
+    requested = backends
     backends = _check_request(sizes, batches, backends, device)
-    sources = [load_source(name, input_shape) for name in models]  # a bad name or profile fails before timing
     threads = threads or default_threads()
+    sources = [  # a bad name, file or profile fails before timing
+        FileBackends(name, device, threads) if is_file(name) else load_source(name, input_shape) for name in models
+    ]
+    file_backends = {
+        id(s): [EAGER, *(s.defaults() if requested is None else backends)]
+        for s in sources
+        if isinstance(s, FileBackends)
+    }
     torch.set_num_threads(threads)
     if device == "cuda":
         pin_fp32()
@@ -159,11 +174,17 @@ def run_bench(
     results = BenchResults(environment=environment(threads, device))
     bandwidth = measure_bandwidth(device)
     peaks = measure_peaks() if device == "cpu" else {}
-    results.environment.update(copy_bandwidth_gb_s=round(bandwidth, 1), matmul_peak_gflop_s=peaks)
+    results.environment.update(
+        copy_bandwidth_gb_s=round(bandwidth, 1), matmul_peak_gflop_s=peaks, warmup_ms=round(warmup_s * 1e3, 3)
+    )
+    results.environment.update(min_iterations=iterations, min_seconds=min_seconds)
     all_backends = [EAGER, *backends]
     deadline = time.monotonic() + max_seconds if max_seconds is not None else math.inf
     bar = tqdm(
-        total=len(models) * len(sizes) * len(batches) * len(all_backends),
+        total=sum(
+            len(file_backends[id(s)]) if isinstance(s, FileBackends) else len(sizes) * len(batches) * len(all_backends)
+            for s in sources
+        ),
         desc="bench",
         disable=True if quiet else None,
         file=sys.stderr,
@@ -171,8 +192,12 @@ def run_bench(
     )  # None: no bar off a terminal
     with tempfile.TemporaryDirectory(prefix="effattn-bench-") as tmp, bar:
         run = _Run(results, device, threads, min_seconds, deadline, memory, startup, bandwidth, peaks, Path(tmp), bar)
-        for source, base in sources:
-            _bench_model(run, source, base, all_backends, sizes, batches)
+        run.iterations, run.warmup_s = iterations, warmup_s
+        for source in sources:
+            if isinstance(source, FileBackends):
+                _bench_file(run, source, file_backends[id(source)], input_shape)
+            else:
+                _bench_model(run, *source, all_backends, sizes, batches)
     check.stop()
     results.environment.update(check.to_dict())  # load_average_end: others sharing the cores
     results.warnings = check.warnings()
@@ -207,20 +232,58 @@ def _bench_model(
     try:
         for batch in batches:
             for size in sizes:
-                _bench_shape(run, made, runners, backends, bench_profile(base, [size], batch).inputs[0].opt)
+                shape = bench_profile(base, [size], batch).inputs[0].opt
+                feed = random_inputs(ShapeProfile.fixed({base.name: shape}), "opt", seed=0)
+                _bench_shape(run, made, runners, backends, feed, source.model)
     finally:
-        for runner in runners.values():
-            if not isinstance(runner, str):
-                runner.close()
+        _close(runners)
 
 
-def _start_runners(run: _Run, made: Backends, backends: list[str]) -> dict[str, Runner | str]:
+def _bench_file(run: _Run, made: FileBackends, backends: list[str], shapes: str | Sequence[int] | None) -> None:
+    """Time one file, trtexec-style, on each backend that loads it, at ``shapes`` (``name:NxCxHxW,...``), else its
+    profile's opt shapes (effattn metadata), else the graph's static dims."""
+    runners = _start_runners(run, made, backends)
+    try:
+        started = [r for b, r in runners.items() if isinstance(r, Runner) and b != EAGER]  # the file's own inputs
+        feed = random_inputs(ShapeProfile.fixed(_file_shapes(made, started[0], shapes)), seed=0) if started else {}
+        _bench_shape(run, made, runners, backends, feed)
+    finally:
+        _close(runners)
+
+
+def _file_shapes(made: FileBackends, runner: Runner, shapes: str | Sequence[int] | None) -> dict[str, tuple[int, ...]]:
+    names = list(runner.inputs)
+    if shapes is not None:
+        return parse_shapes(shapes if isinstance(shapes, str) else format_shape(shapes), names, "--shapes")
+    profile = made.profile or runner.profile
+    if profile is not None:
+        return profile.shapes("opt")
+    dims = {n: spec.shape for n, spec in runner.inputs.items()}
+    dynamic = [n for n, shape in dims.items() if shape is None or not all(isinstance(d, int) for d in shape)]
+    if dynamic:
+        raise InputError(
+            f"{made.name}: input {', '.join(dynamic)} has dynamic axes and the file records no shape profile: "
+            f"give --shapes, e.g. {','.join(f'{n}:1x3x64x64' for n in names)}"
+        )
+    return {n: tuple(cast(tuple[int, ...], shape)) for n, shape in dims.items()}
+
+
+def _close(runners: dict[str, Runner | str]) -> None:
+    for runner in runners.values():
+        if not isinstance(runner, str):
+            runner.close()
+
+
+def _start_runners(run: _Run, made: Backends | FileBackends, backends: list[str]) -> dict[str, Runner | str]:
     """Each backend's runner, or why it could not start (a row, not the end of the run); none past the deadline."""
     runners: dict[str, Runner | str] = {}
     for backend in backends:
         if run.out_of_time():
             break
         run.bar.set_postfix_str(f"{made.name}: start {backend}")
+        if isinstance(made, FileBackends) and (why := made.fits(backend)):
+            runners[backend] = why
+            continue
         try:
             runners[backend] = _start(made, backend, run.results, run.startup and backend != EAGER)
         except Exception as e:  # a backend that cannot start is a row, not the end of the run
@@ -229,15 +292,22 @@ def _start_runners(run: _Run, made: Backends, backends: list[str]) -> dict[str, 
 
 
 def _bench_shape(
-    run: _Run, made: Backends, runners: dict[str, Runner | str], backends: list[str], shape: tuple[int, ...]
+    run: _Run,
+    made: Backends | FileBackends,
+    runners: dict[str, Runner | str],
+    backends: list[str],
+    feed: dict[str, Any],
+    model: torch.nn.Module | None = None,
 ) -> None:
-    """One row per backend at ``shape``: timed together, or the reason it was not run; ratios to eager."""
-    feed = random_inputs(ShapeProfile.single(shape, name=made.profile.inputs[0].name), "opt", seed=0)
-    need = attention_map_bytes(made.source.model, shape)
-    cost = _cost(made.source.model, shape) if run.peaks else None
+    """One row per backend on ``feed``: timed together, or the reason it was not run; ratios to eager.
+    ``model`` (a model source's): its attention maps' memory and its roofline floor."""
+    shape = list(next(iter(feed.values())).shape) if feed else []
+    need = attention_map_bytes(model, shape) if model is not None else 0
+    cost = _cost(model, shape) if run.peaks and model is not None else None
     rows, timed = {}, {}
     for backend in backends:
-        row = rows[backend] = BenchRow(made.name, backend, run.device, list(shape))
+        row = rows[backend] = BenchRow(made.name, backend, run.device, shape)
+        row.inputs = {name: list(value.shape) for name, value in feed.items()}
         runner = runners.get(backend)
         _set_floors(run, made, row, runner, cost)
         why_not = _why_not_run(run, runner, need)
@@ -251,10 +321,8 @@ def _bench_shape(
             [rows[b] for b in timed],
             timed,
             feed,
-            run.min_seconds,
-            run.deadline,
+            run,
             made if run.memory else None,
-            run.device,
         )
     eager = rows[EAGER].stats
     for row in rows.values():
@@ -275,11 +343,15 @@ def _cost(model, shape: Sequence[int]) -> tuple[float, int, int] | None:
 
 
 def _set_floors(
-    run: _Run, made: Backends, row: BenchRow, runner: Runner | str | None, cost: tuple[float, int, int] | None
+    run: _Run,
+    made: Backends | FileBackends,
+    row: BenchRow,
+    runner: Runner | str | None,
+    cost: tuple[float, int, int] | None,
 ) -> None:
     """The row's bandwidth floor (attention blocks) and roofline floor (where the model's cost is known)."""
     elements = math.prod(row.shape)
-    if made.source.task == "block":  # FP32 input read once, FP32 output written once
+    if isinstance(made, Backends) and made.source.task == "block":  # FP32 input read once, FP32 output written once
         row.floor_ms = 2 * elements * 4 / (run.bandwidth * 1e9) * 1e3
     if cost is not None and isinstance(runner, Runner):
         flops, out_elements, params = cost
@@ -318,12 +390,14 @@ def _is_oom(error: BaseException) -> bool:
     )
 
 
-def _start(made: Backends, backend: str, results: BenchResults, timed: bool) -> Runner:
-    """Create the runner; with ``timed``, record cold and warm start-up (creation + first answer)."""
-    if not timed:
+def _start(made: Backends | FileBackends, backend: str, results: BenchResults, timed: bool) -> Runner:
+    """Create the runner; with ``timed`` (and a profile to feed), record cold and warm start-up (creation +
+    first answer)."""
+    if not timed or made.profile is None:
         return made.make(backend)
     feed = random_inputs(made.profile, "min", seed=0)
-    made.onnx(BACKENDS[backend].graph or "fp32")  # export and quantization time are not start-up time
+    if isinstance(made, Backends):
+        made.onnx(BACKENDS[backend].graph or "fp32")  # export and quantization time are not start-up time
     t0 = time.perf_counter()
     runner = made.make(backend)
     runner.infer(feed)
@@ -343,22 +417,22 @@ def _start(made: Backends, backend: str, results: BenchResults, timed: bool) -> 
 
 
 def _measure_rows(
-    rows: list[BenchRow],
-    runners: dict,
-    feed: dict,
-    min_seconds: float,
-    deadline: float,
-    made: Backends | None,
-    device: str = "cpu",
+    rows: list[BenchRow], runners: dict, feed: dict, run: _Run, made: Backends | FileBackends | None
 ) -> None:
     """Time the runners interleaved (:func:`.timing.measure_interleaved`; on CUDA device tensors between
     CUDA events, host copies timed apart), then probe each one's peak memory."""
-    budget = max(min(10 * min_seconds, (deadline - time.monotonic()) / len(runners)), 0.05)
+    device, min_seconds = run.device, run.min_seconds
+    budget = max(min(10 * min_seconds, (run.deadline - time.monotonic()) / len(runners)), 0.05)
     calls: dict[str, Callable[[], Any]] = {
         backend: timed_call(runner, feed, device) for backend, runner in runners.items()
     }
     stats = measure_interleaved(
-        calls, min_seconds=min(min_seconds, budget), max_seconds=budget, clock=clock_for(device)
+        calls,
+        warmup_s=run.warmup_s,
+        min_runs=run.iterations,
+        min_seconds=min(min_seconds, budget),
+        max_seconds=budget,
+        clock=clock_for(device),
     )
     for row in rows:
         outcome = stats[row.backend]

@@ -11,7 +11,10 @@ from typing import Any
 
 from ..errors import BackendError
 
-__all__ = ["BACKENDS", "DEFAULT_BACKENDS", "EAGER", "BenchBackend", "check_backends", "get"]
+__all__ = ["BACKENDS", "DEFAULT_BACKENDS", "DEFAULT_MODELS", "EAGER", "BenchBackend", "check_backends", "get"]
+
+#: what ``effattn bench`` times when given no file and no --models: the EA block and the tiny hosts
+DEFAULT_MODELS = ("efficient_attention", "ea_resnet_tiny", "ea_segnet_tiny")
 
 
 @dataclass(frozen=True)

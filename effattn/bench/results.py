@@ -27,6 +27,7 @@ class BenchRow:
     floor_ms: float | None = None  # attention blocks: time to move their input and output at measured bandwidth
     host_copy_ms: float | None = None  # CUDA: copying the feed in and the outputs out, not in the timed call
     roofline_ms: float | None = None  # max(bytes moved / bandwidth, FLOPs / matmul peak at the row's precision)
+    inputs: dict[str, list[int]] | None = None  # every input's shape (``shape`` is the first one's)
 
     @property
     def positions(self) -> int:
@@ -46,6 +47,7 @@ class BenchRow:
             "backend": self.backend,
             "device": self.device,
             "shape": self.shape,
+            "inputs": self.inputs,
             "status": self.status,
             "speedup_vs_eager": r(self.speedup_vs_eager),
             "throughput_per_s": r(self.throughput, 2),
@@ -116,6 +118,14 @@ class BenchResults:
                     out.append((r.positions, value))
         return sorted(out)
 
+    def spread(self, model: str, backend: str) -> list[tuple[int, float, float]]:
+        """(positions, p10 ms, p90 ms) of the measured rows of one model on one backend that recorded p10."""
+        return sorted(
+            (r.positions, r.stats.p10_ms, r.stats.p90_ms)
+            for r in self.rows
+            if r.model == model and r.backend == backend and r.stats and r.stats.p10_ms is not None
+        )
+
     def scaling(self) -> list[dict]:
         """Growth exponents in positions, fitted from ``fit_from``² positions up, per model and backend."""
         out = []
@@ -174,7 +184,7 @@ class BenchResults:
                 r["backend"],
                 r["device"],
                 r["shape"],
-                LatencyStats(**{k: r[k] for k in stat_fields}) if r["status"] == "ok" else None,
+                LatencyStats(**{k: r[k] for k in stat_fields if k in r}) if r["status"] == "ok" else None,
                 r["speedup_vs_eager"],
                 r["peak_host_mib"],
                 r["peak_device_mib"],
@@ -182,6 +192,7 @@ class BenchResults:
                 r["bandwidth_floor_ms"],
                 r.get("host_copy_ms"),
                 r.get("roofline_floor_ms"),
+                r.get("inputs"),
             )
             for r in data["rows"]
         ]

@@ -23,14 +23,15 @@ class LatencyStats:
     p99_ms: float
     mean_ms: float
     min_ms: float
+    p10_ms: float | None = None  # the low end of the spread plots draw (p10-p90); None in results from before it
 
     @classmethod
     def from_samples(cls, seconds: list[float]) -> LatencyStats:
         if not seconds:
             raise ValueError("no timing samples")
         ms = np.asarray(seconds, dtype=np.float64) * 1e3
-        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-        return cls(len(ms), float(p50), float(p90), float(p99), float(ms.mean()), float(ms.min()))
+        p10, p50, p90, p99 = np.percentile(ms, [10, 50, 90, 99])
+        return cls(len(ms), float(p50), float(p90), float(p99), float(ms.mean()), float(ms.min()), float(p10))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,8 +126,9 @@ def measure_interleaved(
     Timed back to back, a baseline and a candidate see different moments of a shared machine (other
     tenants, clock changes), and their ratio swings by tens of percent between runs. Here each of
     ``rounds`` rounds gives every callable ``min_seconds / rounds`` of calls in turn, so slow drifts hit
-    all of them alike. Each gets at least ``min_runs`` calls in all; the whole stops at ``max_seconds``
-    per callable (or ``max_runs`` calls). A callable that raises is dropped and its exception returned in
+    all of them alike. Each gets at least ``min_runs`` calls in all (trtexec's --iterations: a floor, even
+    past ``max_seconds``); past ``max_seconds`` per callable a round gives it only its share of ``min_runs``,
+    and it stops at ``max_runs`` calls. A callable that raises is dropped and its exception returned in
     its place (with ``catch=False`` the exception propagates). ``clock`` times one call (see :func:`clock_for`).
     """
     samples: dict[str, list[float]] = {name: [] for name in fns}
@@ -159,14 +161,13 @@ def measure_interleaved(
                     break
                 elapsed = time.perf_counter() - begin
                 want_runs -= 1
-                if (
-                    (want_runs <= 0 and elapsed >= per_round)
-                    or spent[name] + elapsed >= max_seconds
-                    or len(samples[name]) >= max_runs
-                ):
+                if (want_runs <= 0 and (elapsed >= per_round or spent[name] + elapsed >= max_seconds)) or len(
+                    samples[name]
+                ) >= max_runs:
                     break
             spent[name] += time.perf_counter() - begin
-            if name in live and (spent[name] >= max_seconds or len(samples[name]) >= max_runs):
+            done = len(samples[name]) >= min_runs and spent[name] >= max_seconds
+            if name in live and (done or len(samples[name]) >= max_runs):
                 live.remove(name)
     for name in fns:
         if name not in result:

@@ -66,10 +66,13 @@ MIB = Number(float, 0.001, 2.0**20)
 
 
 def _shape_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("shape profile (defaults: the model's own)")
-    g.add_argument("--min", metavar="SHAPE", help="smallest input, e.g. 1x3x32x32")
-    g.add_argument("--opt", metavar="SHAPE", help="the shape engines tune for, e.g. 1x3x128x128")
-    g.add_argument("--max", metavar="SHAPE", help="largest input, e.g. 8x3x512x512")
+    g = p.add_argument_group(
+        "shape profile (defaults: the model's own)",
+        "NxCxHxW for a one-input model; name:NxCxHxW,name:... for each input (trtexec's --minShapes form)",
+    )
+    g.add_argument("--min", metavar="SHAPES", help="smallest input, e.g. 1x3x32x32 or image:1x3x32x32,mask:1x1x32x32")
+    g.add_argument("--opt", metavar="SHAPES", help="the shape engines tune for, e.g. 1x3x128x128")
+    g.add_argument("--max", metavar="SHAPES", help="largest input, e.g. 8x3x512x512")
 
 
 def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -178,7 +181,11 @@ def _run(add) -> None:
     )
     p.add_argument("onnx", type=Path, help="an .onnx file")
     p.add_argument("--input", type=Path, help=".npy (one input) or .npz (by input name)")
-    p.add_argument("--shape", help="random input of this shape, e.g. 1x3x256x256")
+    p.add_argument(
+        "--shape",
+        metavar="SHAPES",
+        help="random inputs of these shapes: 1x3x256x256 for one input, name:NxCxHxW,name:... for several",
+    )
     p.add_argument("--seed", type=SEED, default=0, help="seed for random inputs")
     p.add_argument("--output", type=Path, help="save outputs to this .npz")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
@@ -367,36 +374,75 @@ def _bench_backends() -> str:
     return textwrap.fill(f"backends: {listed}", width=110, break_on_hyphens=False)
 
 
+def _timing_args(p: argparse.ArgumentParser) -> None:
+    """bench's per-row timing, trtexec's --duration, --iterations and --warmUp."""
+    p.add_argument(
+        "--seconds", type=SECONDS, default=1.0, help="minimum timing per row, trtexec's --duration (default 1)"
+    )
+    p.add_argument(
+        "--iterations",
+        type=Number(int, 1, 10**7),
+        default=10,
+        help="minimum timed calls per row (default 10), even past 10x --seconds",
+    )
+    p.add_argument(
+        "--warmup",
+        type=Number(float, 0.0, 60000.0),
+        default=200.0,
+        metavar="MS",
+        help="warm-up per row before timing, in ms (default 200, trtexec's --warmUp)",
+    )
+
+
 def _bench(add) -> None:
     p = add(
         "bench",
-        "latency, throughput and memory of every backend vs eager PyTorch",
-        "Export each model once with a profile spanning the sizes and batches, then time eager PyTorch FP32 "
+        "latency, throughput and memory of files, or of every backend vs eager PyTorch",
+        "Time .onnx and TensorRT .plan/.engine files as they are (trtexec/benchmark_app-style) on each backend "
+        "that loads them - ONNX Runtime and OpenVINO on the CPU; ONNX Runtime and TensorRT on a GPU; eager "
+        "PyTorch too when the file's metadata names a zoo model - at --shapes, else the file's profile's opt "
+        "shapes, else the graph's static dims. Model sources (zoo names, package.module:factory): "
+        "export each model once with a profile spanning the sizes and batches, then time eager PyTorch FP32 "
         "(the baseline, always) and each backend at every batch and size: median/p90/p99 after warm-up, "
         "throughput, peak memory (host RSS; device memory on GPU), the ratio to eager measured in the same "
         "run, and start-up time cold and with caches warm. With the EA block and the dot-product block in "
         "one run it also fits growth exponents (time and memory vs positions) and finds the crossover; "
         "dot-product sizes that cannot fit in memory are reported, not run.\n\n"
+        "Every row: warm-up (--warmup), then at least --iterations calls and --seconds (trtexec's --duration), "
+        "backends interleaved in rounds; median, p10/p90/p99 and mean latency, throughput.\n\n"
         f"{_bench_backends()}\n\nexamples:\n"
+        "  effattn bench seg.onnx seg.int8.onnx --iterations 200 -o seg.json\n"
+        "  effattn bench two_inputs.onnx --shapes image:1x3x64x64,mask:1x4\n"
         "  effattn bench --models efficient_attention ea_segnet_tiny --sizes 64 128 256 -o cpu.json --plot cpu.png\n"
         "  effattn bench --models efficient_attention dot_product_attention --sizes 32 64 128 256 512 "
         "--max-seconds 600\n"
         "  effattn bench --device cuda --batch 8 --sizes 128 --backends torch-fp16 tensorrt-fp16",
     )
     p.add_argument(
-        "--models",
-        nargs="+",
-        default=["efficient_attention", "ea_resnet_tiny", "ea_segnet_tiny"],
-        help="zoo names or your own package.module:factory (default: the EA block and the tiny hosts)",
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help=".onnx, .plan or .engine files to time as they are (model sources too, as --models)",
     )
     p.add_argument(
-        "--shape",
-        metavar="SHAPE",
-        help="input of a package.module:factory model that has no "
-        "default_profile, e.g. 1x3x64x64 (its rank and channels; --sizes and --batch set the rest)",
+        "--models",
+        nargs="+",
+        default=None,
+        help="zoo names or your own package.module:factory, and files (default without FILE: "
+        f"{' '.join(catalog.DEFAULT_MODELS)})",
     )
-    p.add_argument("--sizes", nargs="+", type=COUNT, default=[64, 128, 256], help="square input sizes (H = W)")
-    p.add_argument("--batch", nargs="+", type=COUNT, default=[1], help="batch sizes (default 1)")
+    p.add_argument(
+        "--shapes",
+        "--shape",
+        metavar="SHAPES",
+        help="files: the shapes to time, NxCxHxW or name:NxCxHxW,name:... (trtexec's --shapes); a "
+        "package.module:factory model without a default_profile: its input, e.g. 1x3x64x64 (its rank and "
+        "channels; --sizes and --batch set the rest)",
+    )
+    p.add_argument(
+        "--sizes", nargs="+", type=COUNT, default=[64, 128, 256], help="model sources: square input sizes (H = W)"
+    )
+    p.add_argument("--batch", nargs="+", type=COUNT, default=[1], help="model sources: batch sizes (default 1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
         "--backends",
@@ -410,7 +456,7 @@ def _bench(add) -> None:
     p.add_argument(
         "--threads", type=THREADS, default=None, help="threads for torch and ONNX Runtime (default: all cores)"
     )
-    p.add_argument("--seconds", type=SECONDS, default=1.0, help="minimum timing per row (default 1)")
+    _timing_args(p)
     p.add_argument(
         "--max-seconds",
         type=SECONDS,

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .. import metadata, pipeline, precisions
 from ..bench.benchmark import check_plotting, plot, run_bench
+from ..bench.catalog import DEFAULT_MODELS
 from ..engines import build_engine
 from ..engines.precision import check_onnx
 from ..errors import BackendError, ConfigError, EffattnError, InputError, ModelError, first_line
@@ -35,7 +36,7 @@ from ..serving.deployment import kserve_manifest, run_command, write_deployment
 from ..serving.grpc_server import check_grpc_port, require_grpc
 from ..serving.http_server import ServeOptions, listen, serve
 from ..serving.repository import TritonOptions, check_container_path, parse_pbtxt, write_repository
-from ..shapes import ShapeProfile, format_shape
+from ..shapes import ShapeProfile, format_shape, parse_shapes
 
 log = logging.getLogger("effattn")
 
@@ -81,18 +82,8 @@ def model_args(pairs: Sequence[str]) -> dict:
 
 
 def profile_from_args(args, default: ShapeProfile | None) -> ShapeProfile:
-    """--min/--opt/--max over the model's default profile; without one, opt defaults to min and max to opt."""
-    if not (args.min or args.opt or args.max):
-        if default is None:
-            raise InputError("this model has no default shape profile: give --min, --opt and --max (e.g. 1x3x224x224)")
-        return default
-    base = default.inputs[0] if default is not None else None
-    lo = args.min or (base.min if base else None)
-    if lo is None:
-        raise InputError("this model has no default shape profile: give --min (and --opt/--max for dynamic axes)")
-    mid = args.opt or (base.opt if base else lo)
-    hi = args.max or (base.max if base else mid)
-    return ShapeProfile.single(lo, mid, hi, name=base.name if base else "input")
+    """--min/--opt/--max (``NxCxHxW`` or ``name:NxCxHxW,...``) over the model's default profile."""
+    return ShapeProfile.from_options(args.min, args.opt, args.max, default)
 
 
 def _print_json(data) -> None:
@@ -192,7 +183,7 @@ def _feed_for(args, runner: Runner) -> dict:
     if args.input:
         return pipeline.read_inputs(args.input, list(runner.inputs))
     if args.shape:
-        return random_inputs(ShapeProfile.single(args.shape, name=next(iter(runner.inputs))), "opt", args.seed)
+        return random_inputs(ShapeProfile.fixed(parse_shapes(args.shape, list(runner.inputs))), "opt", args.seed)
     if runner.profile is not None:
         return random_inputs(runner.profile, "opt", args.seed)
     raise InputError("give --input FILE.npy or --shape NxCxHxW (the file has no shape profile)")
@@ -424,7 +415,7 @@ def cmd_bench(args) -> None:
     if args.plot:
         check_plotting()  # before the run, not after it
     results = run_bench(
-        args.models,
+        [*args.files, *(args.models or ([] if args.files else DEFAULT_MODELS))],
         args.sizes,
         batches=args.batch,
         backends=args.backends,
@@ -435,7 +426,9 @@ def cmd_bench(args) -> None:
         memory=not args.no_memory,
         startup=not args.no_startup,
         quiet=args.quiet,
-        input_shape=args.shape,
+        input_shape=args.shapes,
+        iterations=args.iterations,
+        warmup_s=args.warmup / 1e3,
     )
     if args.output:
         with atomic_output(args.output, args.force) as tmp:

@@ -43,3 +43,18 @@ def test_interleaved_gives_each_callable_its_runs_and_drops_the_failing_one():
     assert isinstance(out["c"], MemoryError)
     timed = order[2:]  # after one warm-up call each, a and b alternate in blocks of two
     assert timed == ["a", "a", "b", "b"] * 5
+
+
+def test_min_runs_is_a_floor_even_past_max_seconds():
+    """trtexec's --iterations: every callable gets its calls, however slow against the time budget."""
+    from effattn.bench.timing import measure_interleaved
+
+    calls = {"a": [], "b": []}
+    stats = measure_interleaved(
+        {name: (lambda name=name: calls[name].append(1)) for name in calls},
+        warmup_s=0.0,
+        min_runs=7,
+        min_seconds=0.0,
+        max_seconds=1e-12,  # spent after the first call: only the floor keeps them going
+    )
+    assert [s.runs for s in stats.values()] == [7, 7] and [len(c) for c in calls.values()] == [8, 8]  # 1 warm-up
