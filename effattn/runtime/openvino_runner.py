@@ -164,8 +164,8 @@ class OpenVINORunner(Runner):
             request = pool.get_nowait()
         except queue.Empty:
             request = compiled.create_infer_request()
-        try:
-            request.infer(arrays)
+        try:  # inputs zero-copy, outputs copied once out of the request (it goes back to the pool)
+            request.infer(arrays, share_inputs=True, share_outputs=True)
             return {name: request.get_tensor(name).data.copy() for name in self.outputs}
         finally:
             pool.put(request)

@@ -132,3 +132,17 @@ def test_static_shapes_compile_per_shape_and_match_the_dynamic_compile(files):
         with pytest.raises(Exception, match="input"):
             static.infer(np.zeros((1, 16, 64, 64), np.float32))  # outside the profile: refused before compiling
         assert len(static._static) == 2
+
+
+def test_zero_copy_inputs_are_left_alone_and_outputs_are_the_callers(files):
+    """Inputs go in without a copy (share_inputs) yet stay unchanged; each call's outputs are the caller's own
+    arrays, not views of the pooled request a later call overwrites."""
+    feeds = profile_inputs(PROFILE, seed=4)
+    with OpenVINORunner(files["int8"]) as runner:
+        before = feeds[1]["input"].copy()
+        first = runner.infer(feeds[1])["output"]
+        kept = first.copy()
+        assert np.array_equal(feeds[1]["input"], before)
+        second = runner.infer({"input": feeds[1]["input"] + 1})["output"]
+        assert np.array_equal(first, kept) and not np.array_equal(first, second)
+        assert first.flags.owndata and first.flags.writeable
