@@ -185,6 +185,8 @@ def test_low_precision_backends_run_their_own_graphs(caplog):
     assert {s.backend for s in results.startup} == set(backends)
     env = results.environment
     assert env["openvino"] and len(env["load_average"]) == 3 and isinstance(env["cpu_flags"], list)
+    if env["nominal_peak_gop_s"]:  # every timed row says what share of the CPU's peak it used
+        assert all(r.percent_of_peak and 0 < r.percent_of_peak < 100 for r in rows.values()), results.table()
     assert "random normal inputs" in caplog.text  # the random-weight block is calibrated on noise, and says so
 
 
