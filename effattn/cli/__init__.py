@@ -319,7 +319,7 @@ def _profile(add) -> None:
         "where the time goes on OpenVINO, layer by layer",
         "Run an ONNX file on OpenVINO's CPU plugin with its per-layer performance counters (PERF_COUNT) and sum "
         "each executed layer's time by op type (Convolution, Softmax, Interpolate, Reorder, ...) and by kernel "
-        "(brgconv_avx512_amx_I8, jit_avx512_BF16, ref_any_FP32, ...), with the slowest layers - like "
+        "(brgconv_avx512_amx_i8, jit_avx512_bf16, ref_any_f32, ...), with the slowest layers - like "
         "benchmark_app -pc. Times are per run, averaged over --iterations after one warm-up run; the counters "
         "add a little overhead, so time with 'effattn bench'.\n\n"
         "examples:\n"

@@ -204,7 +204,7 @@ class OpenVINORunner(Runner):
 @dataclass(frozen=True)
 class LayerTime:
     """One executed layer of one run: OpenVINO's node name, its op type (Convolution, Softmax, Reorder, ...), the
-    kernel it ran (e.g. brgconv_avx512_amx_I8, jit_avx512_BF16, ref_any_FP32) and its wall time."""
+    kernel it ran (e.g. brgconv_avx512_amx_i8, jit_avx512_bf16, ref_any_f32) and its wall time."""
 
     name: str
     type: str
