@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import metadata, precisions
@@ -22,7 +23,7 @@ from ..export.precision import CONVERTERS
 from ..files import require_file
 from ..models import ModelSource, load_model
 from ..runtime import Runner, load
-from ..runtime.openvino_runner import openvino_available
+from ..runtime.openvino_runner import OpenVINORunner, choose_precision, openvino_available
 from ..shapes import ShapeProfile
 from .catalog import BACKENDS, DEFAULT_BACKENDS, EAGER, BenchBackend, check_backends
 from .memory import PeakMemory, probe
@@ -99,6 +100,8 @@ class Backends:
                 **record.options,
             )
         path = self.onnx(record.graph)
+        if record.plain:
+            return PlainOpenVINO(path, self.threads)
         if record.runtime == "tensorrt":
             path = build_engine(path, precision=record.graph, cache_dir=self.folder / "engines", progress=False).plan
         return load(path, backend=record.runtime, device=self.device, threads=self.threads, **record.options)
@@ -124,6 +127,39 @@ class Backends:
         with PeakMemory(cuda=self.device == "cuda") as peak:
             runner.infer(feed)
         return peak
+
+
+class PlainOpenVINO(Runner):
+    """OpenVINO as its users call it, without effattn's runner: ``core.compile_model(file, "CPU")`` with OpenVINO's
+    defaults (one dynamic-shape compile, its own inference precision), one request, ``infer(x, share_inputs=True)``
+    and no input checks. The bench's yardstick for the runner's own overhead (docs/benchmarks.md)."""
+
+    backend = "openvino-plain"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import openvino as ov
+
+        self.metadata = metadata.read_metadata(path)
+        self.precision = choose_precision(metadata.precision_of(self.metadata))[0]  # what OpenVINO's default runs
+        config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        profile = metadata.profile_of(self.metadata)
+        super().__init__(
+            [OpenVINORunner._spec(p, profile) for p in self.compiled.inputs],
+            [OpenVINORunner._spec(p, None) for p in self.compiled.outputs],
+        )
+
+    def infer(self, feed) -> dict[str, np.ndarray]:
+        """No checks: a plain loop does none (the bench feeds valid inputs)."""
+        return self._infer(feed)
+
+    def _infer(self, feed) -> dict[str, np.ndarray]:
+        result = self.request.infer(feed, share_inputs=True)
+        return {name: result[name] for name in self.outputs}
+
+    def close(self) -> None:
+        self.request = self.compiled = None
 
 
 def _file_stem(name: str) -> str:

@@ -30,7 +30,7 @@ from .machine import cpu_flags, environment, measure_bandwidth
 from .memory import available_bytes
 from .plotting import check_plotting, plot
 from .results import SCHEMA, BenchResults, BenchRow, StartRow, growth_exponent
-from .roofline import arithmetic_of, floor_ms, measure_peaks, model_cost
+from .roofline import arithmetic_of, floor_ms, measure_peaks, model_cost, nominal_peaks, percent_of_peak
 from .timing import clock_for, host_copy_seconds, measure_interleaved, timed_call
 
 __all__ = [
@@ -174,10 +174,20 @@ def run_bench(
     results = BenchResults(environment=environment(threads, device))
     bandwidth = measure_bandwidth(device)
     peaks = measure_peaks() if device == "cpu" else {}
-    results.environment.update(
-        copy_bandwidth_gb_s=round(bandwidth, 1), matmul_peak_gflop_s=peaks, warmup_ms=round(warmup_s * 1e3, 3)
+    env = results.environment
+    nominal = (
+        nominal_peaks(env["cpu_flags"], env["cpu_vendor"], env["cpu_ghz"], min(threads, os.cpu_count() or 1))
+        if device == "cpu"
+        else {}
     )
-    results.environment.update(min_iterations=iterations, min_seconds=min_seconds)
+    env.update(
+        copy_bandwidth_gb_s=round(bandwidth, 1),
+        matmul_peak_gflop_s=peaks,
+        nominal_peak_gop_s=nominal,
+        warmup_ms=round(warmup_s * 1e3, 3),
+        min_iterations=iterations,
+        min_seconds=min_seconds,
+    )
     all_backends = [EAGER, *backends]
     deadline = time.monotonic() + max_seconds if max_seconds is not None else math.inf
     bar = tqdm(
@@ -325,9 +335,13 @@ def _bench_shape(
             made if run.memory else None,
         )
     eager = rows[EAGER].stats
-    for row in rows.values():
+    nominal = run.results.environment.get("nominal_peak_gop_s") or {}
+    for backend, row in rows.items():
         if row.stats and eager:
             row.speedup_vs_eager = eager.median_ms / row.stats.median_ms
+        if row.stats and cost is not None and isinstance(runners.get(backend), Runner):
+            precision = arithmetic_of(BACKENDS[backend], runners[backend])
+            row.percent_of_peak = percent_of_peak(cost[0], row.stats.median_ms, precision, nominal)
         run.results.rows.append(row)
         run.bar.update(1)
 

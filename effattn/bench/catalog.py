@@ -28,6 +28,7 @@ class BenchBackend:
     description: str
     default_on: tuple[str, ...] = ()  # devices whose bench runs it when no backends are named
     options: dict[str, Any] = field(default_factory=dict)  # more effattn.runtime.load keywords
+    plain: bool = False  # not effattn's runner: the runtime called as its own users call it (a reference row)
 
     @property
     def graph(self) -> str | None:
@@ -121,6 +122,15 @@ _ROWS = (
         "int8",
         _CPU,
         "OpenVINO, the INT8 QDQ graph of effattn quantize, compiled per input shape",
+    ),
+    BenchBackend(
+        "openvino-plain-int8",
+        "openvino",
+        "int8",
+        _CPU,
+        "plain OpenVINO on the same INT8 QDQ graph, no effattn runner: compile_model(file) with OpenVINO's "
+        "defaults, then infer(x, share_inputs=True); openvino-int8 / this row = the runner's overhead",
+        plain=True,
     ),
     BenchBackend(
         "openvino-dynamic-int8",

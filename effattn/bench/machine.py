@@ -41,12 +41,25 @@ def cpu_flags(
 
 def cpu_name() -> str:
     """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
-    cpu = platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_ghz() -> float | None:
+    """The clock /proc/cpuinfo reports for the first core (a VM's is often the nominal one), in GHz."""
+    mhz = _cpuinfo("cpu MHz")
+    try:
+        return float(mhz) / 1e3 if mhz else None
+    except ValueError:
+        return None
+
+
+def _cpuinfo(field: str) -> str | None:
+    """The first value of ``field`` in /proc/cpuinfo, or None (no such file or field)."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            return next((line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == field), None)
     except OSError:
-        return cpu
+        return None
 
 
 def environment(threads: int, device: str = "cpu") -> dict:
@@ -66,6 +79,8 @@ def environment(threads: int, device: str = "cpu") -> dict:
         "openvino": _dist_version("openvino"),
         "effattn": __version__,
         "cpu_flags": cpu_flags(),
+        "cpu_vendor": _cpuinfo("vendor_id"),
+        "cpu_ghz": cpu_ghz(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32) if gpu else None,
         "command": "effattn " + " ".join(sys.argv[1:])

@@ -28,6 +28,7 @@ class BenchRow:
     host_copy_ms: float | None = None  # CUDA: copying the feed in and the outputs out, not in the timed call
     roofline_ms: float | None = None  # max(bytes moved / bandwidth, FLOPs / matmul peak at the row's precision)
     inputs: dict[str, list[int]] | None = None  # every input's shape (``shape`` is the first one's)
+    percent_of_peak: float | None = None  # FLOPs / median / the CPU's nominal peak at the row's precision
 
     @property
     def positions(self) -> int:
@@ -62,6 +63,7 @@ class BenchRow:
             "times_roofline_floor": (
                 r(self.stats.median_ms / self.roofline_ms, 2) if self.stats and self.roofline_ms else None
             ),
+            "percent_of_nominal_peak": r(self.percent_of_peak, 2),
             **(self.stats.to_dict() if self.stats else {}),
         }
 
@@ -193,6 +195,7 @@ class BenchResults:
                 r.get("host_copy_ms"),
                 r.get("roofline_floor_ms"),
                 r.get("inputs"),
+                r.get("percent_of_nominal_peak"),
             )
             for r in data["rows"]
         ]
@@ -245,7 +248,7 @@ class BenchResults:
 def _row_lines(rows: Sequence[BenchRow]) -> list[str]:
     head = (
         f"{'model':<22}{'shape':<15}{'backend':<18}{'median ms':>10}{'p90':>9}{'p99':>9}{'items/s':>10}"
-        f"{'peak MiB':>10}{'vs eager':>9}{'x floor':>8}{'copy ms':>9}{'x roof':>8}"
+        f"{'peak MiB':>10}{'vs eager':>9}{'x floor':>8}{'copy ms':>9}{'x roof':>8}{'% peak':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -261,6 +264,7 @@ def _row_lines(rows: Sequence[BenchRow]) -> list[str]:
             f"{_fmt(r.stats.median_ms / r.floor_ms if r.floor_ms else None, '>8.1f')}"
             f"{_fmt(r.host_copy_ms, '>9.3f')}"
             f"{_fmt(r.stats.median_ms / r.roofline_ms if r.roofline_ms else None, '>8.1f')}"
+            f"{_fmt(r.percent_of_peak, '>8.1f')}"
         )
     return lines
 
@@ -294,6 +298,11 @@ def _footer_lines(rows: Sequence[BenchRow], env: dict) -> list[str]:
             "x roof: median / max(I/O + weight bytes / bandwidth, FLOPs / matmul peak at the row's "
             f"precision: {env['matmul_peak_gflop_s']} GFLOP/s measured in this run; below 1 = kernels "
             "faster than torch's matmul)"
+        )
+    if env.get("nominal_peak_gop_s"):
+        lines.append(
+            f"% peak: FLOPs / median / the nominal peak at the row's precision, {env['nominal_peak_gop_s']} "
+            f"GFLOP/s (GOP/s INT8) from the CPU flags at {env.get('cpu_ghz')} GHz x {env.get('threads')} cores"
         )
     lines.append(
         f"{env.get('cpu', '?')}, {env.get('threads')} threads; {env.get('gpu') or 'no GPU'}; "

@@ -1,6 +1,7 @@
 """Roofline floors: max(bytes / copy bandwidth, FLOPs / matmul peak at the row's precision), both measured
 in the same run (a large copy, a large torch matmul), so a runtime with better kernels than torch's can come
-in below its floor (ratio < 1). See docs/benchmarks.md#how-the-bench-measures."""
+in below its floor (ratio < 1); and each row's share of the CPU's nominal peak (read off its flags and clock).
+See docs/benchmarks.md#how-the-bench-measures."""
 
 from __future__ import annotations
 
@@ -51,6 +52,35 @@ def measure_peaks(
         best = min(_timed(run) for _ in range(repeats))
         peaks[precision] = round(2 * n**3 / best / 1e9, 1)
     return peaks
+
+
+def nominal_peaks(flags: Sequence[str], vendor: str | None, ghz: float | None, cores: int) -> dict[str, float]:
+    """GFLOP/s (GOP/s for INT8) the CPU's widest units give at ``ghz`` on ``cores`` cores, read off its flags, not
+    measured: FP32 2 FMA ports x 16 lanes x 2 (AVX-512 on Intel; AMD's Zen 4 runs it on two 256-bit ports: half;
+    AVX2 2 x 8 x 2), BF16 twice FP32 with AVX512-BF16 (VDPBF16PS), INT8 four times with VNNI (VPDPBUSD); AMX tiles
+    1024 BF16 FLOP and 2048 INT8 ops per cycle per core. An upper bound: clocks under load and memory run lower."""
+    if not ghz or cores <= 0:
+        return {}
+    if "avx512f" in flags:
+        fp32 = 32 if (vendor or "").startswith("AuthenticAMD") else 64
+    elif "avx2" in flags:
+        fp32 = 32
+    else:
+        return {}
+    per_cycle = {
+        "fp32": fp32,
+        "bf16": 1024 if "amx_bf16" in flags else 2 * fp32 if "avx512_bf16" in flags else fp32,
+        "int8": 2048 if "amx_int8" in flags else 4 * fp32 if "avx512_vnni" in flags else 2 * fp32,
+    }
+    return {p: round(n * ghz * cores, 1) for p, n in per_cycle.items()}
+
+
+def percent_of_peak(flops: float, median_ms: float, precision: str, peaks: dict[str, float]) -> float | None:
+    """The share of ``peaks[precision]`` (FP32's for FP16, which CPUs compute in FP32) one run of ``flops`` used."""
+    peak = peaks.get(precision) or peaks.get("fp32")
+    if not peak or median_ms <= 0:
+        return None
+    return 100 * flops / (median_ms * 1e-3) / (peak * 1e9)
 
 
 def _timed(run) -> float:

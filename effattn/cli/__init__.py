@@ -368,6 +368,37 @@ def _inspect(add) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _profile(add) -> None:
+    p = add(
+        "profile",
+        "where the time goes on OpenVINO, layer by layer",
+        "Run an ONNX file on OpenVINO's CPU plugin with its per-layer performance counters (PERF_COUNT) and sum "
+        "each executed layer's time by op type (Convolution, Softmax, Interpolate, Reorder, ...) and by kernel "
+        "(brgconv_avx512_amx_i8, jit_avx512_bf16, ref_any_f32, ...), with the slowest layers - like "
+        "benchmark_app -pc. Times are per run, averaged over --iterations after one warm-up run; the counters "
+        "add a little overhead, so time with 'effattn bench'.\n\n"
+        "examples:\n"
+        "  effattn profile seg.int8.onnx --shape 1x3x256x256\n"
+        "  effattn profile seg.int8.onnx --precision fp32 --top 30 -o seg.profile.json",
+    )
+    p.add_argument("onnx", type=Path, help="an .onnx file written by 'effattn export' or 'effattn quantize'")
+    p.add_argument("--input", type=Path, help=".npy (one input) or .npz (by input name)")
+    p.add_argument("--shape", help="random input of this shape (default: the profile's opt shape)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed for random inputs")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="OpenVINO's precision for float ops (auto: BF16 where the CPU has it, as the runner does)",
+    )
+    p.add_argument("--threads", type=THREADS, default=None, help="inference threads (default: every core)")
+    p.add_argument("--iterations", type=COUNT, default=20, help="runs to average (default 20)")
+    p.add_argument("--top", type=COUNT, default=15, help="slowest layers to list (default 15)")
+    p.add_argument("-o", "--output", type=Path, help="write the profile as JSON here (with the CPU and load)")
+    p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
 def _bench_backends() -> str:
     """Every bench backend with the devices it runs on, wrapped for --help."""
     listed = ", ".join(f"{b.name} ({'/'.join(b.devices)})" for b in catalog.BACKENDS.values())
@@ -669,7 +700,7 @@ def _triton(add) -> None:
 
 
 #: The commands in the order --help lists them; each has ``_NAME(add)`` above and ``cmd_NAME`` in commands.py.
-COMMANDS = (_models, _export, _run, _compare, _demo, _quantize, _build, _inspect, _bench, _serve, _triton)
+COMMANDS = (_models, _export, _run, _compare, _demo, _quantize, _build, _inspect, _profile, _bench, _serve, _triton)
 
 
 def build_parser() -> argparse.ArgumentParser:

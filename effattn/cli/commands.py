@@ -19,9 +19,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import metadata, pipeline, precisions
-from ..bench.benchmark import check_plotting, plot, run_bench
+from ..bench.benchmark import check_plotting, environment, plot, run_bench
 from ..bench.catalog import DEFAULT_MODELS
 from ..engines import build_engine
+from ..engines.onnxruntime_session import default_threads
 from ..engines.precision import check_onnx
 from ..errors import BackendError, ConfigError, EffattnError, InputError, ModelError, first_line
 from ..export import export_onnx, quantize
@@ -31,6 +32,7 @@ from ..models import create_model, get_entry, list_models, load_model
 from ..names import check_model_name, parse_model_spec
 from ..runtime import Runner, load, random_inputs
 from ..runtime.bisect import bisect
+from ..runtime.openvino_runner import OpenVINORunner, summarize_layers
 from ..runtime.torch_runner import TorchRunner
 from ..serving.deployment import kserve_manifest, run_command, write_deployment
 from ..serving.grpc_server import check_grpc_port, require_grpc
@@ -406,6 +408,36 @@ def cmd_inspect(args) -> None:
         return _print_json(info)
     for k, v in info.items():
         print(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+
+
+def cmd_profile(args) -> None:
+    if args.output:
+        check_writable(args.output, args.force)
+    runner = OpenVINORunner(require_file(args.onnx), args.precision, args.threads, perf_counters=True)
+    with runner:
+        feed = _feed_for(args, runner)
+        runner.infer(feed)  # the warm-up: first-run allocations are not layer time
+        summary = summarize_layers(runner.layer_times(feed, args.iterations), args.iterations, args.top)
+        shapes = {name: list(value.shape) for name, value in feed.items()}
+        report = {"file": str(args.onnx), "backend": runner.backend, "inputs": shapes, **summary}
+    report["environment"] = environment(args.threads or default_threads())
+    if args.output:
+        with atomic_output(args.output, args.force) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        return _print_json(report)
+    print(f"{report['backend']}  {args.onnx}  {shapes}: {summary['layers_ms']:.3f} ms of layers per run")
+    for title, key in (("op type", "by_type"), ("kernel", "by_kernel")):
+        print(f"\n{title:<36}{'ms/run':>10}{'share':>8}{'layers':>8}")
+        for row in summary[key][: args.top]:
+            print(f"{row['name'][:35]:<36}{row['ms']:>10.3f}{row['share']:>8.1%}{row['layers']:>8}")
+    print(f"\n{'slowest layers':<48}{'type':<16}{'kernel':<28}{'ms/run':>9}{'share':>8}")
+    for row in summary["slowest"]:
+        print(
+            f"{row['name'][:47]:<48}{row['type'][:15]:<16}{row['kernel'][:27]:<28}{row['ms']:>9.3f}{row['share']:>8.1%}"
+        )
+    if args.output:
+        print(f"wrote {args.output}")
 
 
 def cmd_bench(args) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -76,13 +78,19 @@ class OpenVINORunner(Runner):
     STATIC_CACHE = 8
 
     def __init__(
-        self, path: str | Path, precision: str | None = None, threads: int | None = None, static_shapes: bool = True
+        self,
+        path: str | Path,
+        precision: str | None = None,
+        threads: int | None = None,
+        static_shapes: bool = True,
+        perf_counters: bool = False,
     ) -> None:
         """``precision``: ``auto`` (default, see :func:`choose_precision`), ``fp32`` or ``bf16``;
         ``threads``: inference threads (default: OpenVINO's, every core); ``static_shapes``: compile the
         graph for each input shape it meets (at most :attr:`STATIC_CACHE` kept, inputs still checked
         against the profile; each new shape costs one compile and the memory of one compiled model;
-        docs/precision.md#openvino-static-shapes). ``False``: one dynamic-shape compile for every shape."""
+        docs/precision.md#openvino-static-shapes). ``False``: one dynamic-shape compile for every shape.
+        ``perf_counters``: compile with OpenVINO's per-layer counters (PERF_COUNT), for :meth:`layer_times`."""
         self.path = Path(path)
         if not self.path.is_file():
             raise BackendError(f"ONNX file {self.path} does not exist")
@@ -96,6 +104,8 @@ class OpenVINORunner(Runner):
         self._config: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
+        if perf_counters:
+            self._config["PERF_COUNT"] = True
         self.model = self._read()
         self.compiled = None if static_shapes else self._compile(self.model)
         ports = self.model if self.compiled is None else self.compiled
@@ -152,6 +162,21 @@ class OpenVINORunner(Runner):
         return TensorSpec(name, np.dtype(port.get_element_type().to_dtype()), shape)
 
     def _infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
+        return self._run(feed, lambda request: {name: request.get_tensor(name).data.copy() for name in self.outputs})
+
+    def layer_times(self, feed: Any, iterations: int = 10) -> list[LayerTime]:
+        """Every executed layer of ``iterations`` runs of ``feed`` with its time (OpenVINO's performance counters,
+        ``request.get_profiling_info()``; the runner must be made with ``perf_counters=True``)."""
+        if not self._config.get("PERF_COUNT"):
+            raise BackendError("per-layer times need OpenVINORunner(..., perf_counters=True)")
+        checked = self.check_feed(feed)
+        layers: list[LayerTime] = []
+        for _ in range(iterations):
+            layers += self._run(checked, _executed_layers)
+        return layers
+
+    def _run(self, feed: dict[str, Any], read: Callable[[Any], Any]) -> Any:
+        """``read(request)`` after running ``feed`` on a request borrowed from the pool of the shape's compile."""
         arrays = {
             k: np.ascontiguousarray(v if isinstance(v, np.ndarray) else v.detach().cpu().numpy())
             for k, v in feed.items()
@@ -164,9 +189,9 @@ class OpenVINORunner(Runner):
             request = pool.get_nowait()
         except queue.Empty:
             request = compiled.create_infer_request()
-        try:
-            request.infer(arrays)
-            return {name: request.get_tensor(name).data.copy() for name in self.outputs}
+        try:  # inputs zero-copy, outputs copied once out of the request (it goes back to the pool)
+            request.infer(arrays, share_inputs=True, share_outputs=True)
+            return read(request)
         finally:
             pool.put(request)
 
@@ -174,3 +199,59 @@ class OpenVINORunner(Runner):
         self._pool = queue.SimpleQueue()
         self._static = OrderedDict()
         self.compiled = None
+
+
+@dataclass(frozen=True)
+class LayerTime:
+    """One executed layer of one run: OpenVINO's node name, its op type (Convolution, Softmax, Reorder, ...), the
+    kernel it ran (e.g. brgconv_avx512_amx_i8, jit_avx512_bf16, ref_any_f32) and its wall time."""
+
+    name: str
+    type: str
+    exec_type: str
+    ms: float
+
+
+def _executed_layers(request) -> list[LayerTime]:
+    return [
+        LayerTime(i.node_name, i.node_type, i.exec_type, i.real_time.total_seconds() * 1e3)
+        for i in request.get_profiling_info()
+        if i.status.name == "EXECUTED"
+    ]
+
+
+def summarize_layers(layers: Sequence[LayerTime], iterations: int, top: int = 15) -> dict:
+    """Milliseconds per run by op type and by kernel (with their share of the layers' total, most first) and the
+    ``top`` slowest layers: where the time of a network goes on OpenVINO."""
+    total = sum(layer.ms for layer in layers) / iterations
+
+    def grouped(key: Callable[[LayerTime], str]) -> list[dict]:
+        ms: dict[str, float] = defaultdict(float)
+        count: dict[str, int] = defaultdict(int)
+        for layer in layers:
+            ms[key(layer)] += layer.ms / iterations
+            count[key(layer)] += 1
+        return [
+            {
+                "name": k,
+                "ms": round(v, 4),
+                "share": round(v / total, 4) if total else 0.0,
+                "layers": count[k] // iterations,
+            }
+            for k, v in sorted(ms.items(), key=lambda kv: -kv[1])
+        ]
+
+    per_layer: dict[tuple[str, str, str], float] = defaultdict(float)
+    for layer in layers:
+        per_layer[layer.name, layer.type, layer.exec_type] += layer.ms / iterations
+    slowest = sorted(per_layer.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "iterations": iterations,
+        "layers_ms": round(total, 4),
+        "by_type": grouped(lambda layer: layer.type),
+        "by_kernel": grouped(lambda layer: layer.exec_type),
+        "slowest": [
+            {"name": n, "type": t, "kernel": e, "ms": round(v, 4), "share": round(v / total, 4) if total else 0.0}
+            for (n, t, e), v in slowest
+        ],
+    }

@@ -6,6 +6,7 @@ import json
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,6 +175,7 @@ def test_low_precision_backends_run_their_own_graphs(caplog):
         "openvino-fp32",
         "openvino-int8",
         "openvino-dynamic-int8",
+        "openvino-plain-int8",
         "torch-bf16",
     ]
     results = run_bench(["efficient_attention"], [8], backends=backends, min_seconds=0.01, memory=False, quiet=True)
@@ -183,6 +185,8 @@ def test_low_precision_backends_run_their_own_graphs(caplog):
     assert {s.backend for s in results.startup} == set(backends)
     env = results.environment
     assert env["openvino"] and len(env["load_average"]) == 3 and isinstance(env["cpu_flags"], list)
+    if env["nominal_peak_gop_s"]:  # every timed row says what share of the CPU's peak it used
+        assert all(r.percent_of_peak and 0 < r.percent_of_peak < 100 for r in rows.values()), results.table()
     assert "random normal inputs" in caplog.text  # the random-weight block is calibrated on noise, and says so
 
 
@@ -207,6 +211,23 @@ def test_openvino_rows_compile_as_they_say(monkeypatch, tmp_path):
         (options,) = calls.values()
         assert options.get("static_shapes", True) is (backend not in ("openvino", "openvino-dynamic-int8")), backend
         assert options.get("precision") == ("fp32" if backend == "openvino-fp32" else None), backend
+
+
+def test_plain_openvino_computes_what_the_runner_computes(onnx_models, tmp_path):
+    """The overhead yardstick runs the same file at the same precision as effattn's runner: only the calling differs."""
+    pytest.importorskip("openvino", reason="openvino is not installed (the 'cpu' extra)")
+    from effattn.bench.backends import PlainOpenVINO
+    from effattn.export import quantize
+    from effattn.runtime.openvino_runner import OpenVINORunner
+    from effattn.shapes import random_inputs
+
+    block = onnx_models["ea16"]
+    path = quantize(block.path, tmp_path / "block.int8.onnx").path
+    feed = random_inputs(block.profile, "opt", seed=5)
+    with PlainOpenVINO(path, threads=2) as plain, OpenVINORunner(path, threads=2, static_shapes=False) as ours:
+        assert plain.precision == ours.precision == "int8" and list(plain.outputs) == list(ours.outputs)
+        a, b = plain.infer(feed)["output"], ours.infer(feed)["output"]
+    assert a.shape == b.shape and np.linalg.norm(a - b) <= 1e-6 * np.linalg.norm(b)
 
 
 def test_the_graph_a_backend_runs():

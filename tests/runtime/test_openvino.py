@@ -132,3 +132,63 @@ def test_static_shapes_compile_per_shape_and_match_the_dynamic_compile(files):
         with pytest.raises(Exception, match="input"):
             static.infer(np.zeros((1, 16, 64, 64), np.float32))  # outside the profile: refused before compiling
         assert len(static._static) == 2
+
+
+def test_zero_copy_inputs_are_left_alone_and_outputs_are_the_callers(files):
+    """Inputs go in without a copy (share_inputs) yet stay unchanged; each call's outputs are the caller's own
+    arrays, not views of the pooled request a later call overwrites."""
+    feeds = profile_inputs(PROFILE, seed=4)
+    with OpenVINORunner(files["int8"]) as runner:
+        before = feeds[1]["input"].copy()
+        first = runner.infer(feeds[1])["output"]
+        kept = first.copy()
+        assert np.array_equal(feeds[1]["input"], before)
+        second = runner.infer({"input": feeds[1]["input"] + 1})["output"]
+        assert np.array_equal(first, kept) and not np.array_equal(first, second)
+        assert first.flags.owndata and first.flags.writeable
+
+
+def test_layer_summary_is_per_run_by_type_and_kernel():
+    """Exact sums over two runs: ms per run, share of the layers' total, layers per run, slowest first."""
+    from effattn.runtime.openvino_runner import LayerTime, summarize_layers
+
+    run = [
+        LayerTime("conv", "Convolution", "brgconv_avx512_amx_I8", 3.0),
+        LayerTime("resize", "Interpolate", "jit_avx512_BF16", 4.0),
+        LayerTime("out", "Reorder", "jit_uni_BF16", 1.0),
+        LayerTime("conv2", "Convolution", "jit_avx512_BF16", 2.0),
+    ]
+    s = summarize_layers(run + run, iterations=2, top=2)
+    assert s["layers_ms"] == 10.0 and s["iterations"] == 2
+    assert s["by_type"] == [
+        {"name": "Convolution", "ms": 5.0, "share": 0.5, "layers": 2},
+        {"name": "Interpolate", "ms": 4.0, "share": 0.4, "layers": 1},
+        {"name": "Reorder", "ms": 1.0, "share": 0.1, "layers": 1},
+    ]
+    assert [k["name"] for k in s["by_kernel"]] == ["jit_avx512_BF16", "brgconv_avx512_amx_I8", "jit_uni_BF16"]
+    assert s["by_kernel"][0]["ms"] == 6.0
+    assert s["slowest"] == [
+        {"name": "resize", "type": "Interpolate", "kernel": "jit_avx512_BF16", "ms": 4.0, "share": 0.4},
+        {"name": "conv", "type": "Convolution", "kernel": "brgconv_avx512_amx_I8", "ms": 3.0, "share": 0.3},
+    ]
+
+
+def test_profile_counts_real_layers_and_the_cli_writes_it(files, tmp_path, capsys):
+    """PERF_COUNT on the INT8 block: its convolutions are among the executed layers; the CLI saves the summary
+    with the CPU named and never overwrites a file without --force."""
+    import json
+
+    from effattn.cli import main
+
+    with pytest.raises(BackendError, match="perf_counters=True"):
+        OpenVINORunner(files["int8"]).layer_times(np.zeros((2, 16, 16, 16), np.float32))
+    with OpenVINORunner(files["int8"], perf_counters=True) as runner:
+        layers = runner.layer_times(profile_inputs(PROFILE)[1], iterations=2)
+    assert {"Convolution", "MatMul"} <= {layer.type for layer in layers} and all(x.ms >= 0 for x in layers)
+    out = tmp_path / "p.json"
+    assert main(["profile", str(files["int8"]), "--iterations", "2", "-o", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["inputs"] == {"input": [2, 16, 16, 16]} and report["environment"]["cpu"]
+    assert "Convolution" in {row["name"] for row in report["by_type"]} and "slowest layers" in capsys.readouterr().out
+    assert main(["profile", str(files["int8"]), "-o", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
