@@ -172,22 +172,8 @@ def run_bench(
         pin_fp32()
     check = (load_check or LoadCheck(os.cpu_count() or 1, threads)).start()
     results = BenchResults(environment=environment(threads, device))
-    bandwidth = measure_bandwidth(device)
-    peaks = measure_peaks() if device == "cpu" else {}
-    env = results.environment
-    nominal = (
-        nominal_peaks(env["cpu_flags"], env["cpu_vendor"], env["cpu_ghz"], min(threads, os.cpu_count() or 1))
-        if device == "cpu"
-        else {}
-    )
-    env.update(
-        copy_bandwidth_gb_s=round(bandwidth, 1),
-        matmul_peak_gflop_s=peaks,
-        nominal_peak_gop_s=nominal,
-        warmup_ms=round(warmup_s * 1e3, 3),
-        min_iterations=iterations,
-        min_seconds=min_seconds,
-    )
+    bandwidth, peaks = _measure_machine(results.environment, device, threads)
+    results.environment.update(warmup_ms=round(warmup_s * 1e3, 3), min_iterations=iterations, min_seconds=min_seconds)
     all_backends = [EAGER, *backends]
     deadline = time.monotonic() + max_seconds if max_seconds is not None else math.inf
     bar = tqdm(
@@ -212,6 +198,19 @@ def run_bench(
     results.environment.update(check.to_dict())  # load_average_end: others sharing the cores
     results.warnings = check.warnings()
     return results
+
+
+def _measure_machine(env: dict, device: str, threads: int) -> tuple[float, dict]:
+    """Copy bandwidth, timed matmul peaks and the CPU's nominal peaks, recorded in ``env`` (the roofline's inputs)."""
+    bandwidth = measure_bandwidth(device)
+    peaks = measure_peaks() if device == "cpu" else {}
+    nominal = (
+        nominal_peaks(env["cpu_flags"], env["cpu_vendor"], env["cpu_ghz"], min(threads, os.cpu_count() or 1))
+        if device == "cpu"
+        else {}
+    )
+    env.update(copy_bandwidth_gb_s=round(bandwidth, 1), matmul_peak_gflop_s=peaks, nominal_peak_gop_s=nominal)
+    return bandwidth, peaks
 
 
 def _check_request(
