@@ -30,8 +30,6 @@ from ..models import create_model, get_entry, list_models, load_model
 from ..names import check_model_name, parse_model_spec
 from ..runtime import Runner, load, random_inputs
 from ..runtime.torch_runner import TorchRunner
-from ..serving.grpc_server import check_grpc_port, require_grpc
-from ..serving.http_server import ServeOptions, listen, serve
 from ..serving.repository import TritonOptions, write_repository
 from ..shapes import ShapeProfile, format_shape
 
@@ -479,6 +477,13 @@ def torch_models(specs: Sequence[str], args) -> dict[str, Runner]:
 
 
 def cmd_serve(args) -> None:
+    try:  # the server stack (the serve extra) loads for this command alone
+        from ..serving.grpc_server import check_grpc_port, require_grpc
+        from ..serving.http_server import ServeOptions, listen, serve
+    except ImportError as e:
+        raise BackendError(
+            f"effattn serve needs {e.name}, which is not installed: pip install 'effattn[serve]'"
+        ) from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the server has no authentication; expose it only behind a proxy you trust", args.host)
     options = ServeOptions(
