@@ -1,19 +1,20 @@
 """Writing output files whole or not at all: a hidden temporary file renamed into place, removed on error
 or signal (:func:`atomic_output`). Only regular files are ever replaced; input files are checked the same
-way (:func:`require_file`) and array files are read bounded. See docs/architecture.md#ground-floor."""
+way (:func:`require_file`) and array files are read bounded. Outputs get the modes open() and mkdir() give,
+less the umask, as any program's would. See docs/architecture.md#ground-floor."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import os
+import secrets
 import shutil
 import signal
 import stat
-import tempfile
 import threading
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -111,6 +112,24 @@ def check_writable(path: str | Path, force: bool) -> None:
         raise FileExistsNoForceError(f"{path} exists; pass --force to overwrite it (force=True in Python)")
 
 
+def _hidden_beside(path: Path, create: Callable[[str], object], suffix: str = "") -> Path:
+    """A new hidden name beside ``path``, made by ``create`` (which must fail if the name exists): the kernel
+    applies the umask to the mode ``create`` asks for, as for any file a program makes. tempfile's mkstemp and
+    mkdtemp ask for 0o600 and 0o700 whatever the umask, so outputs came out private where others were not."""
+    for _ in range(100):
+        name = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
+        try:
+            create(str(name))
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(f"no free hidden name beside {path} after 100 tries")
+
+
+def _new_file(name: str) -> None:
+    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path, force: bool = False) -> Iterator[Path]:
     """Yield a hidden temporary path beside ``path`` (same suffix) to write; it becomes ``path`` on success.
@@ -120,9 +139,7 @@ def atomic_output(path: str | Path, force: bool = False) -> Iterator[Path]:
     check_writable(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _signals_raise():
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
+        tmp = _hidden_beside(path, _new_file, path.suffix)
         try:
             yield tmp
             check_writable(path, force)
@@ -141,7 +158,7 @@ def atomic_folder(path: str | Path, force: bool = False, owned: str | None = Non
     _check_folder_writable(path, force, owned)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _signals_raise():
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        tmp = _hidden_beside(path, lambda name: os.mkdir(name, 0o777))
         old = path.parent / f"{tmp.name}.old"
         try:
             yield tmp

@@ -1,6 +1,8 @@
 """Outputs are written whole or not at all: errors, Ctrl-C and SIGTERM/SIGHUP leave no partial or hidden file."""
 
+import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -174,3 +176,24 @@ def test_a_folder_stopped_between_its_two_renames_keeps_the_old_one(tmp_path, mo
         (tmp / "config.pbtxt").write_text("new")
     monkeypatch.setattr(os, "rename", real_rename)
     assert [p.name for p in tmp_path.iterdir()] == ["model"] and (folder / "config.pbtxt").read_text() == "old"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_outputs_get_the_modes_open_gives_under_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        with atomic_output(tmp_path / "out.onnx") as tmp:
+            tmp.write_bytes(b"model")
+        with atomic_folder(tmp_path / "repo") as tmp:
+            (tmp / "config.pbtxt").write_text("name")
+        (tmp_path / "by-open").write_bytes(b"x")
+        (tmp_path / "by-mkdir").mkdir()
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {
+        "out.onnx": 0o666 & ~umask,
+        "repo": 0o777 & ~umask,
+        "by-open": 0o666 & ~umask,
+        "by-mkdir": 0o777 & ~umask,
+    }

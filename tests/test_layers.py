@@ -30,6 +30,11 @@ RANK = {
 LAZY = {
     ("effattn.cli", "effattn.cli.commands"),  # `effattn --help` answers without loading torch
     ("effattn.models.fused", "effattn.models.fused_kernel"),  # the kernel imports triton: optional, on first use
+    # torch and the server stack load only where needed (docs/install.md): tests/test_install.py runs without them
+    ("effattn.runtime", "effattn.runtime.torch_runner"),  # effattn.runtime runs ONNX files without torch
+    ("effattn.export.quantize.calibration", "effattn.models"),  # the zoo's samples: torch, for zoo models only
+    ("effattn.cli.commands", "effattn.serving.http_server"),  # the serve extra, for `effattn serve` alone
+    ("effattn.cli.commands", "effattn.serving.grpc_server"),
 }
 
 

@@ -35,8 +35,6 @@ from ..runtime.bisect import bisect
 from ..runtime.openvino_runner import OpenVINORunner, summarize_layers
 from ..runtime.torch_runner import TorchRunner
 from ..serving.deployment import kserve_manifest, run_command, write_deployment
-from ..serving.grpc_server import check_grpc_port, require_grpc
-from ..serving.http_server import ServeOptions, listen, serve
 from ..serving.repository import TritonOptions, check_container_path, parse_pbtxt, write_repository
 from ..shapes import ShapeProfile, format_shape, parse_shapes
 
@@ -575,6 +573,13 @@ def torch_models(specs: Sequence[str], args) -> dict[str, Runner]:
 
 
 def cmd_serve(args) -> None:
+    try:  # the server stack (the serve extra) loads for this command alone
+        from ..serving.grpc_server import check_grpc_port, require_grpc
+        from ..serving.http_server import ServeOptions, listen, serve
+    except ImportError as e:
+        raise BackendError(
+            f"effattn serve needs {e.name}, which is not installed: pip install 'effattn[serve]'"
+        ) from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the server has no authentication; expose it only behind a proxy you trust", args.host)
     options = ServeOptions(

@@ -1,15 +1,13 @@
 """One Runner interface over ONNX Runtime, OpenVINO, eager PyTorch and (with a GPU) TensorRT, and the one place
-that picks a backend for a file (:func:`choose_backend`, :func:`load`)."""
+that picks a backend for a file (:func:`choose_backend`, :func:`load`). Importing it loads no torch: the torch
+runner (and torch) load when a module is run, so a serving image of ONNX files needs no torch."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import metadata
 from ..engines.onnxruntime_session import available_devices
@@ -17,12 +15,15 @@ from ..engines.precision import check_onnx
 from ..engines.tensorrt_build import build_engine, tensorrt_available
 from ..errors import BackendError, EffattnError
 from ..shapes import ShapeProfile
-from .base import Runner, TensorSpec
+from .base import Runner, TensorSpec, loaded_torch
 from .onnxruntime_runner import OnnxRuntimeRunner
 from .openvino_runner import OpenVINORunner, openvino_available
 from .parity import TOLERANCES, Report, Tolerance, compare, profile_inputs, random_inputs
 from .tensorrt_runner import TensorRTRunner
-from .torch_runner import TorchRunner
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +130,19 @@ def load(
         compile=compile,
         fused=fused,
     )
-    if isinstance(source, nn.Module) or backend == "torch":
-        if not isinstance(source, nn.Module):
+    loaded = loaded_torch()  # an nn.Module exists only once torch is loaded
+    is_module = loaded is not None and isinstance(source, loaded.nn.Module)
+    if is_module or backend == "torch":
+        if not is_module:
             raise BackendError("backend 'torch' runs an nn.Module; load the model with effattn.models.load_model")
         if profile is None:
             raise BackendError("the torch backend needs a ShapeProfile to know its inputs")
         if rtx:
             raise BackendError("rtx=True (--rtx) is for TensorRT; backend 'torch' is not")
-        return TorchRunner(source, profile, device=device or "cpu", **_taken("torch", options))
-    path = Path(source)
+        from .torch_runner import TorchRunner
+
+        return TorchRunner(cast("nn.Module", source), profile, device=device or "cpu", **_taken("torch", options))
+    path = Path(cast("str | Path", source))
     if path.suffix.lower() in (".plan", ".engine"):
         if backend not in ("auto", "tensorrt"):
             raise BackendError(f"{path} is a TensorRT engine; only the tensorrt backend runs it")

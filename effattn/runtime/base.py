@@ -2,19 +2,23 @@
 
 As in Polygraphy, the public :meth:`Runner.infer` checks the feed (names, dtypes, ranks, static
 dims, profile range) so every backend sees only valid inputs and the user sees one clear error;
-each backend implements :meth:`Runner._infer` alone.
+each backend implements :meth:`Runner._infer` alone. torch is optional here (a serving image may lack it): a
+value can be a torch tensor only once something imported torch, so the checks look for it and never load it.
 """
 
 from __future__ import annotations
 
 import abc
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any
+from types import MappingProxyType, ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from ..errors import InputError
 from ..shapes import InputProfile, ShapeProfile, format_shape, random_inputs
@@ -34,14 +38,32 @@ class TensorSpec:
         return f"{self.name}: {np.dtype(self.dtype).name}[{shape}]"
 
 
+def loaded_torch() -> ModuleType | None:
+    """torch if it is imported already, else None: nothing can be a torch tensor or module before torch is loaded,
+    so a check for one needs no import (4 s, and a dependency that ONNX-only installs drop)."""
+    return sys.modules.get("torch")
+
+
 def _dtype_of(value: Any) -> np.dtype:
     if isinstance(value, np.ndarray):
         return value.dtype
+    import torch  # loaded already: value is a torch tensor
+
     return torch.empty((), dtype=value.dtype).numpy().dtype
 
 
 def _is_tensor(value: Any) -> bool:
-    return isinstance(value, (np.ndarray, torch.Tensor))
+    torch = loaded_torch()
+    return isinstance(value, np.ndarray) or (torch is not None and isinstance(value, torch.Tensor))
+
+
+def to_numpy(value: torch.Tensor) -> np.ndarray:
+    """A host numpy copy; floating types numpy lacks (bfloat16) become float32, integers stay integers."""
+    import torch
+
+    if value.dtype == torch.bfloat16:
+        value = value.float()
+    return value.detach().cpu().numpy()
 
 
 class Runner(abc.ABC):
@@ -118,6 +140,8 @@ class Runner(abc.ABC):
         return self._infer_torch(self.check_feed(feed))
 
     def _infer_torch(self, feed: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
         return {name: torch.from_numpy(value) for name, value in self._infer(feed).items()}
 
     @abc.abstractmethod

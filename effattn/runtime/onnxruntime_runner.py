@@ -1,5 +1,6 @@
 """A Runner over an ONNX Runtime session (CPU by default; CUDA when asked or chosen by ``auto``).
-On CUDA it binds torch tensors by address (I/O binding) on a torch stream the session computes on, and can
+On CUDA it binds torch tensors by address (I/O binding) on a torch stream the session computes on (torch is
+imported by those paths alone: the CPU path runs where torch is not installed), and can
 replay the provider's CUDA graphs (at most ``MAX_GRAPHS`` shapes, on one worker thread, under
 :data:`~.cudagraphs.CAPTURE_LOCK`); every run can be stopped from another thread (:meth:`~OnnxRuntimeRunner.terminate`).
 See docs/gpu-tensorrt.md#onnx-runtime-on-cuda."""
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .. import dtypes, metadata
 from ..engines.onnxruntime_session import create_session, import_onnxruntime
@@ -113,8 +113,18 @@ class OnnxRuntimeRunner(Runner):
 
     def _own_stream(self):
         """A torch CUDA stream of the runner's own, for bound runs on a GPU (None on the CPU or without I/O
-        binding: ``session.run`` copies through the host and waits for its outputs itself)."""
-        if self.device == "cpu" or not self.io_binding or not torch.cuda.is_available():
+        binding: ``session.run`` copies through the host and waits for its outputs itself). I/O binding binds
+        torch tensors, so it is where this runner needs torch."""
+        if not self.io_binding:
+            return None
+        try:
+            import torch
+        except ImportError:
+            raise BackendError(
+                "ONNX Runtime I/O binding (on by default on a GPU) binds torch tensors: install torch, or pass "
+                "io_binding=False"
+            ) from None
+        if self.device == "cpu" or not torch.cuda.is_available():
             return None  # without CUDA in torch, create_session says what is missing
         return torch.cuda.Stream(device=torch.device("cuda", torch.cuda.current_device()))
 
@@ -154,12 +164,16 @@ class OnnxRuntimeRunner(Runner):
 
     # ------------------------------------------------------------------ I/O binding (CUDA)
     def _torch_dtype(self, name: str):
+        import torch
+
         spec = self.inputs.get(name) or self.outputs[name]
         return torch.from_numpy(np.empty(0, spec.dtype)).dtype
 
     def _infer_torch(self, feed: dict[str, Any]) -> dict[str, Any]:
         if not self.io_binding:
             return super()._infer_torch(feed)
+        import torch
+
         on_gpu = self.device != "cpu"
         device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
         cast = {k: torch.as_tensor(v).to(device).contiguous() for k, v in feed.items()}  # on the caller's stream
@@ -182,6 +196,8 @@ class OnnxRuntimeRunner(Runner):
         is per thread, and a graph session runs on the worker thread)."""
         if self._stream is None:
             return self._run_bound_here(cast, device, options)
+        import torch
+
         with torch.cuda.stream(self._stream):
             return self._run_bound_here(cast, device, options)
 
@@ -204,6 +220,8 @@ class OnnxRuntimeRunner(Runner):
 
     def _first_run(self, feed: dict[str, Any], key: ShapeKey, options) -> dict[str, Any]:
         """Let ONNX Runtime allocate the outputs once to learn their shapes (no graph capture)."""
+        import torch
+
         device = next(iter(feed.values())).device
         binding = self._bind(feed, {})
         for name in self.outputs:
@@ -214,6 +232,8 @@ class OnnxRuntimeRunner(Runner):
         return {name: torch.from_numpy(v).to(device) for name, v in zip(self.outputs, values)}
 
     def _empty_outputs(self, key: ShapeKey, device) -> dict[str, Any]:
+        import torch
+
         return {
             name: torch.empty(shape, dtype=self._torch_dtype(name), device=device)
             for name, shape in zip(self.outputs, self._output_shapes[key])
@@ -221,6 +241,8 @@ class OnnxRuntimeRunner(Runner):
 
     def _new_graph(self, feed: dict[str, Any], key: ShapeKey, device, options) -> tuple[int, dict, dict]:
         """Capture a graph for ``key``: the first run with a new id captures (id 0 is ONNX Runtime's own)."""
+        import torch
+
         graph_id, inputs = len(self._graphs) + 1, {k: v.clone() for k, v in feed.items()}
         outputs = self._empty_outputs(key, device)
         with CAPTURE_LOCK:

@@ -17,9 +17,8 @@ from ..engines.cache import Sidecar, plan_backend, verify_plan
 from ..engines.tensorrt_build import gpu_identity, import_tensorrt
 from ..errors import BackendError, InputError
 from ..shapes import InputProfile
-from .base import Runner, TensorSpec
+from .base import Runner, TensorSpec, to_numpy
 from .cudagraphs import GraphPolicy, ShapeGraphs
-from .torch_runner import to_numpy
 
 
 @dataclass

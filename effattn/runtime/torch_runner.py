@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import BackendError
 from ..models import fuse
 from ..shapes import ShapeProfile, random_inputs
-from .base import Runner, TensorSpec
+from .base import Runner, TensorSpec, to_numpy
 from .cudagraphs import GraphPolicy, ShapeGraphs
 
 
@@ -32,13 +32,6 @@ def _converted(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn
     if not any(m.training for m in model.modules()) and same_device and all(t.dtype == dtype for t in floats):
         return model
     return copy.deepcopy(model).eval().to(device, dtype)
-
-
-def to_numpy(value: torch.Tensor) -> np.ndarray:
-    """A host numpy copy; floating types numpy lacks (bfloat16) become float32, integers stay integers."""
-    if value.dtype == torch.bfloat16:
-        value = value.float()
-    return value.detach().cpu().numpy()
 
 
 def pinned(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -49,7 +49,7 @@ def require_grpc():
         from tritonclient.grpc import service_pb2, service_pb2_grpc
     except ImportError:
         raise BackendError(
-            "--grpc-port needs grpcio and Triton's gRPC service definitions: pip install 'tritonclient[grpc]'"
+            "--grpc-port needs grpcio and Triton's gRPC service definitions: pip install 'effattn[grpc]'"
         ) from None
     return grpc, service_pb2, service_pb2_grpc
 

@@ -12,12 +12,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ... import metadata, precisions
 from ...errors import InputError, ModelError
 from ...files import MAX_ARRAY_BYTES, read_arrays
-from ...models import get_entry
 from ...shapes import ShapeProfile, random_inputs
 
 log = logging.getLogger("effattn.export.quantize")
@@ -102,10 +100,15 @@ def read_calibration(
 def zoo_samples(
     meta: Mapping[str, str], profile: ShapeProfile, count: int, seed: int = 0
 ) -> list[dict[str, np.ndarray]] | None:
-    """``count`` images from the zoo model's sample generator (None if the file's model has none)."""
+    """``count`` images from the zoo model's sample generator (None if the file's model has none). The zoo and
+    torch load here, not with the module: the engines read this stage's QDQ checks where torch is not installed."""
     name = meta.get(metadata.MODEL, "")
     if not name or ":" in name or len(profile) != 1:
         return None
+    import torch
+
+    from ...models import get_entry
+
     try:
         entry = get_entry(name)
     except ModelError:
