@@ -221,6 +221,10 @@ def _start_runners(run: _Run, made: Backends, backends: list[str]) -> dict[str, 
         if run.out_of_time():
             break
         run.bar.set_postfix_str(f"{made.name}: start {backend}")
+        missing = made.missing(backend)
+        if missing:
+            runners[backend] = f"skipped: {missing}"
+            continue
         try:
             runners[backend] = _start(made, backend, run.results, run.startup and backend != EAGER)
         except Exception as e:  # a backend that cannot start is a row, not the end of the run
@@ -323,7 +327,7 @@ def _start(made: Backends, backend: str, results: BenchResults, timed: bool) -> 
     if not timed:
         return made.make(backend)
     feed = random_inputs(made.profile, "min", seed=0)
-    made.onnx(BACKENDS[backend].graph or "fp32")  # export and quantization time are not start-up time
+    made.file(backend)  # export and quantization time are not start-up time
     t0 = time.perf_counter()
     runner = made.make(backend)
     runner.infer(feed)

@@ -35,6 +35,7 @@ from .calibration import (
 )
 from .fp8 import FP8_MAX, FP8_OPSET, INT8_MAX, fp8_ineligible, int8_to_fp8
 from .half import float_type, qdq_to_fp16, softmax_fp32_nodes
+from .nncf_openvino import check_ir_output, nncf_available, quantize_ir
 from .qdq import FLOAT_OPS, QUANTIZED_OPS, QdqSummary, check_qdq, qdq_problems_of_values, qdq_summary
 from .rewrites import after_concat, split_concat_convs
 
@@ -57,6 +58,7 @@ __all__ = [
     "float_type",
     "fp8_ineligible",
     "int8_to_fp8",
+    "nncf_available",
     "qdq_float_to_fp16",
     "qdq_problems_of_values",
     "qdq_summary",
@@ -240,6 +242,8 @@ def quantize(
     seed: int = 0,
     precision: str = precisions.DEFAULT_QUANTIZED,
     float_type: str = "fp32",
+    preset: str = "performance",
+    keep_float: str = "attention",
     force: bool = False,
 ) -> QuantizeResult:
     """Write a signed symmetric INT8 (or, ``precision="fp8"``, FP8 E4M3) QDQ copy of the FP32 export
@@ -257,10 +261,22 @@ def quantize(
     ``ops``: op types given INT8 inputs (see ``QUANTIZED_OPS`` for why the attention stays float).
     ``float_type``: the unquantized part's type, "fp32" (for the CPU runtimes; TensorRT builds convert it) or
     "fp16" (:func:`qdq_to_fp16`: the graph TensorRT runs, softmax inputs FP32).
+
+    A ``.xml`` ``onnx_out`` is the CPU's INT8 artifact instead: NNCF's quantization on OpenVINO, written as OpenVINO
+    IR (:mod:`.nncf_openvino`), with NNCF's ``preset`` and ``keep_float`` (``attention``: the EA softmax products
+    stay float), from the same calibration feeds; ``ops``, ``precision`` and ``float_type`` are the QDQ graph's.
     """
     start = time.perf_counter()
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
-    check_writable(onnx_out, force)
+    ir = onnx_out.suffix == ".xml"
+    if ir:
+        if (precision, float_type, tuple(ops)) != ("int8", "fp32", tuple(QUANTIZED_OPS)):
+            raise InputError(
+                "OpenVINO IR (.xml) is INT8 as NNCF places it: precision, float_type and ops are for .onnx"
+            )
+        check_ir_output(onnx_out, force, preset, keep_float)
+    else:
+        check_writable(onnx_out, force)
     if not 0 < samples <= MAX_SAMPLES:
         raise InputError(f"samples must be 1 to {MAX_SAMPLES}, got {samples}")
     if precision not in precisions.quantized():
@@ -278,6 +294,10 @@ def quantize(
     names = [v.name for v in model.graph.input if v.name not in inits]
     feeds, where = calibration_feeds(calibration, meta, names, metadata.profile_of(meta), samples, seed)
     _refuse_constant(feeds)
+    if ir:
+        values = {metadata.PRECISION: precision, CALIBRATION: where}
+        counts = quantize_ir(onnx_in, model, feeds, onnx_out, values, preset=preset, keep_float=keep_float, force=force)
+        return QuantizeResult(onnx_out, precision, where, len(feeds), counts, time.perf_counter() - start)
     qdq = _run_quantizer(split, feeds, ops, exclude, float_weights=recipe.float_weights)
     if recipe.finish is not None:
         qdq = recipe.finish(qdq)
