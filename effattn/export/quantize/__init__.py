@@ -269,20 +269,11 @@ def quantize(
     start = time.perf_counter()
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
     ir = onnx_out.suffix == ".xml"
-    if ir:
-        if (precision, float_type, tuple(ops)) != ("int8", "fp32", tuple(QUANTIZED_OPS)):
-            raise InputError(
-                "OpenVINO IR (.xml) is INT8 as NNCF places it: precision, float_type and ops are for .onnx"
-            )
-        check_ir_output(onnx_out, force, preset, keep_float)
+    if ir:  # precision, float_type and ops shape the QDQ graph; NNCF places its own INT8
+        check_ir_output(onnx_out, force, preset, keep_float, (precision, float_type, *ops) != _IR_QDQ_OPTIONS)
     else:
         check_writable(onnx_out, force)
-    if not 0 < samples <= MAX_SAMPLES:
-        raise InputError(f"samples must be 1 to {MAX_SAMPLES}, got {samples}")
-    if precision not in precisions.quantized():
-        raise InputError(f"precision must be one of {', '.join(precisions.quantized())}; got {precision!r}")
-    if float_type not in FLOAT_TYPES:
-        raise InputError(f"float_type must be one of {', '.join(FLOAT_TYPES)}; got {float_type!r}")
+    _check_options(samples, precision, float_type)
     meta = read_metadata(onnx_in)
     model = _load(onnx_in)
     _refuse_unquantizable(onnx_in, model, meta)
@@ -290,10 +281,7 @@ def quantize(
     exclude = recipe.keep_float(split)
     if not any(n.op_type in ops and n.name not in exclude for n in split.graph.node):
         _refuse_nothing_to_quantize(onnx_in, split, ops, recipe)
-    inits = {t.name for t in model.graph.initializer}
-    names = [v.name for v in model.graph.input if v.name not in inits]
-    feeds, where = calibration_feeds(calibration, meta, names, metadata.profile_of(meta), samples, seed)
-    _refuse_constant(feeds)
+    feeds, where = _feeds(model, meta, calibration, samples, seed)
     if ir:
         values = {metadata.PRECISION: precision, CALIBRATION: where}
         counts = quantize_ir(onnx_in, model, feeds, onnx_out, values, preset=preset, keep_float=keep_float, force=force)
@@ -328,6 +316,27 @@ def quantize(
 
 #: The float types a QDQ graph's unquantized part can have (``quantize(float_type=...)``).
 FLOAT_TYPES = ("fp32", "fp16")
+#: ``quantize``'s QDQ options at their defaults: the only ones a .xml output (NNCF's IR) takes
+_IR_QDQ_OPTIONS = ("int8", "fp32", *QUANTIZED_OPS)
+
+
+def _check_options(samples: int, precision: str, float_type: str) -> None:
+    if not 0 < samples <= MAX_SAMPLES:
+        raise InputError(f"samples must be 1 to {MAX_SAMPLES}, got {samples}")
+    if precision not in precisions.quantized():
+        raise InputError(f"precision must be one of {', '.join(precisions.quantized())}; got {precision!r}")
+    if float_type not in FLOAT_TYPES:
+        raise InputError(f"float_type must be one of {', '.join(FLOAT_TYPES)}; got {float_type!r}")
+
+
+def _feeds(model: onnx.ModelProto, meta, calibration, samples: int, seed: int) -> tuple[list[dict], str]:
+    """The calibration feeds of the model's inputs (not its initializers) and where they came from, refused when
+    an input is constant."""
+    inits = {t.name for t in model.graph.initializer}
+    names = [v.name for v in model.graph.input if v.name not in inits]
+    feeds, where = calibration_feeds(calibration, meta, names, metadata.profile_of(meta), samples, seed)
+    _refuse_constant(feeds)
+    return feeds, where
 
 
 def qdq_float_to_fp16(onnx_in: str | Path, onnx_out: str | Path, *, force: bool = False) -> Path:

@@ -37,8 +37,11 @@ def nncf_available() -> bool:
     return True
 
 
-def check_ir_output(xml_out: Path, force: bool, preset: str, keep_float: str) -> None:
-    """Refuse what cannot be written before calibration runs: the output names, the options, a missing NNCF."""
+def check_ir_output(xml_out: Path, force: bool, preset: str, keep_float: str, qdq_options: bool = False) -> None:
+    """Refuse what cannot be written before calibration runs: the output names, the options (``qdq_options``:
+    the caller gave options only the QDQ graph takes), a missing NNCF."""
+    if qdq_options:
+        raise InputError("OpenVINO IR (.xml) is INT8 as NNCF places it: precision, float_type and ops are for .onnx")
     if xml_out.suffix != ".xml":
         raise InputError(f"{xml_out}: OpenVINO IR is written to a .xml file (its weights beside it, .bin)")
     check_writable(xml_out, force)
