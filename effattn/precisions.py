@@ -140,6 +140,11 @@ DEFAULT_QUANTIZED = "int8"
 #: ranges settle long before, and ONNX Runtime's calibrator keeps every sample's outputs in memory.
 CALIBRATION_SAMPLES = 32
 MAX_CALIBRATION_SAMPLES = 4096
+#: ``effattn quantize -o model.xml`` (NNCF's INT8 OpenVINO IR): NNCF's presets (``performance``: symmetric
+#: activations, ``mixed``: asymmetric; ``default``: none passed, what an OpenVINO user gets) and what stays float
+#: (``attention``: the EA softmax products; ``none``: NNCF decides alone).
+NNCF_PRESETS = ("performance", "mixed", "default")
+NNCF_KEEP_FLOAT = ("attention", "none")
 
 
 def names() -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from ..errors import BackendError
 from ..export import export_onnx, quantize
 from ..export.exporter import default_output_names
 from ..export.precision import CONVERTERS
+from ..export.quantize import nncf_available
 from ..files import require_file
 from ..models import ModelSource, load_model
 from ..runtime import Runner, load
@@ -84,6 +85,27 @@ class Backends:
             )
         return self._files[precision]
 
+    @staticmethod
+    def missing(backend: str) -> str | None:
+        """What ``backend`` needs that is not installed (its rows are skipped, with this reason), or None."""
+        if BACKENDS[backend].nncf is not None and not nncf_available():
+            return "nncf is not installed (pip install 'effattn[cpu,nncf]')"
+        return None
+
+    def file(self, backend: str) -> Path:
+        """The file ``backend`` runs (the graph in its precision, or NNCF's OpenVINO IR), made on first use."""
+        record = BACKENDS[backend]
+        if record.nncf is None:
+            return self.onnx(record.graph or "fp32")
+        preset, keep_float = record.nncf
+        key = f"nncf-{preset}-{keep_float}"
+        if key not in self._files:
+            if self.missing(backend):
+                raise BackendError(f"bench backend {backend}: {self.missing(backend)}")
+            out = self.folder / f"{_file_stem(self.name)}.{key}.xml"
+            self._files[key] = quantize(self.onnx("fp32"), out, preset=preset, keep_float=keep_float, force=True).path
+        return self._files[key]
+
     def make(self, backend: str) -> Runner:
         """The runner for ``backend``; TensorRT engines go through an engine cache in the bench folder, so
         a second call loads the plan the first one built."""
@@ -99,7 +121,7 @@ class Backends:
                 dtype=dtype,
                 **record.options,
             )
-        path = self.onnx(record.graph)
+        path = self.file(backend)
         if record.plain:
             return PlainOpenVINO(path, self.threads)
         if record.runtime == "tensorrt":

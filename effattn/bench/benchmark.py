@@ -292,6 +292,8 @@ def _start_runners(run: _Run, made: Backends | FileBackends, backends: list[str]
         run.bar.set_postfix_str(f"{made.name}: start {backend}")
         if isinstance(made, FileBackends) and (why := made.fits(backend)):
             runners[backend] = why
+        elif missing := Backends.missing(backend):
+            runners[backend] = f"skipped: {missing}"
             continue
         try:
             runners[backend] = _start(made, backend, run.results, run.startup and backend != EAGER)
@@ -410,7 +412,7 @@ def _start(made: Backends | FileBackends, backend: str, results: BenchResults, t
         return made.make(backend)
     feed = random_inputs(made.profile, "min", seed=0)
     if isinstance(made, Backends):
-        made.onnx(BACKENDS[backend].graph or "fp32")  # export and quantization time are not start-up time
+        made.file(backend)  # export and quantization time are not start-up time
     t0 = time.perf_counter()
     runner = made.make(backend)
     runner.infer(feed)

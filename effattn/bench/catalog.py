@@ -29,6 +29,9 @@ class BenchBackend:
     default_on: tuple[str, ...] = ()  # devices whose bench runs it when no backends are named
     options: dict[str, Any] = field(default_factory=dict)  # more effattn.runtime.load keywords
     plain: bool = False  # not effattn's runner: the runtime called as its own users call it (a reference row)
+    #: runs NNCF's OpenVINO IR instead of an ONNX graph: (preset, keep_float) of
+    #: effattn.export.quantize.nncf_openvino.quantize_openvino; its rows need nncf
+    nncf: tuple[str, str] | None = None
 
     @property
     def graph(self) -> str | None:
@@ -139,6 +142,32 @@ _ROWS = (
         _CPU,
         "OpenVINO, the INT8 QDQ graph, one dynamic-shape compile",
         options={"static_shapes": False},
+    ),
+    BenchBackend(
+        "nncf-openvino",
+        "openvino",
+        "int8",
+        _CPU,
+        "OpenVINO on NNCF's INT8 IR with NNCF's defaults: nncf.quantize(read_model(onnx), Dataset), what an "
+        "OpenVINO user makes (same calibration data), compiled per input shape",
+        nncf=("default", "none"),
+    ),
+    BenchBackend(
+        "openvino-nncf",
+        "openvino",
+        "int8",
+        _CPU,
+        "OpenVINO on effattn quantize -o model.xml: NNCF's INT8 IR, performance preset, the attention products "
+        "kept float, compiled per input shape",
+        nncf=("performance", "attention"),
+    ),
+    BenchBackend(
+        "openvino-nncf-mixed",
+        "openvino",
+        "int8",
+        _CPU,
+        "as openvino-nncf with NNCF's mixed preset (asymmetric activations)",
+        nncf=("mixed", "attention"),
     ),
 )
 #: name -> record, in the order ``--help`` lists them

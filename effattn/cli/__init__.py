@@ -290,13 +290,18 @@ def _quantize(add) -> None:
         "and OpenVINO run. Calibration inputs: --calibration (a folder of .npy/.npz files or one .npz, batch "
         "axis first), else the zoo model's own sample images, else random inputs (with a warning). "
         "--precision fp8 writes the same graph in FP8 E4M3 for TensorRT on GPUs with FP8 tensor cores "
-        "(compute capability 8.9+); CPUs run it for parity checks only. Details: docs/precision.md.\n\n"
+        "(compute capability 8.9+); CPUs run it for parity checks only. An -o ending in .xml writes OpenVINO IR "
+        "(.xml + .bin) quantized by NNCF instead (the nncf extra), from the same calibration data, with "
+        "--preset and --keep-float; 'effattn run' loads it on OpenVINO. Details: docs/precision.md.\n\n"
         "examples:\n  effattn quantize seg.onnx -o seg.int8.onnx\n"
+        "  effattn quantize seg.onnx -o seg.int8.xml --preset mixed        # NNCF on OpenVINO\n"
         "  effattn quantize resnet.onnx -o resnet.int8.onnx --calibration images.npz\n"
         "  effattn quantize seg.onnx -o seg.fp8.onnx --precision fp8 && effattn build seg.fp8.onnx -o seg.fp8.plan",
     )
     p.add_argument("onnx", type=Path, help="an FP32 .onnx file written by 'effattn export'")
-    p.add_argument("-o", "--output", type=Path, required=True, help="the quantized .onnx file to write")
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, help="the quantized .onnx file (QDQ) or .xml (OpenVINO IR) to write"
+    )
     p.add_argument(
         "--precision",
         choices=QUANTIZE_PRECISIONS,
@@ -317,7 +322,19 @@ def _quantize(add) -> None:
         help=f"calibration images without --calibration ({precisions.CALIBRATION_SAMPLES}; at most "
         f"{precisions.MAX_CALIBRATION_SAMPLES})",
     )
-    p.add_argument("--force", action="store_true", help="overwrite the output")
+    p.add_argument(
+        "--preset",
+        choices=precisions.NNCF_PRESETS,
+        help="-o *.xml: NNCF's preset: performance (default; symmetric activations), mixed (asymmetric "
+        "activations), default (none passed: NNCF's own choice)",
+    )
+    p.add_argument(
+        "--keep-float",
+        choices=precisions.NNCF_KEEP_FLOAT,
+        help="-o *.xml: attention (default: NNCF skips the MatMuls the Efficient-Attention softmaxes feed, found "
+        "by structure) or none (NNCF quantizes what it chooses)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite the output (with .xml: its .bin too)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 

@@ -347,12 +347,17 @@ def _print_demo(result: pipeline.Demo) -> None:
 
 
 def cmd_quantize(args) -> None:
+    ir = args.output.suffix == ".xml"
+    if not ir and (args.preset or args.keep_float):
+        raise InputError("--preset and --keep-float are NNCF's: give an OpenVINO IR output (-o model.xml)")
     result = quantize(
         args.onnx,
         args.output,
         calibration=args.calibration,
         samples=args.samples,
         precision=args.precision,
+        preset=args.preset or "performance",
+        keep_float=args.keep_float or "attention",
         force=args.force,
     )
     if args.json:
@@ -367,7 +372,7 @@ def cmd_quantize(args) -> None:
             }
         )
     ops = ", ".join(f"{n} {op}" for op, n in result.quantized.items())
-    kind = precisions.get(result.precision).description
+    kind = "NNCF's INT8 OpenVINO IR" if ir else precisions.get(result.precision).description
     print(f"wrote {result.path} ({kind}; quantized: {ops}; {result.seconds:.1f}s)")
     print(f"calibrated on {result.calibration}")
 

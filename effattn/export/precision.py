@@ -57,12 +57,14 @@ _LAYOUT_OPS = frozenset(
 class AttentionProjection:
     """A Conv whose output, through layout ops only, is normalised by a Softmax that feeds a MatMul (or Einsum):
     an EA block's ``keys`` (the softmax over positions, the last axis) or ``queries`` (over channels, the axis
-    before it). ``nodes`` names the Conv, the layout ops between, and the Softmax: what stays FP32."""
+    before it). ``nodes`` names the Conv, the layout ops between, and the Softmax: what stays FP32; ``matmul`` the
+    product the Softmax feeds (the context product, or the context's use by the queries)."""
 
     role: str
     conv: str
     softmax: str
     nodes: tuple[str, ...]
+    matmul: str = ""
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:
@@ -90,14 +92,17 @@ def attention_projections(model: onnx.ModelProto) -> list[AttentionProjection]:
     except Exception:  # a graph shape inference cannot follow: only negative Softmax axes are read
         ranks = {}
 
-    def feeds_matmul(name: str) -> bool:
+    def matmul_fed(name: str) -> str | None:
+        """The MatMul (or Einsum) ``name`` reaches through layout ops, or None."""
         for n in consumers.get(name, []):
             if n.op_type in ("MatMul", "Einsum"):
-                return True
+                return n.name
             # a layout op's data input only: a Reshape's shape or a Slice's starts is not a path
-            if n.op_type in _LAYOUT_OPS and n.input[0] == name and any(map(feeds_matmul, n.output)):
-                return True
-        return False
+            if n.op_type in _LAYOUT_OPS and n.input[0] == name:
+                found = next(filter(None, map(matmul_fed, n.output)), None)
+                if found is not None:
+                    return found
+        return None
 
     found = []
     for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):
@@ -105,7 +110,8 @@ def attention_projections(model: onnx.ModelProto) -> list[AttentionProjection]:
         while node is not None and node.op_type in _LAYOUT_OPS:
             path.append(node)
             node = producers.get(node.input[0])
-        if node is None or node.op_type != "Conv" or not feeds_matmul(softmax.output[0]):
+        matmul = matmul_fed(softmax.output[0])
+        if node is None or node.op_type != "Conv" or matmul is None:
             continue
         axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
         rank = ranks.get(softmax.input[0])
@@ -115,7 +121,7 @@ def attention_projections(model: onnx.ModelProto) -> list[AttentionProjection]:
         role = {-1: "keys", -2: "queries"}.get(axis)
         if role is not None:
             names = (node.name, *(p.name for p in reversed(path)), softmax.name)
-            found.append(AttentionProjection(role, node.name, softmax.name, names))
+            found.append(AttentionProjection(role, node.name, softmax.name, names, matmul))
     return found
 
 

@@ -107,7 +107,8 @@ def load(
 
     ``backend="auto"`` picks as :func:`choose_backend` says and logs which it picked; TensorRT builds the
     engine through the engine cache, in the graph's own precision. ``device`` forces ``cpu`` or ``cuda``.
-    ``.plan``/``.engine`` files go to TensorRT. ``threads``: CPU threads, where the backend has them;
+    ``.plan``/``.engine`` files go to TensorRT, OpenVINO IR (``.xml``, from ``effattn quantize -o model.xml``) to
+    OpenVINO. ``threads``: CPU threads, where the backend has them;
     ``profile``: the inputs of an ``nn.Module`` (the torch backend); ``rtx=True``: TensorRT for RTX (a plan's
     sidecar says otherwise). The rest are runner options, None meaning the runner's default; each backend
     takes those :data:`RUNNER_OPTIONS` names (see its runner), and any other is a :class:`BackendError`:
@@ -147,8 +148,15 @@ def load(
         if backend not in ("auto", "tensorrt"):
             raise BackendError(f"{path} is a TensorRT engine; only the tensorrt backend runs it")
         return TensorRTRunner(path, rtx=rtx, **_taken("tensorrt", options))
+    if path.suffix.lower() == ".xml":  # OpenVINO IR (effattn quantize -o model.xml): OpenVINO's alone
+        if backend not in ("auto", "openvino") or device not in (None, "cpu") or rtx:
+            raise BackendError(f"{path} is OpenVINO IR; only the openvino backend runs it, on the CPU")
+        ir = OpenVINORunner(path, threads=threads, **_taken("openvino", options))
+        if backend == "auto":
+            log.info("backend auto: OpenVINO (OpenVINO IR)")
+        return ir
     if path.suffix.lower() != ".onnx":
-        raise BackendError(f"{path}: expected an .onnx file or a TensorRT .plan/.engine")
+        raise BackendError(f"{path}: expected an .onnx file, OpenVINO IR (.xml) or a TensorRT .plan/.engine")
     check_onnx(path)  # before any backend sees it: the file itself, metadata against the graph, QDQ scales
     choice = choose_backend(path, backend, device, bool(rtx))
     runner = _onnx_runner(path, choice, rtx, threads, _taken(choice.backend, options))

@@ -44,6 +44,16 @@ def openvino_available() -> bool:
     return True
 
 
+def ir_metadata(model) -> dict[str, str]:
+    """The ``effattn.*`` metadata of an OpenVINO model: OpenVINO keeps an ONNX file's metadata_props in the
+    ``framework`` section of its rt_info, and ``save_model`` writes them into the IR."""
+    info = model.get_rt_info()
+    section = info["framework"] if "framework" in info else {}  # noqa: SIM401 (an RTMap has no .get)
+    return {
+        str(k): model.get_rt_info(["framework", str(k)]).astype(str) for k in section if str(k).startswith("effattn.")
+    }
+
+
 def cpu_has_bf16() -> bool:
     """Whether OpenVINO's CPU plugin has native BF16 here (AVX512-BF16 or AMX)."""
     return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -92,10 +102,14 @@ class OpenVINORunner(Runner):
         docs/precision.md#openvino-static-shapes). ``False``: one dynamic-shape compile for every shape.
         ``perf_counters``: compile with OpenVINO's per-layer counters (PERF_COUNT), for :meth:`layer_times`."""
         self.path = Path(path)
+        ir = self.path.suffix.lower() == ".xml"
         if not self.path.is_file():
-            raise BackendError(f"ONNX file {self.path} does not exist")
+            raise BackendError(f"{'OpenVINO IR' if ir else 'ONNX'} file {self.path} does not exist")
+        if ir and not self.path.with_suffix(".bin").is_file():
+            raise BackendError(f"OpenVINO IR {self.path} has no weights file {self.path.with_suffix('.bin').name}")
+        model = self._read() if ir else None  # IR: the metadata is in the model (ir_metadata)
         try:
-            self.metadata = metadata.read_metadata(self.path)
+            self.metadata = ir_metadata(model) if model is not None else metadata.read_metadata(self.path)
         except Exception as e:  # ExportError for foreign files: here it means the backend cannot load it
             raise BackendError(f"OpenVINO cannot load {self.path}: {first_line(e)}") from None
         self.precision, self.hint = choose_precision(metadata.precision_of(self.metadata), precision)
@@ -106,7 +120,7 @@ class OpenVINORunner(Runner):
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
         if perf_counters:
             self._config["PERF_COUNT"] = True
-        self.model = self._read()
+        self.model = model if model is not None else self._read()
         self.compiled = None if static_shapes else self._compile(self.model)
         ports = self.model if self.compiled is None else self.compiled
         profile = metadata.profile_of(self.metadata)
@@ -123,7 +137,8 @@ class OpenVINORunner(Runner):
             return _core().read_model(str(self.path))
         except Exception as e:  # OpenVINO raises RuntimeError with pages of context
             raise BackendError(
-                f"OpenVINO cannot load {self.path}: {first_line(e)}. Is it an ONNX model written by effattn export?"
+                f"OpenVINO cannot load {self.path}: {first_line(e)}. Is it a model written by effattn export or "
+                "effattn quantize?"
             ) from None
 
     def _compile(self, model):

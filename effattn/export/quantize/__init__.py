@@ -35,6 +35,7 @@ from .calibration import (
 )
 from .fp8 import FP8_MAX, FP8_OPSET, INT8_MAX, fp8_ineligible, int8_to_fp8
 from .half import float_type, qdq_to_fp16, softmax_fp32_nodes
+from .nncf_openvino import check_ir_output, nncf_available, quantize_ir
 from .qdq import FLOAT_OPS, QUANTIZED_OPS, QdqSummary, check_qdq, qdq_problems_of_values, qdq_summary
 from .rewrites import after_concat, split_concat_convs
 
@@ -57,6 +58,7 @@ __all__ = [
     "float_type",
     "fp8_ineligible",
     "int8_to_fp8",
+    "nncf_available",
     "qdq_float_to_fp16",
     "qdq_problems_of_values",
     "qdq_summary",
@@ -240,6 +242,8 @@ def quantize(
     seed: int = 0,
     precision: str = precisions.DEFAULT_QUANTIZED,
     float_type: str = "fp32",
+    preset: str = "performance",
+    keep_float: str = "attention",
     force: bool = False,
 ) -> QuantizeResult:
     """Write a signed symmetric INT8 (or, ``precision="fp8"``, FP8 E4M3) QDQ copy of the FP32 export
@@ -257,16 +261,19 @@ def quantize(
     ``ops``: op types given INT8 inputs (see ``QUANTIZED_OPS`` for why the attention stays float).
     ``float_type``: the unquantized part's type, "fp32" (for the CPU runtimes; TensorRT builds convert it) or
     "fp16" (:func:`qdq_to_fp16`: the graph TensorRT runs, softmax inputs FP32).
+
+    A ``.xml`` ``onnx_out`` is the CPU's INT8 artifact instead: NNCF's quantization on OpenVINO, written as OpenVINO
+    IR (:mod:`.nncf_openvino`), with NNCF's ``preset`` and ``keep_float`` (``attention``: the EA softmax products
+    stay float), from the same calibration feeds; ``ops``, ``precision`` and ``float_type`` are the QDQ graph's.
     """
     start = time.perf_counter()
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
-    check_writable(onnx_out, force)
-    if not 0 < samples <= MAX_SAMPLES:
-        raise InputError(f"samples must be 1 to {MAX_SAMPLES}, got {samples}")
-    if precision not in precisions.quantized():
-        raise InputError(f"precision must be one of {', '.join(precisions.quantized())}; got {precision!r}")
-    if float_type not in FLOAT_TYPES:
-        raise InputError(f"float_type must be one of {', '.join(FLOAT_TYPES)}; got {float_type!r}")
+    ir = onnx_out.suffix == ".xml"
+    if ir:  # precision, float_type and ops shape the QDQ graph; NNCF places its own INT8
+        check_ir_output(onnx_out, force, preset, keep_float, (precision, float_type, *ops) != _IR_QDQ_OPTIONS)
+    else:
+        check_writable(onnx_out, force)
+    _check_options(samples, precision, float_type)
     meta = read_metadata(onnx_in)
     model = _load(onnx_in)
     _refuse_unquantizable(onnx_in, model, meta)
@@ -274,10 +281,11 @@ def quantize(
     exclude = recipe.keep_float(split)
     if not any(n.op_type in ops and n.name not in exclude for n in split.graph.node):
         _refuse_nothing_to_quantize(onnx_in, split, ops, recipe)
-    inits = {t.name for t in model.graph.initializer}
-    names = [v.name for v in model.graph.input if v.name not in inits]
-    feeds, where = calibration_feeds(calibration, meta, names, metadata.profile_of(meta), samples, seed)
-    _refuse_constant(feeds)
+    feeds, where = _feeds(model, meta, calibration, samples, seed)
+    if ir:
+        values = {metadata.PRECISION: precision, CALIBRATION: where}
+        counts = quantize_ir(onnx_in, model, feeds, onnx_out, values, preset=preset, keep_float=keep_float, force=force)
+        return QuantizeResult(onnx_out, precision, where, len(feeds), counts, time.perf_counter() - start)
     qdq = _run_quantizer(split, feeds, ops, exclude, float_weights=recipe.float_weights)
     if recipe.finish is not None:
         qdq = recipe.finish(qdq)
@@ -308,6 +316,27 @@ def quantize(
 
 #: The float types a QDQ graph's unquantized part can have (``quantize(float_type=...)``).
 FLOAT_TYPES = ("fp32", "fp16")
+#: ``quantize``'s QDQ options at their defaults: the only ones a .xml output (NNCF's IR) takes
+_IR_QDQ_OPTIONS = ("int8", "fp32", *QUANTIZED_OPS)
+
+
+def _check_options(samples: int, precision: str, float_type: str) -> None:
+    if not 0 < samples <= MAX_SAMPLES:
+        raise InputError(f"samples must be 1 to {MAX_SAMPLES}, got {samples}")
+    if precision not in precisions.quantized():
+        raise InputError(f"precision must be one of {', '.join(precisions.quantized())}; got {precision!r}")
+    if float_type not in FLOAT_TYPES:
+        raise InputError(f"float_type must be one of {', '.join(FLOAT_TYPES)}; got {float_type!r}")
+
+
+def _feeds(model: onnx.ModelProto, meta, calibration, samples: int, seed: int) -> tuple[list[dict], str]:
+    """The calibration feeds of the model's inputs (not its initializers) and where they came from, refused when
+    an input is constant."""
+    inits = {t.name for t in model.graph.initializer}
+    names = [v.name for v in model.graph.input if v.name not in inits]
+    feeds, where = calibration_feeds(calibration, meta, names, metadata.profile_of(meta), samples, seed)
+    _refuse_constant(feeds)
+    return feeds, where
 
 
 def qdq_float_to_fp16(onnx_in: str | Path, onnx_out: str | Path, *, force: bool = False) -> Path:

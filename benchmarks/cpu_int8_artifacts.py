@@ -1,0 +1,83 @@
+"""Accuracy of each CPU INT8 artifact on the trained segmenter: effattn's QDQ graph on OpenVINO, NNCF's default
+IR (what an OpenVINO user makes) and effattn's NNCF IRs (attention products float; performance and mixed presets),
+each on OpenVINO as `load()` runs it (float ops in BF16 where the CPU has it), against eager FP32.
+
+    python benchmarks/cpu_int8_artifacts.py -o benchmarks/results/cpu-int8-artifacts-<cpu>.json
+
+Same calibration for all (the zoo's 32 task images, effattn.export.quantize.calibration); held-out task images:
+64 at 64 x 64 and 8 at 256 x 256. Speed comes from `effattn bench` (rows openvino-int8, nncf-openvino,
+openvino-nncf, openvino-nncf-mixed), interleaved in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from effattn.bench.benchmark import cpu_flags, environment
+from effattn.export import export_onnx, quantize
+from effattn.models import load_model
+from effattn.models.synthetic import CLASSES, shapes_batch
+from effattn.runtime import load
+
+ARTIFACTS = {  # name -> (output file, quantize keywords)
+    "effattn QDQ (openvino-int8)": ("seg.int8.onnx", {}),
+    "NNCF default (nncf-openvino)": ("seg.nncf-default.xml", {"preset": "default", "keep_float": "none"}),
+    "effattn NNCF, performance (openvino-nncf)": ("seg.nncf.xml", {}),
+    "effattn NNCF, mixed (openvino-nncf-mixed)": ("seg.nncf-mixed.xml", {"preset": "mixed"}),
+}
+
+
+def scores(path: Path, model: torch.nn.Module) -> dict:
+    """Argmax agreement and the worst per-class IoU drop (points) vs eager FP32 on held-out task images."""
+    g = torch.Generator().manual_seed(1234)
+    out = {}
+    with load(path, backend="openvino") as runner:
+        for x, y in (shapes_batch(64, 64, 64, g), shapes_batch(8, 256, 256, g)):
+            with torch.inference_mode():
+                ref = model(x).argmax(1).numpy()
+            got = np.concatenate([runner.infer(x[i : i + 8].numpy())["logits"] for i in range(0, len(x), 8)]).argmax(1)
+            iou = [
+                [
+                    ((p == c) & (y.numpy() == c)).sum() / max(((p == c) | (y.numpy() == c)).sum(), 1)
+                    for c in range(len(CLASSES))
+                ]
+                for p in (ref, got)
+            ]
+            out[f"{x.shape[2]}px"] = {
+                "argmax_agreement": round(float((got == ref).mean()), 5),
+                "max_iou_drop_points": round(100 * float(max(np.subtract(*iou))), 3),
+            }
+        out["runner"] = runner.backend
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    source = load_model("ea_segnet_tiny", pretrained=True)
+    results = {"environment": {**environment(2, "cpu"), "cpu_flags": cpu_flags(), "load_average": os.getloadavg()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(source, None, Path(tmp) / "seg.onnx").path
+        for name, (file, options) in ARTIFACTS.items():
+            made = quantize(fp32, Path(tmp) / file, **options)
+            results[name] = {
+                "quantized": made.quantized,
+                "calibration": made.calibration,
+                **scores(made.path, source.model),
+            }
+            print(name, results[name])
+    results["environment"]["load_average_end"] = os.getloadavg()
+    args.output.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
