@@ -83,7 +83,7 @@ def export_seg(folder: Path) -> Path:
         [sys.executable, "-m", "effattn", "export", "ea_segnet_tiny", "--pretrained", "-o", str(onnx)],
         check=True,
         stdout=subprocess.DEVNULL,
-        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        env=os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])},
     )
     return onnx
 

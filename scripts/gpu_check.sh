@@ -184,8 +184,8 @@ stage_tensorrt() {  # for a machine that has TensorRT (never a lent one: TensorR
 stage_parts
 [ "$STAGE_ONLY" = 1 ] && exit 0
 install_small
-# onnxruntime-gpu (in site) first: the lent machine's image has the CPU onnxruntime in its own site-packages
-export PYTHONPATH="$STATE/site:$STATE/small:$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# onnxruntime-gpu (in site) first: the lent machine's image has the CPU onnxruntime in its own site-packages; the package from src/, tests/ from the root
+export PYTHONPATH="$STATE/site:$STATE/small:$ROOT/src:$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 for s in "${STAGES[@]}"; do
   case $s in
     1) stage1 ;;

@@ -1,6 +1,6 @@
 """Train ``ea_segnet_tiny`` on the synthetic shapes task on the CPU (< 2 minutes) and save its weights.
 
-    python scripts/train_tiny_seg.py [--steps 2500] [--out effattn/models/weights/ea_segnet_tiny.safetensors]
+    python scripts/train_tiny_seg.py [--steps 2500] [--out src/effattn/models/weights/ea_segnet_tiny.safetensors]
 
 The weights ship with effattn so tests and the demo check numerics on a *trained* network.
 """
@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=Path("effattn/models/weights/ea_segnet_tiny.safetensors"))
+    parser.add_argument("--out", type=Path, default=Path("src/effattn/models/weights/ea_segnet_tiny.safetensors"))
     args = parser.parse_args()
 
     torch.manual_seed(0)

@@ -4,6 +4,7 @@ really import none: each runs in a subprocess where importing the package raises
 the package is not installed."""
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def _declared(extras: bool = True) -> dict[str, str]:
 def _imported() -> dict[str, str]:
     """Top-level modules effattn's source imports (at any level, stdlib and effattn left out) -> a file."""
     found = {}
-    for path in sorted((ROOT / "effattn").rglob("*.py")):
+    for path in sorted((ROOT / "src" / "effattn").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -148,3 +149,16 @@ def test_cli_runs_without_the_server_stack(tmp_path):
         "effattn serve: error: effattn serve needs prometheus_client, which is not installed: "
         "pip install 'effattn[serve]'"
     )
+
+
+def test_a_checkout_on_pythonpath_cannot_shadow_the_installed_package():
+    """Users put a clone on PYTHONPATH (or work in it) to import their own modules: with the package in src/, the
+    clone's root holds no ``effattn/`` to shadow the installed one (a stale ``effattn/`` there broke every command
+    with ImportError on ``__version__``). Run from the root, with the root first on PYTHONPATH."""
+    assert not (ROOT / "effattn").exists()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    probe = "import effattn, effattn.cli; print(effattn.__file__); print(effattn.__version__)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    where, version = out.stdout.split()
+    assert Path(where).parent != ROOT / "effattn" and Path(where).parent.name == "effattn", where
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", version), version

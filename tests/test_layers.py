@@ -7,7 +7,7 @@ import ast
 import itertools
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "effattn"
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "effattn"
 RANK = {
     "errors": 0,
     "shapes": 0,
