@@ -135,7 +135,7 @@ def test_cli_runs_without_the_server_stack(tmp_path):
             print(f"exit: {argv[0]} {code}", flush=True)
 
         call("--help")
-        call("export", "efficient_attention", "-o", "ea.onnx", "-q", "--exporter", "torchscript",
+        call("export", "efficient_attention", "-o", "ea.onnx", "-q", "--exporter", "torchscript", "--random-weights",
              "--min", "1x64x4x4", "--opt", "1x64x8x8", "--max", "2x64x8x8")
         call("run", "ea.onnx", "--shape", "2x64x6x6", "--output", "out.npz")
         call("triton", "ea.onnx", "--repository", "models")

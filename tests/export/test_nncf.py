@@ -92,7 +92,7 @@ def test_ir_keeps_the_export_metadata(irs):
     meta = runner.metadata
     assert meta["effattn.precision"] == "int8" and meta["effattn.model"] == "ea_segnet_tiny"
     assert meta["effattn.nncf"].startswith("preset=performance keep_float=attention")
-    assert irs["seg_ir"].calibration == f"zoo samples: ea_segnet_tiny x{SAMPLES}"
+    assert irs["seg_ir"].calibration == f"{SAMPLES} task images of ea_segnet_tiny (its sample generator)"
 
 
 def test_refusals_in_one_line(irs, tmp_path):

@@ -79,7 +79,9 @@ def test_bad_inputs_are_refused_with_a_clear_message(runner, feed, match):
 def test_load_refuses_unknown_backends_and_foreign_files(tmp_path, onnx_path):
     with pytest.raises(BackendError, match="unknown backend 'tensorrtx'"):
         load(onnx_path, backend="tensorrtx")
-    with pytest.raises(BackendError, match=r"expected an \.onnx file or a TensorRT \.plan/\.engine"):
+    with pytest.raises(
+        BackendError, match=r"expected an \.onnx file, OpenVINO IR \(\.xml\) or a TensorRT \.plan/\.engine"
+    ):
         load(tmp_path / "model.txt")
     with pytest.raises(BackendError, match="does not exist"):
         load(tmp_path / "missing.onnx")

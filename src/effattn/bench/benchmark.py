@@ -290,10 +290,11 @@ def _start_runners(run: _Run, made: Backends | FileBackends, backends: list[str]
         if run.out_of_time():
             break
         run.bar.set_postfix_str(f"{made.name}: start {backend}")
-        if isinstance(made, FileBackends) and (why := made.fits(backend)):
+        why = made.fits(backend) if isinstance(made, FileBackends) else None
+        if why is None and (missing := Backends.missing(backend)):
+            why = f"skipped: {missing}"
+        if why is not None:
             runners[backend] = why
-        elif missing := Backends.missing(backend):
-            runners[backend] = f"skipped: {missing}"
             continue
         try:
             runners[backend] = _start(made, backend, run.results, run.startup and backend != EAGER)
