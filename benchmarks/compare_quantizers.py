@@ -65,14 +65,17 @@ def nncf_quantize(src: Path, out: Path, feeds: list[dict]) -> Path:
     return out
 
 
-def task_scores(path: Path, model: torch.nn.Module, runtime: str) -> dict:
-    """Argmax agreement and per-class IoU drop (points) vs eager FP32 on held-out task images."""
+def task_scores(path: Path, model: torch.nn.Module, runtime: str, options: dict | None = None) -> dict:
+    """Argmax agreement and per-class IoU drop (points) vs eager FP32 on held-out task images; ``options`` go to
+    ``load`` (default: OpenVINO's float ops in FP32, so the quantizers are what is compared)."""
     from effattn.runtime import load
 
     g = torch.Generator().manual_seed(1234)
     sets = [shapes_batch(64, 64, 64, g), shapes_batch(8, 256, 256, g)]
     out = {}
-    with load(path, backend=runtime, **({"precision": "fp32"} if runtime == "openvino" else {})) as runner:
+    if options is None:
+        options = {"precision": "fp32"} if runtime == "openvino" else {}
+    with load(path, backend=runtime, **options) as runner:
         for x, y in sets:
             with torch.inference_mode():
                 ref = model(x).argmax(1).numpy()
@@ -88,6 +91,7 @@ def task_scores(path: Path, model: torch.nn.Module, runtime: str) -> dict:
                 "argmax_agreement": round(float((got == ref).mean()), 5),
                 "max_iou_drop_points": round(100 * float(max(np.subtract(*iou))), 3),
             }
+        out["runner"] = runner.backend
     return out
 
 

@@ -17,14 +17,12 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
+from compare_quantizers import task_scores  # the same task scores (run from benchmarks/: the script's folder)
 
 from effattn.bench.benchmark import cpu_flags, environment
 from effattn.export import export_onnx, quantize
 from effattn.models import load_model
-from effattn.models.synthetic import CLASSES, shapes_batch
-from effattn.runtime import load
 
 ARTIFACTS = {  # name -> (output file, quantize keywords)
     "effattn QDQ (openvino-int8)": ("seg.int8.onnx", {}),
@@ -35,27 +33,9 @@ ARTIFACTS = {  # name -> (output file, quantize keywords)
 
 
 def scores(path: Path, model: torch.nn.Module) -> dict:
-    """Argmax agreement and the worst per-class IoU drop (points) vs eager FP32 on held-out task images."""
-    g = torch.Generator().manual_seed(1234)
-    out = {}
-    with load(path, backend="openvino") as runner:
-        for x, y in (shapes_batch(64, 64, 64, g), shapes_batch(8, 256, 256, g)):
-            with torch.inference_mode():
-                ref = model(x).argmax(1).numpy()
-            got = np.concatenate([runner.infer(x[i : i + 8].numpy())["logits"] for i in range(0, len(x), 8)]).argmax(1)
-            iou = [
-                [
-                    ((p == c) & (y.numpy() == c)).sum() / max(((p == c) | (y.numpy() == c)).sum(), 1)
-                    for c in range(len(CLASSES))
-                ]
-                for p in (ref, got)
-            ]
-            out[f"{x.shape[2]}px"] = {
-                "argmax_agreement": round(float((got == ref).mean()), 5),
-                "max_iou_drop_points": round(100 * float(max(np.subtract(*iou))), 3),
-            }
-        out["runner"] = runner.backend
-    return out
+    """Argmax agreement and the worst per-class IoU drop (points) vs eager FP32 on held-out task images, the
+    artifact on OpenVINO as ``load()`` runs it (float ops BF16 where the CPU has it)."""
+    return task_scores(path, model, "openvino", options={})
 
 
 def main() -> None:
