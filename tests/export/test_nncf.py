@@ -126,3 +126,15 @@ def test_the_bench_row_and_its_skip(monkeypatch, tmp_path):
     )
     (row,) = [r for r in results.rows if r.backend == "openvino-nncf"]
     assert row.status == "skipped: nncf is not installed (pip install 'effattn[cpu,nncf]')" and row.stats is None
+
+
+def test_json_output_stays_parseable_while_nncf_logs_and_draws_its_progress(irs, tmp_path, capfd):
+    """NNCF writes INFO lines and a progress bar to stdout (its own handler, rich's console): `quantize --json`
+    must still print one JSON document there, NNCF's output going to stderr."""
+    from effattn.cli import main
+
+    out = tmp_path / "seg.xml"
+    assert main(["quantize", str(irs["seg_fp32"]), "-o", str(out), "--samples", "2", "--json"]) == 0
+    captured = capfd.readouterr()
+    assert json.loads(captured.out)["path"] == str(out)
+    assert "Statistics collection" in captured.err  # the bar was drawn, on stderr

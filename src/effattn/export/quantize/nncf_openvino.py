@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +23,8 @@ from ...errors import ExportError, InputError, first_line
 from ...files import atomic_output, check_writable
 from ...precisions import NNCF_KEEP_FLOAT, NNCF_PRESETS
 from ..precision import attention_projections
+
+log = logging.getLogger("effattn")
 
 #: metadata key in the IR: how NNCF made it (preset, what stayed float)
 NNCF_RECIPE = "effattn.nncf"
@@ -105,13 +109,14 @@ def quantize_ir(
             raise ExportError(f"OpenVINO cannot read {onnx_in}: {first_line(e)}") from None
     options = {} if preset == "default" else {"preset": nncf.QuantizationPreset(preset)}
     try:
-        quantized = nncf.quantize(
-            ir,
-            nncf.Dataset(feeds),
-            subset_size=len(feeds),
-            ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
-            **options,
-        )
+        with _nncf_off_stdout():
+            quantized = nncf.quantize(
+                ir,
+                nncf.Dataset(feeds),
+                subset_size=len(feeds),
+                ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
+                **options,
+            )
     except Exception as e:  # NNCF and OpenVINO raise many types
         raise ExportError(f"NNCF quantization of {onnx_in} failed: {first_line(e)}") from None
     recipe = f"preset={preset} keep_float={keep_float}" + (f" ({', '.join(ignored)})" if ignored else "")
@@ -138,3 +143,24 @@ def fake_quantized(op) -> bool:
         return kind == "FakeQuantize" or (kind in _LAYOUT and from_fq(node.input(0).get_source_output().get_node()))
 
     return op.get_type_name() in _GEMMS and any(from_fq(i.get_source_output().get_node()) for i in op.inputs())
+
+
+@contextlib.contextmanager
+def _nncf_off_stdout() -> Iterator[None]:
+    """NNCF logs INFO lines and draws its progress bar on stdout, where ``--json`` output goes: both go to stderr,
+    and its INFO lines only when effattn logs at debug level (``-v``)."""
+    from nncf.common.logging import nncf_logger
+
+    level = nncf_logger.level
+    handlers = [h for h in nncf_logger.handlers if type(h) is logging.StreamHandler]
+    streams = [h.stream for h in handlers]
+    nncf_logger.setLevel(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
+    for handler in handlers:
+        handler.setStream(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # rich's progress bar writes to the sys.stdout of the moment
+            yield
+    finally:
+        nncf_logger.setLevel(level)
+        for handler, stream in zip(handlers, streams):
+            handler.setStream(stream)
