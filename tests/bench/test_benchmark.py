@@ -334,3 +334,24 @@ def test_runners_come_from_the_one_runtime_dispatch(monkeypatch):
     assert all(r.status == "ok" for r in results.rows)
     # eager (torch's threads are process-wide, set by run_bench); onnxruntime cold and warm start-up
     assert calls == [("torch", "cpu", None, torch.float32, None)] + [("onnxruntime", "cpu", 1, None, None)] * 2
+
+
+def test_a_file_runs_only_the_rows_that_time_it_as_labelled(onnx_models, tmp_path):
+    """On a file, `openvino-plain-int8` is plain OpenVINO on that file (not effattn's runner under its label) and
+    the NNCF rows, which time an IR made from a model source, are skipped saying so. The file was exported from a
+    module: its metadata names a class, not a zoo model, so it gets no eager row (it used to fail the bench)."""
+    pytest.importorskip("openvino", reason="openvino is not installed (the 'cpu' extra)")
+    from effattn.bench.backends import FileBackends, PlainOpenVINO
+    from effattn.export import quantize
+    from effattn.runtime.openvino_runner import OpenVINORunner
+
+    path = quantize(onnx_models["ea16"].path, tmp_path / "block.int8.onnx", samples=2).path
+    made = FileBackends(path, "cpu", 2)
+    for backend in ("nncf-openvino", "openvino-nncf", "openvino-nncf-mixed"):
+        assert made.fits(backend) == (
+            f"skipped: {backend} times an NNCF IR it makes from a model source; bench the .xml file itself"
+        )
+    assert made.fits("openvino-plain-int8") is None and made.fits("openvino-int8") is None
+    with made.make("openvino-plain-int8") as plain, made.make("openvino-int8") as ours:
+        assert type(plain) is PlainOpenVINO and type(ours) is OpenVINORunner
+    assert made.eager is None and made.fits("torch").startswith("skipped: eager PyTorch runs a zoo model")

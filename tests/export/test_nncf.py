@@ -138,3 +138,11 @@ def test_json_output_stays_parseable_while_nncf_logs_and_draws_its_progress(irs,
     captured = capfd.readouterr()
     assert json.loads(captured.out)["path"] == str(out)
     assert "Statistics collection" in captured.err  # the bar was drawn, on stderr
+
+
+def test_an_upper_case_xml_output_is_refused_not_written_as_onnx(irs, tmp_path):
+    """`-o model.XML` was taken as an ONNX output (the IR test was case-sensitive, `load` is not): a QDQ graph
+    named .XML that `load` then read as an IR. Now one line, and nothing written."""
+    with pytest.raises(InputError, match=r"OpenVINO IR is written to a \.xml file"):
+        quantize(irs["seg_fp32"], tmp_path / "seg.int8.XML", samples=2)
+    assert list(tmp_path.iterdir()) == []

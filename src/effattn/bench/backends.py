@@ -22,7 +22,7 @@ from ..export.exporter import default_output_names
 from ..export.precision import CONVERTERS
 from ..export.quantize import nncf_available
 from ..files import require_file
-from ..models import ModelSource, load_model
+from ..models import ModelSource, list_models, load_model
 from ..runtime import Runner, load
 from ..runtime.openvino_runner import OpenVINORunner, choose_precision, openvino_available
 from ..shapes import ShapeProfile
@@ -208,7 +208,7 @@ class FileBackends:
         named = meta.get(metadata.MODEL, "")
         self.profile = metadata.profile_of(meta)  # None: a plan, or a file from another tool
         self.eager = None
-        if named and ":" not in named and self.profile is not None:
+        if named in list_models() and self.profile is not None:  # not a factory, nor a module's class name
             self.eager = load_model(named, **metadata.model_args_of(meta))
 
     def defaults(self) -> list[str]:
@@ -234,6 +234,8 @@ class FileBackends:
                 if backend == EAGER and self.eager
                 else "skipped: eager PyTorch runs a zoo model the file's metadata names; this one names none"
             )
+        if record.nncf is not None:
+            return f"skipped: {backend} times an NNCF IR it makes from a model source; bench the .xml file itself"
         if self.plan:
             return None if record.runtime == "tensorrt" else f"skipped: {backend} does not run TensorRT engines"
         if record.graph != self.precision:
@@ -253,6 +255,8 @@ class FileBackends:
                 profile=self.profile,
                 output_names=default_output_names(self.eager.model, self.eager.task),
             )
+        if record.plain:
+            return PlainOpenVINO(self.path, self.threads)
         return load(self.path, backend=record.runtime, device=self.device, threads=self.threads, **record.options)
 
     def peak_memory(self, backend: str, runner: Runner, feed: dict) -> PeakMemory:

@@ -347,7 +347,7 @@ def _print_demo(result: pipeline.Demo) -> None:
 
 
 def cmd_quantize(args) -> None:
-    ir = args.output.suffix == ".xml"
+    ir = args.output.suffix.lower() == ".xml"
     if not ir and (args.preset or args.keep_float):
         raise InputError("--preset and --keep-float are NNCF's: give an OpenVINO IR output (-o model.xml)")
     result = quantize(

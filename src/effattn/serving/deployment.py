@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -25,8 +26,9 @@ def run_command(repository: str | Path, gpu: bool, trt_cache_path: str | None = 
     keeps the TensorRT accelerator's engines across restarts."""
     gpus = "--gpus all " if gpu else ""
     cache = f"-v effattn-trt-cache:{trt_cache_path} " if trt_cache_path else ""
+    models = shlex.quote(f"{Path(repository).resolve()}:/models")  # printed for a shell: a path with spaces stays one
     return (
-        f"docker run {gpus}--rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v {Path(repository).resolve()}:/models "
+        f"docker run {gpus}--rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v {models} "
         f"{cache}{TRITON_IMAGE} tritonserver --model-repository=/models"
     )
 

@@ -268,7 +268,7 @@ def quantize(
     """
     start = time.perf_counter()
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
-    ir = onnx_out.suffix == ".xml"
+    ir = onnx_out.suffix.lower() == ".xml"
     if ir:  # precision, float_type and ops shape the QDQ graph; NNCF places its own INT8
         check_ir_output(onnx_out, force, preset, keep_float, (precision, float_type, *ops) != _IR_QDQ_OPTIONS)
     else:
