@@ -14,7 +14,7 @@ import signal
 import stat
 import threading
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -263,3 +263,10 @@ def read_arrays(
             return np.lib.format.read_array(f, allow_pickle=False)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # InputError (a ValueError) included
             raise InputError(f"cannot read {path} as .npy/.npz: {first_line(e)}") from None
+
+
+def write_arrays(path: str | Path, arrays: Mapping[str, np.ndarray], force: bool = False) -> Path:
+    """An ``.npz`` of ``arrays`` by name at exactly ``path`` (what :func:`read_arrays` reads), written atomically."""
+    with atomic_output(path, force) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds ".npz" to a name
+        np.savez(f, **{name: np.asarray(value) for name, value in arrays.items()})  # type: ignore[arg-type]
+    return Path(path)

@@ -29,7 +29,7 @@ from .engines.onnxruntime_session import default_threads
 from .engines.precision import EnginePrecision, converted_graph, engine_precision
 from .errors import BackendError, ExportError, InputError, ModelError, ParityError, first_line
 from .export import ExportResult, export_onnx, quantize, to_fp16
-from .files import atomic_output, check_writable, read_arrays
+from .files import atomic_output, check_writable, read_arrays, write_arrays
 from .models import ModelSource, get_entry, load_model, reference_from_metadata
 from .runtime import Choice, Report, Runner, choose_backend, compare, load, profile_inputs, random_inputs
 from .runtime.onnxruntime_runner import OnnxRuntimeRunner
@@ -339,9 +339,8 @@ def save_inputs(path: str | Path, feeds: Sequence[Mapping[str, np.ndarray]], for
     paths = input_files(path, len(feeds))
     for target in paths:
         check_writable(target, force)
-    for target, feed in zip(paths, feeds):  # through a file object: np.savez would add ".npz" to a name without it
-        with atomic_output(target, force) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **{name: np.asarray(value) for name, value in feed.items()})  # type: ignore[arg-type]
+    for target, feed in zip(paths, feeds):
+        write_arrays(target, feed, force)
     return paths
 
 

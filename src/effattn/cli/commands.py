@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -27,7 +26,7 @@ from ..engines.precision import check_onnx
 from ..errors import BackendError, ConfigError, EffattnError, InputError, ModelError, first_line
 from ..export import export_onnx, quantize
 from ..export.exporter import default_output_names
-from ..files import atomic_output, check_writable, require_file
+from ..files import atomic_output, check_writable, require_file, write_arrays
 from ..models import create_model, get_entry, list_models, load_model
 from ..names import check_model_name, parse_model_spec
 from ..runtime import Runner, load, random_inputs
@@ -201,9 +200,8 @@ def cmd_run(args) -> None:
         except Exception as e:  # the backend's own failure (an allocation of 2^46 floats, ...): say whose and what
             raise BackendError(f"running {args.onnx} on {runner.backend} failed: {first_line(e)}") from None
         backend = runner.backend
-    if args.output:  # through a file object: np.savez would add ".npz" to a name without it
-        with atomic_output(args.output, args.force) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **outputs)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
+    if args.output:
+        write_arrays(args.output, outputs, args.force)
     summary: dict[str, dict[str, Any]] = {
         name: {
             "shape": list(v.shape),
