@@ -309,18 +309,8 @@ def read_inputs(path: str | Path, input_names: Sequence[str]) -> dict[str, np.nd
 def load_inputs(paths: Sequence[str | Path], onnx_path: str | Path) -> list[dict[str, np.ndarray]]:
     """One feed per file, read as ``effattn run --input`` reads it (:func:`read_inputs`), for ``onnx_path``'s
     inputs; the runner checks each against the file's profile."""
-    names = graph_inputs(onnx_path)
+    names = metadata.check_onnx_file(onnx_path).inputs
     return [read_inputs(path, names) for path in paths]
-
-
-def graph_inputs(onnx_path: str | Path) -> list[str]:
-    """The names of an ONNX file's inputs (initializers listed as inputs left out)."""
-    try:
-        graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    except Exception as e:  # protobuf decode errors come in many types
-        raise ExportError(f"{onnx_path} is not a loadable ONNX model: {first_line(e)}") from None
-    weights = {t.name for t in graph.initializer}
-    return [v.name for v in graph.input if v.name not in weights]
 
 
 def input_files(path: str | Path, count: int) -> list[Path]:
