@@ -124,7 +124,16 @@ _ROWS = (
         "openvino",
         "int8",
         _CPU,
-        "OpenVINO, the INT8 QDQ graph of effattn quantize, compiled per input shape",
+        "OpenVINO, the INT8 QDQ graph of effattn quantize, compiled per input shape, the output resize as MatMuls",
+    ),
+    BenchBackend(
+        "openvino-int8-asis",
+        "openvino",
+        "int8",
+        _CPU,
+        "as openvino-int8 without effattn's graph rewrite (the output resize left to OpenVINO's Interpolate): "
+        "this row / openvino-plain-int8 = the runner's own overhead",
+        options={"resize_as_matmul": False},
     ),
     BenchBackend(
         "openvino-plain-int8",
@@ -132,7 +141,7 @@ _ROWS = (
         "int8",
         _CPU,
         "plain OpenVINO on the same INT8 QDQ graph, no effattn runner: compile_model(file) with OpenVINO's "
-        "defaults, then infer(x, share_inputs=True); openvino-int8 / this row = the runner's overhead",
+        "defaults, then infer(x, share_inputs=True); openvino-int8 / this row = the runner with its rewrite",
         plain=True,
     ),
     BenchBackend(
@@ -149,8 +158,9 @@ _ROWS = (
         "int8",
         _CPU,
         "OpenVINO on NNCF's INT8 IR with NNCF's defaults: nncf.quantize(read_model(onnx), Dataset), what an "
-        "OpenVINO user makes (same calibration data), compiled per input shape",
+        "OpenVINO user makes (same calibration data), compiled per input shape, no effattn graph rewrite",
         nncf=("default", "none"),
+        options={"resize_as_matmul": False},
     ),
     BenchBackend(
         "openvino-nncf",

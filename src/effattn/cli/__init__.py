@@ -183,8 +183,11 @@ def _run(add) -> None:
     p.add_argument("--input", type=Path, help=".npy (one input) or .npz (by input name)")
     p.add_argument(
         "--shape",
+        "--shapes",
+        dest="shape",
         metavar="SHAPES",
-        help="random inputs of these shapes: 1x3x256x256 for one input, name:NxCxHxW,name:... for several",
+        help="random inputs of these shapes: 1x3x256x256 for one input, name:NxCxHxW,name:... for several "
+        "(trtexec's --shapes)",
     )
     p.add_argument("--seed", type=SEED, default=0, help="seed for random inputs")
     p.add_argument("--output", type=Path, help="save outputs to this .npz")
@@ -396,17 +399,29 @@ def _profile(add) -> None:
         "add a little overhead, so time with 'effattn bench'.\n\n"
         "examples:\n"
         "  effattn profile seg.int8.onnx --shape 1x3x256x256\n"
-        "  effattn profile seg.int8.onnx --precision fp32 --top 30 -o seg.profile.json",
+        "  effattn profile seg.int8.onnx --precision fp32 --top 30 -o seg.profile.json\n"
+        "  effattn profile seg.int8.onnx --as-is   # without the runner's rewrite: what it saves",
     )
     p.add_argument("onnx", type=Path, help="an .onnx file written by 'effattn export' or 'effattn quantize'")
     p.add_argument("--input", type=Path, help=".npy (one input) or .npz (by input name)")
-    p.add_argument("--shape", help="random input of this shape (default: the profile's opt shape)")
+    p.add_argument(
+        "--shape",
+        "--shapes",
+        dest="shape",
+        metavar="SHAPES",
+        help="random inputs of these shapes, NxCxHxW or name:NxCxHxW,... (default: the profile's opt shapes)",
+    )
     p.add_argument("--seed", type=SEED, default=0, help="seed for random inputs")
     p.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),
         default="auto",
         help="OpenVINO's precision for float ops (auto: BF16 where the CPU has it, as the runner does)",
+    )
+    p.add_argument(
+        "--as-is",
+        action="store_true",
+        help="the graph as OpenVINO compiles the file, without the runner's rewrite (the output resize as MatMuls)",
     )
     p.add_argument("--threads", type=THREADS, default=None, help="inference threads (default: every core)")
     p.add_argument("--iterations", type=COUNT, default=20, help="runs to average (default 20)")

@@ -414,7 +414,9 @@ def cmd_inspect(args) -> None:
 def cmd_profile(args) -> None:
     if args.output:
         check_writable(args.output, args.force)
-    runner = OpenVINORunner(require_file(args.onnx), args.precision, args.threads, perf_counters=True)
+    runner = OpenVINORunner(
+        require_file(args.onnx), args.precision, args.threads, perf_counters=True, resize_as_matmul=not args.as_is
+    )
     with runner:
         feed = _feed_for(args, runner)
         runner.infer(feed)  # the warm-up: first-run allocations are not layer time

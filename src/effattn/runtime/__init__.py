@@ -79,7 +79,7 @@ def choose_backend(path: str | Path, backend: str = "auto", device: str | None =
 RUNNER_OPTIONS = {
     "tensorrt": ("cuda_graph", "contexts"),
     "onnxruntime": ("cuda_graph", "io_binding", "spinning"),
-    "openvino": ("precision", "static_shapes"),
+    "openvino": ("precision", "static_shapes", "resize_as_matmul"),
     "torch": ("cuda_graph", "output_names", "dtype", "compile", "fused"),
 }
 
@@ -98,6 +98,7 @@ def load(
     spinning: bool | None = None,
     precision: str | None = None,
     static_shapes: bool | None = None,
+    resize_as_matmul: bool | None = None,
     output_names: list[str] | None = None,
     dtype: torch.dtype | None = None,
     compile: bool | str | None = None,
@@ -108,14 +109,14 @@ def load(
     ``backend="auto"`` picks as :func:`choose_backend` says and logs which it picked; TensorRT builds the
     engine through the engine cache, in the graph's own precision. ``device`` forces ``cpu`` or ``cuda``.
     ``.plan``/``.engine`` files go to TensorRT, OpenVINO IR (``.xml``, from ``effattn quantize -o model.xml``) to
-    OpenVINO. ``threads``: CPU threads, where the backend has them;
-    ``profile``: the inputs of an ``nn.Module`` (the torch backend); ``rtx=True``: TensorRT for RTX (a plan's
-    sidecar says otherwise). The rest are runner options, None meaning the runner's default; each backend
+    OpenVINO. ``threads``: CPU threads, where the backend has them; ``profile``: the inputs of an ``nn.Module``
+    (the torch backend); ``rtx=True``: TensorRT for RTX (a plan's sidecar says otherwise). The rest are runner
+    options, None meaning the runner's default; each backend
     takes those :data:`RUNNER_OPTIONS` names (see its runner), and any other is a :class:`BackendError`:
     ``cuda_graph`` (TensorRT, ONNX Runtime, torch), ``contexts`` (TensorRT), ``io_binding`` and ``spinning``
-    (ONNX Runtime), ``precision`` (OpenVINO: ``auto``, BF16 where the CPU has it, or ``fp32``/``bf16``) and
-    ``static_shapes`` (OpenVINO), ``output_names``, ``dtype``, ``compile`` (True or a ``torch.compile`` mode)
-    and ``fused`` (the fused Efficient-Attention kernel) (torch).
+    (ONNX Runtime), ``precision`` (OpenVINO: ``auto``, BF16 where the CPU has it, or ``fp32``/``bf16``),
+    ``static_shapes`` and ``resize_as_matmul`` (OpenVINO), ``output_names``, ``dtype``, ``compile`` (True or a
+    ``torch.compile`` mode) and ``fused`` (the fused Efficient-Attention kernel) (torch).
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -126,6 +127,7 @@ def load(
         spinning=spinning,
         precision=precision,
         static_shapes=static_shapes,
+        resize_as_matmul=resize_as_matmul,
         output_names=output_names,
         dtype=dtype,
         compile=compile,

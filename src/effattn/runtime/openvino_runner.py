@@ -20,6 +20,7 @@ import numpy as np
 from .. import metadata, precisions
 from ..errors import BackendError, first_line
 from .base import Runner, TensorSpec
+from .openvino_rewrites import output_resizes_as_matmuls
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +95,16 @@ class OpenVINORunner(Runner):
         threads: int | None = None,
         static_shapes: bool = True,
         perf_counters: bool = False,
+        resize_as_matmul: bool = True,
     ) -> None:
         """``precision``: ``auto`` (default, see :func:`choose_precision`), ``fp32`` or ``bf16``;
         ``threads``: inference threads (default: OpenVINO's, every core); ``static_shapes``: compile the
         graph for each input shape it meets (at most :attr:`STATIC_CACHE` kept, inputs still checked
         against the profile; each new shape costs one compile and the memory of one compiled model;
         docs/precision.md#openvino-static-shapes). ``False``: one dynamic-shape compile for every shape.
-        ``perf_counters``: compile with OpenVINO's per-layer counters (PERF_COUNT), for :meth:`layer_times`."""
+        ``perf_counters``: compile with OpenVINO's per-layer counters (PERF_COUNT), for :meth:`layer_times`.
+        ``resize_as_matmul``: with static shapes, run a bilinear resize of the output as two MatMuls
+        (:mod:`.openvino_rewrites`: the same values, faster); ``False`` compiles the graph as it is."""
         self.path = Path(path)
         ir = self.path.suffix.lower() == ".xml"
         if not self.path.is_file():
@@ -115,6 +119,7 @@ class OpenVINORunner(Runner):
         self.precision, self.hint = choose_precision(metadata.precision_of(self.metadata), precision)
         self.backend = "openvino-cpu" + ("" if self.precision == "fp32" else f"-{self.precision}")
         self.static_shapes = static_shapes
+        self.resize_as_matmul = resize_as_matmul
         self._config: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -159,6 +164,8 @@ class OpenVINORunner(Runner):
             model.reshape(dict(zip(self.inputs, shapes)))
         except Exception as e:
             raise BackendError(f"OpenVINO cannot reshape {self.path} to {shapes}: {first_line(e)}") from None
+        if self.resize_as_matmul:
+            output_resizes_as_matmuls(model)
         compiled = self._compile(model)
         with self._lock:  # a concurrent first call may have compiled it too: keep one
             entry = self._static.setdefault(shapes, (compiled, queue.SimpleQueue()))
