@@ -106,17 +106,16 @@ def load(
 ) -> Runner:
     """A Runner for an ONNX file or TensorRT plan (or an ``nn.Module`` for the eager reference).
 
-    ``backend="auto"`` picks as :func:`choose_backend` says and logs which it picked; TensorRT builds the
-    engine through the engine cache, in the graph's own precision. ``device`` forces ``cpu`` or ``cuda``.
-    ``.plan``/``.engine`` files go to TensorRT, OpenVINO IR (``.xml``, from ``effattn quantize -o model.xml``) to
-    OpenVINO. ``threads``: CPU threads, where the backend has them; ``profile``: the inputs of an ``nn.Module``
+    ``backend="auto"`` picks as :func:`choose_backend` says and logs which it picked; TensorRT builds the engine
+    through the engine cache, in the graph's own precision. ``device`` forces ``cpu`` or ``cuda``. ``.plan``/
+    ``.engine`` files go to TensorRT, OpenVINO IR (``.xml``, ``effattn quantize -o model.xml``) to OpenVINO.
+    ``threads``: CPU threads, where the backend has them; ``profile``: the inputs of an ``nn.Module``
     (the torch backend); ``rtx=True``: TensorRT for RTX (a plan's sidecar says otherwise). The rest are runner
-    options, None meaning the runner's default; each backend
-    takes those :data:`RUNNER_OPTIONS` names (see its runner), and any other is a :class:`BackendError`:
-    ``cuda_graph`` (TensorRT, ONNX Runtime, torch), ``contexts`` (TensorRT), ``io_binding`` and ``spinning``
-    (ONNX Runtime), ``precision`` (OpenVINO: ``auto``, BF16 where the CPU has it, or ``fp32``/``bf16``),
-    ``static_shapes`` and ``resize_as_matmul`` (OpenVINO), ``output_names``, ``dtype``, ``compile`` (True or a
-    ``torch.compile`` mode) and ``fused`` (the fused Efficient-Attention kernel) (torch).
+    options, None meaning the runner's default; each backend takes those :data:`RUNNER_OPTIONS` names (see its
+    runner), and any other is a :class:`BackendError`: ``cuda_graph`` (TensorRT, ONNX Runtime, torch),
+    ``contexts`` (TensorRT), ``io_binding`` and ``spinning`` (ONNX Runtime), ``precision`` (OpenVINO: ``auto``,
+    BF16 where the CPU has it, or ``fp32``/``bf16``), ``static_shapes`` and ``resize_as_matmul`` (OpenVINO),
+    ``output_names``, ``dtype``, ``compile`` (True or a ``torch.compile`` mode) and ``fused`` (torch).
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
