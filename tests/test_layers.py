@@ -16,6 +16,7 @@ RANK = {
     "files": 0,
     "names": 0,
     "precisions": 0,
+    "cpu": 0,
     "models": 1,
     "export": 2,
     "engines": 3,

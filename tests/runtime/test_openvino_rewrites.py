@@ -57,20 +57,57 @@ def test_the_segmenters_output_resize_becomes_matmuls_and_computes_the_same(onnx
     assert rel_l2(b, a) <= 1e-6
 
 
-def test_the_runner_rewrites_by_default_and_stays_within_the_files_tolerance(onnx_models):
-    """The runner's compile has no output Interpolate unless ``resize_as_matmul=False``; at the precision the runner
-    reports (BF16 where the CPU has it) it passes parity against eager on the trained weights."""
+def test_the_runner_rewrites_and_stays_within_the_files_tolerance(onnx_models):
+    """With the rewrite the runner's compile has one Interpolate left, without it two; at the precision the runner
+    reports (BF16 where the CPU has it) it passes parity against eager on the trained weights, fresh inputs."""
     seg = onnx_models["seg_small"]
-    with OpenVINORunner(seg.path) as ours, OpenVINORunner(seg.path, resize_as_matmul=False) as asis:
+    with (
+        OpenVINORunner(seg.path, resize_as_matmul=True) as ours,
+        OpenVINORunner(seg.path, resize_as_matmul=False) as asis,
+    ):
         ((compiled, _),) = ours._static.values()
         ((compiled_asis, _),) = asis._static.values()
         assert _layers(compiled).count("Interpolate") == 1 and _layers(compiled_asis).count("Interpolate") == 2
         report = compare(TorchRunner(seg.source.model, seg.profile), ours, profile_inputs(seg.profile), ours.precision)
     assert report.passed, report
-    with load(seg.path, backend="openvino", resize_as_matmul=False) as runner:
-        assert not runner.resize_as_matmul
     with pytest.raises(BackendError, match="does not take resize_as_matmul"):
         load(seg.path, backend="onnxruntime", resize_as_matmul=True)
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_by_default_the_runner_rewrites_where_the_cpu_has_amx(onnx_models, monkeypatch, amx):
+    """Measured faster only with AMX (slower under an AVX512-BF16 cap): the default follows has_amx; load() passes
+    an explicit choice through."""
+    monkeypatch.setattr("effattn.runtime.openvino_runner.has_amx", lambda: amx)
+    seg = onnx_models["seg_small"]
+    with load(seg.path, backend="openvino") as runner:
+        assert runner.resize_as_matmul is amx
+        ((compiled, _),) = runner._static.values()
+        assert _layers(compiled).count("Interpolate") == (1 if amx else 2)
+    with load(seg.path, backend="openvino", resize_as_matmul=not amx) as runner:
+        assert runner.resize_as_matmul is not amx
+
+
+@pytest.mark.parametrize(
+    ("flags", "cap", "expected"),
+    [
+        (["amx_bf16"], None, True),
+        (["amx_bf16"], "ALL", True),
+        (["amx_bf16"], "avx512_core_amx", True),
+        (["amx_bf16"], "AVX512_CORE_BF16", False),  # oneDNN's ISA cap, which OpenVINO honours
+        (["amx_bf16"], "AVX2", False),
+        ([], None, False),
+    ],
+)
+def test_has_amx_reads_the_flags_and_onednns_cap(monkeypatch, flags, cap, expected):
+    from effattn import cpu
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda wanted=(): [f for f in flags if f in wanted])
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert cpu.has_amx() is expected
 
 
 def _resize_graph(path, *, mode="linear", coordinates="half_pixel", sizes=(1, 2, 8, 12), then_relu=False, antialias=0):
@@ -138,13 +175,14 @@ def test_large_or_dynamic_inputs_are_left_to_openvino(tmp_path):
     assert output_resizes_as_matmuls(model) == []
 
 
-def test_profile_shows_the_rewrite_and_as_is_the_graph_without_it(onnx_models, capsys):
-    """``effattn profile`` times what the runner runs (one Interpolate left in the segmenter); ``--as-is`` the file as
-    OpenVINO compiles it (both); ``--shapes`` is trtexec's spelling of ``--shape``."""
+def test_profile_shows_the_rewrite_and_as_is_the_graph_without_it(onnx_models, capsys, monkeypatch):
+    """``effattn profile`` times what the runner runs (on an AMX CPU: one Interpolate left in the segmenter);
+    ``--as-is`` the file as OpenVINO compiles it (both); ``--shapes`` is trtexec's spelling of ``--shape``."""
     import json
 
     from effattn.cli import main
 
+    monkeypatch.setattr("effattn.runtime.openvino_runner.has_amx", lambda: True)
     seg = str(onnx_models["seg_small"].path)
     layers = {}
     for as_is in (False, True):

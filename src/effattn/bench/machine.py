@@ -9,57 +9,13 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
 from importlib import metadata as dists
 
 import numpy as np
 import torch
 
 from .. import __version__
-
-
-def cpu_flags(
-    wanted: Sequence[str] = (
-        "avx2",
-        "avx512f",
-        "avx512_vnni",
-        "avx512_bf16",
-        "avx512_fp16",
-        "amx_tile",
-        "amx_int8",
-        "amx_bf16",
-    ),
-) -> list[str]:
-    """The CPU's SIMD flags that decide low-precision speed (from /proc/cpuinfo; empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            have = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return []
-    return [flag for flag in wanted if flag in have]
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
-    return _cpuinfo("model name") or platform.processor() or platform.machine()
-
-
-def cpu_ghz() -> float | None:
-    """The clock /proc/cpuinfo reports for the first core (a VM's is often the nominal one), in GHz."""
-    mhz = _cpuinfo("cpu MHz")
-    try:
-        return float(mhz) / 1e3 if mhz else None
-    except ValueError:
-        return None
-
-
-def _cpuinfo(field: str) -> str | None:
-    """The first value of ``field`` in /proc/cpuinfo, or None (no such file or field)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == field), None)
-    except OSError:
-        return None
+from ..cpu import cpu_flags, cpu_ghz, cpu_name, cpu_vendor
 
 
 def environment(threads: int, device: str = "cpu") -> dict:
@@ -79,7 +35,7 @@ def environment(threads: int, device: str = "cpu") -> dict:
         "openvino": _dist_version("openvino"),
         "effattn": __version__,
         "cpu_flags": cpu_flags(),
-        "cpu_vendor": _cpuinfo("vendor_id"),
+        "cpu_vendor": cpu_vendor(),
         "cpu_ghz": cpu_ghz(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32) if gpu else None,

@@ -415,7 +415,11 @@ def cmd_profile(args) -> None:
     if args.output:
         check_writable(args.output, args.force)
     runner = OpenVINORunner(
-        require_file(args.onnx), args.precision, args.threads, perf_counters=True, resize_as_matmul=not args.as_is
+        require_file(args.onnx),
+        args.precision,
+        args.threads,
+        perf_counters=True,
+        resize_as_matmul=False if args.as_is else None,
     )
     with runner:
         feed = _feed_for(args, runner)

@@ -1,7 +1,8 @@
 """Rewrites OpenVINORunner applies to a model compiled for one input shape: a bilinear resize that produces a graph
 output becomes two MatMuls with constant interpolation matrices (what the Resize computes, exactly). Why: on the CPU
 plugin the output resize runs in a blocked NHWC layout and a Reorder then writes the planar FP32 output, a third of
-a segmenter's time; the MatMuls write the planar output at once (docs/decisions.md#the-output-resize-as-matmuls)."""
+a segmenter's time; the MatMuls write the planar output at once. Where the CPU has AMX: without it the dense products
+cost more than the resize (docs/decisions.md#the-output-resize-as-matmuls)."""
 
 from __future__ import annotations
 

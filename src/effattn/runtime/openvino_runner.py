@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import metadata, precisions
+from ..cpu import has_amx
 from ..errors import BackendError, first_line
 from .base import Runner, TensorSpec
 from .openvino_rewrites import output_resizes_as_matmuls
@@ -95,7 +96,7 @@ class OpenVINORunner(Runner):
         threads: int | None = None,
         static_shapes: bool = True,
         perf_counters: bool = False,
-        resize_as_matmul: bool = True,
+        resize_as_matmul: bool | None = None,
     ) -> None:
         """``precision``: ``auto`` (default, see :func:`choose_precision`), ``fp32`` or ``bf16``;
         ``threads``: inference threads (default: OpenVINO's, every core); ``static_shapes``: compile the
@@ -104,7 +105,8 @@ class OpenVINORunner(Runner):
         docs/precision.md#openvino-static-shapes). ``False``: one dynamic-shape compile for every shape.
         ``perf_counters``: compile with OpenVINO's per-layer counters (PERF_COUNT), for :meth:`layer_times`.
         ``resize_as_matmul``: with static shapes, run a bilinear resize of the output as two MatMuls
-        (:mod:`.openvino_rewrites`: the same values, faster); ``False`` compiles the graph as it is."""
+        (:mod:`.openvino_rewrites`: the same values); default: where the CPU has AMX, the only CPUs where it was
+        measured faster. ``False`` compiles the graph as it is."""
         self.path = Path(path)
         ir = self.path.suffix.lower() == ".xml"
         if not self.path.is_file():
@@ -119,7 +121,7 @@ class OpenVINORunner(Runner):
         self.precision, self.hint = choose_precision(metadata.precision_of(self.metadata), precision)
         self.backend = "openvino-cpu" + ("" if self.precision == "fp32" else f"-{self.precision}")
         self.static_shapes = static_shapes
-        self.resize_as_matmul = resize_as_matmul
+        self.resize_as_matmul = has_amx() if resize_as_matmul is None else resize_as_matmul
         self._config: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
