@@ -68,3 +68,20 @@ def test_percent_of_peak():
     assert percent_of_peak(1e9, 10.0, "int8", peaks) == pytest.approx(25.0)
     assert percent_of_peak(1e9, 20.0, "fp16", peaks) == pytest.approx(50.0)  # FP16 on a CPU: FP32's peak
     assert percent_of_peak(1e9, 10.0, "fp32", {}) is None
+
+
+def test_the_openvino_peaks_run_the_precision_they_name():
+    """The INT8 product compiles to one of OpenVINO's INT8 kernels (brgemm_avx512_amx_I8, ..._I8: not the BF16
+    kernel that INT8 weights alone would give), the FP32 one to an FP32 kernel: each peak is of the arithmetic it
+    names."""
+    pytest.importorskip("openvino", reason="openvino is not installed (it comes with the 'cpu' extra)")
+    from effattn.bench.roofline import _openvino_matmul
+
+    for precision, kernel in (("int8", "i8"), ("fp32", "f32")):
+        run = _openvino_matmul(precision, 64, 1)
+        assert run()[0].shape == (64, 64)
+        layers = run.func.__self__.get_compiled_model().get_runtime_model().get_ordered_ops()
+        info = [op.get_rt_info() for op in layers]
+        products = [i for i in info if i["layerType"].astype(str) in ("FullyConnected", "MatMul")]
+        assert len(products) == 1 and products[0]["primitiveType"].astype(str).lower().endswith(kernel)
+    assert measure_peaks(("int8",), n=256, repeats=1)["int8"] > 0

@@ -203,7 +203,7 @@ def run_bench(
 def _measure_machine(env: dict, device: str, threads: int) -> tuple[float, dict]:
     """Copy bandwidth, timed matmul peaks and the CPU's nominal peaks, recorded in ``env`` (the roofline's inputs)."""
     bandwidth = measure_bandwidth(device)
-    peaks = measure_peaks() if device == "cpu" else {}
+    peaks = measure_peaks(threads=threads) if device == "cpu" else {}
     nominal = (
         nominal_peaks(env["cpu_flags"], env["cpu_vendor"], env["cpu_ghz"], min(threads, os.cpu_count() or 1))
         if device == "cpu"

@@ -296,8 +296,8 @@ def _footer_lines(rows: Sequence[BenchRow], env: dict) -> list[str]:
     if env.get("matmul_peak_gflop_s"):
         lines.append(
             "x roof: median / max(I/O + weight bytes / bandwidth, FLOPs / matmul peak at the row's "
-            f"precision: {env['matmul_peak_gflop_s']} GFLOP/s measured in this run; below 1 = kernels "
-            "faster than torch's matmul)"
+            f"precision: {env['matmul_peak_gflop_s']} GFLOP/s, the faster of a torch and an OpenVINO matmul "
+            "measured in this run; below 1 = kernels faster than both)"
         )
     if env.get("nominal_peak_gop_s"):
         lines.append(
