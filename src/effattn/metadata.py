@@ -29,6 +29,15 @@ CHECKPOINT_SHA256, EXPORTER, RESIDUAL, PRECISION = (
 MODEL_ARGS = "effattn.model_args"  # JSON keyword arguments of the factory
 FP32_OPS = "effattn.fp32_ops"  # ops the precision stage kept in FP32
 FLOAT_TYPE = "effattn.float_type"  # a QDQ graph's unquantized (float) part: fp32 (CPU runtimes) or fp16 (TensorRT)
+#: In the OpenVINO IR ``effattn quantize --cpu-ir`` keeps beside an INT8 .onnx (its rt_info): the sha256 of the .onnx
+#: it stands for, the two medians it was kept on (ms, the QDQ graph's and its own), the CPU and OpenVINO that ran them
+CPU_IR_ONNX_SHA256, CPU_IR_QDQ_MS, CPU_IR_MS, CPU_IR_CPU, CPU_IR_OPENVINO = (
+    "effattn.cpu_ir.onnx_sha256",
+    "effattn.cpu_ir.qdq_ms",
+    "effattn.cpu_ir.ir_ms",
+    "effattn.cpu_ir.cpu",
+    "effattn.cpu_ir.openvino",
+)
 
 #: The longest metadata value read (a profile of many inputs is a few KiB).
 MAX_VALUE_CHARS = 64 * 1024

@@ -120,12 +120,28 @@ def quantize_ir(
     except Exception as e:  # NNCF and OpenVINO raise many types
         raise ExportError(f"NNCF quantization of {onnx_in} failed: {first_line(e)}") from None
     recipe = f"preset={preset} keep_float={keep_float}" + (f" ({', '.join(ignored)})" if ignored else "")
-    for key, value in {**values, NNCF_RECIPE: recipe}.items():
-        quantized.set_rt_info(value, [RT_INFO, key])
-    with atomic_output(xml_out, force) as tmp_xml, atomic_output(xml_out.with_suffix(".bin"), force) as tmp_bin:
-        ov.save_model(quantized, str(tmp_xml), compress_to_fp16=False)
-        os.replace(tmp_xml.with_suffix(".bin"), tmp_bin)  # the IR finds its weights by the .xml's name
+    _save(quantized, xml_out, {**values, NNCF_RECIPE: recipe}, force)
     return dict(Counter(op.get_type_name() for op in quantized.get_ordered_ops() if fake_quantized(op)))
+
+
+def copy_ir(xml_in: Path, xml_out: Path, values: dict[str, str], force: bool) -> None:
+    """Write the IR ``xml_in`` again as ``xml_out`` (+ ``.bin``), ``values`` added to its metadata: how
+    ``quantize --cpu-ir`` keeps the IR it measured, with what it measured."""
+    import openvino as ov
+
+    _save(ov.Core().read_model(str(xml_in)), xml_out, values, force)
+
+
+def _save(model, xml_out: Path, values: dict[str, str], force: bool) -> None:
+    """``model`` with ``values`` in its ``framework`` rt_info (beside the export's metadata), as ``xml_out`` and its
+    ``.bin``, each written atomically (:func:`effattn.files.atomic_output`)."""
+    import openvino as ov
+
+    for key, value in values.items():
+        model.set_rt_info(value, [RT_INFO, key])
+    with atomic_output(xml_out, force) as tmp_xml, atomic_output(xml_out.with_suffix(".bin"), force) as tmp_bin:
+        ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+        os.replace(tmp_xml.with_suffix(".bin"), tmp_bin)  # the IR finds its weights by the .xml's name
 
 
 #: OpenVINO's ops that compute in INT8 when an input is fake-quantized, and the layout ops between (NNCF's
