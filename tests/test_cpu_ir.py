@@ -129,6 +129,23 @@ def test_an_explicit_backend_runs_the_file_itself(kept):
 
 
 @needs_nncf
+def test_bench_on_the_file_times_the_kept_ir_in_the_nncf_row_of_its_recipe(kept, tmp_path):
+    """``effattn bench m.int8.onnx``: its rows name their backends, so openvino-int8 times the QDQ graph and the NNCF
+    row of the IR's recipe (performance, attention: openvino-nncf) times the IR beside, a default row there; the
+    other NNCF rows, and every NNCF row of a file with no IR beside, are skipped saying why."""
+    from effattn.bench.backends import FileBackends
+
+    _, out, pick = kept
+    made = FileBackends(out, "cpu", 1)
+    assert "openvino-nncf" in made.defaults() and made.fits("openvino-nncf-mixed").startswith("skipped: ")
+    with made.make("openvino-nncf") as ir, made.make("openvino-int8") as qdq:
+        assert (ir.path, qdq.path) == (pick.kept, out)
+    shutil.copy(out, tmp_path / "alone.int8.onnx")
+    alone = FileBackends(tmp_path / "alone.int8.onnx", "cpu", 1)
+    assert "openvino-nncf" not in alone.defaults() and "no such IR beside it" in alone.fits("openvino-nncf")
+
+
+@needs_nncf
 def test_a_stale_or_unreadable_ir_beside_is_not_run(kept, tmp_path, caplog):
     """The same IR beside another QDQ file (one metadata entry more: another sha256) is stale; a broken one is
     unreadable; either way load() runs the .onnx itself and the log line names why."""

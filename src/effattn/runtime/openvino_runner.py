@@ -64,6 +64,7 @@ class IrBeside:
     ir_ms: float = math.nan  # the IR's
     cpu: str = ""
     openvino: str = ""
+    recipe: str = ""  # how NNCF made it (metadata.NNCF)
 
     @property
     def speedup(self) -> float:
@@ -99,7 +100,7 @@ def ir_beside(onnx_path: str | Path) -> IrBeside | None:
     if not (0 < qdq_ms < math.inf and 0 < ir_ms < math.inf):
         return IrBeside(xml, "its recorded medians are missing or not positive numbers")
     cpu, version = meta.get(metadata.CPU_IR_CPU, "?"), meta.get(metadata.CPU_IR_OPENVINO, "?")
-    return IrBeside(xml, None, qdq_ms, ir_ms, cpu, version)
+    return IrBeside(xml, None, qdq_ms, ir_ms, cpu, version, meta.get(metadata.NNCF, ""))
 
 
 def ir_metadata(model) -> dict[str, str]:

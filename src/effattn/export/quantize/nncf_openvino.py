@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ... import metadata
 from ...errors import ExportError, InputError, first_line
 from ...files import atomic_output, check_writable
 from ...precisions import NNCF_KEEP_FLOAT, NNCF_PRESETS
@@ -27,7 +28,7 @@ from ..precision import attention_projections
 log = logging.getLogger("effattn")
 
 #: metadata key in the IR: how NNCF made it (preset, what stayed float)
-NNCF_RECIPE = "effattn.nncf"
+NNCF_RECIPE = metadata.NNCF
 #: the OpenVINO rt_info section that holds an ONNX file's metadata_props after read_model (save_model keeps it)
 RT_INFO = "framework"
 
@@ -119,7 +120,7 @@ def quantize_ir(
             )
     except Exception as e:  # NNCF and OpenVINO raise many types
         raise ExportError(f"NNCF quantization of {onnx_in} failed: {first_line(e)}") from None
-    recipe = f"preset={preset} keep_float={keep_float}" + (f" ({', '.join(ignored)})" if ignored else "")
+    recipe = metadata.nncf_recipe(preset, keep_float) + (f" ({', '.join(ignored)})" if ignored else "")
     _save(quantized, xml_out, {**values, NNCF_RECIPE: recipe}, force)
     return dict(Counter(op.get_type_name() for op in quantized.get_ordered_ops() if fake_quantized(op)))
 
