@@ -6,6 +6,7 @@ less the umask, as any program's would. See docs/architecture.md#ground-floor.""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import secrets
@@ -95,6 +96,15 @@ def require_file(path: str | Path, expected: str = "a file", error: type[Excepti
     if not stat.S_ISREG(mode):
         raise error(f"{path} is {_kind(mode)}, not a regular file; expected {expected}")
     return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read by the MiB (its identity: checkpoints, the ONNX file an IR stands for)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def check_writable(path: str | Path, force: bool) -> None:

@@ -29,6 +29,17 @@ CHECKPOINT_SHA256, EXPORTER, RESIDUAL, PRECISION = (
 MODEL_ARGS = "effattn.model_args"  # JSON keyword arguments of the factory
 FP32_OPS = "effattn.fp32_ops"  # ops the precision stage kept in FP32
 FLOAT_TYPE = "effattn.float_type"  # a QDQ graph's unquantized (float) part: fp32 (CPU runtimes) or fp16 (TensorRT)
+#: In NNCF's OpenVINO IR (``effattn quantize -o model.xml``): how NNCF made it, :func:`nncf_recipe`'s words
+NNCF = "effattn.nncf"
+#: In the OpenVINO IR ``effattn quantize --cpu-ir`` keeps beside an INT8 .onnx (its rt_info): the sha256 of the .onnx
+#: it stands for, the two medians it was kept on (ms, the QDQ graph's and its own), the CPU and OpenVINO that ran them
+CPU_IR_ONNX_SHA256, CPU_IR_QDQ_MS, CPU_IR_MS, CPU_IR_CPU, CPU_IR_OPENVINO = (
+    "effattn.cpu_ir.onnx_sha256",
+    "effattn.cpu_ir.qdq_ms",
+    "effattn.cpu_ir.ir_ms",
+    "effattn.cpu_ir.cpu",
+    "effattn.cpu_ir.openvino",
+)
 
 #: The longest metadata value read (a profile of many inputs is a few KiB).
 MAX_VALUE_CHARS = 64 * 1024
@@ -43,6 +54,11 @@ def _text(meta: Mapping[str, str], key: str) -> str | None:
             "the file is not one effattn wrote"
         )
     return value
+
+
+def nncf_recipe(preset: str, keep_float: str) -> str:
+    """How an NNCF IR was made, as its :data:`NNCF` entry begins (the nodes kept float follow, in brackets)."""
+    return f"preset={preset} keep_float={keep_float}"
 
 
 def profile_of(meta: Mapping[str, str], inputs: Collection[str] | None = None) -> ShapeProfile | None:

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import importlib.util
 import logging
+import math
 import os
 import tempfile
 from collections import Counter
@@ -23,18 +24,32 @@ import torch
 from . import metadata, precisions
 from .bench.contention import LoadCheck
 from .bench.timing import LatencyStats, measure_interleaved
+from .cpu import cpu_name
 from .engines import available_devices, optimize_model
 from .engines.cache import Sidecar, sidecar_path
 from .engines.onnxruntime_session import default_threads
 from .engines.precision import EnginePrecision, converted_graph, engine_precision
 from .errors import BackendError, ExportError, InputError, ModelError, ParityError, first_line
-from .export import ExportResult, export_onnx, quantize, to_fp16
-from .files import atomic_output, check_writable, read_arrays, write_arrays
+from .export import ExportResult, QuantizeResult, export_onnx, quantize, to_fp16
+from .export.quantize import DEFAULT_SAMPLES, zoo_samples
+from .export.quantize.nncf_openvino import check_ir_output, copy_ir
+from .files import atomic_output, check_writable, read_arrays, sha256_file, write_arrays
 from .models import ModelSource, get_entry, load_model, reference_from_metadata
-from .runtime import Choice, Report, Runner, choose_backend, compare, load, profile_inputs, random_inputs
+from .runtime import (
+    TOLERANCES,
+    Choice,
+    Report,
+    Runner,
+    choose_backend,
+    compare,
+    load,
+    profile_inputs,
+    random_inputs,
+)
 from .runtime.onnxruntime_runner import OnnxRuntimeRunner
+from .runtime.openvino_runner import OpenVINORunner, ir_beside, openvino_available, openvino_version
 from .runtime.torch_runner import TorchRunner
-from .shapes import ShapeProfile
+from .shapes import ShapeProfile, format_shape
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +122,7 @@ class Parity:
     backend: str
     inputs: int
     feeds: list[dict[str, Any]] = field(default_factory=list)
+    path: Path | None = None  # the file the backend ran (auto on a CPU: maybe the IR kept beside an INT8 .onnx)
 
 
 def compare_file(
@@ -142,7 +158,7 @@ def compare_file(
             residuals=metadata.residuals_of(meta, runner.inputs, runner.outputs),
             tolerance=limits,
         )
-        return Parity(report, reference, runner.backend, len(checked), checked)
+        return Parity(report, reference, runner.backend, len(checked), checked, runner.path)
 
 
 # ------------------------------------------------------------------------------------------ build
@@ -165,6 +181,221 @@ def build_onnxruntime(
         with atomic_output(output, force) as tmp:  # ONNX Runtime writes its file in place, piece by piece
             optimize_model(source, tmp, device=device)
     return output, decision
+
+
+# ----------------------------------------------------------------------------------- the CPU's INT8
+CPU_IR_MODES, CPU_IR_MARGIN = precisions.CPU_IR_MODES, precisions.CPU_IR_MARGIN
+#: fresh random draws at the profile's opt shape the candidates' accuracy is checked on
+CPU_IR_DRAWS = 3
+#: seconds of interleaved calls each candidate gets (after 0.2 s of warm-up): a few seconds in all
+CPU_IR_SECONDS = 1.0
+_QDQ, _IR = "QDQ graph", "NNCF IR"
+
+
+def keep_cpu_ir(
+    mode: str, qdq_ms: float, ir_ms: float, ir_passed: bool, qdq_passed: bool = True, margin: float = CPU_IR_MARGIN
+) -> tuple[bool, str]:
+    """Whether ``--cpu-ir MODE`` keeps NNCF's IR beside the QDQ graph, and why: only an IR within the INT8 tolerance;
+    ``always`` then keeps it, ``auto`` when the QDQ graph is not (the only accurate artifact) or the IR's speed is at
+    least ``1 + margin`` times the QDQ graph's (median over median). A function of the measurements alone."""
+    speedup = qdq_ms / ir_ms
+    if not ir_passed:
+        return False, f"not kept: the IR is outside the INT8 tolerance ({speedup:.2f}x the QDQ graph's speed)"
+    if mode == "always":
+        return True, f"kept (--cpu-ir always): within the INT8 tolerance, {speedup:.2f}x the QDQ graph's speed"
+    if not qdq_passed:
+        return True, f"kept: the QDQ graph is outside the INT8 tolerance, the IR within it ({speedup:.2f}x its speed)"
+    if speedup >= 1 + margin:
+        return True, f"kept: {speedup:.2f}x the QDQ graph's speed (auto keeps it from {1 + margin:.2f}x)"
+    return False, f"not kept: {speedup:.2f}x the QDQ graph's speed, under the {1 + margin:.2f}x auto asks"
+
+
+@dataclass
+class CpuCandidate:
+    """One CPU INT8 artifact as ``--cpu-ir`` weighed it on OpenVINO: median ms, worst output rel L2 and argmax
+    agreement against ONNX Runtime FP32 on the FP32 file, whether it is within the INT8 row, and kept."""
+
+    name: str
+    path: Path
+    median_ms: float
+    rel_l2: float
+    argmax: float | None
+    passed: bool
+    kept: bool
+
+
+@dataclass
+class CpuPick:
+    """``effattn quantize --cpu-ir``: the QDQ graph written, the candidates measured (none with ``off``), the
+    decision, and what sits beside the QDQ graph untouched (an IR from before: said, never deleted)."""
+
+    quantized: QuantizeResult
+    mode: str
+    candidates: list[CpuCandidate]
+    decision: str
+    beside: str | None = None
+    report: Report | None = None
+    inputs: str = ""  # what the accuracy was measured on
+    warnings: list[str] = field(default_factory=list)  # why the timings may be unreliable (a busy machine)
+    cpu: str = field(default_factory=cpu_name)
+
+    @property
+    def kept(self) -> Path | None:
+        return next((c.path for c in self.candidates if c.name == _IR and c.kept), None)
+
+    def to_dict(self) -> dict:
+        return {
+            "mode": self.mode,
+            "candidates": [
+                {k: str(v) if isinstance(v, Path) else v for k, v in vars(c).items()} for c in self.candidates
+            ],
+            "decision": self.decision,
+            "kept": None if self.kept is None else str(self.kept),
+            "beside": self.beside,
+            "parity": self.report.to_dict() if self.report else None,
+            "inputs": self.inputs,
+            "warnings": self.warnings,
+            "cpu": self.cpu,
+        }
+
+    def table(self) -> str:
+        """The candidates, under a line that says where and against what they were measured."""
+        tol = TOLERANCES["int8"]
+        title = (
+            f"CPU INT8 on OpenVINO, {self.cpu}: interleaved medians; accuracy against ONNX Runtime FP32 on the FP32 "
+            f"file over {self.inputs} (INT8 row: worst rel L2 <= {tol.rel_l2:g}, argmax >= {tol.argmax_agreement:.0%})"
+        )
+        rows = [("candidate", "file", "median ms", "rel L2", "argmax", "accuracy", "kept")]
+        for c in self.candidates:
+            agree = "" if c.argmax is None else f"{c.argmax:.2%}"
+            ok = "PASS" if c.passed else "FAIL"
+            rows.append(
+                (c.name, str(c.path), f"{c.median_ms:.3f}", f"{c.rel_l2:.2e}", agree, ok, "yes" if c.kept else "no")
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return "\n".join([title, *("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)])
+
+
+def quantize_for_cpu(
+    onnx_in: str | Path,
+    onnx_out: str | Path,
+    cpu_ir: str = "auto",
+    *,
+    calibration: str | Path | Sequence[Mapping[str, np.ndarray]] | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    precision: str = precisions.DEFAULT_QUANTIZED,
+    preset: str = "performance",
+    keep_float: str = "attention",
+    seconds: float | None = None,
+    margin: float = CPU_IR_MARGIN,
+    force: bool = False,
+) -> CpuPick:
+    """``effattn quantize FP32.onnx -o m.int8.onnx --cpu-ir MODE``: the QDQ graph as :func:`effattn.export.quantize`
+    writes it; then (``auto``, ``always``) NNCF's INT8 IR of the same file from the same calibration feeds (the same
+    arguments draw them) into a temporary folder, both checked on OpenVINO against ONNX Runtime FP32 on the FP32
+    file (fresh inputs at the opt shape, :func:`_fresh_opt_inputs`; the INT8 tolerance row) and timed there
+    interleaved (``seconds`` each, by default :data:`CPU_IR_SECONDS`); :func:`keep_cpu_ir` decides whether the IR is
+    written beside as ``m.int8.xml`` + ``.bin``, recording the QDQ graph's sha256, both medians, the CPU and
+    OpenVINO's version (``load`` runs it in the QDQ graph's place). Each output is checked before any work; an IR
+    already beside is replaced only with ``force``, and otherwise left as it is and described (``beside``)."""
+    onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
+    xml = onnx_out.with_suffix(".xml")
+    if cpu_ir not in CPU_IR_MODES:
+        raise InputError(f"cpu_ir must be one of {', '.join(CPU_IR_MODES)}; got {cpu_ir!r}")
+    if cpu_ir != "off":
+        if onnx_out.suffix != ".onnx" or precision != "int8":
+            raise InputError(
+                f"--cpu-ir weighs NNCF's IR against the INT8 QDQ graph: write an int8 .onnx (not {onnx_out.name}, "
+                f"{precision}); the IR goes beside it"
+            )
+        check_writable(onnx_out, force)
+        check_ir_output(xml, force, preset, keep_float)  # its names, the options, NNCF installed
+        if not openvino_available():
+            raise BackendError("--cpu-ir times both artifacts on OpenVINO: pip install 'effattn[cpu,nncf]'")
+    written = quantize(onnx_in, onnx_out, calibration=calibration, samples=samples, precision=precision, force=force)
+    if cpu_ir == "off":
+        return CpuPick(written, cpu_ir, [], "the QDQ graph alone (--cpu-ir off)", _beside(onnx_out))
+    with tempfile.TemporaryDirectory(prefix="effattn-cpu-ir-") as scratch:
+        ir = quantize(
+            onnx_in,
+            Path(scratch) / xml.name,
+            calibration=calibration,
+            samples=samples,
+            preset=preset,
+            keep_float=keep_float,
+        )
+        check = LoadCheck(os.cpu_count() or 1, threads=os.cpu_count() or 1).start()
+        report, latency, inputs = _weigh_cpu_int8(onnx_in, {_QDQ: onnx_out, _IR: ir.path}, seconds or CPU_IR_SECONDS)
+        check.stop()
+        qdq, nncf = (_candidate(name, path, report, latency[name]) for name, path in ((_QDQ, onnx_out), (_IR, xml)))
+        keep, why = keep_cpu_ir(cpu_ir, qdq.median_ms, nncf.median_ms, nncf.passed, qdq.passed, margin)
+        qdq.kept, nncf.kept = True, keep
+        if keep:
+            copy_ir(ir.path, xml, _ir_record(onnx_out, qdq.median_ms, nncf.median_ms), force)
+    beside = None if keep else _beside(onnx_out)
+    return CpuPick(written, cpu_ir, [qdq, nncf], why, beside, report, inputs, check.warnings())
+
+
+def _weigh_cpu_int8(
+    fp32: Path, candidates: Mapping[str, Path], seconds: float
+) -> tuple[Report, dict[str, LatencyStats], str]:
+    """Each candidate on OpenVINO (as ``load`` runs it) against ONNX Runtime FP32 on the FP32 file, on fresh inputs at
+    the profile's opt shape (:func:`_fresh_opt_inputs`), then timed interleaved on the first."""
+    with contextlib.ExitStack() as stack:
+        reference = stack.enter_context(OnnxRuntimeRunner(fp32, device="cpu"))
+        if reference.profile is None:
+            raise InputError(f"{fp32} records no shape profile: --cpu-ir draws its inputs at the profile's opt shape")
+        runners = {name: stack.enter_context(OpenVINORunner(path)) for name, path in candidates.items()}
+        feeds, inputs = _fresh_opt_inputs(reference.metadata, reference.profile)
+        residuals = metadata.residuals_of(reference.metadata, reference.inputs, reference.outputs)
+        report = compare(reference, runners, feeds, precision="int8", residuals=residuals)
+        latency = _measure({name: functools.partial(r.infer, feeds[0]) for name, r in runners.items()}, seconds)
+    return report, latency, inputs
+
+
+def _fresh_opt_inputs(meta: Mapping[str, str], profile: ShapeProfile) -> tuple[list[dict[str, np.ndarray]], str]:
+    """What ``effattn compare`` checks a file on, at the profile's opt shape alone, and what that is:
+    :data:`CPU_IR_DRAWS` random draws, plus as many task images for a zoo model with trained weights (where argmax
+    agreement means something), from fresh seeds (not the calibration feeds). An IR ``auto`` runs must pass the
+    parity check of the file it stands in for, noise included."""
+    seeds = [int(s) for s in np.random.default_rng().integers(1, 2**31, CPU_IR_DRAWS + 1)]
+    shape = format_shape(next(iter(profile.shapes("opt").values()))) if len(profile) == 1 else "the opt shape"
+    feeds = [random_inputs(profile, "opt", seed) for seed in seeds[:-1]]
+    task = zoo_samples(meta, ShapeProfile.fixed(profile.shapes("opt")), CPU_IR_DRAWS, seeds[-1]) or []
+    images = f" and {len(task)} task images of {meta[metadata.MODEL]}" if task else ""
+    return feeds + task, f"{CPU_IR_DRAWS} fresh random draws{images} at {shape}"
+
+
+def _candidate(name: str, path: Path, report: Report, stats: LatencyStats) -> CpuCandidate:
+    rows = [r for r in report.rows if r.candidate == name]
+    rel_l2 = max((r.value for r in rows if r.metric == "output"), default=math.nan)
+    argmax = min((r.value for r in rows if r.metric == "argmax"), default=None)
+    return CpuCandidate(name, path, stats.median_ms, rel_l2, argmax, all(r.passed for r in rows), False)
+
+
+def _ir_record(onnx_out: Path, qdq_ms: float, ir_ms: float) -> dict[str, str]:
+    """What the kept IR records (its rt_info): the QDQ graph it stands for and the measurement it was kept on."""
+    return {
+        metadata.CPU_IR_ONNX_SHA256: sha256_file(onnx_out),
+        metadata.CPU_IR_QDQ_MS: f"{qdq_ms:.4f}",
+        metadata.CPU_IR_MS: f"{ir_ms:.4f}",
+        metadata.CPU_IR_CPU: cpu_name(),
+        metadata.CPU_IR_OPENVINO: openvino_version(),
+    }
+
+
+def _beside(onnx_out: Path) -> str | None:
+    """What an IR already beside the QDQ graph means now (it is never deleted): ``load`` skips a stale one, and runs
+    one that records this very file (a byte-identical QDQ graph)."""
+    ir = ir_beside(onnx_out)
+    if ir is None:
+        return None
+    if ir.problem:
+        return f"{ir.path} beside it is left as it was; load() does not run it ({ir.problem})"
+    return (
+        f"{ir.path} beside it, kept before, records this very file: load() runs it in its place "
+        f"({ir.speedup:.2f}x measured then); remove it (and its .bin) to run the QDQ graph"
+    )
 
 
 # ------------------------------------------------------------------------------------------- demo
@@ -216,7 +447,8 @@ def demo(
     choices = {p: choose_backend(paths[p], device=device) for p in precisions}  # said once, by the caller
     with contextlib.ExitStack() as stack:
         runners = {
-            p: stack.enter_context(load(paths[p], backend=c.backend, device=c.device)) for p, c in choices.items()
+            p: stack.enter_context(load(c.path or paths[p], backend=c.backend, device=c.device))
+            for p, c in choices.items()
         }
         reference = TorchRunner(source.model, profile, output_names=list(runners["fp32"].outputs))
         torch_rows, notes = _torch_cuda_rows(source, profile, list(reference.outputs), on_cpu)
@@ -283,11 +515,12 @@ def _time_beside_eager(
     for precision, runner in runners.items():
         timed[runner.backend if runner.backend.endswith(precision) else f"{runner.backend} {precision}"] = runner
     timed.update(named or {})
-    timings = measure_interleaved(
-        {name: functools.partial(r.infer, feed) for name, r in timed.items()},
-        min_seconds=seconds,
-        max_seconds=4 * seconds,
-    )
+    return _measure({name: functools.partial(r.infer, feed) for name, r in timed.items()}, seconds)
+
+
+def _measure(calls: Mapping[str, Callable[[], object]], seconds: float) -> dict[str, LatencyStats]:
+    """Each call timed interleaved (``seconds`` each, at most four times that); a failure names which call."""
+    timings = measure_interleaved(calls, min_seconds=seconds, max_seconds=4 * seconds)
     failed = {name: e for name, e in timings.items() if isinstance(e, BaseException)}
     if failed:
         raise BackendError("timing failed: " + "; ".join(f"{name}: {first_line(e)}" for name, e in failed.items()))

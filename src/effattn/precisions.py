@@ -145,6 +145,11 @@ MAX_CALIBRATION_SAMPLES = 4096
 #: (``attention``: the EA softmax products; ``none``: NNCF decides alone).
 NNCF_PRESETS = ("performance", "mixed", "default")
 NNCF_KEEP_FLOAT = ("attention", "none")
+#: ``effattn quantize -o model.int8.onnx --cpu-ir``: ``off`` (the QDQ graph alone), ``auto`` (NNCF's IR beside it
+#: when within the INT8 row and its median at least ``1 + CPU_IR_MARGIN`` times as fast), ``always`` (when within it)
+CPU_IR_MODES = ("off", "auto", "always")
+#: the speed-up ``auto`` asks of the IR: interleaved medians on a shared CPU still move by a few %
+CPU_IR_MARGIN = 0.03
 
 
 def names() -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from ..export.quantize import nncf_available
 from ..files import require_file
 from ..models import ModelSource, list_models, load_model
 from ..runtime import Runner, load
-from ..runtime.openvino_runner import OpenVINORunner, choose_precision, openvino_available
+from ..runtime.openvino_runner import OpenVINORunner, choose_precision, ir_beside, openvino_available
 from ..shapes import ShapeProfile
 from .catalog import BACKENDS, DEFAULT_BACKENDS, EAGER, BenchBackend, check_backends
 from .memory import PeakMemory, probe
@@ -210,6 +210,8 @@ class FileBackends:
         self.eager = None
         if named in list_models() and self.profile is not None:  # not a factory, nor a module's class name
             self.eager = load_model(named, **metadata.model_args_of(meta))
+        beside = ir_beside(self.path) if self.precision == "int8" else None  # what auto runs in its place
+        self.ir = beside if beside is not None and beside.problem is None else None
 
     def defaults(self) -> list[str]:
         """The backends a file is timed on when none are named: per runtime installed here that runs on the
@@ -221,7 +223,7 @@ class FileBackends:
             fit = [b.name for b in BACKENDS.values() if b.runtime == runtime and not self.fits(b.name)]
             if fit and installed[runtime]:
                 names.append(fit[0])
-        return names
+        return names + [b.name for b in BACKENDS.values() if b.nncf is not None and self.ir and not self.fits(b.name)]
 
     def fits(self, backend: str) -> str | None:
         """Why ``backend`` cannot time this file (another runtime or precision, or device), or None."""
@@ -234,8 +236,14 @@ class FileBackends:
                 if backend == EAGER and self.eager
                 else "skipped: eager PyTorch runs a zoo model the file's metadata names; this one names none"
             )
-        if record.nncf is not None:
-            return f"skipped: {backend} times an NNCF IR it makes from a model source; bench the .xml file itself"
+        if record.nncf is not None:  # the IR quantize --cpu-ir kept beside the file, if NNCF made it so
+            recipe = metadata.nncf_recipe(*record.nncf)
+            if self.ir is not None and (self.ir.recipe + " ").startswith(recipe + " "):
+                return None
+            return (
+                f"skipped: {backend} times NNCF's IR ({recipe}) made from a model source, or kept beside an INT8 "
+                "file by 'effattn quantize --cpu-ir'; this file has no such IR beside it"
+            )
         if self.plan:
             return None if record.runtime == "tensorrt" else f"skipped: {backend} does not run TensorRT engines"
         if record.graph != self.precision:
@@ -257,7 +265,8 @@ class FileBackends:
             )
         if record.plain:
             return PlainOpenVINO(self.path, self.threads)
-        return load(self.path, backend=record.runtime, device=self.device, threads=self.threads, **record.options)
+        path = self.ir.path if record.nncf is not None and self.ir is not None else self.path
+        return load(path, backend=record.runtime, device=self.device, threads=self.threads, **record.options)
 
     def peak_memory(self, backend: str, runner: Runner, feed: dict) -> PeakMemory:
         """Peak memory of one run: ONNX Runtime on a one-input file in a fresh process (:func:`.memory.probe`),

@@ -298,6 +298,7 @@ def _quantize(add) -> None:
         "--preset and --keep-float; 'effattn run' loads it on OpenVINO. Details: docs/precision.md.\n\n"
         "examples:\n  effattn quantize seg.onnx -o seg.int8.onnx\n"
         "  effattn quantize seg.onnx -o seg.int8.xml --preset mixed        # NNCF on OpenVINO\n"
+        "  effattn quantize seg.onnx -o seg.int8.onnx --cpu-ir auto  # + seg.int8.xml beside, if faster on this CPU\n"
         "  effattn quantize resnet.onnx -o resnet.int8.onnx --calibration images.npz\n"
         "  effattn quantize seg.onnx -o seg.fp8.onnx --precision fp8 && effattn build seg.fp8.onnx -o seg.fp8.plan",
     )
@@ -328,16 +329,30 @@ def _quantize(add) -> None:
     p.add_argument(
         "--preset",
         choices=precisions.NNCF_PRESETS,
-        help="-o *.xml: NNCF's preset: performance (default; symmetric activations), mixed (asymmetric "
+        help="-o *.xml or --cpu-ir: NNCF's preset: performance (default; symmetric activations), mixed (asymmetric "
         "activations), default (none passed: NNCF's own choice)",
     )
     p.add_argument(
         "--keep-float",
         choices=precisions.NNCF_KEEP_FLOAT,
-        help="-o *.xml: attention (default: NNCF skips the MatMuls the Efficient-Attention softmaxes feed, found "
-        "by structure) or none (NNCF quantizes what it chooses)",
+        help="-o *.xml or --cpu-ir: attention (default: NNCF skips the MatMuls the Efficient-Attention softmaxes "
+        "feed, found by structure) or none (NNCF quantizes what it chooses)",
     )
-    p.add_argument("--force", action="store_true", help="overwrite the output (with .xml: its .bin too)")
+    p.add_argument(
+        "--cpu-ir",
+        choices=precisions.CPU_IR_MODES,
+        default="off",
+        help="-o *.onnx, for CPUs: also make NNCF's INT8 IR of the same file from the same calibration data "
+        "(--preset, --keep-float), check both on OpenVINO against ONNX Runtime FP32 on the FP32 file (fresh random "
+        "inputs at the opt shape, the INT8 tolerances), time both interleaved (a few seconds), print the table, and "
+        f"keep the IR beside the QDQ graph (model.int8.xml + .bin) when it is accurate and: auto, at least "
+        f"{1 + precisions.CPU_IR_MARGIN:.2f}x as fast (or the QDQ graph is not accurate); always, whatever its speed. "
+        "load()/'effattn run' with backend auto then runs it on this CPU in the .onnx's place, while its recorded "
+        "sha256 is the .onnx's. off (default): the QDQ graph alone. The QDQ graph is written as without it",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="overwrite the output (with .xml or --cpu-ir: the IR's .xml and .bin too)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 

@@ -94,6 +94,11 @@ def mib(value: float) -> int:
     return int(value * 2**20)
 
 
+def _instead(ran: Path | None, given: str | Path) -> str:
+    """`` on FILE, in GIVEN's place`` when ``load`` ran another file (the IR kept beside an INT8 .onnx), else ""."""
+    return f" on {ran}, in {given}'s place" if ran and ran != Path(given) else ""
+
+
 def _rtx(args) -> bool | None:
     """``rtx=True`` for the TensorRT runners when --rtx was given (None: each plan's sidecar decides)."""
     return True if getattr(args, "rtx", False) else None
@@ -199,7 +204,7 @@ def cmd_run(args) -> None:
             raise
         except Exception as e:  # the backend's own failure (an allocation of 2^46 floats, ...): say whose and what
             raise BackendError(f"running {args.onnx} on {runner.backend} failed: {first_line(e)}") from None
-        backend = runner.backend
+        backend, ran = runner.backend, _instead(runner.path, args.onnx)
     if args.output:
         write_arrays(args.output, outputs, args.force)
     summary: dict[str, dict[str, Any]] = {
@@ -214,8 +219,8 @@ def cmd_run(args) -> None:
         for name, v in outputs.items()
     }
     if args.json:
-        return _print_json({"backend": backend, "outputs": summary})
-    print(f"backend: {backend}")
+        return _print_json({"backend": backend, "file": str(runner.path or args.onnx), "outputs": summary})
+    print(f"backend: {backend}{ran}")
     for name, s in summary.items():
         print(
             f"{name}: {s['dtype']}[{'x'.join(map(str, s['shape']))}]  mean {s['mean']:.4g}  std {s['std']:.4g}"
@@ -250,7 +255,10 @@ def cmd_compare(args) -> None:
         _print_json(parity.report.to_dict())
     else:
         where = f"from {len(args.load_inputs)} file(s)" if feeds else "at min/opt/max shapes"
-        print(f"{args.onnx} vs eager PyTorch ({reference.name}), {parity.inputs} inputs {where}")
+        ran = _instead(parity.path, args.onnx)
+        print(
+            f"{args.onnx} vs eager PyTorch ({reference.name}) on {parity.backend}{ran}, {parity.inputs} inputs {where}"
+        )
         print(parity.report)
         if saved:
             print(f"wrote the inputs to {', '.join(map(str, saved))}")
@@ -345,19 +353,41 @@ def _print_demo(result: pipeline.Demo) -> None:
 
 
 def cmd_quantize(args) -> None:
-    ir = args.output.suffix.lower() == ".xml"
-    if not ir and (args.preset or args.keep_float):
-        raise InputError("--preset and --keep-float are NNCF's: give an OpenVINO IR output (-o model.xml)")
-    result = quantize(
-        args.onnx,
-        args.output,
-        calibration=args.calibration,
-        samples=args.samples,
-        precision=args.precision,
-        preset=args.preset or "performance",
-        keep_float=args.keep_float or "attention",
-        force=args.force,
-    )
+    ir, weighed = args.output.suffix.lower() == ".xml", args.cpu_ir != "off"
+    if ir and weighed:
+        raise InputError(
+            "--cpu-ir writes NNCF's IR beside a QDQ graph: give -o model.int8.onnx (the IR: model.int8.xml)"
+        )
+    if not (ir or weighed) and (args.preset or args.keep_float):
+        raise InputError(
+            "--preset and --keep-float are NNCF's: give an OpenVINO IR output (-o model.xml) or --cpu-ir auto/always"
+        )
+    preset, keep_float = args.preset or "performance", args.keep_float or "attention"
+    pick = None
+    if ir:
+        result = quantize(
+            args.onnx,
+            args.output,
+            calibration=args.calibration,
+            samples=args.samples,
+            precision=args.precision,
+            preset=preset,
+            keep_float=keep_float,
+            force=args.force,
+        )
+    else:  # the QDQ graph; with --cpu-ir, NNCF's IR weighed against it and kept beside or not
+        pick = pipeline.quantize_for_cpu(
+            args.onnx,
+            args.output,
+            args.cpu_ir,
+            calibration=args.calibration,
+            samples=args.samples,
+            precision=args.precision,
+            preset=preset,
+            keep_float=keep_float,
+            force=args.force,
+        )
+        result = pick.quantized
     if args.json:
         return _print_json(
             {
@@ -367,12 +397,27 @@ def cmd_quantize(args) -> None:
                 "samples": result.samples,
                 "quantized": result.quantized,
                 "seconds": result.seconds,
+                "cpu_ir": pick.to_dict() if pick else None,
             }
         )
     ops = ", ".join(f"{n} {op}" for op, n in result.quantized.items())
     kind = "NNCF's INT8 OpenVINO IR" if ir else precisions.get(result.precision).description
     print(f"wrote {result.path} ({kind}; quantized: {ops}; {result.seconds:.1f}s)")
     print(f"calibrated on {result.calibration}")
+    if pick is not None:
+        _print_cpu_pick(pick)
+
+
+def _print_cpu_pick(pick: pipeline.CpuPick) -> None:
+    if pick.candidates:
+        print(f"\n{pick.table()}\n{pick.decision}")
+    if pick.kept is not None:
+        bin_name = pick.kept.with_suffix(".bin").name
+        print(f"wrote {pick.kept} and {bin_name}: load() runs it in {pick.quantized.path}'s place on this CPU")
+    if pick.beside:
+        print(f"note: {pick.beside}")
+    for warning in pick.warnings:
+        print(f"WARNING: {warning}")
 
 
 def cmd_build(args) -> None:
@@ -497,7 +542,7 @@ def served_models(specs: Sequence[str], args) -> dict[str, Runner]:
     models = {}
     for name, path in named:  # their threads stop spinning when served (Runner.stop_spinning, called by the server)
         models[name] = load(path, backend=args.backend, device=args.device, threads=args.threads)
-        log.info("serving %s from %s on %s", name, path, models[name].backend)
+        log.info("serving %s from %s on %s%s", name, path, models[name].backend, _instead(models[name].path, path))
     return models
 
 

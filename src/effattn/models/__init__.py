@@ -1,5 +1,6 @@
 """EfficientAttention blocks, the dot-product baseline, host networks and their registry."""
 
+from ..files import sha256_file
 from . import zoo as _zoo  # noqa: F401  (registers the models)
 from .attention import DotProductAttention, DotProductAttention1d, EfficientAttention, EfficientAttention1d
 from .checkpoint import ModelSource, load_model
@@ -7,7 +8,7 @@ from .fused import fuse
 from .hosts import EAResNet, EASegNet
 from .reference import reference_from_metadata
 from .registry import build, create_model, get_entry, list_models, register_model
-from .weights import load_weights, read_state_dict, sha256_file, weights_sha256
+from .weights import load_weights, read_state_dict, weights_sha256
 
 __all__ = [
     "DotProductAttention",

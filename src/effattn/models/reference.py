@@ -11,9 +11,10 @@ import torch
 
 from .. import metadata
 from ..errors import ModelError, TrustError
+from ..files import sha256_file
 from .checkpoint import ModelSource, load_model
 from .registry import create_model, get_entry
-from .weights import read_state_dict, sha256_file, weights_sha256
+from .weights import read_state_dict, weights_sha256
 
 #: The largest zoo model (in parameters) built from a file's arguments; ea_resnet has 12 M.
 MAX_PARAMETERS = 2**28

@@ -19,14 +19,6 @@ from ..errors import CheckpointError, first_line
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Tensors of a ``.safetensors`` or torch checkpoint, unwrapped from common training wrappers."""
     path = Path(path)

@@ -17,7 +17,7 @@ from ..errors import BackendError, EffattnError
 from ..shapes import ShapeProfile
 from .base import Runner, TensorSpec, loaded_torch
 from .onnxruntime_runner import OnnxRuntimeRunner
-from .openvino_runner import OpenVINORunner, openvino_available
+from .openvino_runner import OpenVINORunner, ir_beside, openvino_available
 from .parity import TOLERANCES, Report, Tolerance, compare, profile_inputs, random_inputs
 from .tensorrt_runner import TensorRTRunner
 
@@ -37,13 +37,16 @@ class Choice:
     backend: str  # tensorrt | onnxruntime | openvino
     device: str  # cpu | cuda
     reason: str
+    path: Path | None = None  # the file it runs in the given one's place (the IR kept beside an INT8 .onnx), or None
 
 
 def choose_backend(path: str | Path, backend: str = "auto", device: str | None = None, rtx: bool = False) -> Choice:
     """The backend ``load`` picks for an ONNX file: TensorRT when ``tensorrt`` and a GPU are present, else ONNX
     Runtime on CUDA when its provider is, else on the CPU OpenVINO for INT8 graphs (when installed; why:
-    docs/precision.md#which-backend-auto-picks-on-a-cpu) and ONNX Runtime for the rest. An explicit
-    ``backend``/``device`` is checked, not second-guessed."""
+    docs/precision.md#which-backend-auto-picks-on-a-cpu) and ONNX Runtime for the rest. On that CPU path ``auto``
+    runs the OpenVINO IR kept beside the file (``path``) when it records this file's sha256
+    (:func:`~.openvino_runner.ir_beside`); one that does not is named in the reason, and not run. An explicit
+    ``backend``/``device`` is checked, not second-guessed, and runs the file itself."""
     if backend not in BACKENDS or backend == "torch":
         raise BackendError(
             f"unknown backend {backend!r} for a file; choose one of auto, tensorrt, onnxruntime, openvino"
@@ -56,12 +59,21 @@ def choose_backend(path: str | Path, backend: str = "auto", device: str | None =
     if backend == "openvino" or (backend == "auto" and on_cpu and _openvino_is_faster(Path(path))):
         if device not in (None, "cpu"):
             raise BackendError(f"the openvino backend runs on the CPU, not {device}")
-        return Choice(
-            "openvino",
-            "cpu",
+        reason = (
             "OpenVINO (INT8 graph: OpenVINO's INT8 kernels, compiled per input shape, are the fastest CPU path "
-            "measured; docs/precision.md)",
+            "measured; docs/precision.md)"
         )
+        ir = ir_beside(path) if backend == "auto" else None
+        if ir is not None and ir.problem is None:
+            return Choice(
+                "openvino",
+                "cpu",
+                f"OpenVINO on {ir.path}, NNCF's INT8 IR kept beside the file by 'effattn quantize --cpu-ir' "
+                f"({ir.speedup:.2f}x the QDQ graph's speed: {ir.ir_ms:.3f} vs {ir.qdq_ms:.3f} ms on {ir.cpu}, "
+                f"OpenVINO {ir.openvino})",
+                ir.path,
+            )
+        return Choice("openvino", "cpu", reason + (f"; {ir.path} beside it not run: {ir.problem}" if ir else ""))
     device = device or ("cpu" if on_cpu else "cuda")
     why = ""
     if on_cpu and backend == "auto":
@@ -160,7 +172,7 @@ def load(
         raise BackendError(f"{path}: expected an .onnx file, OpenVINO IR (.xml) or a TensorRT .plan/.engine")
     check_onnx(path)  # before any backend sees it: the file itself, metadata against the graph, QDQ scales
     choice = choose_backend(path, backend, device, bool(rtx))
-    runner = _onnx_runner(path, choice, rtx, threads, _taken(choice.backend, options))
+    runner = _onnx_runner(choice.path or path, choice, rtx, threads, _taken(choice.backend, options))
     if backend == "auto":  # said once the runner exists: never before an error about the file
         log.info("backend auto: %s", choice.reason)
     return runner

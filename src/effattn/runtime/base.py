@@ -12,6 +12,7 @@ import abc
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,8 @@ class Runner(abc.ABC):
     backend: str = "?"
     #: the model file's effattn.* metadata (model, profile, residual pairing); empty for eager modules
     metadata: Mapping[str, str] = MappingProxyType({})
+    #: the file it runs (``load`` may run another in the given one's place: the IR kept beside an INT8 .onnx)
+    path: Path | None = None
 
     def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec], name: str | None = None) -> None:
         self.inputs = {s.name: s for s in inputs}

@@ -72,7 +72,7 @@ class OnnxRuntimeRunner(Runner):
         """``cuda_graph`` (CUDA only): True, False, or None to use graphs when the profile is static;
         ``io_binding``: bind buffers by address (default: on for GPU devices); ``spinning``: ONNX Runtime's
         idle threads spin for the next run (its default) or sleep (:func:`create_session`)."""
-        self.path = Path(path)
+        self.path: Path = Path(path)
         self.device = device
         self.threads, self.spinning = threads, spinning
         self.io_binding = device != "cpu" if io_binding is None else io_binding

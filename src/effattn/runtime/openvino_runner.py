@@ -6,6 +6,8 @@ compiled model's pool. See docs/precision.md#bf16 and #openvino-static-shapes.""
 from __future__ import annotations
 
 import logging
+import math
+import os
 import queue
 import threading
 from collections import OrderedDict, defaultdict
@@ -20,6 +22,7 @@ import numpy as np
 from .. import metadata, precisions
 from ..cpu import has_amx
 from ..errors import BackendError, first_line
+from ..files import require_file, sha256_file
 from .base import Runner, TensorSpec
 from .openvino_rewrites import output_resizes_as_matmuls
 
@@ -44,6 +47,62 @@ def openvino_available() -> bool:
     except BackendError:
         return False
     return True
+
+
+def openvino_version() -> str:
+    import openvino as ov
+
+    return ov.get_version()
+
+
+@dataclass(frozen=True)
+class IrBeside:
+    """The OpenVINO IR ``effattn quantize --cpu-ir`` keeps beside an INT8 ``.onnx`` (``m.int8.xml`` beside
+    ``m.int8.onnx``) and what it records; ``problem``: why it may not run in the file's place (None: it may)."""
+
+    path: Path
+    problem: str | None = None
+    qdq_ms: float = math.nan  # the QDQ graph's median on OpenVINO, when the IR was kept
+    ir_ms: float = math.nan  # the IR's
+    cpu: str = ""
+    openvino: str = ""
+    recipe: str = ""  # how NNCF made it (metadata.NNCF)
+
+    @property
+    def speedup(self) -> float:
+        return self.qdq_ms / self.ir_ms
+
+
+def ir_beside(onnx_path: str | Path) -> IrBeside | None:
+    """The IR beside ``onnx_path`` (its name with ``.xml``), None if nothing is there. It is data: one that is not a
+    regular file, does not read, records no ``.onnx`` or another one's sha256 (stale), or no valid medians, comes
+    back with its ``problem``."""
+    onnx_path = Path(onnx_path)
+    xml = onnx_path.with_suffix(".xml")
+    if not os.path.lexists(xml):
+        return None
+    try:
+        require_file(xml, "OpenVINO IR")
+        require_file(xml.with_suffix(".bin"), "the IR's weights")
+        meta = ir_metadata(_core().read_model(str(xml)))
+        actual = sha256_file(onnx_path)
+    except Exception as e:  # InputError, BackendError (no OpenVINO), OpenVINO's RuntimeError with pages of context
+        return IrBeside(xml, f"unreadable: {first_line(e)}")
+    recorded = meta.get(metadata.CPU_IR_ONNX_SHA256)
+    if recorded is None:
+        return IrBeside(xml, "it records no .onnx it stands for (not kept by 'effattn quantize --cpu-ir')")
+    if recorded != actual:
+        return IrBeside(
+            xml, f"stale: it stands for an .onnx of sha256 {recorded[:12]}..., {onnx_path.name}'s is {actual[:12]}..."
+        )
+    try:
+        qdq_ms, ir_ms = float(meta[metadata.CPU_IR_QDQ_MS]), float(meta[metadata.CPU_IR_MS])
+    except (KeyError, ValueError):
+        qdq_ms = ir_ms = math.nan
+    if not (0 < qdq_ms < math.inf and 0 < ir_ms < math.inf):
+        return IrBeside(xml, "its recorded medians are missing or not positive numbers")
+    cpu, version = meta.get(metadata.CPU_IR_CPU, "?"), meta.get(metadata.CPU_IR_OPENVINO, "?")
+    return IrBeside(xml, None, qdq_ms, ir_ms, cpu, version, meta.get(metadata.NNCF, ""))
 
 
 def ir_metadata(model) -> dict[str, str]:
@@ -107,7 +166,7 @@ class OpenVINORunner(Runner):
         ``resize_as_matmul``: with static shapes, run a bilinear resize of the output as two MatMuls
         (:mod:`.openvino_rewrites`: the same values); default: where the CPU has AMX, the only CPUs where it was
         measured faster. ``False`` compiles the graph as it is."""
-        self.path = Path(path)
+        self.path: Path = Path(path)
         ir = self.path.suffix.lower() == ".xml"
         if not self.path.is_file():
             raise BackendError(f"{'OpenVINO IR' if ir else 'ONNX'} file {self.path} does not exist")

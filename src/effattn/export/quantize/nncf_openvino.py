@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ... import metadata
 from ...errors import ExportError, InputError, first_line
 from ...files import atomic_output, check_writable
 from ...precisions import NNCF_KEEP_FLOAT, NNCF_PRESETS
@@ -27,7 +28,7 @@ from ..precision import attention_projections
 log = logging.getLogger("effattn")
 
 #: metadata key in the IR: how NNCF made it (preset, what stayed float)
-NNCF_RECIPE = "effattn.nncf"
+NNCF_RECIPE = metadata.NNCF
 #: the OpenVINO rt_info section that holds an ONNX file's metadata_props after read_model (save_model keeps it)
 RT_INFO = "framework"
 
@@ -119,13 +120,29 @@ def quantize_ir(
             )
     except Exception as e:  # NNCF and OpenVINO raise many types
         raise ExportError(f"NNCF quantization of {onnx_in} failed: {first_line(e)}") from None
-    recipe = f"preset={preset} keep_float={keep_float}" + (f" ({', '.join(ignored)})" if ignored else "")
-    for key, value in {**values, NNCF_RECIPE: recipe}.items():
-        quantized.set_rt_info(value, [RT_INFO, key])
-    with atomic_output(xml_out, force) as tmp_xml, atomic_output(xml_out.with_suffix(".bin"), force) as tmp_bin:
-        ov.save_model(quantized, str(tmp_xml), compress_to_fp16=False)
-        os.replace(tmp_xml.with_suffix(".bin"), tmp_bin)  # the IR finds its weights by the .xml's name
+    recipe = metadata.nncf_recipe(preset, keep_float) + (f" ({', '.join(ignored)})" if ignored else "")
+    _save(quantized, xml_out, {**values, NNCF_RECIPE: recipe}, force)
     return dict(Counter(op.get_type_name() for op in quantized.get_ordered_ops() if fake_quantized(op)))
+
+
+def copy_ir(xml_in: Path, xml_out: Path, values: dict[str, str], force: bool) -> None:
+    """Write the IR ``xml_in`` again as ``xml_out`` (+ ``.bin``), ``values`` added to its metadata: how
+    ``quantize --cpu-ir`` keeps the IR it measured, with what it measured."""
+    import openvino as ov
+
+    _save(ov.Core().read_model(str(xml_in)), xml_out, values, force)
+
+
+def _save(model, xml_out: Path, values: dict[str, str], force: bool) -> None:
+    """``model`` with ``values`` in its ``framework`` rt_info (beside the export's metadata), as ``xml_out`` and its
+    ``.bin``, each written atomically (:func:`effattn.files.atomic_output`)."""
+    import openvino as ov
+
+    for key, value in values.items():
+        model.set_rt_info(value, [RT_INFO, key])
+    with atomic_output(xml_out, force) as tmp_xml, atomic_output(xml_out.with_suffix(".bin"), force) as tmp_bin:
+        ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+        os.replace(tmp_xml.with_suffix(".bin"), tmp_bin)  # the IR finds its weights by the .xml's name
 
 
 #: OpenVINO's ops that compute in INT8 when an input is fake-quantized, and the layout ops between (NNCF's
