@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from effattn import metadata, pipeline
-from effattn.bench.machine import cpu_name
 from effattn.cli import main
+from effattn.cpu import cpu_name
 from effattn.errors import FileExistsNoForceError, InputError
 from effattn.export.quantize import nncf_openvino
 from effattn.files import sha256_file
@@ -247,3 +247,45 @@ def test_quantize_off_reports_a_stale_ir_beside(onnx_models, tmp_path, capsys):
     assert main(["quantize", str(seg), "-o", str(tmp_path / "d.int8.onnx"), "--samples", "2"]) == 0
     assert f"note: {tmp_path / 'd.int8.xml'} beside it is left as it was" in capsys.readouterr().out
     assert (tmp_path / "d.int8.xml").read_text() == "<net>old</net>"
+
+
+def test_argmax_counts_only_for_trained_weights():
+    """Rel L2 within the row, argmax agreement 92 % (what INT8 noise gives random-weight ea_resnet's near-tied
+    logits): a failure with trained weights, shown but not required without them; rel L2 out of the row fails
+    either way."""
+    from effattn.bench.timing import LatencyStats
+    from effattn.runtime.parity import Report, Row
+
+    tol = TOLERANCES["int8"]
+    stats = LatencyStats.from_samples([2e-3, 2e-3, 2e-3])
+    for rel_l2, argmax, trained, passed in [
+        (0.01, 0.92, True, False),
+        (0.01, 0.92, False, True),
+        (0.01, 1.0, True, True),
+        (0.5, 1.0, False, False),
+    ]:
+        report = Report(
+            [
+                Row("QDQ graph", "logits", "output", rel_l2, tol.rel_l2),
+                Row("QDQ graph", "logits", "argmax", argmax, tol.argmax_agreement),
+            ],
+            "int8",
+        )
+        made = pipeline._candidate("QDQ graph", "q.onnx", report, stats, argmax_counts=trained)
+        assert (made.passed, made.argmax, made.rel_l2) == (passed, argmax, rel_l2)
+
+
+@needs_nncf
+def test_a_random_weight_file_is_weighed_on_rel_l2(tmp_path):
+    """No checkpoint recorded: --cpu-ir says argmax is shown, not required, and each candidate's verdict is its
+    rel L2 rows'."""
+    from effattn.export import export_onnx
+    from effattn.models import load_model
+
+    fp32 = export_onnx(load_model("ea_resnet_tiny"), None, tmp_path / "r.onnx").path
+    pick = pipeline.quantize_for_cpu(fp32, tmp_path / "r.int8.onnx", "auto", samples=SAMPLES, seconds=SECONDS)
+    assert "argmax shown, not required: no trained weights recorded" in pick.inputs
+    for c in pick.candidates:
+        rows = [r for r in pick.report.rows if r.candidate == c.name]
+        assert any(r.metric == "argmax" for r in rows)
+        assert c.passed == all(r.passed for r in rows if r.metric != "argmax")

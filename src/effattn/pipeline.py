@@ -327,7 +327,13 @@ def quantize_for_cpu(
         check = LoadCheck(os.cpu_count() or 1, threads=os.cpu_count() or 1).start()
         report, latency, inputs = _weigh_cpu_int8(onnx_in, {_QDQ: onnx_out, _IR: ir.path}, seconds or CPU_IR_SECONDS)
         check.stop()
-        qdq, nncf = (_candidate(name, path, report, latency[name]) for name, path in ((_QDQ, onnx_out), (_IR, xml)))
+        trained = metadata.CHECKPOINT_SHA256 in metadata.read_metadata(onnx_in)
+        if not trained:
+            inputs += "; argmax shown, not required: no trained weights recorded (INT8 noise flips near-tied logits)"
+        qdq, nncf = (
+            _candidate(name, path, report, latency[name], argmax_counts=trained)
+            for name, path in ((_QDQ, onnx_out), (_IR, xml))
+        )
         keep, why = keep_cpu_ir(cpu_ir, qdq.median_ms, nncf.median_ms, nncf.passed, qdq.passed, margin)
         qdq.kept, nncf.kept = True, keep
         if keep:
@@ -366,11 +372,14 @@ def _fresh_opt_inputs(meta: Mapping[str, str], profile: ShapeProfile) -> tuple[l
     return feeds + task, f"{CPU_IR_DRAWS} fresh random draws{images} at {shape}"
 
 
-def _candidate(name: str, path: Path, report: Report, stats: LatencyStats) -> CpuCandidate:
+def _candidate(name: str, path: Path, report: Report, stats: LatencyStats, argmax_counts: bool) -> CpuCandidate:
+    """``argmax_counts``: argmax agreement is a criterion (trained weights). Of a random-weight file's logits the top
+    two differ by ~0.7 % (ea_resnet), so INT8 noise flips ~8 % of its argmaxes whatever the artifact."""
     rows = [r for r in report.rows if r.candidate == name]
     rel_l2 = max((r.value for r in rows if r.metric == "output"), default=math.nan)
     argmax = min((r.value for r in rows if r.metric == "argmax"), default=None)
-    return CpuCandidate(name, path, stats.median_ms, rel_l2, argmax, all(r.passed for r in rows), False)
+    passed = all(r.passed for r in rows if argmax_counts or r.metric != "argmax")
+    return CpuCandidate(name, path, stats.median_ms, rel_l2, argmax, passed, False)
 
 
 def _ir_record(onnx_out: Path, qdq_ms: float, ir_ms: float) -> dict[str, str]:
