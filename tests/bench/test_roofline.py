@@ -85,3 +85,20 @@ def test_the_openvino_peaks_run_the_precision_they_name():
         products = [i for i in info if i["layerType"].astype(str) in ("FullyConnected", "MatMul")]
         assert len(products) == 1 and products[0]["primitiveType"].astype(str).lower().endswith(kernel)
     assert measure_peaks(("int8",), n=256, repeats=1)["int8"] > 0
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_the_nominal_peak_follows_an_isa_cap(monkeypatch, amx):
+    """Under ONEDNN_MAX_CPU_ISA below AMX (has_amx False) the AMX flags no longer set the nominal peak: the bench
+    reports % of what the capped kernels can reach (VNNI / AVX512-BF16), and records the cap."""
+    from effattn.bench import benchmark
+
+    monkeypatch.setattr(benchmark, "has_amx", lambda: amx)
+    monkeypatch.setattr(benchmark, "measure_bandwidth", lambda device: 20.0)
+    monkeypatch.setattr(benchmark, "measure_peaks", lambda threads=None: {})
+    spr = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"]
+    env = {"cpu_flags": spr, "cpu_vendor": "GenuineIntel", "cpu_ghz": 2.0}
+    benchmark._measure_machine(env, "cpu", 1)
+    assert env["nominal_peak_gop_s"] == (
+        {"fp32": 128.0, "bf16": 2048.0, "int8": 4096.0} if amx else {"fp32": 128.0, "bf16": 256.0, "int8": 512.0}
+    )

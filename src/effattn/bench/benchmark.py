@@ -17,6 +17,7 @@ from typing import Any, cast
 import torch
 from tqdm.auto import tqdm
 
+from ..cpu import has_amx
 from ..engines.onnxruntime_session import default_threads
 from ..errors import BackendError, InputError, first_line
 from ..export.exporter import default_output_names
@@ -204,8 +205,9 @@ def _measure_machine(env: dict, device: str, threads: int) -> tuple[float, dict]
     """Copy bandwidth, timed matmul peaks and the CPU's nominal peaks, recorded in ``env`` (the roofline's inputs)."""
     bandwidth = measure_bandwidth(device)
     peaks = measure_peaks(threads=threads) if device == "cpu" else {}
+    flags = env["cpu_flags"] if has_amx() else [f for f in env["cpu_flags"] if not f.startswith("amx")]  # a cap
     nominal = (
-        nominal_peaks(env["cpu_flags"], env["cpu_vendor"], env["cpu_ghz"], min(threads, os.cpu_count() or 1))
+        nominal_peaks(flags, env["cpu_vendor"], env["cpu_ghz"], min(threads, os.cpu_count() or 1))
         if device == "cpu"
         else {}
     )

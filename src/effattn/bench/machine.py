@@ -35,6 +35,7 @@ def environment(threads: int, device: str = "cpu") -> dict:
         "openvino": _dist_version("openvino"),
         "effattn": __version__,
         "cpu_flags": cpu_flags(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),  # oneDNN's ISA cap: OpenVINO and torch honour it
         "cpu_vendor": cpu_vendor(),
         "cpu_ghz": cpu_ghz(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
