@@ -226,7 +226,7 @@ class OpenVINORunner(Runner):
         except Exception as e:
             raise BackendError(f"OpenVINO cannot reshape {self.path} to {shapes}: {first_line(e)}") from None
         if self.resize_as_matmul:
-            output_resizes_as_matmuls(model)
+            output_resizes_as_matmuls(model, self.hint)
         compiled = self._compile(model)
         with self._lock:  # a concurrent first call may have compiled it too: keep one
             entry = self._static.setdefault(shapes, (compiled, queue.SimpleQueue()))
