@@ -362,31 +362,19 @@ def cmd_quantize(args) -> None:
         raise InputError(
             "--preset and --keep-float are NNCF's: give an OpenVINO IR output (-o model.xml) or --cpu-ir auto/always"
         )
-    preset, keep_float = args.preset or "performance", args.keep_float or "attention"
+    options = {
+        "calibration": args.calibration,
+        "samples": args.samples,
+        "precision": args.precision,
+        "preset": args.preset or "performance",
+        "keep_float": args.keep_float or "attention",
+        "force": args.force,
+    }
     pick = None
     if ir:
-        result = quantize(
-            args.onnx,
-            args.output,
-            calibration=args.calibration,
-            samples=args.samples,
-            precision=args.precision,
-            preset=preset,
-            keep_float=keep_float,
-            force=args.force,
-        )
+        result = quantize(args.onnx, args.output, **options)
     else:  # the QDQ graph; with --cpu-ir, NNCF's IR weighed against it and kept beside or not
-        pick = pipeline.quantize_for_cpu(
-            args.onnx,
-            args.output,
-            args.cpu_ir,
-            calibration=args.calibration,
-            samples=args.samples,
-            precision=args.precision,
-            preset=preset,
-            keep_float=keep_float,
-            force=args.force,
-        )
+        pick = pipeline.quantize_for_cpu(args.onnx, args.output, args.cpu_ir, **options)
         result = pick.quantized
     if args.json:
         return _print_json(
