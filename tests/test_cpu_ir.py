@@ -289,3 +289,20 @@ def test_a_random_weight_file_is_weighed_on_rel_l2(tmp_path):
         rows = [r for r in pick.report.rows if r.candidate == c.name]
         assert any(r.metric == "argmax" for r in rows)
         assert c.passed == all(r.passed for r in rows if r.metric != "argmax")
+
+
+@needs_nncf
+def test_compare_takes_the_ir_itself(kept, tmp_path, capsys):
+    """``effattn compare m.int8.xml`` checks the IR against eager (its metadata from its rt_info), takes saved inputs
+    by the IR's input names, and refuses ``--bisect`` (ONNX tensors) in one line."""
+    seg, _, pick = kept
+    xml = str(pick.kept)
+    feed = tmp_path / "x.npz"
+    np.savez(feed, input=np.random.default_rng().standard_normal((1, 3, 48, 48)).astype(np.float32))
+    code = main(["compare", xml, "--load-inputs", str(feed), "--tolerance", "int8"])
+    printed = capsys.readouterr()
+    assert f"{xml} vs eager PyTorch (ea_segnet_tiny) on openvino-cpu-int8, 1 inputs from 1 file(s)" in printed.out
+    assert code in (0, 1) and ("PASS" in printed.out or "FAIL" in printed.out)
+    assert main(["compare", xml, "--bisect", str(seg.path)]) == 2
+    err = capsys.readouterr().err
+    assert "--bisect compares ONNX graphs tensor by tensor" in err and err.count("\n") == 1

@@ -47,7 +47,14 @@ from .runtime import (
     random_inputs,
 )
 from .runtime.onnxruntime_runner import OnnxRuntimeRunner
-from .runtime.openvino_runner import OpenVINORunner, ir_beside, openvino_available, openvino_version
+from .runtime.openvino_runner import (
+    OpenVINORunner,
+    ir_beside,
+    ir_metadata,
+    openvino_available,
+    openvino_version,
+    read_ir,
+)
 from .runtime.torch_runner import TorchRunner
 from .shapes import ShapeProfile, format_shape
 
@@ -139,9 +146,9 @@ def compare_file(
     the file's profile before the first run), else fresh ones (random at min/opt/max, plus task images for
     trained weights), against the tolerances of the graph's (or runner's) precision, or of the ``tolerance`` row
     of :mod:`effattn.precisions`."""
-    meta = metadata.read_metadata(onnx_path)
     limits = precisions.get(tolerance).tolerance if tolerance is not None else None
     with load(onnx_path, backend=backend, device=device, rtx=rtx) as runner:
+        meta = runner.metadata  # the file's, or an OpenVINO IR's (its rt_info)
         profile = runner.profile or reference.profile
         if profile is None:
             raise InputError("neither the file nor the model has a shape profile")
@@ -550,9 +557,22 @@ def read_inputs(path: str | Path, input_names: Sequence[str]) -> dict[str, np.nd
 
 def load_inputs(paths: Sequence[str | Path], onnx_path: str | Path) -> list[dict[str, np.ndarray]]:
     """One feed per file, read as ``effattn run --input`` reads it (:func:`read_inputs`), for ``onnx_path``'s
-    inputs; the runner checks each against the file's profile."""
-    names = metadata.check_onnx_file(onnx_path).inputs
+    inputs (an OpenVINO IR's: its model's); the runner checks each against the file's profile."""
+    if is_ir(onnx_path):
+        names = [port.get_any_name() for port in read_ir(onnx_path).inputs]
+    else:
+        names = metadata.check_onnx_file(onnx_path).inputs
     return [read_inputs(path, names) for path in paths]
+
+
+def is_ir(path: str | Path) -> bool:
+    """An OpenVINO IR (``effattn quantize -o model.xml``, or kept beside by ``--cpu-ir``) rather than ONNX."""
+    return Path(path).suffix.lower() == ".xml"
+
+
+def file_metadata(path: str | Path) -> dict[str, str]:
+    """The ``effattn.*`` metadata of an ONNX file or an OpenVINO IR (its rt_info), each checked as its reader does."""
+    return ir_metadata(read_ir(path)) if is_ir(path) else metadata.read_metadata(path)
 
 
 def input_files(path: str | Path, count: int) -> list[Path]:

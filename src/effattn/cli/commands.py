@@ -17,7 +17,7 @@ from typing import Any, cast
 import torch
 from tqdm.auto import tqdm
 
-from .. import metadata, pipeline, precisions
+from .. import pipeline, precisions
 from ..bench.benchmark import check_plotting, environment, plot, run_bench
 from ..bench.catalog import DEFAULT_MODELS
 from ..engines import build_engine
@@ -235,8 +235,13 @@ def cmd_compare(args) -> None:
         check_writable(args.save_inputs, args.force)  # before the run; each numbered file again before writing
     feeds = pipeline.load_inputs(args.load_inputs, args.onnx) if args.load_inputs else None
     if args.bisect:
+        if pipeline.is_ir(args.onnx):
+            raise InputError(
+                f"--bisect compares ONNX graphs tensor by tensor; {args.onnx} is OpenVINO IR: bisect the .onnx it was "
+                "made from, or compare the IR as a whole (without --bisect)"
+            )
         return _bisect(args, feeds)
-    meta = metadata.read_metadata(args.onnx)
+    meta = pipeline.file_metadata(args.onnx)
     reference = pipeline.reference_for(
         meta, args.model, args.checkpoint, args.pretrained, model_args(args.arg), trust_metadata=args.trust_metadata
     )

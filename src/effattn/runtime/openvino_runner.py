@@ -105,6 +105,17 @@ def ir_beside(onnx_path: str | Path) -> IrBeside | None:
     return IrBeside(xml, None, qdq_ms, ir_ms, cpu, version, meta.get(metadata.NNCF, ""))
 
 
+def read_ir(path: str | Path):
+    """OpenVINO's model of ``path`` (an IR, or an ONNX file), or a one-line :class:`BackendError`."""
+    try:
+        return _core().read_model(str(path))
+    except Exception as e:  # OpenVINO raises RuntimeError with pages of context
+        raise BackendError(
+            f"OpenVINO cannot load {path}: {first_line(e)}. Is it a model written by effattn export or "
+            "effattn quantize?"
+        ) from None
+
+
 def ir_metadata(model) -> dict[str, str]:
     """The ``effattn.*`` metadata of an OpenVINO model: OpenVINO keeps an ONNX file's metadata_props in the
     ``framework`` section of its rt_info, and ``save_model`` writes them into the IR."""
@@ -199,13 +210,7 @@ class OpenVINORunner(Runner):
             self._static_compiled(tuple(p.opt for p in self.profile.inputs))
 
     def _read(self):
-        try:
-            return _core().read_model(str(self.path))
-        except Exception as e:  # OpenVINO raises RuntimeError with pages of context
-            raise BackendError(
-                f"OpenVINO cannot load {self.path}: {first_line(e)}. Is it a model written by effattn export or "
-                "effattn quantize?"
-            ) from None
+        return read_ir(self.path)
 
     def _compile(self, model):
         try:
