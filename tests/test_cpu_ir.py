@@ -92,6 +92,7 @@ def test_a_kept_ir_records_what_it_stands_for(kept):
 
     record = ir_metadata(ov.Core().read_model(str(pick.kept)))
     assert record[metadata.CPU_IR_ONNX_SHA256] == sha256_file(out)
+    assert record[metadata.CPU_IR_BIN_SHA256] == sha256_file(out.with_suffix(".bin"))
     assert float(record[metadata.CPU_IR_QDQ_MS]) == pytest.approx(qdq.median_ms, abs=1e-4)
     assert float(record[metadata.CPU_IR_MS]) == pytest.approx(ir.median_ms, abs=1e-4)
     assert (record[metadata.CPU_IR_CPU], record[metadata.CPU_IR_OPENVINO]) == (cpu_name(), openvino_version())
@@ -166,6 +167,25 @@ def test_a_stale_or_unreadable_ir_beside_is_not_run(kept, tmp_path, caplog):
     with caplog.at_level("INFO", logger="effattn"), load(tmp_path / "seg.int8.onnx") as runner:
         assert runner.path == tmp_path / "seg.int8.onnx"
     assert "seg.int8.xml beside it not run: unreadable" in caplog.text
+
+
+@needs_nncf
+def test_an_ir_beside_with_other_weights_is_not_run(kept, tmp_path, caplog):
+    """The .xml names its .bin by file name alone: the kept IR's .xml beside its own .onnx but with another .bin of
+    the same size (here its own, one weight byte changed; another calibration's reads as well) would run other
+    weights with success. Its recorded sha256 of the .bin refuses it; load() runs the .onnx itself."""
+    _, out, _ = kept
+    for suffix in (".onnx", ".xml", ".bin"):
+        shutil.copy(out.with_suffix(suffix), tmp_path / f"seg.int8{suffix}")
+    assert ir_beside(tmp_path / "seg.int8.onnx").problem is None
+    weights = bytearray((tmp_path / "seg.int8.bin").read_bytes())
+    weights[len(weights) // 2] ^= 0x01
+    (tmp_path / "seg.int8.bin").write_bytes(weights)
+    swapped = ir_beside(tmp_path / "seg.int8.onnx")
+    assert swapped is not None and swapped.problem == "its weights seg.int8.bin are not the ones it was kept with"
+    with caplog.at_level("INFO", logger="effattn"), load(tmp_path / "seg.int8.onnx") as runner:
+        assert runner.path == tmp_path / "seg.int8.onnx"
+    assert "seg.int8.xml beside it not run: its weights seg.int8.bin are not" in caplog.text
 
 
 @needs_nncf

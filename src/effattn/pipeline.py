@@ -337,7 +337,7 @@ def quantize_for_cpu(
         keep, why = keep_cpu_ir(cpu_ir, qdq.median_ms, nncf.median_ms, nncf.passed, qdq.passed, margin)
         qdq.kept, nncf.kept = True, keep
         if keep:
-            copy_ir(ir.path, xml, _ir_record(onnx_out, qdq.median_ms, nncf.median_ms), force)
+            copy_ir(ir.path, xml, _ir_record(onnx_out, ir.path, qdq.median_ms, nncf.median_ms), force)
     beside = None if keep else _beside(onnx_out)
     return CpuPick(written, cpu_ir, [qdq, nncf], why, beside, report, inputs, check.warnings())
 
@@ -382,10 +382,12 @@ def _candidate(name: str, path: Path, report: Report, stats: LatencyStats, argma
     return CpuCandidate(name, path, stats.median_ms, rel_l2, argmax, passed, False)
 
 
-def _ir_record(onnx_out: Path, qdq_ms: float, ir_ms: float) -> dict[str, str]:
-    """What the kept IR records (its rt_info): the QDQ graph it stands for and the measurement it was kept on."""
+def _ir_record(onnx_out: Path, ir: Path, qdq_ms: float, ir_ms: float) -> dict[str, str]:
+    """What the kept IR records (its rt_info): the QDQ graph it stands for, its weights (the .bin of ``ir``, which
+    ``copy_ir`` writes again byte for byte) and the measurement it was kept on."""
     return {
         metadata.CPU_IR_ONNX_SHA256: sha256_file(onnx_out),
+        metadata.CPU_IR_BIN_SHA256: sha256_file(ir.with_suffix(".bin")),
         metadata.CPU_IR_QDQ_MS: f"{qdq_ms:.4f}",
         metadata.CPU_IR_MS: f"{ir_ms:.4f}",
         metadata.CPU_IR_CPU: cpu_name(),
