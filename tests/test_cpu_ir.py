@@ -233,6 +233,20 @@ def test_refusals_in_one_line(onnx_models, tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_fp32_input_is_not_overwritten_even_with_force(onnx_models, tmp_path, capsys):
+    """-o over the input with --force: --cpu-ir needs the FP32 file after the QDQ graph is written (NNCF's input, the
+    accuracy reference), so it is refused before any work, the input left as it was (it was replaced, then NNCF
+    refused its INT8 input: the FP32 file lost, and the command failed)."""
+    fp32 = tmp_path / "seg.onnx"
+    shutil.copy(onnx_models["seg_small"].path, fp32)
+    before = fp32.read_bytes()
+    argv = ["quantize", str(fp32), "-o", str(fp32), "--cpu-ir", "auto", "--force", "--samples", str(SAMPLES)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "write seg.onnx to another file than its input" in err
+    assert fp32.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["seg.onnx"]
+
+
 @needs_nncf
 def test_cli_prints_the_table_and_run_says_which_file_it_ran(onnx_models, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pipeline, "CPU_IR_SECONDS", SECONDS)

@@ -308,6 +308,11 @@ def quantize_for_cpu(
                 f"--cpu-ir weighs NNCF's IR against the INT8 QDQ graph: write an int8 .onnx (not {onnx_out.name}, "
                 f"{precision}); the IR goes beside it"
             )
+        if onnx_out.exists() and onnx_in.exists() and os.path.samefile(onnx_in, onnx_out):
+            raise InputError(
+                f"--cpu-ir checks both artifacts against the FP32 file after writing the QDQ graph: write "
+                f"{onnx_out.name} to another file than its input"
+            )
         check_writable(onnx_out, force)
         check_ir_output(xml, force, preset, keep_float)  # its names, the options, NNCF installed
         if not openvino_available():
