@@ -265,6 +265,8 @@ def test_cli_prints_the_table_and_run_says_which_file_it_ran(onnx_models, tmp_pa
     assert f"backend: openvino-cpu-int8 on {out.with_suffix('.xml')}, in {out}'s place" in capsys.readouterr().out
     main(["compare", str(out)])  # passes or not (noise: see above); it says which file it checked
     assert f"on openvino-cpu-int8 on {out.with_suffix('.xml')}, in {out}'s place" in capsys.readouterr().out
+    main(["compare", str(out), "--json"])  # and so does its JSON, as run's
+    assert json.loads(capsys.readouterr().out)["file"] == str(out.with_suffix(".xml"))
     assert main([*args, "--force", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)["cpu_ir"]
     assert report["mode"] == "always" and report["kept"] == str(out.with_suffix(".xml"))
