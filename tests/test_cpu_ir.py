@@ -248,6 +248,22 @@ def test_the_fp32_input_is_not_overwritten_even_with_force(onnx_models, tmp_path
 
 
 @needs_nncf
+def test_a_file_without_a_profile_is_refused_before_any_work(onnx_models, tmp_path):
+    """The accuracy check draws at the profile's opt shape: a file that records none is refused before the QDQ graph
+    and NNCF's IR are made (it was refused after both, the QDQ graph left written by a failed command)."""
+    model = onnx.load(str(onnx_models["seg_small"].path))
+    kept = [p for p in model.metadata_props if p.key != metadata.PROFILE]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(tmp_path / "bare.onnx"))
+    feeds = {"input": np.random.default_rng().standard_normal((2, 3, 32, 32)).astype(np.float32)}
+    np.savez(tmp_path / "cal.npz", **feeds)
+    with pytest.raises(InputError, match=r"bare\.onnx records no shape profile: --cpu-ir draws its inputs at"):
+        pipeline.quantize_for_cpu(tmp_path / "bare.onnx", tmp_path / "bare.int8.onnx", calibration=tmp_path / "cal.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare.onnx", "cal.npz"]
+
+
+@needs_nncf
 def test_cli_prints_the_table_and_run_says_which_file_it_ran(onnx_models, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pipeline, "CPU_IR_SECONDS", SECONDS)
     monkeypatch.setattr(pipeline, "keep_cpu_ir", _keep)

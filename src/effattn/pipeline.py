@@ -317,6 +317,7 @@ def quantize_for_cpu(
         check_ir_output(xml, force, preset, keep_float)  # its names, the options, NNCF installed
         if not openvino_available():
             raise BackendError("--cpu-ir times both artifacts on OpenVINO: pip install 'effattn[cpu,nncf]'")
+        profile = _recorded_profile(onnx_in)
     written = quantize(onnx_in, onnx_out, calibration=calibration, samples=samples, precision=precision, force=force)
     if cpu_ir == "off":
         return CpuPick(written, cpu_ir, [], "the QDQ graph alone (--cpu-ir off)", _beside(onnx_out))
@@ -330,7 +331,8 @@ def quantize_for_cpu(
             keep_float=keep_float,
         )
         check = LoadCheck(os.cpu_count() or 1, threads=os.cpu_count() or 1).start()
-        report, latency, inputs = _weigh_cpu_int8(onnx_in, {_QDQ: onnx_out, _IR: ir.path}, seconds or CPU_IR_SECONDS)
+        candidates = {_QDQ: onnx_out, _IR: ir.path}
+        report, latency, inputs = _weigh_cpu_int8(onnx_in, profile, candidates, seconds or CPU_IR_SECONDS)
         check.stop()
         trained = metadata.CHECKPOINT_SHA256 in metadata.read_metadata(onnx_in)
         if not trained:
@@ -347,17 +349,23 @@ def quantize_for_cpu(
     return CpuPick(written, cpu_ir, [qdq, nncf], why, beside, report, inputs, check.warnings())
 
 
+def _recorded_profile(fp32: Path) -> ShapeProfile:
+    """The shape profile ``fp32`` records, checked before any work: the accuracy check draws at its opt shape."""
+    profile = metadata.profile_of(metadata.read_metadata(fp32))
+    if profile is None:
+        raise InputError(f"{fp32} records no shape profile: --cpu-ir draws its inputs at the profile's opt shape")
+    return profile
+
+
 def _weigh_cpu_int8(
-    fp32: Path, candidates: Mapping[str, Path], seconds: float
+    fp32: Path, profile: ShapeProfile, candidates: Mapping[str, Path], seconds: float
 ) -> tuple[Report, dict[str, LatencyStats], str]:
     """Each candidate on OpenVINO (as ``load`` runs it) against ONNX Runtime FP32 on the FP32 file, on fresh inputs at
-    the profile's opt shape (:func:`_fresh_opt_inputs`), then timed interleaved on the first."""
+    the opt shape of its ``profile`` (:func:`_fresh_opt_inputs`), then timed interleaved on the first."""
     with contextlib.ExitStack() as stack:
         reference = stack.enter_context(OnnxRuntimeRunner(fp32, device="cpu"))
-        if reference.profile is None:
-            raise InputError(f"{fp32} records no shape profile: --cpu-ir draws its inputs at the profile's opt shape")
         runners = {name: stack.enter_context(OpenVINORunner(path)) for name, path in candidates.items()}
-        feeds, inputs = _fresh_opt_inputs(reference.metadata, reference.profile)
+        feeds, inputs = _fresh_opt_inputs(reference.metadata, profile)
         residuals = metadata.residuals_of(reference.metadata, reference.inputs, reference.outputs)
         report = compare(reference, runners, feeds, precision="int8", residuals=residuals)
         latency = _measure({name: functools.partial(r.infer, feeds[0]) for name, r in runners.items()}, seconds)
