@@ -134,7 +134,7 @@ def test_unknown_model_and_missing_file_are_one_line(tmp_path, capsys):
 def test_compare_rebuilds_the_reference_from_metadata(seg_onnx, capsys):
     assert main(["compare", str(seg_onnx), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["passed"]
+    assert report["passed"] and report["file"] == str(seg_onnx) and report["backend"].startswith("onnxruntime")
     assert {r["metric"] for r in report["rows"]} == {"output", "argmax"}
 
 

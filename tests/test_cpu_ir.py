@@ -92,6 +92,7 @@ def test_a_kept_ir_records_what_it_stands_for(kept):
 
     record = ir_metadata(ov.Core().read_model(str(pick.kept)))
     assert record[metadata.CPU_IR_ONNX_SHA256] == sha256_file(out)
+    assert record[metadata.CPU_IR_BIN_SHA256] == sha256_file(out.with_suffix(".bin"))
     assert float(record[metadata.CPU_IR_QDQ_MS]) == pytest.approx(qdq.median_ms, abs=1e-4)
     assert float(record[metadata.CPU_IR_MS]) == pytest.approx(ir.median_ms, abs=1e-4)
     assert (record[metadata.CPU_IR_CPU], record[metadata.CPU_IR_OPENVINO]) == (cpu_name(), openvino_version())
@@ -165,7 +166,26 @@ def test_a_stale_or_unreadable_ir_beside_is_not_run(kept, tmp_path, caplog):
     caplog.clear()
     with caplog.at_level("INFO", logger="effattn"), load(tmp_path / "seg.int8.onnx") as runner:
         assert runner.path == tmp_path / "seg.int8.onnx"
-    assert "seg.int8.xml beside it not run: unreadable" in caplog.text
+    assert "seg.int8.xml beside it not run: unreadable: Unable to read the model" in caplog.text
+
+
+@needs_nncf
+def test_an_ir_beside_with_other_weights_is_not_run(kept, tmp_path, caplog):
+    """The .xml names its .bin by file name alone: the kept IR's .xml beside its own .onnx but with another .bin of
+    the same size (here its own, one weight byte changed; another calibration's reads as well) would run other
+    weights with success. Its recorded sha256 of the .bin refuses it; load() runs the .onnx itself."""
+    _, out, _ = kept
+    for suffix in (".onnx", ".xml", ".bin"):
+        shutil.copy(out.with_suffix(suffix), tmp_path / f"seg.int8{suffix}")
+    assert ir_beside(tmp_path / "seg.int8.onnx").problem is None
+    weights = bytearray((tmp_path / "seg.int8.bin").read_bytes())
+    weights[len(weights) // 2] ^= 0x01
+    (tmp_path / "seg.int8.bin").write_bytes(weights)
+    swapped = ir_beside(tmp_path / "seg.int8.onnx")
+    assert swapped is not None and swapped.problem == "its weights seg.int8.bin are not the ones it was kept with"
+    with caplog.at_level("INFO", logger="effattn"), load(tmp_path / "seg.int8.onnx") as runner:
+        assert runner.path == tmp_path / "seg.int8.onnx"
+    assert "seg.int8.xml beside it not run: its weights seg.int8.bin are not" in caplog.text
 
 
 @needs_nncf
@@ -213,6 +233,36 @@ def test_refusals_in_one_line(onnx_models, tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_fp32_input_is_not_overwritten_even_with_force(onnx_models, tmp_path, capsys):
+    """-o over the input with --force: --cpu-ir needs the FP32 file after the QDQ graph is written (NNCF's input, the
+    accuracy reference), so it is refused before any work, the input left as it was (it was replaced, then NNCF
+    refused its INT8 input: the FP32 file lost, and the command failed)."""
+    fp32 = tmp_path / "seg.onnx"
+    shutil.copy(onnx_models["seg_small"].path, fp32)
+    before = fp32.read_bytes()
+    argv = ["quantize", str(fp32), "-o", str(fp32), "--cpu-ir", "auto", "--force", "--samples", str(SAMPLES)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "write seg.onnx to another file than its input" in err
+    assert fp32.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["seg.onnx"]
+
+
+@needs_nncf
+def test_a_file_without_a_profile_is_refused_before_any_work(onnx_models, tmp_path):
+    """The accuracy check draws at the profile's opt shape: a file that records none is refused before the QDQ graph
+    and NNCF's IR are made (it was refused after both, the QDQ graph left written by a failed command)."""
+    model = onnx.load(str(onnx_models["seg_small"].path))
+    kept = [p for p in model.metadata_props if p.key != metadata.PROFILE]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(tmp_path / "bare.onnx"))
+    feeds = {"input": np.random.default_rng().standard_normal((2, 3, 32, 32)).astype(np.float32)}
+    np.savez(tmp_path / "cal.npz", **feeds)
+    with pytest.raises(InputError, match=r"bare\.onnx records no shape profile: --cpu-ir draws its inputs at"):
+        pipeline.quantize_for_cpu(tmp_path / "bare.onnx", tmp_path / "bare.int8.onnx", calibration=tmp_path / "cal.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare.onnx", "cal.npz"]
+
+
 @needs_nncf
 def test_cli_prints_the_table_and_run_says_which_file_it_ran(onnx_models, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pipeline, "CPU_IR_SECONDS", SECONDS)
@@ -231,6 +281,8 @@ def test_cli_prints_the_table_and_run_says_which_file_it_ran(onnx_models, tmp_pa
     assert f"backend: openvino-cpu-int8 on {out.with_suffix('.xml')}, in {out}'s place" in capsys.readouterr().out
     main(["compare", str(out)])  # passes or not (noise: see above); it says which file it checked
     assert f"on openvino-cpu-int8 on {out.with_suffix('.xml')}, in {out}'s place" in capsys.readouterr().out
+    main(["compare", str(out), "--json"])  # and so does its JSON, as run's
+    assert json.loads(capsys.readouterr().out)["file"] == str(out.with_suffix(".xml"))
     assert main([*args, "--force", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)["cpu_ir"]
     assert report["mode"] == "always" and report["kept"] == str(out.with_suffix(".xml"))

@@ -56,6 +56,8 @@ def test_first_line_of_any_error():
 
     assert first_line(RuntimeError("\n  broke here\nstack...")) == "broke here"
     assert first_line(MemoryError()) == "MemoryError"  # an empty message must not raise IndexError
+    openvino = "Exception from src/inference/src/cpp/core.cpp:84:\nException from src/a.cpp:1:\nUnable to read\n"
+    assert first_line(RuntimeError(openvino)) == "Unable to read"  # OpenVINO's throw sites say nothing
 
 
 def test_parse_shapes_named_and_unnamed():

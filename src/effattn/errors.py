@@ -9,9 +9,11 @@ from __future__ import annotations
 
 def first_line(error: BaseException | str) -> str:
     """The first non-empty line of ``error``'s message (an exception's type name if it has none): library
-    exceptions often carry pages of context, and a one-line message must not fail on an empty one."""
+    exceptions often carry pages of context, and a one-line message must not fail on an empty one. OpenVINO's
+    ``Exception from src/....cpp:84:`` lines, where it was thrown, are skipped: the next line says what happened."""
     fallback = "" if isinstance(error, str) else type(error).__name__
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), fallback)
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if not line.startswith("Exception from src/")), lines[0] if lines else fallback)
 
 
 class EffattnError(Exception):

@@ -32,9 +32,11 @@ FLOAT_TYPE = "effattn.float_type"  # a QDQ graph's unquantized (float) part: fp3
 #: In NNCF's OpenVINO IR (``effattn quantize -o model.xml``): how NNCF made it, :func:`nncf_recipe`'s words
 NNCF = "effattn.nncf"
 #: In the OpenVINO IR ``effattn quantize --cpu-ir`` keeps beside an INT8 .onnx (its rt_info): the sha256 of the .onnx
-#: it stands for, the two medians it was kept on (ms, the QDQ graph's and its own), the CPU and OpenVINO that ran them
-CPU_IR_ONNX_SHA256, CPU_IR_QDQ_MS, CPU_IR_MS, CPU_IR_CPU, CPU_IR_OPENVINO = (
+#: it stands for and of its own weights (.bin, which the .xml names by nothing but its file name), the two medians it
+#: was kept on (ms, the QDQ graph's and its own), the CPU and OpenVINO that ran them
+CPU_IR_ONNX_SHA256, CPU_IR_BIN_SHA256, CPU_IR_QDQ_MS, CPU_IR_MS, CPU_IR_CPU, CPU_IR_OPENVINO = (
     "effattn.cpu_ir.onnx_sha256",
+    "effattn.cpu_ir.bin_sha256",
     "effattn.cpu_ir.qdq_ms",
     "effattn.cpu_ir.ir_ms",
     "effattn.cpu_ir.cpu",

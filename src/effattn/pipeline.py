@@ -315,10 +315,16 @@ def quantize_for_cpu(
                 f"--cpu-ir weighs NNCF's IR against the INT8 QDQ graph: write an int8 .onnx (not {onnx_out.name}, "
                 f"{precision}); the IR goes beside it"
             )
+        if onnx_out.exists() and onnx_in.exists() and os.path.samefile(onnx_in, onnx_out):
+            raise InputError(
+                f"--cpu-ir checks both artifacts against the FP32 file after writing the QDQ graph: write "
+                f"{onnx_out.name} to another file than its input"
+            )
         check_writable(onnx_out, force)
         check_ir_output(xml, force, preset, keep_float)  # its names, the options, NNCF installed
         if not openvino_available():
             raise BackendError("--cpu-ir times both artifacts on OpenVINO: pip install 'effattn[cpu,nncf]'")
+        profile = _recorded_profile(onnx_in)
     written = quantize(onnx_in, onnx_out, calibration=calibration, samples=samples, precision=precision, force=force)
     if cpu_ir == "off":
         return CpuPick(written, cpu_ir, [], "the QDQ graph alone (--cpu-ir off)", _beside(onnx_out))
@@ -332,7 +338,8 @@ def quantize_for_cpu(
             keep_float=keep_float,
         )
         check = LoadCheck(os.cpu_count() or 1, threads=os.cpu_count() or 1).start()
-        report, latency, inputs = _weigh_cpu_int8(onnx_in, {_QDQ: onnx_out, _IR: ir.path}, seconds or CPU_IR_SECONDS)
+        candidates = {_QDQ: onnx_out, _IR: ir.path}
+        report, latency, inputs = _weigh_cpu_int8(onnx_in, profile, candidates, seconds or CPU_IR_SECONDS)
         check.stop()
         trained = metadata.CHECKPOINT_SHA256 in metadata.read_metadata(onnx_in)
         if not trained:
@@ -344,22 +351,28 @@ def quantize_for_cpu(
         keep, why = keep_cpu_ir(cpu_ir, qdq.median_ms, nncf.median_ms, nncf.passed, qdq.passed, margin)
         qdq.kept, nncf.kept = True, keep
         if keep:
-            copy_ir(ir.path, xml, _ir_record(onnx_out, qdq.median_ms, nncf.median_ms), force)
+            copy_ir(ir.path, xml, _ir_record(onnx_out, ir.path, qdq.median_ms, nncf.median_ms), force)
     beside = None if keep else _beside(onnx_out)
     return CpuPick(written, cpu_ir, [qdq, nncf], why, beside, report, inputs, check.warnings())
 
 
+def _recorded_profile(fp32: Path) -> ShapeProfile:
+    """The shape profile ``fp32`` records, checked before any work: the accuracy check draws at its opt shape."""
+    profile = metadata.profile_of(metadata.read_metadata(fp32))
+    if profile is None:
+        raise InputError(f"{fp32} records no shape profile: --cpu-ir draws its inputs at the profile's opt shape")
+    return profile
+
+
 def _weigh_cpu_int8(
-    fp32: Path, candidates: Mapping[str, Path], seconds: float
+    fp32: Path, profile: ShapeProfile, candidates: Mapping[str, Path], seconds: float
 ) -> tuple[Report, dict[str, LatencyStats], str]:
     """Each candidate on OpenVINO (as ``load`` runs it) against ONNX Runtime FP32 on the FP32 file, on fresh inputs at
-    the profile's opt shape (:func:`_fresh_opt_inputs`), then timed interleaved on the first."""
+    the opt shape of its ``profile`` (:func:`_fresh_opt_inputs`), then timed interleaved on the first."""
     with contextlib.ExitStack() as stack:
         reference = stack.enter_context(OnnxRuntimeRunner(fp32, device="cpu"))
-        if reference.profile is None:
-            raise InputError(f"{fp32} records no shape profile: --cpu-ir draws its inputs at the profile's opt shape")
         runners = {name: stack.enter_context(OpenVINORunner(path)) for name, path in candidates.items()}
-        feeds, inputs = _fresh_opt_inputs(reference.metadata, reference.profile)
+        feeds, inputs = _fresh_opt_inputs(reference.metadata, profile)
         residuals = metadata.residuals_of(reference.metadata, reference.inputs, reference.outputs)
         report = compare(reference, runners, feeds, precision="int8", residuals=residuals)
         latency = _measure({name: functools.partial(r.infer, feeds[0]) for name, r in runners.items()}, seconds)
@@ -389,10 +402,12 @@ def _candidate(name: str, path: Path, report: Report, stats: LatencyStats, argma
     return CpuCandidate(name, path, stats.median_ms, rel_l2, argmax, passed, False)
 
 
-def _ir_record(onnx_out: Path, qdq_ms: float, ir_ms: float) -> dict[str, str]:
-    """What the kept IR records (its rt_info): the QDQ graph it stands for and the measurement it was kept on."""
+def _ir_record(onnx_out: Path, ir: Path, qdq_ms: float, ir_ms: float) -> dict[str, str]:
+    """What the kept IR records (its rt_info): the QDQ graph it stands for, its weights (the .bin of ``ir``, which
+    ``copy_ir`` writes again byte for byte) and the measurement it was kept on."""
     return {
         metadata.CPU_IR_ONNX_SHA256: sha256_file(onnx_out),
+        metadata.CPU_IR_BIN_SHA256: sha256_file(ir.with_suffix(".bin")),
         metadata.CPU_IR_QDQ_MS: f"{qdq_ms:.4f}",
         metadata.CPU_IR_MS: f"{ir_ms:.4f}",
         metadata.CPU_IR_CPU: cpu_name(),

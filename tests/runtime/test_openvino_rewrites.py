@@ -155,6 +155,7 @@ def _resize_graph(path, *, mode="linear", coordinates="half_pixel", sizes=(1, 2,
         ({"antialias": 1, "sizes": (1, 2, 2, 3)}, False),
         ({"then_relu": True}, False),  # feeds an op, not only the graph output
         ({"sizes": (1, 4, 8, 12)}, False),  # resizes the channels too
+        ({"sizes": (1, 2, 4, 6)}, False),  # the identity: nothing to rewrite, no other node renamed
     ],
 )
 def test_only_what_the_matrices_compute_exactly_is_rewritten(tmp_path, options, rewritten):
@@ -166,6 +167,7 @@ def test_only_what_the_matrices_compute_exactly_is_rewritten(tmp_path, options, 
     assert bool(output_resizes_as_matmuls(model)) is rewritten
     after = ov.Core().compile_model(model, "CPU", f32)(x)[0]
     assert after.shape == before.shape and rel_l2(after, before) <= 1e-6
+    assert [p.get_any_name() for p in (*model.inputs, *model.outputs)] == ["x", "y"]
 
 
 def test_large_or_dynamic_inputs_are_left_to_openvino(tmp_path):
@@ -196,3 +198,36 @@ def test_profile_shows_the_rewrite_and_as_is_the_graph_without_it(onnx_models, c
         assert report["inputs"] == {"input": [1, 3, 40, 48]}
         layers[as_is] = {row["name"]: row["layers"] for row in report["by_type"]}
     assert layers[False].get("Interpolate") == 1 and layers[True].get("Interpolate") == 2
+
+
+@pytest.mark.parametrize(
+    ("opset", "shape", "scales", "axes"),
+    [
+        ("opset11", (2, 3, 5, 7), (1, 1, 1.5, 1.7), None),  # 5 -> 7, 7 -> 11: not out / in
+        ("opset11", (1, 1, 9, 10), (1, 1, 0.6, 0.75), None),  # down
+        ("opset11", (1, 2, 4, 6), (2.0, 1.7), (2, 3)),  # the scales of the axes named
+        ("opset10", (1, 2, 5, 7), (1.5, 1.7), (2, 3)),  # Interpolate v4: the scales are its third input
+    ],
+)
+def test_a_resize_given_scales_computes_its_coordinates_with_them(opset, shape, scales, axes):
+    """ONNX Resize given scales (torch's scale_factor) maps output i to (i + 0.5) / scale - 0.5, not to its place
+    in out / in: 1.5 takes 5 to 7 (7 / 5 = 1.4). Rewritten, the graph answers what it answered (FP32)."""
+    import importlib
+
+    ops = importlib.import_module(f"openvino.{opset}")
+    x = ops.parameter(list(shape), np.float32)
+    given = ops.constant(np.array(scales, np.float32))
+    options = {"coordinate_transformation_mode": "half_pixel"}
+    if axes is not None:
+        options["axes"] = ops.constant(np.array(axes, np.int64))
+    if opset == "opset10":
+        resized = ops.interpolate(x, ops.constant(np.zeros(2, np.int64)), given, "linear_onnx", "scales", **options)
+    else:
+        resized = ops.interpolate(x, given, "linear_onnx", "scales", **options)
+    model = ov.Model([resized], [x])
+    feed = np.random.default_rng().standard_normal(shape).astype(np.float32)
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    before = ov.Core().compile_model(model.clone(), "CPU", f32)(feed)[0]
+    assert len(output_resizes_as_matmuls(model)) == 1
+    after = ov.Core().compile_model(model, "CPU", f32)(feed)[0]
+    assert after.shape == before.shape and rel_l2(after, before) <= 1e-6

@@ -124,7 +124,8 @@ _ROWS = (
         "openvino",
         "int8",
         _CPU,
-        "OpenVINO, the INT8 QDQ graph of effattn quantize, compiled per input shape, the output resize as MatMuls",
+        "OpenVINO, the INT8 QDQ graph of effattn quantize, compiled per input shape, the output resize as MatMuls "
+        "where the CPU has AMX",
     ),
     BenchBackend(
         "openvino-int8-asis",

@@ -256,8 +256,8 @@ def cmd_compare(args) -> None:
         tolerance=args.tolerance,
     )
     saved = pipeline.save_inputs(args.save_inputs, parity.feeds, args.force) if args.save_inputs else []
-    if args.json:
-        _print_json(parity.report.to_dict())
+    if args.json:  # which file ran, as 'effattn run --json' says: auto may run the IR kept beside an INT8 .onnx
+        _print_json(parity.report.to_dict() | {"backend": parity.backend, "file": str(parity.path or args.onnx)})
     else:
         where = f"from {len(args.load_inputs)} file(s)" if feeds else "at min/opt/max shapes"
         ran = _instead(parity.path, args.onnx)

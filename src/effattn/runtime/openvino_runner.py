@@ -75,17 +75,17 @@ class IrBeside:
 
 def ir_beside(onnx_path: str | Path) -> IrBeside | None:
     """The IR beside ``onnx_path`` (its name with ``.xml``), None if nothing is there. It is data: one that is not a
-    regular file, does not read, records no ``.onnx`` or another one's sha256 (stale), or no valid medians, comes
-    back with its ``problem``."""
+    regular file, does not read, records no ``.onnx`` or another one's sha256 (stale), weights (``.bin``) other than
+    its own, or no valid medians, comes back with its ``problem``."""
     onnx_path = Path(onnx_path)
-    xml = onnx_path.with_suffix(".xml")
+    xml, weights = onnx_path.with_suffix(".xml"), onnx_path.with_suffix(".bin")
     if not os.path.lexists(xml):
         return None
     try:
         require_file(xml, "OpenVINO IR")
-        require_file(xml.with_suffix(".bin"), "the IR's weights")
+        require_file(weights, "the IR's weights")
         meta = ir_metadata(_core().read_model(str(xml)))
-        actual = sha256_file(onnx_path)
+        actual, actual_weights = sha256_file(onnx_path), sha256_file(weights)
     except Exception as e:  # InputError, BackendError (no OpenVINO), OpenVINO's RuntimeError with pages of context
         return IrBeside(xml, f"unreadable: {first_line(e)}")
     recorded = meta.get(metadata.CPU_IR_ONNX_SHA256)
@@ -95,6 +95,8 @@ def ir_beside(onnx_path: str | Path) -> IrBeside | None:
         return IrBeside(
             xml, f"stale: it stands for an .onnx of sha256 {recorded[:12]}..., {onnx_path.name}'s is {actual[:12]}..."
         )
+    if meta.get(metadata.CPU_IR_BIN_SHA256) != actual_weights:
+        return IrBeside(xml, f"its weights {weights.name} are not the ones it was kept with")
     try:
         qdq_ms, ir_ms = float(meta[metadata.CPU_IR_QDQ_MS]), float(meta[metadata.CPU_IR_MS])
     except (KeyError, ValueError):
