@@ -84,7 +84,7 @@ def ir_beside(onnx_path: str | Path) -> IrBeside | None:
     try:
         require_file(xml, "OpenVINO IR")
         require_file(weights, "the IR's weights")
-        meta = ir_metadata(_core().read_model(str(xml)))
+        meta = ir_metadata(_core().read_model(str(xml)))  # its own error: "unreadable: <why>"
         actual, actual_weights = sha256_file(onnx_path), sha256_file(weights)
     except Exception as e:  # InputError, BackendError (no OpenVINO), OpenVINO's RuntimeError with pages of context
         return IrBeside(xml, f"unreadable: {first_line(e)}")
@@ -185,7 +185,7 @@ class OpenVINORunner(Runner):
             raise BackendError(f"{'OpenVINO IR' if ir else 'ONNX'} file {self.path} does not exist")
         if ir and not self.path.with_suffix(".bin").is_file():
             raise BackendError(f"OpenVINO IR {self.path} has no weights file {self.path.with_suffix('.bin').name}")
-        model = self._read() if ir else None  # IR: the metadata is in the model (ir_metadata)
+        model = read_ir(self.path) if ir else None  # IR: the metadata is in the model (ir_metadata)
         try:
             self.metadata = ir_metadata(model) if model is not None else metadata.read_metadata(self.path)
         except Exception as e:  # ExportError for foreign files: here it means the backend cannot load it
@@ -199,7 +199,7 @@ class OpenVINORunner(Runner):
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
         if perf_counters:
             self._config["PERF_COUNT"] = True
-        self.model = model if model is not None else self._read()
+        self.model = model if model is not None else read_ir(self.path)
         self.compiled = None if static_shapes else self._compile(self.model)
         ports = self.model if self.compiled is None else self.compiled
         profile = metadata.profile_of(self.metadata)
@@ -210,9 +210,6 @@ class OpenVINORunner(Runner):
         self._lock = threading.Lock()
         if static_shapes and self.profile is not None:  # compile errors at load, and the load time honest
             self._static_compiled(tuple(p.opt for p in self.profile.inputs))
-
-    def _read(self):
-        return read_ir(self.path)
 
     def _compile(self, model):
         try:
